@@ -1,0 +1,210 @@
+//! Loads the embedded kernel object, attaches it, and pins maps and links under the pin directory.
+//!
+//! Pin layout: `<pin-dir>/<map>` for every map (lower-case symbol name), `<pin-dir>/links/<hook>@<iface>`
+//! for every attachment. Pinned links keep the programs attached after the agent exits; a restarted
+//! agent re-uses the pinned maps (aya opens an existing pin instead of creating a map) and keeps
+//! every pinned link, so no flow is lost. `tear_down` (lb down) removes all of it.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{links::{FdLink, LinkError}, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use lb_common::names;
+use thiserror::Error;
+use tracing::info;
+
+use super::pinned::pin_name;
+
+/// The kernel object, built by build.rs and embedded so `lb` is self-contained.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJ"));
+
+#[derive(Debug, Error)]
+pub enum LoaderError {
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("attaching {hook} to {iface}: {source}")]
+    Attach { hook: &'static str, iface: String, source: ProgramError },
+    #[error("pinning {path}: {source}")]
+    PinLink { path: PathBuf, source: LinkError },
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, source: aya::pin::PinError },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// What the agent attaches where.
+#[derive(Clone, Debug)]
+pub struct AttachPlan {
+    pub pin_dir: PathBuf,
+    pub ifaces: Vec<String>,
+}
+
+/// The loaded object. Dropping it closes the agent's file descriptors; the pins keep everything
+/// attached.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+}
+
+/// Hooks attached per uplink, with the pin name of their link.
+const XDP_HOOK: &str = "xdp";
+const TC_EGRESS_HOOK: &str = "tc_egress";
+
+/// Loads, attaches and pins according to `plan`. On error, every pin created by this call is
+/// removed again, so a failed start leaves nothing attached or pinned.
+pub fn bring_up(plan: &AttachPlan) -> Result<Loaded, LoaderError> {
+    let mut created = Created::default();
+    match bring_up_tracked(plan, &mut created) {
+        Ok(loaded) => {
+            created.commit();
+            Ok(loaded)
+        }
+        Err(err) => {
+            created.roll_back();
+            Err(err)
+        }
+    }
+}
+
+fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, LoaderError> {
+    created.mkdir(&plan.pin_dir)?;
+    created.mkdir(&links_dir(&plan.pin_dir))?;
+    let map_pins: Vec<(&str, PathBuf)> =
+        names::PINNED_MAPS.iter().map(|&m| (m, plan.pin_dir.join(pin_name(m)))).collect();
+    for (_, path) in &map_pins {
+        if !path.exists() {
+            created.files.push(path.clone());
+        }
+    }
+    let mut loader = EbpfLoader::new();
+    for (map, path) in &map_pins {
+        loader.map_pin_path(map, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+
+    let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
+    xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
+    for iface in &plan.ifaces {
+        let path = link_pin(&plan.pin_dir, XDP_HOOK, iface);
+        if path.exists() {
+            info!(iface, "XDP already attached (pinned link kept)");
+            continue;
+        }
+        let attach_err = |source| LoaderError::Attach { hook: XDP_HOOK, iface: iface.clone(), source };
+        let id = xdp.attach(iface, XdpMode::Default).map_err(attach_err)?;
+        let link = FdLink::try_from(xdp.take_link(id).map_err(attach_err)?)
+            .map_err(|source| LoaderError::PinLink { path: path.clone(), source })?;
+        pin_link(link, &path, created)?;
+        info!(iface, "XDP attached");
+    }
+
+    let tc: &mut SchedClassifier = program(&mut ebpf, names::PROG_TC_EGRESS)?;
+    tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_EGRESS, source })?;
+    for iface in &plan.ifaces {
+        let path = link_pin(&plan.pin_dir, TC_EGRESS_HOOK, iface);
+        if path.exists() {
+            info!(iface, "TC egress already attached (pinned link kept)");
+            continue;
+        }
+        let attach_err = |source| LoaderError::Attach { hook: TC_EGRESS_HOOK, iface: iface.clone(), source };
+        let id = tc.attach(iface, TcAttachType::Egress).map_err(attach_err)?;
+        let link = FdLink::try_from(tc.take_link(id).map_err(attach_err)?)
+            .map_err(|source| LoaderError::PinLink { path: path.clone(), source })?;
+        pin_link(link, &path, created)?;
+        info!(iface, "TC egress attached (TCX)");
+    }
+    Ok(Loaded { ebpf })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(LoaderError::Program { name, source: ProgramError::NotLoaded })?;
+    prog.try_into().map_err(|source| LoaderError::Program { name, source })
+}
+
+fn pin_link(link: FdLink, path: &Path, created: &mut Created) -> Result<(), LoaderError> {
+    // The pinned link outlives this process; the returned handle's fd is closed at once.
+    link.pin(path).map_err(|source| LoaderError::Pin { path: path.to_owned(), source })?;
+    created.files.push(path.to_owned());
+    Ok(())
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn link_pin(pin_dir: &Path, hook: &str, iface: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("{hook}@{iface}"))
+}
+
+/// Detaches every program and unpins every map and link under `pin_dir` (lb down).
+/// Returns the number of pins removed.
+pub fn tear_down(pin_dir: &Path) -> Result<usize, LoaderError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LoaderError::Io { path, source }
+    };
+    let mut removed = 0;
+    let links = links_dir(pin_dir);
+    if links.exists() {
+        for entry in fs::read_dir(&links).map_err(io_err(&links))? {
+            let path = entry.map_err(io_err(&links))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+        fs::remove_dir(&links).map_err(io_err(&links))?;
+    }
+    for map in names::PINNED_MAPS {
+        let path = pin_dir.join(pin_name(map));
+        if path.exists() {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+    }
+    if pin_dir.exists() {
+        fs::remove_dir(pin_dir).map_err(io_err(pin_dir))?;
+    }
+    Ok(removed)
+}
+
+/// Pins and directories created by one `bring_up`, removed again if it fails.
+#[derive(Default)]
+struct Created {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Created {
+    fn mkdir(&mut self, dir: &Path) -> Result<(), LoaderError> {
+        if dir.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(|source| LoaderError::Io { path: dir.to_owned(), source })?;
+        self.dirs.push(dir.to_owned());
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        self.files.clear();
+        self.dirs.clear();
+    }
+
+    fn roll_back(&mut self) {
+        for file in self.files.drain(..).rev() {
+            let _ = fs::remove_file(file);
+        }
+        for dir in self.dirs.drain(..).rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Checks made before anything touches the kernel, so that bad input fails with one clear line
+//! and leaves nothing attached or pinned.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+/// `f_type` of a bpffs mount (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, Error)]
+pub enum PreflightError {
+    #[error("missing privileges: lb needs root (CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN); run it with sudo")]
+    NotPrivileged,
+    #[error("unknown interface {0:?}: check `ip link` in the network namespace lb runs in")]
+    UnknownInterface(String),
+    #[error("pin directory {0} is not on a bpffs mount: use a directory under /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")]
+    PinDirNotBpffs(PathBuf),
+    #[error("cannot inspect pin directory {path}: {source}")]
+    PinDirUnreadable { path: PathBuf, source: std::io::Error },
+}
+
+/// Fails unless the effective capabilities allow loading and attaching BPF programs.
+pub fn require_privileges() -> Result<(), PreflightError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
+        Ok(())
+    } else {
+        Err(PreflightError::NotPrivileged)
+    }
+}
+
+/// Resolves an interface name to its index in the current network namespace.
+pub fn interface_index(name: &str) -> Result<u32, PreflightError> {
+    let unknown = || PreflightError::UnknownInterface(name.to_owned());
+    let c_name = CString::new(name).map_err(|_| unknown())?;
+    // SAFETY: c_name is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(unknown()),
+        index => Ok(index),
+    }
+}
+
+/// Name of an interface index in the current network namespace, if it still exists.
+pub fn interface_name(index: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if ptr.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// Fails unless `pin_dir` (or, if it does not exist yet, its nearest existing ancestor) is on bpffs.
+pub fn require_bpffs(pin_dir: &Path) -> Result<(), PreflightError> {
+    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let on_bpffs = is_bpffs(existing).map_err(|source| PreflightError::PinDirUnreadable {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    if on_bpffs {
+        Ok(())
+    } else {
+        Err(PreflightError::PinDirNotBpffs(pin_dir.to_owned()))
+    }
+}
+
+fn is_bpffs(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_exists_and_nonsense_does_not() {
+        assert!(interface_index("lo").is_ok());
+        let err = interface_index("no-such-if0").unwrap_err();
+        assert!(err.to_string().contains("no-such-if0"));
+    }
+
+    #[test]
+    fn tmp_is_not_bpffs() {
+        let err = require_bpffs(Path::new("/tmp/lb-not-bpffs/pins")).unwrap_err();
+        assert!(matches!(err, PreflightError::PinDirNotBpffs(_)), "{err}");
+    }
+}

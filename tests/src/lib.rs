@@ -1,1 +1,17 @@
+//! Test support for the load balancer: everything an end-to-end or packet test needs, each piece
+//! cleaning up after itself on every exit path (Drop runs on panics too).
 
+pub mod agent;
+pub mod fixture;
+pub mod netns;
+pub mod packet;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A short name unique to this process and call, e.g. `lbt4f2a3`. Kept short because interface
+/// names are limited to 15 bytes and get suffixes.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() & 0xffff)
+}

@@ -1,1 +1,107 @@
-fn main() {}
+//! `cargo xtask <build|test|demo|run>`: every command first makes sure this machine has what the
+//! project needs (installing it idempotently and saying so), then does its job.
+
+mod prereqs;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+  build             install prerequisites, build the eBPF object and `lb` (release)
+  test              install prerequisites, build, run every test (privileged ones included)
+  demo              install prerequisites, build, show the data path working in network namespaces
+  run -- ARGS...    install prerequisites, build, run `lb run ARGS...` on this node
+  setup             only install/check prerequisites";
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let mut args = env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
+    match command.as_str() {
+        "setup" => prereqs::ensure_all(),
+        "build" => {
+            prereqs::ensure_all()?;
+            build_release()
+        }
+        "test" => {
+            prereqs::ensure_all()?;
+            test()
+        }
+        "demo" => {
+            prereqs::ensure_all()?;
+            build_release()?;
+            cargo(&["run", "--release", "--quiet", "-p", "lb-tests", "--bin", "lb-demo"], &release_env())
+        }
+        "run" => {
+            prereqs::ensure_all()?;
+            build_release()?;
+            let lb = workspace_root().join("target/release/lb");
+            let status = Command::new(&lb).arg("run").args(&rest).status().context("starting lb")?;
+            if !status.success() {
+                bail!("lb run exited with {status}");
+            }
+            Ok(())
+        }
+        "" | "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+fn build_release() -> Result<()> {
+    step("building eBPF object and lb (release)");
+    cargo(&["build", "--release", "-p", "lb-userspace"], &[])?;
+    println!("xtask: built {}", workspace_root().join("target/release/lb").display());
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    step("building lb for the integration tests");
+    cargo(&["build", "-p", "lb-userspace"], &[])?;
+    step("running every test");
+    let lb = workspace_root().join("target/debug/lb");
+    cargo(&["test", "--workspace", "--no-fail-fast"], &[("LB_BIN", lb.as_os_str().to_str().unwrap())])
+}
+
+fn release_env() -> Vec<(&'static str, &'static str)> {
+    vec![("LB_BIN", concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/lb"))]
+}
+
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub(crate) fn step(what: &str) {
+    println!("xtask: {what}");
+}

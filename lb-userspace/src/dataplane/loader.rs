@@ -75,18 +75,13 @@ pub fn bring_up(plan: &AttachPlan) -> Result<Loaded, LoaderError> {
 fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, LoaderError> {
     created.mkdir(&plan.pin_dir)?;
     created.mkdir(&links_dir(&plan.pin_dir))?;
-    let map_pins: Vec<(&str, PathBuf)> =
-        names::PINNED_MAPS.iter().map(|&m| (m, plan.pin_dir.join(pin_name(m)))).collect();
-    for (_, path) in &map_pins {
+    for map in names::PINNED_MAPS {
+        let path = plan.pin_dir.join(pin_name(map));
         if !path.exists() {
-            created.files.push(path.clone());
+            created.files.push(path);
         }
     }
-    let mut loader = EbpfLoader::new();
-    for (map, path) in &map_pins {
-        loader.map_pin_path(map, path.as_path());
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let mut ebpf = load_object(&plan.pin_dir)?;
 
     let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
     xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
@@ -122,7 +117,21 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
     Ok(Loaded { ebpf })
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+/// Loads the embedded object with every map pinned under `pin_dir`: an existing pin is opened and
+/// re-used (its contents kept), a missing one is created and pinned. Programs are not loaded yet.
+pub fn load_object(pin_dir: &Path) -> Result<Ebpf, LoaderError> {
+    fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io { path: pin_dir.to_owned(), source })?;
+    let map_pins: Vec<(&str, PathBuf)> =
+        names::PINNED_MAPS.iter().map(|&m| (m, pin_dir.join(pin_name(m)))).collect();
+    let mut loader = EbpfLoader::new();
+    for (map, path) in &map_pins {
+        loader.map_pin_path(map, path.as_path());
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// The program `name` of a loaded object, as its concrete type (`Xdp`, `SchedClassifier`, …).
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {

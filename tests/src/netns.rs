@@ -1,0 +1,153 @@
+//! RAII network topologies: namespaces, veth pairs, addresses and routes, all removed on drop.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    process::Command,
+    thread,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::unique_name;
+
+/// Runs `ip ARGS` and fails with its stderr if it fails.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A network namespace (`/run/netns/NAME`), deleted on drop with everything inside it.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `<prefix><unique>` with loopback up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let ns = Self { name: unique_name(prefix) };
+        ip(&["netns", "add", &ns.name])?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Path for `nsenter --net=…` / setns.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n NS ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Adds `addr/prefix` to `dev` and brings it up.
+    pub fn addr(&self, dev: &str, cidr: &str) -> Result<()> {
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        self.ip(&[family, "addr", "add", cidr, "dev", dev, "nodad"])
+            .or_else(|_| self.ip(&[family, "addr", "add", cidr, "dev", dev]))?;
+        self.ip(&["link", "set", dev, "up"])
+    }
+
+    /// Adds a route `dest via gw`.
+    pub fn route(&self, dest: &str, via: IpAddr) -> Result<()> {
+        let family = if via.is_ipv6() { "-6" } else { "-4" };
+        self.ip(&[family, "route", "add", dest, "via", &via.to_string()])
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace (only that thread does), and
+    /// returns its result. Sockets opened inside live in the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let handle = self.spawn(f)?;
+        handle.join().map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))
+    }
+
+    /// Like [`Netns::run`] without waiting: for servers.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<thread::JoinHandle<T>> {
+        let ns_file = File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
+        Ok(thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd; affects only the calling thread.
+            let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            drop(ns_file);
+            f()
+        }))
+    }
+
+    /// Runs a command inside the namespace (network only: the host's /sys/fs/bpf stays visible).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Creates a veth pair with one end in each namespace; returns the two interface names
+/// (`a_end` in `a`, `b_end` in `b`). Removed with either namespace.
+pub fn veth(a: &Netns, b: &Netns) -> Result<(String, String)> {
+    let base = unique_name("v");
+    let (a_end, b_end) = (format!("{base}a"), format!("{base}b"));
+    ip(&["link", "add", &a_end, "netns", a.name(), "type", "veth", "peer", "name", &b_end, "netns", b.name()])?;
+    // Checksum offload off: packets crossing the veth carry complete checksums, as on a wire.
+    for (ns, dev) in [(a, &a_end), (b, &b_end)] {
+        let _ = ns.command("ethtool").args(["-K", dev, "tx", "off"]).output();
+    }
+    Ok((a_end, b_end))
+}
+
+/// The simplest topology: a client namespace and a node namespace joined by a veth pair,
+/// 10.x.y.1 on the client, 10.x.y.2 on the node, and fd00:x:y::1/2 likewise.
+pub struct ClientNode {
+    pub client: Netns,
+    pub node: Netns,
+    pub client_if: String,
+    pub node_if: String,
+    pub client_ip: IpAddr,
+    pub node_ip: IpAddr,
+    pub client_ip6: IpAddr,
+    pub node_ip6: IpAddr,
+}
+
+impl ClientNode {
+    pub fn new() -> Result<Self> {
+        let client = Netns::new("lbc")?;
+        let node = Netns::new("lbn")?;
+        let (client_if, node_if) = veth(&client, &node)?;
+        // A /24 per topology would collide across parallel tests in one netns only; these are
+        // separate namespaces, so one fixed subnet is fine.
+        client.addr(&client_if, "10.201.0.1/24")?;
+        node.addr(&node_if, "10.201.0.2/24")?;
+        client.addr(&client_if, "fd00:201::1/64")?;
+        node.addr(&node_if, "fd00:201::2/64")?;
+        Ok(Self {
+            client,
+            node,
+            client_if,
+            node_if,
+            client_ip: "10.201.0.1".parse().unwrap(),
+            node_ip: "10.201.0.2".parse().unwrap(),
+            client_ip6: "fd00:201::1".parse().unwrap(),
+            node_ip6: "fd00:201::2".parse().unwrap(),
+        })
+    }
+}

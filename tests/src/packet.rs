@@ -1,0 +1,189 @@
+//! Packet crafting (via etherparse) and a field-by-field description used for readable diffs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// TCP flags for [`tcp`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+pub const SYN: TcpFlags = TcpFlags { syn: true, ack: false, fin: false, rst: false };
+pub const ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: false, rst: false };
+pub const FIN_ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: true, rst: false };
+
+fn ip_builder(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed address families {src} → {dst}"),
+    }
+}
+
+/// An Ethernet/IP/UDP frame with valid checksums.
+pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Vec<u8> {
+    let builder = ip_builder(src.0, dst.0).udp(src.1, dst.1);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, payload).expect("writing UDP packet");
+    out
+}
+
+/// An Ethernet/IP/TCP frame with valid checksums.
+pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16), flags: TcpFlags, payload: &[u8]) -> Vec<u8> {
+    let mut builder = ip_builder(src.0, dst.0).tcp(src.1, dst.1, 1000, 64240);
+    if flags.syn {
+        builder = builder.syn();
+    }
+    if flags.ack {
+        builder = builder.ack(2000);
+    }
+    if flags.fin {
+        builder = builder.fin();
+    }
+    if flags.rst {
+        builder = builder.rst();
+    }
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, payload).expect("writing TCP packet");
+    out
+}
+
+pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+pub fn v6(s: &str) -> IpAddr {
+    IpAddr::V6(s.parse::<Ipv6Addr>().expect("IPv6 literal"))
+}
+
+/// The named fields of a frame, in wire order, e.g. `("ipv4.dst", "10.0.0.1")`. Checksums are
+/// described both as values and as `*.checksum_ok`, so a diff says which one is wrong. Bytes that
+/// do not parse are described as such, with what did parse before them.
+pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut put = |k: &str, v: String| fields.push((k.to_owned(), v));
+    let headers = match PacketHeaders::from_ethernet_slice(frame) {
+        Ok(h) => h,
+        Err(err) => {
+            put("unparsed", format!("{err} ({} bytes)", frame.len()));
+            return fields;
+        }
+    };
+    if let Some(eth) = headers.link.clone().and_then(|l| l.ethernet2()) {
+        put("eth.dst", mac(eth.destination));
+        put("eth.src", mac(eth.source));
+        put("eth.type", format!("{:#06x}", eth.ether_type.0));
+    }
+    let payload = headers.payload.slice();
+    match &headers.net {
+        Some(NetHeaders::Ipv4(ip, _)) => {
+            put("ipv4.src", Ipv4Addr::from(ip.source).to_string());
+            put("ipv4.dst", Ipv4Addr::from(ip.destination).to_string());
+            put("ipv4.proto", ip.protocol.0.to_string());
+            put("ipv4.ttl", ip.time_to_live.to_string());
+            put("ipv4.total_len", ip.total_len.to_string());
+            put("ipv4.id", ip.identification.to_string());
+            put("ipv4.frag", format!("df={} mf={} off={}", ip.dont_fragment, ip.more_fragments, ip.fragment_offset.value()));
+            put("ipv4.options", format!("{} bytes", ip.options.len()));
+            put("ipv4.checksum", format!("{:#06x}", ip.header_checksum));
+            put("ipv4.checksum_ok", (ip.calc_header_checksum() == ip.header_checksum).to_string());
+            match &headers.transport {
+                Some(TransportHeader::Tcp(t)) => {
+                    describe_tcp(&mut put, t);
+                    let ok = t.calc_checksum_ipv4(ip, payload).map(|c| c == t.checksum);
+                    put("tcp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+                }
+                Some(TransportHeader::Udp(u)) => {
+                    describe_udp(&mut put, u);
+                    let ok = u.checksum == 0 || u.calc_checksum_ipv4(ip, payload).map(|c| c == u.checksum).unwrap_or(false);
+                    put("udp.checksum_ok", ok.to_string());
+                }
+                _ => {}
+            }
+        }
+        Some(NetHeaders::Ipv6(ip, _)) => {
+            put("ipv6.src", Ipv6Addr::from(ip.source).to_string());
+            put("ipv6.dst", Ipv6Addr::from(ip.destination).to_string());
+            put("ipv6.next_header", ip.next_header.0.to_string());
+            put("ipv6.hop_limit", ip.hop_limit.to_string());
+            put("ipv6.payload_len", ip.payload_length.to_string());
+            match &headers.transport {
+                Some(TransportHeader::Tcp(t)) => {
+                    describe_tcp(&mut put, t);
+                    let ok = t.calc_checksum_ipv6(ip, payload).map(|c| c == t.checksum);
+                    put("tcp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+                }
+                Some(TransportHeader::Udp(u)) => {
+                    describe_udp(&mut put, u);
+                    let ok = u.calc_checksum_ipv6(ip, payload).map(|c| c == u.checksum);
+                    put("udp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    put("payload", hex(payload));
+    fields
+}
+
+fn describe_tcp(put: &mut impl FnMut(&str, String), t: &etherparse::TcpHeader) {
+    put("tcp.src_port", t.source_port.to_string());
+    put("tcp.dst_port", t.destination_port.to_string());
+    put("tcp.seq", t.sequence_number.to_string());
+    put("tcp.ack", t.acknowledgment_number.to_string());
+    let flags = [(t.syn, "SYN"), (t.ack, "ACK"), (t.fin, "FIN"), (t.rst, "RST"), (t.psh, "PSH")];
+    put("tcp.flags", flags.iter().filter(|f| f.0).map(|f| f.1).collect::<Vec<_>>().join("|"));
+    put("tcp.checksum", format!("{:#06x}", t.checksum));
+}
+
+fn describe_udp(put: &mut impl FnMut(&str, String), u: &etherparse::UdpHeader) {
+    put("udp.src_port", u.source_port.to_string());
+    put("udp.dst_port", u.destination_port.to_string());
+    put("udp.length", u.length.to_string());
+    put("udp.checksum", format!("{:#06x}", u.checksum));
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_packets_describe_with_valid_checksums() {
+        let frame = udp((v4(10, 0, 0, 1), 5000), (v4(10, 0, 0, 2), 53), b"hi");
+        let fields = describe(&frame);
+        let get = |k: &str| fields.iter().find(|f| f.0 == k).map(|f| f.1.clone()).unwrap();
+        assert_eq!(get("ipv4.dst"), "10.0.0.2");
+        assert_eq!(get("udp.dst_port"), "53");
+        assert_eq!(get("ipv4.checksum_ok"), "true");
+        assert_eq!(get("udp.checksum_ok"), "true");
+        let frame6 = tcp((v6("fd00::1"), 40000), (v6("fd00::2"), 80), SYN, b"");
+        let fields = describe(&frame6);
+        assert!(fields.contains(&("tcp.flags".into(), "SYN".into())), "{fields:?}");
+        assert!(fields.contains(&("tcp.checksum_ok".into(), "true".into())), "{fields:?}");
+    }
+
+    #[test]
+    fn truncated_frame_is_described_not_panicking() {
+        let frame = udp((v4(10, 0, 0, 1), 5000), (v4(10, 0, 0, 2), 53), b"hi");
+        let fields = describe(&frame[..20]);
+        assert_eq!(fields[0].0, "unparsed", "{fields:?}");
+    }
+}

@@ -2,10 +2,15 @@
 //!
 //! Every BPF map key and value lives here: `#[repr(C)]`, explicit padding, a size assert,
 //! and no `Option`/`bool`/enum fields, so both sides agree on the bytes and bpftool can
-//! print them with field names from BTF.
+//! print them with field names from BTF. The decision code (flow hash, Maglev, checksums)
+//! lives here too, so it is unit-tested on the host.
 #![no_std]
 
+pub mod csum;
+pub mod hash;
+pub mod maglev;
 pub mod maps;
 pub mod names;
+pub mod reasons;
 
 pub use maps::*;

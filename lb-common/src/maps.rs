@@ -1,4 +1,17 @@
 //! Map keys and values. Layouts are checked at compile time.
+//!
+//! Addresses are `[u8; 16]` in network byte order with an explicit `family`: an IPv4 address
+//! occupies the first 4 bytes and the rest is zero. Ports are in host byte order. Both choices make
+//! bpftool's BTF dump readable (byte arrays and plain port numbers) and let one map serve both
+//! families.
+
+/// `family` values.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// `proto` values (IANA protocol numbers).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
 
 /// Where a packet was counted: which program saw it.
 pub const HOOK_XDP_INGRESS: u32 = 0;
@@ -30,14 +43,132 @@ impl IfaceCounters {
     }
 }
 
+/// An IPv4 address in the 16-byte address field (first 4 bytes, rest zero).
+pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[0] = octets[0];
+    bytes[1] = octets[1];
+    bytes[2] = octets[2];
+    bytes[3] = octets[3];
+    bytes
+}
+
+/// Key of `SERVICES`: what a client connects to. A service port (served on every node address)
+/// has an all-zero `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Index into `SERVICE_STATS` and, with `ring_slot`, into `RINGS`.
+    pub service_id: u32,
+    /// Which of the service's two ring buffers is live (0 or 1). The agent fills the other one
+    /// and then flips this field: the swap is one map update, so no packet sees half a ring.
+    pub ring_slot: u32,
+    /// Backends that take new flows; 0 means new flows get the "no live backend" verdict.
+    pub active_backends: u32,
+    pub _pad: u32,
+}
+
+/// Value of `BACKENDS` (an array indexed by backend id; id 0 is never used).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    /// `BACKEND_*` state.
+    pub state: u8,
+    /// Bumped whenever the id is given to a different backend, so flows pinned to the old one
+    /// notice it is gone.
+    pub generation: u32,
+}
+
+/// `BackendInfo::state` values.
+pub const BACKEND_UNUSED: u8 = 0;
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Takes no new flows, keeps its established ones.
+pub const BACKEND_DRAINING: u8 = 2;
+
+/// Key of `FLOWS` and `REPLIES`: a connection as the packet carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `FLOWS`: the backend a connection is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub backend_id: u32,
+    pub backend_generation: u32,
+    /// Monotonic time of the last packet (bpf_ktime_get_ns), for UDP idle timeouts.
+    pub last_seen_ns: u64,
+}
+
+/// Value of `REPLIES`: what the reply's source must be rewritten back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyInfo {
+    pub service_addr: [u8; 16],
+    pub service_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `SERVICE_STATS` and `BACKEND_STATS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl TrafficCounters {
+    pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain integers with no padding holes.
+    // SAFETY: all of these are #[repr(C)] integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceCounters {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::BackendInfo {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowInfo {}
+    unsafe impl aya::Pod for super::ReplyInfo {}
+    unsafe impl aya::Pod for super::TrafficCounters {}
 }
 
 #[cfg(test)]
@@ -50,5 +181,12 @@ mod tests {
         total.add(&IfaceCounters { packets: 2, bytes: 120 });
         total.add(&IfaceCounters { packets: 3, bytes: 300 });
         assert_eq!(total, IfaceCounters { packets: 5, bytes: 420 });
+    }
+
+    #[test]
+    fn v4_addresses_fill_the_first_four_bytes() {
+        let a = v4_bytes([10, 0, 0, 1]);
+        assert_eq!(a[..4], [10, 0, 0, 1]);
+        assert!(a[4..].iter().all(|&b| b == 0));
     }
 }

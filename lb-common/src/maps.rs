@@ -68,11 +68,12 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
-    /// Index into `SERVICE_STATS` and, with `ring_slot`, into `RINGS`.
+    /// Index into `SERVICE_STATS`.
     pub service_id: u32,
-    /// Which of the service's two ring buffers is live (0 or 1). The agent fills the other one
-    /// and then flips this field: the swap is one map update, so no packet sees half a ring.
-    pub ring_slot: u32,
+    /// Which ring of the `RINGS` pool is live for this service (ring `i` occupies entries
+    /// `i * RING_SIZE ..`). The agent fills a free ring and then points this field at it: the
+    /// swap is one map update, so no packet ever sees half a ring.
+    pub ring_index: u32,
     /// Backends that take new flows; 0 means new flows get the "no live backend" verdict.
     pub active_backends: u32,
     pub _pad: u32,
@@ -90,6 +91,26 @@ pub struct BackendInfo {
     /// Bumped whenever the id is given to a different backend, so flows pinned to the old one
     /// notice it is gone.
     pub generation: u32,
+    /// The service this backend entry belongs to (one entry per service membership).
+    pub service_id: u32,
+    /// Maglev weight as configured (informational for the kernel: the ring encodes it).
+    pub weight: u32,
+}
+
+/// Value of `SERVICE_NAMES` (by service id): the agent's name for a service, NUL-padded UTF-8.
+/// Not read by the programs; it lets `lb services` and a restarted agent recover names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    pub name: [u8; SERVICE_NAME_LEN],
+}
+
+pub const SERVICE_NAME_LEN: usize = 128;
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self { name: [0; SERVICE_NAME_LEN] }
+    }
 }
 
 /// `BackendInfo::state` values.
@@ -130,6 +151,24 @@ pub struct ReplyInfo {
     pub _pad: [u8; 6],
 }
 
+/// Key of `NODE_ADDRS`: an address of this node, where service ports are served.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Default limits (all configurable at load time).
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+/// Rings in the pool beyond one per service: a swap needs a free ring while the old one is
+/// still live.
+pub const SPARE_RINGS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
+
 /// Value of `SERVICE_STATS` and `BACKEND_STATS` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,11 +190,13 @@ const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
-const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<ServiceName>() == SERVICE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<NodeAddrKey>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -169,6 +210,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowInfo {}
     unsafe impl aya::Pod for super::ReplyInfo {}
     unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::NodeAddrKey {}
+    unsafe impl aya::Pod for super::ServiceName {}
 }
 
 #[cfg(test)]

@@ -5,8 +5,33 @@ pub const PROG_XDP: &str = "lb_xdp";
 /// TC (TCX) egress program attached to every uplink.
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 
-/// Per-CPU packet/byte counters per (interface, hook).
 pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
+pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_SERVICE_NAMES: &str = "SERVICE_NAMES";
+pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS";
+pub const MAP_RINGS: &str = "RINGS";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_REPLIES: &str = "REPLIES";
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_VERDICTS: &str = "VERDICTS";
 
 /// Every map the agent pins under its pin directory.
-pub const PINNED_MAPS: &[&str] = &[MAP_IFACE_STATS];
+pub const PINNED_MAPS: &[&str] = &[
+    MAP_IFACE_STATS,
+    MAP_SERVICES,
+    MAP_SERVICE_NAMES,
+    MAP_NODE_ADDRS,
+    MAP_RINGS,
+    MAP_BACKENDS,
+    MAP_FLOWS,
+    MAP_REPLIES,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+    MAP_VERDICTS,
+];
+
+/// Load-time constants of the kernel object (aya `override_global`).
+pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
+pub const GLOBAL_UDP_TIMEOUT_NS: &str = "UDP_TIMEOUT_NS";

@@ -1,33 +1,91 @@
-//! Kernel programs of the load balancer. Entry points are thin: they hand the context to the
-//! stage functions and turn the outcome into a verdict.
+//! Kernel programs of the load balancer. Entry points are thin: parse → select → rewrite, and
+//! every outcome becomes an explicit verdict and a counter (lb_common::reasons).
 #![no_std]
 #![no_main]
 
 mod maps;
+mod parse;
+mod rewrite;
+mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{HOOK_TC_EGRESS, HOOK_XDP_INGRESS};
+use lb_common::{reasons, HOOK_TC_EGRESS, HOOK_XDP_INGRESS};
 
-/// Uplink ingress.
+/// Uplink ingress: balance packets addressed to a service.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (start, end) = (ctx.data(), ctx.data_end());
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    stats::count_iface(ifindex, HOOK_XDP_INGRESS, len);
-    xdp_action::XDP_PASS
+    stats::count_iface(ifindex, HOOK_XDP_INGRESS, (end - start) as u64);
+    let (reason, action) = match balance(start, end) {
+        Ok(reason) => (reason, xdp_action::XDP_PASS),
+        Err(reason) => (reason, xdp_verdict(reason)),
+    };
+    stats::count_verdict(reason);
+    action
 }
 
-/// Uplink egress (TCX).
+/// Returns the forward reason, or the reason not to forward.
+#[inline(always)]
+fn balance(start: usize, end: usize) -> Result<u32, u32> {
+    let mut packet = parse::Parsed::default();
+    parse::parse(start, end, &mut packet)?;
+    let service = select::service(&packet).ok_or(reasons::NOT_SERVICE)?;
+    let target = select::backend(&packet, &service)?;
+    rewrite::dnat(start, end, &packet, target.backend)?;
+    stats::count_traffic(target.service_id, target.backend_id, (end - start) as u64, target.new_flow);
+    Ok(reasons::FWD_LOCAL)
+}
+
+/// What happens to a packet that is not forwarded: traffic that is not ours goes on untouched;
+/// traffic for a service that cannot be served correctly is dropped, never mis-forwarded.
+#[inline(always)]
+fn xdp_verdict(reason: u32) -> u32 {
+    match reason {
+        reasons::NO_BACKEND | reasons::FLOW_TABLE_FULL | reasons::BAD_BACKEND | reasons::REWRITE_FAILED => {
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Uplink egress (TCX): restore the service address on replies from backends.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     stats::count_iface(ifindex, HOOK_TC_EGRESS, ctx.len() as u64);
-    TC_ACT_OK
+    match reverse(&ctx) {
+        Ok(()) => {
+            stats::count_verdict(reasons::REPLY_REWRITTEN);
+            TC_ACT_OK
+        }
+        // Not a reply to a balanced flow: not ours, untouched, not counted as a verdict.
+        Err(reasons::NOT_SERVICE) => TC_ACT_OK,
+        Err(reason) if reason == reasons::REWRITE_FAILED => {
+            stats::count_verdict(reason);
+            TC_ACT_SHOT
+        }
+        Err(_) => TC_ACT_OK,
+    }
+}
+
+/// Headers the reply path reads: Ethernet + IPv6 + TCP.
+const REPLY_HEADERS: u32 = 14 + 40 + 20;
+
+#[inline(always)]
+fn reverse(ctx: &TcContext) -> Result<(), u32> {
+    if ctx.data_end() - ctx.data() < REPLY_HEADERS as usize && ctx.len() >= REPLY_HEADERS {
+        ctx.pull_data(REPLY_HEADERS).map_err(|_| reasons::MALFORMED)?;
+    }
+    let mut packet = parse::Parsed::default();
+    parse::parse(ctx.data(), ctx.data_end(), &mut packet)?;
+    let reply = select::reply(&packet).ok_or(reasons::NOT_SERVICE)?;
+    rewrite::restore_source(ctx, &packet, &reply)
 }
 
 #[cfg(not(test))]

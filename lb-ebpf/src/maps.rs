@@ -1,9 +1,61 @@
 //! Every map of the data path, in one place. All are BTF-typed so bpftool prints field names;
-//! the agent pins them under its pin directory.
+//! the agent pins them under its pin directory and sizes them at load time.
 
-use aya_ebpf::{btf_maps::PerCpuHashMap, macros::btf_map};
-use lb_common::{IfaceCounters, IfaceKey};
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    macros::btf_map,
+    Global,
+};
+use lb_common::{
+    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey,
+    ReplyInfo, ServiceInfo, ServiceKey, ServiceName, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_SERVICES, DEFAULT_UDP_TIMEOUT_SECS, SPARE_RINGS,
+};
+
+/// Entries per Maglev ring (prime); set by the agent at load time.
+#[unsafe(no_mangle)]
+pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
+/// Idle time after which a UDP flow is re-balanced; set by the agent at load time.
+#[unsafe(no_mangle)]
+pub static UDP_TIMEOUT_NS: Global<u64> = Global::new(DEFAULT_UDP_TIMEOUT_SECS * 1_000_000_000);
+
+const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
+const RING_POOL: usize = (DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAULT_RING_SIZE as usize;
+const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
+const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 
 /// Packets and bytes seen per (interface, hook), per CPU.
 #[btf_map]
 pub static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceCounters, 1024> = PerCpuHashMap::new();
+/// Services by (address, port, protocol); an all-zero address is a service port.
+#[btf_map]
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo, MAX_SERVICES> = HashMap::new();
+/// Names of services by id (agent metadata for the CLI and restarts; not read by programs).
+#[btf_map]
+pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();
+/// This node's addresses, where service ports are served (value unused).
+#[btf_map]
+pub static NODE_ADDRS: HashMap<NodeAddrKey, u32, 256> = HashMap::new();
+/// Pool of Maglev rings, RING_SIZE backend ids each; services point at one (`ring_index`).
+/// Memory-mappable so the agent writes a whole ring with one copy instead of one syscall per slot.
+#[btf_map]
+pub static RINGS: Array<u32, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::new();
+/// Backends by id (id 0 unused).
+#[btf_map]
+pub static BACKENDS: Array<BackendInfo, MAX_BACKENDS> = Array::new();
+/// Connection (as the client sent it) → the backend it is pinned to.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowInfo, MAX_FLOWS> = LruHashMap::new();
+/// Reply direction (backend → client) → the service address to restore as the source.
+#[btf_map]
+pub static REPLIES: LruHashMap<FlowKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();
+/// Per-service packets, bytes and new flows, per CPU, by service id.
+#[btf_map]
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters, MAX_SERVICES> = PerCpuArray::new();
+/// Per-backend packets, bytes and new flows, per CPU, by backend id.
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters, MAX_BACKENDS> = PerCpuArray::new();
+/// Packets per outcome (lb_common::reasons), per CPU.
+#[btf_map]
+pub static VERDICTS: PerCpuArray<u64, { reasons::COUNT as usize }> = PerCpuArray::new();

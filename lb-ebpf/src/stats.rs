@@ -1,8 +1,8 @@
 //! Counter updates. Per-CPU values: plain adds, no atomics needed.
 
-use lb_common::{IfaceCounters, IfaceKey};
+use lb_common::{IfaceCounters, IfaceKey, TrafficCounters};
 
-use crate::maps::IFACE_STATS;
+use crate::maps::{BACKEND_STATS, IFACE_STATS, SERVICE_STATS, VERDICTS};
 
 /// Counts one packet of `len` bytes seen by `hook` on `ifindex`.
 #[inline(always)]
@@ -19,5 +19,33 @@ pub fn count_iface(ifindex: u32, hook: u32, len: u64) {
             let first = IfaceCounters { packets: 1, bytes: len };
             let _ = IFACE_STATS.insert(key, first, 0);
         }
+    }
+}
+
+/// Counts one packet with outcome `reason` (lb_common::reasons).
+#[inline(always)]
+pub fn count_verdict(reason: u32) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(reason) {
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a forwarded packet against its service and backend.
+#[inline(always)]
+pub fn count_traffic(service_id: u32, backend_id: u32, len: u64, new_flow: bool) {
+    for counters in [SERVICE_STATS.get_ptr_mut(service_id), BACKEND_STATS.get_ptr_mut(backend_id)]
+        .into_iter()
+        .flatten()
+    {
+        add(counters, len, new_flow);
+    }
+}
+
+#[inline(always)]
+fn add(counters: *mut TrafficCounters, len: u64, new_flow: bool) {
+    unsafe {
+        (*counters).packets += 1;
+        (*counters).bytes += len;
+        (*counters).new_flows += new_flow as u64;
     }
 }

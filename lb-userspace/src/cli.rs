@@ -1,18 +1,27 @@
 //! Command line of `lb`.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    io::Write,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use tracing::info;
+use lb_common::names;
+use tracing::{error, info, warn};
 
 use crate::{
     dataplane::{
-        loader::{self, AttachPlan},
-        pinned::PinnedMaps,
-        Dataplane, IfaceStat, DEFAULT_PIN_DIR,
+        loader::{self, AttachPlan, LoadLimits},
+        pinned::{pin_name, PinnedMaps},
+        Dataplane, DEFAULT_PIN_DIR,
     },
-    preflight,
+    model::Desired,
+    node_addrs, preflight,
+    reconcile::{self, Reconciler},
+    report, services_file,
 };
 
 #[derive(Debug, Parser)]
@@ -24,10 +33,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load and attach the data path, then keep it programmed until SIGINT/SIGTERM.
+    /// Load and attach the data path, program it, and keep it programmed until SIGINT/SIGTERM.
     /// Programs stay attached and maps pinned after exit; `lb down` removes them.
     Run(RunArgs),
-    /// Per-interface packet counters, read from the pinned maps.
+    /// Services and their backends, read from the pinned maps.
+    Services(ReadArgs),
+    /// Entries of the flow table (connections pinned to backends).
+    Flows(FlowArgs),
+    /// Counters: per outcome, per service, per interface.
     Stats(ReadArgs),
     /// Detach every program and remove every pin under the pin directory.
     Down(PinArgs),
@@ -50,20 +63,70 @@ pub struct ReadArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct FlowArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Show at most this many flows.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub pins: PinArgs,
     /// Uplink to attach XDP (ingress) and TC (egress) to; repeat for several.
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
+    /// Static services file (JSON, see README); reloaded on change and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub services: Option<PathBuf>,
+    /// Address of this node where service ports are served; repeat for several. Default: every
+    /// address of every interface. 127.0.0.1 and ::1 are always included.
+    #[arg(long = "node-ip", value_name = "ADDR")]
+    pub node_ips: Vec<IpAddr>,
+    /// Entries per Maglev ring (prime). Memory: (max-services + 64) × ring-size × 4 bytes.
+    #[arg(long, default_value_t = lb_common::maglev::DEFAULT_RING_SIZE)]
+    pub ring_size: u32,
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICES)]
+    pub max_services: u32,
+    /// Backend entries (one per service membership).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS)]
+    pub max_backends: u32,
+    /// Flow-table entries (LRU).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FLOWS)]
+    pub max_flows: u32,
+    /// Seconds of silence after which a UDP flow may move to another backend.
+    #[arg(long, default_value_t = lb_common::DEFAULT_UDP_TIMEOUT_SECS)]
+    pub udp_timeout: u64,
+}
+
+impl RunArgs {
+    fn limits(&self) -> LoadLimits {
+        LoadLimits {
+            ring_size: self.ring_size,
+            max_services: self.max_services,
+            max_backends: self.max_backends,
+            max_flows: self.max_flows,
+            udp_timeout_secs: self.udp_timeout,
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_agent(args),
+        Command::Services(args) => {
+            let services = report::services(&PinnedMaps::new(&args.pins.pin_dir))?;
+            report::print_services(&services, args.json, &mut std::io::stdout().lock())
+        }
+        Command::Flows(args) => {
+            let flows = report::flows(&PinnedMaps::new(&args.read.pins.pin_dir), args.limit)?;
+            report::print_flows(&flows, args.read.json, &mut std::io::stdout().lock())
+        }
         Command::Stats(args) => {
-            let stats = PinnedMaps::new(&args.pins.pin_dir).iface_stats()?;
-            print_stats(&stats, args.json, &mut std::io::stdout().lock())
+            let stats = report::stats(&PinnedMaps::new(&args.pins.pin_dir))?;
+            report::print_stats(&stats, args.json, &mut std::io::stdout().lock())
         }
         Command::Down(args) => {
             preflight::require_privileges()?;
@@ -78,104 +141,145 @@ fn run_agent(args: RunArgs) -> Result<()> {
     init_logging();
     // Everything that can be checked is checked before the kernel is touched.
     preflight::require_privileges()?;
+    let limits = args.limits();
+    limits.validate().map_err(anyhow::Error::msg)?;
     preflight::require_bpffs(&args.pins.pin_dir)?;
     for iface in &args.ifaces {
         preflight::interface_index(iface)?;
     }
-    let plan = AttachPlan { pin_dir: args.pins.pin_dir.clone(), ifaces: args.ifaces.clone() };
+    let desired = match &args.services {
+        Some(path) => services_file::load(path)?,
+        None => Desired::new(),
+    };
+    check_pinned_layout(&args.pins.pin_dir, &limits)?;
+    let plan = AttachPlan { pin_dir: args.pins.pin_dir.clone(), ifaces: args.ifaces.clone(), limits };
     let loaded = loader::bring_up(&plan)?;
-    info!(pin_dir = %plan.pin_dir.display(), ifaces = ?plan.ifaces, "data path up");
+    info!(
+        pin_dir = %plan.pin_dir.display(),
+        ifaces = ?plan.ifaces,
+        ring_mib = limits.ring_bytes() / (1 << 20),
+        "data path up"
+    );
+
+    let mut agent = Agent {
+        dataplane: PinnedMaps::new(&plan.pin_dir),
+        reconciler: Reconciler::default(),
+        node_ips: args.node_ips.clone(),
+    };
+    agent.apply(&desired)?;
     println!("ready");
     std::io::stdout().flush()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(wait_for_shutdown())?;
+    runtime.block_on(agent.serve(args.services.as_deref()))?;
     drop(loaded);
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
     Ok(())
 }
 
-async fn wait_for_shutdown() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
+/// Refuses limits that differ from those of maps already pinned: the attached programs were
+/// built for the pinned layout.
+fn check_pinned_layout(pin_dir: &Path, limits: &LoadLimits) -> Result<()> {
+    if !pin_dir.join(pin_name(names::MAP_SERVICES)).exists() {
+        return Ok(());
+    }
+    let pinned = PinnedMaps::new(pin_dir).limits()?;
+    if pinned.ring_size != limits.ring_size || pinned.max_services != limits.max_services || pinned.max_backends != limits.max_backends {
+        bail!(
+            "maps pinned in {} were created with --ring-size {} --max-services {} --max-backends {}; \
+             keep those or run `lb down` first (drops established flows)",
+            pin_dir.display(),
+            pinned.ring_size,
+            pinned.max_services,
+            pinned.max_backends
+        );
     }
     Ok(())
 }
 
+struct Agent {
+    dataplane: PinnedMaps,
+    reconciler: Reconciler,
+    node_ips: Vec<IpAddr>,
+}
+
+impl Agent {
+    fn apply(&mut self, desired: &Desired) -> Result<()> {
+        let addrs = if self.node_ips.is_empty() {
+            node_addrs::discover().context("listing this node's addresses")?
+        } else {
+            node_addrs::with_loopback(self.node_ips.clone())
+        };
+        reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
+        let report = self.reconciler.apply(desired, &mut self.dataplane)?;
+        for failure in &report.failed {
+            error!("{failure}");
+        }
+        Ok(())
+    }
+
+    /// Re-reads the services file; an invalid file changes nothing.
+    fn reload(&mut self, path: &Path) {
+        match services_file::load(path) {
+            Ok(desired) => {
+                if let Err(err) = self.apply(&desired) {
+                    error!("applying {}: {err:#}", path.display());
+                }
+            }
+            Err(err) => error!("{err}; keeping the services already programmed"),
+        }
+    }
+
+    async fn serve(&mut self, services: Option<&Path>) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut seen = services.and_then(modified);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
+                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                _ = hup.recv() => {
+                    if let Some(path) = services {
+                        info!("SIGHUP: reloading {}", path.display());
+                        seen = modified(path);
+                        self.reload(path);
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Some(path) = services {
+                        let now = modified(path);
+                        if now != seen {
+                            seen = now;
+                            info!("{} changed: reloading", path.display());
+                            self.reload(path);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    match std::fs::metadata(path).and_then(|m| m.modified()) {
+        Ok(t) => Some(t),
+        Err(err) => {
+            warn!("{}: {err}", path.display());
+            None
+        }
+    }
+}
+
 fn init_logging() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Prints counters as a table (interface names resolved in the current network namespace) or JSON.
-pub fn print_stats(stats: &[IfaceStat], json: bool, out: &mut impl Write) -> Result<()> {
-    if json {
-        serde_json::to_writer_pretty(&mut *out, stats)?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    writeln!(out, "{:<16} {:>7} {:<12} {:>12} {:>14}", "IFACE", "IFINDEX", "HOOK", "PACKETS", "BYTES")?;
-    for stat in stats {
-        let name = preflight::interface_name(stat.ifindex).unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:<16} {:>7} {:<12} {:>12} {:>14}",
-            name,
-            stat.ifindex,
-            stat.hook.as_str(),
-            stat.packets,
-            stat.bytes
-        )?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use lb_common::{IfaceCounters, IfaceKey, HOOK_TC_EGRESS, HOOK_XDP_INGRESS};
-
-    use super::*;
-    use crate::dataplane::fake::FakeDataplane;
-
-    fn fake() -> FakeDataplane {
-        let mut fake = FakeDataplane::default();
-        let per_cpu = |p, b| vec![IfaceCounters { packets: p, bytes: b }, IfaceCounters { packets: 1, bytes: 60 }];
-        fake.iface_counters.insert(IfaceKey { ifindex: 1, hook: HOOK_XDP_INGRESS }, per_cpu(4, 400));
-        fake.iface_counters.insert(IfaceKey { ifindex: 1, hook: HOOK_TC_EGRESS }, per_cpu(2, 100));
-        fake
-    }
-
-    #[test]
-    fn stats_json_sums_cpus_and_names_hooks() {
-        let mut out = Vec::new();
-        print_stats(&fake().iface_stats().unwrap(), true, &mut out).unwrap();
-        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            parsed,
-            serde_json::json!([
-                {"ifindex": 1, "hook": "xdp_ingress", "packets": 5, "bytes": 460},
-                {"ifindex": 1, "hook": "tc_egress", "packets": 3, "bytes": 160},
-            ])
-        );
-    }
-
-    #[test]
-    fn stats_table_has_a_row_per_hook() {
-        let mut out = Vec::new();
-        print_stats(&fake().iface_stats().unwrap(), false, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.lines().count(), 3, "{text}");
-        assert!(text.lines().nth(1).unwrap().starts_with("lo "), "{text}");
-        assert!(text.contains("tc_egress"), "{text}");
-    }
 }

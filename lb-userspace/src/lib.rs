@@ -3,4 +3,9 @@
 
 pub mod cli;
 pub mod dataplane;
+pub mod model;
+pub mod node_addrs;
 pub mod preflight;
+pub mod reconcile;
+pub mod report;
+pub mod services_file;

@@ -1,19 +1,61 @@
-//! In-memory [`Dataplane`] for tests of the code above the maps.
+//! In-memory [`Dataplane`] for tests of the code above the maps (reconciler, CLI).
 
 use std::collections::BTreeMap;
 
-use lb_common::{IfaceCounters, IfaceKey};
+use lb_common::{
+    reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey, ServiceInfo, ServiceKey,
+    TrafficCounters, SPARE_RINGS,
+};
 
-use super::{Dataplane, DataplaneError, IfaceStat};
+use super::{Dataplane, DataplaneError, IfaceStat, Limits};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeDataplane {
+    pub limits: Limits,
     /// Per-CPU counters as the kernel would keep them.
     pub iface_counters: BTreeMap<IfaceKey, Vec<IfaceCounters>>,
+    pub verdicts: Vec<u64>,
+    pub service_stats: BTreeMap<u32, TrafficCounters>,
+    pub backend_stats: BTreeMap<u32, TrafficCounters>,
+    pub services: BTreeMap<ServiceKey, ServiceInfo>,
+    pub names: BTreeMap<u32, String>,
+    pub backends: Vec<BackendInfo>,
+    pub rings: Vec<Vec<u32>>,
+    pub node_addrs: Vec<NodeAddrKey>,
+    pub flows: Vec<(FlowKey, FlowInfo)>,
+    /// Every write, in order, for tests of write ordering.
+    pub log: Vec<String>,
 }
 
+impl FakeDataplane {
+    /// A fake with small limits (rings of `ring_size` slots).
+    pub fn new(max_services: u32, max_backends: u32, ring_size: u32) -> Self {
+        let rings = max_services + SPARE_RINGS;
+        Self {
+            limits: Limits { ring_size, max_services, rings, max_backends },
+            iface_counters: BTreeMap::new(),
+            verdicts: vec![0; reasons::COUNT as usize],
+            service_stats: BTreeMap::new(),
+            backend_stats: BTreeMap::new(),
+            services: BTreeMap::new(),
+            names: BTreeMap::new(),
+            backends: vec![BackendInfo::default(); max_backends as usize],
+            rings: vec![vec![0; ring_size as usize]; rings as usize],
+            node_addrs: Vec::new(),
+            flows: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
 impl Dataplane for FakeDataplane {
-    fn iface_stats(&self) -> Result<Vec<IfaceStat>, DataplaneError> {
+    fn limits(&self) -> Result<Limits> {
+        Ok(self.limits)
+    }
+
+    fn iface_stats(&self) -> Result<Vec<IfaceStat>> {
         Ok(self
             .iface_counters
             .iter()
@@ -23,5 +65,92 @@ impl Dataplane for FakeDataplane {
                 IfaceStat::new(key.ifindex, key.hook, total)
             })
             .collect())
+    }
+
+    fn verdicts(&self) -> Result<Vec<u64>> {
+        Ok(self.verdicts.clone())
+    }
+
+    fn service_stats(&self, service_id: u32) -> Result<TrafficCounters> {
+        Ok(self.service_stats.get(&service_id).copied().unwrap_or_default())
+    }
+
+    fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters> {
+        Ok(self.backend_stats.get(&backend_id).copied().unwrap_or_default())
+    }
+
+    fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
+        self.service_stats.remove(&service_id);
+        Ok(())
+    }
+
+    fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
+        self.backend_stats.remove(&backend_id);
+        Ok(())
+    }
+
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
+        self.log.push(format!("service {} port {} -> ring {}", info.service_id, key.port, info.ring_index));
+        self.services.insert(*key, *info);
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.log.push(format!("remove service port {}", key.port));
+        self.services.remove(key);
+        Ok(())
+    }
+
+    fn service_name(&self, service_id: u32) -> Result<String> {
+        Ok(self.names.get(&service_id).cloned().unwrap_or_default())
+    }
+
+    fn set_service_name(&mut self, service_id: u32, name: &str) -> Result<()> {
+        self.names.insert(service_id, name.to_owned());
+        Ok(())
+    }
+
+    fn backends(&self) -> Result<Vec<BackendInfo>> {
+        Ok(self.backends.clone())
+    }
+
+    fn set_backend(&mut self, backend_id: u32, info: &BackendInfo) -> Result<()> {
+        self.log.push(format!("backend {backend_id} state {}", info.state));
+        self.backends[backend_id as usize] = *info;
+        Ok(())
+    }
+
+    fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<()> {
+        self.log.push(format!("ring {index}"));
+        self.rings[index as usize] = ring.to_vec();
+        Ok(())
+    }
+
+    fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
+        Ok(self.rings[index as usize].clone())
+    }
+
+    fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {
+        Ok(self.node_addrs.clone())
+    }
+
+    fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
+        if !self.node_addrs.contains(addr) {
+            self.node_addrs.push(*addr);
+        }
+        Ok(())
+    }
+
+    fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
+        self.node_addrs.retain(|a| a != addr);
+        Ok(())
+    }
+
+    fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
+        Ok(self.flows.iter().take(limit).copied().collect())
     }
 }

@@ -44,6 +44,50 @@ pub enum LoaderError {
 pub struct AttachPlan {
     pub pin_dir: PathBuf,
     pub ifaces: Vec<String>,
+    pub limits: LoadLimits,
+}
+
+/// Map sizes and timeouts fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadLimits {
+    pub ring_size: u32,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_flows: u32,
+    pub udp_timeout_secs: u64,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        Self {
+            ring_size: lb_common::maglev::DEFAULT_RING_SIZE,
+            max_services: lb_common::DEFAULT_MAX_SERVICES,
+            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+            max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            udp_timeout_secs: lb_common::DEFAULT_UDP_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl LoadLimits {
+    /// Bytes of kernel memory the rings take: (services + spares) × ring size × 4.
+    pub fn ring_bytes(&self) -> u64 {
+        (self.max_services + lb_common::SPARE_RINGS) as u64 * self.ring_size as u64 * 4
+    }
+
+    /// Checks the limits before any map is created.
+    pub fn validate(&self) -> Result<(), String> {
+        if !lb_common::maglev::is_prime(self.ring_size) || self.ring_size < 7 {
+            return Err(format!("--ring-size {} must be a prime ≥ 7 (e.g. 4093, 16381, 65537)", self.ring_size));
+        }
+        if self.max_services == 0 || self.max_backends < 2 || self.max_flows == 0 {
+            return Err("--max-services, --max-flows must be ≥ 1 and --max-backends ≥ 2".into());
+        }
+        if (self.max_services as u64 + lb_common::SPARE_RINGS as u64) * self.ring_size as u64 > u32::MAX as u64 / 4 {
+            return Err(format!("--max-services {} × --ring-size {} is too large for one ring pool", self.max_services, self.ring_size));
+        }
+        Ok(())
+    }
 }
 
 /// The loaded object. Dropping it closes the agent's file descriptors; the pins keep everything
@@ -81,7 +125,7 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
             created.files.push(path);
         }
     }
-    let mut ebpf = load_object(&plan.pin_dir)?;
+    let mut ebpf = load_object(&plan.pin_dir, &plan.limits)?;
 
     let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
     xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
@@ -119,14 +163,29 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
 
 /// Loads the embedded object with every map pinned under `pin_dir`: an existing pin is opened and
 /// re-used (its contents kept), a missing one is created and pinned. Programs are not loaded yet.
-pub fn load_object(pin_dir: &Path) -> Result<Ebpf, LoaderError> {
+pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderError> {
     fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io { path: pin_dir.to_owned(), source })?;
     let map_pins: Vec<(&str, PathBuf)> =
         names::PINNED_MAPS.iter().map(|&m| (m, pin_dir.join(pin_name(m)))).collect();
+    let rings = (limits.max_services + lb_common::SPARE_RINGS) * limits.ring_size;
+    let udp_timeout_ns = limits.udp_timeout_secs.saturating_mul(1_000_000_000);
     let mut loader = EbpfLoader::new();
     for (map, path) in &map_pins {
         loader.map_pin_path(map, path.as_path());
     }
+    for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
+        loader.map_max_entries(map, limits.max_services);
+    }
+    for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS] {
+        loader.map_max_entries(map, limits.max_backends);
+    }
+    for map in [names::MAP_FLOWS, names::MAP_REPLIES] {
+        loader.map_max_entries(map, limits.max_flows);
+    }
+    loader
+        .map_max_entries(names::MAP_RINGS, rings)
+        .override_global(names::GLOBAL_RING_SIZE, &limits.ring_size, true)
+        .override_global(names::GLOBAL_UDP_TIMEOUT_NS, &udp_timeout_ns, true);
     Ok(loader.load(EBPF_OBJECT)?)
 }
 

@@ -1,4 +1,4 @@
-//! The only code that touches BPF maps. Everything above it (CLI, sync, reconciler) talks to the
+//! The only code that touches BPF maps. Everything above it (CLI, reconciler, sync) talks to the
 //! [`Dataplane`] trait, so it is tested against [`fake::FakeDataplane`] without root.
 
 pub mod fake;
@@ -7,7 +7,10 @@ pub mod pinned;
 
 use std::path::PathBuf;
 
-use lb_common::{IfaceCounters, HOOK_TC_EGRESS, HOOK_XDP_INGRESS};
+use lb_common::{
+    BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters,
+    HOOK_TC_EGRESS, HOOK_XDP_INGRESS,
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -20,6 +23,20 @@ pub enum DataplaneError {
     NotPinned { name: &'static str, path: PathBuf },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error("map {name}: {detail}")]
+    Layout { name: &'static str, detail: String },
+    #[error("{what} exhausted: all {limit} in use (raise the limit with {flag})")]
+    Full { what: &'static str, limit: u32, flag: &'static str },
+}
+
+/// Sizes the maps were created with (read back from the kernel, so every process agrees).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub ring_size: u32,
+    pub max_services: u32,
+    /// Rings in the pool (max_services + spares).
+    pub rings: u32,
+    pub max_backends: u32,
 }
 
 /// Packet counters of one (interface, hook), summed over CPUs.
@@ -64,8 +81,38 @@ impl IfaceStat {
     }
 }
 
-/// Map I/O of the data path.
+/// Map I/O of the data path. Reads return every CPU's counters summed.
 pub trait Dataplane {
-    /// Per-interface counters, summed over CPUs, sorted by (ifindex, hook).
+    fn limits(&self) -> Result<Limits, DataplaneError>;
+
+    /// Per-interface counters, sorted by (ifindex, hook).
     fn iface_stats(&self) -> Result<Vec<IfaceStat>, DataplaneError>;
+    /// Packets per outcome, indexed by `lb_common::reasons`.
+    fn verdicts(&self) -> Result<Vec<u64>, DataplaneError>;
+    fn service_stats(&self, service_id: u32) -> Result<TrafficCounters, DataplaneError>;
+    fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters, DataplaneError>;
+    /// Zeroes a service's counters (its id is being given to a new service).
+    fn reset_service_stats(&mut self, service_id: u32) -> Result<(), DataplaneError>;
+    fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), DataplaneError>;
+
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>, DataplaneError>;
+    fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<(), DataplaneError>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
+    fn service_name(&self, service_id: u32) -> Result<String, DataplaneError>;
+    fn set_service_name(&mut self, service_id: u32, name: &str) -> Result<(), DataplaneError>;
+
+    /// Every backend entry, used or not is told by its `state`; index = backend id.
+    fn backends(&self) -> Result<Vec<BackendInfo>, DataplaneError>;
+    fn set_backend(&mut self, backend_id: u32, info: &BackendInfo) -> Result<(), DataplaneError>;
+
+    /// Writes ring `index` of the pool (exactly `limits().ring_size` entries).
+    fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<(), DataplaneError>;
+    fn read_ring(&self, index: u32) -> Result<Vec<u32>, DataplaneError>;
+
+    fn node_addrs(&self) -> Result<Vec<NodeAddrKey>, DataplaneError>;
+    fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
+    fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
+
+    /// Entries of the flow table (at most `limit`).
+    fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>, DataplaneError>;
 }

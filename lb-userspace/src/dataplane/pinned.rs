@@ -1,12 +1,19 @@
 //! [`Dataplane`] over the maps pinned in the pin directory: works whether `lb run` is running or
 //! not, and whether the maps were created by this process or by an earlier agent.
 
-use std::path::{Path, PathBuf};
+use std::{
+    cell::OnceCell,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
 
-use aya::maps::{Map, MapData, PerCpuHashMap};
-use lb_common::{names, IfaceCounters, IfaceKey};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use lb_common::{
+    names, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey, ServiceInfo, ServiceKey, ServiceName,
+    TrafficCounters, SERVICE_NAME_LEN, SPARE_RINGS,
+};
 
-use super::{Dataplane, DataplaneError, IfaceStat};
+use super::{Dataplane, DataplaneError, IfaceStat, Limits};
 
 /// File name of a map's pin: the kernel symbol in lower case (`IFACE_STATS` → `iface_stats`).
 pub fn pin_name(map: &str) -> String {
@@ -15,36 +22,289 @@ pub fn pin_name(map: &str) -> String {
 
 pub struct PinnedMaps {
     pin_dir: PathBuf,
+    rings: OnceCell<RingsMapping>,
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
 }
 
 impl PinnedMaps {
     pub fn new(pin_dir: &Path) -> Self {
-        Self { pin_dir: pin_dir.to_owned() }
+        Self { pin_dir: pin_dir.to_owned(), rings: OnceCell::new() }
     }
 
-    fn open(&self, name: &'static str) -> Result<MapData, DataplaneError> {
+    fn open(&self, name: &'static str) -> Result<MapData> {
         let path = self.pin_dir.join(pin_name(name));
         if !path.exists() {
             return Err(DataplaneError::NotPinned { name, path });
         }
-        MapData::from_pin(&path).map_err(|source| DataplaneError::Map { name, source })
+        MapData::from_pin(&path).map_err(map_err(name))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<HashMap<MapData, K, V>> {
+        let data = self.open(name)?;
+        // The typed wrappers only check the map type they were handed; every hash flavour
+        // shares the element API.
+        HashMap::try_from(Map::HashMap(data)).map_err(map_err(name))
+    }
+
+    fn array<V: aya::Pod>(&self, name: &'static str) -> Result<Array<MapData, V>> {
+        Array::try_from(Map::Array(self.open(name)?)).map_err(map_err(name))
+    }
+
+    fn per_cpu_array<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<MapData, V>> {
+        PerCpuArray::try_from(Map::PerCpuArray(self.open(name)?)).map_err(map_err(name))
+    }
+
+    fn max_entries(&self, name: &'static str) -> Result<u32> {
+        Ok(self.open(name)?.info().map_err(map_err(name))?.max_entries())
+    }
+
+    fn sum_traffic(&self, name: &'static str, index: u32) -> Result<TrafficCounters> {
+        let values = self.per_cpu_array::<TrafficCounters>(name)?.get(&index, 0).map_err(map_err(name))?;
+        let mut total = TrafficCounters::default();
+        values.iter().for_each(|v| total.add(v));
+        Ok(total)
+    }
+
+    fn reset_traffic(&mut self, name: &'static str, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map { name, source: MapError::from(e) })?;
+        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
+            .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
+        self.per_cpu_array::<TrafficCounters>(name)?.set(index, zeros, 0).map_err(map_err(name))
+    }
+
+    fn rings(&self) -> Result<&RingsMapping> {
+        if let Some(mapping) = self.rings.get() {
+            return Ok(mapping);
+        }
+        let limits = self.limits()?;
+        let mapping = RingsMapping::new(self.open(names::MAP_RINGS)?, limits.ring_size)?;
+        Ok(self.rings.get_or_init(|| mapping))
     }
 }
 
+fn hash_entries<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    limit: usize,
+) -> Result<Vec<(K, V)>> {
+    // A key deleted between listing and lookup is skipped: the maps change under a live agent.
+    let mut out = Vec::new();
+    for key in map.keys() {
+        if out.len() >= limit {
+            break;
+        }
+        let key = key.map_err(map_err(name))?;
+        match map.get(&key, 0) {
+            Ok(value) => out.push((key, value)),
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(out)
+}
+
 impl Dataplane for PinnedMaps {
-    fn iface_stats(&self) -> Result<Vec<IfaceStat>, DataplaneError> {
+    fn limits(&self) -> Result<Limits> {
+        let max_services = self.max_entries(names::MAP_SERVICES)?;
+        let rings = max_services + SPARE_RINGS;
+        let pool = self.max_entries(names::MAP_RINGS)?;
+        if pool % rings != 0 {
+            return Err(DataplaneError::Layout {
+                name: names::MAP_RINGS,
+                detail: format!("{pool} entries is not a whole number of rings for {rings} rings"),
+            });
+        }
+        Ok(Limits { ring_size: pool / rings, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
+    }
+
+    fn iface_stats(&self) -> Result<Vec<IfaceStat>> {
         let name = names::MAP_IFACE_STATS;
         let map = Map::PerCpuHashMap(self.open(name)?);
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
-            PerCpuHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(map).map_err(map_err(name))?;
         let mut stats = Vec::new();
         for entry in map.iter() {
-            let (key, per_cpu) = entry.map_err(|source| DataplaneError::Map { name, source })?;
+            let (key, per_cpu) = entry.map_err(map_err(name))?;
             let mut total = IfaceCounters::default();
             per_cpu.iter().for_each(|c| total.add(c));
             stats.push(IfaceStat::new(key.ifindex, key.hook, total));
         }
         stats.sort_by_key(|s| (s.ifindex, s.hook as u8));
         Ok(stats)
+    }
+
+    fn verdicts(&self) -> Result<Vec<u64>> {
+        let name = names::MAP_VERDICTS;
+        let map = self.per_cpu_array::<u64>(name)?;
+        map.iter().map(|v| v.map(|per_cpu| per_cpu.iter().sum()).map_err(map_err(name))).collect()
+    }
+
+    fn service_stats(&self, service_id: u32) -> Result<TrafficCounters> {
+        self.sum_traffic(names::MAP_SERVICE_STATS, service_id)
+    }
+
+    fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters> {
+        self.sum_traffic(names::MAP_BACKEND_STATS, backend_id)
+    }
+
+    fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
+        self.reset_traffic(names::MAP_SERVICE_STATS, service_id)
+    }
+
+    fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
+        self.reset_traffic(names::MAP_BACKEND_STATS, backend_id)
+    }
+
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>> {
+        let map = self.hash::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
+        hash_entries(&map, names::MAP_SERVICES, usize::MAX)
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
+        let mut map = self.hash::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
+        map.insert(key, info, 0).map_err(map_err(names::MAP_SERVICES))
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let mut map = self.hash::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
+        match map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::MAP_SERVICES)(e)),
+        }
+    }
+
+    fn service_name(&self, service_id: u32) -> Result<String> {
+        let name = names::MAP_SERVICE_NAMES;
+        let raw = self.array::<ServiceName>(name)?.get(&service_id, 0).map_err(map_err(name))?;
+        let len = raw.name.iter().position(|&b| b == 0).unwrap_or(SERVICE_NAME_LEN);
+        Ok(String::from_utf8_lossy(&raw.name[..len]).into_owned())
+    }
+
+    fn set_service_name(&mut self, service_id: u32, text: &str) -> Result<()> {
+        let name = names::MAP_SERVICE_NAMES;
+        let mut raw = ServiceName::default();
+        // Truncate on a character boundary so the stored name stays valid UTF-8.
+        let mut len = text.len().min(SERVICE_NAME_LEN);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        raw.name[..len].copy_from_slice(&text.as_bytes()[..len]);
+        self.array::<ServiceName>(name)?.set(service_id, raw, 0).map_err(map_err(name))
+    }
+
+    fn backends(&self) -> Result<Vec<BackendInfo>> {
+        let name = names::MAP_BACKENDS;
+        self.array::<BackendInfo>(name)?.iter().map(|v| v.map_err(map_err(name))).collect()
+    }
+
+    fn set_backend(&mut self, backend_id: u32, info: &BackendInfo) -> Result<()> {
+        let name = names::MAP_BACKENDS;
+        self.array::<BackendInfo>(name)?.set(backend_id, info, 0).map_err(map_err(name))
+    }
+
+    fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<()> {
+        self.rings()?.write(index, ring)
+    }
+
+    fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
+        self.rings()?.read(index)
+    }
+
+    fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {
+        let map = self.hash::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
+        Ok(hash_entries(&map, names::MAP_NODE_ADDRS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
+        let mut map = self.hash::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
+        map.insert(addr, 1, 0).map_err(map_err(names::MAP_NODE_ADDRS))
+    }
+
+    fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
+        let mut map = self.hash::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
+        match map.remove(addr) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::MAP_NODE_ADDRS)(e)),
+        }
+    }
+
+    fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
+        let map = self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?;
+        hash_entries(&map, names::MAP_FLOWS, limit)
+    }
+}
+
+/// The RINGS array mapped into this process (BPF_F_MMAPABLE): a ring is written with one copy.
+struct RingsMapping {
+    _map: MapData,
+    base: *mut u32,
+    len: usize,
+    ring_size: usize,
+}
+
+impl RingsMapping {
+    fn new(map: MapData, ring_size: u32) -> Result<Self> {
+        let name = names::MAP_RINGS;
+        let entries = map.info().map_err(map_err(name))?.max_entries() as usize;
+        let len = entries * std::mem::size_of::<u32>();
+        // SAFETY: mapping a BPF array fd created with BPF_F_MMAPABLE, shared, whole length.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(DataplaneError::Layout {
+                name,
+                detail: format!("mmap failed: {} (created without BPF_F_MMAPABLE?)", std::io::Error::last_os_error()),
+            });
+        }
+        Ok(Self { _map: map, base: base.cast(), len, ring_size: ring_size as usize })
+    }
+
+    fn slice(&self, index: u32) -> Result<*mut u32> {
+        let start = index as usize * self.ring_size;
+        if (start + self.ring_size) * std::mem::size_of::<u32>() > self.len {
+            return Err(DataplaneError::Layout { name: names::MAP_RINGS, detail: format!("ring {index} is out of range") });
+        }
+        // SAFETY: in bounds, checked above.
+        Ok(unsafe { self.base.add(start) })
+    }
+
+    fn write(&self, index: u32, ring: &[u32]) -> Result<()> {
+        if ring.len() != self.ring_size {
+            return Err(DataplaneError::Layout {
+                name: names::MAP_RINGS,
+                detail: format!("ring of {} entries, maps have {}", ring.len(), self.ring_size),
+            });
+        }
+        let dst = self.slice(index)?;
+        // SAFETY: dst has ring_size entries (checked); the kernel reads them concurrently only
+        // once a service points at this ring, which happens after this copy.
+        unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), dst, ring.len()) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read(&self, index: u32) -> Result<Vec<u32>> {
+        let src = self.slice(index)?;
+        // SAFETY: in bounds; u32 reads of shared memory.
+        Ok(unsafe { std::slice::from_raw_parts(src, self.ring_size) }.to_vec())
+    }
+}
+
+impl Drop for RingsMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }

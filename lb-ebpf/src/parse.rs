@@ -1,0 +1,154 @@
+//! Stage 1: parse Ethernet → IPv4/IPv6 → TCP/UDP into [`Parsed`], or the reason not to balance.
+//! Works on any [start, end) packet window (XDP data or a TC skb's linear part); every read is
+//! bounds-checked against `end` as the verifier requires.
+
+use lb_common::{reasons, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const TCP_LEN: usize = 20;
+const UDP_LEN: usize = 8;
+/// IPv6 next-header values of extension headers (RFC 8200 §4, plus mobility/HIP/shim6).
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_EXTENSIONS: [u8; 7] = [0, 43, 50, 51, 60, 135, 139];
+
+/// Offsets of the fields the rewrite stage touches.
+pub const IPV4_CSUM_OFF: usize = 10;
+pub const IPV4_SRC_OFF: usize = 12;
+pub const IPV4_DST_OFF: usize = 16;
+pub const IPV6_SRC_OFF: usize = 8;
+pub const IPV6_DST_OFF: usize = 24;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+
+/// A TCP or UDP packet, as far as balancing needs it.
+#[derive(Default)]
+pub struct Parsed {
+    pub family: u8,
+    pub proto: u8,
+    /// Offset of the IP header from the start of the frame.
+    pub l3: usize,
+    /// Offset of the TCP/UDP header.
+    pub l4: usize,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_syn: bool,
+}
+
+impl Parsed {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub fn l4_csum_off(&self) -> usize {
+        self.l4 + if self.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF }
+    }
+
+}
+
+#[inline(always)]
+fn bytes<const N: usize>(start: usize, end: usize, off: usize) -> Result<[u8; N], u32> {
+    if start + off + N > end {
+        return Err(reasons::MALFORMED);
+    }
+    // SAFETY: bounds checked above; packet data has no alignment guarantee.
+    Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn u8_at(start: usize, end: usize, off: usize) -> Result<u8, u32> {
+    bytes::<1>(start, end, off).map(|b| b[0])
+}
+
+#[inline(always)]
+fn be16(start: usize, end: usize, off: usize) -> Result<u16, u32> {
+    bytes::<2>(start, end, off).map(u16::from_be_bytes)
+}
+
+/// Parses the frame in [start, end) into `p`.
+#[inline(always)]
+pub fn parse(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
+    let ethertype = be16(start, end, 12)?;
+    p.l3 = ETH_LEN;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(start, end, p)?,
+        ETH_P_IPV6 => parse_ipv6(start, end, p)?,
+        _ => return Err(reasons::NOT_IP_TCP_UDP),
+    }
+    let header_len = if p.proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
+    if start + p.l4 + header_len > end {
+        return Err(reasons::MALFORMED);
+    }
+    p.sport = be16(start, end, p.l4)?;
+    p.dport = be16(start, end, p.l4 + 2)?;
+    if p.proto == PROTO_TCP {
+        let data_offset = u8_at(start, end, p.l4 + 12)? >> 4;
+        if data_offset < 5 {
+            return Err(reasons::MALFORMED);
+        }
+        p.tcp_syn = u8_at(start, end, p.l4 + 13)? & 0x02 != 0;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv4(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
+    if start + p.l3 + IPV4_LEN > end {
+        return Err(reasons::MALFORMED);
+    }
+    let version_ihl = u8_at(start, end, p.l3)?;
+    let (version, ihl) = (version_ihl >> 4, version_ihl & 0x0f);
+    let total_len = be16(start, end, p.l3 + 2)? as usize;
+    if version != 4 || ihl < 5 || total_len < IPV4_LEN || start + p.l3 + total_len > end {
+        return Err(reasons::MALFORMED);
+    }
+    if be16(start, end, p.l3 + 6)? & 0x3fff != 0 {
+        // More-fragments set or a non-zero offset.
+        return Err(reasons::FRAGMENT);
+    }
+    if ihl != 5 {
+        return Err(reasons::IP_OPTIONS);
+    }
+    let proto = u8_at(start, end, p.l3 + 9)?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(reasons::NOT_IP_TCP_UDP);
+    }
+    p.family = FAMILY_V4;
+    p.proto = proto;
+    let src = bytes::<4>(start, end, p.l3 + IPV4_SRC_OFF)?;
+    let dst = bytes::<4>(start, end, p.l3 + IPV4_DST_OFF)?;
+    p.src = [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p.dst = [dst[0], dst[1], dst[2], dst[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p.l4 = p.l3 + IPV4_LEN;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
+    if start + p.l3 + IPV6_LEN > end {
+        return Err(reasons::MALFORMED);
+    }
+    let payload_len = be16(start, end, p.l3 + 4)? as usize;
+    if u8_at(start, end, p.l3)? >> 4 != 6 || start + p.l3 + IPV6_LEN + payload_len > end {
+        return Err(reasons::MALFORMED);
+    }
+    let next = u8_at(start, end, p.l3 + 6)?;
+    if next == IPV6_FRAGMENT {
+        return Err(reasons::FRAGMENT);
+    }
+    if IPV6_EXTENSIONS.contains(&next) {
+        return Err(reasons::IP_OPTIONS);
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return Err(reasons::NOT_IP_TCP_UDP);
+    }
+    p.family = FAMILY_V6;
+    p.proto = next;
+    p.src = bytes::<16>(start, end, p.l3 + IPV6_SRC_OFF)?;
+    p.dst = bytes::<16>(start, end, p.l3 + IPV6_DST_OFF)?;
+    p.l4 = p.l3 + IPV6_LEN;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Stage 2: service lookup, then the connection's backend: its pinned flow if the backend still
+//! exists, else a Maglev pick from the service's live ring, pinned for the rest of the flow.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    hash, reasons, BackendInfo, FlowInfo, FlowKey, NodeAddrKey, ReplyInfo, ServiceInfo, ServiceKey,
+    BACKEND_ACTIVE, BACKEND_UNUSED, PROTO_UDP,
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, NODE_ADDRS, REPLIES, RINGS, RING_SIZE, SERVICES, UDP_TIMEOUT_NS},
+    parse::Parsed,
+};
+
+/// Where a packet goes.
+pub struct Target {
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub backend: &'static BackendInfo,
+    pub new_flow: bool,
+}
+
+/// The service a packet is addressed to: (dst, port, proto) exactly, else a service port when
+/// the destination is one of this node's addresses.
+#[inline(always)]
+pub fn service(p: &Parsed) -> Option<ServiceInfo> {
+    let mut key = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    if let Some(info) = unsafe { SERVICES.get(key) } {
+        return Some(*info);
+    }
+    key.addr = [0; 16];
+    let info = *unsafe { SERVICES.get(key) }?;
+    let node = NodeAddrKey { addr: p.dst, family: p.family, _pad: [0; 3] };
+    unsafe { NODE_ADDRS.get(node) }.map(|_| info)
+}
+
+/// The backend for this packet's connection to `svc`.
+#[inline(always)]
+pub fn backend(p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
+    let key = FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        let flow = unsafe { &mut *flow };
+        if let Some(target) = pinned(p, svc, flow, now) {
+            return Ok(target);
+        }
+    }
+    pick(p, svc, &key, now)
+}
+
+/// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
+/// out. Draining backends keep their flows.
+#[inline(always)]
+fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &mut FlowInfo, now: u64) -> Option<Target> {
+    let backend = BACKENDS.get(flow.backend_id)?;
+    if backend.state == BACKEND_UNUSED || backend.generation != flow.backend_generation {
+        return None;
+    }
+    if p.proto == PROTO_UDP {
+        if now.wrapping_sub(flow.last_seen_ns) > UDP_TIMEOUT_NS.load() {
+            return None;
+        }
+        flow.last_seen_ns = now;
+    }
+    Some(Target { service_id: svc.service_id, backend_id: flow.backend_id, backend, new_flow: false })
+}
+
+/// A new flow: Maglev slot → backend id → pin the flow and remember how to rewrite replies.
+#[inline(always)]
+fn pick(p: &Parsed, svc: &ServiceInfo, key: &FlowKey, now: u64) -> Result<Target, u32> {
+    if svc.active_backends == 0 {
+        return Err(reasons::NO_BACKEND);
+    }
+    let ring_size = RING_SIZE.load();
+    let slot = hash::ring_slot(hash::flow_hash(&p.src, p.sport, p.proto), ring_size);
+    let backend_id = *RINGS.get(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot)).ok_or(reasons::BAD_BACKEND)?;
+    let backend = BACKENDS.get(backend_id).ok_or(reasons::BAD_BACKEND)?;
+    if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != p.family {
+        return Err(reasons::BAD_BACKEND);
+    }
+    let flow = FlowInfo { backend_id, backend_generation: backend.generation, last_seen_ns: now };
+    FLOWS.insert(key, flow, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
+    let reply_key = FlowKey {
+        src: backend.addr,
+        dst: p.src,
+        sport: backend.port,
+        dport: p.sport,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    };
+    let reply = ReplyInfo { service_addr: p.dst, service_port: p.dport, _pad: [0; 6] };
+    REPLIES.insert(reply_key, reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
+    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true })
+}
+
+/// How to restore the service address on a reply from a backend, if this is one.
+#[inline(always)]
+pub fn reply(p: &Parsed) -> Option<ReplyInfo> {
+    let key = FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    unsafe { REPLIES.get(key) }.copied()
+}

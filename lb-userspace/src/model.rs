@@ -1,0 +1,153 @@
+//! The model every source (static file, Marathon) is turned into: services and their backends,
+//! in the exact form the maps need. Pure code.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb_common::{v4_bytes, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use serde::Serialize;
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_TCP => Some(Self::Tcp),
+            PROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// Where a service is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceAddr {
+    /// A virtual IP.
+    Vip(IpAddr),
+    /// A service port: every node address (and 127.0.0.1 / ::1 for local clients) of this family.
+    NodePort { v6: bool },
+}
+
+/// A service as the data path keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    pub addr: ServiceAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl ServiceId {
+    pub fn is_v6(&self) -> bool {
+        match self.addr {
+            ServiceAddr::Vip(ip) => ip.is_ipv6(),
+            ServiceAddr::NodePort { v6 } => v6,
+        }
+    }
+
+    pub fn key(&self) -> ServiceKey {
+        let (addr, family) = match self.addr {
+            ServiceAddr::Vip(ip) => ip_bytes(ip),
+            ServiceAddr::NodePort { v6 } => ([0; 16], if v6 { FAMILY_V6 } else { FAMILY_V4 }),
+        };
+        ServiceKey { addr, port: self.port, proto: self.proto.number(), family }
+    }
+
+    pub fn from_key(key: &ServiceKey) -> Option<Self> {
+        let proto = Proto::from_number(key.proto)?;
+        let addr = if key.addr == [0; 16] {
+            ServiceAddr::NodePort { v6: key.family == FAMILY_V6 }
+        } else {
+            ServiceAddr::Vip(bytes_ip(&key.addr, key.family)?)
+        };
+        Some(Self { addr, port: key.port, proto })
+    }
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            ServiceAddr::Vip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}/{}", self.port, self.proto.as_str()),
+            ServiceAddr::Vip(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto.as_str()),
+            ServiceAddr::NodePort { v6: false } => write!(f, "*:{}/{}", self.port, self.proto.as_str()),
+            ServiceAddr::NodePort { v6: true } => write!(f, "[*]:{}/{}", self.port, self.proto.as_str()),
+        }
+    }
+}
+
+/// One backend of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Maglev weight; 0 = draining (no new flows, existing ones continue).
+    pub weight: u32,
+}
+
+/// The desired state of one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub id: ServiceId,
+    pub name: String,
+    /// Sorted by (address, port), unique.
+    pub backends: Vec<Backend>,
+}
+
+/// Desired services, keyed by what the data path keys them by.
+pub type Desired = BTreeMap<ServiceId, Service>;
+
+/// An address as the maps store it.
+pub fn ip_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => (v4_bytes(v4.octets()), FAMILY_V4),
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The address the maps store, back as an `IpAddr`.
+pub fn bytes_ip(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for id in [
+            ServiceId { addr: ServiceAddr::Vip("10.0.0.1".parse().unwrap()), port: 80, proto: Proto::Tcp },
+            ServiceId { addr: ServiceAddr::Vip("fd00::1".parse().unwrap()), port: 53, proto: Proto::Udp },
+            ServiceId { addr: ServiceAddr::NodePort { v6: false }, port: 10000, proto: Proto::Tcp },
+            ServiceId { addr: ServiceAddr::NodePort { v6: true }, port: 10000, proto: Proto::Udp },
+        ] {
+            assert_eq!(ServiceId::from_key(&id.key()), Some(id), "{id}");
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Desired services → the maps, writing only what changed, in an order where no packet sees a
+//! half-updated service:
+//! 1. backend entries that will take flows are written (new ones, or draining → active);
+//! 2. a new ring is written into a free ring of the pool, then the service entry is pointed at
+//!    it (one map update: the atomic swap);
+//! 3. only then are entries demoted (active → draining) or freed (removed backends).
+//!
+//! Rings and backend ids freed in one pass are not reused in that pass nor the next one, so a
+//! packet that read the old service entry just before a swap never indexes a ring or backend
+//! that has already been rewritten for someone else.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    maglev::{self, RingMember},
+    BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_UNUSED,
+};
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError, Limits},
+    model::{ip_bytes, Backend, Desired, Service},
+};
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Services that could not be programmed (limits reached), with why; all others were.
+    pub failed: Vec<String>,
+}
+
+/// Reconciler state that outlives a pass: what was freed by the previous one.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    quarantined_rings: BTreeSet<u32>,
+    quarantined_backends: BTreeSet<u32>,
+}
+
+/// Ids and rings in use or not yet reusable during one pass.
+struct Allocator {
+    limits: Limits,
+    used_services: BTreeSet<u32>,
+    used_rings: BTreeSet<u32>,
+    backends: Vec<BackendInfo>,
+    blocked_backends: BTreeSet<u32>,
+    freed_rings: BTreeSet<u32>,
+    freed_backends: BTreeSet<u32>,
+}
+
+impl Allocator {
+    fn service_id(&mut self) -> Result<u32, DataplaneError> {
+        let id = (0..self.limits.max_services).find(|id| !self.used_services.contains(id)).ok_or(
+            DataplaneError::Full { what: "service slots", limit: self.limits.max_services, flag: "--max-services" },
+        )?;
+        self.used_services.insert(id);
+        Ok(id)
+    }
+
+    fn ring(&mut self) -> Result<u32, DataplaneError> {
+        let ring = (0..self.limits.rings)
+            .find(|r| !self.used_rings.contains(r))
+            .ok_or(DataplaneError::Full { what: "rings", limit: self.limits.rings, flag: "--max-services" })?;
+        self.used_rings.insert(ring);
+        Ok(ring)
+    }
+
+    fn free_ring(&mut self, ring: u32) {
+        self.freed_rings.insert(ring);
+    }
+
+    fn backend_ids(&mut self, count: usize) -> Result<Vec<u32>, DataplaneError> {
+        let free: Vec<u32> = (1..self.backends.len() as u32)
+            .filter(|&id| self.backends[id as usize].state == BACKEND_UNUSED && !self.blocked_backends.contains(&id))
+            .take(count)
+            .collect();
+        if free.len() < count {
+            return Err(DataplaneError::Full {
+                what: "backend slots",
+                limit: self.limits.max_backends.saturating_sub(1),
+                flag: "--max-backends",
+            });
+        }
+        self.blocked_backends.extend(&free);
+        Ok(free)
+    }
+}
+
+impl Reconciler {
+    /// Makes the maps equal to `desired`.
+    pub fn apply(&mut self, desired: &Desired, dp: &mut dyn Dataplane) -> Result<Report, DataplaneError> {
+        let limits = dp.limits()?;
+        let current: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
+        let backends = dp.backends()?;
+        let mut alloc = Allocator {
+            limits,
+            used_services: current.values().map(|i| i.service_id).collect(),
+            used_rings: current.values().map(|i| i.ring_index).chain(self.quarantined_rings.iter().copied()).collect(),
+            blocked_backends: self.quarantined_backends.clone(),
+            backends,
+            freed_rings: BTreeSet::new(),
+            freed_backends: BTreeSet::new(),
+        };
+        let mut report = Report::default();
+        for service in desired.values() {
+            let key = service.id.key();
+            let outcome = match current.get(&key) {
+                None => add(service, &key, dp, &mut alloc).map(|()| report.added += 1),
+                Some(info) => update(service, &key, info, dp, &mut alloc).map(|changed| {
+                    if changed {
+                        report.updated += 1
+                    } else {
+                        report.unchanged += 1
+                    }
+                }),
+            };
+            if let Err(err) = outcome {
+                match err {
+                    DataplaneError::Full { .. } => {
+                        warn!(service = %service.id, name = %service.name, "not programmed: {err}");
+                        report.failed.push(format!("{} ({}): {err}", service.id, service.name));
+                    }
+                    other => return Err(other),
+                }
+            }
+        }
+        let wanted: BTreeSet<ServiceKey> = desired.values().map(|s| s.id.key()).collect();
+        for (key, info) in current.iter().filter(|(k, _)| !wanted.contains(k)) {
+            remove(key, info, dp, &mut alloc)?;
+            report.removed += 1;
+        }
+        self.quarantined_rings = alloc.freed_rings;
+        self.quarantined_backends = alloc.freed_backends;
+        if report.added + report.updated + report.removed > 0 {
+            info!(added = report.added, updated = report.updated, removed = report.removed, unchanged = report.unchanged, "services applied");
+        }
+        Ok(report)
+    }
+}
+
+fn state_for(weight: u32) -> u8 {
+    if weight == 0 { BACKEND_DRAINING } else { BACKEND_ACTIVE }
+}
+
+fn backend_info(b: &Backend, service_id: u32, generation: u32) -> BackendInfo {
+    let (addr, family) = ip_bytes(b.addr);
+    BackendInfo { addr, port: b.port, family, state: state_for(b.weight), generation, service_id, weight: b.weight }
+}
+
+/// The ring for these (id, backend) members; members must be sorted by address and port.
+pub fn build_ring(members: &[(u32, Backend)], ring_size: u32) -> Vec<u32> {
+    let ring_members: Vec<RingMember> = members
+        .iter()
+        .map(|(id, b)| {
+            let (addr, _) = ip_bytes(b.addr);
+            let (offset, skip) = maglev::preference(&addr, b.port, ring_size);
+            RingMember { id: *id, weight: b.weight, offset, skip }
+        })
+        .collect();
+    let mut ring = vec![0; ring_size as usize];
+    let mut next = vec![0; ring_members.len()];
+    maglev::populate(&ring_members, &mut ring, &mut next);
+    ring
+}
+
+fn active_count(members: &[(u32, Backend)]) -> u32 {
+    members.iter().filter(|(_, b)| b.weight > 0).count() as u32
+}
+
+fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
+    // Allocate everything first: a service that does not fit leaves no trace.
+    let service_id = alloc.service_id()?;
+    let ids = alloc.backend_ids(service.backends.len()).inspect_err(|_| {
+        alloc.used_services.remove(&service_id);
+    })?;
+    let ring_index = alloc.ring().inspect_err(|_| {
+        alloc.used_services.remove(&service_id);
+    })?;
+    dp.set_service_name(service_id, &service.name)?;
+    dp.reset_service_stats(service_id)?;
+    let members: Vec<(u32, Backend)> = ids.iter().copied().zip(service.backends.iter().copied()).collect();
+    for (id, backend) in &members {
+        let generation = alloc.backends[*id as usize].generation.wrapping_add(1);
+        let info = backend_info(backend, service_id, generation);
+        dp.reset_backend_stats(*id)?;
+        dp.set_backend(*id, &info)?;
+        alloc.backends[*id as usize] = info;
+    }
+    dp.write_ring(ring_index, &build_ring(&members, alloc.limits.ring_size))?;
+    let info = ServiceInfo { service_id, ring_index, active_backends: active_count(&members), _pad: 0 };
+    dp.set_service(key, &info)
+}
+
+/// Returns whether anything changed.
+fn update(
+    service: &Service,
+    key: &ServiceKey,
+    info: &ServiceInfo,
+    dp: &mut dyn Dataplane,
+    alloc: &mut Allocator,
+) -> Result<bool, DataplaneError> {
+    let sid = info.service_id;
+    let mut changed = false;
+    if dp.service_name(sid)? != service.name {
+        dp.set_service_name(sid, &service.name)?;
+        changed = true;
+    }
+    let current: BTreeMap<(IpAddr, u16), (u32, BackendInfo)> = alloc
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(id, b)| *id != 0 && b.state != BACKEND_UNUSED && b.service_id == sid)
+        .filter_map(|(id, b)| {
+            let ip = crate::model::bytes_ip(&b.addr, b.family)?;
+            Some(((ip, b.port), (id as u32, *b)))
+        })
+        .collect();
+    let new_backends: Vec<&Backend> = service.backends.iter().filter(|b| !current.contains_key(&(b.addr, b.port))).collect();
+    let new_ids = alloc.backend_ids(new_backends.len())?;
+    let mut new_ids = new_ids.into_iter();
+
+    // 1. Entries that take flows: new backends, and existing ones whose weight or state changes
+    //    towards active. Demotions wait until the new ring is live.
+    let mut members = Vec::with_capacity(service.backends.len());
+    let mut demotions = Vec::new();
+    for backend in &service.backends {
+        match current.get(&(backend.addr, backend.port)) {
+            Some((id, old)) => {
+                let wanted = BackendInfo { weight: backend.weight, state: state_for(backend.weight), ..*old };
+                if wanted != *old {
+                    if wanted.state == BACKEND_DRAINING && old.state == BACKEND_ACTIVE {
+                        demotions.push((*id, wanted));
+                    } else {
+                        dp.set_backend(*id, &wanted)?;
+                        alloc.backends[*id as usize] = wanted;
+                    }
+                    changed = true;
+                }
+                members.push((*id, *backend));
+            }
+            None => {
+                let id = new_ids.next().expect("allocated one id per new backend");
+                let generation = alloc.backends[id as usize].generation.wrapping_add(1);
+                let entry = backend_info(backend, sid, generation);
+                dp.reset_backend_stats(id)?;
+                dp.set_backend(id, &entry)?;
+                alloc.backends[id as usize] = entry;
+                members.push((id, *backend));
+                changed = true;
+            }
+        }
+    }
+
+    // 2. Swap in the new ring if it differs.
+    let ring = build_ring(&members, alloc.limits.ring_size);
+    let active = active_count(&members);
+    if ring != dp.read_ring(info.ring_index)? || active != info.active_backends {
+        let ring_index = alloc.ring()?;
+        dp.write_ring(ring_index, &ring)?;
+        dp.set_service(key, &ServiceInfo { service_id: sid, ring_index, active_backends: active, _pad: 0 })?;
+        alloc.free_ring(info.ring_index);
+        changed = true;
+    }
+
+    // 3. Demote and free.
+    for (id, entry) in demotions {
+        dp.set_backend(id, &entry)?;
+        alloc.backends[id as usize] = entry;
+    }
+    let wanted: BTreeSet<(IpAddr, u16)> = service.backends.iter().map(|b| (b.addr, b.port)).collect();
+    for (addr_port, (id, old)) in &current {
+        if !wanted.contains(addr_port) {
+            free_backend(*id, old, dp, alloc)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
+    // The generation stays: the next owner of this id bumps it, which is what unpins old flows.
+    let entry = BackendInfo { state: BACKEND_UNUSED, ..*old };
+    dp.set_backend(id, &entry)?;
+    alloc.backends[id as usize] = entry;
+    alloc.freed_backends.insert(id);
+    alloc.blocked_backends.insert(id);
+    Ok(())
+}
+
+fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
+    dp.remove_service(key)?;
+    let owned: Vec<(u32, BackendInfo)> = alloc
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(id, b)| *id != 0 && b.state != BACKEND_UNUSED && b.service_id == info.service_id)
+        .map(|(id, b)| (id as u32, *b))
+        .collect();
+    for (id, old) in owned {
+        free_backend(id, &old, dp, alloc)?;
+    }
+    dp.set_service_name(info.service_id, "")?;
+    alloc.free_ring(info.ring_index);
+    alloc.used_services.remove(&info.service_id);
+    Ok(())
+}
+
+/// Makes NODE_ADDRS equal to `addrs` (where service ports are served).
+pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let wanted: BTreeSet<NodeAddrKey> = addrs
+        .iter()
+        .map(|ip| {
+            let (addr, family) = ip_bytes(*ip);
+            NodeAddrKey { addr, family, _pad: [0; 3] }
+        })
+        .collect();
+    let current: BTreeSet<NodeAddrKey> = dp.node_addrs()?.into_iter().collect();
+    for addr in wanted.difference(&current) {
+        dp.add_node_addr(addr)?;
+    }
+    for addr in current.difference(&wanted) {
+        dp.remove_node_addr(addr)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::fake::FakeDataplane, services_file};
+
+    const RING: u32 = 251;
+
+    fn desired(json: &str) -> Desired {
+        services_file::parse(json, "test.json").unwrap()
+    }
+
+    fn web(backends: &[(&str, u16, u32)]) -> Desired {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|(a, p, w)| format!(r#"{{"address":"{a}","port":{p},"weight":{w}}}"#))
+            .collect();
+        desired(&format!(r#"{{"services":[{{"name":"web","address":"10.0.0.1","port":80,"backends":[{}]}}]}}"#, list.join(",")))
+    }
+
+    fn live_ring(dp: &FakeDataplane) -> Vec<u32> {
+        let info = dp.services.values().next().unwrap();
+        dp.rings[info.ring_index as usize].clone()
+    }
+
+    fn id_of(dp: &FakeDataplane, port: u16) -> u32 {
+        dp.backends.iter().position(|b| b.port == port && b.state != BACKEND_UNUSED).unwrap() as u32
+    }
+
+    #[test]
+    fn adds_a_service_backends_first_then_ring_then_service() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        let report = Reconciler::default().apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
+        assert_eq!(report.added, 1);
+        let order: Vec<&str> = dp.log.iter().map(|l| l.split(' ').next().unwrap()).collect();
+        assert_eq!(order, ["backend", "backend", "ring", "service"]);
+        let ring = live_ring(&dp);
+        assert!(ring.iter().all(|&id| id == id_of(&dp, 31001) || id == id_of(&dp, 31002)));
+        assert_eq!(dp.names[&0], "web");
+    }
+
+    #[test]
+    fn an_unchanged_desired_state_writes_nothing() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        let mut r = Reconciler::default();
+        let d = web(&[("10.1.0.1", 31001, 1)]);
+        r.apply(&d, &mut dp).unwrap();
+        dp.log.clear();
+        let report = r.apply(&d, &mut dp).unwrap();
+        assert_eq!(report, Report { unchanged: 1, ..Report::default() });
+        assert!(dp.log.is_empty(), "{:?}", dp.log);
+    }
+
+    #[test]
+    fn draining_swaps_the_ring_before_demoting_the_backend() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        let mut r = Reconciler::default();
+        r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
+        let drained = id_of(&dp, 31002);
+        dp.log.clear();
+        r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 0)]), &mut dp).unwrap();
+        assert_eq!(dp.log[0].split(' ').next().unwrap(), "ring");
+        assert!(dp.log[1].starts_with("service"));
+        assert_eq!(dp.log[2], format!("backend {drained} state {BACKEND_DRAINING}"));
+        assert!(!live_ring(&dp).contains(&drained));
+        assert_eq!(dp.services.values().next().unwrap().active_backends, 1);
+    }
+
+    #[test]
+    fn removal_frees_after_the_swap_and_quarantines_ids_and_rings_for_one_pass() {
+        let mut dp = FakeDataplane::new(8, 4, RING);
+        let mut r = Reconciler::default();
+        r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1), ("10.1.0.3", 31003, 1)]), &mut dp).unwrap();
+        let gone = id_of(&dp, 31003);
+        let old_ring = dp.services.values().next().unwrap().ring_index;
+        r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
+        assert_eq!(dp.backends[gone as usize].state, BACKEND_UNUSED);
+        assert_ne!(dp.services.values().next().unwrap().ring_index, old_ring, "a new ring was swapped in");
+        // Only 3 usable ids (1..=3) and the freed one is quarantined for one more pass: a new
+        // backend does not fit yet, is reported, and the service keeps its two backends.
+        let three = web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1), ("10.1.0.4", 31004, 1)]);
+        let report = r.apply(&three, &mut dp).unwrap();
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        let report = r.apply(&three, &mut dp).unwrap();
+        assert_eq!(report.failed.len(), 0, "{report:?}");
+        let reused = id_of(&dp, 31004);
+        assert_eq!(reused, gone);
+        assert_eq!(dp.backends[reused as usize].generation, 2, "re-use bumps the generation");
+    }
+
+    #[test]
+    fn a_service_that_does_not_fit_is_reported_and_the_others_apply() {
+        let mut dp = FakeDataplane::new(8, 3, RING);
+        let d = desired(
+            r#"{"services":[
+              {"name":"big","address":"10.0.0.1","port":80,"backends":[{"address":"10.1.0.1","port":1},{"address":"10.1.0.2","port":1},{"address":"10.1.0.3","port":1}]},
+              {"name":"small","address":"10.0.0.2","port":80,"backends":[{"address":"10.1.0.9","port":1}]}]}"#,
+        );
+        let report = Reconciler::default().apply(&d, &mut dp).unwrap();
+        assert_eq!(report.added, 1);
+        assert_eq!(report.failed.len(), 1);
+        assert!(report.failed[0].contains("big") && report.failed[0].contains("--max-backends"), "{report:?}");
+        assert_eq!(dp.services.len(), 1);
+    }
+
+    #[test]
+    fn services_not_desired_are_removed_service_entry_first() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        let mut r = Reconciler::default();
+        r.apply(&web(&[("10.1.0.1", 31001, 1)]), &mut dp).unwrap();
+        dp.log.clear();
+        let report = r.apply(&Desired::new(), &mut dp).unwrap();
+        assert_eq!(report.removed, 1);
+        assert!(dp.log[0].starts_with("remove service"));
+        assert!(dp.services.is_empty());
+        assert!(dp.backends.iter().all(|b| b.state == BACKEND_UNUSED));
+    }
+
+    #[test]
+    fn node_addresses_are_synced_both_ways() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        sync_node_addrs(&["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()], &mut dp).unwrap();
+        assert_eq!(dp.node_addrs.len(), 2);
+        sync_node_addrs(&["10.0.0.5".parse().unwrap()], &mut dp).unwrap();
+        assert_eq!(dp.node_addrs.len(), 1);
+    }
+}

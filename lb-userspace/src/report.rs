@@ -1,0 +1,317 @@
+//! What `lb services`, `lb flows` and `lb stats` show, read through the [`Dataplane`] trait.
+
+use std::{collections::BTreeMap, io::Write, net::IpAddr};
+
+use anyhow::Result;
+use lb_common::{reasons, BackendInfo, BACKEND_ACTIVE, BACKEND_UNUSED};
+use serde::Serialize;
+
+use crate::{
+    dataplane::{Dataplane, IfaceStat},
+    model::{bytes_ip, Proto, ServiceAddr, ServiceId},
+    preflight,
+};
+
+/// One element of `lb services --json` (DESIGN.md: address, port, protocol, name, backends).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ServiceView {
+    /// The VIP, or 0.0.0.0 / :: for a service port (every node address).
+    pub address: String,
+    pub port: u16,
+    pub protocol: Proto,
+    pub name: String,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct BackendView {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    /// `active` or `draining`.
+    pub state: &'static str,
+    #[serde(skip)]
+    pub id: u32,
+}
+
+fn service_address(id: &ServiceId) -> String {
+    match id.addr {
+        ServiceAddr::Vip(ip) => ip.to_string(),
+        ServiceAddr::NodePort { v6: false } => "0.0.0.0".into(),
+        ServiceAddr::NodePort { v6: true } => "::".into(),
+    }
+}
+
+fn backend_view(id: u32, b: &BackendInfo) -> Option<BackendView> {
+    let ip = bytes_ip(&b.addr, b.family)?;
+    let state = if b.state == BACKEND_ACTIVE { "active" } else { "draining" };
+    Some(BackendView { address: ip.to_string(), port: b.port, weight: b.weight, state, id })
+}
+
+/// Every programmed service with its backends, sorted by (protocol, address, port).
+pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
+    let backends = dp.backends()?;
+    let mut by_service: BTreeMap<u32, Vec<BackendView>> = BTreeMap::new();
+    for (id, b) in backends.iter().enumerate().skip(1) {
+        if b.state != BACKEND_UNUSED {
+            if let Some(view) = backend_view(id as u32, b) {
+                by_service.entry(b.service_id).or_default().push(view);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (key, info) in dp.services()? {
+        let Some(id) = ServiceId::from_key(&key) else { continue };
+        let mut backends = by_service.remove(&info.service_id).unwrap_or_default();
+        backends.sort_by(|a, b| (a.address.parse::<IpAddr>().ok(), a.port).cmp(&(b.address.parse::<IpAddr>().ok(), b.port)));
+        out.push((id, ServiceView {
+            address: service_address(&id),
+            port: id.port,
+            protocol: id.proto,
+            name: dp.service_name(info.service_id)?,
+            backends,
+        }));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+pub fn print_services(services: &[ServiceView], json: bool, out: &mut impl Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, services)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8}", "SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE")?;
+    for s in services {
+        let service = format!("{}:{}", bracket(&s.address), s.port);
+        if s.backends.is_empty() {
+            writeln!(out, "{service:<28} {:<5} {:<24} {:<28} {:>6} {:<8}", s.protocol.as_str(), s.name, "-", "-", "-")?;
+        }
+        for b in &s.backends {
+            let backend = format!("{}:{}", bracket(&b.address), b.port);
+            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {:>6} {:<8}", s.protocol.as_str(), s.name, b.weight, b.state)?;
+        }
+    }
+    Ok(())
+}
+
+fn bracket(addr: &str) -> String {
+    if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() }
+}
+
+/// One flow-table entry.
+#[derive(Debug, Serialize)]
+pub struct FlowView {
+    pub client: String,
+    pub client_port: u16,
+    pub service: String,
+    pub service_port: u16,
+    pub protocol: String,
+    /// The pinned backend, or null when its backend is gone (the next packet re-balances).
+    pub backend: Option<String>,
+    pub backend_port: Option<u16>,
+}
+
+pub fn flows(dp: &dyn Dataplane, limit: usize) -> Result<Vec<FlowView>> {
+    let backends = dp.backends()?;
+    let mut out = Vec::new();
+    for (key, info) in dp.flows(limit)? {
+        let (Some(client), Some(service)) = (bytes_ip(&key.src, key.family), bytes_ip(&key.dst, key.family)) else { continue };
+        let backend = backends
+            .get(info.backend_id as usize)
+            .filter(|b| b.state != BACKEND_UNUSED && b.generation == info.backend_generation)
+            .and_then(|b| Some((bytes_ip(&b.addr, b.family)?, b.port)));
+        out.push(FlowView {
+            client: client.to_string(),
+            client_port: key.sport,
+            service: service.to_string(),
+            service_port: key.dport,
+            protocol: Proto::from_number(key.proto).map(|p| p.as_str().to_string()).unwrap_or_else(|| key.proto.to_string()),
+            backend: backend.map(|(ip, _)| ip.to_string()),
+            backend_port: backend.map(|(_, port)| port),
+        });
+    }
+    Ok(out)
+}
+
+pub fn print_flows(flows: &[FlowView], json: bool, out: &mut impl Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, flows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<5} {:<44} {:<44} {:<44}", "PROTO", "CLIENT", "SERVICE", "BACKEND")?;
+    for f in flows {
+        let backend = match (&f.backend, f.backend_port) {
+            (Some(a), Some(p)) => format!("{}:{p}", bracket(a)),
+            _ => "(gone)".into(),
+        };
+        writeln!(
+            out,
+            "{:<5} {:<44} {:<44} {:<44}",
+            f.protocol,
+            format!("{}:{}", bracket(&f.client), f.client_port),
+            format!("{}:{}", bracket(&f.service), f.service_port),
+            backend
+        )?;
+    }
+    Ok(())
+}
+
+/// Everything `lb stats` shows.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Packets per outcome (forwards and every other verdict), by name.
+    pub verdicts: BTreeMap<&'static str, u64>,
+    pub services: Vec<ServiceStats>,
+    pub interfaces: Vec<IfaceStat>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStats {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: Proto,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStats {
+    pub address: String,
+    pub port: u16,
+    pub state: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
+    let verdicts = dp.verdicts()?;
+    let verdicts = reasons::NAMES.iter().zip(verdicts).map(|(name, n)| (*name, n)).collect();
+    let mut services = Vec::new();
+    let ids: BTreeMap<(String, u16, Proto), u32> = dp
+        .services()?
+        .into_iter()
+        .filter_map(|(k, i)| {
+            let id = ServiceId::from_key(&k)?;
+            Some(((service_address(&id), id.port, id.proto), i.service_id))
+        })
+        .collect();
+    for view in self::services(dp)? {
+        let sid = ids[&(view.address.clone(), view.port, view.protocol)];
+        let total = dp.service_stats(sid)?;
+        let mut backends = Vec::new();
+        for b in &view.backends {
+            let c = dp.backend_stats(b.id)?;
+            backends.push(BackendStats {
+                address: b.address.clone(),
+                port: b.port,
+                state: b.state,
+                packets: c.packets,
+                bytes: c.bytes,
+                new_flows: c.new_flows,
+            });
+        }
+        services.push(ServiceStats {
+            name: view.name,
+            address: view.address,
+            port: view.port,
+            protocol: view.protocol,
+            packets: total.packets,
+            bytes: total.bytes,
+            new_flows: total.new_flows,
+            backends,
+        });
+    }
+    Ok(Stats { verdicts, services, interfaces: dp.iface_stats()? })
+}
+
+pub fn print_stats(stats: &Stats, json: bool, out: &mut impl Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, stats)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "OUTCOME                   PACKETS")?;
+    for (name, n) in &stats.verdicts {
+        writeln!(out, "{name:<20} {n:>12}")?;
+    }
+    writeln!(out, "\n{:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", "SERVICE/BACKEND", "PROTO", "NAME", "PACKETS", "BYTES", "NEW FLOWS")?;
+    for s in &stats.services {
+        let service = format!("{}:{}", bracket(&s.address), s.port);
+        writeln!(out, "{service:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", s.protocol.as_str(), s.name, s.packets, s.bytes, s.new_flows)?;
+        for b in &s.backends {
+            let backend = format!("  → {}:{}", bracket(&b.address), b.port);
+            writeln!(out, "{backend:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", "", b.state, b.packets, b.bytes, b.new_flows)?;
+        }
+    }
+    writeln!(out, "\n{:<16} {:>7} {:<12} {:>12} {:>14}", "IFACE", "IFINDEX", "HOOK", "PACKETS", "BYTES")?;
+    for i in &stats.interfaces {
+        let name = preflight::interface_name(i.ifindex).unwrap_or_else(|| "-".into());
+        writeln!(out, "{name:<16} {:>7} {:<12} {:>12} {:>14}", i.ifindex, i.hook.as_str(), i.packets, i.bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::fake::FakeDataplane, reconcile::Reconciler, services_file};
+
+    fn programmed() -> FakeDataplane {
+        let mut dp = FakeDataplane::new(8, 32, 251);
+        let desired = services_file::parse(
+            r#"{"services":[
+              {"name":"web","address":"10.0.0.1","port":80,"backends":[
+                {"address":"10.1.0.6","port":31006,"weight":0},{"address":"10.1.0.5","port":31005,"weight":2}]},
+              {"name":"dns","port":10053,"protocol":"udp","backends":[{"address":"fd00::7","port":53}]}]}"#,
+            "t.json",
+        )
+        .unwrap();
+        Reconciler::default().apply(&desired, &mut dp).unwrap();
+        dp
+    }
+
+    #[test]
+    fn services_json_is_the_documented_shape() {
+        let mut out = Vec::new();
+        print_services(&services(&programmed()).unwrap(), true, &mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"address": "10.0.0.1", "port": 80, "protocol": "tcp", "name": "web", "backends": [
+                    {"address": "10.1.0.5", "port": 31005, "weight": 2, "state": "active"},
+                    {"address": "10.1.0.6", "port": 31006, "weight": 0, "state": "draining"}]},
+                {"address": "::", "port": 10053, "protocol": "udp", "name": "dns", "backends": [
+                    {"address": "fd00::7", "port": 53, "weight": 1, "state": "active"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn services_table_has_a_row_per_backend() {
+        let mut out = Vec::new();
+        print_services(&services(&programmed()).unwrap(), false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(text.contains("[fd00::7]:53"), "{text}");
+    }
+
+    #[test]
+    fn stats_name_every_verdict_and_sum_services() {
+        let mut dp = programmed();
+        dp.verdicts[reasons::NO_BACKEND as usize] = 7;
+        dp.service_stats.insert(0, lb_common::TrafficCounters { packets: 3, bytes: 180, new_flows: 1 });
+        let s = stats(&dp).unwrap();
+        assert_eq!(s.verdicts["no_backend"], 7);
+        assert_eq!(s.verdicts.len(), reasons::COUNT as usize);
+        let web = s.services.iter().find(|x| x.name == "web").unwrap();
+        assert_eq!((web.packets, web.new_flows), (3, 1));
+    }
+}

@@ -20,13 +20,14 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// The checksum after replacing `old` by `new` (same even length) in the covered data:
-/// HC' = ~(~HC + ~m + m') (RFC 1624, eqn. 3).
+/// The checksum after replacing `old` by `new` in the covered data:
+/// HC' = ~(~HC + ~m + m') (RFC 1624, eqn. 3). `N` is even (addresses, ports); the fixed size lets
+/// the BPF build unroll the loop with no bounds checks.
 #[inline(always)]
-pub fn replace(check: u16, old: &[u8], new: &[u8]) -> u16 {
+pub fn replace<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 {
     let mut sum = !check as u32;
     let mut i = 0;
-    while i + 1 < old.len() {
+    while i + 1 < N {
         sum += !u16::from_be_bytes([old[i], old[i + 1]]) as u32;
         sum += u16::from_be_bytes([new[i], new[i + 1]]) as u32;
         i += 2;
@@ -65,7 +66,8 @@ mod tests {
         let before = header([0xac, 0x10, 0x0a, 0x0c]);
         let after = header([10, 1, 0, 5]);
         let check = checksum(&before);
-        assert_eq!(replace(check, &before[16..20], &after[16..20]), checksum(&after));
+        let (old, new): ([u8; 4], [u8; 4]) = (before[16..20].try_into().unwrap(), after[16..20].try_into().unwrap());
+        assert_eq!(replace(check, &old, &new), checksum(&after));
     }
 
     #[test]

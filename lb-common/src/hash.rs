@@ -12,29 +12,39 @@ pub const fn mix32(mut h: u32) -> u32 {
     h
 }
 
-#[inline(always)]
-fn word(bytes: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([bytes[i * 4], bytes[i * 4 + 1], bytes[i * 4 + 2], bytes[i * 4 + 3]])
-}
-
 /// Hash of a connection's (source, source port, protocol) towards one service. The destination is
 /// implied by the service the ring belongs to, so it is left out: a client's connection to a VIP
 /// and to the same service port via a node address land on the same backend.
+/// Written without loops or slice indexing, so the BPF build has no panic paths.
 #[inline(always)]
 pub fn flow_hash(src: &[u8; 16], sport: u16, proto: u8) -> u32 {
+    let words = [
+        u32::from_ne_bytes([src[0], src[1], src[2], src[3]]),
+        u32::from_ne_bytes([src[4], src[5], src[6], src[7]]),
+        u32::from_ne_bytes([src[8], src[9], src[10], src[11]]),
+        u32::from_ne_bytes([src[12], src[13], src[14], src[15]]),
+    ];
     let mut h: u32 = 0x9747_b28c;
-    let mut i = 0;
-    while i < 4 {
-        h = mix32(h ^ word(src, i)).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-        i += 1;
-    }
+    h = round(h, words[0]);
+    h = round(h, words[1]);
+    h = round(h, words[2]);
+    h = round(h, words[3]);
     mix32(h ^ ((sport as u32) << 8) ^ proto as u32)
 }
 
-/// Ring slot of a hash for a ring of `ring_size` entries.
+#[inline(always)]
+const fn round(h: u32, word: u32) -> u32 {
+    mix32(h ^ word).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+/// Ring slot of a hash for a ring of `ring_size` entries (slot 0 for an empty ring, so the BPF
+/// build has no division-by-zero panic path).
 #[inline(always)]
 pub fn ring_slot(hash: u32, ring_size: u32) -> u32 {
-    hash % ring_size
+    match hash.checked_rem(ring_size) {
+        Some(slot) => slot,
+        None => 0,
+    }
 }
 
 #[cfg(test)]

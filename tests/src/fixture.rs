@@ -9,7 +9,14 @@ use aya::{
     Ebpf,
 };
 use anyhow::{Context as _, Result};
-use lb::dataplane::{loader, pinned::PinnedMaps, Dataplane};
+use lb::{
+    dataplane::{
+        loader::{self, LoadLimits},
+        pinned::PinnedMaps,
+    },
+    reconcile::{self, Reconciler},
+    report, services_file,
+};
 use lb_common::names;
 
 use crate::{agent::PinDir, packet};
@@ -44,39 +51,63 @@ pub struct Case {
     pub counters: Vec<(String, u64)>,
 }
 
-/// Loaded kernel programs with their maps pinned in a private pin directory.
+/// Small maps: fixtures need a handful of services, and tests run in parallel.
+pub const FIXTURE_LIMITS: LoadLimits =
+    LoadLimits { ring_size: 251, max_services: 32, max_backends: 256, max_flows: 4096, udp_timeout_secs: 120 };
+
+/// Loaded kernel programs with their maps pinned in a private pin directory, programmed through
+/// the agent's own reconciler.
 pub struct XdpFixture {
     pub ebpf: Ebpf,
     pub pins: PinDir,
+    reconciler: Reconciler,
 }
 
 impl XdpFixture {
     pub fn load() -> Result<Self> {
+        Self::load_with(FIXTURE_LIMITS)
+    }
+
+    pub fn load_with(limits: LoadLimits) -> Result<Self> {
         let pins = PinDir::new();
-        let mut ebpf = loader::load_object(pins.path()).context("loading the BPF object")?;
+        let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
         let xdp: &mut Xdp = loader::program(&mut ebpf, names::PROG_XDP)?;
         xdp.load().context("loading the XDP program")?;
-        Ok(Self { ebpf, pins })
+        Ok(Self { ebpf, pins, reconciler: Reconciler::default() })
+    }
+
+    /// Programs the services of a services-file text and this node's addresses, as `lb run` does.
+    pub fn apply(&mut self, services_json: &str, node_addrs: &[&str]) -> Result<()> {
+        let desired = services_file::parse(services_json, "fixture")?;
+        let mut maps = PinnedMaps::new(self.pins.path());
+        let addrs: Vec<std::net::IpAddr> = node_addrs.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+        reconcile::sync_node_addrs(&addrs, &mut maps)?;
+        let report = self.reconciler.apply(&desired, &mut maps)?;
+        anyhow::ensure!(report.failed.is_empty(), "not programmed: {:?}", report.failed);
+        Ok(())
+    }
+
+    /// The agent's view of the maps (for ring and flow checks).
+    pub fn maps(&self) -> PinnedMaps {
+        PinnedMaps::new(self.pins.path())
+    }
+
+    /// Runs `input` once and returns (verdict, output bytes).
+    pub fn run_packet(&mut self, input: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let xdp: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP)?;
+        let mut out = vec![0u8; input.len() + 256];
+        let result = xdp.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Runs one case; `Err` carries the diff.
     pub fn run(&mut self, case: &Case) -> Result<(), CaseFailure> {
         let before = counter_snapshot(&self.pins).map_err(|e| CaseFailure::setup(case, e))?;
-        let xdp: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP)
-            .map_err(|e| CaseFailure::setup(case, e.into()))?;
-        // Room for programs that grow the packet (encapsulation) without losing bytes.
-        let mut out = vec![0u8; case.input.len() + 256];
-        let result = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(&case.input),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .map_err(|e| CaseFailure::setup(case, e.into()))?;
-        out.truncate(result.data_size_out as usize);
+        let (verdict, out) = self.run_packet(&case.input).map_err(|e| CaseFailure::setup(case, e))?;
         let after = counter_snapshot(&self.pins).map_err(|e| CaseFailure::setup(case, e))?;
         let deltas = counter_deltas(&before, &after);
-        CaseFailure::compare(case, result.return_value, &out, &deltas)
+        CaseFailure::compare(case, verdict, &out, &deltas)
     }
 
     /// Runs every case and panics with the diffs of all that failed.
@@ -89,10 +120,26 @@ impl XdpFixture {
 
 /// Every counter the data path keeps, flattened to `map{key}.field` → value (summed over CPUs),
 /// read through the agent's own map adapter.
+/// Names: `verdict.<reason>`, `service{<name>}.<field>`, `backend{<addr>:<port>}.<field>`,
+/// `iface_stats{ifindex=…,hook=…}.<field>`.
 pub fn counter_snapshot(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
     let maps = PinnedMaps::new(pins.path());
+    let stats = report::stats(&maps)?;
     let mut snapshot = BTreeMap::new();
-    for stat in maps.iface_stats()? {
+    for (name, n) in &stats.verdicts {
+        snapshot.insert(format!("verdict.{name}"), *n);
+    }
+    for s in &stats.services {
+        for (field, n) in [("packets", s.packets), ("bytes", s.bytes), ("new_flows", s.new_flows)] {
+            snapshot.insert(format!("service{{{}}}.{field}", s.name), n);
+        }
+        for b in &s.backends {
+            for (field, n) in [("packets", b.packets), ("bytes", b.bytes), ("new_flows", b.new_flows)] {
+                snapshot.insert(format!("backend{{{}:{}}}.{field}", b.address, b.port), n);
+            }
+        }
+    }
+    for stat in &stats.interfaces {
         let key = format!("iface_stats{{ifindex={},hook={}}}", stat.ifindex, stat.hook.as_str());
         snapshot.insert(format!("{key}.packets"), stat.packets);
         snapshot.insert(format!("{key}.bytes"), stat.bytes);

@@ -14,22 +14,26 @@ fn xdp_counter(field: &str) -> String {
 }
 
 #[test]
-fn every_packet_is_counted_and_passed_unchanged() {
+fn with_no_services_every_packet_is_counted_and_passed_unchanged() {
     let mut fixture = XdpFixture::load().expect("load");
     let udp4 = udp((v4(10, 0, 0, 1), 5000), (v4(10, 0, 0, 2), 53), b"query");
     let syn6 = tcp((v6("fd00::1"), 40000), (v6("fd00::2"), 80), SYN, b"");
     // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
     let runt = vec![0xffu8; 14];
-    let cases: Vec<Case> = [("udp over ipv4", udp4), ("tcp syn over ipv6", syn6), ("bare ethernet header", runt)]
-        .into_iter()
-        .map(|(name, input)| Case {
-            name,
-            output: input.clone(),
-            verdict: XDP_PASS,
-            counters: vec![(xdp_counter("packets"), 1), (xdp_counter("bytes"), input.len() as u64)],
-            input,
-        })
-        .collect();
+    let cases: Vec<Case> = [
+        ("udp over ipv4", udp4, "verdict.not_service"),
+        ("tcp syn over ipv6", syn6, "verdict.not_service"),
+        ("bare ethernet header", runt, "verdict.not_ip_tcp_udp"),
+    ]
+    .into_iter()
+    .map(|(name, input, verdict)| Case {
+        name,
+        output: input.clone(),
+        verdict: XDP_PASS,
+        counters: vec![(xdp_counter("packets"), 1), (xdp_counter("bytes"), input.len() as u64), (verdict.into(), 1)],
+        input,
+    })
+    .collect();
     fixture.run_table(&cases);
 }
 

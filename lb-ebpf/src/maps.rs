@@ -21,7 +21,7 @@ pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
 pub static UDP_TIMEOUT_NS: Global<u64> = Global::new(DEFAULT_UDP_TIMEOUT_SECS * 1_000_000_000);
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
-const RING_POOL: usize = (DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAULT_RING_SIZE as usize;
+const RING_POOL: usize = ((DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAULT_RING_SIZE as usize).div_ceil(2);
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 
@@ -37,10 +37,12 @@ pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();
 /// This node's addresses, where service ports are served (value unused).
 #[btf_map]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, u32, 256> = HashMap::new();
-/// Pool of Maglev rings, RING_SIZE backend ids each; services point at one (`ring_index`).
-/// Memory-mappable so the agent writes a whole ring with one copy instead of one syscall per slot.
+/// Pool of Maglev rings, RING_SIZE u32 backend ids each, two ids per u64 element (array elements
+/// are 8-byte aligned, so u32 values would waste half the pool); services point at one ring
+/// (`ring_index`). Memory-mappable: the agent sees the pool as one u32 array and writes a ring
+/// with one copy instead of one syscall per slot.
 #[btf_map]
-pub static RINGS: Array<u32, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::new();
+pub static RINGS: Array<u64, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::new();
 /// Backends by id (id 0 unused).
 #[btf_map]
 pub static BACKENDS: Array<BackendInfo, MAX_BACKENDS> = Array::new();

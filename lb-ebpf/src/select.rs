@@ -73,7 +73,7 @@ fn pick(p: &Parsed, svc: &ServiceInfo, key: &FlowKey, now: u64) -> Result<Target
     }
     let ring_size = RING_SIZE.load();
     let slot = hash::ring_slot(hash::flow_hash(&p.src, p.sport, p.proto), ring_size);
-    let backend_id = *RINGS.get(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot)).ok_or(reasons::BAD_BACKEND)?;
+    let backend_id = ring_entry(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot))?;
     let backend = BACKENDS.get(backend_id).ok_or(reasons::BAD_BACKEND)?;
     if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != p.family {
         return Err(reasons::BAD_BACKEND);
@@ -92,6 +92,13 @@ fn pick(p: &Parsed, svc: &ServiceInfo, key: &FlowKey, now: u64) -> Result<Target
     let reply = ReplyInfo { service_addr: p.dst, service_port: p.dport, _pad: [0; 6] };
     REPLIES.insert(reply_key, reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true })
+}
+
+/// Backend id at u32 position `index` of the ring pool (two per u64 element, low half first).
+#[inline(always)]
+fn ring_entry(index: u32) -> Result<u32, u32> {
+    let pair = *RINGS.get(index / 2).ok_or(reasons::BAD_BACKEND)?;
+    Ok(if index & 1 == 0 { pair as u32 } else { (pair >> 32) as u32 })
 }
 
 /// How to restore the service address on a reply from a backend, if this is one.

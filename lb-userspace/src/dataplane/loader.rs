@@ -167,7 +167,8 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
     fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io { path: pin_dir.to_owned(), source })?;
     let map_pins: Vec<(&str, PathBuf)> =
         names::PINNED_MAPS.iter().map(|&m| (m, pin_dir.join(pin_name(m)))).collect();
-    let rings = (limits.max_services + lb_common::SPARE_RINGS) * limits.ring_size;
+    // Two u32 ring slots per u64 element (see RINGS in lb-ebpf/src/maps.rs).
+    let ring_elements = ((limits.max_services + lb_common::SPARE_RINGS) * limits.ring_size).div_ceil(2);
     let udp_timeout_ns = limits.udp_timeout_secs.saturating_mul(1_000_000_000);
     let mut loader = EbpfLoader::new();
     for (map, path) in &map_pins {
@@ -183,7 +184,7 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
         loader.map_max_entries(map, limits.max_flows);
     }
     loader
-        .map_max_entries(names::MAP_RINGS, rings)
+        .map_max_entries(names::MAP_RINGS, ring_elements)
         .override_global(names::GLOBAL_RING_SIZE, &limits.ring_size, true)
         .override_global(names::GLOBAL_UDP_TIMEOUT_NS, &udp_timeout_ns, true);
     Ok(loader.load(EBPF_OBJECT)?)

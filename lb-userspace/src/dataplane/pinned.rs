@@ -112,14 +112,17 @@ impl Dataplane for PinnedMaps {
     fn limits(&self) -> Result<Limits> {
         let max_services = self.max_entries(names::MAP_SERVICES)?;
         let rings = max_services + SPARE_RINGS;
-        let pool = self.max_entries(names::MAP_RINGS)?;
-        if pool % rings != 0 {
+        // Two u32 slots per u64 element, rounded up: the pool holds rings × ring_size slots
+        // plus at most one.
+        let slots = self.max_entries(names::MAP_RINGS)? * 2;
+        let ring_size = slots / rings;
+        if slots - ring_size * rings > 1 {
             return Err(DataplaneError::Layout {
                 name: names::MAP_RINGS,
-                detail: format!("{pool} entries is not a whole number of rings for {rings} rings"),
+                detail: format!("{slots} slots is not a whole number of rings for {rings} rings"),
             });
         }
-        Ok(Limits { ring_size: pool / rings, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
+        Ok(Limits { ring_size, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
     }
 
     fn iface_stats(&self) -> Result<Vec<IfaceStat>> {
@@ -249,8 +252,10 @@ struct RingsMapping {
 impl RingsMapping {
     fn new(map: MapData, ring_size: u32) -> Result<Self> {
         let name = names::MAP_RINGS;
-        let entries = map.info().map_err(map_err(name))?.max_entries() as usize;
-        let len = entries * std::mem::size_of::<u32>();
+        let elements = map.info().map_err(map_err(name))?.max_entries() as usize;
+        // Seen from here the pool is one array of u32 slots (two per u64 element, low first on
+        // this little-endian host, matching the kernel's split).
+        let len = elements * std::mem::size_of::<u64>();
         // SAFETY: mapping a BPF array fd created with BPF_F_MMAPABLE, shared, whole length.
         let base = unsafe {
             libc::mmap(

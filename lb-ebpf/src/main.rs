@@ -34,7 +34,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(start: usize, end: usize) -> Result<u32, u32> {
     let mut packet = parse::Parsed::default();
-    parse::parse(start, end, &mut packet)?;
+    parse::parse(start, end, end - start, &mut packet)?;
     let service = select::service(&packet).ok_or(reasons::NOT_SERVICE)?;
     let target = select::backend(&packet, &service)?;
     rewrite::dnat(start, end, &packet, target.backend)?;
@@ -83,7 +83,7 @@ fn reverse(ctx: &TcContext) -> Result<(), u32> {
         ctx.pull_data(REPLY_HEADERS).map_err(|_| reasons::MALFORMED)?;
     }
     let mut packet = parse::Parsed::default();
-    parse::parse(ctx.data(), ctx.data_end(), &mut packet)?;
+    parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize, &mut packet)?;
     let reply = select::reply(&packet).ok_or(reasons::NOT_SERVICE)?;
     rewrite::restore_source(ctx, &packet, &reply)
 }

@@ -68,14 +68,15 @@ fn be16(start: usize, end: usize, off: usize) -> Result<u16, u32> {
     bytes::<2>(start, end, off).map(u16::from_be_bytes)
 }
 
-/// Parses the frame in [start, end) into `p`.
+/// Parses the frame in [start, end) into `p`. `frame_len` is the whole frame's length, which for
+/// a TC skb can exceed the linear window (payload in fragments): IP lengths are checked against it.
 #[inline(always)]
-pub fn parse(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
+pub fn parse(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Result<(), u32> {
     let ethertype = be16(start, end, 12)?;
     p.l3 = ETH_LEN;
     match ethertype {
-        ETH_P_IP => parse_ipv4(start, end, p)?,
-        ETH_P_IPV6 => parse_ipv6(start, end, p)?,
+        ETH_P_IP => parse_ipv4(start, end, frame_len, p)?,
+        ETH_P_IPV6 => parse_ipv6(start, end, frame_len, p)?,
         _ => return Err(reasons::NOT_IP_TCP_UDP),
     }
     let header_len = if p.proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
@@ -95,14 +96,14 @@ pub fn parse(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
 }
 
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
+fn parse_ipv4(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Result<(), u32> {
     if start + p.l3 + IPV4_LEN > end {
         return Err(reasons::MALFORMED);
     }
     let version_ihl = u8_at(start, end, p.l3)?;
     let (version, ihl) = (version_ihl >> 4, version_ihl & 0x0f);
     let total_len = be16(start, end, p.l3 + 2)? as usize;
-    if version != 4 || ihl < 5 || total_len < IPV4_LEN || start + p.l3 + total_len > end {
+    if version != 4 || ihl < 5 || total_len < IPV4_LEN || p.l3 + total_len > frame_len {
         return Err(reasons::MALFORMED);
     }
     if be16(start, end, p.l3 + 6)? & 0x3fff != 0 {
@@ -127,12 +128,12 @@ fn parse_ipv4(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, p: &mut Parsed) -> Result<(), u32> {
+fn parse_ipv6(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Result<(), u32> {
     if start + p.l3 + IPV6_LEN > end {
         return Err(reasons::MALFORMED);
     }
     let payload_len = be16(start, end, p.l3 + 4)? as usize;
-    if u8_at(start, end, p.l3)? >> 4 != 6 || start + p.l3 + IPV6_LEN + payload_len > end {
+    if u8_at(start, end, p.l3)? >> 4 != 6 || p.l3 + IPV6_LEN + payload_len > frame_len {
         return Err(reasons::MALFORMED);
     }
     let next = u8_at(start, end, p.l3 + 6)?;

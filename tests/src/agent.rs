@@ -54,6 +54,57 @@ impl Drop for PinDir {
     }
 }
 
+/// A file with a unique name under the temp directory, removed on drop.
+pub struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    pub fn new(contents: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(unique_name("lb-services-") + ".json");
+        std::fs::write(&path, contents)?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Replaces the contents atomically (write + rename), as an operator's tooling would.
+    pub fn replace(&self, contents: &str) -> Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, contents)?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Polls `lb services --json` until `pred` holds (at most 10 s).
+pub fn wait_for_services(pins: &PinDir, pred: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lb_ok(None, &["services", "--json", "--pin-dir", &pins.arg()])?;
+        let json: serde_json::Value = serde_json::from_str(&out)?;
+        if pred(&json) {
+            return Ok(json);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("services never reached the expected state; last:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `lb ARGS` run to completion inside `ns` (or the test's own namespace).
 pub fn lb(ns: Option<&Netns>, args: &[&str]) -> Result<Output> {
     let bin = lb_bin();
@@ -133,6 +184,12 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Asks the agent to reload its services file (SIGHUP).
+    pub fn sighup(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
     }
 
     /// Stops the agent (SIGTERM) and returns its exit status.

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod servers;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

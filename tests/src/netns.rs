@@ -151,3 +151,81 @@ impl ClientNode {
         })
     }
 }
+
+/// The load-balancer topology of the end-to-end tests and the demo:
+///
+/// ```text
+///  client ns ──veth── node ns (lb: XDP in, TC out on its uplink) ──veth── backend ns 0
+///  10.201.0.1          10.201.0.2 | 10.210.<i>.1                   ╰─veth── backend ns 1 …
+///  fd00:201::1         fd00:201::2 | fd00:210:<i>::1                        10.210.<i>.2
+/// ```
+/// The client routes the VIP ranges 10.0.0.0/24 and fd00::/112 to the node; the node forwards.
+pub struct LbTopology {
+    pub client: Netns,
+    pub node: Netns,
+    pub backends: Vec<Netns>,
+    pub client_if: String,
+    pub uplink: String,
+    pub client_ip: IpAddr,
+    pub client_ip6: IpAddr,
+    pub node_ip: IpAddr,
+    pub node_ip6: IpAddr,
+}
+
+impl LbTopology {
+    pub fn new(backends: usize) -> Result<Self> {
+        let client = Netns::new("lbc")?;
+        let node = Netns::new("lbn")?;
+        let (client_if, uplink) = veth(&client, &node)?;
+        client.addr(&client_if, "10.201.0.1/24")?;
+        client.addr(&client_if, "fd00:201::1/64")?;
+        node.addr(&uplink, "10.201.0.2/24")?;
+        node.addr(&uplink, "fd00:201::2/64")?;
+        client.route("10.0.0.0/24", "10.201.0.2".parse().unwrap())?;
+        client.route("fd00::/112", "fd00:201::2".parse().unwrap())?;
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let out = node.command("sysctl").args(["-qw", sysctl]).output()?;
+            if !out.status.success() {
+                bail!("sysctl {sysctl}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let mut topo = Self {
+            client,
+            node,
+            backends: Vec::new(),
+            client_if,
+            uplink,
+            client_ip: "10.201.0.1".parse().unwrap(),
+            client_ip6: "fd00:201::1".parse().unwrap(),
+            node_ip: "10.201.0.2".parse().unwrap(),
+            node_ip6: "fd00:201::2".parse().unwrap(),
+        };
+        for _ in 0..backends {
+            topo.add_backend()?;
+        }
+        Ok(topo)
+    }
+
+    /// Adds a backend namespace; returns its index.
+    pub fn add_backend(&mut self) -> Result<usize> {
+        let i = self.backends.len();
+        let ns = Netns::new("lbb")?;
+        let (node_end, backend_end) = veth(&self.node, &ns)?;
+        self.node.addr(&node_end, &format!("10.210.{i}.1/24"))?;
+        self.node.addr(&node_end, &format!("fd00:210:{i}::1/64"))?;
+        ns.addr(&backend_end, &format!("10.210.{i}.2/24"))?;
+        ns.addr(&backend_end, &format!("fd00:210:{i}::2/64"))?;
+        ns.ip(&["-4", "route", "add", "default", "via", &format!("10.210.{i}.1")])?;
+        ns.ip(&["-6", "route", "add", "default", "via", &format!("fd00:210:{i}::1")])?;
+        self.backends.push(ns);
+        Ok(i)
+    }
+
+    pub fn backend_ip(i: usize) -> IpAddr {
+        format!("10.210.{i}.2").parse().unwrap()
+    }
+
+    pub fn backend_ip6(i: usize) -> IpAddr {
+        format!("fd00:210:{i}::2").parse().unwrap()
+    }
+}

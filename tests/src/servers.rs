@@ -1,0 +1,146 @@
+//! Real TCP and UDP servers for end-to-end tests, each running in a namespace and stopping when
+//! its handle is dropped. Every reply starts with the server's name, so a client can tell which
+//! backend it reached.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::netns::Netns;
+
+/// A running server; dropped = stopped and joined.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP server on `addr` inside `ns`. Each connection gets `<name>\n` at once, then every
+/// byte it sends is echoed back until it closes.
+pub fn tcp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let name = format!("{name}\n");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = ns.spawn({
+        let stop = stop.clone();
+        move || {
+            let listener = match TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            listener.set_nonblocking(true).unwrap();
+            let _ = ready_tx.send(Ok(()));
+            let mut workers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let name = name.clone();
+                        let stop = stop.clone();
+                        workers.push(std::thread::spawn(move || serve_echo(conn, &name, &stop)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        }
+    })?;
+    ready_rx.recv()?.map_err(anyhow::Error::msg)?;
+    Ok(Server { stop, thread: Some(thread) })
+}
+
+fn serve_echo(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    if conn.write_all(name.as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// A UDP server on `addr` inside `ns`: answers every datagram with `<name>:<datagram>`.
+pub fn udp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let name = name.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = ns.spawn({
+        let stop = stop.clone();
+        move || {
+            let sock = match UdpSocket::bind(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let _ = ready_tx.send(Ok(()));
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let mut reply = format!("{name}:").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        }
+    })?;
+    ready_rx.recv()?.map_err(anyhow::Error::msg)?;
+    Ok(Server { stop, thread: Some(thread) })
+}
+
+/// Connects to `addr` and returns the stream and the name of the backend that greeted it.
+pub fn connect_and_greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        name.push(byte[0]);
+    }
+    Ok((stream, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Sends `data` on an echo connection and checks it comes back whole.
+pub fn echo_round_trip(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    stream.read_exact(&mut back)?;
+    if back != data {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The data path end to end: a client namespace, a node namespace running `lb run` with XDP on
+//! its uplink, and backend namespaces with real TCP and UDP servers.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{wait_for_services, Agent, PinDir, TempFile},
+    netns::LbTopology,
+    servers::{connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
+};
+
+const VIP: &str = "10.0.0.1";
+const VIP6: &str = "fd00::80";
+const BACKEND_PORT: u16 = 31000;
+
+/// A services file with a TCP VIP, a UDP VIP (port 53), a TCP service port (10000) and an IPv6
+/// TCP VIP, all over backends `active` (index, weight).
+fn services(backends: &[(usize, u32)]) -> String {
+    let list = |v6: bool| {
+        backends
+            .iter()
+            .map(|&(i, w)| {
+                let ip = if v6 { LbTopology::backend_ip6(i) } else { LbTopology::backend_ip(i) };
+                format!(r#"{{"address":"{ip}","port":{BACKEND_PORT},"weight":{w}}}"#)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        r#"{{"services":[
+          {{"name":"web","address":"{VIP}","port":80,"protocol":"tcp","backends":[{b4}]}},
+          {{"name":"dns","address":"{VIP}","port":53,"protocol":"udp","backends":[{b4}]}},
+          {{"name":"app","port":10000,"protocol":"tcp","backends":[{b4}]}},
+          {{"name":"web6","address":"{VIP6}","port":80,"protocol":"tcp","backends":[{b6}]}}]}}"#,
+        b4 = list(false),
+        b6 = list(true)
+    )
+}
+
+struct Cluster {
+    topo: LbTopology,
+    pins: PinDir,
+    file: TempFile,
+    agent: Option<Agent>,
+    _servers: Vec<Server>,
+}
+
+impl Cluster {
+    fn new(backends: usize) -> Self {
+        let topo = LbTopology::new(backends).unwrap();
+        let mut servers = Vec::new();
+        for i in 0..backends {
+            servers.extend(start_servers(&topo, i));
+        }
+        let pins = PinDir::new();
+        let all: Vec<(usize, u32)> = (0..backends).map(|i| (i, 1)).collect();
+        let file = TempFile::new(&services(&all)).unwrap();
+        let mut cluster = Self { topo, pins, file, agent: None, _servers: servers };
+        cluster.start_agent();
+        cluster
+    }
+
+    fn start_agent(&mut self) {
+        let args = [
+            "--iface", &self.topo.uplink,
+            "--pin-dir", &self.pins.arg(),
+            "--services", &self.file.arg(),
+            "--node-ip", "10.201.0.2",
+            "--node-ip", "fd00:201::2",
+            "--ring-size", "4093",
+            "--max-services", "64",
+        ];
+        self.agent = Some(Agent::start(&self.topo.node, &args).unwrap());
+    }
+
+    /// Rewrites the services file, signals the agent and waits until the maps show `count`
+    /// backends for the web service.
+    fn set_backends(&self, backends: &[(usize, u32)]) {
+        self.file.replace(&services(backends)).unwrap();
+        self.agent.as_ref().unwrap().sighup();
+        let want = backends.len();
+        let want_active = backends.iter().filter(|b| b.1 > 0).count();
+        wait_for_services(&self.pins, |json| {
+            json.as_array().unwrap().iter().filter(|s| s["name"] == "web").all(|s| {
+                let b = s["backends"].as_array().unwrap();
+                b.len() == want && b.iter().filter(|x| x["state"] == "active").count() == want_active
+            })
+        })
+        .unwrap();
+    }
+}
+
+fn start_servers(topo: &LbTopology, i: usize) -> Vec<Server> {
+    let name = format!("backend-{i}");
+    vec![
+        tcp_echo(&topo.backends[i], SocketAddr::new(LbTopology::backend_ip(i), BACKEND_PORT), &name).unwrap(),
+        tcp_echo(&topo.backends[i], SocketAddr::new(LbTopology::backend_ip6(i), BACKEND_PORT), &name).unwrap(),
+        udp_echo(&topo.backends[i], SocketAddr::new(LbTopology::backend_ip(i), BACKEND_PORT), &name).unwrap(),
+    ]
+}
+
+fn vip(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), port)
+}
+
+/// Opens `count` connections to `addr` from the client namespace and returns how many reached
+/// each backend (connections are closed).
+fn spread(cluster: &Cluster, addr: SocketAddr, count: usize) -> BTreeMap<String, usize> {
+    cluster
+        .topo
+        .client
+        .run(move || {
+            let mut per_backend = BTreeMap::new();
+            for _ in 0..count {
+                let (_stream, name) = connect_and_greet(addr).expect("connection through the VIP");
+                *per_backend.entry(name).or_insert(0) += 1;
+            }
+            per_backend
+        })
+        .unwrap()
+}
+
+fn assert_fair(per_backend: &BTreeMap<String, usize>, backends: usize, total: usize) {
+    assert_eq!(per_backend.len(), backends, "{per_backend:?}");
+    let fair = total as f64 / backends as f64;
+    for (name, &n) in per_backend {
+        assert!((n as f64 - fair).abs() <= fair * 0.3, "{name} got {n} of {total} (fair {fair:.0}): {per_backend:?}");
+    }
+}
+
+#[test]
+fn tcp_connections_spread_evenly_over_backends() {
+    let cluster = Cluster::new(3);
+    let per_backend = spread(&cluster, vip(80), 300);
+    assert_fair(&per_backend, 3, 300);
+    // The same through the service port on the node's address.
+    let per_backend = spread(&cluster, SocketAddr::new(cluster.topo.node_ip, 10000), 150);
+    assert_fair(&per_backend, 3, 150);
+}
+
+#[test]
+fn ipv6_end_to_end() {
+    let cluster = Cluster::new(3);
+    let per_backend = spread(&cluster, SocketAddr::new(VIP6.parse().unwrap(), 80), 150);
+    assert_fair(&per_backend, 3, 150);
+}
+
+#[test]
+fn udp_replies_come_back_from_the_vip() {
+    let cluster = Cluster::new(3);
+    let answers = cluster
+        .topo
+        .client
+        .run(|| {
+            let mut per_backend = BTreeMap::new();
+            for i in 0..150 {
+                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                sock.send_to(format!("q{i}").as_bytes(), vip(53)).unwrap();
+                let mut buf = [0u8; 512];
+                let (n, from) = sock.recv_from(&mut buf).expect("udp answer");
+                assert_eq!(from, vip(53), "the answer must come from the VIP");
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (name, echo) = text.split_once(':').unwrap();
+                assert_eq!(echo, format!("q{i}"));
+                *per_backend.entry(name.to_string()).or_insert(0) += 1;
+            }
+            per_backend
+        })
+        .unwrap();
+    assert_fair(&answers, 3, 150);
+}
+
+/// Opens `count` long-lived connections from the client namespace; returns them with their
+/// backend's name.
+fn open(cluster: &Cluster, count: usize) -> Vec<(std::net::TcpStream, String)> {
+    cluster.topo.client.run(move || (0..count).map(|_| connect_and_greet(vip(80)).unwrap()).collect()).unwrap()
+}
+
+/// Every connection still echoes through its backend.
+fn all_alive(conns: Vec<(std::net::TcpStream, String)>, skip_backend: Option<&str>) -> Vec<(std::net::TcpStream, String)> {
+    conns
+        .into_iter()
+        .map(|(mut stream, name)| {
+            if Some(name.as_str()) != skip_backend {
+                echo_round_trip(&mut stream, format!("still {name}").as_bytes())
+                    .unwrap_or_else(|e| panic!("connection to {name} broke: {e}"));
+            }
+            (stream, name)
+        })
+        .collect()
+}
+
+#[test]
+fn removing_a_backend_breaks_no_connection_on_the_others() {
+    let cluster = Cluster::new(3);
+    let conns = open(&cluster, 30);
+    cluster.set_backends(&[(0, 1), (1, 1)]);
+    let conns = all_alive(conns, Some("backend-2"));
+    // New connections avoid the removed backend.
+    let per_backend = spread(&cluster, vip(80), 60);
+    assert!(!per_backend.contains_key("backend-2"), "{per_backend:?}");
+    drop(conns);
+}
+
+#[test]
+fn adding_a_backend_moves_no_established_connection() {
+    let mut cluster = Cluster::new(3);
+    let conns = open(&cluster, 30);
+    let i = cluster.topo.add_backend().unwrap();
+    let servers = start_servers(&cluster.topo, i);
+    cluster.set_backends(&[(0, 1), (1, 1), (2, 1), (3, 1)]);
+    // The echo carries no name, but a moved connection would hit a backend with no socket for
+    // it and be reset: every echo succeeding means every connection stayed.
+    let conns = all_alive(conns, None);
+    let per_backend = spread(&cluster, vip(80), 200);
+    assert!(per_backend.contains_key("backend-3"), "new backend takes new flows: {per_backend:?}");
+    drop((conns, servers));
+}
+
+#[test]
+fn draining_backend_keeps_its_connections_and_gets_no_new_ones() {
+    let cluster = Cluster::new(3);
+    let conns = open(&cluster, 30);
+    assert!(conns.iter().any(|c| c.1 == "backend-1"));
+    cluster.set_backends(&[(0, 1), (1, 0), (2, 1)]);
+    let conns = all_alive(conns, None);
+    let per_backend = spread(&cluster, vip(80), 60);
+    assert!(!per_backend.contains_key("backend-1"), "{per_backend:?}");
+    drop(conns);
+}
+
+#[test]
+fn restarting_the_agent_during_a_transfer_drops_nothing() {
+    let mut cluster = Cluster::new(3);
+    let (mut stream, name) = open(&cluster, 1).pop().unwrap();
+    let transfer = std::thread::spawn(move || {
+        let chunk = vec![0x5a; 64 * 1024];
+        for _ in 0..160 {
+            echo_round_trip(&mut stream, &chunk).unwrap_or_else(|e| panic!("transfer to {name} broke: {e}"));
+        }
+        160 * chunk.len()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let status = cluster.agent.take().unwrap().stop().unwrap();
+    assert!(status.success());
+    cluster.start_agent();
+    assert_eq!(transfer.join().expect("transfer"), 10 * 1024 * 1024);
+}

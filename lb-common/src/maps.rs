@@ -169,6 +169,17 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
 
+/// Key of `SOCK_REPLIES`: a local socket (by cookie) and the backend the socket hooks sent it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
 /// Value of `SERVICE_STATS` and `BACKEND_STATS` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,6 +208,7 @@ const _: () = assert!(core::mem::size_of::<FlowInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<NodeAddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -211,6 +223,7 @@ mod pod {
     unsafe impl aya::Pod for super::ReplyInfo {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::NodeAddrKey {}
+    unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::ServiceName {}
 }
 

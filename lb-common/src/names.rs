@@ -5,6 +5,18 @@ pub const PROG_XDP: &str = "lb_xdp";
 /// TC (TCX) egress program attached to every uplink.
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 
+/// cgroup socket hooks for local clients, (program, attach point) pairs.
+pub const PROG_SOCK_HOOKS: &[(&str, &str)] = &[
+    ("lb_connect4", "connect4"),
+    ("lb_connect6", "connect6"),
+    ("lb_sendmsg4", "sendmsg4"),
+    ("lb_sendmsg6", "sendmsg6"),
+    ("lb_recvmsg4", "recvmsg4"),
+    ("lb_recvmsg6", "recvmsg6"),
+    ("lb_getpeername4", "getpeername4"),
+    ("lb_getpeername6", "getpeername6"),
+];
+
 pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_NAMES: &str = "SERVICE_NAMES";
@@ -13,6 +25,7 @@ pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REPLIES: &str = "REPLIES";
+pub const MAP_SOCK_REPLIES: &str = "SOCK_REPLIES";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_VERDICTS: &str = "VERDICTS";
@@ -27,6 +40,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_BACKENDS,
     MAP_FLOWS,
     MAP_REPLIES,
+    MAP_SOCK_REPLIES,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_VERDICTS,

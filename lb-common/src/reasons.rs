@@ -24,8 +24,13 @@ pub const BAD_BACKEND: u32 = 9;
 /// The rewrite helper failed: dropped.
 pub const REWRITE_FAILED: u32 = 10;
 
+/// A local socket's connect()/sendmsg() to a service was sent straight to a backend.
+pub const FWD_SOCKET: u32 = 11;
+/// A local socket's peer/source address was shown as the service (getpeername/recvmsg).
+pub const SOCKET_REPLY_REWRITTEN: u32 = 12;
+
 /// Number of `VERDICTS` slots.
-pub const COUNT: u32 = 11;
+pub const COUNT: u32 = 13;
 
 /// Names, indexed by the constants above (as `lb stats` prints them).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -40,4 +45,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "flow_table_full",
     "bad_backend",
     "rewrite_failed",
+    "fwd_socket",
+    "socket_reply_rewritten",
 ];

@@ -7,14 +7,15 @@ mod maps;
 mod parse;
 mod rewrite;
 mod select;
+mod sockhooks;
 mod stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
-use lb_common::{reasons, HOOK_TC_EGRESS, HOOK_XDP_INGRESS};
+use lb_common::{reasons, FAMILY_V4, FAMILY_V6, HOOK_TC_EGRESS, HOOK_XDP_INGRESS};
 
 /// Uplink ingress: balance packets addressed to a service.
 #[xdp]
@@ -86,6 +87,48 @@ fn reverse(ctx: &TcContext) -> Result<(), u32> {
     parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize, &mut packet)?;
     let reply = select::reply(&packet).ok_or(reasons::NOT_SERVICE)?;
     rewrite::restore_source(ctx, &packet, &reply)
+}
+
+/// Local clients (cgroup socket hooks): connect/sendmsg go to a backend, getpeername/recvmsg
+/// show the service.
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sockhooks::redirect(&ctx, FAMILY_V4, true)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
+    sockhooks::redirect(&ctx, FAMILY_V6, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sockhooks::redirect(&ctx, FAMILY_V4, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sockhooks::redirect(&ctx, FAMILY_V6, false)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sockhooks::restore(&ctx, FAMILY_V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sockhooks::restore(&ctx, FAMILY_V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sockhooks::restore(&ctx, FAMILY_V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
+    sockhooks::restore(&ctx, FAMILY_V6)
 }
 
 #[cfg(not(test))]

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey,
-    ReplyInfo, ServiceInfo, ServiceKey, ServiceName, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    ReplyInfo, ServiceInfo, ServiceKey, ServiceName, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_UDP_TIMEOUT_SECS, SPARE_RINGS,
 };
 
@@ -52,6 +52,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowInfo, MAX_FLOWS> = LruHashMap::new();
 /// Reply direction (backend → client) → the service address to restore as the source.
 #[btf_map]
 pub static REPLIES: LruHashMap<FlowKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();
+/// Local socket (cookie) + backend → the service address getpeername()/recvmsg() must show.
+#[btf_map]
+pub static SOCK_REPLIES: LruHashMap<SockKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();
 /// Per-service packets, bytes and new flows, per CPU, by service id.
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<TrafficCounters, MAX_SERVICES> = PerCpuArray::new();

@@ -24,13 +24,19 @@ pub struct Target {
 /// the destination is one of this node's addresses.
 #[inline(always)]
 pub fn service(p: &Parsed) -> Option<ServiceInfo> {
-    let mut key = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    service_at(&p.dst, p.dport, p.proto, p.family)
+}
+
+/// The service at (addr, port, proto) in `family`, VIP first, then a service port on a node address.
+#[inline(always)]
+pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
+    let mut key = ServiceKey { addr: *addr, port, proto, family };
     if let Some(info) = unsafe { SERVICES.get(key) } {
         return Some(*info);
     }
     key.addr = [0; 16];
     let info = *unsafe { SERVICES.get(key) }?;
-    let node = NodeAddrKey { addr: p.dst, family: p.family, _pad: [0; 3] };
+    let node = NodeAddrKey { addr: *addr, family, _pad: [0; 3] };
     unsafe { NODE_ADDRS.get(node) }.map(|_| info)
 }
 
@@ -68,16 +74,7 @@ fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &mut FlowInfo, now: u64) -> Optio
 /// A new flow: Maglev slot → backend id → pin the flow and remember how to rewrite replies.
 #[inline(always)]
 fn pick(p: &Parsed, svc: &ServiceInfo, key: &FlowKey, now: u64) -> Result<Target, u32> {
-    if svc.active_backends == 0 {
-        return Err(reasons::NO_BACKEND);
-    }
-    let ring_size = RING_SIZE.load();
-    let slot = hash::ring_slot(hash::flow_hash(&p.src, p.sport, p.proto), ring_size);
-    let backend_id = ring_entry(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot))?;
-    let backend = BACKENDS.get(backend_id).ok_or(reasons::BAD_BACKEND)?;
-    if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != p.family {
-        return Err(reasons::BAD_BACKEND);
-    }
+    let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
     let flow = FlowInfo { backend_id, backend_generation: backend.generation, last_seen_ns: now };
     FLOWS.insert(key, flow, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
     let reply_key = FlowKey {
@@ -92,6 +89,22 @@ fn pick(p: &Parsed, svc: &ServiceInfo, key: &FlowKey, now: u64) -> Result<Target
     let reply = ReplyInfo { service_addr: p.dst, service_port: p.dport, _pad: [0; 6] };
     REPLIES.insert(reply_key, reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true })
+}
+
+/// The active backend the service's ring assigns to `flow_hash`.
+#[inline(always)]
+pub fn ring_pick(svc: &ServiceInfo, flow_hash: u32, family: u8) -> Result<(u32, &'static BackendInfo), u32> {
+    if svc.active_backends == 0 {
+        return Err(reasons::NO_BACKEND);
+    }
+    let ring_size = RING_SIZE.load();
+    let slot = hash::ring_slot(flow_hash, ring_size);
+    let backend_id = ring_entry(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot))?;
+    let backend = BACKENDS.get(backend_id).ok_or(reasons::BAD_BACKEND)?;
+    if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != family {
+        return Err(reasons::BAD_BACKEND);
+    }
+    Ok((backend_id, backend))
 }
 
 /// Backend id at u32 position `index` of the ring pool (two per u64 element, low half first).

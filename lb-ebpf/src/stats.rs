@@ -51,3 +51,14 @@ fn add(counters: *mut TrafficCounters, len: u64, new_flow: bool) {
         (*counters).new_flows += new_flow as u64;
     }
 }
+
+/// Counts a new connection placed by a socket hook (no packet passes through the programs).
+#[inline(always)]
+pub fn count_socket_flow(service_id: u32, backend_id: u32) {
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
+        unsafe { (*counters).new_flows += 1 };
+    }
+    if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        unsafe { (*counters).new_flows += 1 };
+    }
+}

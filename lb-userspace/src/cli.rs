@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// address of every interface. 127.0.0.1 and ::1 are always included.
     #[arg(long = "node-ip", value_name = "ADDR")]
     pub node_ips: Vec<IpAddr>,
+    /// cgroup v2 directory whose processes (and descendants') get the socket hooks: their
+    /// connections to services go straight to a backend. Default: the cgroup v2 root (mounted
+    /// at /run/lb/cgroup2 if the machine has no cgroup v2 mount).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
     /// Entries per Maglev ring (prime). Memory: (max-services + 64) × ring-size × 4 bytes.
     #[arg(long, default_value_t = lb_common::maglev::DEFAULT_RING_SIZE)]
     pub ring_size: u32,
@@ -147,12 +152,17 @@ fn run_agent(args: RunArgs) -> Result<()> {
     for iface in &args.ifaces {
         preflight::interface_index(iface)?;
     }
+    let cgroup = match &args.cgroup {
+        Some(dir) => dir.clone(),
+        None => preflight::cgroup2_root()?,
+    };
+    preflight::require_cgroup2(&cgroup)?;
     let desired = match &args.services {
         Some(path) => services_file::load(path)?,
         None => Desired::new(),
     };
     check_pinned_layout(&args.pins.pin_dir, &limits)?;
-    let plan = AttachPlan { pin_dir: args.pins.pin_dir.clone(), ifaces: args.ifaces.clone(), limits };
+    let plan = AttachPlan { pin_dir: args.pins.pin_dir.clone(), ifaces: args.ifaces.clone(), cgroup, limits };
     let loaded = loader::bring_up(&plan)?;
     info!(
         pin_dir = %plan.pin_dir.display(),

@@ -11,6 +11,10 @@ use thiserror::Error;
 
 /// `f_type` of a bpffs mount (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `f_type` of a cgroup v2 mount.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// Where the agent mounts cgroup v2 when the machine has no cgroup v2 mount.
+pub const CGROUP2_FALLBACK: &str = "/run/lb/cgroup2";
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
@@ -23,6 +27,10 @@ pub enum PreflightError {
     UnknownInterface(String),
     #[error("pin directory {0} is not on a bpffs mount: use a directory under /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")]
     PinDirNotBpffs(PathBuf),
+    #[error("{0} is not a cgroup v2 directory: pass --cgroup with a directory of a cgroup2 mount")]
+    NotCgroup2(PathBuf),
+    #[error("mounting cgroup v2 on {path}: {source}")]
+    MountCgroup2 { path: PathBuf, source: std::io::Error },
     #[error("cannot inspect pin directory {path}: {source}")]
     PinDirUnreadable { path: PathBuf, source: std::io::Error },
 }
@@ -80,7 +88,43 @@ pub fn require_bpffs(pin_dir: &Path) -> Result<(), PreflightError> {
     }
 }
 
+/// Fails unless `dir` is a directory of a cgroup v2 hierarchy.
+pub fn require_cgroup2(dir: &Path) -> Result<(), PreflightError> {
+    match fs_type(dir) {
+        Ok(t) if t == CGROUP2_SUPER_MAGIC => Ok(()),
+        _ => Err(PreflightError::NotCgroup2(dir.to_owned())),
+    }
+}
+
+/// The cgroup v2 root: the first cgroup2 mount in /proc/mounts, else one mounted at
+/// [`CGROUP2_FALLBACK`].
+pub fn cgroup2_root() -> Result<PathBuf, PreflightError> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if let Some(dir) = mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(dir))
+    }) {
+        return Ok(dir);
+    }
+    let dir = PathBuf::from(CGROUP2_FALLBACK);
+    let mount_err = |source| PreflightError::MountCgroup2 { path: dir.clone(), source };
+    fs::create_dir_all(&dir).map_err(mount_err)?;
+    let c = |s: &str| CString::new(s).unwrap();
+    let target = c(CGROUP2_FALLBACK);
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let rc = unsafe { libc::mount(c("cgroup2").as_ptr(), target.as_ptr(), c("cgroup2").as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(mount_err(std::io::Error::last_os_error()));
+    }
+    Ok(dir)
+}
+
 fn is_bpffs(path: &Path) -> std::io::Result<bool> {
+    Ok(fs_type(path)? == BPF_FS_MAGIC)
+}
+
+fn fs_type(path: &Path) -> std::io::Result<i64> {
     use std::os::unix::ffi::OsStrExt as _;
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -89,7 +133,7 @@ fn is_bpffs(path: &Path) -> std::io::Result<bool> {
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+    Ok(stat.f_type as i64)
 }
 
 #[cfg(test)]

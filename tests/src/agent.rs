@@ -105,6 +105,60 @@ pub fn wait_for_services(pins: &PinDir, pred: impl Fn(&serde_json::Value) -> boo
     }
 }
 
+/// A unique cgroup v2 directory for one test's socket hooks (hooks on the root cgroup would
+/// reach every process on the machine, other tests included). Removed on drop.
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Result<Self> {
+        let root = lb::preflight::cgroup2_root()?;
+        let path = root.join(unique_name("lbt-cg"));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// A command that runs inside this cgroup (it joins before exec).
+    pub fn command(&self, mut cmd: Command) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").into_os_string().into_encoded_bytes())
+            .expect("cgroup path without NUL");
+        // SAFETY: after fork only raw syscalls run (no allocation, no locks): open, write, close.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Processes may take a moment to leave after exiting.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// `lb ARGS` run to completion inside `ns` (or the test's own namespace).
 pub fn lb(ns: Option<&Netns>, args: &[&str]) -> Result<Output> {
     let bin = lb_bin();
@@ -137,15 +191,21 @@ pub fn lb_ok(ns: Option<&Netns>, args: &[&str]) -> Result<String> {
 pub struct Agent {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// The cgroup made for this agent when the caller gave none.
+    _cgroup: Option<TestCgroup>,
 }
 
 impl Agent {
-    /// Starts `lb run ARGS` in `ns` and waits until it prints `ready`.
+    /// Starts `lb run ARGS` in `ns` and waits until it prints `ready`. Without `--cgroup` in
+    /// ARGS, the socket hooks go to a fresh test cgroup.
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
-        let mut child = ns
-            .command(lb_bin().to_str().unwrap())
-            .arg("run")
-            .args(args)
+        let cgroup = if args.contains(&"--cgroup") { None } else { Some(TestCgroup::new()?) };
+        let mut command = ns.command(lb_bin().to_str().unwrap());
+        command.arg("run").args(args);
+        if let Some(cg) = &cgroup {
+            command.args(["--cgroup", &cg.arg()]);
+        }
+        let mut child = command
             .env("LB_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -165,7 +225,7 @@ impl Agent {
                 let _ = err_tx.send(line);
             }
         });
-        let mut agent = Self { child, stderr: err_rx };
+        let mut agent = Self { child, stderr: err_rx, _cgroup: cgroup };
         loop {
             match line_rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(line) if line == "ready" => return Ok(agent),

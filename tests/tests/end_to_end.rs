@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{wait_for_services, Agent, PinDir, TempFile},
+    agent::{lb_ok, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
     netns::LbTopology,
     servers::{connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
 };
@@ -44,6 +44,7 @@ fn services(backends: &[(usize, u32)]) -> String {
 struct Cluster {
     topo: LbTopology,
     pins: PinDir,
+    cgroup: TestCgroup,
     file: TempFile,
     agent: Option<Agent>,
     _servers: Vec<Server>,
@@ -59,7 +60,8 @@ impl Cluster {
         let pins = PinDir::new();
         let all: Vec<(usize, u32)> = (0..backends).map(|i| (i, 1)).collect();
         let file = TempFile::new(&services(&all)).unwrap();
-        let mut cluster = Self { topo, pins, file, agent: None, _servers: servers };
+        let cgroup = TestCgroup::new().unwrap();
+        let mut cluster = Self { topo, pins, cgroup, file, agent: None, _servers: servers };
         cluster.start_agent();
         cluster
     }
@@ -73,6 +75,7 @@ impl Cluster {
             "--node-ip", "fd00:201::2",
             "--ring-size", "4093",
             "--max-services", "64",
+            "--cgroup", &self.cgroup.arg(),
         ];
         self.agent = Some(Agent::start(&self.topo.node, &args).unwrap());
     }
@@ -251,4 +254,39 @@ fn restarting_the_agent_during_a_transfer_drops_nothing() {
     assert!(status.success());
     cluster.start_agent();
     assert_eq!(transfer.join().expect("transfer"), 10 * 1024 * 1024);
+}
+
+/// Runs lb-probe in the node namespace, inside the agent's cgroup or not.
+fn probe(cluster: &Cluster, in_cgroup: bool, mode: &str, addr: &str, count: usize) -> Result<BTreeMap<String, usize>, String> {
+    let mut cmd = cluster.topo.node.command(env!("CARGO_BIN_EXE_lb-probe"));
+    cmd.args([mode, addr, &count.to_string()]);
+    if in_cgroup {
+        cmd = cluster.cgroup.command(cmd);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn local_clients_in_the_cgroup_reach_backends_through_service_port_and_vip() {
+    let cluster = Cluster::new(3);
+    assert_fair(&probe(&cluster, true, "tcp", "127.0.0.1:10000", 300).unwrap(), 3, 300);
+    assert_fair(&probe(&cluster, true, "tcp", "10.0.0.1:80", 300).unwrap(), 3, 300);
+    assert_fair(&probe(&cluster, true, "tcp", "10.201.0.2:10000", 300).unwrap(), 3, 300);
+    let udp = probe(&cluster, true, "udp", "10.0.0.1:53", 60).unwrap();
+    assert_eq!(udp.values().sum::<usize>(), 60, "{udp:?}");
+    let v6 = probe(&cluster, true, "tcp", "[fd00::80]:80", 60).unwrap();
+    assert_eq!(v6.values().sum::<usize>(), 60, "{v6:?}");
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&lb_ok(None, &["stats", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap()).unwrap();
+    assert!(stats["verdicts"]["fwd_socket"].as_u64().unwrap() >= 1020, "{}", stats["verdicts"]);
+    assert!(stats["verdicts"]["socket_reply_rewritten"].as_u64().unwrap() >= 960, "{}", stats["verdicts"]);
+
+    // Outside the cgroup nothing is rewritten: nothing listens on the node's 127.0.0.1:10000.
+    let outside = probe(&cluster, false, "tcp", "127.0.0.1:10000", 1).unwrap_err();
+    assert!(outside.contains("refused"), "{outside}");
 }

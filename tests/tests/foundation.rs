@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{lb, lb_bin, lb_ok, Agent, PinDir},
+    agent::{lb, lb_bin, lb_ok, Agent, PinDir, TestCgroup},
     netns::ClientNode,
 };
 use serde_json::Value;
@@ -130,15 +130,27 @@ fn restart_keeps_programs_attached_and_counters() {
 fn down_detaches_and_unpins_everything() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
-    let agent = Agent::start(&topo.node, &["--iface", &topo.node_if, "--pin-dir", &pins.arg()]).unwrap();
+    let cgroup = TestCgroup::new().unwrap();
+    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg()];
+    let agent = Agent::start(&topo.node, &args).unwrap();
     agent.stop().unwrap();
+    let hooks = bpftool_cgroup(&cgroup);
+    assert!(hooks.contains("connect4") && hooks.contains("recvmsg6"), "socket hooks not attached:\n{hooks}");
+
     let out = lb_ok(None, &["down", "--pin-dir", &pins.arg()]).unwrap();
-    let pins_made = lb_common::names::PINNED_MAPS.len() + 2;
+    let pins_made = lb_common::names::PINNED_MAPS.len() + 2 + lb_common::names::PROG_SOCK_HOOKS.len();
     assert!(out.contains(&format!("removed {pins_made} pins")), "{out}");
     assert!(!pins.path().exists());
     let link = topo.node.command("ip").args(["link", "show", &topo.node_if]).output().unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("xdp"), "XDP still attached after lb down:\n{link}");
+    let hooks = bpftool_cgroup(&cgroup);
+    assert!(!hooks.contains("connect4"), "socket hooks still attached after lb down:\n{hooks}");
+}
+
+fn bpftool_cgroup(cgroup: &TestCgroup) -> String {
+    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup.path()).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `lb run ARGS` must fail with exactly one line on stderr containing `needle`, and leave the

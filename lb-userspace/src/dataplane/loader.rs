@@ -11,7 +11,10 @@ use std::{
 };
 
 use aya::{
-    programs::{links::{FdLink, LinkError}, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        links::{CgroupAttachMode, FdLink, LinkError},
+        CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::names;
@@ -44,6 +47,8 @@ pub enum LoaderError {
 pub struct AttachPlan {
     pub pin_dir: PathBuf,
     pub ifaces: Vec<String>,
+    /// cgroup v2 directory the socket hooks attach to (local clients in it and below).
+    pub cgroup: PathBuf,
     pub limits: LoadLimits,
 }
 
@@ -158,7 +163,30 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
         pin_link(link, &path, created)?;
         info!(iface, "TC egress attached (TCX)");
     }
+    attach_socket_hooks(&mut ebpf, plan, created)?;
     Ok(Loaded { ebpf })
+}
+
+/// Attaches every cgroup socket hook to the plan's cgroup (alongside any other programs there).
+fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, created: &mut Created) -> Result<(), LoaderError> {
+    let cgroup = fs::File::open(&plan.cgroup).map_err(|source| LoaderError::Io { path: plan.cgroup.clone(), source })?;
+    for &(name, hook) in names::PROG_SOCK_HOOKS {
+        let path = link_pin(&plan.pin_dir, hook, "cgroup");
+        if path.exists() {
+            continue;
+        }
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load().map_err(|source| LoaderError::Program { name, source })?;
+        let attach_err = |source| LoaderError::Attach { hook, iface: plan.cgroup.display().to_string(), source };
+        // With bpf_link (kernel ≥ 5.7) attachments always coexist with other programs on the
+        // cgroup; the link API rejects the legacy ALLOW_MULTI flag, so the mode stays Single.
+        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
+            .map_err(|source| LoaderError::PinLink { path: path.clone(), source })?;
+        pin_link(link, &path, created)?;
+    }
+    info!(cgroup = %plan.cgroup.display(), "socket hooks attached");
+    Ok(())
 }
 
 /// Loads the embedded object with every map pinned under `pin_dir`: an existing pin is opened and

@@ -1,0 +1,107 @@
+//! cgroup socket hooks for local clients: connect()/sendmsg() to a service go straight to a
+//! backend (no per-packet NAT at all); getpeername()/recvmsg() show the service address again.
+
+use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
+use lb_common::{hash, reasons, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+
+use crate::{maps::SOCK_REPLIES, select, stats};
+
+/// Return values of sock_addr programs.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+/// An address as the hook sees it (user_ip4/user_ip6 + user_port).
+struct SockAddr {
+    addr: [u8; 16],
+    port: u16,
+}
+
+#[inline(always)]
+fn read(ctx: &SockAddrContext, family: u8) -> SockAddr {
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    if family == FAMILY_V4 {
+        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        // user_ip6 must be read one 32-bit word at a time.
+        addr[0..4].copy_from_slice(&sa.user_ip6[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&sa.user_ip6[1].to_ne_bytes());
+        addr[8..12].copy_from_slice(&sa.user_ip6[2].to_ne_bytes());
+        addr[12..16].copy_from_slice(&sa.user_ip6[3].to_ne_bytes());
+    }
+    // user_port holds the port in network order in its low 16 bits.
+    SockAddr { addr, port: u16::from_be(sa.user_port as u16) }
+}
+
+#[inline(always)]
+fn write(ctx: &SockAddrContext, family: u8, addr: &[u8; 16], port: u16) {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if family == FAMILY_V4 {
+        sa.user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    } else {
+        sa.user_ip6[0] = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        sa.user_ip6[1] = u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]);
+        sa.user_ip6[2] = u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]);
+        sa.user_ip6[3] = u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]);
+    }
+    sa.user_port = port.to_be() as u32;
+}
+
+#[inline(always)]
+fn protocol(ctx: &SockAddrContext) -> Option<u8> {
+    let sa = unsafe { &*ctx.sock_addr };
+    match (sa.protocol, sa.type_) {
+        (6, _) | (0, SOCK_STREAM) => Some(PROTO_TCP),
+        (17, _) | (0, SOCK_DGRAM) => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+/// connect() and sendmsg(): a service address becomes a backend chosen by the service's ring for
+/// this socket. `new_connection` distinguishes connect (counted as a new flow) from a datagram.
+#[inline(always)]
+pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 {
+    let Some(proto) = protocol(ctx) else { return ALLOW };
+    let dst = read(ctx, family);
+    let Some(service) = select::service_at(&dst.addr, dst.port, proto, family) else { return ALLOW };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let mut cookie_bytes = [0u8; 16];
+    cookie_bytes[..8].copy_from_slice(&cookie.to_ne_bytes());
+    match select::ring_pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), family) {
+        Ok((backend_id, backend)) => {
+            let key = SockKey { cookie, addr: backend.addr, port: backend.port, family, _pad: [0; 5] };
+            let reply = ReplyInfo { service_addr: dst.addr, service_port: dst.port, _pad: [0; 6] };
+            if SOCK_REPLIES.insert(key, reply, 0).is_err() {
+                stats::count_verdict(reasons::FLOW_TABLE_FULL);
+                return DENY;
+            }
+            write(ctx, family, &backend.addr, backend.port);
+            stats::count_verdict(reasons::FWD_SOCKET);
+            if new_connection {
+                stats::count_socket_flow(service.service_id, backend_id);
+            }
+            ALLOW
+        }
+        Err(reason) => {
+            // No live backend: fail the call at once (EPERM) instead of a connect that hangs.
+            stats::count_verdict(reason);
+            DENY
+        }
+    }
+}
+
+/// getpeername() and recvmsg(): a backend address this socket was sent to shows as the service.
+#[inline(always)]
+pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
+    let peer = read(ctx, family);
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockKey { cookie, addr: peer.addr, port: peer.port, family, _pad: [0; 5] };
+    if let Some(reply) = unsafe { SOCK_REPLIES.get(key) } {
+        let (addr, port) = (reply.service_addr, reply.service_port);
+        write(ctx, family, &addr, port);
+        stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
+    }
+    ALLOW
+}

@@ -41,6 +41,32 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
     replace(check, &old.to_be_bytes(), &new.to_be_bytes())
 }
 
+/// The checksum after replacing the 32-bit word `old` by `new`, all three exactly as loaded from
+/// packet memory (native order): ones'-complement sums are byte-order independent (RFC 1071
+/// §2(B)), so no swapping is needed, and whole words keep the BPF program short.
+#[inline(always)]
+pub fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let mut sum = (!check) as u64;
+    sum += (!old) as u64;
+    sum += new as u64;
+    !fold64(sum)
+}
+
+/// The same for a 16-bit word as loaded from packet memory (native order).
+#[inline(always)]
+pub fn update16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = (!check) as u64 + (!old) as u64 + new as u64;
+    !fold64(sum)
+}
+
+/// Folds a 64-bit ones'-complement sum to 16 bits.
+#[inline(always)]
+pub fn fold64(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32)
+}
+
 /// A full checksum over `bytes` (used by tests and by header rebuilds).
 pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = sum_words(0, bytes);
@@ -77,6 +103,28 @@ mod tests {
         let check = checksum(&data);
         data[2..4].copy_from_slice(&31005u16.to_be_bytes());
         assert_eq!(replace16(check, 80, 31005), checksum(&data));
+    }
+
+    /// Loads as the BPF program does: native-order words straight from the bytes.
+    fn native16(b: &[u8]) -> u16 {
+        u16::from_ne_bytes([b[0], b[1]])
+    }
+
+    fn native32(b: &[u8]) -> u32 {
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn native_word_updates_equal_recomputation() {
+        let before = header([0xac, 0x10, 0x0a, 0x0c]);
+        let mut after = header([10, 1, 0, 5]);
+        after[8] = 0x3f; // TTL 64 → 63
+        let mut check_bytes = checksum(&before).to_be_bytes();
+        let mut check = native16(&check_bytes);
+        check = update32(check, native32(&before[16..20]), native32(&after[16..20]));
+        check = update16(check, native16(&before[8..10]), native16(&after[8..10]));
+        check_bytes = check.to_ne_bytes();
+        assert_eq!(u16::from_be_bytes(check_bytes), checksum(&after));
     }
 
     #[test]

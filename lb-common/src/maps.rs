@@ -132,7 +132,7 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of `FLOWS`: the backend a connection is pinned to.
+/// Value of `FLOWS`: the backend a connection is pinned to, and how it is reached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowInfo {
@@ -140,7 +140,73 @@ pub struct FlowInfo {
     pub backend_generation: u32,
     /// Monotonic time of the last packet (bpf_ktime_get_ns), for UDP idle timeouts.
     pub last_seen_ns: u64,
+    /// `FLOW_LOCAL` or `FLOW_NAT`.
+    pub kind: u8,
+    pub _pad: u8,
+    /// Full NAT only: the source port this node uses towards the backend.
+    pub nat_port: u16,
+    pub _pad2: u32,
+    /// Full NAT only: the node address used as the source towards the backend.
+    pub nat_addr: [u8; 16],
 }
+
+/// `FlowInfo::kind`: the backend is reached through this node's stack (destination NAT only,
+/// client address preserved).
+pub const FLOW_LOCAL: u8 = 0;
+/// `FlowInfo::kind`: the backend is on another node, reached back out of the uplink with source
+/// and destination rewritten (full NAT).
+pub const FLOW_NAT: u8 = 1;
+
+/// Value of `NAT_REPLIES` (key: the backend's reply, backend → node address and NAT port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReply {
+    pub client_addr: [u8; 16],
+    pub service_addr: [u8; 16],
+    pub client_port: u16,
+    pub service_port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// `struct bpf_fib_lookup` (include/uapi/linux/bpf.h), the value of the per-CPU `FIB_SCRATCH`
+/// map: the route lookup's parameters live there instead of on the 512-byte BPF stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibParams {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u8,
+    pub l4_protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// In: total length; out: MTU.
+    pub tot_len: u16,
+    /// In: ingress ifindex; out: egress ifindex.
+    pub ifindex: u32,
+    pub flowinfo: u32,
+    /// IPv4 in the first 4 bytes; with BPF_FIB_LOOKUP_SRC the source is filled in.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub tbid: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Value of the per-CPU `SCRATCH` map: the XDP program's large temporaries (map keys and values
+/// under construction), kept off the 512-byte BPF stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scratch {
+    pub flow_key: FlowKey,
+    pub reply_key: FlowKey,
+    pub flow: FlowInfo,
+    pub reply: ReplyInfo,
+    pub nat_reply: NatReply,
+}
+
+/// Default full-NAT source ports: above Linux's default ephemeral range (32768–60999), so NAT'd
+/// flows never collide with the node's own connections.
+pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
+pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
 
 /// Value of `REPLIES`: what the reply's source must be rewritten back to.
 #[repr(C)]
@@ -204,7 +270,10 @@ const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<ServiceName>() == SERVICE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 184);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<NodeAddrKey>() == 20);
@@ -224,6 +293,9 @@ mod pod {
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::NodeAddrKey {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::NatReply {}
+    unsafe impl aya::Pod for super::FibParams {}
+    unsafe impl aya::Pod for super::Scratch {}
     unsafe impl aya::Pod for super::ServiceName {}
 }
 

@@ -26,6 +26,10 @@ pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_REPLIES: &str = "REPLIES";
 pub const MAP_SOCK_REPLIES: &str = "SOCK_REPLIES";
+pub const MAP_NAT_REPLIES: &str = "NAT_REPLIES";
+pub const MAP_UPLINKS: &str = "UPLINKS";
+pub const MAP_FIB_SCRATCH: &str = "FIB_SCRATCH";
+pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_VERDICTS: &str = "VERDICTS";
@@ -41,6 +45,8 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_FLOWS,
     MAP_REPLIES,
     MAP_SOCK_REPLIES,
+    MAP_NAT_REPLIES,
+    MAP_UPLINKS,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_VERDICTS,
@@ -49,3 +55,5 @@ pub const PINNED_MAPS: &[&str] = &[
 /// Load-time constants of the kernel object (aya `override_global`).
 pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
 pub const GLOBAL_UDP_TIMEOUT_NS: &str = "UDP_TIMEOUT_NS";
+pub const GLOBAL_NAT_PORT_MIN: &str = "NAT_PORT_MIN";
+pub const GLOBAL_NAT_PORT_MAX: &str = "NAT_PORT_MAX";

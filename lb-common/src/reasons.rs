@@ -1,7 +1,7 @@
 //! Outcome counters: one slot of `VERDICTS` per outcome, forwards and every other verdict, so an
 //! operator can tell why a packet was not balanced.
 
-/// Forwarded to a backend: rewritten and passed on (backend reachable through this node's stack).
+/// Forwarded to a backend reachable through this node's stack: destination rewritten, passed on.
 pub const FWD_LOCAL: u32 = 0;
 /// Reply from a backend rewritten back to the service address (TC egress).
 pub const REPLY_REWRITTEN: u32 = 1;
@@ -29,8 +29,22 @@ pub const FWD_SOCKET: u32 = 11;
 /// A local socket's peer/source address was shown as the service (getpeername/recvmsg).
 pub const SOCKET_REPLY_REWRITTEN: u32 = 12;
 
+/// Forwarded to a backend on another node with full NAT, back out of an uplink (XDP_TX/REDIRECT).
+pub const FWD_NAT: u32 = 13;
+/// A backend's reply to a full-NAT flow, rewritten to the client and sent on.
+pub const NAT_REPLY: u32 = 14;
+/// No route to the backend or the client (FIB lookup failed): dropped.
+pub const FIB_FAILURE: u32 = 15;
+/// The next hop's link-layer address is not resolved yet: dropped (the client retransmits; the
+/// agent keeps backends' neighbours resolved).
+pub const FIB_NO_NEIGH: u32 = 16;
+/// Every NAT source port for this backend that the probe tried is taken: dropped.
+pub const NAT_PORTS_EXHAUSTED: u32 = 17;
+/// TTL / hop limit would reach zero on a forward: passed to the stack, which answers with ICMP.
+pub const TTL_EXCEEDED: u32 = 18;
+
 /// Number of `VERDICTS` slots.
-pub const COUNT: u32 = 13;
+pub const COUNT: u32 = 19;
 
 /// Names, indexed by the constants above (as `lb stats` prints them).
 pub const NAMES: [&str; COUNT as usize] = [
@@ -47,4 +61,10 @@ pub const NAMES: [&str; COUNT as usize] = [
     "rewrite_failed",
     "fwd_socket",
     "socket_reply_rewritten",
+    "fwd_nat",
+    "nat_reply",
+    "fib_failure",
+    "fib_no_neigh",
+    "nat_ports_exhausted",
+    "ttl_exceeded",
 ];

@@ -8,9 +8,9 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey,
-    ReplyInfo, ServiceInfo, ServiceKey, ServiceName, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, DEFAULT_UDP_TIMEOUT_SECS, SPARE_RINGS,
+    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey,
+    NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, SPARE_RINGS,
 };
 
 /// Entries per Maglev ring (prime); set by the agent at load time.
@@ -19,6 +19,12 @@ pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
 /// Idle time after which a UDP flow is re-balanced; set by the agent at load time.
 #[unsafe(no_mangle)]
 pub static UDP_TIMEOUT_NS: Global<u64> = Global::new(DEFAULT_UDP_TIMEOUT_SECS * 1_000_000_000);
+
+/// First and last source port of full NAT; set by the agent at load time.
+#[unsafe(no_mangle)]
+pub static NAT_PORT_MIN: Global<u16> = Global::new(DEFAULT_NAT_PORT_MIN);
+#[unsafe(no_mangle)]
+pub static NAT_PORT_MAX: Global<u16> = Global::new(DEFAULT_NAT_PORT_MAX);
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
 const RING_POOL: usize = ((DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAULT_RING_SIZE as usize).div_ceil(2);
@@ -55,6 +61,18 @@ pub static REPLIES: LruHashMap<FlowKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new(
 /// Local socket (cookie) + backend → the service address getpeername()/recvmsg() must show.
 #[btf_map]
 pub static SOCK_REPLIES: LruHashMap<SockKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();
+/// Full-NAT replies: (backend → node address, NAT port) → the client and service to restore.
+#[btf_map]
+pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply, MAX_FLOWS> = LruHashMap::new();
+/// The uplinks (ifindex → 1): a backend routed out of one of these is on another node.
+#[btf_map]
+pub static UPLINKS: HashMap<u32, u32, 64> = HashMap::new();
+/// Per-CPU scratch for bpf_fib_lookup parameters (kept off the BPF stack).
+#[btf_map]
+pub static FIB_SCRATCH: PerCpuArray<FibParams, 1> = PerCpuArray::new();
+/// Per-CPU scratch for the XDP program's map keys and values under construction.
+#[btf_map]
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// Per-service packets, bytes and new flows, per CPU, by service id.
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<TrafficCounters, MAX_SERVICES> = PerCpuArray::new();

@@ -38,6 +38,8 @@ pub struct Parsed {
     pub sport: u16,
     pub dport: u16,
     pub tcp_syn: bool,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
 }
 
 impl Parsed {
@@ -119,6 +121,7 @@ fn parse_ipv4(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Res
     }
     p.family = FAMILY_V4;
     p.proto = proto;
+    p.ttl = u8_at(start, end, p.l3 + 8)?;
     let src = bytes::<4>(start, end, p.l3 + IPV4_SRC_OFF)?;
     let dst = bytes::<4>(start, end, p.l3 + IPV4_DST_OFF)?;
     p.src = [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -148,6 +151,7 @@ fn parse_ipv6(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Res
     }
     p.family = FAMILY_V6;
     p.proto = next;
+    p.ttl = u8_at(start, end, p.l3 + 7)?;
     p.src = bytes::<16>(start, end, p.l3 + IPV6_SRC_OFF)?;
     p.dst = bytes::<16>(start, end, p.l3 + IPV6_DST_OFF)?;
     p.l4 = p.l3 + IPV6_LEN;

@@ -7,9 +7,9 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use lb_common::{csum, reasons, BackendInfo, ReplyInfo, FAMILY_V4, PROTO_UDP};
+use lb_common::{csum, reasons, ReplyInfo, FAMILY_V4, PROTO_UDP};
 
-use crate::parse::{Parsed, IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV6_DST_OFF, IPV6_SRC_OFF};
+use crate::parse::{Parsed, IPV4_CSUM_OFF, IPV4_SRC_OFF, IPV6_DST_OFF, IPV6_SRC_OFF};
 
 #[inline(always)]
 fn field<const N: usize>(start: usize, end: usize, off: usize) -> Result<*mut [u8; N], u32> {
@@ -19,39 +19,96 @@ fn field<const N: usize>(start: usize, end: usize, off: usize) -> Result<*mut [u
     Ok((start + off) as *mut [u8; N])
 }
 
-/// Destination NAT in XDP: dst address → backend address, dport → backend port.
-#[inline(always)]
-pub fn dnat(start: usize, end: usize, p: &Parsed, backend: &BackendInfo) -> Result<(), u32> {
-    let l4_csum = field::<2>(start, end, p.l4_csum_off())?;
-    let dport = field::<2>(start, end, p.l4 + 2)?;
-    // SAFETY: every pointer was bounds-checked by `field`; packet memory is writable in XDP.
+/// The new addresses and ports of a packet rewritten in XDP.
+pub struct Nat<'a> {
+    pub src: &'a [u8; 16],
+    pub sport: u16,
+    pub dst: &'a [u8; 16],
+    pub dport: u16,
+    /// Forwarded as a router (XDP_TX/REDIRECT): TTL / hop limit goes down by one.
+    pub hop: bool,
+}
+
+/// Rewrites source and destination in XDP with incremental checksum updates. Destination NAT
+/// passes the packet's own source; full NAT changes both. Works on whole native-order words
+/// (see `lb_common::csum::update32`). Not inlined: one copy serves the three forwarding paths.
+#[inline(never)]
+pub fn nat(start: usize, end: usize, p: &Parsed, to: &Nat) -> Result<(), u32> {
+    let l4_csum = field::<2>(start, end, p.l4_csum_off())? as *mut u16;
+    let ports = field::<4>(start, end, p.l4)? as *mut u32;
+    // SAFETY: every pointer was bounds-checked by `field`; packet memory is writable in XDP and
+    // word accesses at any offset are allowed on the architectures this targets.
     unsafe {
-        let old_l4 = u16::from_be_bytes(*l4_csum);
+        let old_l4 = *l4_csum;
         // A zero UDP checksum over IPv4 means "none": leave it so.
         let udp_without_csum = p.proto == PROTO_UDP && p.family == FAMILY_V4 && old_l4 == 0;
         let mut l4 = old_l4;
         if p.family == FAMILY_V4 {
-            let ip_csum = field::<2>(start, end, p.l3 + IPV4_CSUM_OFF)?;
-            let dst = field::<4>(start, end, p.l3 + IPV4_DST_OFF)?;
-            let new = [backend.addr[0], backend.addr[1], backend.addr[2], backend.addr[3]];
-            let old = *dst;
-            *ip_csum = csum::replace(u16::from_be_bytes(*ip_csum), &old, &new).to_be_bytes();
-            l4 = csum::replace(l4, &old, &new);
-            *dst = new;
+            let ip_csum = field::<2>(start, end, p.l3 + IPV4_CSUM_OFF)? as *mut u16;
+            let src = field::<4>(start, end, p.l3 + IPV4_SRC_OFF)? as *mut u32;
+            let dst = field::<4>(start, end, p.l3 + IPV4_SRC_OFF + 4)? as *mut u32;
+            let ttl_proto = field::<2>(start, end, p.l3 + 8)? as *mut u16;
+            let (new_src, new_dst) = (word(to.src, 0), word(to.dst, 0));
+            let mut ip = *ip_csum;
+            ip = csum::update32(ip, *src, new_src);
+            ip = csum::update32(ip, *dst, new_dst);
+            l4 = csum::update32(l4, *src, new_src);
+            l4 = csum::update32(l4, *dst, new_dst);
+            *src = new_src;
+            *dst = new_dst;
+            if to.hop {
+                let old = *ttl_proto;
+                let ttl = field::<1>(start, end, p.l3 + 8)?;
+                (*ttl)[0] = (*ttl)[0].wrapping_sub(1);
+                ip = csum::update16(ip, old, *ttl_proto);
+            }
+            *ip_csum = ip;
         } else {
-            let dst = field::<16>(start, end, p.l3 + IPV6_DST_OFF)?;
-            l4 = csum::replace(l4, &*dst, &backend.addr);
-            *dst = backend.addr;
+            let src = field::<16>(start, end, p.l3 + IPV6_SRC_OFF)? as *mut u32;
+            let dst = field::<16>(start, end, p.l3 + IPV6_DST_OFF)? as *mut u32;
+            for i in 0..4 {
+                let (new_src, new_dst) = (word(to.src, i), word(to.dst, i));
+                l4 = csum::update32(l4, *src.add(i), new_src);
+                l4 = csum::update32(l4, *dst.add(i), new_dst);
+                *src.add(i) = new_src;
+                *dst.add(i) = new_dst;
+            }
+            if to.hop {
+                let hop_limit = field::<1>(start, end, p.l3 + 7)?;
+                (*hop_limit)[0] = (*hop_limit)[0].wrapping_sub(1);
+            }
         }
-        l4 = csum::replace16(l4, p.dport, backend.port);
-        *dport = backend.port.to_be_bytes();
+        let new_ports = u32::from_ne_bytes([(to.sport >> 8) as u8, to.sport as u8, (to.dport >> 8) as u8, to.dport as u8]);
+        l4 = csum::update32(l4, *ports, new_ports);
+        *ports = new_ports;
         if !udp_without_csum {
-            // A computed UDP checksum of 0 is sent as 0xffff (RFC 768).
+            // A computed UDP checksum of 0 is sent as 0xffff (RFC 768); 0xffff is the same in
+            // either byte order.
             if p.proto == PROTO_UDP && l4 == 0 {
                 l4 = 0xffff;
             }
-            *l4_csum = l4.to_be_bytes();
+            *l4_csum = l4;
         }
+    }
+    Ok(())
+}
+
+/// The `i`th 32-bit word of an address, in memory (network) order.
+#[inline(always)]
+fn word(addr: &[u8; 16], i: usize) -> u32 {
+    let b = i * 4;
+    u32::from_ne_bytes([addr[b], addr[b + 1], addr[b + 2], addr[b + 3]])
+}
+
+/// Sets the Ethernet addresses for the next hop.
+#[inline(always)]
+pub fn set_macs(start: usize, end: usize, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+    let dst = field::<6>(start, end, 0)?;
+    let src = field::<6>(start, end, 6)?;
+    // SAFETY: bounds-checked by `field`.
+    unsafe {
+        *dst = *dmac;
+        *src = *smac;
     }
     Ok(())
 }

@@ -1,14 +1,20 @@
 //! Stage 2: service lookup, then the connection's backend: its pinned flow if the backend still
 //! exists, else a Maglev pick from the service's live ring, pinned for the rest of the flow.
+//! A new flow also decides how the backend is reached: through this node's stack (destination
+//! NAT) or, when the route to it leaves through an uplink, with full NAT from a node address.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, reasons, BackendInfo, FlowInfo, FlowKey, NodeAddrKey, ReplyInfo, ServiceInfo, ServiceKey,
-    BACKEND_ACTIVE, BACKEND_UNUSED, PROTO_UDP,
+    hash, reasons, BackendInfo, FlowInfo, FlowKey, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
+    BACKEND_ACTIVE, BACKEND_UNUSED, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, NODE_ADDRS, REPLIES, RINGS, RING_SIZE, SERVICES, UDP_TIMEOUT_NS},
+    forward::{self, Route},
+    maps::{
+        BACKENDS, FLOWS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REPLIES, NODE_ADDRS, REPLIES, RINGS, RING_SIZE, SCRATCH,
+        SERVICES, UDP_TIMEOUT_NS,
+    },
     parse::Parsed,
 };
 
@@ -18,6 +24,8 @@ pub struct Target {
     pub backend_id: u32,
     pub backend: &'static BackendInfo,
     pub new_flow: bool,
+    /// The pinned flow: how the backend is reached (`kind`) and, for full NAT, from where.
+    pub flow: &'static FlowInfo,
 }
 
 /// The service a packet is addressed to: (dst, port, proto) exactly, else a service port when
@@ -40,24 +48,38 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<S
     unsafe { NODE_ADDRS.get(node) }.map(|_| info)
 }
 
+#[inline(always)]
+fn flow_key(p: &Parsed) -> FlowKey {
+    FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] }
+}
+
+/// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
+#[inline(always)]
+fn scratch() -> Result<&'static mut Scratch, u32> {
+    let ptr = SCRATCH.get_ptr_mut(0).ok_or(reasons::FLOW_TABLE_FULL)?;
+    // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
+    Ok(unsafe { &mut *ptr })
+}
+
 /// The backend for this packet's connection to `svc`.
 #[inline(always)]
-pub fn backend(p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
-    let key = FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+pub fn backend(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
+    let s = scratch()?;
+    s.flow_key = flow_key(p);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+    if let Some(flow) = FLOWS.get_ptr_mut(&s.flow_key) {
         let flow = unsafe { &mut *flow };
         if let Some(target) = pinned(p, svc, flow, now) {
             return Ok(target);
         }
     }
-    pick(p, svc, &key, now)
+    pick(ctx, ingress, p, svc, s, now)
 }
 
 /// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
 /// out. Draining backends keep their flows.
 #[inline(always)]
-fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &mut FlowInfo, now: u64) -> Option<Target> {
+fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo, now: u64) -> Option<Target> {
     let backend = BACKENDS.get(flow.backend_id)?;
     if backend.state == BACKEND_UNUSED || backend.generation != flow.backend_generation {
         return None;
@@ -68,27 +90,64 @@ fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &mut FlowInfo, now: u64) -> Optio
         }
         flow.last_seen_ns = now;
     }
-    Some(Target { service_id: svc.service_id, backend_id: flow.backend_id, backend, new_flow: false })
+    Some(Target { service_id: svc.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
 }
 
-/// A new flow: Maglev slot → backend id → pin the flow and remember how to rewrite replies.
+/// A new flow: Maglev slot → backend → how to reach it → pin the flow and remember how to
+/// rewrite its replies.
 #[inline(always)]
-fn pick(p: &Parsed, svc: &ServiceInfo, key: &FlowKey, now: u64) -> Result<Target, u32> {
+fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch, now: u64) -> Result<Target, u32> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
-    let flow = FlowInfo { backend_id, backend_generation: backend.generation, last_seen_ns: now };
-    FLOWS.insert(key, flow, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
-    let reply_key = FlowKey {
+    s.flow = FlowInfo { backend_id, backend_generation: backend.generation, last_seen_ns: now, ..FlowInfo::default() };
+    match forward::lookup(ctx, ingress, p.family, p.proto, &backend.addr)? {
+        Route::Local => {
+            s.reply_key = FlowKey {
+                src: backend.addr,
+                dst: p.src,
+                sport: backend.port,
+                dport: p.sport,
+                proto: p.proto,
+                family: p.family,
+                _pad: [0; 2],
+            };
+            s.reply = ReplyInfo { service_addr: p.dst, service_port: p.dport, _pad: [0; 6] };
+            REPLIES.insert(&s.reply_key, &s.reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
+        }
+        Route::Uplink { src, .. } => {
+            s.flow.kind = FLOW_NAT;
+            s.flow.nat_addr = src;
+            s.flow.nat_port = nat_port(p, backend, s)?;
+        }
+    }
+    FLOWS.insert(&s.flow_key, &s.flow, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
+    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
+}
+
+/// Probes for a free NAT source port towards `backend` and claims it with the reply mapping.
+#[inline(always)]
+fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u32> {
+    let min = NAT_PORT_MIN.load() as u32;
+    let span = (NAT_PORT_MAX.load() as u32).saturating_sub(min) + 1;
+    s.nat_reply = NatReply { client_addr: p.src, service_addr: p.dst, client_port: p.sport, service_port: p.dport, _pad: [0; 4] };
+    let start = hash::flow_hash(&p.src, p.sport, p.proto);
+    s.reply_key = FlowKey {
         src: backend.addr,
-        dst: p.src,
+        dst: s.flow.nat_addr,
         sport: backend.port,
-        dport: p.sport,
+        dport: 0,
         proto: p.proto,
         family: p.family,
         _pad: [0; 2],
     };
-    let reply = ReplyInfo { service_addr: p.dst, service_port: p.dport, _pad: [0; 6] };
-    REPLIES.insert(reply_key, reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
-    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true })
+    for attempt in 0..4u32 {
+        // Odd strides from a per-client start: different clients spread, retries do not repeat.
+        let port = min + hash::ring_slot(start.wrapping_add(attempt.wrapping_mul(7919)), span);
+        s.reply_key.dport = port as u16;
+        if NAT_REPLIES.insert(&s.reply_key, &s.nat_reply, BPF_NOEXIST as u64).is_ok() {
+            return Ok(port as u16);
+        }
+    }
+    Err(reasons::NAT_PORTS_EXHAUSTED)
 }
 
 /// The active backend the service's ring assigns to `flow_hash`.
@@ -114,9 +173,20 @@ fn ring_entry(index: u32) -> Result<u32, u32> {
     Ok(if index & 1 == 0 { pair as u32 } else { (pair >> 32) as u32 })
 }
 
-/// How to restore the service address on a reply from a backend, if this is one.
+/// How to restore the service address on a reply from a local backend, if this is one.
 #[inline(always)]
-pub fn reply(p: &Parsed) -> Option<ReplyInfo> {
-    let key = FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
-    unsafe { REPLIES.get(key) }.copied()
+pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
+    unsafe { REPLIES.get(flow_key(p)) }
+}
+
+/// How to send a full-NAT backend's reply back to its client, if this is one.
+#[inline(always)]
+pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
+    let (min, max) = (NAT_PORT_MIN.load(), NAT_PORT_MAX.load());
+    if p.dport < min || p.dport > max {
+        return None;
+    }
+    let s = scratch().ok()?;
+    s.flow_key = flow_key(p);
+    unsafe { NAT_REPLIES.get(&s.flow_key) }
 }

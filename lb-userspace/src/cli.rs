@@ -104,6 +104,16 @@ pub struct RunArgs {
     /// Seconds of silence after which a UDP flow may move to another backend.
     #[arg(long, default_value_t = lb_common::DEFAULT_UDP_TIMEOUT_SECS)]
     pub udp_timeout: u64,
+    /// Source ports for full NAT towards backends on other nodes (MIN-MAX). Must not overlap
+    /// the node's ephemeral ports (net.ipv4.ip_local_port_range) nor any service port.
+    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = parse_port_range)]
+    pub nat_ports: (u16, u16),
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (min, max) = text.split_once('-').ok_or_else(|| format!("{text:?} is not MIN-MAX"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("{p:?} is not a port"));
+    Ok((port(min)?, port(max)?))
 }
 
 impl RunArgs {
@@ -114,6 +124,7 @@ impl RunArgs {
             max_backends: self.max_backends,
             max_flows: self.max_flows,
             udp_timeout_secs: self.udp_timeout,
+            nat_ports: self.nat_ports,
         }
     }
 }
@@ -175,7 +186,10 @@ fn run_agent(args: RunArgs) -> Result<()> {
         dataplane: PinnedMaps::new(&plan.pin_dir),
         reconciler: Reconciler::default(),
         node_ips: args.node_ips.clone(),
+        nat_ports: limits.nat_ports,
     };
+    let uplinks: Vec<u32> = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<_, _>>()?;
+    reconcile::sync_uplinks(&uplinks, &mut agent.dataplane)?;
     agent.apply(&desired)?;
     println!("ready");
     std::io::stdout().flush()?;
@@ -211,6 +225,7 @@ struct Agent {
     dataplane: PinnedMaps,
     reconciler: Reconciler,
     node_ips: Vec<IpAddr>,
+    nat_ports: (u16, u16),
 }
 
 impl Agent {
@@ -221,7 +236,9 @@ impl Agent {
             node_addrs::with_loopback(self.node_ips.clone())
         };
         reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
-        let report = self.reconciler.apply(desired, &mut self.dataplane)?;
+        let desired = exclude_nat_ports(desired, self.nat_ports);
+        let report = self.reconciler.apply(&desired, &mut self.dataplane)?;
+        warm_neighbours(&desired);
         for failure in &report.failed {
             error!("{failure}");
         }
@@ -269,6 +286,33 @@ impl Agent {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Service ports inside the NAT port range would be mistaken for NAT replies: they are left out,
+/// with an error naming them; every other service applies.
+fn exclude_nat_ports(desired: &Desired, (min, max): (u16, u16)) -> Desired {
+    let mut kept = desired.clone();
+    kept.retain(|id, service| {
+        let clash = matches!(id.addr, crate::model::ServiceAddr::NodePort { .. }) && (min..=max).contains(&id.port);
+        if clash {
+            error!(service = %id, name = %service.name, "service port is inside --nat-ports {min}-{max}: not programmed");
+        }
+        !clash
+    });
+    kept
+}
+
+/// Sends one empty datagram to the discard port of every backend so that the kernel resolves
+/// the next hop's link-layer address: XDP can only forward to resolved neighbours (full NAT).
+fn warm_neighbours(desired: &Desired) {
+    let backends: std::collections::BTreeSet<IpAddr> =
+        desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
+    for addr in backends {
+        let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        if let Ok(sock) = std::net::UdpSocket::bind(bind) {
+            let _ = sock.send_to(&[], (addr, 9));
         }
     }
 }

@@ -448,6 +448,14 @@ mod tests {
     }
 
     #[test]
+    fn uplinks_are_synced_both_ways() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        sync_uplinks(&[2, 3], &mut dp).unwrap();
+        sync_uplinks(&[3], &mut dp).unwrap();
+        assert_eq!(dp.uplinks, vec![3]);
+    }
+
+    #[test]
     fn node_addresses_are_synced_both_ways() {
         let mut dp = FakeDataplane::new(8, 32, RING);
         sync_node_addrs(&["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()], &mut dp).unwrap();
@@ -455,4 +463,17 @@ mod tests {
         sync_node_addrs(&["10.0.0.5".parse().unwrap()], &mut dp).unwrap();
         assert_eq!(dp.node_addrs.len(), 1);
     }
+}
+
+/// Makes UPLINKS equal to `ifindexes` (routes out of these mean "another node": full NAT).
+pub fn sync_uplinks(ifindexes: &[u32], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let wanted: BTreeSet<u32> = ifindexes.iter().copied().collect();
+    let current: BTreeSet<u32> = dp.uplinks()?.into_iter().collect();
+    for ifindex in wanted.difference(&current) {
+        dp.add_uplink(*ifindex)?;
+    }
+    for ifindex in current.difference(&wanted) {
+        dp.remove_uplink(*ifindex)?;
+    }
+    Ok(())
 }

@@ -52,8 +52,14 @@ pub struct Case {
 }
 
 /// Small maps: fixtures need a handful of services, and tests run in parallel.
-pub const FIXTURE_LIMITS: LoadLimits =
-    LoadLimits { ring_size: 251, max_services: 32, max_backends: 256, max_flows: 4096, udp_timeout_secs: 120 };
+pub const FIXTURE_LIMITS: LoadLimits = LoadLimits {
+    ring_size: 251,
+    max_services: 32,
+    max_backends: 256,
+    max_flows: 4096,
+    udp_timeout_secs: 120,
+    nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
+};
 
 /// Loaded kernel programs with their maps pinned in a private pin directory, programmed through
 /// the agent's own reconciler.

@@ -23,6 +23,7 @@ pub struct FakeDataplane {
     pub rings: Vec<Vec<u32>>,
     pub node_addrs: Vec<NodeAddrKey>,
     pub flows: Vec<(FlowKey, FlowInfo)>,
+    pub uplinks: Vec<u32>,
     /// Every write, in order, for tests of write ordering.
     pub log: Vec<String>,
 }
@@ -43,6 +44,7 @@ impl FakeDataplane {
             rings: vec![vec![0; ring_size as usize]; rings as usize],
             node_addrs: Vec::new(),
             flows: Vec::new(),
+            uplinks: Vec::new(),
             log: Vec::new(),
         }
     }
@@ -147,6 +149,22 @@ impl Dataplane for FakeDataplane {
 
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
         self.node_addrs.retain(|a| a != addr);
+        Ok(())
+    }
+
+    fn uplinks(&self) -> Result<Vec<u32>> {
+        Ok(self.uplinks.clone())
+    }
+
+    fn add_uplink(&mut self, ifindex: u32) -> Result<()> {
+        if !self.uplinks.contains(&ifindex) {
+            self.uplinks.push(ifindex);
+        }
+        Ok(())
+    }
+
+    fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {
+        self.uplinks.retain(|&i| i != ifindex);
         Ok(())
     }
 

@@ -60,6 +60,8 @@ pub struct LoadLimits {
     pub max_backends: u32,
     pub max_flows: u32,
     pub udp_timeout_secs: u64,
+    /// Source ports of full NAT (inclusive).
+    pub nat_ports: (u16, u16),
 }
 
 impl Default for LoadLimits {
@@ -70,6 +72,7 @@ impl Default for LoadLimits {
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
             udp_timeout_secs: lb_common::DEFAULT_UDP_TIMEOUT_SECS,
+            nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
         }
     }
 }
@@ -87,6 +90,9 @@ impl LoadLimits {
         }
         if self.max_services == 0 || self.max_backends < 2 || self.max_flows == 0 {
             return Err("--max-services, --max-flows must be ≥ 1 and --max-backends ≥ 2".into());
+        }
+        if self.nat_ports.0 == 0 || self.nat_ports.0 > self.nat_ports.1 {
+            return Err(format!("--nat-ports {}-{} is not a port range", self.nat_ports.0, self.nat_ports.1));
         }
         if (self.max_services as u64 + lb_common::SPARE_RINGS as u64) * self.ring_size as u64 > u32::MAX as u64 / 4 {
             return Err(format!("--max-services {} × --ring-size {} is too large for one ring pool", self.max_services, self.ring_size));
@@ -214,7 +220,9 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
     loader
         .map_max_entries(names::MAP_RINGS, ring_elements)
         .override_global(names::GLOBAL_RING_SIZE, &limits.ring_size, true)
-        .override_global(names::GLOBAL_UDP_TIMEOUT_NS, &udp_timeout_ns, true);
+        .override_global(names::GLOBAL_UDP_TIMEOUT_NS, &udp_timeout_ns, true)
+        .override_global(names::GLOBAL_NAT_PORT_MIN, &limits.nat_ports.0, true)
+        .override_global(names::GLOBAL_NAT_PORT_MAX, &limits.nat_ports.1, true);
     Ok(loader.load(EBPF_OBJECT)?)
 }
 

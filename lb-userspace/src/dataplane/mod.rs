@@ -113,6 +113,11 @@ pub trait Dataplane {
     fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
 
+    /// Interface indexes whose routes mean "another node" (full NAT).
+    fn uplinks(&self) -> Result<Vec<u32>, DataplaneError>;
+    fn add_uplink(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
+    fn remove_uplink(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
+
     /// Entries of the flow table (at most `limit`).
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>, DataplaneError>;
 }

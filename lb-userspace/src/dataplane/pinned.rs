@@ -235,6 +235,24 @@ impl Dataplane for PinnedMaps {
         }
     }
 
+    fn uplinks(&self) -> Result<Vec<u32>> {
+        let map = self.hash::<u32, u32>(names::MAP_UPLINKS)?;
+        Ok(hash_entries(&map, names::MAP_UPLINKS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    fn add_uplink(&mut self, ifindex: u32) -> Result<()> {
+        let mut map = self.hash::<u32, u32>(names::MAP_UPLINKS)?;
+        map.insert(ifindex, 1, 0).map_err(map_err(names::MAP_UPLINKS))
+    }
+
+    fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {
+        let mut map = self.hash::<u32, u32>(names::MAP_UPLINKS)?;
+        match map.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::MAP_UPLINKS)(e)),
+        }
+    }
+
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
         let map = self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?;
         hash_entries(&map, names::MAP_FLOWS, limit)

@@ -1,0 +1,64 @@
+//! Route lookups (bpf_fib_lookup) and sending a rewritten frame on: back out of the interface it
+//! came in on (XDP_TX) or out of another one (XDP_REDIRECT).
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LOOKUP_SRC},
+    helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
+};
+use lb_common::{reasons, FibParams, FAMILY_V4};
+
+use crate::maps::{FIB_SCRATCH, UPLINKS};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+
+/// Where a destination is.
+pub enum Route {
+    /// One of this node's addresses, or reached through a non-uplink interface: the stack
+    /// delivers or forwards the destination-rewritten packet itself.
+    Local,
+    /// Out of an uplink, with the link-layer addresses and the source address to use.
+    Uplink { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], src: [u8; 16] },
+}
+
+/// Looks up the route from `ingress` to `dst` (of `family`), as the stack would forward it.
+#[inline(always)]
+pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol: u8, dst: &[u8; 16]) -> Result<Route, u32> {
+    let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(reasons::FIB_FAILURE)?;
+    // SAFETY: a per-CPU map value, ours for the duration of this program run.
+    let params = unsafe { &mut *params };
+    *params = FibParams {
+        family: if family == FAMILY_V4 { AF_INET } else { AF_INET6 },
+        l4_protocol,
+        ifindex: ingress,
+        dst: *dst,
+        ..FibParams::default()
+    };
+    let size = core::mem::size_of::<FibParams>() as i32;
+    // SAFETY: FibParams has the layout of struct bpf_fib_lookup (size asserted in lb-common).
+    let ret = unsafe { fib_lookup_helper(ctx, (params as *mut FibParams).cast::<bpf_fib_lookup>(), size, BPF_FIB_LOOKUP_SRC) };
+    let via_uplink = unsafe { UPLINKS.get(params.ifindex) }.is_some();
+    match ret {
+        FIB_SUCCESS if via_uplink => {
+            Ok(Route::Uplink { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, src: params.src })
+        }
+        FIB_NO_NEIGH if via_uplink => Err(reasons::FIB_NO_NEIGH),
+        // Everything else is the stack's business: a local address (not forwarded), a next hop
+        // behind another interface (the stack resolves its neighbour), forwarding disabled or no
+        // route (the stack drops or answers with ICMP, as it would without us).
+        _ => Ok(Route::Local),
+    }
+}
+
+/// Sends the frame out of `egress`: XDP_TX when that is where it came in.
+#[inline(always)]
+pub fn send(ingress: u32, egress: u32) -> u32 {
+    if ingress == egress {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: plain helper call; returns XDP_REDIRECT or XDP_ABORTED.
+        unsafe { bpf_redirect(egress, 0) as u32 }
+    }
+}

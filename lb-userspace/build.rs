@@ -2,8 +2,8 @@
 //!
 //! The BPF target needs `core` built from source by a compiler whose rust-src matches it: that is
 //! Debian's rustc-web (/usr/bin/rustc, /usr/bin/cargo), not the rustup toolchain that builds this
-//! crate. `cargo xtask build|test` installs it and bpf-linker first. Set LB_EBPF_OBJ to an existing
-//! object to skip this build.
+//! crate. `cargo xtask build|test` installs it and bpf-linker first. Set LB_EBPF_DIR to a
+//! directory of prebuilt objects to skip this build.
 
 use std::{
     env,
@@ -14,14 +14,17 @@ use std::{
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=LB_EBPF_OBJ");
-    let object = match env::var_os("LB_EBPF_OBJ") {
+    println!("cargo:rerun-if-env-changed=LB_EBPF_DIR");
+    // LB_EBPF_DIR: a directory holding prebuilt `lb-ebpf` and `xdp-pass` objects.
+    let dir = match env::var_os("LB_EBPF_DIR") {
         Some(prebuilt) => PathBuf::from(prebuilt),
         None => build_ebpf(),
     };
-    println!("cargo:rustc-env=LB_EBPF_OBJ={}", object.display());
+    println!("cargo:rustc-env=LB_EBPF_OBJ={}", dir.join("lb-ebpf").display());
+    println!("cargo:rustc-env=LB_XDP_PASS_OBJ={}", dir.join("xdp-pass").display());
 }
 
+/// Builds every object of lb-ebpf and returns the directory holding them.
 fn build_ebpf() -> PathBuf {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
@@ -47,5 +50,5 @@ fn build_ebpf() -> PathBuf {
     }
     let status = cargo.status().expect("running Debian's cargo for lb-ebpf");
     assert!(status.success(), "building lb-ebpf failed (see the compiler output above)");
-    target_dir.join("bpfel-unknown-none/release/lb-ebpf")
+    target_dir.join("bpfel-unknown-none/release")
 }

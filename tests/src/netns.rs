@@ -229,3 +229,67 @@ impl LbTopology {
         format!("fd00:210:{i}::2").parse().unwrap()
     }
 }
+
+/// Backends on other nodes: client, node and remote backends share one L2 segment (a bridge in
+/// a "switch" namespace), so the node reaches the backends back out of its uplink with full NAT.
+///
+/// ```text
+///  client 10.202.0.1 ─┐
+///  node   10.202.0.2 ─┼─ bridge (switch ns) ─┬─ remote backend 0: 10.202.0.10 / fd00:202::10
+///  (fd00:202::1, ::2) ┘                      └─ remote backend 1: 10.202.0.11 …
+/// ```
+pub struct NatTopology {
+    /// Pass-only XDP on the switch ports, so they accept the node's XDP_TX frames.
+    _port_programs: Vec<aya::Ebpf>,
+    pub switch: Netns,
+    pub client: Netns,
+    pub node: Netns,
+    pub backends: Vec<Netns>,
+    pub uplink: String,
+}
+
+impl NatTopology {
+    pub fn new(backends: usize) -> Result<Self> {
+        let switch = Netns::new("lbs")?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        let client = Netns::new("lbc")?;
+        let node = Netns::new("lbn")?;
+        let ports = std::cell::RefCell::new(Vec::new());
+        let plug = |ns: &Netns, v4: &str, v6: &str| -> Result<String> {
+            let (inside, port) = veth(ns, &switch)?;
+            switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            ns.addr(&inside, v4)?;
+            ns.addr(&inside, v6)?;
+            ports.borrow_mut().push(port);
+            Ok(inside)
+        };
+        plug(&client, "10.202.0.1/24", "fd00:202::1/64")?;
+        let uplink = plug(&node, "10.202.0.2/24", "fd00:202::2/64")?;
+        client.route("10.0.0.0/24", "10.202.0.2".parse().unwrap())?;
+        client.route("fd00::/112", "fd00:202::2".parse().unwrap())?;
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            node.command("sysctl").args(["-qw", sysctl]).output()?;
+        }
+        let mut list = Vec::new();
+        for i in 0..backends {
+            let ns = Netns::new("lbr")?;
+            plug(&ns, &format!("10.202.0.{}/24", 10 + i), &format!("fd00:202::{:x}/64", 0x10 + i))?;
+            list.push(ns);
+        }
+        let mut programs = Vec::new();
+        for port in ports.into_inner() {
+            let program = switch.run(move || lb::dataplane::loader::attach_xdp_pass(&port))??;
+            programs.push(program);
+        }
+        Ok(Self { _port_programs: programs, switch, client, node, backends: list, uplink })
+    }
+
+    pub fn backend_ip(i: usize) -> IpAddr {
+        format!("10.202.0.{}", 10 + i).parse().unwrap()
+    }
+
+    pub fn backend_ip6(i: usize) -> IpAddr {
+        format!("fd00:202::{:x}", 0x10 + i).parse().unwrap()
+    }
+}

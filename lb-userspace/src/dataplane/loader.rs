@@ -25,6 +25,8 @@ use super::pinned::pin_name;
 
 /// The kernel object, built by build.rs and embedded so `lb` is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJ"));
+/// An XDP program that only passes packets (lb-ebpf/src/xdp_pass.rs).
+static XDP_PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_XDP_PASS_OBJ"));
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
@@ -224,6 +226,19 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
         .override_global(names::GLOBAL_NAT_PORT_MIN, &limits.nat_ports.0, true)
         .override_global(names::GLOBAL_NAT_PORT_MAX, &limits.nat_ports.1, true);
     Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// Loads the pass-only XDP program and attaches it to `iface` (in the calling thread's network
+/// namespace). A veth accepts XDP_TX/XDP_REDIRECT frames only while it runs an XDP program, so
+/// the far end of a veth uplink needs one; it is also the benchmarks' floor. The attachment
+/// lasts as long as the returned object.
+pub fn attach_xdp_pass(iface: &str) -> Result<Ebpf, LoaderError> {
+    let mut ebpf = Ebpf::load(XDP_PASS_OBJECT)?;
+    let prog: &mut Xdp = program(&mut ebpf, "lb_xdp_pass")?;
+    prog.load().map_err(|source| LoaderError::Program { name: "lb_xdp_pass", source })?;
+    prog.attach(iface, XdpMode::Default)
+        .map_err(|source| LoaderError::Attach { hook: XDP_HOOK, iface: iface.to_owned(), source })?;
+    Ok(ebpf)
 }
 
 /// The program `name` of a loaded object, as its concrete type (`Xdp`, `SchedClassifier`, …).

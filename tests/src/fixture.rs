@@ -67,6 +67,9 @@ pub struct XdpFixture {
     pub ebpf: Ebpf,
     pub pins: PinDir,
     reconciler: Reconciler,
+    /// The interface packets arrive on (xdp_md.ingress_ifindex); None = the test run default
+    /// (loopback of the calling thread's namespace).
+    ingress: Option<u32>,
 }
 
 impl XdpFixture {
@@ -79,7 +82,7 @@ impl XdpFixture {
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
         let xdp: &mut Xdp = loader::program(&mut ebpf, names::PROG_XDP)?;
         xdp.load().context("loading the XDP program")?;
-        Ok(Self { ebpf, pins, reconciler: Reconciler::default() })
+        Ok(Self { ebpf, pins, reconciler: Reconciler::default(), ingress: None })
     }
 
     /// Programs the services of a services-file text and this node's addresses, as `lb run` does.
@@ -93,6 +96,13 @@ impl XdpFixture {
         Ok(())
     }
 
+    /// Packets arrive on `ifindex`, which is also registered as an uplink (as `lb run --iface`).
+    pub fn arrive_on(&mut self, ifindex: u32) -> Result<()> {
+        self.ingress = Some(ifindex);
+        reconcile::sync_uplinks(&[ifindex], &mut PinnedMaps::new(self.pins.path()))?;
+        Ok(())
+    }
+
     /// The agent's view of the maps (for ring and flow checks).
     pub fn maps(&self) -> PinnedMaps {
         PinnedMaps::new(self.pins.path())
@@ -102,7 +112,18 @@ impl XdpFixture {
     pub fn run_packet(&mut self, input: &[u8]) -> Result<(u32, Vec<u8>)> {
         let xdp: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP)?;
         let mut out = vec![0u8; input.len() + 256];
-        let result = xdp.test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+        if let Some(ifindex) = self.ingress {
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        }
+        let result = xdp.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: self.ingress.map(|_| &ctx[..]),
+            ..TestRunOptions::new()
+        })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }

@@ -29,6 +29,23 @@ fn ip_builder(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherpa
     }
 }
 
+/// The same frame with other Ethernet addresses and an IPv4 TTL / IPv6 hop limit (which the
+/// builders set to 64), checksums recomputed.
+pub fn reframed(frame: &[u8], src_mac: [u8; 6], dst_mac: [u8; 6], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&src_mac);
+    if u16::from_be_bytes([out[12], out[13]]) == 0x0800 {
+        out[14 + 8] = ttl;
+        out[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let check = lb_common::csum::checksum(&out[14..34]);
+        out[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
+    } else {
+        out[14 + 7] = ttl;
+    }
+    out
+}
+
 /// An Ethernet/IP/UDP frame with valid checksums.
 pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Vec<u8> {
     let builder = ip_builder(src.0, dst.0).udp(src.1, dst.1);

@@ -6,7 +6,7 @@
 use lb::dataplane::Dataplane;
 use lb_common::hash;
 use lb_tests::{
-    fixture::{Case, XdpFixture, XDP_DROP, XDP_PASS},
+    fixture::{Case, XdpFixture, XDP_DROP, XDP_PASS, XDP_TX},
     packet::{tcp, udp, v4, v6, TcpFlags, ACK, FIN_ACK, SYN},
 };
 
@@ -224,4 +224,70 @@ fn the_kernel_picks_the_backend_the_userspace_ring_says() {
         seen.insert(expected.port);
     }
     assert_eq!(seen.len(), 7, "200 flows should reach all 7 backends");
+}
+
+/// Full NAT through BPF_PROG_TEST_RUN, inside a namespace with a veth uplink, addresses and
+/// permanent neighbours, so the FIB lookups have a known answer.
+#[test]
+fn full_nat_forward_and_reply_byte_for_byte() {
+    use lb_tests::{netns::Netns, packet::reframed};
+    const UP_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
+    const CLIENT_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+    const BACKEND_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x10];
+    let ns = Netns::new("lbf").unwrap();
+    ns.ip(&["link", "add", "up0", "address", "02:aa:00:00:00:02", "type", "veth", "peer", "name", "up0p"]).unwrap();
+    ns.ip(&["link", "set", "up0p", "up"]).unwrap();
+    ns.addr("up0", "10.202.0.2/24").unwrap();
+    ns.ip(&["neigh", "add", "10.202.0.10", "lladdr", "02:aa:00:00:00:10", "dev", "up0", "nud", "permanent"]).unwrap();
+    ns.ip(&["neigh", "add", "10.202.0.1", "lladdr", "02:aa:00:00:00:01", "dev", "up0", "nud", "permanent"]).unwrap();
+    ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
+
+    ns.run(|| {
+        let uplink = lb::preflight::interface_index("up0").unwrap();
+        let mut f = XdpFixture::load().unwrap();
+        f.apply(
+            r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.202.0.10","port":31000}]}]}"#,
+            &["10.202.0.2"],
+        )
+        .unwrap();
+        f.arrive_on(uplink).unwrap();
+        let client = v4(10, 202, 0, 1);
+        let nat_port = lb_common::DEFAULT_NAT_PORT_MIN
+            + hash::ring_slot(
+                hash::flow_hash(&lb_common::v4_bytes([10, 202, 0, 1]), 40000, 6),
+                (lb_common::DEFAULT_NAT_PORT_MAX - lb_common::DEFAULT_NAT_PORT_MIN) as u32 + 1,
+            ) as u16;
+        let iface = |len: usize| {
+            vec![
+                (format!("iface_stats{{ifindex={uplink},hook=xdp_ingress}}.packets"), 1),
+                (format!("iface_stats{{ifindex={uplink},hook=xdp_ingress}}.bytes"), len as u64),
+            ]
+        };
+        let syn = tcp((client, 40000), (v4(10, 0, 0, 1), 80), SYN, b"");
+        let syn_out = reframed(&tcp((v4(10, 202, 0, 2), nat_port), (v4(10, 202, 0, 10), 31000), SYN, b""), UP_MAC, BACKEND_MAC, 63);
+        let mut counters = iface(syn.len());
+        counters.extend([
+            ("verdict.fwd_nat".to_string(), 1),
+            ("service{web}.packets".to_string(), 1),
+            ("service{web}.bytes".to_string(), syn.len() as u64),
+            ("service{web}.new_flows".to_string(), 1),
+            ("backend{10.202.0.10:31000}.packets".to_string(), 1),
+            ("backend{10.202.0.10:31000}.bytes".to_string(), syn.len() as u64),
+            ("backend{10.202.0.10:31000}.new_flows".to_string(), 1),
+        ]);
+        let reply = tcp((v4(10, 202, 0, 10), 31000), (v4(10, 202, 0, 2), nat_port), ACK, b"hello");
+        let reply_out = reframed(&tcp((v4(10, 0, 0, 1), 80), (client, 40000), ACK, b"hello"), UP_MAC, CLIENT_MAC, 63);
+        let mut reply_counters = iface(reply.len());
+        reply_counters.push(("verdict.nat_reply".to_string(), 1));
+        let mut low_ttl = tcp((v4(10, 202, 0, 10), 31000), (v4(10, 202, 0, 2), nat_port), ACK, b"x");
+        low_ttl[14 + 8] = 1;
+        let mut low_ttl_counters = iface(low_ttl.len());
+        low_ttl_counters.push(("verdict.ttl_exceeded".to_string(), 1));
+        f.run_table(&[
+            Case { name: "syn to a remote backend: full NAT, XDP_TX", input: syn, verdict: XDP_TX, output: syn_out, counters },
+            Case { name: "the backend's reply: back to the client from the VIP", input: reply, verdict: XDP_TX, output: reply_out, counters: reply_counters },
+            Case { name: "reply with TTL 1 goes to the stack", output: low_ttl.clone(), input: low_ttl, verdict: XDP_PASS, counters: low_ttl_counters },
+        ]);
+    })
+    .unwrap();
 }

@@ -291,3 +291,23 @@ fn full_nat_forward_and_reply_byte_for_byte() {
     })
     .unwrap();
 }
+
+#[test]
+fn udp_flows_time_out_and_rebalance() {
+    let limits = lb::dataplane::loader::LoadLimits { udp_timeout_secs: 1, ..lb_tests::fixture::FIXTURE_LIMITS };
+    let mut f = XdpFixture::load_with(limits).unwrap();
+    let two = r#"{"services":[{"name":"dns","address":"10.0.0.2","port":53,"protocol":"udp","backends":[
+        {"address":"10.1.0.6","port":31053},{"address":"10.1.0.7","port":31053}]}]}"#;
+    f.apply(two, &[NODE]).unwrap();
+    let query = udp((client(), 5353), (v4(10, 0, 0, 2), 53), b"q");
+    let (_, out) = f.run_packet(&query).unwrap();
+    let first = out[14 + 16..14 + 20].to_vec();
+    let (drained, other) = if first == [10, 1, 0, 6] { ("10.1.0.6", [10, 1, 0, 7]) } else { ("10.1.0.7", [10, 1, 0, 6]) };
+    f.apply(&two.replace(&format!(r#""address":"{drained}","port":31053}}"#), &format!(r#""address":"{drained}","port":31053,"weight":0}}"#)), &[NODE])
+        .unwrap();
+    let (_, out) = f.run_packet(&query).unwrap();
+    assert_eq!(out[14 + 16..14 + 20], first[..], "a live UDP flow stays on its draining backend");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, out) = f.run_packet(&query).unwrap();
+    assert_eq!(out[14 + 16..14 + 20], other, "after the idle timeout the flow is re-balanced");
+}

@@ -290,3 +290,31 @@ fn local_clients_in_the_cgroup_reach_backends_through_service_port_and_vip() {
     let outside = probe(&cluster, false, "tcp", "127.0.0.1:10000", 1).unwrap_err();
     assert!(outside.contains("refused"), "{outside}");
 }
+
+#[test]
+fn an_invalid_services_file_changes_nothing() {
+    let cluster = Cluster::new(3);
+    let before = lb_ok(None, &["services", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap();
+    cluster.file.replace(r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.210.0.x","port":1}]}]}"#).unwrap();
+    cluster.agent.as_ref().unwrap().sighup();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = lb_ok(None, &["services", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap();
+    assert_eq!(before, after);
+    assert_fair(&spread(&cluster, vip(80), 300), 3, 300);
+}
+
+#[test]
+fn an_invalid_services_file_at_start_is_refused_naming_service_and_field() {
+    let topo = LbTopology::new(1).unwrap();
+    let pins = PinDir::new();
+    let file = TempFile::new(r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.210.0.2","port":0}]}]}"#).unwrap();
+    let out = lb_tests::agent::lb(
+        Some(&topo.node),
+        &["run", "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--services", &file.arg()],
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(r#"service 0 ("web"): backends[0].port: 0 is not a port"#), "{stderr}");
+    assert!(!pins.path().exists(), "nothing may be pinned");
+}

@@ -110,6 +110,13 @@ impl XdpFixture {
 
     /// Runs `input` once and returns (verdict, output bytes).
     pub fn run_packet(&mut self, input: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (verdict, out, _) = self.timed_run(input, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs `input` `repeat` times on the same buffer (the kernel does not restore it between
+    /// repetitions) and returns (verdict, output bytes, mean time per run as the kernel measured).
+    pub fn timed_run(&mut self, input: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         let xdp: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP)?;
         let mut out = vec![0u8; input.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
@@ -122,10 +129,11 @@ impl XdpFixture {
             data_in: Some(input),
             data_out: Some(&mut out),
             ctx_in: self.ingress.map(|_| &ctx[..]),
+            repeat,
             ..TestRunOptions::new()
         })?;
         out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        Ok((result.return_value, out, result.duration))
     }
 
     /// Runs one case; `Err` carries the diff.

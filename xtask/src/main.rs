@@ -16,6 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   test              install prerequisites, build, run every test (privileged ones included)
   demo              install prerequisites, build, show the data path working in network namespaces
   run -- ARGS...    install prerequisites, build, run `lb run ARGS...` on this node
+  bench [-- ARGS]   install prerequisites, build (release), measure; writes docs/benchmarks.{md,json}
   setup             only install/check prerequisites";
 
 fn main() -> ExitCode {
@@ -46,6 +47,18 @@ fn real_main() -> Result<()> {
             prereqs::ensure_all()?;
             build_release()?;
             cargo(&["run", "--release", "--quiet", "-p", "lb-tests", "--bin", "lb-demo"], &release_env())
+        }
+        "bench" => {
+            prereqs::ensure_all()?;
+            build_release()?;
+            step("benchmarking (pinned to CPU 0; a few minutes)");
+            let docs = workspace_root().join("docs");
+            std::fs::create_dir_all(&docs)?;
+            let (json, md) = (docs.join("benchmarks.json"), docs.join("benchmarks.md"));
+            let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", "lb-bench", "--"];
+            args.extend(["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()]);
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args, &release_env())
         }
         "run" => {
             prereqs::ensure_all()?;

@@ -241,6 +241,15 @@ pub fn attach_xdp_pass(iface: &str) -> Result<Ebpf, LoaderError> {
     Ok(ebpf)
 }
 
+/// The pass-only XDP program, loaded but not attached: the floor the benchmarks measure the
+/// balancer against with BPF_PROG_TEST_RUN.
+pub fn load_xdp_pass() -> Result<Ebpf, LoaderError> {
+    let mut ebpf = Ebpf::load(XDP_PASS_OBJECT)?;
+    let prog: &mut Xdp = program(&mut ebpf, "lb_xdp_pass")?;
+    prog.load().map_err(|source| LoaderError::Program { name: "lb_xdp_pass", source })?;
+    Ok(ebpf)
+}
+
 /// The program `name` of a loaded object, as its concrete type (`Xdp`, `SchedClassifier`, …).
 pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
 where

@@ -17,17 +17,17 @@ pub const PROTO_UDP: u8 = 17;
 pub const HOOK_XDP_INGRESS: u32 = 0;
 pub const HOOK_TC_EGRESS: u32 = 1;
 
-/// Key of `IFACE_STATS`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IfaceKey {
-    /// Kernel interface index the packet was seen on.
-    pub ifindex: u32,
-    /// `HOOK_XDP_INGRESS` or `HOOK_TC_EGRESS`.
-    pub hook: u32,
+/// Interface indexes below this are counted in `IFACE_STATS` (a per-CPU array: two slots per
+/// interface, one per hook, so counting costs an array lookup, not a hash lookup).
+pub const MAX_COUNTED_IFINDEX: u32 = 4096;
+
+/// The `IFACE_STATS` slot of (ifindex, hook), if the interface is within the counted range.
+#[inline(always)]
+pub fn iface_slot(ifindex: u32, hook: u32) -> Option<u32> {
+    (ifindex < MAX_COUNTED_IFINDEX && hook < 2).then(|| ifindex * 2 + hook)
 }
 
-/// Value of `IFACE_STATS` (one per CPU).
+/// Value of `IFACE_STATS` (one per CPU and slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceCounters {
@@ -217,6 +217,18 @@ pub struct ReplyInfo {
     pub _pad: [u8; 6],
 }
 
+/// Words of the `SERVICE_PORTS` bitmap: one bit per (protocol, port) that some service uses,
+/// 1024 u64 words per protocol (TCP first, then UDP).
+pub const SERVICE_PORT_WORDS: u32 = 2048;
+
+/// The `SERVICE_PORTS` word and bit of (port, proto): a packet whose bit is clear is not for any
+/// service, which one array lookup tells (most traffic on a node is not balanced).
+#[inline(always)]
+pub fn service_port_bit(port: u16, proto: u8) -> (u32, u64) {
+    let base = if proto == PROTO_UDP { 1024 } else { 0 };
+    (base + (port as u32 >> 6), 1u64 << (port & 63))
+}
+
 /// Key of `NODE_ADDRS`: an address of this node, where service ports are served.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -263,7 +275,6 @@ impl TrafficCounters {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
@@ -282,7 +293,6 @@ const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] integers and byte arrays with explicit padding fields.
-    unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceCounters {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceInfo {}
@@ -309,6 +319,14 @@ mod tests {
         total.add(&IfaceCounters { packets: 2, bytes: 120 });
         total.add(&IfaceCounters { packets: 3, bytes: 300 });
         assert_eq!(total, IfaceCounters { packets: 5, bytes: 420 });
+    }
+
+    #[test]
+    fn service_port_bits_are_distinct_per_port_and_protocol() {
+        assert_eq!(service_port_bit(0, PROTO_TCP), (0, 1));
+        assert_eq!(service_port_bit(65535, PROTO_TCP), (1023, 1 << 63));
+        assert_eq!(service_port_bit(80, PROTO_UDP), (1025, 1 << 16));
+        assert!(service_port_bit(65535, PROTO_UDP).0 < SERVICE_PORT_WORDS);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub const PROG_SOCK_HOOKS: &[(&str, &str)] = &[
 pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_NAMES: &str = "SERVICE_NAMES";
+pub const MAP_SERVICE_PORTS: &str = "SERVICE_PORTS";
 pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS";
 pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
@@ -39,6 +40,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_IFACE_STATS,
     MAP_SERVICES,
     MAP_SERVICE_NAMES,
+    MAP_SERVICE_PORTS,
     MAP_NODE_ADDRS,
     MAP_RINGS,
     MAP_BACKENDS,

@@ -3,14 +3,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
     Global,
 };
 use lb_common::{
-    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey,
+    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, SPARE_RINGS,
+    DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
 };
 
 /// Entries per Maglev ring (prime); set by the agent at load time.
@@ -31,12 +31,16 @@ const RING_POOL: usize = ((DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAUL
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 
-/// Packets and bytes seen per (interface, hook), per CPU.
+/// Packets and bytes seen per (interface, hook), per CPU; slot = ifindex * 2 + hook.
 #[btf_map]
-pub static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceCounters, 1024> = PerCpuHashMap::new();
+pub static IFACE_STATS: PerCpuArray<IfaceCounters, { 2 * MAX_COUNTED_IFINDEX as usize }> = PerCpuArray::new();
 /// Services by (address, port, protocol); an all-zero address is a service port.
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, ServiceInfo, MAX_SERVICES> = HashMap::new();
+/// Bitmap of (protocol, port) pairs some service uses: one array lookup rejects most
+/// packets that are not for a service (lb_common::service_port_bit).
+#[btf_map]
+pub static SERVICE_PORTS: Array<u64, { SERVICE_PORT_WORDS as usize }> = Array::new();
 /// Names of services by id (agent metadata for the CLI and restarts; not read by programs).
 #[btf_map]
 pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();

@@ -6,14 +6,14 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     hash, reasons, BackendInfo, FlowInfo, FlowKey, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
-    BACKEND_ACTIVE, BACKEND_UNUSED, FLOW_NAT, PROTO_UDP,
+    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
     forward::{self, Route},
     maps::{
         BACKENDS, FLOWS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REPLIES, NODE_ADDRS, REPLIES, RINGS, RING_SIZE, SCRATCH,
-        SERVICES, UDP_TIMEOUT_NS,
+        SERVICES, SERVICE_PORTS, UDP_TIMEOUT_NS,
     },
     parse::Parsed,
 };
@@ -38,6 +38,10 @@ pub fn service(p: &Parsed) -> Option<ServiceInfo> {
 /// The service at (addr, port, proto) in `family`, VIP first, then a service port on a node address.
 #[inline(always)]
 pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
+    let (word, bit) = service_port_bit(port, proto);
+    if *SERVICE_PORTS.get(word)? & bit == 0 {
+        return None;
+    }
     let mut key = ServiceKey { addr: *addr, port, proto, family };
     if let Some(info) = unsafe { SERVICES.get(key) } {
         return Some(*info);
@@ -66,25 +70,26 @@ fn scratch() -> Result<&'static mut Scratch, u32> {
 pub fn backend(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
     let s = scratch()?;
     s.flow_key = flow_key(p);
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(&s.flow_key) {
         let flow = unsafe { &mut *flow };
-        if let Some(target) = pinned(p, svc, flow, now) {
+        if let Some(target) = pinned(p, svc, flow) {
             return Ok(target);
         }
     }
-    pick(ctx, ingress, p, svc, s, now)
+    pick(ctx, ingress, p, svc, s)
 }
 
 /// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
 /// out. Draining backends keep their flows.
 #[inline(always)]
-fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo, now: u64) -> Option<Target> {
+fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo) -> Option<Target> {
     let backend = BACKENDS.get(flow.backend_id)?;
     if backend.state == BACKEND_UNUSED || backend.generation != flow.backend_generation {
         return None;
     }
     if p.proto == PROTO_UDP {
+        // Only UDP flows idle out, so only they pay for the clock.
+        let now = unsafe { bpf_ktime_get_ns() };
         if now.wrapping_sub(flow.last_seen_ns) > UDP_TIMEOUT_NS.load() {
             return None;
         }
@@ -96,8 +101,9 @@ fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo, now: u64) 
 /// A new flow: Maglev slot → backend → how to reach it → pin the flow and remember how to
 /// rewrite its replies.
 #[inline(always)]
-fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch, now: u64) -> Result<Target, u32> {
+fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, u32> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
+    let now = unsafe { bpf_ktime_get_ns() };
     s.flow = FlowInfo { backend_id, backend_generation: backend.generation, last_seen_ns: now, ..FlowInfo::default() };
     match forward::lookup(ctx, ingress, p.family, p.proto, &backend.addr)? {
         Route::Local => {

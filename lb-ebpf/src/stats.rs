@@ -1,23 +1,17 @@
 //! Counter updates. Per-CPU values: plain adds, no atomics needed.
 
-use lb_common::{IfaceCounters, IfaceKey, TrafficCounters};
+use lb_common::{iface_slot, TrafficCounters};
 
 use crate::maps::{BACKEND_STATS, IFACE_STATS, SERVICE_STATS, VERDICTS};
 
 /// Counts one packet of `len` bytes seen by `hook` on `ifindex`.
 #[inline(always)]
 pub fn count_iface(ifindex: u32, hook: u32, len: u64) {
-    let key = IfaceKey { ifindex, hook };
-    match IFACE_STATS.get_ptr_mut(key) {
-        Some(counters) => unsafe {
+    let Some(slot) = iface_slot(ifindex, hook) else { return };
+    if let Some(counters) = IFACE_STATS.get_ptr_mut(slot) {
+        unsafe {
             (*counters).packets += 1;
             (*counters).bytes += len;
-        },
-        None => {
-            // First packet on this CPU for this key. A concurrent insert on another CPU may win;
-            // BPF_ANY keeps whichever lands, losing at most this one packet's count.
-            let first = IfaceCounters { packets: 1, bytes: len };
-            let _ = IFACE_STATS.insert(key, first, 0);
         }
     }
 }

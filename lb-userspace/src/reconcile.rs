@@ -135,6 +135,7 @@ impl Reconciler {
             remove(key, info, dp, &mut alloc)?;
             report.removed += 1;
         }
+        sync_service_ports(dp)?;
         self.quarantined_rings = alloc.freed_rings;
         self.quarantined_backends = alloc.freed_backends;
         if report.added + report.updated + report.removed > 0 {
@@ -311,6 +312,24 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
     Ok(())
 }
 
+/// Makes the SERVICE_PORTS bitmap match the programmed services. It runs after the services
+/// are written, so a new service becomes reachable once complete and a removed one stops
+/// matching after its entry is gone.
+fn sync_service_ports(dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let mut wanted = vec![0u64; lb_common::SERVICE_PORT_WORDS as usize];
+    for (key, _) in dp.services()? {
+        let (word, bit) = lb_common::service_port_bit(key.port, key.proto);
+        wanted[word as usize] |= bit;
+    }
+    let current = dp.service_port_words()?;
+    for (index, (want, have)) in wanted.iter().zip(current.iter()).enumerate() {
+        if want != have {
+            dp.set_service_port_word(index as u32, *want)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes NODE_ADDRS equal to `addrs` (where service ports are served).
 pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
     let wanted: BTreeSet<NodeAddrKey> = addrs
@@ -364,7 +383,9 @@ mod tests {
         let report = Reconciler::default().apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
         assert_eq!(report.added, 1);
         let order: Vec<&str> = dp.log.iter().map(|l| l.split(' ').next().unwrap()).collect();
-        assert_eq!(order, ["backend", "backend", "ring", "service"]);
+        assert_eq!(order, ["backend", "backend", "ring", "service", "ports"]);
+        let (word, bit) = lb_common::service_port_bit(80, lb_common::PROTO_TCP);
+        assert_eq!(dp.service_ports[word as usize], bit, "port 80/tcp marked after the service is complete");
         let ring = live_ring(&dp);
         assert!(ring.iter().all(|&id| id == id_of(&dp, 31001) || id == id_of(&dp, 31002)));
         assert_eq!(dp.names[&0], "web");
@@ -443,6 +464,8 @@ mod tests {
         let report = r.apply(&Desired::new(), &mut dp).unwrap();
         assert_eq!(report.removed, 1);
         assert!(dp.log[0].starts_with("remove service"));
+        assert!(dp.log.last().unwrap().starts_with("ports"), "the port bit clears last: {:?}", dp.log);
+        assert!(dp.service_ports.iter().all(|&w| w == 0));
         assert!(dp.services.is_empty());
         assert!(dp.backends.iter().all(|b| b.state == BACKEND_UNUSED));
     }

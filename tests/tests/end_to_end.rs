@@ -147,6 +147,21 @@ fn tcp_connections_spread_evenly_over_backends() {
 }
 
 #[test]
+fn bpftool_prints_service_and_backend_maps_with_field_names() {
+    let cluster = Cluster::new(1);
+    let dump = |map: &str| {
+        let out = std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(cluster.pins.path().join(map)).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let services = dump("services");
+    for field in ["\"addr\"", "\"port\": 80", "\"proto\": 6", "\"service_id\"", "\"ring_index\"", "\"active_backends\": 1"] {
+        assert!(services.contains(field), "services dump lacks {field}:\n{services}");
+    }
+    let backends = dump("backends");
+    assert!(backends.contains("\"port\": 31000") && backends.contains("\"state\": 1"), "{backends}");
+}
+
+#[test]
 fn ipv6_end_to_end() {
     let cluster = Cluster::new(3);
     let per_backend = spread(&cluster, SocketAddr::new(VIP6.parse().unwrap(), 80), 300);

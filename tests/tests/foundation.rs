@@ -95,7 +95,7 @@ fn counts_real_packets_on_a_veth_in_a_namespace() {
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
-    for field in ["\"ifindex\"", "\"hook\"", "\"packets\"", "\"bytes\""] {
+    for field in ["\"packets\"", "\"bytes\""] {
         assert!(dump.contains(field), "bpftool output lacks {field}:\n{dump}");
     }
     agent.stop().unwrap();

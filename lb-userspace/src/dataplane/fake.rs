@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey, ServiceInfo, ServiceKey,
+    reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
     TrafficCounters, SPARE_RINGS,
 };
 
@@ -12,8 +12,8 @@ use super::{Dataplane, DataplaneError, IfaceStat, Limits};
 #[derive(Debug)]
 pub struct FakeDataplane {
     pub limits: Limits,
-    /// Per-CPU counters as the kernel would keep them.
-    pub iface_counters: BTreeMap<IfaceKey, Vec<IfaceCounters>>,
+    /// Per-CPU counters by (ifindex, hook), as the kernel would keep them.
+    pub iface_counters: BTreeMap<(u32, u32), Vec<IfaceCounters>>,
     pub verdicts: Vec<u64>,
     pub service_stats: BTreeMap<u32, TrafficCounters>,
     pub backend_stats: BTreeMap<u32, TrafficCounters>,
@@ -24,6 +24,7 @@ pub struct FakeDataplane {
     pub node_addrs: Vec<NodeAddrKey>,
     pub flows: Vec<(FlowKey, FlowInfo)>,
     pub uplinks: Vec<u32>,
+    pub service_ports: Vec<u64>,
     /// Every write, in order, for tests of write ordering.
     pub log: Vec<String>,
 }
@@ -45,6 +46,7 @@ impl FakeDataplane {
             node_addrs: Vec::new(),
             flows: Vec::new(),
             uplinks: Vec::new(),
+            service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
             log: Vec::new(),
         }
     }
@@ -61,10 +63,10 @@ impl Dataplane for FakeDataplane {
         Ok(self
             .iface_counters
             .iter()
-            .map(|(key, per_cpu)| {
+            .map(|(&(ifindex, hook), per_cpu)| {
                 let mut total = IfaceCounters::default();
                 per_cpu.iter().for_each(|c| total.add(c));
-                IfaceStat::new(key.ifindex, key.hook, total)
+                IfaceStat::new(ifindex, hook, total)
             })
             .collect())
     }
@@ -134,6 +136,16 @@ impl Dataplane for FakeDataplane {
 
     fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
         Ok(self.rings[index as usize].clone())
+    }
+
+    fn service_port_words(&self) -> Result<Vec<u64>> {
+        Ok(self.service_ports.clone())
+    }
+
+    fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<()> {
+        self.log.push(format!("ports {index}"));
+        self.service_ports[index as usize] = word;
+        Ok(())
     }
 
     fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {

@@ -109,6 +109,10 @@ pub trait Dataplane {
     fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<(), DataplaneError>;
     fn read_ring(&self, index: u32) -> Result<Vec<u32>, DataplaneError>;
 
+    /// The SERVICE_PORTS bitmap, all `SERVICE_PORT_WORDS` words.
+    fn service_port_words(&self) -> Result<Vec<u64>, DataplaneError>;
+    fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<(), DataplaneError>;
+
     fn node_addrs(&self) -> Result<Vec<NodeAddrKey>, DataplaneError>;
     fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;

@@ -7,9 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
-    names, BackendInfo, FlowInfo, FlowKey, IfaceCounters, IfaceKey, NodeAddrKey, ServiceInfo, ServiceKey, ServiceName,
+    names, BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, ServiceName,
     TrafficCounters, SERVICE_NAME_LEN, SPARE_RINGS,
 };
 
@@ -127,16 +127,16 @@ impl Dataplane for PinnedMaps {
 
     fn iface_stats(&self) -> Result<Vec<IfaceStat>> {
         let name = names::MAP_IFACE_STATS;
-        let map = Map::PerCpuHashMap(self.open(name)?);
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(map).map_err(map_err(name))?;
+        let map = self.per_cpu_array::<IfaceCounters>(name)?;
         let mut stats = Vec::new();
-        for entry in map.iter() {
-            let (key, per_cpu) = entry.map_err(map_err(name))?;
+        for (slot, per_cpu) in map.iter().enumerate() {
+            let per_cpu = per_cpu.map_err(map_err(name))?;
             let mut total = IfaceCounters::default();
             per_cpu.iter().for_each(|c| total.add(c));
-            stats.push(IfaceStat::new(key.ifindex, key.hook, total));
+            if total != IfaceCounters::default() {
+                stats.push(IfaceStat::new(slot as u32 / 2, slot as u32 % 2, total));
+            }
         }
-        stats.sort_by_key(|s| (s.ifindex, s.hook as u8));
         Ok(stats)
     }
 
@@ -215,6 +215,16 @@ impl Dataplane for PinnedMaps {
 
     fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
         self.rings()?.read(index)
+    }
+
+    fn service_port_words(&self) -> Result<Vec<u64>> {
+        let name = names::MAP_SERVICE_PORTS;
+        self.array::<u64>(name)?.iter().map(|v| v.map_err(map_err(name))).collect()
+    }
+
+    fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<()> {
+        let name = names::MAP_SERVICE_PORTS;
+        self.array::<u64>(name)?.set(index, word, 0).map_err(map_err(name))
     }
 
     fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {

@@ -237,9 +237,9 @@ pub fn print_stats(stats: &Stats, json: bool, out: &mut impl Write) -> Result<()
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "OUTCOME                   PACKETS")?;
+    writeln!(out, "{:<24} {:>12}", "OUTCOME", "PACKETS")?;
     for (name, n) in &stats.verdicts {
-        writeln!(out, "{name:<20} {n:>12}")?;
+        writeln!(out, "{name:<24} {n:>12}")?;
     }
     writeln!(out, "\n{:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", "SERVICE/BACKEND", "PROTO", "NAME", "PACKETS", "BYTES", "NEW FLOWS")?;
     for s in &stats.services {

@@ -20,6 +20,8 @@ const SERVICES: &str = r#"{"services":[
    "backends":[{"address":"10.1.0.6","port":31053}]},
   {"name":"app-port","port":10000,"protocol":"tcp",
    "backends":[{"address":"10.1.0.7","port":31700}]},
+  {"name":"app-port-udp","port":10000,"protocol":"udp",
+   "backends":[{"address":"10.1.0.7","port":31701}]},
   {"name":"web6","address":"fd00::80","port":80,"protocol":"tcp",
    "backends":[{"address":"fd00:1::5","port":31005}]},
   {"name":"empty","address":"10.0.0.9","port":80,"protocol":"tcp","backends":[]}
@@ -92,6 +94,8 @@ fn services_are_rewritten_byte_for_byte() {
     let dns_out = udp((client(), 5353), (v4(10, 1, 0, 6), 31053), b"query");
     let node_port = tcp((client(), 40001), (v4(10, 201, 0, 2), 10000), SYN, b"");
     let node_port_out = tcp((client(), 40001), (v4(10, 1, 0, 7), 31700), SYN, b"");
+    let udp_node_port = udp((client(), 40003), (v4(10, 201, 0, 2), 10000), b"dgram");
+    let udp_node_port_out = udp((client(), 40003), (v4(10, 1, 0, 7), 31701), b"dgram");
     let syn6 = tcp((v6("fd00:201::1"), 40002), (v6("fd00::80"), 80), SYN, b"");
     let syn6_out = tcp((v6("fd00:201::1"), 40002), (v6("fd00:1::5"), 31005), SYN, b"");
     let ack6 = tcp((v6("fd00:201::1"), 40002), (v6("fd00::80"), 80), ACK, b"data");
@@ -102,6 +106,7 @@ fn services_are_rewritten_byte_for_byte() {
         forwarded("tcp fin: same flow", fin, fin_out, "web", "10.1.0.5:31005", false),
         forwarded("udp to a vip", dns, dns_out, "dns", "10.1.0.6:31053", true),
         forwarded("service port on a node address", node_port, node_port_out, "app-port", "10.1.0.7:31700", true),
+        forwarded("udp to a service port on a node address", udp_node_port, udp_node_port_out, "app-port-udp", "10.1.0.7:31701", true),
         forwarded("ipv6 syn", syn6, syn6_out, "web6", "fd00:1::5:31005", true),
         forwarded("ipv6 ack: same flow", ack6, ack6_out, "web6", "fd00:1::5:31005", false),
     ]);

@@ -36,8 +36,8 @@ pub enum LoaderError {
     Program { name: &'static str, source: ProgramError },
     #[error("attaching {hook} to {iface}: {source}")]
     Attach { hook: &'static str, iface: String, source: ProgramError },
-    #[error("pinning {path}: {source}")]
-    PinLink { path: PathBuf, source: LinkError },
+    #[error("taking the link: {0}")]
+    Link(LinkError),
     #[error("pinning {path}: {source}")]
     Pin { path: PathBuf, source: aya::pin::PinError },
     #[error("{path}: {source}")]
@@ -143,55 +143,58 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
     let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
     xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
     for iface in &plan.ifaces {
-        let path = link_pin(&plan.pin_dir, XDP_HOOK, iface);
-        if path.exists() {
-            info!(iface, "XDP already attached (pinned link kept)");
-            continue;
-        }
-        let attach_err = |source| LoaderError::Attach { hook: XDP_HOOK, iface: iface.clone(), source };
-        let id = xdp.attach(iface, XdpMode::Default).map_err(attach_err)?;
-        let link = FdLink::try_from(xdp.take_link(id).map_err(attach_err)?)
-            .map_err(|source| LoaderError::PinLink { path: path.clone(), source })?;
-        pin_link(link, &path, created)?;
-        info!(iface, "XDP attached");
+        attach_pinned(plan, XDP_HOOK, iface, created, |err| {
+            let id = xdp.attach(iface, XdpMode::Default).map_err(err)?;
+            xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
+        })?;
     }
-
     let tc: &mut SchedClassifier = program(&mut ebpf, names::PROG_TC_EGRESS)?;
     tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_EGRESS, source })?;
     for iface in &plan.ifaces {
-        let path = link_pin(&plan.pin_dir, TC_EGRESS_HOOK, iface);
-        if path.exists() {
-            info!(iface, "TC egress already attached (pinned link kept)");
-            continue;
-        }
-        let attach_err = |source| LoaderError::Attach { hook: TC_EGRESS_HOOK, iface: iface.clone(), source };
-        let id = tc.attach(iface, TcAttachType::Egress).map_err(attach_err)?;
-        let link = FdLink::try_from(tc.take_link(id).map_err(attach_err)?)
-            .map_err(|source| LoaderError::PinLink { path: path.clone(), source })?;
-        pin_link(link, &path, created)?;
-        info!(iface, "TC egress attached (TCX)");
+        attach_pinned(plan, TC_EGRESS_HOOK, iface, created, |err| {
+            let id = tc.attach(iface, TcAttachType::Egress).map_err(err)?;
+            tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
+        })?;
     }
     attach_socket_hooks(&mut ebpf, plan, created)?;
     Ok(Loaded { ebpf })
+}
+
+/// Attaches one program to `target` unless a pinned link for it already exists (a restart keeps
+/// what is attached), and pins the new link. `attach` gets the error constructor for its
+/// attach failures.
+fn attach_pinned(
+    plan: &AttachPlan,
+    hook: &'static str,
+    target: &str,
+    created: &mut Created,
+    attach: impl FnOnce(&dyn Fn(ProgramError) -> LoaderError) -> Result<FdLink, LoaderError>,
+) -> Result<(), LoaderError> {
+    let path = link_pin(&plan.pin_dir, hook, target);
+    if path.exists() {
+        info!(hook, target, "already attached (pinned link kept)");
+        return Ok(());
+    }
+    let err = |source| LoaderError::Attach { hook, iface: target.to_owned(), source };
+    let link = attach(&err)?;
+    pin_link(link, &path, created)?;
+    info!(hook, target, "attached");
+    Ok(())
 }
 
 /// Attaches every cgroup socket hook to the plan's cgroup (alongside any other programs there).
 fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, created: &mut Created) -> Result<(), LoaderError> {
     let cgroup = fs::File::open(&plan.cgroup).map_err(|source| LoaderError::Io { path: plan.cgroup.clone(), source })?;
     for &(name, hook) in names::PROG_SOCK_HOOKS {
-        let path = link_pin(&plan.pin_dir, hook, "cgroup");
-        if path.exists() {
-            continue;
-        }
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(|source| LoaderError::Program { name, source })?;
-        let attach_err = |source| LoaderError::Attach { hook, iface: plan.cgroup.display().to_string(), source };
-        // With bpf_link (kernel ≥ 5.7) attachments always coexist with other programs on the
-        // cgroup; the link API rejects the legacy ALLOW_MULTI flag, so the mode stays Single.
-        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
-            .map_err(|source| LoaderError::PinLink { path: path.clone(), source })?;
-        pin_link(link, &path, created)?;
+        attach_pinned(plan, hook, "cgroup", created, |err| {
+            // With bpf_link (kernel ≥ 5.7) attachments always coexist with other programs on
+            // the cgroup; the link API rejects the legacy ALLOW_MULTI flag, so the mode stays
+            // Single.
+            let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
+        })?;
     }
     info!(cgroup = %plan.cgroup.display(), "socket hooks attached");
     Ok(())

@@ -90,7 +90,39 @@ fn test() -> Result<()> {
     cargo(&["build", "-p", "lb-userspace"], &[])?;
     step("running every test");
     let lb = workspace_root().join("target/debug/lb");
-    cargo(&["test", "--workspace", "--no-fail-fast"], &[("LB_BIN", lb.as_os_str().to_str().unwrap())])
+    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo_bin)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("LB_BIN", &lb)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Echo everything, and add up the per-binary summaries into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap())) {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            passed += count_before(summary, " passed");
+            failed += count_before(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("xtask: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number just before `label` in a cargo test summary ("ok. 12 passed; 0 failed; …").
+fn count_before(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim_start()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn release_env() -> Vec<(&'static str, &'static str)> {

@@ -37,8 +37,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext, ingress: u32) -> Result<(u32, u32), u32> {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let mut packet = parse::Parsed::default();
-    parse::parse(start, end, end - start, &mut packet)?;
+    let packet = parse::parse(start, end, end - start)?;
     let Some(service) = select::service(&packet) else {
         let reply = select::nat_reply(&packet).ok_or(reasons::NOT_SERVICE)?;
         return nat_reply(ctx, ingress, &packet, reply);
@@ -141,8 +140,7 @@ fn reverse(ctx: &TcContext) -> Result<(), u32> {
     if ctx.data_end() - ctx.data() < REPLY_HEADERS as usize && ctx.len() >= REPLY_HEADERS {
         ctx.pull_data(REPLY_HEADERS).map_err(|_| reasons::MALFORMED)?;
     }
-    let mut packet = parse::Parsed::default();
-    parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize, &mut packet)?;
+    let packet = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize)?;
     let reply = select::reply(&packet).ok_or(reasons::NOT_SERVICE)?;
     rewrite::restore_source(ctx, &packet, reply)
 }

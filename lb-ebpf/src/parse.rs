@@ -25,7 +25,6 @@ pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
 
 /// A TCP or UDP packet, as far as balancing needs it.
-#[derive(Default)]
 pub struct Parsed {
     pub family: u8,
     pub proto: u8,
@@ -37,7 +36,6 @@ pub struct Parsed {
     pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    pub tcp_syn: bool,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
 }
@@ -70,76 +68,78 @@ fn be16(start: usize, end: usize, off: usize) -> Result<u16, u32> {
     bytes::<2>(start, end, off).map(u16::from_be_bytes)
 }
 
-/// Parses the frame in [start, end) into `p`. `frame_len` is the whole frame's length, which for
-/// a TC skb can exceed the linear window (payload in fragments): IP lengths are checked against it.
+/// An IPv4 address in the 16-byte field, built from one word so no byte-wise fill is emitted.
 #[inline(always)]
-pub fn parse(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Result<(), u32> {
-    let ethertype = be16(start, end, 12)?;
-    p.l3 = ETH_LEN;
-    match ethertype {
-        ETH_P_IP => parse_ipv4(start, end, frame_len, p)?,
-        ETH_P_IPV6 => parse_ipv6(start, end, frame_len, p)?,
-        _ => return Err(reasons::NOT_IP_TCP_UDP),
-    }
-    let header_len = if p.proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
-    if start + p.l4 + header_len > end {
-        return Err(reasons::MALFORMED);
-    }
-    p.sport = be16(start, end, p.l4)?;
-    p.dport = be16(start, end, p.l4 + 2)?;
-    if p.proto == PROTO_TCP {
-        let data_offset = u8_at(start, end, p.l4 + 12)? >> 4;
-        if data_offset < 5 {
-            return Err(reasons::MALFORMED);
-        }
-        p.tcp_syn = u8_at(start, end, p.l4 + 13)? & 0x02 != 0;
-    }
-    Ok(())
+fn v4_in_16(octets: [u8; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([u32::from_ne_bytes(octets), 0, 0, 0]) }
 }
 
+/// Parses the frame in [start, end). `frame_len` is the whole frame's length, which for a TC
+/// skb can exceed the linear window (payload in fragments): IP lengths are checked against it.
+/// Every field is written once (no zero-initialised struct: BPF lowers those to byte loops).
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Result<(), u32> {
-    if start + p.l3 + IPV4_LEN > end {
+pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, u32> {
+    let l3 = ETH_LEN;
+    let (family, proto, src, dst, ttl, l4) = match be16(start, end, 12)? {
+        ETH_P_IP => parse_ipv4(start, end, frame_len, l3)?,
+        ETH_P_IPV6 => parse_ipv6(start, end, frame_len, l3)?,
+        _ => return Err(reasons::NOT_IP_TCP_UDP),
+    };
+    let header_len = if proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
+    if start + l4 + header_len > end {
         return Err(reasons::MALFORMED);
     }
-    let version_ihl = u8_at(start, end, p.l3)?;
+    let sport = be16(start, end, l4)?;
+    let dport = be16(start, end, l4 + 2)?;
+    if proto == PROTO_TCP && u8_at(start, end, l4 + 12)? >> 4 < 5 {
+        // TCP data offset below the minimal header.
+        return Err(reasons::MALFORMED);
+    }
+    Ok(Parsed { family, proto, l3, l4, src, dst, sport, dport, ttl })
+}
+
+/// (family, protocol, source, destination, TTL, L4 offset) of an IP header at `l3`.
+type IpFields = (u8, u8, [u8; 16], [u8; 16], u8, usize);
+
+#[inline(always)]
+fn parse_ipv4(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, u32> {
+    if start + l3 + IPV4_LEN > end {
+        return Err(reasons::MALFORMED);
+    }
+    let version_ihl = u8_at(start, end, l3)?;
     let (version, ihl) = (version_ihl >> 4, version_ihl & 0x0f);
-    let total_len = be16(start, end, p.l3 + 2)? as usize;
-    if version != 4 || ihl < 5 || total_len < IPV4_LEN || p.l3 + total_len > frame_len {
+    let total_len = be16(start, end, l3 + 2)? as usize;
+    if version != 4 || ihl < 5 || total_len < IPV4_LEN || l3 + total_len > frame_len {
         return Err(reasons::MALFORMED);
     }
-    if be16(start, end, p.l3 + 6)? & 0x3fff != 0 {
+    if be16(start, end, l3 + 6)? & 0x3fff != 0 {
         // More-fragments set or a non-zero offset.
         return Err(reasons::FRAGMENT);
     }
     if ihl != 5 {
         return Err(reasons::IP_OPTIONS);
     }
-    let proto = u8_at(start, end, p.l3 + 9)?;
+    let proto = u8_at(start, end, l3 + 9)?;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(reasons::NOT_IP_TCP_UDP);
     }
-    p.family = FAMILY_V4;
-    p.proto = proto;
-    p.ttl = u8_at(start, end, p.l3 + 8)?;
-    let src = bytes::<4>(start, end, p.l3 + IPV4_SRC_OFF)?;
-    let dst = bytes::<4>(start, end, p.l3 + IPV4_DST_OFF)?;
-    p.src = [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p.dst = [dst[0], dst[1], dst[2], dst[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p.l4 = p.l3 + IPV4_LEN;
-    Ok(())
+    let ttl = u8_at(start, end, l3 + 8)?;
+    let src = v4_in_16(bytes::<4>(start, end, l3 + IPV4_SRC_OFF)?);
+    let dst = v4_in_16(bytes::<4>(start, end, l3 + IPV4_DST_OFF)?);
+    Ok((FAMILY_V4, proto, src, dst, ttl, l3 + IPV4_LEN))
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Result<(), u32> {
-    if start + p.l3 + IPV6_LEN > end {
+fn parse_ipv6(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, u32> {
+    if start + l3 + IPV6_LEN > end {
         return Err(reasons::MALFORMED);
     }
-    let payload_len = be16(start, end, p.l3 + 4)? as usize;
-    if u8_at(start, end, p.l3)? >> 4 != 6 || p.l3 + IPV6_LEN + payload_len > frame_len {
+    let payload_len = be16(start, end, l3 + 4)? as usize;
+    if u8_at(start, end, l3)? >> 4 != 6 || l3 + IPV6_LEN + payload_len > frame_len {
         return Err(reasons::MALFORMED);
     }
-    let next = u8_at(start, end, p.l3 + 6)?;
+    let next = u8_at(start, end, l3 + 6)?;
     if next == IPV6_FRAGMENT {
         return Err(reasons::FRAGMENT);
     }
@@ -149,11 +149,8 @@ fn parse_ipv6(start: usize, end: usize, frame_len: usize, p: &mut Parsed) -> Res
     if next != PROTO_TCP && next != PROTO_UDP {
         return Err(reasons::NOT_IP_TCP_UDP);
     }
-    p.family = FAMILY_V6;
-    p.proto = next;
-    p.ttl = u8_at(start, end, p.l3 + 7)?;
-    p.src = bytes::<16>(start, end, p.l3 + IPV6_SRC_OFF)?;
-    p.dst = bytes::<16>(start, end, p.l3 + IPV6_DST_OFF)?;
-    p.l4 = p.l3 + IPV6_LEN;
-    Ok(())
+    let ttl = u8_at(start, end, l3 + 7)?;
+    let src = bytes::<16>(start, end, l3 + IPV6_SRC_OFF)?;
+    let dst = bytes::<16>(start, end, l3 + IPV6_DST_OFF)?;
+    Ok((FAMILY_V6, next, src, dst, ttl, l3 + IPV6_LEN))
 }

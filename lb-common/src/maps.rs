@@ -1,4 +1,5 @@
-//! Map keys and values. Layouts are checked at compile time.
+//! Map keys and values. Layouts are checked at compile time. Padding is spelled as scalar
+//! fields, not byte arrays: zeroing a byte array in the BPF build becomes a byte-loop memset call.
 //!
 //! Addresses are `[u8; 16]` in network byte order with an explicit `family`: an IPv4 address
 //! occupies the first 4 bytes and the rest is zero. Ports are in host byte order. Both choices make
@@ -129,7 +130,7 @@ pub struct FlowKey {
     pub dport: u16,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
 }
 
 /// Value of `FLOWS`: the backend a connection is pinned to, and how it is reached.
@@ -165,7 +166,7 @@ pub struct NatReply {
     pub service_addr: [u8; 16],
     pub client_port: u16,
     pub service_port: u16,
-    pub _pad: [u8; 4],
+    pub _pad: u32,
 }
 
 /// `struct bpf_fib_lookup` (include/uapi/linux/bpf.h), the value of the per-CPU `FIB_SCRATCH`
@@ -214,7 +215,8 @@ pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
 pub struct ReplyInfo {
     pub service_addr: [u8; 16],
     pub service_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// Words of the `SERVICE_PORTS` bitmap: one bit per (protocol, port) that some service uses,
@@ -235,7 +237,8 @@ pub fn service_port_bit(port: u16, proto: u8) -> (u32, u64) {
 pub struct NodeAddrKey {
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 /// Default limits (all configurable at load time).
@@ -255,7 +258,8 @@ pub struct SockKey {
     pub addr: [u8; 16],
     pub port: u16,
     pub family: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// Value of `SERVICE_STATS` and `BACKEND_STATS` (per CPU).

@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::{reasons, FibParams, FAMILY_V4};
 
-use crate::maps::{FIB_SCRATCH, UPLINKS};
+use crate::{
+    maps::{FIB_SCRATCH, UPLINKS},
+    mem,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -29,13 +32,18 @@ pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol
     let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(reasons::FIB_FAILURE)?;
     // SAFETY: a per-CPU map value, ours for the duration of this program run.
     let params = unsafe { &mut *params };
-    *params = FibParams {
-        family: if family == FAMILY_V4 { AF_INET } else { AF_INET6 },
-        l4_protocol,
-        ifindex: ingress,
-        dst: *dst,
-        ..FibParams::default()
-    };
+    // Field by field: a struct literal with defaults becomes a byte-loop memset (see mem.rs).
+    // The helper reads family, protocol, ports, length, ifindex, tos/flowinfo, src and dst.
+    params.family = if family == FAMILY_V4 { AF_INET } else { AF_INET6 };
+    params.l4_protocol = l4_protocol;
+    params.sport = 0;
+    params.dport = 0;
+    params.tot_len = 0;
+    params.ifindex = ingress;
+    params.flowinfo = 0;
+    mem::zero16(&mut params.src);
+    params.dst = *dst;
+    params.tbid = 0;
     let size = core::mem::size_of::<FibParams>() as i32;
     // SAFETY: FibParams has the layout of struct bpf_fib_lookup (size asserted in lb-common).
     let ret = unsafe { fib_lookup_helper(ctx, (params as *mut FibParams).cast::<bpf_fib_lookup>(), size, BPF_FIB_LOOKUP_SRC) };

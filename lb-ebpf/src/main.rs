@@ -5,6 +5,7 @@
 
 mod forward;
 mod maps;
+mod mem;
 mod parse;
 mod rewrite;
 mod select;

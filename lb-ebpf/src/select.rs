@@ -6,11 +6,12 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     hash, reasons, BackendInfo, FlowInfo, FlowKey, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
-    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FLOW_NAT, PROTO_UDP,
+    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
     forward::{self, Route},
+    mem,
     maps::{
         BACKENDS, FLOWS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REPLIES, NODE_ADDRS, REPLIES, RINGS, RING_SIZE, SCRATCH,
         SERVICES, SERVICE_PORTS, UDP_TIMEOUT_NS,
@@ -46,15 +47,15 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<S
     if let Some(info) = unsafe { SERVICES.get(key) } {
         return Some(*info);
     }
-    key.addr = [0; 16];
+    mem::zero16(&mut key.addr);
     let info = *unsafe { SERVICES.get(key) }?;
-    let node = NodeAddrKey { addr: *addr, family, _pad: [0; 3] };
+    let node = NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 };
     unsafe { NODE_ADDRS.get(node) }.map(|_| info)
 }
 
 #[inline(always)]
 fn flow_key(p: &Parsed) -> FlowKey {
-    FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] }
+    FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: 0 }
 }
 
 /// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
@@ -104,7 +105,12 @@ fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo) -> Option<
 fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, u32> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    s.flow = FlowInfo { backend_id, backend_generation: backend.generation, last_seen_ns: now, ..FlowInfo::default() };
+    s.flow.backend_id = backend_id;
+    s.flow.backend_generation = backend.generation;
+    s.flow.last_seen_ns = now;
+    s.flow.kind = FLOW_LOCAL;
+    s.flow.nat_port = 0;
+    mem::zero16(&mut s.flow.nat_addr);
     match forward::lookup(ctx, ingress, p.family, p.proto, &backend.addr)? {
         Route::Local => {
             s.reply_key = FlowKey {
@@ -114,9 +120,10 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
                 dport: p.sport,
                 proto: p.proto,
                 family: p.family,
-                _pad: [0; 2],
+                _pad: 0,
             };
-            s.reply = ReplyInfo { service_addr: p.dst, service_port: p.dport, _pad: [0; 6] };
+            s.reply.service_addr = p.dst;
+            s.reply.service_port = p.dport;
             REPLIES.insert(&s.reply_key, &s.reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
         }
         Route::Uplink { src, .. } => {
@@ -134,7 +141,10 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
 fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u32> {
     let min = NAT_PORT_MIN.load() as u32;
     let span = (NAT_PORT_MAX.load() as u32).saturating_sub(min) + 1;
-    s.nat_reply = NatReply { client_addr: p.src, service_addr: p.dst, client_port: p.sport, service_port: p.dport, _pad: [0; 4] };
+    s.nat_reply.client_addr = p.src;
+    s.nat_reply.service_addr = p.dst;
+    s.nat_reply.client_port = p.sport;
+    s.nat_reply.service_port = p.dport;
     let start = hash::flow_hash(&p.src, p.sport, p.proto);
     s.reply_key = FlowKey {
         src: backend.addr,
@@ -143,7 +153,7 @@ fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u
         dport: 0,
         proto: p.proto,
         family: p.family,
-        _pad: [0; 2],
+        _pad: 0,
     };
     for attempt in 0..4u32 {
         // Odd strides from a per-client start: different clients spread, retries do not repeat.

@@ -21,16 +21,14 @@ struct SockAddr {
 #[inline(always)]
 fn read(ctx: &SockAddrContext, family: u8) -> SockAddr {
     let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    if family == FAMILY_V4 {
-        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    // user_ip6 must be read one 32-bit word at a time; the words are in memory (network) order.
+    let words = if family == FAMILY_V4 {
+        [sa.user_ip4, 0, 0, 0]
     } else {
-        // user_ip6 must be read one 32-bit word at a time.
-        addr[0..4].copy_from_slice(&sa.user_ip6[0].to_ne_bytes());
-        addr[4..8].copy_from_slice(&sa.user_ip6[1].to_ne_bytes());
-        addr[8..12].copy_from_slice(&sa.user_ip6[2].to_ne_bytes());
-        addr[12..16].copy_from_slice(&sa.user_ip6[3].to_ne_bytes());
-    }
+        [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]
+    };
+    // SAFETY: same size, any bytes valid. Built from words, not a zeroed byte array (see mem.rs).
+    let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
     // user_port holds the port in network order in its low 16 bits.
     SockAddr { addr, port: u16::from_be(sa.user_port as u16) }
 }
@@ -67,12 +65,12 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
     let dst = read(ctx, family);
     let Some(service) = select::service_at(&dst.addr, dst.port, proto, family) else { return ALLOW };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let mut cookie_bytes = [0u8; 16];
-    cookie_bytes[..8].copy_from_slice(&cookie.to_ne_bytes());
+    // SAFETY: same size, any bytes valid.
+    let cookie_bytes = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([cookie, 0]) };
     match select::ring_pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), family) {
         Ok((backend_id, backend)) => {
-            let key = SockKey { cookie, addr: backend.addr, port: backend.port, family, _pad: [0; 5] };
-            let reply = ReplyInfo { service_addr: dst.addr, service_port: dst.port, _pad: [0; 6] };
+            let key = SockKey { cookie, addr: backend.addr, port: backend.port, family, _pad: 0, _pad2: 0 };
+            let reply = ReplyInfo { service_addr: dst.addr, service_port: dst.port, _pad: 0, _pad2: 0 };
             if SOCK_REPLIES.insert(key, reply, 0).is_err() {
                 stats::count_verdict(reasons::FLOW_TABLE_FULL);
                 return DENY;
@@ -97,7 +95,7 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
 pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
     let peer = read(ctx, family);
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockKey { cookie, addr: peer.addr, port: peer.port, family, _pad: [0; 5] };
+    let key = SockKey { cookie, addr: peer.addr, port: peer.port, family, _pad: 0, _pad2: 0 };
     if let Some(reply) = unsafe { SOCK_REPLIES.get(key) } {
         let (addr, port) = (reply.service_addr, reply.service_port);
         write(ctx, family, &addr, port);

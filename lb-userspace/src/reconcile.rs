@@ -336,7 +336,7 @@ pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), D
         .iter()
         .map(|ip| {
             let (addr, family) = ip_bytes(*ip);
-            NodeAddrKey { addr, family, _pad: [0; 3] }
+            NodeAddrKey { addr, family, _pad: 0, _pad2: 0 }
         })
         .collect();
     let current: BTreeSet<NodeAddrKey> = dp.node_addrs()?.into_iter().collect();

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod dataplane;
+pub mod marathon;
 pub mod model;
 pub mod node_addrs;
 pub mod preflight;

@@ -1,0 +1,5 @@
+//! Marathon as a source of services: its JSON (`app`), what it means (`model`, `vip`).
+
+pub mod app;
+pub mod model;
+pub mod vip;

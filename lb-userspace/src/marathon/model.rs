@@ -1,0 +1,391 @@
+//! Marathon apps → desired services. Pure: DNS goes through [`Resolver`], and the health
+//! verdicts that must survive a Marathon failover live in a [`HealthMemory`] the caller keeps.
+//!
+//! The rules (see ../shared/marathon-api-notes.md for what real consumers do):
+//! - network mode as marathon-lb decides it (1.4 `ipAddress`/`docker.network`, 1.5 `networks`);
+//! - every port of an app with a service port is a service on the node addresses; every VIP
+//!   label on a port (`VIP_*`/`vip*`) is a service on that VIP; `udp,tcp` gives both;
+//! - backends: host and bridge networking → the task's host (resolved) : `task.ports[i]`;
+//!   container networks → `task.ipAddresses[0]` : the container port;
+//! - liveness: TASK_RUNNING (or no state, as ≤0.15 sent) with health results all alive is
+//!   active; an unhealthy result, TASK_KILLING, TASK_UNREACHABLE/LOST, or a task of an old
+//!   version while a deployment has healthy new tasks is draining (weight 0: no new flows,
+//!   established ones continue); staging/starting/terminal tasks are not backends. A task
+//!   reported without health results (grace period, Marathon failover) keeps its last verdict.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use serde_json::Value;
+
+use super::{
+    app::{string_labels, App, Task},
+    vip::{self, VipRange, VipTarget},
+};
+use crate::{
+    model::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId},
+    services_file,
+};
+
+/// Host name → address, with whatever caching the implementation does.
+pub trait Resolver {
+    fn resolve(&mut self, host: &str) -> Option<IpAddr>;
+}
+
+/// Last health verdict per task id, so that results missing for a moment (Marathon failover,
+/// a new leader that has not run the checks yet) do not take healthy backends away.
+#[derive(Debug, Default)]
+pub struct HealthMemory {
+    verdicts: HashMap<String, bool>,
+}
+
+/// The desired services of one Marathon state, and what could not be used.
+#[derive(Debug, Default)]
+pub struct Translation {
+    pub desired: Desired,
+    /// (app id, why) for apps that were skipped whole.
+    pub app_errors: Vec<(String, String)>,
+    /// Tasks, ports or labels that were skipped, each with why.
+    pub warnings: Vec<String>,
+    /// Named VIP → address.
+    pub named_vips: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetMode {
+    Host,
+    Bridge,
+    Container,
+}
+
+/// One port of an app.
+struct AppPort {
+    index: usize,
+    service_port: Option<u16>,
+    protocols: Vec<Proto>,
+    container_port: Option<u16>,
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Liveness {
+    Active,
+    Draining,
+    Excluded,
+}
+
+/// Translates `/v2/apps?embed=apps.tasks` (`{"apps": [...]}`) into desired services.
+pub fn translate(apps: &Value, resolver: &mut dyn Resolver, health: &mut HealthMemory, vips: &VipRange) -> Translation {
+    let mut out = Translation::default();
+    // `{"apps": [...]}` from /v2/apps, or `{"app": {...}}` from /v2/apps/{id}.
+    let single;
+    let list = match (apps.get("apps").and_then(Value::as_array), apps.get("app")) {
+        (Some(list), _) => list.as_slice(),
+        (None, Some(app)) => {
+            single = [app.clone()];
+            &single[..]
+        }
+        _ => {
+            out.app_errors.push(("(response)".into(), "neither an \"apps\" array nor an \"app\"".into()));
+            return out;
+        }
+    };
+    let parsed: Vec<App> = list
+        .iter()
+        .filter_map(|raw| match serde_json::from_value::<App>(raw.clone()) {
+            Ok(app) => Some(app),
+            Err(err) => {
+                let id = raw.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_owned();
+                out.app_errors.push((id, err.to_string()));
+                None
+            }
+        })
+        .collect();
+
+    // Named VIPs first: their addresses depend on the whole set of names.
+    let mut names = BTreeSet::new();
+    for app in &parsed {
+        for port in app_ports(app, network_mode(app)) {
+            for (key, value) in &port.labels {
+                if let Some(Ok(label)) = vip::parse_label(key, value) {
+                    if let VipTarget::Named(name) = label.target {
+                        names.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    for (name, ip) in vip::allocate(&names, vips) {
+        match ip {
+            Some(ip) => {
+                out.named_vips.insert(name, ip);
+            }
+            None => out.warnings.push(format!("named VIP {name}: --vip-cidr is full")),
+        }
+    }
+
+    let mut seen_tasks = BTreeSet::new();
+    for app in &parsed {
+        if let Err(err) = translate_app(app, resolver, health, &mut out, &mut seen_tasks) {
+            out.app_errors.push((app.id.clone(), err));
+        }
+    }
+    health.verdicts.retain(|task, _| seen_tasks.contains(task));
+    for service in out.desired.values_mut() {
+        service.backends.sort();
+        service.backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+    }
+    // A service port is offered for IPv6 only where some task serves IPv6.
+    out.desired.retain(|id, s| id.addr != ServiceAddr::NodePort { v6: true } || !s.backends.is_empty());
+    out
+}
+
+fn translate_app(
+    app: &App,
+    resolver: &mut dyn Resolver,
+    health: &mut HealthMemory,
+    out: &mut Translation,
+    seen_tasks: &mut BTreeSet<String>,
+) -> Result<(), String> {
+    if app.id.is_empty() {
+        return Err("no id".into());
+    }
+    let mode = network_mode(app);
+    let ports = app_ports(app, mode);
+    let tasks = app.tasks.as_deref().unwrap_or_default();
+    let has_checks = app.health_checks.as_ref().is_some_and(|c| !c.is_empty());
+    let mut liveness: Vec<Liveness> = tasks.iter().map(|t| task_liveness(t, has_checks, health)).collect();
+    seen_tasks.extend(tasks.iter().map(|t| t.id.clone()));
+    demote_replaced(app, tasks, &mut liveness);
+
+    for port in &ports {
+        let ids = service_ids(app, port, out);
+        if ids.is_empty() {
+            continue;
+        }
+        let mut backends = Vec::new();
+        for (task, live) in tasks.iter().zip(&liveness) {
+            if *live == Liveness::Excluded {
+                continue;
+            }
+            match task_backend(task, port, mode, resolver) {
+                Ok(addr_port) => backends.push((addr_port, *live)),
+                Err(why) => out.warnings.push(format!("{} task {} port {}: {why}", app.id, task.id, port.index)),
+            }
+        }
+        for (id, name) in ids {
+            let service = out.desired.entry(id).or_insert_with(|| Service { id, name, backends: Vec::new() });
+            for ((addr, bport), live) in &backends {
+                if addr.is_ipv6() != id.is_v6() {
+                    continue;
+                }
+                let weight = if *live == Liveness::Active { 1 } else { 0 };
+                service.backends.push(Backend { addr: *addr, port: *bport, weight });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// marathon-lb's rule: host by default; 1.4 `ipAddress` → container, `docker.network` USER →
+/// container, BRIDGE → bridge; then each 1.5 `networks[].mode` overrides (last wins).
+fn network_mode(app: &App) -> NetMode {
+    let mut mode = NetMode::Host;
+    if app.ip_address.is_some() {
+        mode = NetMode::Container;
+    }
+    match app.container.as_ref().and_then(|c| c.docker.as_ref()).and_then(|d| d.network.as_deref()) {
+        Some("USER") => mode = NetMode::Container,
+        Some("BRIDGE") => mode = NetMode::Bridge,
+        _ => {}
+    }
+    for network in app.networks.iter().flatten() {
+        mode = match network.mode.as_deref() {
+            Some("host") => NetMode::Host,
+            Some("container/bridge") => NetMode::Bridge,
+            _ => NetMode::Container,
+        };
+    }
+    mode
+}
+
+fn protocols(text: Option<&str>) -> Vec<Proto> {
+    services_file::protocols(text.unwrap_or("tcp")).unwrap_or_default()
+}
+
+fn port16(p: Option<u32>) -> Option<u16> {
+    p.and_then(|p| u16::try_from(p).ok()).filter(|&p| p > 0)
+}
+
+/// The app's ports in order, from whichever fields its networking mode uses.
+fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
+    let container = app.container.as_ref();
+    let mappings = container
+        .and_then(|c| c.docker.as_ref().and_then(|d| d.port_mappings.as_ref()).filter(|m| !m.is_empty()))
+        .or_else(|| container.and_then(|c| c.port_mappings.as_ref()));
+    match (mode, mappings) {
+        (NetMode::Bridge | NetMode::Container, Some(mappings)) if !mappings.is_empty() => mappings
+            .iter()
+            .enumerate()
+            .map(|(index, m)| AppPort {
+                index,
+                service_port: port16(m.service_port),
+                protocols: protocols(m.protocol.as_deref()),
+                container_port: port16(m.container_port),
+                labels: string_labels(&m.labels),
+            })
+            .collect(),
+        (NetMode::Container, _) => {
+            // 1.4 IP-per-task: discovery ports, no service ports.
+            let ports = app.ip_address.as_ref().and_then(|i| i.discovery.as_ref()).and_then(|d| d.ports.as_ref());
+            ports
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(index, p)| AppPort {
+                    index,
+                    service_port: None,
+                    protocols: protocols(p.protocol.as_deref()),
+                    container_port: port16(p.number),
+                    labels: string_labels(&p.labels),
+                })
+                .collect()
+        }
+        _ => match &app.port_definitions {
+            Some(defs) => defs
+                .iter()
+                .enumerate()
+                .map(|(index, d)| AppPort {
+                    index,
+                    service_port: port16(d.port),
+                    protocols: protocols(d.protocol.as_deref()),
+                    container_port: None,
+                    labels: string_labels(&d.labels),
+                })
+                .collect(),
+            None => app
+                .ports
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(index, p)| AppPort {
+                    index,
+                    service_port: port16(*p),
+                    protocols: vec![Proto::Tcp],
+                    container_port: None,
+                    labels: Vec::new(),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// The services one port asks for, with their names: its service port (`<app>:<index>`) on
+/// the node addresses, for both address families, and each VIP label (named by its value).
+fn service_ids(app: &App, port: &AppPort, out: &mut Translation) -> Vec<(ServiceId, String)> {
+    let mut ids = Vec::new();
+    for &proto in &port.protocols {
+        if let Some(service_port) = port.service_port {
+            for v6 in [false, true] {
+                let id = ServiceId { addr: ServiceAddr::NodePort { v6 }, port: service_port, proto };
+                ids.push((id, format!("{}:{}", app.id, port.index)));
+            }
+        }
+        for (key, value) in &port.labels {
+            match vip::parse_label(key, value) {
+                None => {}
+                Some(Err(why)) => out.warnings.push(format!("{} port {}: {why}", app.id, port.index)),
+                Some(Ok(label)) => {
+                    let addr = match &label.target {
+                        VipTarget::Ip(ip) => *ip,
+                        VipTarget::Named(name) => match out.named_vips.get(name) {
+                            Some(ip) => *ip,
+                            None => continue,
+                        },
+                    };
+                    let id = ServiceId { addr: ServiceAddr::Vip(addr), port: label.port, proto };
+                    ids.push((id, value.clone()));
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn task_liveness(task: &Task, has_checks: bool, health: &mut HealthMemory) -> Liveness {
+    let state = match task.state.as_deref() {
+        None | Some("TASK_RUNNING") => Liveness::Active,
+        Some("TASK_KILLING" | "TASK_UNREACHABLE" | "TASK_LOST") => Liveness::Draining,
+        Some(_) => return Liveness::Excluded,
+    };
+    if !has_checks || state != Liveness::Active {
+        return state;
+    }
+    let results = task.health_check_results.as_deref().unwrap_or_default();
+    let verdict = if results.is_empty() {
+        // No results: keep the last verdict; a task never seen healthy is not a backend yet.
+        match health.verdicts.get(&task.id) {
+            Some(true) => return Liveness::Active,
+            Some(false) => return Liveness::Draining,
+            None => return Liveness::Excluded,
+        }
+    } else {
+        results.iter().all(|r| r.alive == Some(true))
+    };
+    health.verdicts.insert(task.id.clone(), verdict);
+    if verdict { Liveness::Active } else { Liveness::Draining }
+}
+
+/// During a deployment, tasks of an older app version drain once a task of the current version
+/// is active (so the service never runs out of active backends while new tasks come up).
+fn demote_replaced(app: &App, tasks: &[Task], liveness: &mut [Liveness]) {
+    let deploying = app.deployments.as_ref().is_some_and(|d| !d.is_empty());
+    let Some(current) = app.version.as_deref() else { return };
+    if !deploying {
+        return;
+    }
+    let is_current = |t: &Task| t.version.as_deref().is_none_or(|v| v == current);
+    let new_active = tasks.iter().zip(liveness.iter()).any(|(t, l)| is_current(t) && *l == Liveness::Active);
+    if !new_active {
+        return;
+    }
+    for (task, live) in tasks.iter().zip(liveness.iter_mut()) {
+        if !is_current(task) && *live == Liveness::Active {
+            *live = Liveness::Draining;
+        }
+    }
+}
+
+/// The (address, port) a task serves `port` on.
+fn task_backend(task: &Task, port: &AppPort, mode: NetMode, resolver: &mut dyn Resolver) -> Result<(IpAddr, u16), String> {
+    if mode == NetMode::Container {
+        let ip = task
+            .ip_addresses
+            .iter()
+            .flatten()
+            .find_map(|i| i.ip_address.as_deref())
+            .ok_or("no ipAddresses yet")?;
+        let ip: IpAddr = ip.parse().map_err(|_| format!("ipAddress {ip:?} is not an address"))?;
+        let container_port = port.container_port.ok_or("no container port")?;
+        return Ok((ip, container_port));
+    }
+    let host = task.host.as_deref().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let host_port = task
+        .ports
+        .as_ref()
+        .and_then(|p| p.get(port.index).copied().flatten())
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p > 0)
+        .ok_or("no host port for this index")?;
+    let ip = match host.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => resolver.resolve(host).ok_or_else(|| format!("host {host:?} does not resolve"))?,
+    };
+    Ok((ip, host_port))
+}
+
+#[cfg(test)]
+mod tests;

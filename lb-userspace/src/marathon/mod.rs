@@ -1,5 +1,6 @@
 //! Marathon as a source of services: its JSON (`app`), what it means (`model`, `vip`).
 
 pub mod app;
+pub mod client;
 pub mod model;
 pub mod vip;

@@ -1,0 +1,245 @@
+//! Marathon's REST API and event stream over HTTP(S): several URLs with failover, redirects
+//! followed with the credentials kept (a standby answers /v2/events with 302), basic auth or a
+//! DC/OS token, a timeout on every request.
+
+use std::time::Duration;
+
+use reqwest::{header, StatusCode};
+use serde_json::Value;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("{url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: StatusCode },
+    #[error("{url}: more than {MAX_REDIRECTS} redirects")]
+    Redirects { url: String },
+    #[error("{url}: not JSON: {source}")]
+    Json { url: String, source: reqwest::Error },
+    #[error("no Marathon URL answered: {0}")]
+    AllFailed(String),
+}
+
+const MAX_REDIRECTS: usize = 3;
+
+/// How the agent authenticates to Marathon.
+#[derive(Clone, Debug, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// HTTP basic (`--marathon-credentials USER:PASSWORD`).
+    Basic { user: String, password: String },
+    /// DC/OS: `Authorization: token=<JWT>`.
+    Token(String),
+}
+
+/// The event types after which the agent re-reads the apps.
+pub const RELEVANT_EVENTS: &[&str] = &[
+    "status_update_event",
+    "health_status_changed_event",
+    "instance_health_changed_event",
+    "instance_changed_event",
+    "api_post_event",
+    "app_terminated_event",
+    "deployment_success",
+    "deployment_failed",
+    "deployment_step_success",
+    "failed_health_check_event",
+    "unhealthy_instance_kill_event",
+    "unhealthy_task_kill_event",
+    "add_health_check_event",
+    "remove_health_check_event",
+    "group_change_success",
+];
+
+pub struct MarathonClient {
+    urls: Vec<String>,
+    http: reqwest::Client,
+    auth: Auth,
+    /// The URL that answered last: REST requests start there.
+    preferred: usize,
+    /// Where the next event-stream attempt starts (round robin over the URLs).
+    next_stream: usize,
+    timeout: Duration,
+}
+
+impl MarathonClient {
+    pub fn new(urls: Vec<String>, auth: Auth, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .build()?;
+        let urls = urls.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
+        Ok(Self { urls, http, auth, preferred: 0, next_stream: 0, timeout })
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The URL that answered last.
+    pub fn current(&self) -> &str {
+        &self.urls[self.preferred]
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Auth::None => request,
+            Auth::Basic { user, password } => request.basic_auth(user, Some(password)),
+            Auth::Token(token) => request.header(header::AUTHORIZATION, format!("token={token}")),
+        }
+    }
+
+    /// GET with redirects followed by hand (Accept and Authorization kept on every hop).
+    async fn get(&self, url: String, accept: &str, timeout: Option<Duration>) -> Result<reqwest::Response, ClientError> {
+        let mut url = url;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.authorize(self.http.get(&url).header(header::ACCEPT, accept));
+            if let Some(t) = timeout {
+                request = request.timeout(t);
+            }
+            let response = request.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| ClientError::Status { url: url.clone(), status })?;
+                url = reqwest::Url::parse(&url)
+                    .and_then(|base| base.join(location))
+                    .map(String::from)
+                    .map_err(|_| ClientError::Status { url: url.clone(), status })?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(ClientError::Status { url, status });
+            }
+            return Ok(response);
+        }
+        Err(ClientError::Redirects { url })
+    }
+
+    /// `GET /v2/apps?embed=apps.tasks&embed=apps.deployments`, trying the URL that answered last
+    /// first, then the others.
+    pub async fn apps(&mut self) -> Result<Value, ClientError> {
+        let mut errors = Vec::new();
+        for attempt in 0..self.urls.len() {
+            let i = (self.preferred + attempt) % self.urls.len();
+            let url = format!("{}/v2/apps?embed=apps.tasks&embed=apps.deployments", self.urls[i]);
+            let result = async {
+                let response = self.get(url.clone(), "application/json", Some(self.timeout)).await?;
+                response.json::<Value>().await.map_err(|source| ClientError::Json { url: url.clone(), source })
+            }
+            .await;
+            match result {
+                Ok(apps) => {
+                    self.preferred = i;
+                    return Ok(apps);
+                }
+                Err(err) => errors.push(err.to_string()),
+            }
+        }
+        Err(ClientError::AllFailed(errors.join("; ")))
+    }
+
+    /// Opens `/v2/events` on the next URL in turn. The response body is the stream; it has no
+    /// overall timeout (the caller detects stalls).
+    pub async fn events(&mut self) -> Result<(String, reqwest::Response), ClientError> {
+        let i = self.next_stream % self.urls.len();
+        self.next_stream = (i + 1) % self.urls.len();
+        let filter: String = RELEVANT_EVENTS.iter().map(|e| format!("event_type={e}&")).collect();
+        let url = format!("{}/v2/events?{filter}plan-format=light", self.urls[i]);
+        let response = self.get(url, "text/event-stream", None).await?;
+        Ok((self.urls[i].clone(), response))
+    }
+}
+
+/// One server-sent event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, or the JSON's `eventType` for streams without one (Marathon < 0.11).
+    pub event: String,
+    pub data: String,
+}
+
+/// Incremental parser of a `text/event-stream` body (CRLF or LF line ends; a blank line
+/// without data — Marathon's heartbeat — dispatches nothing).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                self.line.push(b);
+                continue;
+            }
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    let data = std::mem::take(&mut self.data).join("\n");
+                    let event = self.event.take().unwrap_or_else(|| event_type_of(&data));
+                    out.push(SseEvent { event, data });
+                }
+                self.event = None;
+            } else if let Some(v) = line.strip_prefix("event:") {
+                self.event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                self.data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+            }
+            // Comments (":…"), ids and retry fields are ignored.
+        }
+        out
+    }
+}
+
+fn event_type_of(data: &str) -> String {
+    serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|v| v.get("eventType").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> String {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/marathon-fixtures");
+        std::fs::read_to_string(root.join(path)).unwrap()
+    }
+
+    #[test]
+    fn parses_the_wire_sample_with_crlf_and_heartbeats() {
+        let mut p = SseParser::default();
+        let wire = "\r\n\r\nevent: status_update_event\r\ndata: {\"eventType\":\"status_update_event\"}\r\n\r\n\r\n";
+        // Fed in awkward pieces, as TCP delivers them.
+        let mut events = Vec::new();
+        for chunk in wire.as_bytes().chunks(3) {
+            events.extend(p.feed(chunk));
+        }
+        assert_eq!(events, [SseEvent { event: "status_update_event".into(), data: "{\"eventType\":\"status_update_event\"}".into() }]);
+    }
+
+    #[test]
+    fn the_fixture_streams_parse() {
+        let mut p = SseParser::default();
+        let events = p.feed(fixture("marathon/raml-examples/events-stream.marathon-raml.txt").as_bytes());
+        assert!(events.iter().any(|e| e.event == "status_update_event"), "{events:?}");
+        let mut p = SseParser::default();
+        let events = p.feed((fixture("marathon/legacy-docs/events-stream.data-only.marathon-legacy-docs.txt") + "\n\n").as_bytes());
+        assert!(!events.is_empty() && events.iter().all(|e| !e.event.is_empty()), "data-only events get their type from the JSON: {events:?}");
+    }
+}

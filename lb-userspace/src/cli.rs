@@ -10,9 +10,16 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_common::names;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
+    marathon::{
+        client::{Auth, MarathonClient},
+        model::{translate, HealthMemory},
+        vip::VipRange,
+        watch::{DnsCache, EventWatch},
+    },
+    status::{self, AgentStatus, MarathonStatus},
     dataplane::{
         loader::{self, AttachPlan, LoadLimits},
         pinned::{pin_name, PinnedMaps},
@@ -42,6 +49,10 @@ pub enum Command {
     Flows(FlowArgs),
     /// Counters: per outcome, per service, per interface.
     Stats(ReadArgs),
+    /// The agent's own view: Marathon reachability, event stream, last sync, skipped apps.
+    Status(ReadArgs),
+    /// Named VIPs and the addresses they were given.
+    Vips(ReadArgs),
     /// Detach every program and remove every pin under the pin directory.
     Down(PinArgs),
 }
@@ -81,6 +92,25 @@ pub struct RunArgs {
     /// Static services file (JSON, see README); reloaded on change and on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub services: Option<PathBuf>,
+    /// Marathon URL (http or https, optionally with user:password@); repeat for several: REST
+    /// fails over between them, the event stream goes round them.
+    #[arg(long = "marathon", value_name = "URL")]
+    pub marathon: Vec<String>,
+    /// HTTP basic credentials for Marathon (also LB_MARATHON_CREDENTIALS).
+    #[arg(long, value_name = "USER:PASSWORD", env = "LB_MARATHON_CREDENTIALS", hide_env_values = true)]
+    pub marathon_credentials: Option<String>,
+    /// DC/OS token for Marathon, sent as `Authorization: token=…` (also LB_MARATHON_TOKEN).
+    #[arg(long, value_name = "TOKEN", env = "LB_MARATHON_TOKEN", hide_env_values = true)]
+    pub marathon_token: Option<String>,
+    /// Range named VIPs (`/web:80` labels) get addresses from, the same on every node.
+    #[arg(long, value_name = "CIDR", default_value = "11.0.0.0/8")]
+    pub vip_cidr: String,
+    /// Seconds between full re-reads of Marathon's apps when no event asks for one.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub resync: u64,
+    /// Seconds a Marathon request may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub marathon_timeout: u64,
     /// Address of this node where service ports are served; repeat for several. Default: every
     /// address of every interface. 127.0.0.1 and ::1 are always included.
     #[arg(long = "node-ip", value_name = "ADDR")]
@@ -144,6 +174,17 @@ pub fn run(cli: Cli) -> Result<()> {
             let stats = report::stats(&PinnedMaps::new(&args.pins.pin_dir))?;
             report::print_stats(&stats, args.json, &mut std::io::stdout().lock())
         }
+        Command::Status(args) => {
+            let status = status::read(&args.pins.pin_dir)
+                .with_context(|| format!("no status for {} (has `lb run` run with this --pin-dir?)", args.pins.pin_dir.display()))?;
+            report::print_status(&status, args.json, &mut std::io::stdout().lock())
+        }
+        Command::Vips(args) => {
+            let status = status::read(&args.pins.pin_dir)
+                .with_context(|| format!("no status for {} (has `lb run` run with this --pin-dir?)", args.pins.pin_dir.display()))?;
+            let vips = status.marathon.map(|m| m.named_vips).unwrap_or_default();
+            report::print_vips(&vips, args.json, &mut std::io::stdout().lock())
+        }
         Command::Down(args) => {
             preflight::require_privileges()?;
             let removed = loader::tear_down(&args.pin_dir)?;
@@ -182,23 +223,254 @@ fn run_agent(args: RunArgs) -> Result<()> {
         "data path up"
     );
 
+    let marathon = marathon_source(&args)?;
     let mut agent = Agent {
         dataplane: PinnedMaps::new(&plan.pin_dir),
         reconciler: Reconciler::default(),
         node_ips: args.node_ips.clone(),
         nat_ports: limits.nat_ports,
+        static_desired: desired,
+        marathon_desired: None,
+        status: AgentStatus { pid: std::process::id(), pin_dir: plan.pin_dir.display().to_string(), ..AgentStatus::default() },
     };
     let uplinks: Vec<u32> = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<_, _>>()?;
     reconcile::sync_uplinks(&uplinks, &mut agent.dataplane)?;
-    agent.apply(&desired)?;
-    println!("ready");
-    std::io::stdout().flush()?;
-
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(agent.serve(args.services.as_deref()))?;
+    runtime.block_on(async {
+        let mut marathon = marathon;
+        if let Some(m) = marathon.as_mut() {
+            // Until Marathon has answered once, the services already pinned (a restart) stay
+            // exactly as they are: an empty or unreachable source never flushes them.
+            agent.sync_marathon(m).await;
+        } else {
+            agent.apply()?;
+        }
+        println!("ready");
+        std::io::stdout().flush()?;
+        agent.serve(args.services.as_deref(), marathon.as_mut()).await
+    })?;
     drop(loaded);
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
     Ok(())
+}
+
+/// Marathon client, event watch and translation state, when `--marathon` is given.
+struct MarathonSource {
+    client: MarathonClient,
+    watch: EventWatch,
+    health: HealthMemory,
+    dns: DnsCache,
+    vips: VipRange,
+    resync: Duration,
+}
+
+fn marathon_source(args: &RunArgs) -> Result<Option<MarathonSource>> {
+    if args.marathon.is_empty() {
+        return Ok(None);
+    }
+    let vips = VipRange::parse(&args.vip_cidr).map_err(|e| anyhow::anyhow!("--vip-cidr: {e}"))?;
+    let mut auth = match (&args.marathon_credentials, &args.marathon_token) {
+        (Some(_), Some(_)) => bail!("give either --marathon-credentials or --marathon-token, not both"),
+        (Some(cred), None) => {
+            let (user, password) = cred.split_once(':').context("--marathon-credentials must be USER:PASSWORD")?;
+            Auth::Basic { user: user.into(), password: password.into() }
+        }
+        (None, Some(token)) => Auth::Token(token.clone()),
+        (None, None) => Auth::None,
+    };
+    let mut urls = Vec::new();
+    for url in &args.marathon {
+        let mut parsed = reqwest::Url::parse(url).with_context(|| format!("--marathon {url:?} is not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("--marathon {url:?}: only http and https are supported");
+        }
+        if !parsed.username().is_empty() {
+            if matches!(auth, Auth::None) {
+                let password = parsed.password().unwrap_or_default().to_owned();
+                auth = Auth::Basic { user: parsed.username().to_owned(), password };
+            }
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+        }
+        urls.push(parsed.to_string());
+    }
+    let timeout = Duration::from_secs(args.marathon_timeout.max(1));
+    let client = MarathonClient::new(urls, auth, timeout).context("building the HTTP client")?;
+    Ok(Some(MarathonSource {
+        client,
+        watch: EventWatch::new(Duration::from_secs(30)),
+        health: HealthMemory::default(),
+        dns: DnsCache::default(),
+        vips,
+        resync: Duration::from_secs(args.resync.max(1)),
+    }))
+}
+
+struct Agent {
+    dataplane: PinnedMaps,
+    reconciler: Reconciler,
+    node_ips: Vec<IpAddr>,
+    nat_ports: (u16, u16),
+    static_desired: Desired,
+    /// None until Marathon has answered once.
+    marathon_desired: Option<Desired>,
+    status: AgentStatus,
+}
+
+impl Agent {
+    /// Programs the static services plus Marathon's (Marathon wins a clash).
+    fn apply(&mut self) -> Result<()> {
+        let addrs = if self.node_ips.is_empty() {
+            node_addrs::discover().context("listing this node's addresses")?
+        } else {
+            node_addrs::with_loopback(self.node_ips.clone())
+        };
+        reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
+        let mut desired = self.static_desired.clone();
+        for (id, service) in self.marathon_desired.iter().flatten() {
+            if desired.insert(*id, service.clone()).is_some() {
+                warn!(service = %id, "defined both in the services file and by Marathon; Marathon's definition wins");
+            }
+        }
+        let desired = exclude_nat_ports(&desired, self.nat_ports);
+        let report = self.reconciler.apply(&desired, &mut self.dataplane)?;
+        for failure in &report.failed {
+            error!("{failure}");
+        }
+        warm_neighbours(&desired);
+        self.status.services = desired.len();
+        self.write_status();
+        Ok(())
+    }
+
+    fn write_status(&mut self) {
+        self.status.updated = status::now();
+        if let Err(err) = status::write(&self.status) {
+            warn!("writing the status file: {err}");
+        }
+    }
+
+    /// Re-reads the services file; an invalid file changes nothing.
+    fn reload(&mut self, path: &Path) {
+        match services_file::load(path) {
+            Ok(desired) => {
+                self.static_desired = desired;
+                if let Err(err) = self.apply() {
+                    error!("applying {}: {err:#}", path.display());
+                }
+            }
+            Err(err) => error!("{err}; keeping the services already programmed"),
+        }
+    }
+
+    /// One full read of Marathon's apps. On failure nothing changes (the last good state stays
+    /// programmed) and the status says why.
+    async fn sync_marathon(&mut self, m: &mut MarathonSource) {
+        let started = std::time::Instant::now();
+        let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
+        status.urls = m.client.urls().to_vec();
+        match m.client.apps().await {
+            Ok(apps) => {
+                m.dns.refresh(&apps).await;
+                let translation = translate(&apps, &mut m.dns, &mut m.health, &m.vips);
+                for (app, why) in &translation.app_errors {
+                    warn!(app, "app skipped: {why}");
+                }
+                for warning in &translation.warnings {
+                    debug!("{warning}");
+                }
+                status.current = m.client.current().to_owned();
+                status.last_sync = Some(status::now());
+                status.last_error = None;
+                status.failures_in_a_row = 0;
+                status.apps = apps.get("apps").and_then(|a| a.as_array()).map_or(0, Vec::len);
+                status.skipped_apps = translation.app_errors.iter().cloned().collect();
+                status.skipped_tasks = translation.warnings.len();
+                status.named_vips = translation.named_vips.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+                status.event_stream = m.watch.connected_to().map(str::to_owned);
+                self.marathon_desired = Some(translation.desired);
+                match self.apply() {
+                    Ok(()) => info!(elapsed_ms = started.elapsed().as_millis() as u64, "synced from Marathon"),
+                    Err(err) => error!("applying Marathon's services: {err:#}"),
+                }
+            }
+            Err(err) => {
+                warn!("Marathon: {err}; keeping the services already programmed");
+                status.last_error = Some(err.to_string());
+                status.failures_in_a_row += 1;
+                status.event_stream = m.watch.connected_to().map(str::to_owned);
+                self.write_status();
+            }
+        }
+    }
+
+    async fn serve(&mut self, services: Option<&Path>, mut marathon: Option<&mut MarathonSource>) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut seen = services.and_then(modified);
+        let resync_every = marathon.as_ref().map_or(Duration::from_secs(3600), |m| m.resync);
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+        // A failed sync is retried with backoff, separately from the periodic re-read.
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_backoff = Duration::from_millis(500);
+        loop {
+            let event = async {
+                match marathon.as_deref_mut() {
+                    Some(m) => m.watch.next(&mut m.client).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut sync_now = false;
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
+                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                _ = hup.recv() => {
+                    if let Some(path) = services {
+                        info!("SIGHUP: reloading {}", path.display());
+                        seen = modified(path);
+                        self.reload(path);
+                    }
+                    sync_now = marathon.is_some();
+                }
+                _ = poll.tick() => {
+                    if let Some(path) = services {
+                        let now = modified(path);
+                        if now != seen {
+                            seen = now;
+                            info!("{} changed: reloading", path.display());
+                            self.reload(path);
+                        }
+                    }
+                }
+                signal = event => {
+                    debug!(?signal, "Marathon event stream");
+                    sync_now = true;
+                }
+                _ = resync.tick() => sync_now = marathon.is_some(),
+                _ = retry => sync_now = true,
+            }
+            if let (true, Some(m)) = (sync_now, marathon.as_deref_mut()) {
+                self.sync_marathon(m).await;
+                let failed = self.status.marathon.as_ref().is_some_and(|s| s.last_error.is_some());
+                if failed {
+                    retry_at = Some(tokio::time::Instant::now() + retry_backoff);
+                    retry_backoff = (retry_backoff * 2).min(Duration::from_secs(30));
+                } else {
+                    retry_at = None;
+                    retry_backoff = Duration::from_millis(500);
+                }
+            }
+        }
+    }
 }
 
 /// Refuses limits that differ from those of maps already pinned: the attached programs were
@@ -219,75 +491,6 @@ fn check_pinned_layout(pin_dir: &Path, limits: &LoadLimits) -> Result<()> {
         );
     }
     Ok(())
-}
-
-struct Agent {
-    dataplane: PinnedMaps,
-    reconciler: Reconciler,
-    node_ips: Vec<IpAddr>,
-    nat_ports: (u16, u16),
-}
-
-impl Agent {
-    fn apply(&mut self, desired: &Desired) -> Result<()> {
-        let addrs = if self.node_ips.is_empty() {
-            node_addrs::discover().context("listing this node's addresses")?
-        } else {
-            node_addrs::with_loopback(self.node_ips.clone())
-        };
-        reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
-        let desired = exclude_nat_ports(desired, self.nat_ports);
-        let report = self.reconciler.apply(&desired, &mut self.dataplane)?;
-        warm_neighbours(&desired);
-        for failure in &report.failed {
-            error!("{failure}");
-        }
-        Ok(())
-    }
-
-    /// Re-reads the services file; an invalid file changes nothing.
-    fn reload(&mut self, path: &Path) {
-        match services_file::load(path) {
-            Ok(desired) => {
-                if let Err(err) = self.apply(&desired) {
-                    error!("applying {}: {err:#}", path.display());
-                }
-            }
-            Err(err) => error!("{err}; keeping the services already programmed"),
-        }
-    }
-
-    async fn serve(&mut self, services: Option<&Path>) -> Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-        let mut poll = tokio::time::interval(Duration::from_secs(1));
-        let mut seen = services.and_then(modified);
-        loop {
-            tokio::select! {
-                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
-                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
-                _ = hup.recv() => {
-                    if let Some(path) = services {
-                        info!("SIGHUP: reloading {}", path.display());
-                        seen = modified(path);
-                        self.reload(path);
-                    }
-                }
-                _ = poll.tick() => {
-                    if let Some(path) = services {
-                        let now = modified(path);
-                        if now != seen {
-                            seen = now;
-                            info!("{} changed: reloading", path.display());
-                            self.reload(path);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Service ports inside the NAT port range would be mistaken for NAT replies: they are left out,

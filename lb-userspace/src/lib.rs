@@ -10,3 +10,4 @@ pub mod preflight;
 pub mod reconcile;
 pub mod report;
 pub mod services_file;
+pub mod status;

@@ -258,6 +258,48 @@ pub fn print_stats(stats: &Stats, json: bool, out: &mut impl Write) -> Result<()
     Ok(())
 }
 
+/// `lb status`.
+pub fn print_status(status: &crate::status::AgentStatus, json: bool, out: &mut impl Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, status)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let ago = |t: u64| format!("{} s ago", crate::status::now().saturating_sub(t));
+    writeln!(out, "agent pid {}  pin dir {}  services {}  updated {}", status.pid, status.pin_dir, status.services, ago(status.updated))?;
+    let Some(m) = &status.marathon else {
+        writeln!(out, "marathon: not configured")?;
+        return Ok(());
+    };
+    writeln!(out, "marathon: {}", m.urls.join(", "))?;
+    writeln!(out, "  answering:    {}", if m.current.is_empty() { "-" } else { &m.current })?;
+    writeln!(out, "  event stream: {}", m.event_stream.as_deref().unwrap_or("not connected"))?;
+    writeln!(out, "  last sync:    {}", m.last_sync.map_or("never".to_string(), ago))?;
+    match &m.last_error {
+        Some(err) => writeln!(out, "  FAILING ({} in a row, last programmed state kept): {err}", m.failures_in_a_row)?,
+        None => writeln!(out, "  state:        ok")?,
+    }
+    writeln!(out, "  apps {}  skipped apps {}  skipped tasks/ports {}", m.apps, m.skipped_apps.len(), m.skipped_tasks)?;
+    for (app, why) in &m.skipped_apps {
+        writeln!(out, "    {app}: {why}")?;
+    }
+    Ok(())
+}
+
+/// `lb vips`.
+pub fn print_vips(vips: &std::collections::BTreeMap<String, String>, json: bool, out: &mut impl Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, vips)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<40} ADDRESS", "NAME")?;
+    for (name, addr) in vips {
+        writeln!(out, "{name:<40} {addr}")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,148 @@
+//! The event stream as a source of "re-read the apps" signals: connects (round robin over the
+//! URLs), asks for a full re-list after every (re)connect since events have no replay, turns
+//! relevant events into a change signal (a burst becomes one), detects a stalled stream (no
+//! byte, heartbeats included, for `stall`) and reconnects with backoff.
+
+use std::{collections::HashMap, net::IpAddr, pin::Pin, time::Duration};
+
+use futures_util::{FutureExt as _, Stream, StreamExt as _};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{
+    client::{MarathonClient, SseParser, RELEVANT_EVENTS},
+    model::Resolver,
+};
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>>>>;
+
+/// What the caller should do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// A (re)connected stream: everything may have changed meanwhile.
+    Relist,
+    /// Relevant events arrived.
+    Changed,
+}
+
+pub struct EventWatch {
+    stream: Option<ByteStream>,
+    parser: SseParser,
+    connected_to: Option<String>,
+    retry_at: Instant,
+    backoff: Duration,
+    stall: Duration,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl EventWatch {
+    pub fn new(stall: Duration) -> Self {
+        Self { stream: None, parser: SseParser::default(), connected_to: None, retry_at: Instant::now(), backoff: MIN_BACKOFF, stall }
+    }
+
+    /// The URL the stream is connected to, if it is.
+    pub fn connected_to(&self) -> Option<&str> {
+        self.connected_to.as_deref()
+    }
+
+    fn disconnect(&mut self, why: &str) {
+        if let Some(url) = self.connected_to.take() {
+            warn!(url, "event stream {why}; reconnecting");
+        }
+        self.stream = None;
+        self.parser = SseParser::default();
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Waits for the next reason to re-read the apps.
+    pub async fn next(&mut self, client: &mut MarathonClient) -> Signal {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                tokio::time::sleep_until(self.retry_at).await;
+                match client.events().await {
+                    Ok((url, response)) => {
+                        info!(url, "event stream connected");
+                        self.stream = Some(Box::pin(response.bytes_stream()));
+                        self.connected_to = Some(url);
+                        self.backoff = MIN_BACKOFF;
+                        return Signal::Relist;
+                    }
+                    Err(err) => {
+                        warn!("event stream: {err}");
+                        self.retry_at = Instant::now() + self.backoff;
+                        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            };
+            match tokio::time::timeout(self.stall, stream.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    let mut relevant = relevant_in(&mut self.parser, &bytes);
+                    // Take whatever else has already arrived, so a burst is one re-read.
+                    while let Some(Some(Ok(more))) = stream.next().now_or_never() {
+                        relevant |= relevant_in(&mut self.parser, &more);
+                    }
+                    if relevant {
+                        return Signal::Changed;
+                    }
+                }
+                Ok(Some(Err(err))) => self.disconnect(&format!("failed: {err}")),
+                Ok(None) => self.disconnect("closed"),
+                Err(_) => self.disconnect(&format!("stalled (nothing for {} s)", self.stall.as_secs())),
+            }
+        }
+    }
+
+}
+
+/// Whether `bytes` complete an event that can change the services.
+fn relevant_in(parser: &mut SseParser, bytes: &[u8]) -> bool {
+    parser.feed(bytes).iter().any(|e| e.event.is_empty() || RELEVANT_EVENTS.contains(&e.event.as_str()))
+}
+
+/// Host names resolved ahead of a translation (asynchronously, with a timeout) and cached.
+#[derive(Debug, Default)]
+pub struct DnsCache {
+    entries: HashMap<String, (Option<IpAddr>, Instant)>,
+}
+
+const DNS_TTL: Duration = Duration::from_secs(60);
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl DnsCache {
+    /// Resolves every task host of `apps` that is a name and not freshly cached.
+    pub async fn refresh(&mut self, apps: &Value) {
+        let hosts: std::collections::BTreeSet<String> = apps
+            .get("apps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|app| app.get("tasks").and_then(Value::as_array).into_iter().flatten())
+            .filter_map(|task| task.get("host").and_then(Value::as_str))
+            .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
+            .map(str::to_owned)
+            .collect();
+        let now = Instant::now();
+        for host in hosts {
+            if self.entries.get(&host).is_some_and(|(_, at)| now.duration_since(*at) < DNS_TTL) {
+                continue;
+            }
+            let lookup = tokio::net::lookup_host((host.as_str(), 0));
+            let ip = match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
+                Ok(Ok(mut addrs)) => addrs.next().map(|a| a.ip()),
+                _ => None,
+            };
+            self.entries.insert(host, (ip, now));
+        }
+    }
+}
+
+impl Resolver for DnsCache {
+    fn resolve(&mut self, host: &str) -> Option<IpAddr> {
+        self.entries.get(host).and_then(|(ip, _)| *ip)
+    }
+}

@@ -1,0 +1,67 @@
+//! What the agent reports about itself (`lb status`, `lb vips`): a JSON file under /run/lb,
+//! one per pin directory, rewritten whenever it changes. It stays after the agent stops, like
+//! the maps: the last word of the last agent.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Where status files live.
+pub const STATUS_DIR: &str = "/run/lb/status";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub pin_dir: String,
+    /// Seconds since the epoch of the last change of this status.
+    pub updated: u64,
+    pub services: usize,
+    pub marathon: Option<MarathonStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MarathonStatus {
+    pub urls: Vec<String>,
+    /// The URL that answered the last request.
+    pub current: String,
+    /// The URL the event stream is connected to, if it is.
+    pub event_stream: Option<String>,
+    /// Seconds since the epoch of the last successful sync.
+    pub last_sync: Option<u64>,
+    /// Why the last sync failed, while it keeps failing (the last good state stays programmed).
+    pub last_error: Option<String>,
+    pub failures_in_a_row: u64,
+    pub apps: usize,
+    /// Apps skipped whole: app id → why.
+    pub skipped_apps: BTreeMap<String, String>,
+    pub skipped_tasks: usize,
+    /// Named VIPs → their addresses.
+    pub named_vips: BTreeMap<String, String>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The status file of an agent using `pin_dir`.
+pub fn path_for(pin_dir: &Path) -> PathBuf {
+    let name: String = pin_dir.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    Path::new(STATUS_DIR).join(format!("{name}.json"))
+}
+
+pub fn write(status: &AgentStatus) -> std::io::Result<()> {
+    let path = path_for(Path::new(&status.pin_dir));
+    std::fs::create_dir_all(STATUS_DIR)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(tmp, path)
+}
+
+pub fn read(pin_dir: &Path) -> std::io::Result<AgentStatus> {
+    let text = std::fs::read_to_string(path_for(pin_dir))?;
+    serde_json::from_str(&text).map_err(std::io::Error::other)
+}

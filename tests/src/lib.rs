@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod fixture;
+pub mod marathon_server;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -24,6 +24,9 @@ pub enum Signal {
     Relist,
     /// Relevant events arrived.
     Changed,
+    /// The stream is gone or cannot be opened (a reconnect is scheduled): the caller re-reads
+    /// the apps too, so an unreachable Marathon shows in the status at once.
+    Lost,
 }
 
 pub struct EventWatch {
@@ -75,7 +78,7 @@ impl EventWatch {
                         warn!("event stream: {err}");
                         self.retry_at = Instant::now() + self.backoff;
                         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                        continue;
+                        return Signal::Lost;
                     }
                 }
             };
@@ -90,9 +93,18 @@ impl EventWatch {
                         return Signal::Changed;
                     }
                 }
-                Ok(Some(Err(err))) => self.disconnect(&format!("failed: {err}")),
-                Ok(None) => self.disconnect("closed"),
-                Err(_) => self.disconnect(&format!("stalled (nothing for {} s)", self.stall.as_secs())),
+                Ok(Some(Err(err))) => {
+                    self.disconnect(&format!("failed: {err}"));
+                    return Signal::Lost;
+                }
+                Ok(None) => {
+                    self.disconnect("closed");
+                    return Signal::Lost;
+                }
+                Err(_) => {
+                    self.disconnect(&format!("stalled (nothing for {} s)", self.stall.as_secs()));
+                    return Signal::Lost;
+                }
             }
         }
     }

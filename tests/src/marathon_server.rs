@@ -1,0 +1,272 @@
+//! A Marathon-compatible server for the tests and the demo: `/v2/apps` (tasks embedded),
+//! `/v2/events` (SSE with `event:`/`data:` frames, CRLF, heartbeats, the `Accept` check), `/ping`,
+//! and controls to scale, kill, flip health, label VIPs, go dark, redirect to a "leader" and
+//! require credentials. Apps have the Marathon 1.5+ shape with host networking, or the 1.4
+//! bridge shape, so the agent's model is exercised as against a real server.
+//!
+//! It runs on its own thread with its own runtime, inside a network namespace if asked.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Result;
+use axum::{
+    body::Body,
+    extract::State,
+    http::{header, HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::netns::Netns;
+
+/// One task of an app.
+#[derive(Clone, Debug)]
+pub struct TaskSpec {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub state: String,
+    /// None: no health results reported.
+    pub alive: Option<bool>,
+}
+
+/// One app: a port with a service port, optional VIP labels, tasks.
+#[derive(Clone, Debug)]
+pub struct AppSpec {
+    pub id: String,
+    pub service_port: u16,
+    pub protocol: String,
+    pub labels: BTreeMap<String, String>,
+    pub health_checked: bool,
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl AppSpec {
+    pub fn new(id: &str, service_port: u16) -> Self {
+        Self { id: id.into(), service_port, protocol: "tcp".into(), labels: BTreeMap::new(), health_checked: true, tasks: Vec::new() }
+    }
+
+    fn to_json(&self) -> Value {
+        let tasks: Vec<Value> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut task = json!({
+                    "id": t.id, "appId": self.id, "host": t.host, "ports": [t.port], "state": t.state,
+                    "slaveId": "agent-1", "version": "2026-01-01T00:00:00.000Z",
+                    "ipAddresses": [{"ipAddress": t.host, "protocol": "IPv4"}],
+                });
+                if let Some(alive) = t.alive {
+                    task["healthCheckResults"] = json!([{"alive": alive, "consecutiveFailures": if alive { 0 } else { 3 },
+                        "instanceId": t.id.replace('.', ".marathon-"), "lastFailure": null}]);
+                }
+                task
+            })
+            .collect();
+        let health_checks = if self.health_checked { json!([{"protocol": "MESOS_TCP", "portIndex": 0}]) } else { json!([]) };
+        json!({
+            "id": self.id, "instances": self.tasks.len(), "version": "2026-01-01T00:00:00.000Z",
+            "networks": [{"mode": "host"}],
+            "portDefinitions": [{"port": self.service_port, "protocol": self.protocol, "name": "default", "labels": self.labels}],
+            "healthChecks": health_checks, "deployments": [], "tasks": tasks,
+        })
+    }
+}
+
+/// How the server answers.
+#[derive(Clone, Debug, Default)]
+struct Behaviour {
+    /// Every request fails with 503 and event streams are cut.
+    outage: bool,
+    /// `/v2/events` answers 302 to this base URL.
+    events_redirect: Option<String>,
+    /// Required `Authorization` header value.
+    authorization: Option<String>,
+}
+
+struct Shared {
+    apps: Mutex<Vec<AppSpec>>,
+    behaviour: Mutex<Behaviour>,
+    events: broadcast::Sender<String>,
+    /// Bumped to cut every open event stream.
+    generation: Mutex<u64>,
+    heartbeat: Duration,
+}
+
+/// A running test Marathon. Dropping it stops the server.
+pub struct MarathonServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MarathonServer {
+    /// Starts on 127.0.0.1 (an ephemeral port) in `ns`, or in the test's own namespace.
+    pub fn start(ns: Option<&Netns>, heartbeat: Duration) -> Result<Self> {
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            apps: Mutex::new(Vec::new()),
+            behaviour: Mutex::new(Behaviour::default()),
+            events,
+            generation: Mutex::new(0),
+            heartbeat,
+        });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = shared.clone();
+        let serve = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = Router::new()
+                    .route("/v2/apps", get(apps))
+                    .route("/v2/events", get(events_stream))
+                    .route("/ping", get(|| async { "pong" }))
+                    .with_state(state);
+                let _ = axum::serve(listener, app).with_graceful_shutdown(async { let _ = stop_rx.await; }).await;
+            });
+        };
+        let thread = match ns {
+            Some(ns) => ns.spawn(serve)?,
+            None => std::thread::spawn(serve),
+        };
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10))?;
+        Ok(Self { shared, addr, shutdown: Some(stop_tx), thread: Some(thread) })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces every app and tells the event stream.
+    pub fn set_apps(&self, apps: Vec<AppSpec>) {
+        *self.shared.apps.lock().unwrap() = apps;
+        self.emit("api_post_event");
+    }
+
+    /// Changes one app and sends a `status_update_event`.
+    pub fn update(&self, app_id: &str, change: impl FnOnce(&mut AppSpec)) {
+        {
+            let mut apps = self.shared.apps.lock().unwrap();
+            let app = apps.iter_mut().find(|a| a.id == app_id).expect("known app");
+            change(app);
+        }
+        self.emit("status_update_event");
+    }
+
+    /// Sends one event of `event_type` to every open stream.
+    pub fn emit(&self, event_type: &str) {
+        let data = json!({"eventType": event_type, "timestamp": "2026-01-01T00:00:00.000Z", "appId": "/x", "taskStatus": "TASK_RUNNING"});
+        let _ = self.shared.events.send(format!("event: {event_type}\r\ndata: {data}\r\n\r\n"));
+    }
+
+    /// Starts or ends an outage: 503 everywhere, open streams cut.
+    pub fn set_outage(&self, outage: bool) {
+        self.shared.behaviour.lock().unwrap().outage = outage;
+        if outage {
+            self.cut_streams();
+        }
+    }
+
+    /// Makes `/v2/events` answer 302 to `leader` (another server), as a standby does.
+    pub fn redirect_events_to(&self, leader: Option<String>) {
+        self.shared.behaviour.lock().unwrap().events_redirect = leader;
+    }
+
+    /// Requires this exact `Authorization` header on every request.
+    pub fn require_authorization(&self, value: Option<String>) {
+        self.shared.behaviour.lock().unwrap().authorization = value;
+    }
+
+    /// Closes every open event stream (as a leader change does).
+    pub fn cut_streams(&self) {
+        *self.shared.generation.lock().unwrap() += 1;
+    }
+}
+
+impl Drop for MarathonServer {
+    fn drop(&mut self) {
+        self.cut_streams();
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let behaviour = shared.behaviour.lock().unwrap().clone();
+    if behaviour.outage {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "outage").into_response());
+    }
+    if let Some(expected) = behaviour.authorization {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            return Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "basic realm=\"Mesosphere\"")], "").into_response());
+        }
+    }
+    None
+}
+
+async fn apps(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse(&shared, &headers) {
+        return refused;
+    }
+    let apps: Vec<Value> = shared.apps.lock().unwrap().iter().map(AppSpec::to_json).collect();
+    axum::Json(json!({ "apps": apps })).into_response()
+}
+
+async fn events_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Some(refused) = refuse(&shared, &headers) {
+        return refused;
+    }
+    if let Some(leader) = shared.behaviour.lock().unwrap().events_redirect.clone() {
+        let location = format!("{leader}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v2/events"));
+        return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
+    }
+    // Jetty's EventSourceServlet: anything but exactly this Accept falls through to a 405.
+    if headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) != Some("text/event-stream") {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let generation = *shared.generation.lock().unwrap();
+    let receiver = shared.events.subscribe();
+    let attached = format!(
+        "event: event_stream_attached\r\ndata: {}\r\n\r\n",
+        json!({"remoteAddress": "127.0.0.1", "eventType": "event_stream_attached", "timestamp": "2026-01-01T00:00:00.000Z"})
+    );
+    let state = (Some(attached), receiver, shared, generation);
+    let stream = futures_util::stream::unfold(state, |(first, mut receiver, shared, generation)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, Infallible>(first), (None, receiver, shared, generation)));
+        }
+        loop {
+            if *shared.generation.lock().unwrap() != generation {
+                return None;
+            }
+            match tokio::time::timeout(shared.heartbeat, receiver.recv()).await {
+                Ok(Ok(frame)) => return Some((Ok(frame), (None, receiver, shared, generation))),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                // Marathon's heartbeat: a bare CRLF.
+                Err(_) => return Some((Ok("\r\n".to_string()), (None, receiver, shared, generation))),
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream;charset=UTF-8")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}

@@ -1,0 +1,232 @@
+//! Marathon sync end to end: a Marathon-compatible server drives the agent; traffic follows
+//! scale-up, task kills, health flips and VIP labels; an outage changes nothing; a dead event
+//! stream is reconnected; credentials and a standby's redirect are honoured.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use lb_tests::{
+    agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
+    marathon_server::{AppSpec, MarathonServer, TaskSpec},
+    netns::LbTopology,
+    servers::{connect_and_greet, tcp_echo, Server},
+};
+use serde_json::Value;
+
+const PORT: u16 = 31000;
+
+fn task(i: usize, alive: bool) -> TaskSpec {
+    TaskSpec {
+        id: format!("web.task-{i}"),
+        host: LbTopology::backend_ip(i).to_string(),
+        port: PORT,
+        state: "TASK_RUNNING".into(),
+        alive: Some(alive),
+    }
+}
+
+fn web(tasks: &[usize]) -> AppSpec {
+    let mut app = AppSpec::new("/web", 10000);
+    app.labels.insert("VIP_0".into(), "10.0.0.1:80".into());
+    app.tasks = tasks.iter().map(|&i| task(i, true)).collect();
+    app
+}
+
+struct Cluster {
+    topo: LbTopology,
+    marathon: MarathonServer,
+    /// A standby the agent is pointed at: it serves the same apps and redirects /v2/events.
+    standby: Option<MarathonServer>,
+    pins: PinDir,
+    _cgroup: TestCgroup,
+    _agent: Agent,
+    _servers: Vec<Server>,
+}
+
+impl Cluster {
+    fn new(extra_args: &[&str]) -> Self {
+        Self::build(extra_args, |_| {}, false)
+    }
+
+    fn build(extra_args: &[&str], setup: impl Fn(&MarathonServer), with_standby: bool) -> Self {
+        let topo = LbTopology::new(3).unwrap();
+        let servers = (0..3)
+            .map(|i| tcp_echo(&topo.backends[i], SocketAddr::new(LbTopology::backend_ip(i), PORT), &format!("backend-{i}")).unwrap())
+            .collect();
+        let marathon = MarathonServer::start(Some(&topo.node), Duration::from_millis(500)).unwrap();
+        marathon.set_apps(vec![web(&[0, 1])]);
+        setup(&marathon);
+        let standby = with_standby.then(|| {
+            let standby = MarathonServer::start(Some(&topo.node), Duration::from_millis(500)).unwrap();
+            standby.set_apps(vec![web(&[0, 1])]);
+            setup(&standby);
+            standby.redirect_events_to(Some(marathon.url()));
+            standby
+        });
+        let pins = PinDir::new();
+        let cgroup = TestCgroup::new().unwrap();
+        let url = standby.as_ref().unwrap_or(&marathon).url();
+        let (pin_arg, cgroup_arg) = (pins.arg(), cgroup.arg());
+        let mut args = vec![
+            "--iface", &topo.uplink, "--pin-dir", &pin_arg, "--cgroup", &cgroup_arg,
+            "--node-ip", "10.201.0.2", "--ring-size", "4093", "--max-services", "64", "--resync", "3600",
+        ];
+        let marathon_arg = ["--marathon".to_string(), url];
+        if !extra_args.contains(&"--marathon") {
+            args.extend(marathon_arg.iter().map(String::as_str));
+        }
+        args.extend_from_slice(extra_args);
+        let agent = Agent::start(&topo.node, &args).unwrap();
+        Self { topo, marathon, standby, pins, _cgroup: cgroup, _agent: agent, _servers: servers }
+    }
+
+    fn services(&self) -> Value {
+        serde_json::from_str(&lb_ok(None, &["services", "--json", "--pin-dir", &self.pins.arg()]).unwrap()).unwrap()
+    }
+
+    /// Waits until the VIP service has exactly these (backend index, state) pairs.
+    fn wait_backends(&self, want: &[(usize, &str)]) {
+        let want: Vec<(String, String)> = want.iter().map(|(i, s)| (LbTopology::backend_ip(*i).to_string(), s.to_string())).collect();
+        wait_for_services(&self.pins, |json| {
+            json.as_array().unwrap().iter().filter(|s| s["address"] == "10.0.0.1").all(|s| {
+                let have: Vec<(String, String)> = s["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| (b["address"].as_str().unwrap().to_string(), b["state"].as_str().unwrap().to_string()))
+                    .collect();
+                have == want
+            }) && json.as_array().unwrap().iter().any(|s| s["address"] == "10.0.0.1")
+        })
+        .unwrap();
+    }
+
+    fn spread(&self, count: usize) -> BTreeMap<String, usize> {
+        self.topo
+            .client
+            .run(move || {
+                let mut per = BTreeMap::new();
+                for _ in 0..count {
+                    let (_s, name) = connect_and_greet("10.0.0.1:80".parse().unwrap()).expect("connection through the VIP");
+                    *per.entry(name).or_insert(0) += 1;
+                }
+                per
+            })
+            .unwrap()
+    }
+
+    /// Polls `lb status --json` until `pred` holds (at most 10 s).
+    fn wait_status(&self, pred: impl Fn(&Value) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pred(&self.status()) {
+            assert!(std::time::Instant::now() < deadline, "status never reached the expected state: {}", self.status());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &self.pins.arg()]).unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn traffic_follows_scale_up_task_kill_and_health_flip() {
+    let c = Cluster::new(&[]);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    let services = c.services();
+    assert!(services.as_array().unwrap().iter().any(|s| s["address"] == "0.0.0.0" && s["port"] == 10000 && s["name"] == "/web:0"), "{services}");
+    let per = c.spread(60);
+    assert_eq!(per.keys().collect::<Vec<_>>(), ["backend-0", "backend-1"], "{per:?}");
+
+    // Scale up.
+    c.marathon.update("/web", |app| app.tasks.push(task(2, true)));
+    c.wait_backends(&[(0, "active"), (1, "active"), (2, "active")]);
+    assert!(c.spread(90).contains_key("backend-2"));
+
+    // Kill a task: draining while it shuts down, then gone.
+    c.marathon.update("/web", |app| app.tasks[1].state = "TASK_KILLING".into());
+    c.wait_backends(&[(0, "active"), (1, "draining"), (2, "active")]);
+    assert!(!c.spread(60).contains_key("backend-1"));
+    c.marathon.update("/web", |app| {
+        app.tasks.remove(1);
+    });
+    c.wait_backends(&[(0, "active"), (2, "active")]);
+
+    // Health flip.
+    c.marathon.update("/web", |app| app.tasks[0].alive = Some(false));
+    c.wait_backends(&[(0, "draining"), (2, "active")]);
+    assert_eq!(c.spread(30).keys().collect::<Vec<_>>(), ["backend-2"]);
+    c.marathon.update("/web", |app| app.tasks[0].alive = Some(true));
+    c.wait_backends(&[(0, "active"), (2, "active")]);
+}
+
+#[test]
+fn vip_labels_added_and_removed() {
+    let c = Cluster::new(&["--vip-cidr", "10.0.0.0/24"]);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    c.marathon.update("/web", |app| {
+        app.labels.insert("VIP_1".into(), "/web:8080".into());
+    });
+    let json = wait_for_services(&c.pins, |j| j.as_array().unwrap().iter().any(|s| s["name"] == "/web:8080")).unwrap();
+    let named = json.as_array().unwrap().iter().find(|s| s["name"] == "/web:8080").unwrap()["address"].as_str().unwrap().to_string();
+    let vips: BTreeMap<String, String> = serde_json::from_str(&lb_ok(None, &["vips", "--json", "--pin-dir", &c.pins.arg()]).unwrap()).unwrap();
+    assert_eq!(vips.get("/web"), Some(&named));
+    // The named VIP carries traffic (it is in the client's routed 10.0.0.0/24).
+    let addr: SocketAddr = format!("{named}:8080").parse().unwrap();
+    let name = c.topo.client.run(move || connect_and_greet(addr).unwrap().1).unwrap();
+    assert!(name.starts_with("backend-"), "{name}");
+
+    c.marathon.update("/web", |app| {
+        app.labels.remove("VIP_1");
+    });
+    wait_for_services(&c.pins, |j| !j.as_array().unwrap().iter().any(|s| s["name"] == "/web:8080")).unwrap();
+}
+
+#[test]
+fn an_outage_changes_nothing_and_shows_in_status() {
+    let c = Cluster::new(&[]);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    let before = c.services();
+    c.marathon.set_outage(true);
+    // The stream is cut; the reconnect and re-list fail.
+    c.wait_status(|s| !s["marathon"]["last_error"].is_null());
+    assert_eq!(c.services(), before, "an outage must not change the programmed services");
+    assert_eq!(c.spread(30).len(), 2);
+    let human = lb_ok(None, &["status", "--pin-dir", &c.pins.arg()]).unwrap();
+    assert!(human.contains("FAILING"), "{human}");
+
+    c.marathon.set_outage(false);
+    c.marathon.update("/web", |app| app.tasks.push(task(2, true)));
+    c.wait_backends(&[(0, "active"), (1, "active"), (2, "active")]);
+    assert!(c.status()["marathon"]["last_error"].is_null());
+}
+
+#[test]
+fn a_dead_event_stream_is_reconnected_and_relisted() {
+    let c = Cluster::new(&[]);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    // Change the apps without an event, then cut the stream: only the re-list after the
+    // reconnect can pick the change up.
+    {
+        let mut apps = vec![web(&[0, 1, 2])];
+        apps[0].tasks[2].alive = Some(true);
+        c.marathon.cut_streams();
+        c.marathon.set_apps(apps);
+    }
+    c.wait_backends(&[(0, "active"), (1, "active"), (2, "active")]);
+    c.wait_status(|s| s["marathon"]["event_stream"].is_string());
+}
+
+#[test]
+fn basic_auth_and_a_standby_redirect_are_honoured() {
+    // The agent knows only the standby; its event stream is redirected (302) to the leader,
+    // and both want credentials, which must survive the redirect.
+    let c = Cluster::build(&["--marathon-credentials", "ops:s3cret"], |m| m.require_authorization(Some("Basic b3BzOnMzY3JldA==".into())), true);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    c.wait_status(|s| s["marathon"]["event_stream"].is_string());
+    // A change announced only on the leader's stream reaches the agent.
+    c.standby.as_ref().unwrap().set_apps(vec![web(&[0, 1, 2])]);
+    c.marathon.update("/web", |app| app.tasks.push(task(2, true)));
+    c.wait_backends(&[(0, "active"), (1, "active"), (2, "active")]);
+    let human = lb_ok(None, &["status", "--pin-dir", &c.pins.arg()]).unwrap();
+    assert!(human.contains("state:        ok"), "{human}");
+}

@@ -22,7 +22,8 @@ pub fn pin_name(map: &str) -> String {
 
 pub struct PinnedMaps {
     pin_dir: PathBuf,
-    rings: OnceCell<RingsMapping>,
+    rings: OnceCell<MapData>,
+    limits: OnceCell<Limits>,
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -33,7 +34,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
 
 impl PinnedMaps {
     pub fn new(pin_dir: &Path) -> Self {
-        Self { pin_dir: pin_dir.to_owned(), rings: OnceCell::new() }
+        Self { pin_dir: pin_dir.to_owned(), rings: OnceCell::new(), limits: OnceCell::new() }
     }
 
     fn open(&self, name: &'static str) -> Result<MapData> {
@@ -63,6 +64,22 @@ impl PinnedMaps {
         Ok(self.open(name)?.info().map_err(map_err(name))?.max_entries())
     }
 
+    fn read_limits(&self) -> Result<Limits> {
+        let max_services = self.max_entries(names::MAP_SERVICES)?;
+        let rings = max_services + SPARE_RINGS;
+        // Two u32 slots per u64 element, rounded up: the pool holds rings × ring_size slots
+        // plus at most one.
+        let slots = self.max_entries(names::MAP_RINGS)? * 2;
+        let ring_size = slots / rings;
+        if slots - ring_size * rings > 1 {
+            return Err(DataplaneError::Layout {
+                name: names::MAP_RINGS,
+                detail: format!("{slots} slots is not a whole number of rings for {rings} rings"),
+            });
+        }
+        Ok(Limits { ring_size, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
+    }
+
     fn sum_traffic(&self, name: &'static str, index: u32) -> Result<TrafficCounters> {
         let values = self.per_cpu_array::<TrafficCounters>(name)?.get(&index, 0).map_err(map_err(name))?;
         let mut total = TrafficCounters::default();
@@ -77,13 +94,13 @@ impl PinnedMaps {
         self.per_cpu_array::<TrafficCounters>(name)?.set(index, zeros, 0).map_err(map_err(name))
     }
 
-    fn rings(&self) -> Result<&RingsMapping> {
-        if let Some(mapping) = self.rings.get() {
-            return Ok(mapping);
+    /// The RINGS map, opened once.
+    fn rings(&self) -> Result<&MapData> {
+        if let Some(map) = self.rings.get() {
+            return Ok(map);
         }
-        let limits = self.limits()?;
-        let mapping = RingsMapping::new(self.open(names::MAP_RINGS)?, limits.ring_size)?;
-        Ok(self.rings.get_or_init(|| mapping))
+        let map = self.open(names::MAP_RINGS)?;
+        Ok(self.rings.get_or_init(|| map))
     }
 }
 
@@ -110,19 +127,12 @@ fn hash_entries<K: aya::Pod, V: aya::Pod>(
 
 impl Dataplane for PinnedMaps {
     fn limits(&self) -> Result<Limits> {
-        let max_services = self.max_entries(names::MAP_SERVICES)?;
-        let rings = max_services + SPARE_RINGS;
-        // Two u32 slots per u64 element, rounded up: the pool holds rings × ring_size slots
-        // plus at most one.
-        let slots = self.max_entries(names::MAP_RINGS)? * 2;
-        let ring_size = slots / rings;
-        if slots - ring_size * rings > 1 {
-            return Err(DataplaneError::Layout {
-                name: names::MAP_RINGS,
-                detail: format!("{slots} slots is not a whole number of rings for {rings} rings"),
-            });
+        // Fixed when the maps were created: read once.
+        if let Some(limits) = self.limits.get() {
+            return Ok(*limits);
         }
-        Ok(Limits { ring_size, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
+        let limits = self.read_limits()?;
+        Ok(*self.limits.get_or_init(|| limits))
     }
 
     fn iface_stats(&self) -> Result<Vec<IfaceStat>> {
@@ -210,11 +220,26 @@ impl Dataplane for PinnedMaps {
     }
 
     fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<()> {
-        self.rings()?.write(index, ring)
+        let ring_size = self.limits()?.ring_size;
+        if ring.len() != ring_size as usize {
+            return Err(DataplaneError::Layout {
+                name: names::MAP_RINGS,
+                detail: format!("ring of {} entries, maps have {ring_size}", ring.len()),
+            });
+        }
+        let window = RingWindow::open(self.rings()?, index, ring_size)?;
+        // SAFETY: the window holds ring_size slots; the kernel reads them only once a service
+        // points at this ring, which happens after this copy.
+        unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), window.ring, ring.len()) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
-        self.rings()?.read(index)
+        let ring_size = self.limits()?.ring_size;
+        let window = RingWindow::open(self.rings()?, index, ring_size)?;
+        // SAFETY: the window holds ring_size slots.
+        Ok(unsafe { std::slice::from_raw_parts(window.ring, ring_size as usize) }.to_vec())
     }
 
     fn service_port_words(&self) -> Result<Vec<u64>> {
@@ -269,22 +294,32 @@ impl Dataplane for PinnedMaps {
     }
 }
 
-/// The RINGS array mapped into this process (BPF_F_MMAPABLE): a ring is written with one copy.
-struct RingsMapping {
-    _map: MapData,
-    base: *mut u32,
+/// One ring of the RINGS array mapped into this process (BPF_F_MMAPABLE): it is written with one
+/// copy instead of one syscall per slot. Only the pages of that ring are mapped, and only while
+/// it is written, so a full sync of thousands of services does not grow the agent's memory.
+struct RingWindow {
+    base: *mut libc::c_void,
     len: usize,
-    ring_size: usize,
+    ring: *mut u32,
 }
 
-impl RingsMapping {
-    fn new(map: MapData, ring_size: u32) -> Result<Self> {
+impl RingWindow {
+    fn open(map: &MapData, index: u32, ring_size: u32) -> Result<Self> {
         let name = names::MAP_RINGS;
         let elements = map.info().map_err(map_err(name))?.max_entries() as usize;
         // Seen from here the pool is one array of u32 slots (two per u64 element, low first on
         // this little-endian host, matching the kernel's split).
-        let len = elements * std::mem::size_of::<u64>();
-        // SAFETY: mapping a BPF array fd created with BPF_F_MMAPABLE, shared, whole length.
+        let pool_bytes = elements * std::mem::size_of::<u64>();
+        let start = index as usize * ring_size as usize * std::mem::size_of::<u32>();
+        let end = start + ring_size as usize * std::mem::size_of::<u32>();
+        if end > pool_bytes {
+            return Err(DataplaneError::Layout { name, detail: format!("ring {index} is out of range") });
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let offset = start / page * page;
+        let len = end - offset;
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array fd, within its size.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -292,7 +327,7 @@ impl RingsMapping {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         if base == libc::MAP_FAILED {
@@ -301,43 +336,15 @@ impl RingsMapping {
                 detail: format!("mmap failed: {} (created without BPF_F_MMAPABLE?)", std::io::Error::last_os_error()),
             });
         }
-        Ok(Self { _map: map, base: base.cast(), len, ring_size: ring_size as usize })
-    }
-
-    fn slice(&self, index: u32) -> Result<*mut u32> {
-        let start = index as usize * self.ring_size;
-        if (start + self.ring_size) * std::mem::size_of::<u32>() > self.len {
-            return Err(DataplaneError::Layout { name: names::MAP_RINGS, detail: format!("ring {index} is out of range") });
-        }
-        // SAFETY: in bounds, checked above.
-        Ok(unsafe { self.base.add(start) })
-    }
-
-    fn write(&self, index: u32, ring: &[u32]) -> Result<()> {
-        if ring.len() != self.ring_size {
-            return Err(DataplaneError::Layout {
-                name: names::MAP_RINGS,
-                detail: format!("ring of {} entries, maps have {}", ring.len(), self.ring_size),
-            });
-        }
-        let dst = self.slice(index)?;
-        // SAFETY: dst has ring_size entries (checked); the kernel reads them concurrently only
-        // once a service points at this ring, which happens after this copy.
-        unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), dst, ring.len()) };
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn read(&self, index: u32) -> Result<Vec<u32>> {
-        let src = self.slice(index)?;
-        // SAFETY: in bounds; u32 reads of shared memory.
-        Ok(unsafe { std::slice::from_raw_parts(src, self.ring_size) }.to_vec())
+        // SAFETY: start - offset < len, inside the mapping.
+        let ring = unsafe { base.cast::<u8>().add(start - offset).cast::<u32>() };
+        Ok(Self { base, len, ring })
     }
 }
 
-impl Drop for RingsMapping {
+impl Drop for RingWindow {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        // SAFETY: unmapping exactly what open() mapped.
+        unsafe { libc::munmap(self.base, self.len) };
     }
 }

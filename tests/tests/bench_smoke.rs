@@ -1,5 +1,5 @@
-//! Keeps `cargo xtask bench` working: its per-packet benchmark in a seconds-long smoke mode
-//! (the counters it checks still prove each scenario took the path it is named after).
+//! Keeps `cargo xtask bench` working: both benchmarks in seconds-long smoke modes (the checks
+//! they make still prove each figure measured what it is named after).
 
 #[test]
 fn packet_benchmark_smoke() {
@@ -9,4 +9,12 @@ fn packet_benchmark_smoke() {
     for row in ["XDP_PASS only (floor)", "not a service (miss)", "established TCP flow", "new TCP flow"] {
         assert!(stdout.contains(row), "missing {row:?}:\n{stdout}");
     }
+}
+
+#[test]
+fn control_plane_benchmark_smoke() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-control")).arg("--smoke").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("event → maps, p99") && stdout.contains("full sync"), "{stdout}");
 }

@@ -55,10 +55,14 @@ fn real_main() -> Result<()> {
             let docs = workspace_root().join("docs");
             std::fs::create_dir_all(&docs)?;
             let (json, md) = (docs.join("benchmarks.json"), docs.join("benchmarks.md"));
-            let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", "lb-bench", "--"];
-            args.extend(["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()]);
-            args.extend(rest.iter().map(String::as_str));
-            cargo(&args, &release_env())
+            let outputs = ["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()];
+            for bench in ["lb-bench", "lb-bench-control"] {
+                let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bench, "--"];
+                args.extend(outputs);
+                args.extend(rest.iter().map(String::as_str));
+                cargo(&args, &release_env())?;
+            }
+            Ok(())
         }
         "run" => {
             prereqs::ensure_all()?;

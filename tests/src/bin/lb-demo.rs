@@ -1,88 +1,105 @@
-//! `cargo xtask demo`: the data path balancing real connections on this machine, in throw-away
-//! network namespaces (removed at the end, whatever happens).
+//! `cargo xtask demo`: the main job on this machine — a Marathon-compatible server with sample
+//! apps, the agent following it, real connections spread over backends, and a live scale-up and
+//! task kill that the traffic follows. Everything lives in throw-away network namespaces.
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, UdpSocket},
-    process::Command,
+    net::{IpAddr, SocketAddr, UdpSocket},
     time::Duration,
 };
 
 use anyhow::{ensure, Context as _, Result};
 use lb_tests::{
-    agent::{lb_ok, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
+    agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
+    marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
     servers::{connect_and_greet, tcp_echo, udp_echo, Server},
 };
 
 const PORT: u16 = 31000;
 
-fn services(weights: &[u32]) -> String {
-    let backends: Vec<String> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, w)| format!(r#"{{"address":"{}","port":{PORT},"weight":{w}}}"#, LbTopology::backend_ip(i)))
-        .collect();
-    let b = backends.join(",");
-    format!(
-        r#"{{"services":[
-  {{"name":"web","address":"10.0.0.1","port":80,"protocol":"tcp","backends":[{b}]}},
-  {{"name":"dns","address":"10.0.0.1","port":53,"protocol":"udp","backends":[{b}]}},
-  {{"name":"web-port","port":10000,"protocol":"tcp","backends":[{b}]}}
-]}}"#
-    )
+fn task(app: &str, i: usize) -> TaskSpec {
+    TaskSpec {
+        id: format!("{app}.task-{i}"),
+        host: LbTopology::backend_ip(i).to_string(),
+        port: PORT,
+        state: "TASK_RUNNING".into(),
+        alive: Some(true),
+    }
 }
 
 fn main() -> Result<()> {
-    println!("== topology: client ns ──veth── node ns (lb) ──veth── 3 backend namespaces");
+    println!("== topology: client ns ──veth── node ns (lb + Marathon) ──veth── 3 backend namespaces");
     let topo = LbTopology::new(3)?;
     let mut servers: Vec<Server> = Vec::new();
     for i in 0..3 {
-        let name = format!("backend-{i}");
         let addr = SocketAddr::new(LbTopology::backend_ip(i), PORT);
-        servers.push(tcp_echo(&topo.backends[i], addr, &name)?);
-        servers.push(udp_echo(&topo.backends[i], addr, &name)?);
-        println!("   {name}: TCP and UDP servers on {addr}");
+        servers.push(tcp_echo(&topo.backends[i], addr, &format!("backend-{i}"))?);
+        servers.push(udp_echo(&topo.backends[i], addr, &format!("backend-{i}"))?);
     }
+
+    let marathon = MarathonServer::start(Some(&topo.node), Duration::from_secs(2))?;
+    let mut web = AppSpec::new("/shop/web", 10000);
+    web.labels.insert("VIP_0".into(), "10.0.0.1:80".into());
+    web.tasks = vec![task("shop_web", 0), task("shop_web", 1)];
+    let mut dns = AppSpec::new("/infra/dns", 10053);
+    dns.protocol = "udp".into();
+    dns.labels.insert("VIP_0".into(), "/dns:53".into());
+    dns.tasks = (0..3).map(|i| task("infra_dns", i)).collect();
+    marathon.set_apps(vec![web, dns]);
+    println!("   Marathon (test server) at {} in the node namespace:", marathon.url());
+    println!("   /shop/web  tcp, service port 10000, label VIP_0=10.0.0.1:80, tasks on backend-0, backend-1");
+    println!("   /infra/dns udp, service port 10053, label VIP_0=/dns:53 (a named VIP), tasks on all three");
+
     let pins = PinDir::new();
     let cgroup = TestCgroup::new()?;
-    let file = TempFile::new(&services(&[1, 1, 1]))?;
-    println!("\n== services file {}:\n{}", file.arg(), std::fs::read_to_string(file.path())?);
-
-    println!("\n== lb run --iface {} --services … (in the node namespace; socket hooks on cgroup {})", topo.uplink, cgroup.arg());
-    let args = ["--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--services", &file.arg(), "--node-ip", "10.201.0.2", "--cgroup", &cgroup.arg()];
+    let url = marathon.url();
+    println!("\n== lb run --marathon {url} --iface {} --vip-cidr 10.0.0.0/24", topo.uplink);
+    let args = [
+        "--marathon", &url, "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--node-ip", "10.201.0.2",
+        "--cgroup", &cgroup.arg(), "--vip-cidr", "10.0.0.0/24",
+    ];
     let agent = Agent::start(&topo.node, &args)?;
+    wait_for_services(&pins, |j| j.as_array().is_some_and(|a| a.len() >= 4))?;
 
     println!("\n== lb services");
     print!("{}", lb_ok(None, &["services", "--pin-dir", &pins.arg()])?);
+    println!("\n== lb vips");
+    print!("{}", lb_ok(None, &["vips", "--pin-dir", &pins.arg()])?);
+    let vips: BTreeMap<String, String> = serde_json::from_str(&lb_ok(None, &["vips", "--json", "--pin-dir", &pins.arg()])?)?;
+    let dns_vip: IpAddr = vips.get("/dns").context("named VIP /dns")?.parse()?;
 
-    println!("\n== 300 TCP connections from the client to 10.0.0.1:80 (XDP rewrites, TC restores the VIP)");
-    show(&connections(&topo, "10.0.0.1:80".parse()?, 300)?);
+    println!("\n== 300 TCP connections from the client to 10.0.0.1:80");
+    show(&connections(&topo, 300)?);
+    println!("\n== 60 UDP queries to the named VIP /dns ({dns_vip}:53), answered from the VIP");
+    show(&udp_queries(&topo, SocketAddr::new(dns_vip, 53), 60)?);
 
-    println!("\n== 60 UDP queries to 10.0.0.1:53, each answered from the VIP");
-    show(&udp_queries(&topo, 60)?);
+    println!("\n== Marathon scales /shop/web up: a task on backend-2 (status_update_event)");
+    marathon.update("/shop/web", |a| a.tasks.push(task("shop_web", 2)));
+    wait_for_services(&pins, |j| web_backends(j) == 3)?;
+    show(&connections(&topo, 300)?);
 
-    println!("\n== a local client on the node, in the cgroup, connects to 127.0.0.1:10000 (socket hooks: no NAT at all)");
-    let probe = cgroup.command({
-        let mut c = topo.node.command(std::env::current_exe()?.with_file_name("lb-probe").to_str().unwrap());
-        c.args(["tcp", "127.0.0.1:10000", "60"]);
-        c
-    });
-    let out = Command::from(probe).output()?;
-    ensure!(out.status.success(), "local client failed: {}", String::from_utf8_lossy(&out.stderr));
-    show(&serde_json::from_slice(&out.stdout)?);
-
-    println!("\n== backend-1 set to weight 0 (draining): open connections stay, new ones avoid it");
+    println!("\n== Marathon kills the task on backend-0: TASK_KILLING (draining, open connections stay) …");
     let mut held = topo.client.run(|| connect_and_greet("10.0.0.1:80".parse().unwrap()))??;
-    file.replace(&services(&[1, 0, 1]))?;
-    agent.sighup();
+    marathon.update("/shop/web", |a| a.tasks[0].state = "TASK_KILLING".into());
     wait_for_services(&pins, |j| j.to_string().contains("draining"))?;
-    show(&connections(&topo, "10.0.0.1:80".parse()?, 100)?);
+    show(&connections(&topo, 200)?);
     lb_tests::servers::echo_round_trip(&mut held.0, b"still here")?;
-    println!("   a connection opened before the change (to {}) still works", held.1);
+    println!("   a connection opened before the kill (to {}) still works", held.1);
+    println!("   … then the task is gone");
+    marathon.update("/shop/web", |a| {
+        a.tasks.remove(0);
+    });
+    wait_for_services(&pins, |j| web_backends(j) == 2)?;
+    print!("{}", lb_ok(None, &["services", "--pin-dir", &pins.arg()])?);
 
-    println!("\n== lb stats");
-    print!("{}", lb_ok(Some(&topo.node), &["stats", "--pin-dir", &pins.arg()])?);
+    println!("\n== lb status");
+    print!("{}", lb_ok(None, &["status", "--pin-dir", &pins.arg()])?);
+    println!("\n== lb stats (outcomes)");
+    let stats = lb_ok(Some(&topo.node), &["stats", "--pin-dir", &pins.arg()])?;
+    for line in stats.lines().take_while(|l| !l.is_empty()).filter(|l| !l.ends_with(" 0")) {
+        println!("{line}");
+    }
 
     agent.stop()?;
     drop(servers);
@@ -92,20 +109,29 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn connections(topo: &LbTopology, addr: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
+/// Backends of the VIP service 10.0.0.1:80.
+fn web_backends(json: &serde_json::Value) -> usize {
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["address"] == "10.0.0.1")
+        .and_then(|s| s["backends"].as_array())
+        .map_or(0, Vec::len)
+}
+
+fn connections(topo: &LbTopology, count: usize) -> Result<BTreeMap<String, usize>> {
     topo.client.run(move || -> Result<BTreeMap<String, usize>> {
         let mut per_backend = BTreeMap::new();
         for _ in 0..count {
-            let (_stream, name) = connect_and_greet(addr).context("connecting through the VIP")?;
+            let (_stream, name) = connect_and_greet("10.0.0.1:80".parse().unwrap()).context("connecting through the VIP")?;
             *per_backend.entry(name).or_insert(0) += 1;
         }
         Ok(per_backend)
     })?
 }
 
-fn udp_queries(topo: &LbTopology, count: usize) -> Result<BTreeMap<String, usize>> {
+fn udp_queries(topo: &LbTopology, vip: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
     topo.client.run(move || -> Result<BTreeMap<String, usize>> {
-        let vip: SocketAddr = "10.0.0.1:53".parse().unwrap();
         let mut per_backend = BTreeMap::new();
         for i in 0..count {
             let sock = UdpSocket::bind("0.0.0.0:0")?;
@@ -123,6 +149,6 @@ fn udp_queries(topo: &LbTopology, count: usize) -> Result<BTreeMap<String, usize
 
 fn show(per_backend: &BTreeMap<String, usize>) {
     for (name, n) in per_backend {
-        println!("   {name:<10} {n:>4} {}", "#".repeat(n / 3));
+        println!("   {name:<10} {n:>4} {}", "#".repeat(n / 5));
     }
 }

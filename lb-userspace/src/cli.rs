@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     marathon::{
         client::{Auth, MarathonClient},
-        model::{translate, HealthMemory},
+        model::{parse_apps, translate, HealthMemory},
         vip::VipRange,
         watch::{DnsCache, EventWatch},
     },
@@ -370,9 +370,21 @@ impl Agent {
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
         status.urls = m.client.urls().to_vec();
         match m.client.apps().await {
-            Ok(apps) => {
+            Ok(body) => {
+                let (apps, parse_errors) = match parse_apps(&body) {
+                    Ok(parsed) => parsed,
+                    Err(err) => {
+                        warn!("Marathon: {err}; keeping the services already programmed");
+                        status.last_error = Some(err);
+                        status.failures_in_a_row += 1;
+                        self.write_status();
+                        return;
+                    }
+                };
+                drop(body);
+                let total_apps = apps.len() + parse_errors.len();
                 m.dns.refresh(&apps).await;
-                let translation = translate(&apps, &mut m.dns, &mut m.health, &m.vips);
+                let translation = translate(&apps, parse_errors, &mut m.dns, &mut m.health, &m.vips);
                 for (app, why) in &translation.app_errors {
                     warn!(app, "app skipped: {why}");
                 }
@@ -383,7 +395,7 @@ impl Agent {
                 status.last_sync = Some(status::now());
                 status.last_error = None;
                 status.failures_in_a_row = 0;
-                status.apps = apps.get("apps").and_then(|a| a.as_array()).map_or(0, Vec::len);
+                status.apps = total_apps;
                 status.skipped_apps = translation.app_errors.iter().cloned().collect();
                 status.skipped_tasks = translation.warnings.len();
                 status.named_vips = translation.named_vips.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();

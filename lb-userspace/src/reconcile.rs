@@ -10,7 +10,7 @@
 //! that has already been rewritten for someone else.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -43,52 +43,63 @@ pub struct Reconciler {
     quarantined_backends: BTreeSet<u32>,
 }
 
-/// Ids and rings in use or not yet reusable during one pass.
+/// Free ids and rings during one pass, and which backend entries belong to which service.
+/// Free lists and the membership index keep a pass linear in the number of services and
+/// backends (a full sync of a large cluster is one pass).
 struct Allocator {
     limits: Limits,
-    used_services: BTreeSet<u32>,
-    used_rings: BTreeSet<u32>,
+    free_services: BTreeSet<u32>,
+    free_rings: BTreeSet<u32>,
+    free_backends: BTreeSet<u32>,
     backends: Vec<BackendInfo>,
-    blocked_backends: BTreeSet<u32>,
+    /// Service id → its backend entries (ids), as the pass started.
+    members: HashMap<u32, Vec<u32>>,
     freed_rings: BTreeSet<u32>,
     freed_backends: BTreeSet<u32>,
 }
 
 impl Allocator {
     fn service_id(&mut self) -> Result<u32, DataplaneError> {
-        let id = (0..self.limits.max_services).find(|id| !self.used_services.contains(id)).ok_or(
-            DataplaneError::Full { what: "service slots", limit: self.limits.max_services, flag: "--max-services" },
-        )?;
-        self.used_services.insert(id);
-        Ok(id)
+        self.free_services.pop_first().ok_or(DataplaneError::Full {
+            what: "service slots",
+            limit: self.limits.max_services,
+            flag: "--max-services",
+        })
+    }
+
+    fn release_service_id(&mut self, id: u32) {
+        self.free_services.insert(id);
     }
 
     fn ring(&mut self) -> Result<u32, DataplaneError> {
-        let ring = (0..self.limits.rings)
-            .find(|r| !self.used_rings.contains(r))
-            .ok_or(DataplaneError::Full { what: "rings", limit: self.limits.rings, flag: "--max-services" })?;
-        self.used_rings.insert(ring);
-        Ok(ring)
+        self.free_rings.pop_first().ok_or(DataplaneError::Full { what: "rings", limit: self.limits.rings, flag: "--max-services" })
     }
 
+    /// A ring no longer live: reusable from the pass after next (see the module comment).
     fn free_ring(&mut self, ring: u32) {
         self.freed_rings.insert(ring);
     }
 
     fn backend_ids(&mut self, count: usize) -> Result<Vec<u32>, DataplaneError> {
-        let free: Vec<u32> = (1..self.backends.len() as u32)
-            .filter(|&id| self.backends[id as usize].state == BACKEND_UNUSED && !self.blocked_backends.contains(&id))
-            .take(count)
-            .collect();
-        if free.len() < count {
+        if self.free_backends.len() < count {
             return Err(DataplaneError::Full {
                 what: "backend slots",
                 limit: self.limits.max_backends.saturating_sub(1),
                 flag: "--max-backends",
             });
         }
-        self.blocked_backends.extend(&free);
-        Ok(free)
+        Ok((0..count).filter_map(|_| self.free_backends.pop_first()).collect())
+    }
+
+    /// The backend entries of service `sid` that are in use.
+    fn members_of(&self, sid: u32) -> Vec<(u32, BackendInfo)> {
+        self.members
+            .get(&sid)
+            .into_iter()
+            .flatten()
+            .map(|&id| (id, self.backends[id as usize]))
+            .filter(|(_, b)| b.state != BACKEND_UNUSED && b.service_id == sid)
+            .collect()
     }
 }
 
@@ -98,12 +109,26 @@ impl Reconciler {
         let limits = dp.limits()?;
         let current: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
         let backends = dp.backends()?;
+        let used_services: BTreeSet<u32> = current.values().map(|i| i.service_id).collect();
+        let used_rings: BTreeSet<u32> =
+            current.values().map(|i| i.ring_index).chain(self.quarantined_rings.iter().copied()).collect();
+        let mut members: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut free_backends = BTreeSet::new();
+        for (id, b) in backends.iter().enumerate().skip(1) {
+            let id = id as u32;
+            if b.state != BACKEND_UNUSED {
+                members.entry(b.service_id).or_default().push(id);
+            } else if !self.quarantined_backends.contains(&id) {
+                free_backends.insert(id);
+            }
+        }
         let mut alloc = Allocator {
             limits,
-            used_services: current.values().map(|i| i.service_id).collect(),
-            used_rings: current.values().map(|i| i.ring_index).chain(self.quarantined_rings.iter().copied()).collect(),
-            blocked_backends: self.quarantined_backends.clone(),
+            free_services: (0..limits.max_services).filter(|id| !used_services.contains(id)).collect(),
+            free_rings: (0..limits.rings).filter(|r| !used_rings.contains(r)).collect(),
+            free_backends,
             backends,
+            members,
             freed_rings: BTreeSet::new(),
             freed_backends: BTreeSet::new(),
         };
@@ -177,12 +202,21 @@ fn active_count(members: &[(u32, Backend)]) -> u32 {
 fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
     // Allocate everything first: a service that does not fit leaves no trace.
     let service_id = alloc.service_id()?;
-    let ids = alloc.backend_ids(service.backends.len()).inspect_err(|_| {
-        alloc.used_services.remove(&service_id);
-    })?;
-    let ring_index = alloc.ring().inspect_err(|_| {
-        alloc.used_services.remove(&service_id);
-    })?;
+    let ids = match alloc.backend_ids(service.backends.len()) {
+        Ok(ids) => ids,
+        Err(err) => {
+            alloc.release_service_id(service_id);
+            return Err(err);
+        }
+    };
+    let ring_index = match alloc.ring() {
+        Ok(ring) => ring,
+        Err(err) => {
+            alloc.release_service_id(service_id);
+            alloc.free_backends.extend(ids);
+            return Err(err);
+        }
+    };
     dp.set_service_name(service_id, &service.name)?;
     dp.reset_service_stats(service_id)?;
     let members: Vec<(u32, Backend)> = ids.iter().copied().zip(service.backends.iter().copied()).collect();
@@ -213,14 +247,9 @@ fn update(
         changed = true;
     }
     let current: BTreeMap<(IpAddr, u16), (u32, BackendInfo)> = alloc
-        .backends
-        .iter()
-        .enumerate()
-        .filter(|(id, b)| *id != 0 && b.state != BACKEND_UNUSED && b.service_id == sid)
-        .filter_map(|(id, b)| {
-            let ip = crate::model::bytes_ip(&b.addr, b.family)?;
-            Some(((ip, b.port), (id as u32, *b)))
-        })
+        .members_of(sid)
+        .into_iter()
+        .filter_map(|(id, b)| Some(((crate::model::bytes_ip(&b.addr, b.family)?, b.port), (id, b))))
         .collect();
     let new_backends: Vec<&Backend> = service.backends.iter().filter(|b| !current.contains_key(&(b.addr, b.port))).collect();
     let new_ids = alloc.backend_ids(new_backends.len())?;
@@ -289,26 +318,20 @@ fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut 
     let entry = BackendInfo { state: BACKEND_UNUSED, ..*old };
     dp.set_backend(id, &entry)?;
     alloc.backends[id as usize] = entry;
+    // Not back on the free list this pass: reusable from the pass after next.
     alloc.freed_backends.insert(id);
-    alloc.blocked_backends.insert(id);
     Ok(())
 }
 
 fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
     dp.remove_service(key)?;
-    let owned: Vec<(u32, BackendInfo)> = alloc
-        .backends
-        .iter()
-        .enumerate()
-        .filter(|(id, b)| *id != 0 && b.state != BACKEND_UNUSED && b.service_id == info.service_id)
-        .map(|(id, b)| (id as u32, *b))
-        .collect();
+    let owned = alloc.members_of(info.service_id);
     for (id, old) in owned {
         free_backend(id, &old, dp, alloc)?;
     }
     dp.set_service_name(info.service_id, "")?;
     alloc.free_ring(info.ring_index);
-    alloc.used_services.remove(&info.service_id);
+    alloc.release_service_id(info.service_id);
     Ok(())
 }
 

@@ -16,8 +16,8 @@ pub enum ClientError {
     Status { url: String, status: StatusCode },
     #[error("{url}: more than {MAX_REDIRECTS} redirects")]
     Redirects { url: String },
-    #[error("{url}: not JSON: {source}")]
-    Json { url: String, source: reqwest::Error },
+    #[error("{url}: reading the body: {source}")]
+    Body { url: String, source: reqwest::Error },
     #[error("no Marathon URL answered: {0}")]
     AllFailed(String),
 }
@@ -122,16 +122,16 @@ impl MarathonClient {
         Err(ClientError::Redirects { url })
     }
 
-    /// `GET /v2/apps?embed=apps.tasks&embed=apps.deployments`, trying the URL that answered last
-    /// first, then the others.
-    pub async fn apps(&mut self) -> Result<Value, ClientError> {
+    /// `GET /v2/apps?embed=apps.tasks&embed=apps.deployments` (the body), trying the URL that
+    /// answered last first, then the others.
+    pub async fn apps(&mut self) -> Result<bytes::Bytes, ClientError> {
         let mut errors = Vec::new();
         for attempt in 0..self.urls.len() {
             let i = (self.preferred + attempt) % self.urls.len();
             let url = format!("{}/v2/apps?embed=apps.tasks&embed=apps.deployments", self.urls[i]);
             let result = async {
                 let response = self.get(url.clone(), "application/json", Some(self.timeout)).await?;
-                response.json::<Value>().await.map_err(|source| ClientError::Json { url: url.clone(), source })
+                response.bytes().await.map_err(|source| ClientError::Body { url: url.clone(), source })
             }
             .await;
             match result {

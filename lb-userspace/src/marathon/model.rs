@@ -18,7 +18,7 @@ use std::{
     net::IpAddr,
 };
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{
     app::{string_labels, App, Task},
@@ -76,37 +76,56 @@ enum Liveness {
     Excluded,
 }
 
-/// Translates `/v2/apps?embed=apps.tasks` (`{"apps": [...]}`) into desired services.
-pub fn translate(apps: &Value, resolver: &mut dyn Resolver, health: &mut HealthMemory, vips: &VipRange) -> Translation {
-    let mut out = Translation::default();
-    // `{"apps": [...]}` from /v2/apps, or `{"app": {...}}` from /v2/apps/{id}.
-    let single;
-    let list = match (apps.get("apps").and_then(Value::as_array), apps.get("app")) {
-        (Some(list), _) => list.as_slice(),
-        (None, Some(app)) => {
-            single = [app.clone()];
-            &single[..]
-        }
-        _ => {
-            out.app_errors.push(("(response)".into(), "neither an \"apps\" array nor an \"app\"".into()));
-            return out;
-        }
-    };
-    let parsed: Vec<App> = list
-        .iter()
-        .filter_map(|raw| match serde_json::from_value::<App>(raw.clone()) {
-            Ok(app) => Some(app),
-            Err(err) => {
-                let id = raw.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_owned();
-                out.app_errors.push((id, err.to_string()));
-                None
-            }
-        })
-        .collect();
+/// `/v2/apps` → `{"apps": [...]}`; `/v2/apps/{id}` → `{"app": {...}}`. Apps stay raw JSON until
+/// each is parsed on its own, so one malformed app is reported alone and a large cluster's
+/// response is never held as a tree of values.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    apps: Option<Vec<&'a RawValue>>,
+    #[serde(borrow)]
+    app: Option<&'a RawValue>,
+}
 
+/// Apps of a `/v2/apps` (or `/v2/apps/{id}`) response, and (app id, why) for those that do not
+/// parse.
+pub fn parse_apps(body: &[u8]) -> Result<(Vec<App>, Vec<(String, String)>), String> {
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a Marathon apps response: {e}"))?;
+    let raw = match (envelope.apps, envelope.app) {
+        (Some(apps), _) => apps,
+        (None, Some(app)) => vec![app],
+        (None, None) => return Err("neither an \"apps\" array nor an \"app\"".into()),
+    };
+    let mut apps = Vec::with_capacity(raw.len());
+    let mut errors = Vec::new();
+    for app in raw {
+        match serde_json::from_str::<App>(app.get()) {
+            Ok(parsed) => apps.push(parsed),
+            Err(err) => {
+                #[derive(serde::Deserialize)]
+                struct Id {
+                    id: Option<String>,
+                }
+                let id = serde_json::from_str::<Id>(app.get()).ok().and_then(|i| i.id).unwrap_or_else(|| "(no id)".into());
+                errors.push((id, err.to_string()));
+            }
+        }
+    }
+    Ok((apps, errors))
+}
+
+/// Translates parsed apps into desired services (`parse_errors` are carried into the result).
+pub fn translate(
+    parsed: &[App],
+    parse_errors: Vec<(String, String)>,
+    resolver: &mut dyn Resolver,
+    health: &mut HealthMemory,
+    vips: &VipRange,
+) -> Translation {
+    let mut out = Translation { app_errors: parse_errors, ..Translation::default() };
     // Named VIPs first: their addresses depend on the whole set of names.
     let mut names = BTreeSet::new();
-    for app in &parsed {
+    for app in parsed {
         for port in app_ports(app, network_mode(app)) {
             for (key, value) in &port.labels {
                 if let Some(Ok(label)) = vip::parse_label(key, value) {
@@ -128,7 +147,7 @@ pub fn translate(apps: &Value, resolver: &mut dyn Resolver, health: &mut HealthM
     }
 
     let mut seen_tasks = BTreeSet::new();
-    for app in &parsed {
+    for app in parsed {
         if let Err(err) = translate_app(app, resolver, health, &mut out, &mut seen_tasks) {
             out.app_errors.push((app.id.clone(), err));
         }

@@ -6,11 +6,11 @@
 use std::{collections::HashMap, net::IpAddr, pin::Pin, time::Duration};
 
 use futures_util::{FutureExt as _, Stream, StreamExt as _};
-use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
+    app::App,
     client::{MarathonClient, SseParser, RELEVANT_EVENTS},
     model::Resolver,
 };
@@ -127,14 +127,11 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl DnsCache {
     /// Resolves every task host of `apps` that is a name and not freshly cached.
-    pub async fn refresh(&mut self, apps: &Value) {
+    pub async fn refresh(&mut self, apps: &[App]) {
         let hosts: std::collections::BTreeSet<String> = apps
-            .get("apps")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .flat_map(|app| app.get("tasks").and_then(Value::as_array).into_iter().flatten())
-            .filter_map(|task| task.get("host").and_then(Value::as_str))
+            .iter()
+            .flat_map(|app| app.tasks.iter().flatten())
+            .filter_map(|task| task.host.as_deref())
             .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
             .map(str::to_owned)
             .collect();

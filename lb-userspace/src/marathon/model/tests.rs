@@ -26,8 +26,13 @@ fn vips() -> VipRange {
     VipRange::parse("11.0.0.0/8").unwrap()
 }
 
+fn translate_json(apps: &Value, health: &mut HealthMemory) -> Translation {
+    let (parsed, errors) = parse_apps(&serde_json::to_vec(apps).unwrap()).unwrap();
+    translate(&parsed, errors, &mut dns(), health, &vips())
+}
+
 fn run(apps: &Value) -> Translation {
-    translate(apps, &mut dns(), &mut HealthMemory::default(), &vips())
+    translate_json(apps, &mut HealthMemory::default())
 }
 
 /// "service -> backend:port/weight, …" lines, for compact assertions.
@@ -81,12 +86,12 @@ fn a_task_without_health_results_keeps_its_last_verdict() {
         task["ports"] = json!([31000 + i]);
     }
     let mut memory = HealthMemory::default();
-    let t = translate(&app, &mut dns(), &mut memory, &vips());
+    let t = translate_json(&app, &mut memory);
     assert_eq!(summary(&t), ["*:10050/tcp /no-health-check-results-app:0 -> 10.0.0.1:31000/1"], "never-checked task is not a backend yet");
 
     // Failover: the new leader reports no results for the healthy task either; it stays.
     app["app"]["tasks"][0].as_object_mut().unwrap().remove("healthCheckResults");
-    let t = translate(&app, &mut dns(), &mut memory, &vips());
+    let t = translate_json(&app, &mut memory);
     assert_eq!(summary(&t), ["*:10050/tcp /no-health-check-results-app:0 -> 10.0.0.1:31000/1"]);
 }
 

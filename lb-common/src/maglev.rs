@@ -49,15 +49,19 @@ fn fnv1a(addr: &[u8; 16], port: u16, seed: u32) -> u32 {
 pub fn populate(members: &[RingMember], ring: &mut [u32], next: &mut [u32]) {
     assert_eq!(next.len(), members.len(), "one scratch entry per member");
     ring.fill(EMPTY);
-    next.fill(0);
-    let size = ring.len() as u64;
+    let size = ring.len() as u32;
     let max_weight = members.iter().map(|m| m.weight).max().unwrap_or(0) as u64;
     if max_weight == 0 || size == 0 {
         return;
     }
+    // next[i] is member i's next preferred slot: offset, offset + skip, … (mod size), advanced
+    // by an add and a conditional subtract rather than a multiply and a modulo per probe.
+    for (slot, member) in next.iter_mut().zip(members) {
+        *slot = member.offset % size;
+    }
     // Weighted turns: in round r a member has claimed floor(r * weight / max_weight) slots, so
     // slots are shared in proportion to weight and equal weights reduce to classic Maglev.
-    let mut filled = 0u64;
+    let mut filled = 0u32;
     let mut round = 0u64;
     loop {
         round += 1;
@@ -66,8 +70,11 @@ pub fn populate(members: &[RingMember], ring: &mut [u32], next: &mut [u32]) {
             let claimed_before = (round - 1) * member.weight as u64 / max_weight;
             for _ in claimed_before..due {
                 loop {
-                    let slot = (member.offset as u64 + next[i] as u64 * member.skip as u64) % size;
-                    next[i] += 1;
+                    let slot = next[i];
+                    next[i] += member.skip;
+                    if next[i] >= size {
+                        next[i] -= size;
+                    }
                     if ring[slot as usize] == EMPTY {
                         ring[slot as usize] = member.id;
                         filled += 1;

@@ -232,6 +232,7 @@ fn run_agent(args: RunArgs) -> Result<()> {
         static_desired: desired,
         marathon_desired: None,
         status: AgentStatus { pid: std::process::id(), pin_dir: plan.pin_dir.display().to_string(), ..AgentStatus::default() },
+        warmed: Default::default(),
     };
     let uplinks: Vec<u32> = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<_, _>>()?;
     reconcile::sync_uplinks(&uplinks, &mut agent.dataplane)?;
@@ -315,6 +316,8 @@ struct Agent {
     /// None until Marathon has answered once.
     marathon_desired: Option<Desired>,
     status: AgentStatus,
+    /// Backend addresses already sent a neighbour-resolving datagram.
+    warmed: std::collections::BTreeSet<IpAddr>,
 }
 
 impl Agent {
@@ -337,7 +340,7 @@ impl Agent {
         for failure in &report.failed {
             error!("{failure}");
         }
-        warm_neighbours(&desired);
+        self.warmed = warm_neighbours(&desired, std::mem::take(&mut self.warmed));
         self.status.services = desired.len();
         self.write_status();
         Ok(())
@@ -371,6 +374,7 @@ impl Agent {
         status.urls = m.client.urls().to_vec();
         match m.client.apps().await {
             Ok(body) => {
+                let fetched = started.elapsed();
                 let (apps, parse_errors) = match parse_apps(&body) {
                     Ok(parsed) => parsed,
                     Err(err) => {
@@ -385,6 +389,7 @@ impl Agent {
                 let total_apps = apps.len() + parse_errors.len();
                 m.dns.refresh(&apps).await;
                 let translation = translate(&apps, parse_errors, &mut m.dns, &mut m.health, &m.vips);
+                let translated = started.elapsed();
                 for (app, why) in &translation.app_errors {
                     warn!(app, "app skipped: {why}");
                 }
@@ -402,7 +407,12 @@ impl Agent {
                 status.event_stream = m.watch.connected_to().map(str::to_owned);
                 self.marathon_desired = Some(translation.desired);
                 match self.apply() {
-                    Ok(()) => info!(elapsed_ms = started.elapsed().as_millis() as u64, "synced from Marathon"),
+                    Ok(()) => info!(
+                        fetch_ms = fetched.as_millis() as u64,
+                        translate_ms = (translated - fetched).as_millis() as u64,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "synced from Marathon"
+                    ),
                     Err(err) => error!("applying Marathon's services: {err:#}"),
                 }
             }
@@ -519,17 +529,20 @@ fn exclude_nat_ports(desired: &Desired, (min, max): (u16, u16)) -> Desired {
     kept
 }
 
-/// Sends one empty datagram to the discard port of every backend so that the kernel resolves
-/// the next hop's link-layer address: XDP can only forward to resolved neighbours (full NAT).
-fn warm_neighbours(desired: &Desired) {
+/// Sends one empty datagram to the discard port of every backend not sent one before, so that
+/// the kernel resolves the next hop's link-layer address: XDP can only forward to resolved
+/// neighbours (full NAT); the kernel keeps them fresh while traffic flows. Returns the
+/// addresses of the current backends.
+fn warm_neighbours(desired: &Desired, warmed: std::collections::BTreeSet<IpAddr>) -> std::collections::BTreeSet<IpAddr> {
     let backends: std::collections::BTreeSet<IpAddr> =
         desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
-    for addr in backends {
+    for addr in backends.difference(&warmed) {
         let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         if let Ok(sock) = std::net::UdpSocket::bind(bind) {
-            let _ = sock.send_to(&[], (addr, 9));
+            let _ = sock.send_to(&[], (*addr, 9));
         }
     }
+    backends
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

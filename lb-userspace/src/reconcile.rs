@@ -218,12 +218,10 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
         }
     };
     dp.set_service_name(service_id, &service.name)?;
-    dp.reset_service_stats(service_id)?;
     let members: Vec<(u32, Backend)> = ids.iter().copied().zip(service.backends.iter().copied()).collect();
     for (id, backend) in &members {
         let generation = alloc.backends[*id as usize].generation.wrapping_add(1);
         let info = backend_info(backend, service_id, generation);
-        dp.reset_backend_stats(*id)?;
         dp.set_backend(*id, &info)?;
         alloc.backends[*id as usize] = info;
     }
@@ -278,7 +276,6 @@ fn update(
                 let id = new_ids.next().expect("allocated one id per new backend");
                 let generation = alloc.backends[id as usize].generation.wrapping_add(1);
                 let entry = backend_info(backend, sid, generation);
-                dp.reset_backend_stats(id)?;
                 dp.set_backend(id, &entry)?;
                 alloc.backends[id as usize] = entry;
                 members.push((id, *backend));
@@ -317,6 +314,9 @@ fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut 
     // The generation stays: the next owner of this id bumps it, which is what unpins old flows.
     let entry = BackendInfo { state: BACKEND_UNUSED, ..*old };
     dp.set_backend(id, &entry)?;
+    // Counters are zeroed when an id is freed, so a new owner starts from zero without a
+    // write per allocation (a full sync of a large cluster allocates tens of thousands).
+    dp.reset_backend_stats(id)?;
     alloc.backends[id as usize] = entry;
     // Not back on the free list this pass: reusable from the pass after next.
     alloc.freed_backends.insert(id);
@@ -330,6 +330,7 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
         free_backend(id, &old, dp, alloc)?;
     }
     dp.set_service_name(info.service_id, "")?;
+    dp.reset_service_stats(info.service_id)?;
     alloc.free_ring(info.ring_index);
     alloc.release_service_id(info.service_id);
     Ok(())

@@ -164,6 +164,7 @@ fn full_sync(cfg: &Config) -> Result<(f64, u64, usize)> {
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
     let agent = RunningAgent::start(&ns, &cgroup, &pins, &marathon.url(), cfg.apps + 64)?;
     let line = agent.wait_line("synced from Marathon", Duration::from_secs(600))?;
+    eprintln!("{line}");
     let ms: f64 = line
         .split("elapsed_ms=")
         .nth(1)

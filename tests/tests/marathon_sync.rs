@@ -230,3 +230,14 @@ fn basic_auth_and_a_standby_redirect_are_honoured() {
     let human = lb_ok(None, &["status", "--pin-dir", &c.pins.arg()]).unwrap();
     assert!(human.contains("state:        ok"), "{human}");
 }
+
+#[test]
+fn a_dcos_token_is_sent_and_a_refused_one_shows_in_status() {
+    let c = Cluster::build(&["--marathon-token", "abc.def"], |m| m.require_authorization(Some("token=abc.def".into())), false);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    // The token is revoked: the agent keeps the services and says why.
+    c.marathon.require_authorization(Some("token=other".into()));
+    c.marathon.cut_streams();
+    c.wait_status(|s| s["marathon"]["last_error"].as_str().is_some_and(|e| e.contains("401")));
+    assert_eq!(c.spread(20).len(), 2);
+}

@@ -155,3 +155,55 @@ impl Resolver for DnsCache {
         self.entries.get(host).and_then(|(ip, _)| *ip)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpListener,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+    };
+
+    use super::*;
+    use crate::marathon::client::Auth;
+
+    /// An event stream that sends its first event and then goes silent (no heartbeats), as a
+    /// half-dead connection does. Returns its URL and a connection counter.
+    fn silent_stream_server() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n\
+                      event: event_stream_attached\r\ndata: {\"eventType\":\"event_stream_attached\"}\r\n\r\n",
+                );
+                open.push(stream);
+            }
+        });
+        (url, connections)
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_is_detected_and_reconnected() {
+        let (url, connections) = silent_stream_server();
+        let mut client = MarathonClient::new(vec![url], Auth::None, Duration::from_secs(2)).unwrap();
+        let mut watch = EventWatch::new(Duration::from_millis(300));
+        assert_eq!(watch.next(&mut client).await, Signal::Relist);
+        let started = Instant::now();
+        assert_eq!(watch.next(&mut client).await, Signal::Lost, "no byte for the stall time");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(watch.next(&mut client).await, Signal::Relist, "reconnected, and a re-list asked for");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+}

@@ -188,6 +188,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Down(args) => {
             preflight::require_privileges()?;
             let removed = loader::tear_down(&args.pin_dir)?;
+            // The agent's last status describes what was just removed.
+            let _ = std::fs::remove_file(status::path_for(&args.pin_dir));
             println!("removed {removed} pins under {}", args.pin_dir.display());
             Ok(())
         }

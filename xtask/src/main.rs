@@ -41,6 +41,8 @@ fn real_main() -> Result<()> {
         }
         "test" => {
             prereqs::ensure_all()?;
+            // The tests include seconds-long smoke runs of the benchmarks.
+            prereqs::ensure_bench()?;
             test()
         }
         "demo" => {
@@ -50,13 +52,14 @@ fn real_main() -> Result<()> {
         }
         "bench" => {
             prereqs::ensure_all()?;
+            prereqs::ensure_bench()?;
             build_release()?;
             step("benchmarking (pinned to CPU 0; a few minutes)");
             let docs = workspace_root().join("docs");
             std::fs::create_dir_all(&docs)?;
             let (json, md) = (docs.join("benchmarks.json"), docs.join("benchmarks.md"));
             let outputs = ["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()];
-            for bench in ["lb-bench", "lb-bench-control"] {
+            for bench in ["lb-bench", "lb-bench-control", "lb-bench-e2e"] {
                 let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bench, "--"];
                 args.extend(outputs);
                 args.extend(rest.iter().map(String::as_str));

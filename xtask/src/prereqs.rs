@@ -27,6 +27,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// Debian packages only the benchmarks need: the load generators and the peers they are
+/// compared with (nginx as the backends, nftables DNAT, HAProxy).
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk", "iperf3", "haproxy", "nftables"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Stable location, on every user's PATH, reused by later runs.
 const BPF_LINKER_ROOT: &str = "/usr/local";
@@ -69,10 +73,19 @@ struct StatFs {
     rest: [u64; 15],
 }
 
+/// The benchmarks' extra packages.
+pub fn ensure_bench() -> Result<()> {
+    install_missing(BENCH_PACKAGES)
+}
+
 fn ensure_debian_packages() -> Result<()> {
+    install_missing(DEBIAN_PACKAGES)
+}
+
+fn install_missing(packages: &[&str]) -> Result<()> {
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${db:Status-Abbrev}|${Package}\n"])
-        .args(DEBIAN_PACKAGES)
+        .args(packages)
         .stderr(Stdio::null())
         .output()
         .context("running dpkg-query (is this Debian?)")?;
@@ -83,7 +96,7 @@ fn ensure_debian_packages() -> Result<()> {
         .filter(|(status, _)| status.starts_with("ii"))
         .map(|(_, name)| name)
         .collect();
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !installed.contains(p)).collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed.contains(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,0 +1,326 @@
+//! `cargo xtask bench`, end to end: one topology (client ns → node ns → 3 backend namespaces
+//! running nginx and iperf3), five ways through it, interleaved round after round:
+//! direct to one backend (the ceiling), nftables DNAT with numgen random (kube-proxy style),
+//! HAProxy mode tcp roundrobin (what marathon-lb runs), this project's XDP path, and its socket
+//! hooks (the client then runs on the node, in the hooked cgroup). Measured: HTTP keep-alive
+//! requests/s and p99 (wrk), new connections/s (Connection: close), iperf3 1 and 4 streams to
+//! one backend, and the machine's CPU time per request / per GB, from /proc/stat.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use lb_tests::{
+    agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
+    netns::{LbTopology, Netns},
+    unique_name,
+};
+use serde_json::{json, Value};
+
+const HTTP: u16 = 8080;
+const IPERF: u16 = 5201;
+const MODES: [&str; 5] = ["direct", "nftables", "haproxy", "xdp", "sockhook"];
+
+struct Config {
+    rounds: usize,
+    seconds: u32,
+    json: Option<String>,
+    markdown: Option<String>,
+}
+
+fn parse_args() -> Result<Config> {
+    let mut c = Config { rounds: 3, seconds: 5, json: None, markdown: None };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rounds" => c.rounds = value()?.parse()?,
+            "--seconds" => c.seconds = value()?.parse()?,
+            "--json" => c.json = Some(value()?),
+            "--markdown" => c.markdown = Some(value()?),
+            "--smoke" => {
+                c.rounds = 1;
+                c.seconds = 1;
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(c)
+}
+
+/// A background process, stopped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut cmd: Command) -> Result<Proc> {
+    Ok(Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {cmd:?}"))?))
+}
+
+fn output(mut cmd: Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Busy CPU time of the whole machine so far, in seconds (from /proc/stat).
+fn busy_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<f64> = stat.lines().next().context("empty /proc/stat")?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields[3] + fields[4];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((total - idle) / hz)
+}
+
+/// One mode's way in: where clients connect and from where.
+struct Target {
+    http: String,
+    iperf: (String, u16),
+    /// Where the client runs: the client namespace, or (socket hooks) the node inside the cgroup.
+    from_node: bool,
+}
+
+struct Bench<'a> {
+    topo: &'a LbTopology,
+    cgroup: &'a TestCgroup,
+    seconds: u32,
+}
+
+impl Bench<'_> {
+    fn client(&self, t: &Target, program: &str) -> Command {
+        if t.from_node {
+            self.cgroup.command(self.topo.node.command(program))
+        } else {
+            self.topo.client.command(program)
+        }
+    }
+
+    /// (requests/s, p99 ms, CPU seconds per request) with wrk; `close`: a new connection per request.
+    fn wrk(&self, t: &Target, close: bool) -> Result<(f64, f64, f64)> {
+        let mut cmd = self.client(t, "wrk");
+        cmd.args(["-t1", "-c32", &format!("-d{}s", self.seconds), "--latency"]);
+        if close {
+            cmd.args(["-H", "Connection: close"]);
+        }
+        cmd.arg(format!("http://{}/", t.http));
+        let before = busy_cpu_seconds()?;
+        let text = output(cmd)?;
+        let cpu = busy_cpu_seconds()? - before;
+        let rps: f64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+        let errors = text.lines().any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+        ensure!(!errors || close, "wrk saw errors:\n{text}");
+        let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| ms(v.trim())).unwrap_or(f64::NAN);
+        Ok((rps, p99, cpu / (rps * self.seconds as f64)))
+    }
+
+    /// (Gbit/s, CPU seconds per GB) with iperf3 and `streams` parallel streams.
+    fn iperf(&self, t: &Target, streams: u32) -> Result<(f64, f64)> {
+        let mut cmd = self.client(t, "iperf3");
+        cmd.args(["-c", &t.iperf.0, "-p", &t.iperf.1.to_string(), "-t", &self.seconds.to_string(), "-P", &streams.to_string(), "-J"]);
+        let before = busy_cpu_seconds()?;
+        let text = output(cmd)?;
+        let cpu = busy_cpu_seconds()? - before;
+        let json: Value = serde_json::from_str(&text).context("iperf3 -J output")?;
+        let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received in iperf3 output")?;
+        let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(1.0);
+        Ok((bps / 1e9, cpu / (bytes / 1e9)))
+    }
+}
+
+fn ms(text: &str) -> f64 {
+    let (num, unit) = text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn nginx(ns: &Netns, ip: &str, name: &str, dir: &PathBuf) -> Result<Proc> {
+    let conf = dir.join(format!("nginx-{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1; daemon off; pid {dir}/nginx-{name}.pid; error_log stderr;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+               server {{ listen {ip}:{HTTP} reuseport; location / {{ return 200 \"{name}\\n\"; }} }} }}\n",
+            dir = dir.display()
+        ),
+    )?;
+    let mut cmd = ns.command("nginx");
+    cmd.args(["-c", conf.to_str().unwrap(), "-e", "stderr"]);
+    spawn(cmd)
+}
+
+fn main() -> Result<()> {
+    let cfg = parse_args()?;
+    let dir = std::env::temp_dir().join(unique_name("lb-bench-e2e-"));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(&cfg, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(cfg: &Config, dir: &PathBuf) -> Result<()> {
+    let topo = LbTopology::new(3)?;
+    topo.client.route("10.210.0.0/16", "10.201.0.2".parse().unwrap())?;
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let ip = LbTopology::backend_ip(i).to_string();
+        procs.push(nginx(&topo.backends[i], &ip, &format!("backend-{i}"), dir)?);
+        let mut iperf = topo.backends[i].command("iperf3");
+        iperf.args(["-s", "-B", &ip, "-p", &IPERF.to_string()]);
+        procs.push(spawn(iperf)?);
+    }
+    // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only.
+    let nft = dir.join("lb-bench.nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "table ip lbbench {{\n chain pre {{ type nat hook prerouting priority -100;\n\
+             ip daddr 10.0.0.2 tcp dport 80 dnat to numgen random mod 3 map {{ 0 : 10.210.0.2, 1 : 10.210.1.2, 2 : 10.210.2.2 }} : {HTTP}\n\
+             ip daddr 10.0.0.2 tcp dport {IPERF} dnat to 10.210.0.2 : {IPERF}\n }}\n}}\n"
+        ),
+    )?;
+    let mut cmd = topo.node.command("nft");
+    cmd.args(["-f", nft.to_str().unwrap()]);
+    output(cmd)?;
+    // HAProxy, mode tcp roundrobin (what marathon-lb runs), on the node address.
+    let haproxy_conf = dir.join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_conf,
+        format!(
+            "global\n maxconn 8000\ndefaults\n mode tcp\n timeout connect 5s\n timeout client 60s\n timeout server 60s\n\
+             frontend web\n bind 10.201.0.2:8081\n default_backend webs\nbackend webs\n balance roundrobin\n\
+             server b0 10.210.0.2:{HTTP}\n server b1 10.210.1.2:{HTTP}\n server b2 10.210.2.2:{HTTP}\n\
+             frontend perf\n bind 10.201.0.2:5202\n default_backend perfs\nbackend perfs\n server b0 10.210.0.2:{IPERF}\n"
+        ),
+    )?;
+    let mut cmd = topo.node.command("haproxy");
+    cmd.args(["-f", haproxy_conf.to_str().unwrap(), "-db"]);
+    procs.push(spawn(cmd)?);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let services = TempFile::new(&format!(
+        r#"{{"services":[
+          {{"name":"web","address":"10.0.0.1","port":80,"backends":[
+            {{"address":"10.210.0.2","port":{HTTP}}},{{"address":"10.210.1.2","port":{HTTP}}},{{"address":"10.210.2.2","port":{HTTP}}}]}},
+          {{"name":"perf","address":"10.0.0.1","port":{IPERF},"backends":[{{"address":"10.210.0.2","port":{IPERF}}}]}}]}}"#
+    ))?;
+    let cgroup = TestCgroup::new()?;
+    let bench = Bench { topo: &topo, cgroup: &cgroup, seconds: cfg.seconds };
+    let target = |mode: &str| match mode {
+        "direct" => Target { http: format!("10.210.0.2:{HTTP}"), iperf: ("10.210.0.2".into(), IPERF), from_node: false },
+        "nftables" => Target { http: "10.0.0.2:80".into(), iperf: ("10.0.0.2".into(), IPERF), from_node: false },
+        "haproxy" => Target { http: "10.201.0.2:8081".into(), iperf: ("10.201.0.2".into(), 5202), from_node: false },
+        "xdp" => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: false },
+        _ => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: true },
+    };
+
+    // metric → mode → samples
+    let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for round in 0..cfg.rounds {
+        for mode in MODES {
+            // The balancer is loaded only for its own modes, so the others do not pay for it.
+            let pins = PinDir::new();
+            let agent = if matches!(mode, "xdp" | "sockhook") {
+                let args = ["--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--services", &services.arg(), "--node-ip", "10.201.0.2", "--cgroup", &cgroup.arg()];
+                Some(Agent::start(&topo.node, &args)?)
+            } else {
+                None
+            };
+            let t = target(mode);
+            let (rps, p99, cpu_req) = bench.wrk(&t, false).with_context(|| format!("{mode}: keep-alive"))?;
+            let (cps, _, cpu_conn) = bench.wrk(&t, true).with_context(|| format!("{mode}: new connections"))?;
+            let (gbps1, cpu_gb1) = bench.iperf(&t, 1).with_context(|| format!("{mode}: iperf3 1 stream"))?;
+            let (gbps4, _) = bench.iperf(&t, 4).with_context(|| format!("{mode}: iperf3 4 streams"))?;
+            for (metric, value) in [
+                ("keep-alive requests/s", rps),
+                ("keep-alive p99 (ms)", p99),
+                ("CPU µs per keep-alive request", cpu_req * 1e6),
+                ("new connections/s", cps),
+                ("CPU µs per new connection", cpu_conn * 1e6),
+                ("iperf3 1 stream (Gbit/s)", gbps1),
+                ("iperf3 4 streams (Gbit/s)", gbps4),
+                ("CPU s per GB (1 stream)", cpu_gb1),
+            ] {
+                samples.entry(metric).or_default().entry(mode).or_default().push(value);
+            }
+            if let Some(agent) = agent {
+                if mode == "xdp" {
+                    let stats = lb_ok(Some(&topo.node), &["stats", "--json", "--pin-dir", &pins.arg()])?;
+                    ensure!(stats.contains("\"fwd_local\""), "the XDP path forwarded nothing");
+                }
+                agent.stop()?;
+            }
+            drop(pins);
+            eprintln!("round {} {mode}: {rps:.0} req/s, {cps:.0} conn/s, {gbps1:.2}/{gbps4:.2} Gbit/s", round + 1);
+        }
+    }
+    drop(procs);
+    report(cfg, &samples)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> Result<()> {
+    let mut md = format!(
+        "\n## End to end (network namespaces, 2 shared cores)\n\n\
+         client ns → node ns → 3 backend ns (nginx, iperf3); modes interleaved, {rounds} rounds of {secs} s, medians;\n\
+         ratios to direct (the ceiling) and to HAProxy. CPU is the whole machine's busy time (/proc/stat)\n\
+         during the run, divided by the work done. Regenerate with `cargo xtask bench`.\n\n\
+         | metric | {modes} |\n|---|{bars}\n",
+        rounds = cfg.rounds,
+        secs = cfg.seconds,
+        modes = MODES.join(" | "),
+        bars = "---|".repeat(MODES.len()),
+    );
+    let mut json_doc = serde_json::Map::new();
+    for (metric, by_mode) in samples {
+        let med: BTreeMap<&str, f64> = by_mode.iter().map(|(m, v)| (*m, median(v))).collect();
+        let cells: Vec<String> = MODES
+            .iter()
+            .map(|m| {
+                let v = med[m];
+                format!("{v:.2} ({:.2}× direct, {:.2}× HAProxy)", v / med["direct"], v / med["haproxy"])
+            })
+            .collect();
+        md += &format!("| {metric} | {} |\n", cells.join(" | "));
+        json_doc.insert(metric.to_string(), json!(med));
+    }
+    print!("{md}");
+    if let Some(path) = &cfg.json {
+        let mut all: Value = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
+        all["end_to_end"] = json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "medians": json_doc});
+        std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")?;
+    }
+    if let Some(path) = &cfg.markdown {
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        text.push_str(&md);
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}

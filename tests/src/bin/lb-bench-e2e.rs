@@ -4,7 +4,8 @@
 //! HAProxy mode tcp roundrobin (what marathon-lb runs), this project's XDP path, and its socket
 //! hooks (the client then runs on the node, in the hooked cgroup). Measured: HTTP keep-alive
 //! requests/s and p99 (wrk), new connections/s (Connection: close), iperf3 1 and 4 streams to
-//! one backend, and the machine's CPU time per request / per GB, from /proc/stat.
+//! one backend, and the machine's CPU time per request / per GB, from /proc/stat. A sixth mode,
+//! direct with the balancer loaded, shows what attaching XDP to the uplink costs by itself.
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +24,10 @@ use serde_json::{json, Value};
 
 const HTTP: u16 = 8080;
 const IPERF: u16 = 5201;
-const MODES: [&str; 5] = ["direct", "nftables", "haproxy", "xdp", "sockhook"];
+/// `direct+xdp` is the direct path with the balancer loaded (XDP and TC on the node's uplink,
+/// every packet a miss): it separates what attaching XDP to a veth costs from what the
+/// balancing itself costs.
+const MODES: [&str; 6] = ["direct", "direct+xdp", "nftables", "haproxy", "xdp", "sockhook"];
 
 struct Config {
     rounds: usize,
@@ -229,7 +233,7 @@ fn run(cfg: &Config, dir: &PathBuf) -> Result<()> {
     let cgroup = TestCgroup::new()?;
     let bench = Bench { topo: &topo, cgroup: &cgroup, seconds: cfg.seconds };
     let target = |mode: &str| match mode {
-        "direct" => Target { http: format!("10.210.0.2:{HTTP}"), iperf: ("10.210.0.2".into(), IPERF), from_node: false },
+        "direct" | "direct+xdp" => Target { http: format!("10.210.0.2:{HTTP}"), iperf: ("10.210.0.2".into(), IPERF), from_node: false },
         "nftables" => Target { http: "10.0.0.2:80".into(), iperf: ("10.0.0.2".into(), IPERF), from_node: false },
         "haproxy" => Target { http: "10.201.0.2:8081".into(), iperf: ("10.201.0.2".into(), 5202), from_node: false },
         "xdp" => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: false },
@@ -242,7 +246,7 @@ fn run(cfg: &Config, dir: &PathBuf) -> Result<()> {
         for mode in MODES {
             // The balancer is loaded only for its own modes, so the others do not pay for it.
             let pins = PinDir::new();
-            let agent = if matches!(mode, "xdp" | "sockhook") {
+            let agent = if matches!(mode, "direct+xdp" | "xdp" | "sockhook") {
                 let args = ["--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--services", &services.arg(), "--node-ip", "10.201.0.2", "--cgroup", &cgroup.arg()];
                 Some(Agent::start(&topo.node, &args)?)
             } else {

@@ -95,6 +95,9 @@ struct Behaviour {
 
 struct Shared {
     apps: Mutex<Vec<AppSpec>>,
+    /// `/v2/apps` as served, rebuilt when the apps change rather than per request (building
+    /// 10,000 apps per request would time the test server, not the agent).
+    body: Mutex<Option<axum::body::Bytes>>,
     behaviour: Mutex<Behaviour>,
     events: broadcast::Sender<String>,
     /// Bumped to cut every open event stream.
@@ -116,6 +119,7 @@ impl MarathonServer {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             apps: Mutex::new(Vec::new()),
+            body: Mutex::new(None),
             behaviour: Mutex::new(Behaviour::default()),
             events,
             generation: Mutex::new(0),
@@ -152,6 +156,7 @@ impl MarathonServer {
     /// Replaces every app and tells the event stream.
     pub fn set_apps(&self, apps: Vec<AppSpec>) {
         *self.shared.apps.lock().unwrap() = apps;
+        self.rebuild();
         self.emit("api_post_event");
     }
 
@@ -162,7 +167,13 @@ impl MarathonServer {
             let app = apps.iter_mut().find(|a| a.id == app_id).expect("known app");
             change(app);
         }
+        self.rebuild();
         self.emit("status_update_event");
+    }
+
+    fn rebuild(&self) {
+        let apps: Vec<Value> = self.shared.apps.lock().unwrap().iter().map(AppSpec::to_json).collect();
+        *self.shared.body.lock().unwrap() = Some(serde_json::to_vec(&json!({ "apps": apps })).unwrap().into());
     }
 
     /// Sends one event of `event_type` to every open stream.
@@ -225,8 +236,8 @@ async fn apps(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     if let Some(refused) = refuse(&shared, &headers) {
         return refused;
     }
-    let apps: Vec<Value> = shared.apps.lock().unwrap().iter().map(AppSpec::to_json).collect();
-    axum::Json(json!({ "apps": apps })).into_response()
+    let body = shared.body.lock().unwrap().clone().unwrap_or_else(|| axum::body::Bytes::from_static(b"{\"apps\":[]}"));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn events_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {

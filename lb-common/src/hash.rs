@@ -41,10 +41,7 @@ const fn round(h: u32, word: u32) -> u32 {
 /// build has no division-by-zero panic path).
 #[inline(always)]
 pub fn ring_slot(hash: u32, ring_size: u32) -> u32 {
-    match hash.checked_rem(ring_size) {
-        Some(slot) => slot,
-        None => 0,
-    }
+    hash.checked_rem(ring_size).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -373,6 +373,19 @@ pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), D
     Ok(())
 }
 
+/// Makes UPLINKS equal to `ifindexes` (routes out of these mean "another node": full NAT).
+pub fn sync_uplinks(ifindexes: &[u32], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let wanted: BTreeSet<u32> = ifindexes.iter().copied().collect();
+    let current: BTreeSet<u32> = dp.uplinks()?.into_iter().collect();
+    for ifindex in wanted.difference(&current) {
+        dp.add_uplink(*ifindex)?;
+    }
+    for ifindex in current.difference(&wanted) {
+        dp.remove_uplink(*ifindex)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,17 +523,4 @@ mod tests {
         sync_node_addrs(&["10.0.0.5".parse().unwrap()], &mut dp).unwrap();
         assert_eq!(dp.node_addrs.len(), 1);
     }
-}
-
-/// Makes UPLINKS equal to `ifindexes` (routes out of these mean "another node": full NAT).
-pub fn sync_uplinks(ifindexes: &[u32], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
-    let wanted: BTreeSet<u32> = ifindexes.iter().copied().collect();
-    let current: BTreeSet<u32> = dp.uplinks()?.into_iter().collect();
-    for ifindex in wanted.difference(&current) {
-        dp.add_uplink(*ifindex)?;
-    }
-    for ifindex in current.difference(&wanted) {
-        dp.remove_uplink(*ifindex)?;
-    }
-    Ok(())
 }

@@ -63,7 +63,7 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
     for (key, info) in dp.services()? {
         let Some(id) = ServiceId::from_key(&key) else { continue };
         let mut backends = by_service.remove(&info.service_id).unwrap_or_default();
-        backends.sort_by(|a, b| (a.address.parse::<IpAddr>().ok(), a.port).cmp(&(b.address.parse::<IpAddr>().ok(), b.port)));
+        backends.sort_by_key(|b| (b.address.parse::<IpAddr>().ok(), b.port));
         out.push((id, ServiceView {
             address: service_address(&id),
             port: id.port,
@@ -72,7 +72,7 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
             backends,
         }));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|(id, _)| *id);
     Ok(out.into_iter().map(|(_, v)| v).collect())
 }
 

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -158,7 +158,7 @@ fn ms(text: &str) -> f64 {
     }
 }
 
-fn nginx(ns: &Netns, ip: &str, name: &str, dir: &PathBuf) -> Result<Proc> {
+fn nginx(ns: &Netns, ip: &str, name: &str, dir: &Path) -> Result<Proc> {
     let conf = dir.join(format!("nginx-{name}.conf"));
     std::fs::write(
         &conf,
@@ -184,7 +184,7 @@ fn main() -> Result<()> {
     result
 }
 
-fn run(cfg: &Config, dir: &PathBuf) -> Result<()> {
+fn run(cfg: &Config, dir: &Path) -> Result<()> {
     let topo = LbTopology::new(3)?;
     topo.client.route("10.210.0.0/16", "10.201.0.2".parse().unwrap())?;
     let mut procs = Vec::new();

@@ -3,6 +3,7 @@
 //! backend it reached.
 
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -132,6 +133,20 @@ pub fn connect_and_greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String
         name.push(byte[0]);
     }
     Ok((stream, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Opens `count` connections to `addr` from `ns`, one after the other, and counts which backend
+/// greeted each (connections are closed). Errors name the connection that failed.
+pub fn backend_spread(ns: &Netns, addr: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
+    ns.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut per_backend = BTreeMap::new();
+        for i in 0..count {
+            let (_stream, name) =
+                connect_and_greet(addr).map_err(|e| anyhow::anyhow!("connection {i} of {count} to {addr}: {e}"))?;
+            *per_backend.entry(name).or_insert(0) += 1;
+        }
+        Ok(per_backend)
+    })?
 }
 
 /// Sends `data` on an echo connection and checks it comes back whole.

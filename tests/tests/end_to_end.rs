@@ -10,7 +10,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
     netns::LbTopology,
-    servers::{connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
 };
 
 const VIP: &str = "10.0.0.1";
@@ -111,21 +111,9 @@ fn vip(port: u16) -> SocketAddr {
 }
 
 /// Opens `count` connections to `addr` from the client namespace (at least 300 for a ±30% check:
-/// with 3 backends that is ±3.7 standard deviations) and returns how many reached
-/// each backend (connections are closed).
+/// with 3 backends that is ±3.7 standard deviations) and returns how many reached each backend.
 fn spread(cluster: &Cluster, addr: SocketAddr, count: usize) -> BTreeMap<String, usize> {
-    cluster
-        .topo
-        .client
-        .run(move || {
-            let mut per_backend = BTreeMap::new();
-            for _ in 0..count {
-                let (_stream, name) = connect_and_greet(addr).expect("connection through the VIP");
-                *per_backend.entry(name).or_insert(0) += 1;
-            }
-            per_backend
-        })
-        .unwrap()
+    backend_spread(&cluster.topo.client, addr, count).unwrap()
 }
 
 fn assert_fair(per_backend: &BTreeMap<String, usize>, backends: usize, total: usize) {

@@ -10,7 +10,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, Agent, PinDir, TempFile},
     netns::NatTopology,
-    servers::{connect_and_greet, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, tcp_echo, udp_echo, Server},
 };
 
 const PORT: u16 = 31000;
@@ -63,17 +63,7 @@ fn setup(backends: usize) -> Setup {
 }
 
 fn spread(s: &Setup, addr: SocketAddr, count: usize) -> BTreeMap<String, usize> {
-    s.topo
-        .client
-        .run(move || {
-            let mut per_backend = BTreeMap::new();
-            for i in 0..count {
-                let (_stream, name) = connect_and_greet(addr).unwrap_or_else(|e| panic!("connection {i} through full NAT: {e}"));
-                *per_backend.entry(name).or_insert(0) += 1;
-            }
-            per_backend
-        })
-        .unwrap()
+    backend_spread(&s.topo.client, addr, count).unwrap()
 }
 
 fn verdicts(s: &Setup) -> serde_json::Value {

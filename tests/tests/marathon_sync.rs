@@ -8,7 +8,7 @@ use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
-    servers::{connect_and_greet, tcp_echo, Server},
+    servers::{backend_spread, connect_and_greet, tcp_echo, Server},
 };
 use serde_json::Value;
 
@@ -101,17 +101,7 @@ impl Cluster {
     }
 
     fn spread(&self, count: usize) -> BTreeMap<String, usize> {
-        self.topo
-            .client
-            .run(move || {
-                let mut per = BTreeMap::new();
-                for _ in 0..count {
-                    let (_s, name) = connect_and_greet("10.0.0.1:80".parse().unwrap()).expect("connection through the VIP");
-                    *per.entry(name).or_insert(0) += 1;
-                }
-                per
-            })
-            .unwrap()
+        backend_spread(&self.topo.client, "10.0.0.1:80".parse().unwrap(), count).unwrap()
     }
 
     /// Polls `lb status --json` until `pred` holds (at most 10 s).

@@ -13,7 +13,7 @@ use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
-    servers::{connect_and_greet, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, tcp_echo, udp_echo, Server},
 };
 
 const PORT: u16 = 31000;
@@ -120,14 +120,7 @@ fn web_backends(json: &serde_json::Value) -> usize {
 }
 
 fn connections(topo: &LbTopology, count: usize) -> Result<BTreeMap<String, usize>> {
-    topo.client.run(move || -> Result<BTreeMap<String, usize>> {
-        let mut per_backend = BTreeMap::new();
-        for _ in 0..count {
-            let (_stream, name) = connect_and_greet("10.0.0.1:80".parse().unwrap()).context("connecting through the VIP")?;
-            *per_backend.entry(name).or_insert(0) += 1;
-        }
-        Ok(per_backend)
-    })?
+    backend_spread(&topo.client, "10.0.0.1:80".parse()?, count)
 }
 
 fn udp_queries(topo: &LbTopology, vip: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {

@@ -186,6 +186,17 @@ pub fn lb_ok(ns: Option<&Netns>, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// The lines of a child's output, read on a thread of their own.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// A running `lb run`, entered into the namespace's network only (nsenter --net), so its pins
 /// land in the host bpffs. Dropping it sends SIGTERM and waits.
 pub struct Agent {
@@ -211,20 +222,8 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting lb run")?;
-        let (line_tx, line_rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
-        let (err_tx, err_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = err_tx.send(line);
-            }
-        });
+        let line_rx = lines_of(child.stdout.take().unwrap());
+        let err_rx = lines_of(child.stderr.take().unwrap());
         let mut agent = Self { child, stderr: err_rx, _cgroup: cgroup };
         loop {
             match line_rx.recv_timeout(Duration::from_secs(20)) {
@@ -234,6 +233,24 @@ impl Agent {
                     let log = agent.stop_and_collect();
                     bail!("lb run did not become ready:\n{log}");
                 }
+            }
+        }
+    }
+
+    /// The agent's process id (nsenter execs `lb` in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a log line containing `needle` and returns it. Lines read here are no longer
+    /// part of what `stop_and_collect` returns.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.stderr.recv_timeout(left).with_context(|| format!("the agent never logged {needle:?}"))?;
+            if line.contains(needle) {
+                return Ok(line);
             }
         }
     }

@@ -8,20 +8,17 @@
 //!   own measure (from the request to the last map write, logged as `synced from Marathon`),
 //!   and the peak RSS is the agent's VmHWM after the sync.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb::dataplane::{pinned::PinnedMaps, Dataplane};
 use lb_tests::{
-    agent::{lb_bin, PinDir, TestCgroup},
+    bench_report,
+    agent::{Agent, PinDir, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::Netns,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 struct Config {
     events: usize,
@@ -66,64 +63,25 @@ fn app(i: usize) -> AppSpec {
     app
 }
 
-/// A running agent and what it prints.
-struct RunningAgent {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
+/// `lb run --marathon` with limits for `services`, in `ns`.
+fn start_agent(ns: &Netns, cgroup: &TestCgroup, pins: &PinDir, marathon: &str, services: usize) -> Result<Agent> {
+    let max_services = services.next_power_of_two().max(64);
+    let (max_services, max_backends) = (max_services.to_string(), (max_services * 4).to_string());
+    let args = [
+        "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg(), "--marathon", marathon, "--resync", "3600",
+        "--max-services", &max_services, "--max-backends", &max_backends, "--ring-size", "4093",
+    ];
+    Agent::start(ns, &args)
 }
 
-impl RunningAgent {
-    fn start(ns: &Netns, cgroup: &TestCgroup, pins: &PinDir, marathon: &str, max_services: usize) -> Result<Self> {
-        let max_services = max_services.next_power_of_two().max(64).to_string();
-        let max_backends = (max_services.parse::<usize>()? * 4).to_string();
-        let mut child = ns
-            .command(lb_bin().to_str().unwrap())
-            .args(["run", "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg(), "--marathon", marathon, "--resync", "3600"])
-            .args(["--max-services", &max_services, "--max-backends", &max_backends, "--ring-size", "4093"])
-            .env("LB_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting lb run")?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Self { child, lines })
-    }
-
-    /// Waits for a log line containing `needle` and returns it.
-    fn wait_line(&self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).with_context(|| format!("agent never logged {needle:?}"))?;
-            if line.contains(needle) {
-                return Ok(line);
-            }
-        }
-    }
-
-    fn peak_rss_kib(&self) -> Result<u64> {
-        // nsenter execs lb in place, so the child's pid is the agent's.
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM")
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+/// The agent's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(agent: &Agent) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -135,8 +93,8 @@ fn event_latency(cfg: &Config) -> Result<(f64, f64, f64)> {
     let marathon = MarathonServer::start(Some(&ns), Duration::from_secs(1))?;
     marathon.set_apps((0..20).map(app).collect());
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
-    let agent = RunningAgent::start(&ns, &cgroup, &pins, &marathon.url(), 64)?;
-    agent.wait_line("synced from Marathon", Duration::from_secs(30))?;
+    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), 64)?;
+    agent.wait_log("synced from Marathon", Duration::from_secs(30))?;
     let maps = PinnedMaps::new(pins.path());
     let mut samples = Vec::new();
     for round in 0..cfg.events {
@@ -162,8 +120,8 @@ fn full_sync(cfg: &Config) -> Result<(f64, u64, usize)> {
     let marathon = MarathonServer::start(Some(&ns), Duration::from_secs(1))?;
     marathon.set_apps((0..cfg.apps).map(app).collect());
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
-    let agent = RunningAgent::start(&ns, &cgroup, &pins, &marathon.url(), cfg.apps + 64)?;
-    let line = agent.wait_line("synced from Marathon", Duration::from_secs(600))?;
+    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), cfg.apps + 64)?;
+    let line = agent.wait_log("synced from Marathon", Duration::from_secs(600))?;
     eprintln!("{line}");
     let ms: f64 = line
         .split("elapsed_ms=")
@@ -171,7 +129,7 @@ fn full_sync(cfg: &Config) -> Result<(f64, u64, usize)> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no elapsed_ms in the sync log line")?;
-    let rss = agent.peak_rss_kib()?;
+    let rss = peak_rss_kib(&agent)?;
     let services = PinnedMaps::new(pins.path()).services()?.len();
     ensure!(services >= cfg.apps, "only {services} of {} services programmed", cfg.apps);
     Ok((ms, rss, services))
@@ -197,14 +155,10 @@ fn main() -> Result<()> {
     let doc = json!({"event_to_maps_ms": {"events": cfg.events, "p50": p50, "p99": p99, "max": max},
         "full_sync": {"apps": cfg.apps, "tasks_per_app": 3, "services": services, "ms": sync_ms, "peak_rss_kib": rss_kib}});
     if let Some(path) = &cfg.json {
-        let mut all: Value = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
-        all["control_plane"] = doc;
-        std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")?;
+        bench_report::add_json_section(path, "control_plane", doc)?;
     }
     if let Some(path) = &cfg.markdown {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push_str(&md);
-        std::fs::write(path, text)?;
+        bench_report::append_markdown(path, &md)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::{
+    bench_report,
     agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
     netns::{LbTopology, Netns},
     unique_name,
@@ -317,14 +318,10 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
     }
     print!("{md}");
     if let Some(path) = &cfg.json {
-        let mut all: Value = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
-        all["end_to_end"] = json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "medians": json_doc});
-        std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")?;
+        bench_report::add_json_section(path, "end_to_end", json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "medians": json_doc}))?;
     }
     if let Some(path) = &cfg.markdown {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push_str(&md);
-        std::fs::write(path, text)?;
+        bench_report::append_markdown(path, &md)?;
     }
     Ok(())
 }

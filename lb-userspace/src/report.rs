@@ -21,6 +21,9 @@ pub struct ServiceView {
     pub protocol: Proto,
     pub name: String,
     pub backends: Vec<BackendView>,
+    /// Index of its counters (not part of the documented JSON).
+    #[serde(skip)]
+    pub id: u32,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -70,6 +73,7 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
             protocol: id.proto,
             name: dp.service_name(info.service_id)?,
             backends,
+            id: info.service_id,
         }));
     }
     out.sort_by_key(|(id, _)| *id);
@@ -194,17 +198,8 @@ pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     let verdicts = dp.verdicts()?;
     let verdicts = reasons::NAMES.iter().zip(verdicts).map(|(name, n)| (*name, n)).collect();
     let mut services = Vec::new();
-    let ids: BTreeMap<(String, u16, Proto), u32> = dp
-        .services()?
-        .into_iter()
-        .filter_map(|(k, i)| {
-            let id = ServiceId::from_key(&k)?;
-            Some(((service_address(&id), id.port, id.proto), i.service_id))
-        })
-        .collect();
     for view in self::services(dp)? {
-        let sid = ids[&(view.address.clone(), view.port, view.protocol)];
-        let total = dp.service_stats(sid)?;
+        let total = dp.service_stats(view.id)?;
         let mut backends = Vec::new();
         for b in &view.backends {
             let c = dp.backend_stats(b.id)?;

@@ -17,15 +17,23 @@ pub const PROTO_UDP: u8 = 17;
 /// Where a packet was counted: which program saw it.
 pub const HOOK_XDP_INGRESS: u32 = 0;
 pub const HOOK_TC_EGRESS: u32 = 1;
+pub const HOOK_TC_INGRESS: u32 = 2;
+/// Counter slots per interface, one per hook.
+pub const HOOKS_PER_IFACE: u32 = 3;
 
-/// Interface indexes below this are counted in `IFACE_STATS` (a per-CPU array: two slots per
-/// interface, one per hook, so counting costs an array lookup, not a hash lookup).
+/// Interface indexes below this are counted in `IFACE_STATS` (a per-CPU array: one slot per
+/// interface and hook, so counting costs an array lookup, not a hash lookup).
 pub const MAX_COUNTED_IFINDEX: u32 = 4096;
 
 /// The `IFACE_STATS` slot of (ifindex, hook), if the interface is within the counted range.
 #[inline(always)]
 pub fn iface_slot(ifindex: u32, hook: u32) -> Option<u32> {
-    (ifindex < MAX_COUNTED_IFINDEX && hook < 2).then(|| ifindex * 2 + hook)
+    (ifindex < MAX_COUNTED_IFINDEX && hook < HOOKS_PER_IFACE).then(|| ifindex * HOOKS_PER_IFACE + hook)
+}
+
+/// (ifindex, hook) of an `IFACE_STATS` slot.
+pub fn iface_of_slot(slot: u32) -> (u32, u32) {
+    (slot / HOOKS_PER_IFACE, slot % HOOKS_PER_IFACE)
 }
 
 /// Value of `IFACE_STATS` (one per CPU and slot).

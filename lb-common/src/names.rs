@@ -1,7 +1,9 @@
 //! Names of the kernel objects, shared so that the loader, the pins and the CLI agree.
 
-/// XDP program attached to every uplink.
+/// Uplink ingress balancer in XDP (`--ingress-hook xdp`).
 pub const PROG_XDP: &str = "lb_xdp";
+/// The same balancer in TC (TCX) ingress (`--ingress-hook tc`).
+pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 /// TC (TCX) egress program attached to every uplink.
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 

@@ -16,6 +16,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = 0;
 const FIB_NO_NEIGH: i64 = 7;
+const MIN_IP_PACKET: u16 = 68;
 
 /// Where a destination is.
 pub enum Route {
@@ -38,7 +39,9 @@ pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol
     params.l4_protocol = l4_protocol;
     params.sport = 0;
     params.dport = 0;
-    params.tot_len = 0;
+    // A size within any MTU: this is a route lookup, not an MTU check. With 0, a TC skb longer
+    // than the egress MTU would come back FRAG_NEEDED and be taken for a local destination.
+    params.tot_len = MIN_IP_PACKET;
     params.ifindex = ingress;
     params.flowinfo = 0;
     mem::zero16(&mut params.src);

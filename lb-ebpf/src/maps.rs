@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
+    DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
 };
 
 /// Entries per Maglev ring (prime); set by the agent at load time.
@@ -31,9 +31,9 @@ const RING_POOL: usize = ((DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAUL
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 
-/// Packets and bytes seen per (interface, hook), per CPU; slot = ifindex * 2 + hook.
+/// Packets and bytes seen per (interface, hook), per CPU; slot = lb_common::iface_slot.
 #[btf_map]
-pub static IFACE_STATS: PerCpuArray<IfaceCounters, { 2 * MAX_COUNTED_IFINDEX as usize }> = PerCpuArray::new();
+pub static IFACE_STATS: PerCpuArray<IfaceCounters, { (HOOKS_PER_IFACE * MAX_COUNTED_IFINDEX) as usize }> = PerCpuArray::new();
 /// Services by (address, port, protocol); an all-zero address is a service port.
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, ServiceInfo, MAX_SERVICES> = HashMap::new();

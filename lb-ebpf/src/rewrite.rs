@@ -1,6 +1,6 @@
 //! Stages 3–4: rewrite addresses and ports, and fix checksums incrementally (RFC 1624).
 //! XDP writes packet memory directly (received frames carry complete checksums); TC uses the
-//! skb helpers, which also handle CHECKSUM_PARTIAL packets from local senders.
+//! skb helpers, which also handle CHECKSUM_PARTIAL and CHECKSUM_COMPLETE skbs.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -19,7 +19,7 @@ fn field<const N: usize>(start: usize, end: usize, off: usize) -> Result<*mut [u
     Ok((start + off) as *mut [u8; N])
 }
 
-/// The new addresses and ports of a packet rewritten in XDP.
+/// The new addresses and ports of a rewritten packet.
 pub struct Nat<'a> {
     pub src: &'a [u8; 16],
     pub sport: u16,
@@ -78,7 +78,7 @@ pub fn nat(start: usize, end: usize, p: &Parsed, to: &Nat) -> Result<(), u32> {
                 (*hop_limit)[0] = (*hop_limit)[0].wrapping_sub(1);
             }
         }
-        let new_ports = u32::from_ne_bytes([(to.sport >> 8) as u8, to.sport as u8, (to.dport >> 8) as u8, to.dport as u8]);
+        let new_ports = u32::from_ne_bytes(ports_bytes(to.sport, to.dport));
         l4 = csum::update32(l4, *ports, new_ports);
         *ports = new_ports;
         if !udp_without_csum {
@@ -116,30 +116,72 @@ pub fn set_macs(start: usize, end: usize, smac: &[u8; 6], dmac: &[u8; 6]) -> Res
 /// Source NAT of a backend's reply in TC: src address/port → the service address/port.
 #[inline(always)]
 pub fn restore_source(ctx: &TcContext, p: &Parsed, reply: &ReplyInfo) -> Result<(), u32> {
+    let to = Nat { src: &reply.service_addr, sport: reply.service_port, dst: &p.dst, dport: p.dport, hop: false };
+    nat_skb(ctx, p, &to)
+}
+
+/// `nat` for an skb in TC, through the checksum helpers: they also keep CHECKSUM_PARTIAL
+/// (locally sent or GSO) and CHECKSUM_COMPLETE skbs consistent. Addresses change the pseudo
+/// header (BPF_F_PSEUDO_HDR); ports only the L4 checksum. Not inlined: one copy serves the
+/// forwarding paths and the reply path.
+#[inline(never)]
+pub fn nat_skb(ctx: &TcContext, p: &Parsed, to: &Nat) -> Result<(), u32> {
     let failed = |_| reasons::REWRITE_FAILED;
     let l4_csum = p.l4_csum_off();
+    // A zero UDP checksum over IPv4 means "none": the helper leaves it so.
     let udp_flag = if p.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     if p.family == FAMILY_V4 {
-        let old = u32::from_ne_bytes([p.src[0], p.src[1], p.src[2], p.src[3]]);
-        let new_bytes = [reply.service_addr[0], reply.service_addr[1], reply.service_addr[2], reply.service_addr[3]];
-        let new = u32::from_ne_bytes(new_bytes);
-        ctx.l4_csum_replace(l4_csum, old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | udp_flag | 4).map_err(failed)?;
-        ctx.l3_csum_replace(p.l3 + IPV4_CSUM_OFF, old as u64, new as u64, 4).map_err(failed)?;
-        ctx.store(p.l3 + IPV4_SRC_OFF, &new_bytes, 0).map_err(failed)?;
-    } else {
-        let mut old = p.src;
-        let mut new = reply.service_addr;
-        // SAFETY: both buffers are 16 bytes on the stack, as the sizes say.
-        let diff = unsafe { bpf_csum_diff(old.as_mut_ptr().cast(), 16, new.as_mut_ptr().cast(), 16, 0) };
-        if diff < 0 {
-            return Err(reasons::REWRITE_FAILED);
+        // Source and destination are adjacent: one diff, one store.
+        let mut old = [word(&p.src, 0), word(&p.dst, 0)];
+        let mut new = [word(to.src, 0), word(to.dst, 0)];
+        let diff = csum_diff(&mut old, &mut new)?;
+        ctx.l3_csum_replace(p.l3 + IPV4_CSUM_OFF, 0, diff, 0).map_err(failed)?;
+        ctx.l4_csum_replace(l4_csum, 0, diff, BPF_F_PSEUDO_HDR as u64 | udp_flag).map_err(failed)?;
+        ctx.store(p.l3 + IPV4_SRC_OFF, &new, 0).map_err(failed)?;
+        if to.hop {
+            let old_ttl = u16::from_ne_bytes([p.ttl, p.proto]);
+            let new_ttl = u16::from_ne_bytes([p.ttl.wrapping_sub(1), p.proto]);
+            ctx.l3_csum_replace(p.l3 + IPV4_CSUM_OFF, old_ttl as u64, new_ttl as u64, 2).map_err(failed)?;
+            ctx.store(p.l3 + 8, &new_ttl, 0).map_err(failed)?;
         }
-        ctx.l4_csum_replace(l4_csum, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | udp_flag).map_err(failed)?;
+    } else {
+        let mut old = [p.src, p.dst];
+        let mut new = [*to.src, *to.dst];
+        let diff = csum_diff(&mut old, &mut new)?;
+        ctx.l4_csum_replace(l4_csum, 0, diff, BPF_F_PSEUDO_HDR as u64 | udp_flag).map_err(failed)?;
         ctx.store(p.l3 + IPV6_SRC_OFF, &new, 0).map_err(failed)?;
+        if to.hop {
+            ctx.store(p.l3 + 7, &p.ttl.wrapping_sub(1), 0).map_err(failed)?;
+        }
     }
-    let old_port = p.sport.to_be() as u64;
-    let new_port = reply.service_port.to_be() as u64;
-    ctx.l4_csum_replace(l4_csum, old_port, new_port, udp_flag | 2).map_err(failed)?;
-    ctx.store(p.l4, &reply.service_port.to_be_bytes(), 0).map_err(failed)?;
+    let old_ports = u32::from_ne_bytes(ports_bytes(p.sport, p.dport));
+    let new_ports = ports_bytes(to.sport, to.dport);
+    ctx.l4_csum_replace(l4_csum, old_ports as u64, u32::from_ne_bytes(new_ports) as u64, udp_flag | 4).map_err(failed)?;
+    ctx.store(p.l4, &new_ports, 0).map_err(failed)?;
     Ok(())
+}
+
+/// Source and destination ports as they sit in the L4 header.
+#[inline(always)]
+fn ports_bytes(sport: u16, dport: u16) -> [u8; 4] {
+    [(sport >> 8) as u8, sport as u8, (dport >> 8) as u8, dport as u8]
+}
+
+/// The checksum difference between two equally sized blocks of header words.
+#[inline(always)]
+fn csum_diff<T>(old: &mut T, new: &mut T) -> Result<u64, u32> {
+    let size = core::mem::size_of::<T>() as u32;
+    // SAFETY: both are `size` bytes on the stack, as the helper reads them.
+    let diff = unsafe { bpf_csum_diff((old as *mut T).cast(), size, (new as *mut T).cast(), size, 0) };
+    if diff < 0 {
+        return Err(reasons::REWRITE_FAILED);
+    }
+    Ok(diff as u64)
+}
+
+/// `set_macs` for an skb in TC.
+#[inline(always)]
+pub fn set_macs_skb(ctx: &TcContext, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+    let macs = [dmac[0], dmac[1], dmac[2], dmac[3], dmac[4], dmac[5], smac[0], smac[1], smac[2], smac[3], smac[4], smac[5]];
+    ctx.store(0, &macs, 0).map_err(|_| reasons::REWRITE_FAILED)
 }

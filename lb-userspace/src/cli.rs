@@ -21,7 +21,7 @@ use crate::{
     },
     status::{self, AgentStatus, MarathonStatus},
     dataplane::{
-        loader::{self, AttachPlan, LoadLimits},
+        loader::{self, AttachPlan, IngressHook, LoadLimits},
         pinned::{pin_name, PinnedMaps},
         Dataplane, DEFAULT_PIN_DIR,
     },
@@ -86,9 +86,13 @@ pub struct FlowArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub pins: PinArgs,
-    /// Uplink to attach XDP (ingress) and TC (egress) to; repeat for several.
+    /// Uplink to balance on (ingress) and to restore replies on (TC egress); repeat for several.
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
+    /// Program that balances on uplink ingress: `auto` = TC on veth, native XDP where the driver
+    /// has it, TC otherwise; `xdp` (native, else generic); `tc`.
+    #[arg(long, value_enum, default_value_t = IngressHook::Auto, value_name = "HOOK")]
+    pub ingress_hook: IngressHook,
     /// Static services file (JSON, see README); reloaded on change and on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub services: Option<PathBuf>,
@@ -216,7 +220,13 @@ fn run_agent(args: RunArgs) -> Result<()> {
         None => Desired::new(),
     };
     check_pinned_layout(&args.pins.pin_dir, &limits)?;
-    let plan = AttachPlan { pin_dir: args.pins.pin_dir.clone(), ifaces: args.ifaces.clone(), cgroup, limits };
+    let plan = AttachPlan {
+        pin_dir: args.pins.pin_dir.clone(),
+        ifaces: args.ifaces.clone(),
+        cgroup,
+        limits,
+        ingress_hook: args.ingress_hook,
+    };
     let loaded = loader::bring_up(&plan)?;
     info!(
         pin_dir = %plan.pin_dir.display(),

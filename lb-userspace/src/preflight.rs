@@ -74,6 +74,44 @@ pub fn interface_name(index: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
+/// The driver behind an interface in the current network namespace ("veth", "mlx5_core", …),
+/// as `ethtool -i` reports it; None when the interface does not answer ETHTOOL_GDRVINFO.
+pub fn interface_driver(name: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    /// struct ethtool_drvinfo (include/uapi/linux/ethtool.h): cmd, then the driver name first.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    if name.len() >= libc::IF_NAMESIZE {
+        return None;
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    // SAFETY: ifreq is plain data; all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket only serves the ioctl and is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return None;
+    }
+    // SAFETY: req names the interface and points at a drvinfo buffer of the kernel's size.
+    let rc = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut req) };
+    // SAFETY: sock is ours.
+    unsafe { libc::close(sock) };
+    if rc != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// Fails unless `pin_dir` (or, if it does not exist yet, its nearest existing ancestor) is on bpffs.
 pub fn require_bpffs(pin_dir: &Path) -> Result<(), PreflightError> {
     let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
@@ -145,6 +183,13 @@ mod tests {
         assert!(interface_index("lo").is_ok());
         let err = interface_index("no-such-if0").unwrap_err();
         assert!(err.to_string().contains("no-such-if0"));
+    }
+
+    #[test]
+    fn drivers_are_named_and_unknown_interfaces_have_none() {
+        assert_eq!(interface_driver("lo"), None, "loopback does not implement ETHTOOL_GDRVINFO");
+        assert_eq!(interface_driver("no-such-if0"), None);
+        assert_eq!(interface_driver("a-name-longer-than-ifnamsiz"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt};
 
 use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use anyhow::{Context as _, Result};
@@ -28,14 +28,62 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
-fn verdict_name(v: u32) -> String {
-    match v {
-        XDP_ABORTED => "XDP_ABORTED".into(),
-        XDP_DROP => "XDP_DROP".into(),
-        XDP_PASS => "XDP_PASS".into(),
-        XDP_TX => "XDP_TX".into(),
-        XDP_REDIRECT => "XDP_REDIRECT".into(),
-        other => format!("verdict {other}"),
+/// TC verdicts.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// The uplink ingress program a fixture runs. Tables are written in XDP terms; on TC the
+/// expected verdicts and the ingress counter's hook name are translated (`expected_verdict`,
+/// `counter_name`), so one table checks that both programs do exactly the same thing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::TcIngress];
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Xdp => names::PROG_XDP,
+            Hook::TcIngress => names::PROG_TC_INGRESS,
+        }
+    }
+
+    /// This hook's verdict for what an XDP table expects.
+    pub fn expected_verdict(self, xdp: u32) -> u32 {
+        match (self, xdp) {
+            (Hook::Xdp, v) => v,
+            (Hook::TcIngress, XDP_PASS) => TC_ACT_OK,
+            (Hook::TcIngress, XDP_DROP) => TC_ACT_SHOT,
+            (Hook::TcIngress, XDP_TX | XDP_REDIRECT) => TC_ACT_REDIRECT,
+            (Hook::TcIngress, other) => other,
+        }
+    }
+
+    /// A counter name from an XDP table, for this hook.
+    pub fn counter_name(self, name: &str) -> String {
+        match self {
+            Hook::Xdp => name.to_owned(),
+            Hook::TcIngress => name.replace("hook=xdp_ingress", "hook=tc_ingress"),
+        }
+    }
+
+    fn verdict_name(self, v: u32) -> String {
+        let name = match (self, v) {
+            (Hook::Xdp, XDP_ABORTED) => "XDP_ABORTED",
+            (Hook::Xdp, XDP_DROP) => "XDP_DROP",
+            (Hook::Xdp, XDP_PASS) => "XDP_PASS",
+            (Hook::Xdp, XDP_TX) => "XDP_TX",
+            (Hook::Xdp, XDP_REDIRECT) => "XDP_REDIRECT",
+            (Hook::TcIngress, TC_ACT_OK) => "TC_ACT_OK",
+            (Hook::TcIngress, TC_ACT_SHOT) => "TC_ACT_SHOT",
+            (Hook::TcIngress, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
+            _ => return format!("verdict {v}"),
+        };
+        name.into()
     }
 }
 
@@ -61,28 +109,37 @@ pub const FIXTURE_LIMITS: LoadLimits = LoadLimits {
     nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
 };
 
-/// Loaded kernel programs with their maps pinned in a private pin directory, programmed through
-/// the agent's own reconciler.
-pub struct XdpFixture {
+/// A loaded uplink ingress program with its maps pinned in a private pin directory, programmed
+/// through the agent's own reconciler.
+pub struct Fixture {
     pub ebpf: Ebpf,
     pub pins: PinDir,
+    pub hook: Hook,
     reconciler: Reconciler,
-    /// The interface packets arrive on (xdp_md.ingress_ifindex); None = the test run default
-    /// (loopback of the calling thread's namespace).
+    /// The interface packets arrive on (xdp_md.ingress_ifindex / __sk_buff.ifindex); None = the
+    /// test run default (loopback of the calling thread's namespace).
     ingress: Option<u32>,
 }
 
-impl XdpFixture {
+impl Fixture {
+    /// The XDP program with the fixtures' small maps.
     pub fn load() -> Result<Self> {
-        Self::load_with(FIXTURE_LIMITS)
+        Self::load_with(Hook::Xdp, FIXTURE_LIMITS)
     }
 
-    pub fn load_with(limits: LoadLimits) -> Result<Self> {
+    pub fn load_hook(hook: Hook) -> Result<Self> {
+        Self::load_with(hook, FIXTURE_LIMITS)
+    }
+
+    pub fn load_with(hook: Hook, limits: LoadLimits) -> Result<Self> {
         let pins = PinDir::new();
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
-        let xdp: &mut Xdp = loader::program(&mut ebpf, names::PROG_XDP)?;
-        xdp.load().context("loading the XDP program")?;
-        Ok(Self { ebpf, pins, reconciler: Reconciler::default(), ingress: None })
+        match hook {
+            Hook::Xdp => loader::program::<Xdp>(&mut ebpf, hook.program())?.load(),
+            Hook::TcIngress => loader::program::<SchedClassifier>(&mut ebpf, hook.program())?.load(),
+        }
+        .with_context(|| format!("loading {}", hook.program()))?;
+        Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), ingress: None })
     }
 
     /// Programs the services of a services-file text and this node's addresses, as `lb run` does.
@@ -117,23 +174,40 @@ impl XdpFixture {
     /// Runs `input` `repeat` times on the same buffer (the kernel does not restore it between
     /// repetitions) and returns (verdict, output bytes, mean time per run as the kernel measured).
     pub fn timed_run(&mut self, input: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        let xdp: &mut Xdp = loader::program(&mut self.ebpf, names::PROG_XDP)?;
         let mut out = vec![0u8; input.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
-        if let Some(ifindex) = self.ingress {
-            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        }
-        let result = xdp.test_run(TestRunOptions {
+        let ctx = self.ingress.map(|ifindex| self.run_context(ifindex, input.len()));
+        let options = TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut out),
-            ctx_in: self.ingress.map(|_| &ctx[..]),
+            ctx_in: ctx.as_deref(),
             repeat,
             ..TestRunOptions::new()
-        })?;
+        };
+        let result = match self.hook {
+            Hook::Xdp => loader::program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?.test_run(options)?,
+            Hook::TcIngress => loader::program::<SchedClassifier>(&mut self.ebpf, names::PROG_TC_INGRESS)?.test_run(options)?,
+        };
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration))
+    }
+
+    /// The program context that makes a test run arrive on `ifindex`.
+    fn run_context(&self, ifindex: u32, len: usize) -> Vec<u8> {
+        match self.hook {
+            Hook::Xdp => {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, …
+                let mut ctx = vec![0u8; 24];
+                ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx
+            }
+            Hook::TcIngress => {
+                // struct __sk_buff up to ifindex (offset 40); the kernel accepts a prefix.
+                let mut ctx = vec![0u8; 44];
+                ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx
+            }
+        }
     }
 
     /// Runs one case; `Err` carries the diff.
@@ -142,14 +216,21 @@ impl XdpFixture {
         let (verdict, out) = self.run_packet(&case.input).map_err(|e| CaseFailure::setup(case, e))?;
         let after = counter_snapshot(&self.pins).map_err(|e| CaseFailure::setup(case, e))?;
         let deltas = counter_deltas(&before, &after);
-        CaseFailure::compare(case, verdict, &out, &deltas)
+        CaseFailure::compare(self.hook, case, verdict, &out, &deltas)
     }
 
     /// Runs every case and panics with the diffs of all that failed.
     pub fn run_table(&mut self, cases: &[Case]) {
         let failures: Vec<String> =
             cases.iter().filter_map(|c| self.run(c).err()).map(|f| f.to_string()).collect();
-        assert!(failures.is_empty(), "{} of {} packet cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {} packet cases failed on {:?}:\n\n{}",
+            failures.len(),
+            cases.len(),
+            self.hook,
+            failures.join("\n")
+        );
     }
 }
 
@@ -205,14 +286,15 @@ impl CaseFailure {
         Self { name: case.name, lines: vec![format!("could not run: {err:#}")] }
     }
 
-    /// Compares what the program did with what the case expects.
-    pub fn compare(case: &Case, verdict: u32, output: &[u8], deltas: &BTreeMap<String, u64>) -> Result<(), Self> {
+    /// Compares what the program on `hook` did with what the case expects.
+    pub fn compare(hook: Hook, case: &Case, verdict: u32, output: &[u8], deltas: &BTreeMap<String, u64>) -> Result<(), Self> {
         let mut lines = Vec::new();
-        if verdict != case.verdict {
-            lines.push(format!("verdict: expected {}, got {}", verdict_name(case.verdict), verdict_name(verdict)));
+        let want = hook.expected_verdict(case.verdict);
+        if verdict != want {
+            lines.push(format!("verdict: expected {}, got {}", hook.verdict_name(want), hook.verdict_name(verdict)));
         }
         lines.extend(packet_diff(&case.output, output));
-        let expected: BTreeMap<String, u64> = case.counters.iter().cloned().collect();
+        let expected: BTreeMap<String, u64> = case.counters.iter().map(|(name, n)| (hook.counter_name(name), *n)).collect();
         for (name, want) in &expected {
             let got = deltas.get(name).copied().unwrap_or(0);
             if got != *want {

@@ -2,7 +2,7 @@
 //! fixture runner itself (a deliberate mismatch must produce a readable diff).
 
 use lb_tests::{
-    fixture::{Case, XdpFixture, XDP_DROP, XDP_PASS},
+    fixture::{Case, Fixture, Hook, XDP_DROP, XDP_PASS},
     packet::{tcp, udp, v4, v6, SYN},
 };
 
@@ -15,7 +15,13 @@ fn xdp_counter(field: &str) -> String {
 
 #[test]
 fn with_no_services_every_packet_is_counted_and_passed_unchanged() {
-    let mut fixture = XdpFixture::load().expect("load");
+    for hook in Hook::ALL {
+        nothing_is_balanced_without_services(hook);
+    }
+}
+
+fn nothing_is_balanced_without_services(hook: Hook) {
+    let mut fixture = Fixture::load_hook(hook).expect("load");
     let udp4 = udp((v4(10, 0, 0, 1), 5000), (v4(10, 0, 0, 2), 53), b"query");
     let syn6 = tcp((v6("fd00::1"), 40000), (v6("fd00::2"), 80), SYN, b"");
     // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
@@ -39,7 +45,7 @@ fn with_no_services_every_packet_is_counted_and_passed_unchanged() {
 
 #[test]
 fn a_deliberate_mismatch_prints_a_field_by_field_diff() {
-    let mut fixture = XdpFixture::load().expect("load");
+    let mut fixture = Fixture::load().expect("load");
     let input = udp((v4(10, 0, 0, 1), 5000), (v4(10, 0, 0, 2), 53), b"query");
     let wrong_output = udp((v4(10, 0, 0, 1), 5000), (v4(10, 9, 9, 9), 8053), b"query");
     let case = Case {

@@ -19,9 +19,10 @@ use aya::{
 };
 use lb_common::names;
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::pinned::pin_name;
+use crate::preflight;
 
 /// The kernel object, built by build.rs and embedded so `lb` is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJ"));
@@ -52,6 +53,20 @@ pub struct AttachPlan {
     /// cgroup v2 directory the socket hooks attach to (local clients in it and below).
     pub cgroup: PathBuf,
     pub limits: LoadLimits,
+    pub ingress_hook: IngressHook,
+}
+
+/// Which program balances on an uplink's ingress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressHook {
+    /// TC on veth (native XDP there copies every multi-buffer/GRO frame into a new one), native
+    /// XDP elsewhere, TC where the driver has no native XDP.
+    #[default]
+    Auto,
+    /// XDP, native where the driver supports it, else the kernel's generic mode.
+    Xdp,
+    /// TC (TCX) ingress on the skb the stack built.
+    Tc,
 }
 
 /// Map sizes and timeouts fixed when the maps are created.
@@ -111,6 +126,7 @@ pub struct Loaded {
 
 /// Hooks attached per uplink, with the pin name of their link.
 const XDP_HOOK: &str = "xdp";
+const TC_INGRESS_HOOK: &str = "tc_ingress";
 const TC_EGRESS_HOOK: &str = "tc_egress";
 
 /// Loads, attaches and pins according to `plan`. On error, every pin created by this call is
@@ -140,13 +156,8 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
     }
     let mut ebpf = load_object(&plan.pin_dir, &plan.limits)?;
 
-    let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
-    xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
     for iface in &plan.ifaces {
-        attach_pinned(plan, XDP_HOOK, iface, created, |err| {
-            let id = xdp.attach(iface, XdpMode::Default).map_err(err)?;
-            xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
-        })?;
+        attach_ingress(&mut ebpf, plan, iface, created)?;
     }
     let tc: &mut SchedClassifier = program(&mut ebpf, names::PROG_TC_EGRESS)?;
     tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_EGRESS, source })?;
@@ -158,6 +169,58 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
     }
     attach_socket_hooks(&mut ebpf, plan, created)?;
     Ok(Loaded { ebpf })
+}
+
+/// Attaches the ingress balancer `plan.ingress_hook` asks for to `iface`. One balancer per
+/// uplink: a restart that picks the other hook attaches it first, then unpins the old one, so no
+/// packet goes unbalanced in between.
+fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut Created) -> Result<(), LoaderError> {
+    let preferred = match plan.ingress_hook {
+        IngressHook::Auto if preflight::interface_driver(iface).as_deref() == Some("veth") => IngressHook::Tc,
+        other => other,
+    };
+    let attached = match preferred {
+        IngressHook::Tc => attach_tc_ingress(ebpf, plan, iface, created)?,
+        IngressHook::Xdp => attach_xdp(ebpf, plan, iface, XdpMode::Default, created)?,
+        IngressHook::Auto => match attach_xdp(ebpf, plan, iface, XdpMode::Driver, created) {
+            Ok(hook) => hook,
+            Err(err) => {
+                warn!(iface, error = %err, "no native XDP here; balancing in TC ingress");
+                attach_tc_ingress(ebpf, plan, iface, created)?
+            }
+        },
+    };
+    let replaced = if attached == XDP_HOOK { TC_INGRESS_HOOK } else { XDP_HOOK };
+    let stale = link_pin(&plan.pin_dir, replaced, iface);
+    if stale.exists() {
+        fs::remove_file(&stale).map_err(|source| LoaderError::Io { path: stale.clone(), source })?;
+        info!(iface, replaced, by = attached, "ingress balancer replaced");
+    }
+    Ok(())
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, created: &mut Created) -> Result<&'static str, LoaderError> {
+    let xdp: &mut Xdp = program(ebpf, names::PROG_XDP)?;
+    if xdp.fd().is_err() {
+        xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
+    }
+    attach_pinned(plan, XDP_HOOK, iface, created, |err| {
+        let id = xdp.attach(iface, mode).map_err(err)?;
+        xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
+    })?;
+    Ok(XDP_HOOK)
+}
+
+fn attach_tc_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut Created) -> Result<&'static str, LoaderError> {
+    let tc: &mut SchedClassifier = program(ebpf, names::PROG_TC_INGRESS)?;
+    if tc.fd().is_err() {
+        tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_INGRESS, source })?;
+    }
+    attach_pinned(plan, TC_INGRESS_HOOK, iface, created, |err| {
+        let id = tc.attach(iface, TcAttachType::Ingress).map_err(err)?;
+        tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
+    })?;
+    Ok(TC_INGRESS_HOOK)
 }
 
 /// Attaches one program to `target` unless a pinned link for it already exists (a restart keeps

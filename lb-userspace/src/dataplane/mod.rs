@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use lb_common::{
     BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters,
-    HOOK_TC_EGRESS, HOOK_XDP_INGRESS,
+    HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP_INGRESS,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -53,6 +53,7 @@ pub struct IfaceStat {
 #[serde(rename_all = "snake_case")]
 pub enum HookName {
     XdpIngress,
+    TcIngress,
     TcEgress,
     Unknown,
 }
@@ -61,6 +62,7 @@ impl HookName {
     pub fn from_raw(hook: u32) -> Self {
         match hook {
             HOOK_XDP_INGRESS => Self::XdpIngress,
+            HOOK_TC_INGRESS => Self::TcIngress,
             HOOK_TC_EGRESS => Self::TcEgress,
             _ => Self::Unknown,
         }
@@ -69,6 +71,7 @@ impl HookName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::XdpIngress => "xdp_ingress",
+            Self::TcIngress => "tc_ingress",
             Self::TcEgress => "tc_egress",
             Self::Unknown => "unknown",
         }

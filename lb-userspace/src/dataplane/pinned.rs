@@ -144,7 +144,8 @@ impl Dataplane for PinnedMaps {
             let mut total = IfaceCounters::default();
             per_cpu.iter().for_each(|c| total.add(c));
             if total != IfaceCounters::default() {
-                stats.push(IfaceStat::new(slot as u32 / 2, slot as u32 % 2, total));
+                let (ifindex, hook) = lb_common::iface_of_slot(slot as u32);
+                stats.push(IfaceStat::new(ifindex, hook, total));
             }
         }
         Ok(stats)

@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb::dataplane::loader::{self, LoadLimits};
 use lb_tests::{
-    fixture::{counter_deltas, counter_snapshot, XdpFixture, XDP_PASS},
+    fixture::{counter_deltas, counter_snapshot, Fixture, Hook, XDP_PASS},
     packet::{tcp, udp, v4, v6, ACK, SYN},
 };
 use serde_json::json;
@@ -108,7 +108,7 @@ fn mirrored(a: &str, b: &str, port_a: u16, port_b: u16, proto: &str) -> String {
 
 /// Runs `frame` with `repeat` repetitions per run and checks the counters moved by exactly
 /// runs × repeat on `verdict` and nowhere else unexpected.
-fn repeat_scenario(cfg: &Config, f: &mut XdpFixture, frame: &[u8], verdict: &str) -> Result<Figure> {
+fn repeat_scenario(cfg: &Config, f: &mut Fixture, frame: &[u8], verdict: &str) -> Result<Figure> {
     let before = counter_snapshot(&f.pins)?;
     let mut samples = Vec::new();
     for _ in 0..cfg.runs {
@@ -124,7 +124,7 @@ fn repeat_scenario(cfg: &Config, f: &mut XdpFixture, frame: &[u8], verdict: &str
 }
 
 fn established(cfg: &Config, name: &str, services: &str, frame: Vec<u8>) -> Result<(String, Figure)> {
-    let mut f = XdpFixture::load_with(LoadLimits { max_services: 8, ..LoadLimits::default() })?;
+    let mut f = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
     f.apply(services, &[])?;
     // Two runs create the two flows (A and, after the rewrite, B); from then on every
     // repetition is an established hit.
@@ -134,7 +134,7 @@ fn established(cfg: &Config, name: &str, services: &str, frame: Vec<u8>) -> Resu
 }
 
 fn new_flows(cfg: &Config) -> Result<Figure> {
-    let mut f = XdpFixture::load_with(LoadLimits { max_services: 8, max_flows: 1 << 20, ..LoadLimits::default() })?;
+    let mut f = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, max_flows: 1 << 20, ..LoadLimits::default() })?;
     let backends: Vec<String> = (1..=16).map(|i| format!(r#"{{"address":"10.1.0.{i}","port":31000}}"#)).collect();
     f.apply(&format!(r#"{{"services":[{{"name":"web","address":"10.0.0.1","port":80,"backends":[{}]}}]}}"#, backends.join(",")), &[])?;
     let before = counter_snapshot(&f.pins)?;
@@ -181,7 +181,7 @@ fn main() -> Result<()> {
     let (floor_repeat, floor_calls) = floor(&cfg, &probe)?;
 
     let mut rows: Vec<(String, &str, Figure, Figure)> = Vec::new();
-    let mut miss = XdpFixture::load_with(LoadLimits { max_services: 8, ..LoadLimits::default() })?;
+    let mut miss = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
     miss.apply(&mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), &[])?;
     rows.push(("not a service (miss)".into(), "repeat", repeat_scenario(&cfg, &mut miss, &probe, "not_service")?, floor_repeat));
     for (name, services, frame) in [

@@ -1,0 +1,98 @@
+//! Uplink ingress, for either hook (crate::frame): parse → service → backend → rewrite → send.
+//! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT
+//! and leave at once; replies of full-NAT flows go back to their clients.
+
+use lb_common::{reasons, NatReply, FLOW_NAT};
+
+use crate::{
+    forward::{self, Route},
+    frame::Frame,
+    parse::{self, Parsed},
+    rewrite::Nat,
+    select, stats,
+};
+
+/// Balances one frame and counts its outcome; returns the hook's action.
+#[inline(always)]
+pub fn run<F: Frame>(frame: &F, ingress: u32) -> u32 {
+    let (reason, action) = match balance(frame, ingress) {
+        Ok(forwarded) => forwarded,
+        Err(reason) if refused(reason) => (reason, F::DROP),
+        Err(reason) => (reason, F::PASS),
+    };
+    stats::count_verdict(reason);
+    action
+}
+
+/// Returns (reason, action) of a forward, or the reason not to forward.
+#[inline(always)]
+fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(u32, u32), u32> {
+    frame.prepare()?;
+    let (start, end) = frame.window();
+    let packet = parse::parse(start, end, frame.frame_len())?;
+    let Some(service) = select::service(&packet) else {
+        let reply = select::nat_reply(&packet).ok_or(reasons::NOT_SERVICE)?;
+        return nat_reply(frame, ingress, &packet, reply);
+    };
+    let target = select::backend(frame.ctx_ptr(), ingress, &packet, &service)?;
+    let len = frame.frame_len() as u64;
+    let backend = target.backend;
+    if target.flow.kind == FLOW_NAT {
+        let route = uplink_route(frame, ingress, &packet, &backend.addr)?;
+        let flow = target.flow;
+        let to = Nat { src: &flow.nat_addr, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };
+        let action = route_out(frame, ingress, &packet, &to, &route)?;
+        stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
+        return Ok((reasons::FWD_NAT, action));
+    }
+    let to = Nat { src: &packet.src, sport: packet.sport, dst: &backend.addr, dport: backend.port, hop: false };
+    frame.nat(&packet, &to)?;
+    stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
+    Ok((reasons::FWD_LOCAL, F::PASS))
+}
+
+/// A full-NAT backend's reply: from the service, to the client, out towards the client.
+#[inline(always)]
+fn nat_reply<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, reply: &NatReply) -> Result<(u32, u32), u32> {
+    let route = uplink_route(frame, ingress, packet, &reply.client_addr)?;
+    let to = Nat { src: &reply.service_addr, sport: reply.service_port, dst: &reply.client_addr, dport: reply.client_port, hop: true };
+    Ok((reasons::NAT_REPLY, route_out(frame, ingress, packet, &to, &route)?))
+}
+
+/// The route to `dst`, which must leave through an uplink (the NAT paths never hand off to the
+/// stack: it would see this node's own address as a forwarded packet's source).
+#[inline(always)]
+fn uplink_route<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, dst: &[u8; 16]) -> Result<Route, u32> {
+    if packet.ttl <= 1 {
+        return Err(reasons::TTL_EXCEEDED);
+    }
+    match forward::lookup(frame.ctx_ptr(), ingress, packet.family, packet.proto, dst)? {
+        Route::Local => Err(reasons::FIB_FAILURE),
+        route => Ok(route),
+    }
+}
+
+/// Rewrites the packet for `route` and returns the action that sends it.
+#[inline(always)]
+fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route: &Route) -> Result<u32, u32> {
+    let Route::Uplink { ifindex, smac, dmac, .. } = route else { return Err(reasons::FIB_FAILURE) };
+    frame.nat(packet, to)?;
+    frame.set_macs(smac, dmac)?;
+    Ok(frame.send(ingress, *ifindex))
+}
+
+/// Traffic for a service that cannot be served correctly is dropped, never mis-forwarded;
+/// everything else that is not forwarded (not ours, malformed, TTL 1…) goes on untouched.
+#[inline(always)]
+fn refused(reason: u32) -> bool {
+    matches!(
+        reason,
+        reasons::NO_BACKEND
+            | reasons::FLOW_TABLE_FULL
+            | reasons::BAD_BACKEND
+            | reasons::REWRITE_FAILED
+            | reasons::FIB_FAILURE
+            | reasons::FIB_NO_NEIGH
+            | reasons::NAT_PORTS_EXHAUSTED
+    )
+}

@@ -1,0 +1,122 @@
+//! The two uplink ingress hooks behind one interface, so the balancing stages are written once:
+//! XDP (native on NICs that support it: no skb is built for a forwarded frame) and TC ingress
+//! (TCX: the skb the stack already built is rewritten in place, which on veth and other virtual
+//! uplinks avoids the copy native XDP makes of every multi-buffer or GRO frame).
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use lb_common::reasons;
+
+use crate::{forward, parse::Parsed, rewrite};
+
+/// A received frame and what can be done with it.
+pub trait Frame {
+    /// Action that hands the frame to the stack.
+    const PASS: u32;
+    /// Action that drops the frame.
+    const DROP: u32;
+    /// Makes the headers readable in the window (TC: pulls them into the linear part).
+    fn prepare(&self) -> Result<(), u32>;
+    /// The readable [start, end) window.
+    fn window(&self) -> (usize, usize);
+    /// Length of the whole frame (a TC skb's payload may lie beyond the window).
+    fn frame_len(&self) -> usize;
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void;
+    /// Rewrites addresses, ports and (for a hop) the TTL, with checksums.
+    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), u32>;
+    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32>;
+    /// The action that transmits the frame out of `egress`.
+    fn send(&self, ingress: u32, egress: u32) -> u32;
+}
+
+impl Frame for XdpContext {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
+    #[inline(always)]
+    fn prepare(&self) -> Result<(), u32> {
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn window(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.as_ptr()
+    }
+
+    #[inline(always)]
+    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), u32> {
+        rewrite::nat(self.data(), self.data_end(), p, to)
+    }
+
+    #[inline(always)]
+    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+        rewrite::set_macs(self.data(), self.data_end(), smac, dmac)
+    }
+
+    #[inline(always)]
+    fn send(&self, ingress: u32, egress: u32) -> u32 {
+        forward::send(ingress, egress)
+    }
+}
+
+/// Headers the balancer reads: Ethernet + IPv6 + TCP (the longest case).
+const HEADERS: u32 = 14 + 40 + 20;
+
+impl Frame for TcContext {
+    const PASS: u32 = TC_ACT_OK as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+
+    #[inline(always)]
+    fn prepare(&self) -> Result<(), u32> {
+        let want = if self.len() < HEADERS { self.len() } else { HEADERS };
+        if ((self.data_end() - self.data()) as u32) < want {
+            self.pull_data(want).map_err(|_| reasons::MALFORMED)?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn window(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.as_ptr()
+    }
+
+    #[inline(always)]
+    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), u32> {
+        rewrite::nat_skb(self, p, to)
+    }
+
+    #[inline(always)]
+    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+        rewrite::set_macs_skb(self, smac, dmac)
+    }
+
+    #[inline(always)]
+    fn send(&self, _ingress: u32, egress: u32) -> u32 {
+        // SAFETY: plain helper call; returns TC_ACT_REDIRECT (or TC_ACT_SHOT for a bad ifindex).
+        unsafe { bpf_redirect(egress, 0) as u32 }
+    }
+}

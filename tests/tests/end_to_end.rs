@@ -1,5 +1,6 @@
-//! The data path end to end: a client namespace, a node namespace running `lb run` with XDP on
-//! its uplink, and backend namespaces with real TCP and UDP servers.
+//! The data path end to end: a client namespace, a node namespace running `lb run` on its uplink
+//! (balancing in XDP or TC ingress: the forwarding tests run on both), and backend namespaces
+//! with real TCP and UDP servers.
 
 use std::{
     collections::BTreeMap,
@@ -47,11 +48,20 @@ struct Cluster {
     cgroup: TestCgroup,
     file: TempFile,
     agent: Option<Agent>,
+    /// `--ingress-hook` of the agent.
+    hook: &'static str,
     _servers: Vec<Server>,
 }
 
+/// The ingress hooks the forwarding tests run on.
+const HOOKS: [&str; 2] = ["xdp", "tc"];
+
 impl Cluster {
     fn new(backends: usize) -> Self {
+        Self::with_hook(backends, "auto")
+    }
+
+    fn with_hook(backends: usize, hook: &'static str) -> Self {
         let topo = LbTopology::new(backends).unwrap();
         let mut servers = Vec::new();
         for i in 0..backends {
@@ -61,7 +71,7 @@ impl Cluster {
         let all: Vec<(usize, u32)> = (0..backends).map(|i| (i, 1)).collect();
         let file = TempFile::new(&services(&all)).unwrap();
         let cgroup = TestCgroup::new().unwrap();
-        let mut cluster = Self { topo, pins, cgroup, file, agent: None, _servers: servers };
+        let mut cluster = Self { topo, pins, cgroup, file, agent: None, hook, _servers: servers };
         cluster.start_agent();
         cluster
     }
@@ -76,6 +86,7 @@ impl Cluster {
             "--ring-size", "4093",
             "--max-services", "64",
             "--cgroup", &self.cgroup.arg(),
+            "--ingress-hook", self.hook,
         ];
         self.agent = Some(Agent::start(&self.topo.node, &args).unwrap());
     }
@@ -126,12 +137,32 @@ fn assert_fair(per_backend: &BTreeMap<String, usize>, backends: usize, total: us
 
 #[test]
 fn tcp_connections_spread_evenly_over_backends() {
-    let cluster = Cluster::new(3);
-    let per_backend = spread(&cluster, vip(80), 300);
-    assert_fair(&per_backend, 3, 300);
-    // The same through the service port on the node's address.
-    let per_backend = spread(&cluster, SocketAddr::new(cluster.topo.node_ip, 10000), 300);
-    assert_fair(&per_backend, 3, 300);
+    for hook in HOOKS {
+        let cluster = Cluster::with_hook(3, hook);
+        let per_backend = spread(&cluster, vip(80), 300);
+        assert_fair(&per_backend, 3, 300);
+        // The same through the service port on the node's address.
+        let per_backend = spread(&cluster, SocketAddr::new(cluster.topo.node_ip, 10000), 300);
+        assert_fair(&per_backend, 3, 300);
+        // And the hook asked for did the balancing.
+        let ingress = ingress_packets(&cluster);
+        assert!(ingress[&format!("{hook}_ingress")] >= 1800, "{hook}: {ingress:?}");
+        assert_eq!(ingress.len(), 1, "{hook}: {ingress:?}");
+    }
+}
+
+/// Packets counted per ingress hook name (`xdp_ingress`, `tc_ingress`), all interfaces.
+fn ingress_packets(cluster: &Cluster) -> BTreeMap<String, u64> {
+    let out = lb_ok(None, &["stats", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut per_hook = BTreeMap::new();
+    for iface in stats["interfaces"].as_array().unwrap() {
+        let hook = iface["hook"].as_str().unwrap();
+        if hook.ends_with("_ingress") {
+            *per_hook.entry(hook.to_string()).or_insert(0) += iface["packets"].as_u64().unwrap();
+        }
+    }
+    per_hook
 }
 
 #[test]
@@ -151,14 +182,22 @@ fn bpftool_prints_service_and_backend_maps_with_field_names() {
 
 #[test]
 fn ipv6_end_to_end() {
-    let cluster = Cluster::new(3);
-    let per_backend = spread(&cluster, SocketAddr::new(VIP6.parse().unwrap(), 80), 300);
-    assert_fair(&per_backend, 3, 300);
+    for hook in HOOKS {
+        let cluster = Cluster::with_hook(3, hook);
+        let per_backend = spread(&cluster, SocketAddr::new(VIP6.parse().unwrap(), 80), 300);
+        assert_fair(&per_backend, 3, 300);
+    }
 }
 
 #[test]
 fn udp_replies_come_back_from_the_vip() {
-    let cluster = Cluster::new(3);
+    for hook in HOOKS {
+        udp_replies_come_back_from_the_vip_on(hook);
+    }
+}
+
+fn udp_replies_come_back_from_the_vip_on(hook: &'static str) {
+    let cluster = Cluster::with_hook(3, hook);
     let answers = cluster
         .topo
         .client
@@ -257,6 +296,25 @@ fn restarting_the_agent_during_a_transfer_drops_nothing() {
     assert!(status.success());
     cluster.start_agent();
     assert_eq!(transfer.join().expect("transfer"), 10 * 1024 * 1024);
+}
+
+#[test]
+fn a_restart_with_the_other_ingress_hook_replaces_it_without_breaking_connections() {
+    let mut cluster = Cluster::with_hook(3, "xdp");
+    let links = cluster.pins.path().join("links");
+    let (xdp_link, tc_link) = (links.join(format!("xdp@{}", cluster.topo.uplink)), links.join(format!("tc_ingress@{}", cluster.topo.uplink)));
+    assert!(xdp_link.exists() && !tc_link.exists());
+    let conns = open(&cluster, 30);
+    assert!(cluster.agent.take().unwrap().stop().unwrap().success());
+    cluster.hook = "tc";
+    cluster.start_agent();
+    assert!(tc_link.exists() && !xdp_link.exists(), "the TC link replaces the XDP one");
+    let before = ingress_packets(&cluster);
+    let conns = all_alive(conns, None);
+    assert_eq!(conns.len(), 30);
+    let after = ingress_packets(&cluster);
+    assert!(after["tc_ingress"] > before.get("tc_ingress").copied().unwrap_or(0), "{before:?} → {after:?}");
+    assert_eq!(after.get("xdp_ingress"), before.get("xdp_ingress"), "XDP no longer sees packets");
 }
 
 /// Runs lb-probe in the node namespace, inside the agent's cgroup or not.

@@ -1,5 +1,6 @@
 //! Backends on other nodes: the node sends new flows back out of its uplink with full NAT
-//! (XDP_TX) and rewrites the backends' replies to the clients in XDP.
+//! (XDP_TX, or a TC redirect) and rewrites the backends' replies to the clients, on both ingress
+//! hooks.
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +24,7 @@ struct Setup {
     _servers: Vec<Server>,
 }
 
-fn setup(backends: usize) -> Setup {
+fn setup(backends: usize, hook: &str) -> Setup {
     let topo = NatTopology::new(backends).unwrap();
     let mut servers = Vec::new();
     let mut b4 = Vec::new();
@@ -54,6 +55,7 @@ fn setup(backends: usize) -> Setup {
         "--node-ip", "10.202.0.2",
         "--ring-size", "4093",
         "--max-services", "16",
+        "--ingress-hook", hook,
     ];
     let agent = Agent::start(&topo.node, &args).unwrap();
     // The agent's datagrams to the backends resolve their link-layer addresses; give the
@@ -73,7 +75,13 @@ fn verdicts(s: &Setup) -> serde_json::Value {
 
 #[test]
 fn tcp_to_remote_backends_goes_through_full_nat() {
-    let s = setup(3);
+    for hook in ["xdp", "tc"] {
+        tcp_through_full_nat(hook);
+    }
+}
+
+fn tcp_through_full_nat(hook: &str) {
+    let s = setup(3, hook);
     let per_backend = spread(&s, "10.0.0.1:80".parse().unwrap(), 300);
     assert_eq!(per_backend.len(), 3, "{per_backend:?}");
     for (name, n) in &per_backend {
@@ -87,7 +95,13 @@ fn tcp_to_remote_backends_goes_through_full_nat() {
 
 #[test]
 fn udp_and_ipv6_through_full_nat() {
-    let s = setup(2);
+    for hook in ["xdp", "tc"] {
+        udp_and_ipv6_through_full_nat_on(hook);
+    }
+}
+
+fn udp_and_ipv6_through_full_nat_on(hook: &str) {
+    let s = setup(2, hook);
     let answers = s
         .topo
         .client

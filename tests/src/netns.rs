@@ -8,7 +8,7 @@ use std::{
     thread,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::unique_name;
 
@@ -219,6 +219,22 @@ impl LbTopology {
         ns.ip(&["-6", "route", "add", "default", "via", &format!("fd00:210:{i}::1")])?;
         self.backends.push(ns);
         Ok(i)
+    }
+
+    /// Turns transmit checksum offload (and with it TSO/GSO) on or off on every veth of the
+    /// topology. Off (what `veth` sets up) is wire-like: every segment is MTU-sized with a
+    /// complete checksum. On is veth's own default, and close to NICs with TSO and GRO.
+    pub fn set_offloads(&self, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        for ns in [&self.client, &self.node].into_iter().chain(&self.backends) {
+            let links = ns.command("ip").args(["-o", "link", "show", "type", "veth"]).output()?;
+            for line in String::from_utf8_lossy(&links.stdout).lines() {
+                let dev = line.split(": ").nth(1).and_then(|d| d.split('@').next()).context("ip -o link output")?;
+                let out = ns.command("ethtool").args(["-K", dev, "tx", state]).output()?;
+                ensure!(out.status.success(), "ethtool -K {dev} tx {state}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
     }
 
     pub fn backend_ip(i: usize) -> IpAddr {

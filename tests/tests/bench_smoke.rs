@@ -24,6 +24,7 @@ fn end_to_end_benchmark_smoke() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-e2e")).arg("--smoke").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| xdp | tc | sockhook |"), "every mode runs:\n{stdout}");
     for metric in ["keep-alive requests/s", "new connections/s", "iperf3 4 streams", "CPU µs per keep-alive request"] {
         assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
     }

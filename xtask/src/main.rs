@@ -59,9 +59,15 @@ fn real_main() -> Result<()> {
             std::fs::create_dir_all(&docs)?;
             let (json, md) = (docs.join("benchmarks.json"), docs.join("benchmarks.md"));
             let outputs = ["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()];
-            for bench in ["lb-bench", "lb-bench-control", "lb-bench-e2e"] {
+            // End to end twice: wire-like (offloads off, every mode) and with veth's TSO/GSO on,
+            // where XDP on a veth and TC ingress differ most.
+            let offloads_on: &[&str] = &["--offloads", "on", "--modes", "direct,nftables,haproxy,xdp,tc"];
+            let runs: [(&str, &[&str]); 4] =
+                [("lb-bench", &[]), ("lb-bench-control", &[]), ("lb-bench-e2e", &[]), ("lb-bench-e2e", offloads_on)];
+            for (bench, extra) in runs {
                 let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bench, "--"];
                 args.extend(outputs);
+                args.extend(extra);
                 args.extend(rest.iter().map(String::as_str));
                 cargo(&args, &release_env())?;
             }

@@ -1,11 +1,11 @@
 //! `cargo xtask bench`, end to end: one topology (client ns → node ns → 3 backend namespaces
-//! running nginx and iperf3), five ways through it, interleaved round after round:
+//! running nginx and iperf3), six ways through it, interleaved round after round:
 //! direct to one backend (the ceiling), nftables DNAT with numgen random (kube-proxy style),
-//! HAProxy mode tcp roundrobin (what marathon-lb runs), this project's XDP path, and its socket
-//! hooks (the client then runs on the node, in the hooked cgroup). Measured: HTTP keep-alive
+//! HAProxy mode tcp roundrobin (what marathon-lb runs), this project's balancer in XDP and in TC
+//! ingress, and its socket hooks (the client then runs on the node, in the hooked cgroup). Measured: HTTP keep-alive
 //! requests/s and p99 (wrk), new connections/s (Connection: close), iperf3 1 and 4 streams to
-//! one backend, and the machine's CPU time per request / per GB, from /proc/stat. A sixth mode,
-//! direct with the balancer loaded, shows what attaching XDP to the uplink costs by itself.
+//! one backend, and the machine's CPU time per request / per GB, from /proc/stat. A seventh mode,
+//! direct with the XDP balancer loaded, shows what attaching XDP to the uplink costs by itself.
 
 use std::{
     collections::BTreeMap,
@@ -28,17 +28,21 @@ const IPERF: u16 = 5201;
 /// `direct+xdp` is the direct path with the balancer loaded (XDP and TC on the node's uplink,
 /// every packet a miss): it separates what attaching XDP to a veth costs from what the
 /// balancing itself costs.
-const MODES: [&str; 6] = ["direct", "direct+xdp", "nftables", "haproxy", "xdp", "sockhook"];
+const MODES: [&str; 7] = ["direct", "direct+xdp", "nftables", "haproxy", "xdp", "tc", "sockhook"];
 
 struct Config {
     rounds: usize,
     seconds: u32,
     json: Option<String>,
     markdown: Option<String>,
+    /// The modes to run (all by default; `--modes direct,tc` for a focused look).
+    modes: Vec<&'static str>,
+    /// Transmit checksum offload and TSO/GSO on the veths (`--offloads on`); off by default.
+    offloads: bool,
 }
 
 fn parse_args() -> Result<Config> {
-    let mut c = Config { rounds: 3, seconds: 5, json: None, markdown: None };
+    let mut c = Config { rounds: 3, seconds: 5, json: None, markdown: None, modes: MODES.to_vec(), offloads: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -47,6 +51,18 @@ fn parse_args() -> Result<Config> {
             "--seconds" => c.seconds = value()?.parse()?,
             "--json" => c.json = Some(value()?),
             "--markdown" => c.markdown = Some(value()?),
+            "--modes" => {
+                let wanted = value()?;
+                c.modes = MODES.iter().copied().filter(|m| wanted.split(',').any(|w| w == *m)).collect();
+                ensure!(c.modes.len() == wanted.split(',').count(), "--modes: choose from {}", MODES.join(","));
+            }
+            "--offloads" => {
+                c.offloads = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => bail!("--offloads {other}: on or off"),
+                }
+            }
             "--smoke" => {
                 c.rounds = 1;
                 c.seconds = 1;
@@ -187,6 +203,7 @@ fn main() -> Result<()> {
 
 fn run(cfg: &Config, dir: &Path) -> Result<()> {
     let topo = LbTopology::new(3)?;
+    topo.set_offloads(cfg.offloads)?;
     topo.client.route("10.210.0.0/16", "10.201.0.2".parse().unwrap())?;
     let mut procs = Vec::new();
     for i in 0..3 {
@@ -237,18 +254,26 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
         "direct" | "direct+xdp" => Target { http: format!("10.210.0.2:{HTTP}"), iperf: ("10.210.0.2".into(), IPERF), from_node: false },
         "nftables" => Target { http: "10.0.0.2:80".into(), iperf: ("10.0.0.2".into(), IPERF), from_node: false },
         "haproxy" => Target { http: "10.201.0.2:8081".into(), iperf: ("10.201.0.2".into(), 5202), from_node: false },
-        "xdp" => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: false },
+        "xdp" | "tc" => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: false },
         _ => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: true },
     };
 
     // metric → mode → samples
     let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for round in 0..cfg.rounds {
-        for mode in MODES {
+        for &mode in &cfg.modes {
             // The balancer is loaded only for its own modes, so the others do not pay for it.
             let pins = PinDir::new();
-            let agent = if matches!(mode, "direct+xdp" | "xdp" | "sockhook") {
-                let args = ["--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--services", &services.arg(), "--node-ip", "10.201.0.2", "--cgroup", &cgroup.arg()];
+            let agent = if matches!(mode, "direct+xdp" | "xdp" | "tc" | "sockhook") {
+                let hook = if mode == "tc" { "tc" } else { "xdp" };
+                let args = [
+                    "--iface", &topo.uplink,
+                    "--pin-dir", &pins.arg(),
+                    "--services", &services.arg(),
+                    "--node-ip", "10.201.0.2",
+                    "--cgroup", &cgroup.arg(),
+                    "--ingress-hook", hook,
+                ];
                 Some(Agent::start(&topo.node, &args)?)
             } else {
                 None
@@ -271,9 +296,16 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
                 samples.entry(metric).or_default().entry(mode).or_default().push(value);
             }
             if let Some(agent) = agent {
-                if mode == "xdp" {
-                    let stats = lb_ok(Some(&topo.node), &["stats", "--json", "--pin-dir", &pins.arg()])?;
-                    ensure!(stats.contains("\"fwd_local\""), "the XDP path forwarded nothing");
+                // The figures are only the mode's if its path did the forwarding.
+                let expected = match mode {
+                    "xdp" | "tc" => Some("fwd_local"),
+                    "sockhook" => Some("fwd_socket"),
+                    _ => None,
+                };
+                if let Some(verdict) = expected {
+                    let stats: Value = serde_json::from_str(&lb_ok(Some(&topo.node), &["stats", "--json", "--pin-dir", &pins.arg()])?)?;
+                    let n = stats["verdicts"][verdict].as_u64().unwrap_or(0);
+                    ensure!(n > 0, "{mode}: no {verdict} verdicts, so another path carried the traffic");
                 }
                 agent.stop()?;
             }
@@ -293,24 +325,33 @@ fn median(v: &[f64]) -> f64 {
 
 fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> Result<()> {
     let mut md = format!(
-        "\n## End to end (network namespaces, 2 shared cores)\n\n\
+        "\n## End to end, veth offloads {offloads} (network namespaces, 2 shared cores)\n\n\
          client ns → node ns → 3 backend ns (nginx, iperf3); modes interleaved, {rounds} rounds of {secs} s, medians;\n\
          ratios to direct (the ceiling) and to HAProxy. CPU is the whole machine's busy time (/proc/stat)\n\
-         during the run, divided by the work done. Regenerate with `cargo xtask bench`.\n\n\
+         during the run, divided by the work done. {offload_note} Regenerate with `cargo xtask bench`.\n\n\
          | metric | {modes} |\n|---|{bars}\n",
+        offloads = if cfg.offloads { "on" } else { "off" },
+        offload_note = if cfg.offloads {
+            "Offloads on (veth's default; like NICs with TSO/GRO): TCP sends 64 KiB GSO segments through the node."
+        } else {
+            "Offloads off (wire-like): every segment is MTU-sized with a full checksum."
+        },
         rounds = cfg.rounds,
         secs = cfg.seconds,
-        modes = MODES.join(" | "),
-        bars = "---|".repeat(MODES.len()),
+        modes = cfg.modes.join(" | "),
+        bars = "---|".repeat(cfg.modes.len()),
     );
     let mut json_doc = serde_json::Map::new();
     for (metric, by_mode) in samples {
         let med: BTreeMap<&str, f64> = by_mode.iter().map(|(m, v)| (*m, median(v))).collect();
-        let cells: Vec<String> = MODES
+        let ratio = |v: f64, to: &str| med.get(to).map(|base| format!("{:.2}× {to}", v / base));
+        let cells: Vec<String> = cfg
+            .modes
             .iter()
             .map(|m| {
                 let v = med[m];
-                format!("{v:.2} ({:.2}× direct, {:.2}× HAProxy)", v / med["direct"], v / med["haproxy"])
+                let ratios: Vec<String> = [ratio(v, "direct"), ratio(v, "haproxy")].into_iter().flatten().collect();
+                format!("{v:.2} ({})", ratios.join(", "))
             })
             .collect();
         md += &format!("| {metric} | {} |\n", cells.join(" | "));
@@ -318,7 +359,8 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
     }
     print!("{md}");
     if let Some(path) = &cfg.json {
-        bench_report::add_json_section(path, "end_to_end", json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "medians": json_doc}))?;
+        let section = if cfg.offloads { "end_to_end_offloads_on" } else { "end_to_end" };
+        bench_report::add_json_section(path, section, json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "offloads": cfg.offloads, "medians": json_doc}))?;
     }
     if let Some(path) = &cfg.markdown {
         bench_report::append_markdown(path, &md)?;

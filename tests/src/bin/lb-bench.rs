@@ -123,13 +123,13 @@ fn repeat_scenario(cfg: &Config, f: &mut Fixture, frame: &[u8], verdict: &str) -
     Ok(figure(samples))
 }
 
-fn established(cfg: &Config, name: &str, services: &str, frame: Vec<u8>) -> Result<(String, Figure)> {
-    let mut f = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
+fn established(cfg: &Config, name: &str, services: &str, frame: Vec<u8>, hook: Hook) -> Result<(String, Figure)> {
+    let mut f = Fixture::load_with(hook, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
     f.apply(services, &[])?;
     // Two runs create the two flows (A and, after the rewrite, B); from then on every
     // repetition is an established hit.
     let (verdict, _, _) = f.timed_run(&frame, 2)?;
-    ensure!(verdict == XDP_PASS, "{name}: verdict {verdict}");
+    ensure!(verdict == hook.expected_verdict(XDP_PASS), "{name}: verdict {verdict}");
     Ok((name.to_string(), repeat_scenario(cfg, &mut f, &frame, "fwd_local")?))
 }
 
@@ -167,7 +167,9 @@ fn report(cfg: &Config, table: &str) -> String {
          repetitions on the same buffer (established-flow scenarios use two services that map onto\n\
          each other, so every repetition is a hit). `calls`: {calls} calls of one repetition each\n\
          (includes the kernel's fixed per-call cost, so compare with the floor measured the same\n\
-         way). After every scenario the verdict counters are checked against the expected path.\n\n{table}",
+         way). After every scenario the verdict counters are checked against the expected path.\n\
+         The TC ingress row runs the same balancer as a TC program on an skb (checksums through the\n\
+         kernel's helpers); it is compared with the XDP floor.\n\n{table}",
         runs = cfg.runs,
         repeat = cfg.repeat,
         calls = cfg.calls,
@@ -184,12 +186,14 @@ fn main() -> Result<()> {
     let mut miss = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
     miss.apply(&mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), &[])?;
     rows.push(("not a service (miss)".into(), "repeat", repeat_scenario(&cfg, &mut miss, &probe, "not_service")?, floor_repeat));
-    for (name, services, frame) in [
-        ("established TCP flow", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 80), ACK, &[0u8; 6])),
-        ("established UDP flow", mirrored("10.0.0.1", "10.0.0.2", 53, 5353, "udp"), udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 53), &[0u8; 18])),
-        ("established IPv6 TCP flow", mirrored("fd00::1", "fd00::2", 80, 8080, "tcp"), tcp((v6("fd00:9::1"), 40000), (v6("fd00::1"), 80), ACK, &[0u8; 6])),
+    let tcp_flow = || tcp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 80), ACK, &[0u8; 6]);
+    for (name, services, frame, hook) in [
+        ("established TCP flow", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), Hook::Xdp),
+        ("established UDP flow", mirrored("10.0.0.1", "10.0.0.2", 53, 5353, "udp"), udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 53), &[0u8; 18]), Hook::Xdp),
+        ("established IPv6 TCP flow", mirrored("fd00::1", "fd00::2", 80, 8080, "tcp"), tcp((v6("fd00:9::1"), 40000), (v6("fd00::1"), 80), ACK, &[0u8; 6]), Hook::Xdp),
+        ("established TCP flow, TC ingress (skb)", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), Hook::TcIngress),
     ] {
-        let (name, fig) = established(&cfg, name, &services, frame)?;
+        let (name, fig) = established(&cfg, name, &services, frame, hook)?;
         rows.push((name, "repeat", fig, floor_repeat));
     }
     rows.push(("new TCP flow (Maglev pick + flow insert)".into(), "calls", new_flows(&cfg)?, floor_calls));

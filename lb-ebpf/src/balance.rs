@@ -1,4 +1,5 @@
-//! Uplink ingress, for either hook (crate::frame): parse → service → backend → rewrite → send.
+//! Uplink ingress, for either hook (crate::frame): parse → flow or service → backend → rewrite
+//! → send.
 //! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT
 //! and leave at once; replies of full-NAT flows go back to their clients.
 
@@ -30,11 +31,19 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(u32, u32), u32> {
     frame.prepare()?;
     let (start, end) = frame.window();
     let packet = parse::parse(start, end, frame.frame_len())?;
-    let Some(service) = select::service(&packet) else {
-        let reply = select::nat_reply(&packet).ok_or(reasons::NOT_SERVICE)?;
-        return nat_reply(frame, ingress, &packet, reply);
+    if !select::service_port_used(&packet) {
+        return not_for_a_service(frame, ingress, &packet);
+    }
+    // Established connections first: one flow lookup, no service lookup.
+    let target = match select::established(&packet) {
+        Some(target) => target,
+        None => {
+            let Some(service) = select::service(&packet) else {
+                return not_for_a_service(frame, ingress, &packet);
+            };
+            select::new_flow(frame.ctx_ptr(), ingress, &packet, &service)?
+        }
     };
-    let target = select::backend(frame.ctx_ptr(), ingress, &packet, &service)?;
     let len = frame.frame_len() as u64;
     let backend = target.backend;
     if target.flow.kind == FLOW_NAT {
@@ -49,6 +58,13 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(u32, u32), u32> {
     frame.nat(&packet, &to)?;
     stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
     Ok((reasons::FWD_LOCAL, F::PASS))
+}
+
+/// A packet for no service: a full-NAT backend's reply, or not ours.
+#[inline(always)]
+fn not_for_a_service<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Result<(u32, u32), u32> {
+    let reply = select::nat_reply(packet).ok_or(reasons::NOT_SERVICE)?;
+    nat_reply(frame, ingress, packet, reply)
 }
 
 /// A full-NAT backend's reply: from the service, to the client, out towards the client.

@@ -1,5 +1,5 @@
-//! Stage 2: service lookup, then the connection's backend: its pinned flow if the backend still
-//! exists, else a Maglev pick from the service's live ring, pinned for the rest of the flow.
+//! Stage 2: the connection's pinned flow if its backend still exists; else the service lookup
+//! and a Maglev pick from the service's live ring, pinned for the rest of the flow.
 //! A new flow also decides how the backend is reached: through this node's stack (destination
 //! NAT) or, when the route to it leaves through an uplink, with full NAT from a node address.
 
@@ -27,6 +27,14 @@ pub struct Target {
     pub new_flow: bool,
     /// The pinned flow: how the backend is reached (`kind`) and, for full NAT, from where.
     pub flow: &'static FlowInfo,
+}
+
+/// Whether some service uses the packet's (protocol, destination port): one array lookup that
+/// turns most traffic that is not ours away before any hash lookup.
+#[inline(always)]
+pub fn service_port_used(p: &Parsed) -> bool {
+    let (word, bit) = service_port_bit(p.dport, p.proto);
+    SERVICE_PORTS.get(word).is_some_and(|w| *w & bit != 0)
 }
 
 /// The service a packet is addressed to: (dst, port, proto) exactly, else a service port when
@@ -66,24 +74,21 @@ fn scratch() -> Result<&'static mut Scratch, u32> {
     Ok(unsafe { &mut *ptr })
 }
 
-/// The backend for this packet's connection to `svc`.
+/// The pinned backend of an established connection, looked up before the service: a flow is
+/// only ever created for a service, and its backend entry names the service it belongs to (a
+/// removed service's backends are marked unused, which ends its flows here too).
 #[inline(always)]
-pub fn backend(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
-    let s = scratch()?;
+pub fn established(p: &Parsed) -> Option<Target> {
+    let s = scratch().ok()?;
     s.flow_key = flow_key(p);
-    if let Some(flow) = FLOWS.get_ptr_mut(&s.flow_key) {
-        let flow = unsafe { &mut *flow };
-        if let Some(target) = pinned(p, svc, flow) {
-            return Ok(target);
-        }
-    }
-    pick(ctx, ingress, p, svc, s)
+    let flow = FLOWS.get_ptr_mut(&s.flow_key)?;
+    pinned(p, unsafe { &mut *flow })
 }
 
 /// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
 /// out. Draining backends keep their flows.
 #[inline(always)]
-fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo) -> Option<Target> {
+fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     let backend = BACKENDS.get(flow.backend_id)?;
     if backend.state == BACKEND_UNUSED || backend.generation != flow.backend_generation {
         return None;
@@ -96,7 +101,15 @@ fn pinned(p: &Parsed, svc: &ServiceInfo, flow: &'static mut FlowInfo) -> Option<
         }
         flow.last_seen_ns = now;
     }
-    Some(Target { service_id: svc.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
+    Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
+}
+
+/// A backend for a connection to `svc` that has no live pinned flow.
+#[inline(always)]
+pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
+    let s = scratch()?;
+    s.flow_key = flow_key(p);
+    pick(ctx, ingress, p, svc, s)
 }
 
 /// A new flow: Maglev slot → backend → how to reach it → pin the flow and remember how to

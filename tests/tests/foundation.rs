@@ -55,7 +55,8 @@ fn udp_echo_round(topo: &ClientNode, count: usize) -> usize {
     received
 }
 
-/// (xdp_ingress packets, tc_egress packets) on the node's uplink, read with `lb stats --json`.
+/// (tc_ingress packets, tc_egress packets) on the node's uplink, read with `lb stats --json`.
+/// The uplink is a veth, where `--ingress-hook auto` (the default) balances in TC.
 fn uplink_packets(topo: &ClientNode, pins: &PinDir) -> (u64, u64) {
     let out = lb_ok(Some(&topo.node), &["stats", "--json", "--pin-dir", &pins.arg()]).unwrap();
     let stats: Value = serde_json::from_str(&out).unwrap();
@@ -74,7 +75,8 @@ fn uplink_packets(topo: &ClientNode, pins: &PinDir) -> (u64, u64) {
             .map(|s| s["packets"].as_u64().unwrap())
             .unwrap_or(0)
     };
-    (get("xdp_ingress"), get("tc_egress"))
+    assert_eq!(get("xdp_ingress"), 0, "auto must not pick XDP on a veth");
+    (get("tc_ingress"), get("tc_egress"))
 }
 
 #[test]
@@ -85,7 +87,7 @@ fn counts_real_packets_on_a_veth_in_a_namespace() {
 
     assert_eq!(udp_echo_round(&topo, 50), 50);
     let (ingress, egress) = uplink_packets(&topo, &pins);
-    assert!(ingress >= 50, "XDP counted {ingress} packets, sent 50");
+    assert!(ingress >= 50, "TC ingress counted {ingress} packets, sent 50");
     assert!(egress >= 50, "TC egress counted {egress} packets, echoed 50");
 
     // bpftool reads the pinned map with field names from BTF.

@@ -19,7 +19,7 @@ use crate::{
         vip::VipRange,
         watch::{DnsCache, EventWatch},
     },
-    status::{self, AgentStatus, MarathonStatus},
+    status::{self, AgentStatus, MarathonStatus, UplinkStatus},
     dataplane::{
         loader::{self, AttachPlan, IngressHook, LoadLimits},
         pinned::{pin_name, PinnedMaps},
@@ -176,7 +176,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Stats(args) => {
             let stats = report::stats(&PinnedMaps::new(&args.pins.pin_dir))?;
-            report::print_stats(&stats, args.json, &mut std::io::stdout().lock())
+            // Interface indexes are per network namespace: the agent's own names come first.
+            let uplinks = status::read(&args.pins.pin_dir).map(|s| s.uplinks).unwrap_or_default();
+            let names = uplinks.into_iter().map(|u| (u.ifindex, u.name)).collect();
+            report::print_stats(&stats, &names, args.json, &mut std::io::stdout().lock())
         }
         Command::Status(args) => {
             let status = status::read(&args.pins.pin_dir)
@@ -248,6 +251,12 @@ fn run_agent(args: RunArgs) -> Result<()> {
     };
     let uplinks: Vec<u32> = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<_, _>>()?;
     reconcile::sync_uplinks(&uplinks, &mut agent.dataplane)?;
+    agent.status.uplinks = loaded
+        .ingress
+        .iter()
+        .zip(&uplinks)
+        .map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: hook.to_string() })
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut marathon = marathon;

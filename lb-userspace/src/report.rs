@@ -226,7 +226,9 @@ pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     Ok(Stats { verdicts, services, interfaces: dp.iface_stats()? })
 }
 
-pub fn print_stats(stats: &Stats, json: bool, out: &mut impl Write) -> Result<()> {
+/// `lb stats`; `names` maps the agent's uplink indexes to their names (else the index is
+/// looked up in this process's network namespace).
+pub fn print_stats(stats: &Stats, names: &std::collections::BTreeMap<u32, String>, json: bool, out: &mut impl Write) -> Result<()> {
     if json {
         serde_json::to_writer_pretty(&mut *out, stats)?;
         writeln!(out)?;
@@ -247,7 +249,7 @@ pub fn print_stats(stats: &Stats, json: bool, out: &mut impl Write) -> Result<()
     }
     writeln!(out, "\n{:<16} {:>7} {:<12} {:>12} {:>14}", "IFACE", "IFINDEX", "HOOK", "PACKETS", "BYTES")?;
     for i in &stats.interfaces {
-        let name = preflight::interface_name(i.ifindex).unwrap_or_else(|| "-".into());
+        let name = names.get(&i.ifindex).cloned().or_else(|| preflight::interface_name(i.ifindex)).unwrap_or_else(|| "-".into());
         writeln!(out, "{name:<16} {:>7} {:<12} {:>12} {:>14}", i.ifindex, i.hook.as_str(), i.packets, i.bytes)?;
     }
     Ok(())
@@ -262,6 +264,9 @@ pub fn print_status(status: &crate::status::AgentStatus, json: bool, out: &mut i
     }
     let ago = |t: u64| format!("{} s ago", crate::status::now().saturating_sub(t));
     writeln!(out, "agent pid {}  pin dir {}  services {}  updated {}", status.pid, status.pin_dir, status.services, ago(status.updated))?;
+    for u in &status.uplinks {
+        writeln!(out, "uplink {} (ifindex {}): balancing in {}", u.name, u.ifindex, u.ingress_hook)?;
+    }
     let Some(m) = &status.marathon else {
         writeln!(out, "marathon: not configured")?;
         return Ok(());

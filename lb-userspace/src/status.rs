@@ -20,7 +20,19 @@ pub struct AgentStatus {
     /// Seconds since the epoch of the last change of this status.
     pub updated: u64,
     pub services: usize,
+    /// The uplinks as the agent sees them in its own network namespace.
+    #[serde(default)]
+    pub uplinks: Vec<UplinkStatus>,
     pub marathon: Option<MarathonStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub ifindex: u32,
+    /// The program balancing on its ingress: `xdp` or `tc_ingress` (what `--ingress-hook auto`
+    /// chose, or what was asked for).
+    pub ingress_hook: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -309,6 +309,9 @@ fn a_restart_with_the_other_ingress_hook_replaces_it_without_breaking_connection
     cluster.hook = "tc";
     cluster.start_agent();
     assert!(tc_link.exists() && !xdp_link.exists(), "the TC link replaces the XDP one");
+    let status: serde_json::Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap()).unwrap();
+    assert_eq!(status["uplinks"][0]["name"], cluster.topo.uplink.as_str(), "{status}");
+    assert_eq!(status["uplinks"][0]["ingress_hook"], "tc_ingress", "{status}");
     let before = ingress_packets(&cluster);
     let conns = all_alive(conns, None);
     assert_eq!(conns.len(), 30);

@@ -122,6 +122,8 @@ impl LoadLimits {
 /// attached.
 pub struct Loaded {
     pub ebpf: Ebpf,
+    /// (uplink, the ingress hook balancing on it: `xdp` or `tc_ingress`), in plan order.
+    pub ingress: Vec<(String, &'static str)>,
 }
 
 /// Hooks attached per uplink, with the pin name of their link.
@@ -156,8 +158,9 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
     }
     let mut ebpf = load_object(&plan.pin_dir, &plan.limits)?;
 
+    let mut ingress = Vec::new();
     for iface in &plan.ifaces {
-        attach_ingress(&mut ebpf, plan, iface, created)?;
+        ingress.push((iface.clone(), attach_ingress(&mut ebpf, plan, iface, created)?));
     }
     let tc: &mut SchedClassifier = program(&mut ebpf, names::PROG_TC_EGRESS)?;
     tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_EGRESS, source })?;
@@ -168,13 +171,13 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
         })?;
     }
     attach_socket_hooks(&mut ebpf, plan, created)?;
-    Ok(Loaded { ebpf })
+    Ok(Loaded { ebpf, ingress })
 }
 
 /// Attaches the ingress balancer `plan.ingress_hook` asks for to `iface`. One balancer per
 /// uplink: a restart that picks the other hook attaches it first, then unpins the old one, so no
 /// packet goes unbalanced in between.
-fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut Created) -> Result<(), LoaderError> {
+fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut Created) -> Result<&'static str, LoaderError> {
     let preferred = match plan.ingress_hook {
         IngressHook::Auto if preflight::interface_driver(iface).as_deref() == Some("veth") => IngressHook::Tc,
         other => other,
@@ -196,7 +199,7 @@ fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut
         fs::remove_file(&stale).map_err(|source| LoaderError::Io { path: stale.clone(), source })?;
         info!(iface, replaced, by = attached, "ingress balancer replaced");
     }
-    Ok(())
+    Ok(attached)
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, created: &mut Created) -> Result<&'static str, LoaderError> {

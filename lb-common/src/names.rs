@@ -27,7 +27,9 @@ pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS";
 pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_FLOWS4: &str = "FLOWS4";
 pub const MAP_REPLIES: &str = "REPLIES";
+pub const MAP_REPLIES4: &str = "REPLIES4";
 pub const MAP_SOCK_REPLIES: &str = "SOCK_REPLIES";
 pub const MAP_NAT_REPLIES: &str = "NAT_REPLIES";
 pub const MAP_UPLINKS: &str = "UPLINKS";
@@ -47,7 +49,9 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_RINGS,
     MAP_BACKENDS,
     MAP_FLOWS,
+    MAP_FLOWS4,
     MAP_REPLIES,
+    MAP_REPLIES4,
     MAP_SOCK_REPLIES,
     MAP_NAT_REPLIES,
     MAP_UPLINKS,

@@ -8,7 +8,7 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey,
+    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
 };
@@ -56,12 +56,18 @@ pub static RINGS: Array<u64, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::ne
 /// Backends by id (id 0 unused).
 #[btf_map]
 pub static BACKENDS: Array<BackendInfo, MAX_BACKENDS> = Array::new();
-/// Connection (as the client sent it) → the backend it is pinned to.
+/// IPv6 connection (as the client sent it) → the backend it is pinned to.
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowInfo, MAX_FLOWS> = LruHashMap::new();
+/// IPv4 connection (as the client sent it) → the backend it is pinned to (a 16-byte key).
+#[btf_map]
+pub static FLOWS4: LruHashMap<FlowKey4, FlowInfo, MAX_FLOWS> = LruHashMap::new();
 /// Reply direction (backend → client) → the service address to restore as the source.
 #[btf_map]
 pub static REPLIES: LruHashMap<FlowKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();
+/// The same for IPv4 replies (a 16-byte key).
+#[btf_map]
+pub static REPLIES4: LruHashMap<FlowKey4, ReplyInfo, MAX_FLOWS> = LruHashMap::new();
 /// Local socket (cookie) + backend → the service address getpeername()/recvmsg() must show.
 #[btf_map]
 pub static SOCK_REPLIES: LruHashMap<SockKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();

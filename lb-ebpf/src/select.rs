@@ -5,15 +5,15 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, reasons, BackendInfo, FlowInfo, FlowKey, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
-    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
+    hash, reasons, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
+    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
     forward::{self, Route},
     mem,
     maps::{
-        BACKENDS, FLOWS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REPLIES, NODE_ADDRS, REPLIES, RINGS, RING_SIZE, SCRATCH,
+        BACKENDS, FLOWS, FLOWS4, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, RING_SIZE, SCRATCH,
         SERVICES, SERVICE_PORTS, UDP_TIMEOUT_NS,
     },
     parse::Parsed,
@@ -62,6 +62,17 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<S
 }
 
 #[inline(always)]
+fn flow_key4(p: &Parsed) -> FlowKey4 {
+    FlowKey4 { src: v4_of(&p.src), dst: v4_of(&p.dst), sport: p.sport, dport: p.dport, proto: p.proto, _pad: 0, _pad2: 0 }
+}
+
+/// The IPv4 address in the first 4 bytes of an address field.
+#[inline(always)]
+fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
+}
+
+#[inline(always)]
 fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: 0 }
 }
@@ -80,8 +91,13 @@ fn scratch() -> Result<&'static mut Scratch, u32> {
 #[inline(always)]
 pub fn established(p: &Parsed) -> Option<Target> {
     let s = scratch().ok()?;
-    s.flow_key = flow_key(p);
-    let flow = FLOWS.get_ptr_mut(&s.flow_key)?;
+    let flow = if p.family == FAMILY_V4 {
+        s.flow_key4 = flow_key4(p);
+        FLOWS4.get_ptr_mut(&s.flow_key4)?
+    } else {
+        s.flow_key = flow_key(p);
+        FLOWS.get_ptr_mut(&s.flow_key)?
+    };
     pinned(p, unsafe { &mut *flow })
 }
 
@@ -108,7 +124,6 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
 #[inline(always)]
 pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
     let s = scratch()?;
-    s.flow_key = flow_key(p);
     pick(ctx, ingress, p, svc, s)
 }
 
@@ -126,18 +141,32 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
     mem::zero16(&mut s.flow.nat_addr);
     match forward::lookup(ctx, ingress, p.family, p.proto, &backend.addr)? {
         Route::Local => {
-            s.reply_key = FlowKey {
-                src: backend.addr,
-                dst: p.src,
-                sport: backend.port,
-                dport: p.sport,
-                proto: p.proto,
-                family: p.family,
-                _pad: 0,
-            };
             s.reply.service_addr = p.dst;
             s.reply.service_port = p.dport;
-            REPLIES.insert(&s.reply_key, &s.reply, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
+            let remembered = if p.family == FAMILY_V4 {
+                s.reply_key4 = FlowKey4 {
+                    src: v4_of(&backend.addr),
+                    dst: v4_of(&p.src),
+                    sport: backend.port,
+                    dport: p.sport,
+                    proto: p.proto,
+                    _pad: 0,
+                    _pad2: 0,
+                };
+                REPLIES4.insert(&s.reply_key4, &s.reply, 0)
+            } else {
+                s.reply_key = FlowKey {
+                    src: backend.addr,
+                    dst: p.src,
+                    sport: backend.port,
+                    dport: p.sport,
+                    proto: p.proto,
+                    family: p.family,
+                    _pad: 0,
+                };
+                REPLIES.insert(&s.reply_key, &s.reply, 0)
+            };
+            remembered.map_err(|_| reasons::FLOW_TABLE_FULL)?;
         }
         Route::Uplink { src, .. } => {
             s.flow.kind = FLOW_NAT;
@@ -145,7 +174,14 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
             s.flow.nat_port = nat_port(p, backend, s)?;
         }
     }
-    FLOWS.insert(&s.flow_key, &s.flow, 0).map_err(|_| reasons::FLOW_TABLE_FULL)?;
+    let pinned = if p.family == FAMILY_V4 {
+        s.flow_key4 = flow_key4(p);
+        FLOWS4.insert(&s.flow_key4, &s.flow, 0)
+    } else {
+        s.flow_key = flow_key(p);
+        FLOWS.insert(&s.flow_key, &s.flow, 0)
+    };
+    pinned.map_err(|_| reasons::FLOW_TABLE_FULL)?;
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
 }
 
@@ -205,7 +241,11 @@ fn ring_entry(index: u32) -> Result<u32, u32> {
 /// How to restore the service address on a reply from a local backend, if this is one.
 #[inline(always)]
 pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
-    unsafe { REPLIES.get(flow_key(p)) }
+    if p.family == FAMILY_V4 {
+        unsafe { REPLIES4.get(flow_key4(p)) }
+    } else {
+        unsafe { REPLIES.get(flow_key(p)) }
+    }
 }
 
 /// How to send a full-NAT backend's reply back to its client, if this is one.

@@ -132,7 +132,7 @@ pub struct RunArgs {
     /// Backend entries (one per service membership).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS)]
     pub max_backends: u32,
-    /// Flow-table entries (LRU).
+    /// Flow-table entries (LRU), per address family (IPv4 and IPv6 flows have their own tables).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FLOWS)]
     pub max_flows: u32,
     /// Seconds of silence after which a UDP flow may move to another backend.

@@ -285,7 +285,14 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
     for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS] {
         loader.map_max_entries(map, limits.max_backends);
     }
-    for map in [names::MAP_FLOWS, names::MAP_REPLIES] {
+    for map in [
+        names::MAP_FLOWS,
+        names::MAP_FLOWS4,
+        names::MAP_REPLIES,
+        names::MAP_REPLIES4,
+        names::MAP_NAT_REPLIES,
+        names::MAP_SOCK_REPLIES,
+    ] {
         loader.map_max_entries(map, limits.max_flows);
     }
     loader

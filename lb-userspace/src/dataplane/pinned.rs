@@ -9,7 +9,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
-    names, BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, ServiceName,
+    names, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, ServiceName,
     TrafficCounters, SERVICE_NAME_LEN, SPARE_RINGS,
 };
 
@@ -290,8 +290,12 @@ impl Dataplane for PinnedMaps {
     }
 
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
-        let map = self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?;
-        hash_entries(&map, names::MAP_FLOWS, limit)
+        let v4 = self.hash::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?;
+        let mut flows: Vec<(FlowKey, FlowInfo)> =
+            hash_entries(&v4, names::MAP_FLOWS4, limit)?.into_iter().map(|(k, v)| (k.widen(), v)).collect();
+        let v6 = self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?;
+        flows.extend(hash_entries(&v6, names::MAP_FLOWS, limit - flows.len())?);
+        Ok(flows)
     }
 }
 

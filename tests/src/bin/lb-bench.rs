@@ -29,10 +29,18 @@ struct Config {
     calls: u32,
     json: Option<String>,
     markdown: Option<String>,
+    /// One scenario alone, nothing written: a target for `perf record`.
+    profile: Option<Profile>,
+}
+
+#[derive(Clone, Copy)]
+enum Profile {
+    Established(Hook),
+    NewFlows,
 }
 
 fn parse_args() -> Result<Config> {
-    let mut c = Config { runs: 7, repeat: 1_000_000, calls: 100_000, json: None, markdown: None };
+    let mut c = Config { runs: 7, repeat: 1_000_000, calls: 100_000, json: None, markdown: None, profile: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -42,6 +50,14 @@ fn parse_args() -> Result<Config> {
             "--calls" => c.calls = value()?.parse()?,
             "--json" => c.json = Some(value()?),
             "--markdown" => c.markdown = Some(value()?),
+            "--profile" => {
+                c.profile = Some(match value()?.as_str() {
+                    "xdp" => Profile::Established(Hook::Xdp),
+                    "tc" => Profile::Established(Hook::TcIngress),
+                    "new" => Profile::NewFlows,
+                    other => bail!("--profile {other}: xdp, tc (established TCP flow on that hook) or new (new flows)"),
+                })
+            }
             "--smoke" => {
                 c.runs = 1;
                 c.repeat = 1000;
@@ -179,6 +195,17 @@ fn report(cfg: &Config, table: &str) -> String {
 fn main() -> Result<()> {
     let cfg = parse_args()?;
     pin_to_cpu0();
+    let tcp_flow = || tcp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 80), ACK, &[0u8; 6]);
+    if let Some(profile) = cfg.profile {
+        let (name, fig) = match profile {
+            Profile::Established(hook) => {
+                established(&cfg, &format!("established TCP flow on {hook:?}"), &mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), hook)?
+            }
+            Profile::NewFlows => ("new TCP flows".to_string(), new_flows(&cfg)?),
+        };
+        println!("{name}: {:.1} ns/packet (min {:.1}, max {:.1})", fig.median, fig.min, fig.max);
+        return Ok(());
+    }
     let probe = udp((v4(10, 9, 0, 1), 5000), (v4(10, 9, 0, 2), 9999), &[0u8; 18]);
     let (floor_repeat, floor_calls) = floor(&cfg, &probe)?;
 
@@ -186,7 +213,6 @@ fn main() -> Result<()> {
     let mut miss = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
     miss.apply(&mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), &[])?;
     rows.push(("not a service (miss)".into(), "repeat", repeat_scenario(&cfg, &mut miss, &probe, "not_service")?, floor_repeat));
-    let tcp_flow = || tcp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 80), ACK, &[0u8; 6]);
     for (name, services, frame, hook) in [
         ("established TCP flow", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), Hook::Xdp),
         ("established UDP flow", mirrored("10.0.0.1", "10.0.0.2", 53, 5353, "udp"), udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 53), &[0u8; 18]), Hook::Xdp),

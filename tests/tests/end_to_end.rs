@@ -190,6 +190,24 @@ fn ipv6_end_to_end() {
 }
 
 #[test]
+fn lb_flows_lists_pinned_connections_of_both_families() {
+    let cluster = Cluster::new(3);
+    spread(&cluster, vip(80), 10);
+    spread(&cluster, SocketAddr::new(VIP6.parse().unwrap(), 80), 10);
+    let out = lb_ok(None, &["flows", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap();
+    let flows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for (service, client) in [(VIP, cluster.topo.client_ip.to_string()), (VIP6, cluster.topo.client_ip6.to_string())] {
+        let matching: Vec<_> = flows.iter().filter(|f| f["service"] == service && f["service_port"] == 80).collect();
+        assert!(matching.len() >= 10, "{service}: {} flows in {out}", matching.len());
+        for f in matching {
+            assert_eq!(f["client"], client.as_str(), "{f}");
+            assert_eq!(f["protocol"], "tcp", "{f}");
+            assert_eq!(f["backend_port"], BACKEND_PORT, "{f}");
+        }
+    }
+}
+
+#[test]
 fn udp_replies_come_back_from_the_vip() {
     for hook in HOOKS {
         udp_replies_come_back_from_the_vip_on(hook);

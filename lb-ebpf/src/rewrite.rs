@@ -120,44 +120,65 @@ pub fn restore_source(ctx: &TcContext, p: &Parsed, reply: &ReplyInfo) -> Result<
     nat_skb(ctx, p, &to)
 }
 
-/// `nat` for an skb in TC, through the checksum helpers: they also keep CHECKSUM_PARTIAL
-/// (locally sent or GSO) and CHECKSUM_COMPLETE skbs consistent. Addresses change the pseudo
-/// header (BPF_F_PSEUDO_HDR); ports only the L4 checksum. Not inlined: one copy serves the
-/// forwarding paths and the reply path.
+/// `nat` for an skb in TC. Checksums go through the helpers, which also keep CHECKSUM_PARTIAL
+/// (locally sent or GSO) and CHECKSUM_COMPLETE skbs consistent: addresses change the pseudo
+/// header (BPF_F_PSEUDO_HDR), ports only the L4 checksum. Only fields that change are touched,
+/// and the new values are then written directly (the verifier makes a cloned skb private first):
+/// a destination NAT costs three helper calls. Not inlined: one copy serves the forwarding paths
+/// and the reply path.
 #[inline(never)]
 pub fn nat_skb(ctx: &TcContext, p: &Parsed, to: &Nat) -> Result<(), u32> {
     let failed = |_| reasons::REWRITE_FAILED;
     let l4_csum = p.l4_csum_off();
     // A zero UDP checksum over IPv4 means "none": the helper leaves it so.
-    let udp_flag = if p.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let l4_flags = if p.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let pseudo = l4_flags | BPF_F_PSEUDO_HDR as u64;
     if p.family == FAMILY_V4 {
-        // Source and destination are adjacent: one diff, one store.
-        let mut old = [word(&p.src, 0), word(&p.dst, 0)];
-        let mut new = [word(to.src, 0), word(to.dst, 0)];
-        let diff = csum_diff(&mut old, &mut new)?;
-        ctx.l3_csum_replace(p.l3 + IPV4_CSUM_OFF, 0, diff, 0).map_err(failed)?;
-        ctx.l4_csum_replace(l4_csum, 0, diff, BPF_F_PSEUDO_HDR as u64 | udp_flag).map_err(failed)?;
-        ctx.store(p.l3 + IPV4_SRC_OFF, &new, 0).map_err(failed)?;
+        for (old, new) in [(word(&p.src, 0), word(to.src, 0)), (word(&p.dst, 0), word(to.dst, 0))] {
+            if old != new {
+                ctx.l3_csum_replace(p.l3 + IPV4_CSUM_OFF, old as u64, new as u64, 4).map_err(failed)?;
+                ctx.l4_csum_replace(l4_csum, old as u64, new as u64, pseudo | 4).map_err(failed)?;
+            }
+        }
         if to.hop {
             let old_ttl = u16::from_ne_bytes([p.ttl, p.proto]);
             let new_ttl = u16::from_ne_bytes([p.ttl.wrapping_sub(1), p.proto]);
             ctx.l3_csum_replace(p.l3 + IPV4_CSUM_OFF, old_ttl as u64, new_ttl as u64, 2).map_err(failed)?;
-            ctx.store(p.l3 + 8, &new_ttl, 0).map_err(failed)?;
         }
     } else {
-        let mut old = [p.src, p.dst];
-        let mut new = [*to.src, *to.dst];
-        let diff = csum_diff(&mut old, &mut new)?;
-        ctx.l4_csum_replace(l4_csum, 0, diff, BPF_F_PSEUDO_HDR as u64 | udp_flag).map_err(failed)?;
-        ctx.store(p.l3 + IPV6_SRC_OFF, &new, 0).map_err(failed)?;
-        if to.hop {
-            ctx.store(p.l3 + 7, &p.ttl.wrapping_sub(1), 0).map_err(failed)?;
+        for (mut old, mut new) in [(p.src, *to.src), (p.dst, *to.dst)] {
+            if old != new {
+                let diff = csum_diff(&mut old, &mut new)?;
+                ctx.l4_csum_replace(l4_csum, 0, diff, pseudo).map_err(failed)?;
+            }
         }
     }
     let old_ports = u32::from_ne_bytes(ports_bytes(p.sport, p.dport));
-    let new_ports = ports_bytes(to.sport, to.dport);
-    ctx.l4_csum_replace(l4_csum, old_ports as u64, u32::from_ne_bytes(new_ports) as u64, udp_flag | 4).map_err(failed)?;
-    ctx.store(p.l4, &new_ports, 0).map_err(failed)?;
+    let new_ports = u32::from_ne_bytes(ports_bytes(to.sport, to.dport));
+    if old_ports != new_ports {
+        ctx.l4_csum_replace(l4_csum, old_ports as u64, new_ports as u64, l4_flags | 4).map_err(failed)?;
+    }
+    // The helpers above may have moved the packet: fresh pointers, checked again.
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let ports = field::<4>(start, end, p.l4)? as *mut u32;
+    // SAFETY: bounds-checked by `field`; TC packet memory is writable.
+    unsafe {
+        if p.family == FAMILY_V4 {
+            let addrs = field::<8>(start, end, p.l3 + IPV4_SRC_OFF)? as *mut u32;
+            *addrs = word(to.src, 0);
+            *addrs.add(1) = word(to.dst, 0);
+            if to.hop {
+                (*field::<1>(start, end, p.l3 + 8)?)[0] = p.ttl.wrapping_sub(1);
+            }
+        } else {
+            *field::<16>(start, end, p.l3 + IPV6_SRC_OFF)? = *to.src;
+            *field::<16>(start, end, p.l3 + IPV6_DST_OFF)? = *to.dst;
+            if to.hop {
+                (*field::<1>(start, end, p.l3 + 7)?)[0] = p.ttl.wrapping_sub(1);
+            }
+        }
+        *ports = new_ports;
+    }
     Ok(())
 }
 

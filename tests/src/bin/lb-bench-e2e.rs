@@ -323,12 +323,16 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
 fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> Result<()> {
     let mut md = format!(
         "\n## End to end, veth offloads {offloads} (network namespaces, 2 shared cores)\n\n\
          client ns → node ns → 3 backend ns (nginx, iperf3); modes interleaved, {rounds} rounds of {secs} s, medians;\n\
-         ratios to direct (the ceiling) and to HAProxy. CPU is the whole machine's busy time (/proc/stat)\n\
-         during the run, divided by the work done. {offload_note} Regenerate with `cargo xtask bench`.\n\n\
+         [min–max over the rounds]; ratios of the medians to direct (the ceiling) and to HAProxy. CPU is\n\
+         the whole machine's busy time (/proc/stat) during the run, divided by the work done. {offload_note} Regenerate with `cargo xtask bench`.\n\n\
          | metric | {modes} |\n|---|{bars}\n",
         offloads = if cfg.offloads { "on" } else { "off" },
         offload_note = if cfg.offloads {
@@ -351,16 +355,19 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
             .map(|m| {
                 let v = med[m];
                 let ratios: Vec<String> = [ratio(v, "direct"), ratio(v, "haproxy")].into_iter().flatten().collect();
-                format!("{v:.2} ({})", ratios.join(", "))
+                // The rounds' range: on shared vCPUs a mode's rounds can differ by more than the
+                // modes' medians do, and the table should show it.
+                let (lo, hi) = range(&by_mode[m]);
+                format!("{v:.2} [{lo:.2}–{hi:.2}] ({})", ratios.join(", "))
             })
             .collect();
         md += &format!("| {metric} | {} |\n", cells.join(" | "));
-        json_doc.insert(metric.to_string(), json!(med));
+        json_doc.insert(metric.to_string(), json!({"median": med, "rounds": by_mode}));
     }
     print!("{md}");
     if let Some(path) = &cfg.json {
         let section = if cfg.offloads { "end_to_end_offloads_on" } else { "end_to_end" };
-        bench_report::add_json_section(path, section, json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "offloads": cfg.offloads, "medians": json_doc}))?;
+        bench_report::add_json_section(path, section, json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "offloads": cfg.offloads, "metrics": json_doc}))?;
     }
     if let Some(path) = &cfg.markdown {
         bench_report::append_markdown(path, &md)?;

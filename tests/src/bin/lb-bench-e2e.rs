@@ -73,6 +73,24 @@ fn parse_args() -> Result<Config> {
     Ok(c)
 }
 
+/// The benchmark's nftables table in a namespace, deleted on drop.
+struct NftTable<'a>(&'a Netns);
+
+impl<'a> NftTable<'a> {
+    fn load(ns: &'a Netns, file: &Path) -> Result<Self> {
+        let mut cmd = ns.command("nft");
+        cmd.arg("-f").arg(file);
+        output(cmd)?;
+        Ok(Self(ns))
+    }
+}
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.command("nft").args(["delete", "table", "ip", "lbbench"]).output();
+    }
+}
+
 /// A background process, stopped on drop.
 struct Proc(Child);
 
@@ -213,7 +231,8 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
         iperf.args(["-s", "-B", &ip, "-p", &IPERF.to_string()]);
         procs.push(spawn(iperf)?);
     }
-    // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only.
+    // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only, loaded for the
+    // nftables mode alone: a NAT table turns conntrack on for every packet of the namespace.
     let nft = dir.join("lb-bench.nft");
     std::fs::write(
         &nft,
@@ -223,9 +242,6 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
              ip daddr 10.0.0.2 tcp dport {IPERF} dnat to 10.210.0.2 : {IPERF}\n }}\n}}\n"
         ),
     )?;
-    let mut cmd = topo.node.command("nft");
-    cmd.args(["-f", nft.to_str().unwrap()]);
-    output(cmd)?;
     // HAProxy, mode tcp roundrobin (what marathon-lb runs), on the node address.
     let haproxy_conf = dir.join("haproxy.cfg");
     std::fs::write(
@@ -262,7 +278,9 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for round in 0..cfg.rounds {
         for &mode in &cfg.modes {
-            // The balancer is loaded only for its own modes, so the others do not pay for it.
+            // The balancer and the nftables table are loaded only for their own modes, so the
+            // others do not pay for them.
+            let nft_table = if mode == "nftables" { Some(NftTable::load(&topo.node, &nft)?) } else { None };
             let pins = PinDir::new();
             let agent = if matches!(mode, "direct+xdp" | "xdp" | "tc" | "sockhook") {
                 let hook = if mode == "tc" { "tc" } else { "xdp" };
@@ -310,6 +328,7 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
                 agent.stop()?;
             }
             drop(pins);
+            drop(nft_table);
             eprintln!("round {} {mode}: {rps:.0} req/s, {cps:.0} conn/s, {gbps1:.2}/{gbps4:.2} Gbit/s", round + 1);
         }
     }

@@ -231,8 +231,11 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
         iperf.args(["-s", "-B", &ip, "-p", &IPERF.to_string()]);
         procs.push(spawn(iperf)?);
     }
-    // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only, loaded for the
-    // nftables mode alone: a NAT table turns conntrack on for every packet of the namespace.
+    // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only. Loaded for the
+    // whole run: a NAT table turns conntrack on for every packet of the namespace, as on a node
+    // running Docker or kube-proxy, so every mode pays for it. (Loaded per mode instead, the
+    // previous round's TIME_WAIT conntrack entries cut the nftables mode's new connections/s
+    // tenfold whenever rounds came less than two minutes apart.)
     let nft = dir.join("lb-bench.nft");
     std::fs::write(
         &nft,
@@ -242,6 +245,7 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
              ip daddr 10.0.0.2 tcp dport {IPERF} dnat to 10.210.0.2 : {IPERF}\n }}\n}}\n"
         ),
     )?;
+    let _nft_table = NftTable::load(&topo.node, &nft)?;
     // HAProxy, mode tcp roundrobin (what marathon-lb runs), on the node address.
     let haproxy_conf = dir.join("haproxy.cfg");
     std::fs::write(
@@ -278,9 +282,7 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for round in 0..cfg.rounds {
         for &mode in &cfg.modes {
-            // The balancer and the nftables table are loaded only for their own modes, so the
-            // others do not pay for them.
-            let nft_table = if mode == "nftables" { Some(NftTable::load(&topo.node, &nft)?) } else { None };
+            // The balancer is loaded only for its own modes, so the others do not pay for it.
             let pins = PinDir::new();
             let agent = if matches!(mode, "direct+xdp" | "xdp" | "tc" | "sockhook") {
                 let hook = if mode == "tc" { "tc" } else { "xdp" };
@@ -328,7 +330,6 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
                 agent.stop()?;
             }
             drop(pins);
-            drop(nft_table);
             eprintln!("round {} {mode}: {rps:.0} req/s, {cps:.0} conn/s, {gbps1:.2}/{gbps4:.2} Gbit/s", round + 1);
         }
     }
@@ -351,7 +352,8 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
         "\n## End to end, veth offloads {offloads} (network namespaces, 2 shared cores)\n\n\
          client ns → node ns → 3 backend ns (nginx, iperf3); modes interleaved, {rounds} rounds of {secs} s, medians;\n\
          [min–max over the rounds]; ratios of the medians to direct (the ceiling) and to HAProxy. CPU is\n\
-         the whole machine's busy time (/proc/stat) during the run, divided by the work done. {offload_note} Regenerate with `cargo xtask bench`.\n\n\
+         the whole machine's busy time (/proc/stat) during the run, divided by the work done. The node's\n\
+         nftables NAT table stays loaded, so conntrack sees every mode's packets (as with Docker or kube-proxy). {offload_note} Regenerate with `cargo xtask bench`.\n\n\
          | metric | {modes} |\n|---|{bars}\n",
         offloads = if cfg.offloads { "on" } else { "off" },
         offload_note = if cfg.offloads {

@@ -234,8 +234,8 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only. Loaded for the
     // whole run: a NAT table turns conntrack on for every packet of the namespace, as on a node
     // running Docker or kube-proxy, so every mode pays for it. (Loaded per mode instead, the
-    // previous round's TIME_WAIT conntrack entries cut the nftables mode's new connections/s
-    // tenfold whenever rounds came less than two minutes apart.)
+    // nftables mode's new connections/s fell tenfold in rounds less than two minutes apart,
+    // by the timing the previous round's TIME_WAIT conntrack entries.)
     let nft = dir.join("lb-bench.nft");
     std::fs::write(
         &nft,

@@ -1,4 +1,4 @@
-//! Packet tables run through the real XDP program with BPF_PROG_TEST_RUN, and tests of the
+//! Packet tables run through the real ingress programs (XDP and TC) with BPF_PROG_TEST_RUN, and tests of the
 //! fixture runner itself (a deliberate mismatch must produce a readable diff).
 
 use lb_tests::{

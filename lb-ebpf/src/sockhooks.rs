@@ -57,25 +57,57 @@ fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     }
 }
 
+/// The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), as a 16-byte field.
+#[inline(always)]
+fn unmapped(addr: &[u8; 16]) -> Option<[u8; 16]> {
+    let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) };
+    if words[0] != 0 || words[1] != 0 || words[2] != u32::from_ne_bytes(V4_MAPPED_PREFIX) {
+        return None;
+    }
+    // SAFETY: same size, any bytes valid. Built from words (see mem.rs).
+    Some(unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([words[3], 0, 0, 0]) })
+}
+
+/// An IPv4 address (first 4 bytes of the field) as ::ffff:a.b.c.d.
+#[inline(always)]
+fn mapped(addr: &[u8; 16]) -> [u8; 16] {
+    let v4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    // SAFETY: same size, any bytes valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([0, 0, u32::from_ne_bytes(V4_MAPPED_PREFIX), v4]) }
+}
+
+/// Bytes 8..12 of an IPv4-mapped IPv6 address.
+const V4_MAPPED_PREFIX: [u8; 4] = [0, 0, 0xff, 0xff];
+
 /// connect() and sendmsg(): a service address becomes a backend chosen by the service's ring for
 /// this socket. `new_connection` distinguishes connect (counted as a new flow) from a datagram.
+/// A dual-stack IPv6 socket reaches an IPv4 service with an IPv4-mapped address: the service is
+/// looked up as IPv4 and the backend written back mapped.
 #[inline(always)]
 pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 {
     let Some(proto) = protocol(ctx) else { return ALLOW };
     let dst = read(ctx, family);
-    let Some(service) = select::service_at(&dst.addr, dst.port, proto, family) else { return ALLOW };
+    let v4_in_v6 = if family == FAMILY_V4 { None } else { unmapped(&dst.addr) };
+    let (service_addr, service_family) = match v4_in_v6 {
+        Some(v4) => (v4, FAMILY_V4),
+        None => (dst.addr, family),
+    };
+    let Some(service) = select::service_at(&service_addr, dst.port, proto, service_family) else { return ALLOW };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: same size, any bytes valid.
     let cookie_bytes = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([cookie, 0]) };
-    match select::ring_pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), family) {
+    match select::ring_pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), service_family) {
         Ok((backend_id, backend)) => {
-            let key = SockKey { cookie, addr: backend.addr, port: backend.port, family, _pad: 0, _pad2: 0 };
+            // The backend as this socket will see it (getpeername, recvmsg): mapped on a
+            // dual-stack socket.
+            let backend_addr = if v4_in_v6.is_some() { mapped(&backend.addr) } else { backend.addr };
+            let key = SockKey { cookie, addr: backend_addr, port: backend.port, family, _pad: 0, _pad2: 0 };
             let reply = ReplyInfo { service_addr: dst.addr, service_port: dst.port, _pad: 0, _pad2: 0 };
             if SOCK_REPLIES.insert(key, reply, 0).is_err() {
                 stats::count_verdict(reasons::FLOW_TABLE_FULL);
                 return DENY;
             }
-            write(ctx, family, &backend.addr, backend.port);
+            write(ctx, family, &backend_addr, backend.port);
             stats::count_verdict(reasons::FWD_SOCKET);
             if new_connection {
                 stats::count_socket_flow(service.service_id, backend_id);
@@ -100,6 +132,19 @@ pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
         let (addr, port) = (reply.service_addr, reply.service_port);
         write(ctx, family, &addr, port);
         stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
+        return ALLOW;
+    }
+    // A dual-stack UDP socket sending to a mapped address takes the kernel's IPv4 path (sendmsg4
+    // stored the mapping as IPv4), while recvmsg6 shows the peer mapped.
+    if family != FAMILY_V4 {
+        if let Some(v4) = unmapped(&peer.addr) {
+            let key = SockKey { cookie, addr: v4, port: peer.port, family: FAMILY_V4, _pad: 0, _pad2: 0 };
+            if let Some(reply) = unsafe { SOCK_REPLIES.get(key) } {
+                let (addr, port) = (mapped(&reply.service_addr), reply.service_port);
+                write(ctx, family, &addr, port);
+                stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
+            }
+        }
     }
     ALLOW
 }

@@ -379,11 +379,16 @@ fn local_clients_in_the_cgroup_reach_backends_through_service_port_and_vip() {
     assert_eq!(udp.values().sum::<usize>(), 60, "{udp:?}");
     let v6 = probe(&cluster, true, "tcp", "[fd00::80]:80", 60).unwrap();
     assert_eq!(v6.values().sum::<usize>(), 60, "{v6:?}");
+    // Dual-stack sockets reach IPv4 services through connect6/sendmsg6 with IPv4-mapped
+    // addresses; getpeername must show the mapped service address again (lb-probe checks).
+    assert_fair(&probe(&cluster, true, "tcp", "[::ffff:10.0.0.1]:80", 300).unwrap(), 3, 300);
+    let mapped_udp = probe(&cluster, true, "udp", "[::ffff:10.0.0.1]:53", 30).unwrap();
+    assert_eq!(mapped_udp.values().sum::<usize>(), 30, "{mapped_udp:?}");
 
     let stats: serde_json::Value =
         serde_json::from_str(&lb_ok(None, &["stats", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap()).unwrap();
-    assert!(stats["verdicts"]["fwd_socket"].as_u64().unwrap() >= 1020, "{}", stats["verdicts"]);
-    assert!(stats["verdicts"]["socket_reply_rewritten"].as_u64().unwrap() >= 960, "{}", stats["verdicts"]);
+    assert!(stats["verdicts"]["fwd_socket"].as_u64().unwrap() >= 1350, "{}", stats["verdicts"]);
+    assert!(stats["verdicts"]["socket_reply_rewritten"].as_u64().unwrap() >= 1290, "{}", stats["verdicts"]);
 
     // Outside the cgroup nothing is rewritten: nothing listens on the node's 127.0.0.1:10000.
     let outside = probe(&cluster, false, "tcp", "127.0.0.1:10000", 1).unwrap_err();

@@ -10,6 +10,7 @@ mod maps;
 mod mem;
 mod parse;
 mod rewrite;
+mod runtime;
 mod select;
 mod sockhooks;
 mod stats;
@@ -107,13 +108,3 @@ pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
     sockhooks::restore(&ctx, FAMILY_V6)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

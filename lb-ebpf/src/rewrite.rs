@@ -95,7 +95,7 @@ pub fn nat(start: usize, end: usize, p: &Parsed, to: &Nat) -> Result<(), u32> {
 
 /// The `i`th 32-bit word of an address, in memory (network) order.
 #[inline(always)]
-fn word(addr: &[u8; 16], i: usize) -> u32 {
+pub fn word(addr: &[u8; 16], i: usize) -> u32 {
     let b = i * 4;
     u32::from_ne_bytes([addr[b], addr[b + 1], addr[b + 2], addr[b + 3]])
 }

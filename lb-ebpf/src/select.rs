@@ -33,24 +33,34 @@ pub struct Target {
 /// turns most traffic that is not ours away before any hash lookup.
 #[inline(always)]
 pub fn service_port_used(p: &Parsed) -> bool {
-    let (word, bit) = service_port_bit(p.dport, p.proto);
+    port_used(p.dport, p.proto)
+}
+
+#[inline(always)]
+fn port_used(port: u16, proto: u8) -> bool {
+    let (word, bit) = service_port_bit(port, proto);
     SERVICE_PORTS.get(word).is_some_and(|w| *w & bit != 0)
 }
 
 /// The service a packet is addressed to: (dst, port, proto) exactly, else a service port when
-/// the destination is one of this node's addresses.
+/// the destination is one of this node's addresses. The caller has checked
+/// `service_port_used`.
 #[inline(always)]
 pub fn service(p: &Parsed) -> Option<ServiceInfo> {
-    service_at(&p.dst, p.dport, p.proto, p.family)
+    lookup_service(&p.dst, p.dport, p.proto, p.family)
 }
 
 /// The service at (addr, port, proto) in `family`, VIP first, then a service port on a node address.
 #[inline(always)]
 pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
-    let (word, bit) = service_port_bit(port, proto);
-    if *SERVICE_PORTS.get(word)? & bit == 0 {
+    if !port_used(port, proto) {
         return None;
     }
+    lookup_service(addr, port, proto, family)
+}
+
+#[inline(always)]
+fn lookup_service(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
     let mut key = ServiceKey { addr: *addr, port, proto, family };
     if let Some(info) = unsafe { SERVICES.get(key) } {
         return Some(*info);

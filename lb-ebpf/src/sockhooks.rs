@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
 use lb_common::{hash, reasons, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
-use crate::{maps::SOCK_REPLIES, select, stats};
+use crate::{maps::SOCK_REPLIES, rewrite, select, stats};
 
 /// Return values of sock_addr programs.
 const ALLOW: i32 = 1;
@@ -71,9 +71,8 @@ fn unmapped(addr: &[u8; 16]) -> Option<[u8; 16]> {
 /// An IPv4 address (first 4 bytes of the field) as ::ffff:a.b.c.d.
 #[inline(always)]
 fn mapped(addr: &[u8; 16]) -> [u8; 16] {
-    let v4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
     // SAFETY: same size, any bytes valid.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([0, 0, u32::from_ne_bytes(V4_MAPPED_PREFIX), v4]) }
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([0, 0, u32::from_ne_bytes(V4_MAPPED_PREFIX), rewrite::word(addr, 0)]) }
 }
 
 /// Bytes 8..12 of an IPv4-mapped IPv6 address.
@@ -127,24 +126,19 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
 pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
     let peer = read(ctx, family);
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockKey { cookie, addr: peer.addr, port: peer.port, family, _pad: 0, _pad2: 0 };
-    if let Some(reply) = unsafe { SOCK_REPLIES.get(key) } {
-        let (addr, port) = (reply.service_addr, reply.service_port);
-        write(ctx, family, &addr, port);
-        stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
-        return ALLOW;
-    }
+    let service = |addr: [u8; 16], family: u8| {
+        let key = SockKey { cookie, addr, port: peer.port, family, _pad: 0, _pad2: 0 };
+        unsafe { SOCK_REPLIES.get(key) }.map(|reply| (reply.service_addr, reply.service_port))
+    };
     // A dual-stack UDP socket sending to a mapped address takes the kernel's IPv4 path (sendmsg4
     // stored the mapping as IPv4), while recvmsg6 shows the peer mapped.
-    if family != FAMILY_V4 {
-        if let Some(v4) = unmapped(&peer.addr) {
-            let key = SockKey { cookie, addr: v4, port: peer.port, family: FAMILY_V4, _pad: 0, _pad2: 0 };
-            if let Some(reply) = unsafe { SOCK_REPLIES.get(key) } {
-                let (addr, port) = (mapped(&reply.service_addr), reply.service_port);
-                write(ctx, family, &addr, port);
-                stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
-            }
-        }
+    let found = service(peer.addr, family).or_else(|| {
+        let v4 = if family == FAMILY_V4 { None } else { unmapped(&peer.addr) }?;
+        service(v4, FAMILY_V4).map(|(addr, port)| (mapped(&addr), port))
+    });
+    if let Some((addr, port)) = found {
+        write(ctx, family, &addr, port);
+        stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
     }
     ALLOW
 }

@@ -162,13 +162,8 @@ fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, 
     for iface in &plan.ifaces {
         ingress.push((iface.clone(), attach_ingress(&mut ebpf, plan, iface, created)?));
     }
-    let tc: &mut SchedClassifier = program(&mut ebpf, names::PROG_TC_EGRESS)?;
-    tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_EGRESS, source })?;
     for iface in &plan.ifaces {
-        attach_pinned(plan, TC_EGRESS_HOOK, iface, created, |err| {
-            let id = tc.attach(iface, TcAttachType::Egress).map_err(err)?;
-            tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
-        })?;
+        attach_tc(&mut ebpf, plan, iface, TcAttachType::Egress, created)?;
     }
     attach_socket_hooks(&mut ebpf, plan, created)?;
     Ok(Loaded { ebpf, ingress })
@@ -183,13 +178,13 @@ fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut
         other => other,
     };
     let attached = match preferred {
-        IngressHook::Tc => attach_tc_ingress(ebpf, plan, iface, created)?,
+        IngressHook::Tc => attach_tc(ebpf, plan, iface, TcAttachType::Ingress, created)?,
         IngressHook::Xdp => attach_xdp(ebpf, plan, iface, XdpMode::Default, created)?,
         IngressHook::Auto => match attach_xdp(ebpf, plan, iface, XdpMode::Driver, created) {
             Ok(hook) => hook,
             Err(err) => {
                 warn!(iface, error = %err, "no native XDP here; balancing in TC ingress");
-                attach_tc_ingress(ebpf, plan, iface, created)?
+                attach_tc(ebpf, plan, iface, TcAttachType::Ingress, created)?
             }
         },
     };
@@ -214,16 +209,28 @@ fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, cr
     Ok(XDP_HOOK)
 }
 
-fn attach_tc_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut Created) -> Result<&'static str, LoaderError> {
-    let tc: &mut SchedClassifier = program(ebpf, names::PROG_TC_INGRESS)?;
+/// Attaches the TC (TCX) program of `direction` to `iface`: the balancer on ingress, the reply
+/// restore on egress. Returns the hook's pin name.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    plan: &AttachPlan,
+    iface: &str,
+    direction: TcAttachType,
+    created: &mut Created,
+) -> Result<&'static str, LoaderError> {
+    let (name, hook) = match direction {
+        TcAttachType::Ingress => (names::PROG_TC_INGRESS, TC_INGRESS_HOOK),
+        _ => (names::PROG_TC_EGRESS, TC_EGRESS_HOOK),
+    };
+    let tc: &mut SchedClassifier = program(ebpf, name)?;
     if tc.fd().is_err() {
-        tc.load().map_err(|source| LoaderError::Program { name: names::PROG_TC_INGRESS, source })?;
+        tc.load().map_err(|source| LoaderError::Program { name, source })?;
     }
-    attach_pinned(plan, TC_INGRESS_HOOK, iface, created, |err| {
-        let id = tc.attach(iface, TcAttachType::Ingress).map_err(err)?;
+    attach_pinned(plan, hook, iface, created, |err| {
+        let id = tc.attach(iface, direction).map_err(err)?;
         tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
     })?;
-    Ok(TC_INGRESS_HOOK)
+    Ok(hook)
 }
 
 /// Attaches one program to `target` unless a pinned link for it already exists (a restart keeps

@@ -217,7 +217,7 @@ mod tests {
     use super::*;
 
     fn fixture(path: &str) -> String {
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/marathon-fixtures");
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/marathon");
         std::fs::read_to_string(root.join(path)).unwrap()
     }
 

@@ -1,7 +1,7 @@
 //! Marathon apps → desired services. Pure: DNS goes through [`Resolver`], and the health
 //! verdicts that must survive a Marathon failover live in a [`HealthMemory`] the caller keeps.
 //!
-//! The rules (see ../shared/marathon-api-notes.md for what real consumers do):
+//! The rules (see docs/marathon-api.md for what real consumers do):
 //! - network mode as marathon-lb decides it (1.4 `ipAddress`/`docker.network`, 1.5 `networks`);
 //! - every port of an app with a service port is a service on the node addresses; every VIP
 //!   label on a port (`VIP_*`/`vip*`) is a service on that VIP; `udp,tcp` gives both;

@@ -250,6 +250,41 @@ pub struct Scratch {
 pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
 pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
 
+/// The one entry of `SETTINGS`: the agent's runtime settings, read by the programs on every new
+/// flow (and NAT reply check) rather than fixed at load time, so a restarted agent's new
+/// `--nat-ports`/`--udp-timeout` take effect with one map write, and `lb status` and bpftool
+/// read the values in force from the pin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Idle time after which a UDP flow is re-balanced.
+    pub udp_timeout_ns: u64,
+    /// Source ports new full-NAT flows get (inclusive); 0 = not configured yet: no full NAT.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// Ports on which replies to full-NAT flows are looked up: the hull of every NAT range used
+    /// since the maps were created, so flows of an earlier range keep working after a change.
+    pub nat_reply_port_min: u16,
+    pub nat_reply_port_max: u16,
+}
+
+impl Settings {
+    pub fn new(udp_timeout_secs: u64, (min, max): (u16, u16), previous: Option<&Settings>) -> Self {
+        let (mut reply_min, mut reply_max) = (min, max);
+        if let Some(prev) = previous.filter(|p| p.nat_reply_port_min != 0) {
+            reply_min = reply_min.min(prev.nat_reply_port_min);
+            reply_max = reply_max.max(prev.nat_reply_port_max);
+        }
+        Self {
+            udp_timeout_ns: udp_timeout_secs.saturating_mul(1_000_000_000),
+            nat_port_min: min,
+            nat_port_max: max,
+            nat_reply_port_min: reply_min,
+            nat_reply_port_max: reply_max,
+        }
+    }
+}
+
 /// Value of `REPLIES` and `REPLIES4`: what the reply's source must be rewritten back to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -335,11 +370,13 @@ const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<NodeAddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::IfaceCounters {}
+    unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceInfo {}
     unsafe impl aya::Pod for super::BackendInfo {}
@@ -366,6 +403,19 @@ mod tests {
         total.add(&IfaceCounters { packets: 2, bytes: 120 });
         total.add(&IfaceCounters { packets: 3, bytes: 300 });
         assert_eq!(total, IfaceCounters { packets: 5, bytes: 420 });
+    }
+
+    #[test]
+    fn nat_reply_ports_cover_every_range_used() {
+        let first = Settings::new(120, (61000, 65535), None);
+        assert_eq!((first.nat_reply_port_min, first.nat_reply_port_max), (61000, 65535));
+        assert_eq!(first.udp_timeout_ns, 120_000_000_000);
+        let moved = Settings::new(30, (40000, 41000), Some(&first));
+        assert_eq!((moved.nat_port_min, moved.nat_port_max), (40000, 41000));
+        assert_eq!((moved.nat_reply_port_min, moved.nat_reply_port_max), (40000, 65535));
+        // An all-zero entry (maps created by this start) is no earlier range.
+        let fresh = Settings::new(30, (40000, 41000), Some(&Settings::default()));
+        assert_eq!((fresh.nat_reply_port_min, fresh.nat_reply_port_max), (40000, 41000));
     }
 
     #[test]

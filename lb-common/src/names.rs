@@ -38,6 +38,10 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_VERDICTS: &str = "VERDICTS";
+pub const MAP_SETTINGS: &str = "SETTINGS";
+
+/// The flow-like maps, each sized by `--max-flows`.
+pub const FLOW_MAPS: [&str; 6] = [MAP_FLOWS, MAP_FLOWS4, MAP_REPLIES, MAP_REPLIES4, MAP_NAT_REPLIES, MAP_SOCK_REPLIES];
 
 /// Every map the agent pins under its pin directory.
 pub const PINNED_MAPS: &[&str] = &[
@@ -58,10 +62,8 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_VERDICTS,
+    MAP_SETTINGS,
 ];
 
-/// Load-time constants of the kernel object (aya `override_global`).
+/// Load-time constant of the kernel object (aya `override_global`): tied to the RINGS layout.
 pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
-pub const GLOBAL_UDP_TIMEOUT_NS: &str = "UDP_TIMEOUT_NS";
-pub const GLOBAL_NAT_PORT_MIN: &str = "NAT_PORT_MIN";
-pub const GLOBAL_NAT_PORT_MAX: &str = "NAT_PORT_MAX";

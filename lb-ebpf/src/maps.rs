@@ -9,22 +9,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
-    NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN, DEFAULT_UDP_TIMEOUT_SECS, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
+    NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
 };
 
 /// Entries per Maglev ring (prime); set by the agent at load time.
 #[unsafe(no_mangle)]
 pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
-/// Idle time after which a UDP flow is re-balanced; set by the agent at load time.
-#[unsafe(no_mangle)]
-pub static UDP_TIMEOUT_NS: Global<u64> = Global::new(DEFAULT_UDP_TIMEOUT_SECS * 1_000_000_000);
-
-/// First and last source port of full NAT; set by the agent at load time.
-#[unsafe(no_mangle)]
-pub static NAT_PORT_MIN: Global<u16> = Global::new(DEFAULT_NAT_PORT_MIN);
-#[unsafe(no_mangle)]
-pub static NAT_PORT_MAX: Global<u16> = Global::new(DEFAULT_NAT_PORT_MAX);
+/// The agent's runtime settings (UDP idle timeout, NAT ports), one entry written by the agent
+/// before any program is attached or replaced.
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
 const RING_POOL: usize = ((DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAULT_RING_SIZE as usize).div_ceil(2);

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, reasons, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
+    hash, reasons, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
     service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
@@ -13,11 +13,17 @@ use crate::{
     forward::{self, Route},
     mem,
     maps::{
-        BACKENDS, FLOWS, FLOWS4, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, RING_SIZE, SCRATCH,
-        SERVICES, SERVICE_PORTS, UDP_TIMEOUT_NS,
+        BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, RING_SIZE, SCRATCH, SERVICES,
+        SERVICE_PORTS, SETTINGS,
     },
     parse::Parsed,
 };
+
+/// The agent's runtime settings (an array's only entry: always present).
+#[inline(always)]
+fn settings() -> Option<&'static Settings> {
+    SETTINGS.get(0)
+}
 
 /// Where a packet goes.
 pub struct Target {
@@ -122,7 +128,8 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     if p.proto == PROTO_UDP {
         // Only UDP flows idle out, so only they pay for the clock.
         let now = unsafe { bpf_ktime_get_ns() };
-        if now.wrapping_sub(flow.last_seen_ns) > UDP_TIMEOUT_NS.load() {
+        let timeout = settings()?.udp_timeout_ns;
+        if now.wrapping_sub(flow.last_seen_ns) > timeout {
             return None;
         }
         flow.last_seen_ns = now;
@@ -198,8 +205,13 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
 /// Probes for a free NAT source port towards `backend` and claims it with the reply mapping.
 #[inline(always)]
 fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u32> {
-    let min = NAT_PORT_MIN.load() as u32;
-    let span = (NAT_PORT_MAX.load() as u32).saturating_sub(min) + 1;
+    let settings = settings().ok_or(reasons::NAT_PORTS_EXHAUSTED)?;
+    let min = settings.nat_port_min as u32;
+    if min == 0 {
+        // The agent has not written its settings: no range to take a port from.
+        return Err(reasons::NAT_PORTS_EXHAUSTED);
+    }
+    let span = (settings.nat_port_max as u32).saturating_sub(min) + 1;
     s.nat_reply.client_addr = p.src;
     s.nat_reply.service_addr = p.dst;
     s.nat_reply.client_port = p.sport;
@@ -261,8 +273,8 @@ pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
 /// How to send a full-NAT backend's reply back to its client, if this is one.
 #[inline(always)]
 pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
-    let (min, max) = (NAT_PORT_MIN.load(), NAT_PORT_MAX.load());
-    if p.dport < min || p.dport > max {
+    let settings = settings()?;
+    if p.dport < settings.nat_reply_port_min || p.dport > settings.nat_reply_port_max {
         return None;
     }
     let s = scratch().ok()?;

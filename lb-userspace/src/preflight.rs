@@ -29,10 +29,14 @@ pub enum PreflightError {
     PinDirNotBpffs(PathBuf),
     #[error("{0} is not a cgroup v2 directory: pass --cgroup with a directory of a cgroup2 mount")]
     NotCgroup2(PathBuf),
-    #[error("mounting cgroup v2 on {path}: {source}")]
+    #[error("mounting cgroup v2 on {path}")]
     MountCgroup2 { path: PathBuf, source: std::io::Error },
-    #[error("cannot inspect pin directory {path}: {source}")]
+    #[error("cannot inspect pin directory {path}")]
     PinDirUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("pin directory {0} is the bpffs mount itself, shared with other software: use a directory of its own inside it (e.g. /sys/fs/bpf/lb)")]
+    PinDirIsBpffsRoot(PathBuf),
+    #[error("pin directory {0} exists and is not a directory")]
+    PinDirNotADirectory(PathBuf),
 }
 
 /// Fails unless the effective capabilities allow loading and attaching BPF programs.
@@ -126,6 +130,28 @@ pub fn require_bpffs(pin_dir: &Path) -> Result<(), PreflightError> {
     }
 }
 
+/// Fails unless `pin_dir` is (or can be made) a directory of its own inside a bpffs mount: `lb
+/// down` removes the whole directory, so it must not be the mount other software pins in.
+pub fn require_pin_dir(pin_dir: &Path) -> Result<(), PreflightError> {
+    require_bpffs(pin_dir)?;
+    let absolute = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+    let inside_bpffs = absolute.parent().is_some_and(|parent| require_bpffs(parent).is_ok());
+    if !inside_bpffs {
+        return Err(PreflightError::PinDirIsBpffsRoot(pin_dir.to_owned()));
+    }
+    if pin_dir.exists() && !pin_dir.is_dir() {
+        return Err(PreflightError::PinDirNotADirectory(pin_dir.to_owned()));
+    }
+    Ok(())
+}
+
+/// The node's ephemeral port range (net.ipv4.ip_local_port_range) in this network namespace.
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((ports.next()??, ports.next()??))
+}
+
 /// Fails unless `dir` is a directory of a cgroup v2 hierarchy.
 pub fn require_cgroup2(dir: &Path) -> Result<(), PreflightError> {
     match fs_type(dir) {
@@ -190,6 +216,12 @@ mod tests {
         assert_eq!(interface_driver("lo"), None, "loopback does not implement ETHTOOL_GDRVINFO");
         assert_eq!(interface_driver("no-such-if0"), None);
         assert_eq!(interface_driver("a-name-longer-than-ifnamsiz"), None);
+    }
+
+    #[test]
+    fn the_ephemeral_range_is_read() {
+        let (min, max) = ephemeral_ports().expect("/proc/sys/net/ipv4/ip_local_port_range");
+        assert!(min > 0 && min <= max, "{min}-{max}");
     }
 
     #[test]

@@ -256,14 +256,32 @@ pub fn print_stats(stats: &Stats, names: &std::collections::BTreeMap<u32, String
 }
 
 /// `lb status`.
-pub fn print_status(status: &crate::status::AgentStatus, json: bool, out: &mut impl Write) -> Result<()> {
+pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl Write) -> Result<()> {
     if json {
-        serde_json::to_writer_pretty(&mut *out, status)?;
+        serde_json::to_writer_pretty(&mut *out, view)?;
         writeln!(out)?;
         return Ok(());
     }
+    let status = &view.agent;
     let ago = |t: u64| format!("{} s ago", crate::status::now().saturating_sub(t));
-    writeln!(out, "agent pid {}  pin dir {}  services {}  updated {}", status.pid, status.pin_dir, status.services, ago(status.updated))?;
+    if view.running {
+        writeln!(out, "agent: running, pid {}  pin dir {}", status.pid, status.pin_dir)?;
+    } else {
+        writeln!(out, "agent: NOT RUNNING (pin dir {}); start it with `lb run`", status.pin_dir)?;
+    }
+    if !view.maps_pinned {
+        writeln!(out, "data path: nothing pinned")?;
+        return Ok(());
+    }
+    let serving = if view.running { "" } else { " (kept by the kernel, not updated while no agent runs)" };
+    writeln!(out, "services {}{serving}  last agent report {}", status.services, ago(status.updated))?;
+    if let Some(settings) = &view.settings {
+        writeln!(
+            out,
+            "settings: nat ports {} (replies recognised on {})  udp timeout {} s",
+            settings.nat_ports, settings.nat_reply_ports, settings.udp_timeout_secs
+        )?;
+    }
     for u in &status.uplinks {
         writeln!(out, "uplink {} (ifindex {}): balancing in {}", u.name, u.ifindex, u.ingress_hook)?;
     }

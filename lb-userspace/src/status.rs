@@ -55,16 +55,68 @@ pub struct MarathonStatus {
     pub named_vips: BTreeMap<String, String>,
 }
 
+/// What `lb status` shows: whether an agent holds the pin directory, the settings in force,
+/// and the agent's last report (its fields at the top level of the JSON).
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusView {
+    /// An agent holds the pin directory's lock.
+    pub running: bool,
+    /// Whether maps are pinned (what the data path serves without an agent).
+    pub maps_pinned: bool,
+    /// The runtime settings the programs follow, read from the pinned `settings` map.
+    pub settings: Option<SettingsView>,
+    #[serde(flatten)]
+    pub agent: AgentStatus,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SettingsView {
+    pub nat_ports: String,
+    /// Ports replies to full-NAT flows are recognised on (every range used since the maps exist).
+    pub nat_reply_ports: String,
+    pub udp_timeout_secs: u64,
+}
+
+impl From<lb_common::Settings> for SettingsView {
+    fn from(s: lb_common::Settings) -> Self {
+        Self {
+            nat_ports: format!("{}-{}", s.nat_port_min, s.nat_port_max),
+            nat_reply_ports: format!("{}-{}", s.nat_reply_port_min, s.nat_reply_port_max),
+            udp_timeout_secs: s.udp_timeout_ns / 1_000_000_000,
+        }
+    }
+}
+
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The status file of an agent using `pin_dir`.
 pub fn path_for(pin_dir: &Path) -> PathBuf {
-    let name: String = pin_dir.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    Path::new(STATUS_DIR).join(format!("{name}.json"))
+    Path::new(STATUS_DIR).join(format!("{}.json", pin_dir_key(pin_dir)))
 }
 
+/// A file name standing for `pin_dir`, the same however the path is spelled (`/sys/fs/bpf/lb/`,
+/// `/sys/fs/bpf/./lb`, a symlink): the part that exists is resolved, the rest normalised.
+pub fn pin_dir_key(pin_dir: &Path) -> String {
+    let absolute = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize().unwrap_or_else(|_| existing.to_owned());
+    resolved.extend(rest.iter().rev());
+    resolved.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// Writes `status` atomically (write + rename): readers see the old or the new file, whole.
 pub fn write(status: &AgentStatus) -> std::io::Result<()> {
     let path = path_for(Path::new(&status.pin_dir));
     std::fs::create_dir_all(STATUS_DIR)?;

@@ -1,27 +1,35 @@
 //! Loads the embedded kernel object, attaches it, and pins maps and links under the pin directory.
 //!
 //! Pin layout: `<pin-dir>/<map>` for every map (lower-case symbol name), `<pin-dir>/links/<hook>@<iface>`
-//! for every attachment. Pinned links keep the programs attached after the agent exits; a restarted
-//! agent re-uses the pinned maps (aya opens an existing pin instead of creating a map) and keeps
-//! every pinned link, so no flow is lost. `tear_down` (lb down) removes all of it.
+//! for every attachment. Pinned links keep the programs attached after the agent exits. A
+//! restarted agent re-uses the pinned maps (aya opens an existing pin instead of creating a map;
+//! [`check_pinned_maps`] first makes sure their layout is this binary's) and replaces the program
+//! of every pinned link in place (BPF_LINK_UPDATE), so its own programs and settings take effect
+//! and no flow is lost. `tear_down` (lb down) removes all of it.
 
 use std::{
     fs, io,
     path::{Path, PathBuf},
 };
 
+use std::os::fd::{AsFd as _, BorrowedFd};
+
 use aya::{
+    maps::{Array, MapData},
     programs::{
         links::{CgroupAttachMode, FdLink, LinkError},
         CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use lb_common::names;
+use lb_common::{names, Settings};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::pinned::pin_name;
+use super::{
+    link::{PinnedLinkFd, ProgramById},
+    pinned::pin_name,
+};
 use crate::preflight;
 
 /// The kernel object, built by build.rs and embedded so `lb` is self-contained.
@@ -31,18 +39,37 @@ static XDP_PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_XDP_PASS_OB
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
-    #[error("loading the BPF object: {0}")]
+    #[error("loading the BPF object")]
     Load(#[from] EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program { name: &'static str, source: ProgramError },
-    #[error("attaching {hook} to {iface}: {source}")]
+    #[error("attaching {hook} to {iface}")]
     Attach { hook: &'static str, iface: String, source: ProgramError },
-    #[error("taking the link: {0}")]
-    Link(LinkError),
-    #[error("pinning {path}: {source}")]
+    #[error("taking the link")]
+    Link(#[source] LinkError),
+    #[error("pinning {path}")]
     Pin { path: PathBuf, source: aya::pin::PinError },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("replacing the program of {path}")]
+    Replace { path: PathBuf, source: io::Error },
+    #[error("map {map}: writing the settings")]
+    Settings { map: &'static str, source: aya::maps::MapError },
+}
+
+/// Why maps pinned by an earlier agent cannot be used by this one.
+#[derive(Debug, Error)]
+pub enum PinnedMapsError {
+    #[error("map {map} pinned in {pin_dir} has {pinned} entries, this start asks for {wanted} ({flag}); keep the pinned value or run `lb down` first (drops established flows)")]
+    Size { map: &'static str, pin_dir: PathBuf, pinned: u32, wanted: u32, flag: &'static str },
+    #[error("map {map} pinned in {pin_dir} has another layout than this lb's ({pinned} vs {expected}): it was made by an incompatible version; run `lb down` (drops established flows) and start again")]
+    Layout { map: &'static str, pin_dir: PathBuf, pinned: String, expected: String },
+    #[error("reading map {map} pinned in {pin_dir}")]
+    Read { map: &'static str, pin_dir: PathBuf, source: aya::maps::MapError },
+    #[error("the embedded BPF object does not parse")]
+    Object(#[source] aya_obj::ParseError),
+    #[error("the embedded BPF object has no map {0}")]
+    MissingMap(&'static str),
 }
 
 /// What the agent attaches where.
@@ -94,30 +121,6 @@ impl Default for LoadLimits {
     }
 }
 
-impl LoadLimits {
-    /// Bytes of kernel memory the rings take: (services + spares) × ring size × 4.
-    pub fn ring_bytes(&self) -> u64 {
-        (self.max_services + lb_common::SPARE_RINGS) as u64 * self.ring_size as u64 * 4
-    }
-
-    /// Checks the limits before any map is created.
-    pub fn validate(&self) -> Result<(), String> {
-        if !lb_common::maglev::is_prime(self.ring_size) || self.ring_size < 7 {
-            return Err(format!("--ring-size {} must be a prime ≥ 7 (e.g. 4093, 16381, 65537)", self.ring_size));
-        }
-        if self.max_services == 0 || self.max_backends < 2 || self.max_flows == 0 {
-            return Err("--max-services, --max-flows must be ≥ 1 and --max-backends ≥ 2".into());
-        }
-        if self.nat_ports.0 == 0 || self.nat_ports.0 > self.nat_ports.1 {
-            return Err(format!("--nat-ports {}-{} is not a port range", self.nat_ports.0, self.nat_ports.1));
-        }
-        if (self.max_services as u64 + lb_common::SPARE_RINGS as u64) * self.ring_size as u64 > u32::MAX as u64 / 4 {
-            return Err(format!("--max-services {} × --ring-size {} is too large for one ring pool", self.max_services, self.ring_size));
-        }
-        Ok(())
-    }
-}
-
 /// The loaded object. Dropping it closes the agent's file descriptors; the pins keep everything
 /// attached.
 pub struct Loaded {
@@ -131,81 +134,88 @@ const XDP_HOOK: &str = "xdp";
 const TC_INGRESS_HOOK: &str = "tc_ingress";
 const TC_EGRESS_HOOK: &str = "tc_egress";
 
-/// Loads, attaches and pins according to `plan`. On error, every pin created by this call is
-/// removed again, so a failed start leaves nothing attached or pinned.
+/// Loads, attaches and pins according to `plan`; where a link is already pinned (a restart),
+/// its program is replaced in place. On error, everything this call changed is undone: new pins
+/// and links removed, replaced programs put back, the settings restored — a failed start leaves
+/// the node as it found it.
 pub fn bring_up(plan: &AttachPlan) -> Result<Loaded, LoaderError> {
-    let mut created = Created::default();
-    match bring_up_tracked(plan, &mut created) {
+    let mut changes = Changes { previous_settings: read_settings(&plan.pin_dir), ..Changes::default() };
+    match bring_up_tracked(plan, &mut changes) {
         Ok(loaded) => {
-            created.commit();
+            changes.commit();
             Ok(loaded)
         }
         Err(err) => {
-            created.roll_back();
+            changes.roll_back(&plan.pin_dir);
             Err(err)
         }
     }
 }
 
-fn bring_up_tracked(plan: &AttachPlan, created: &mut Created) -> Result<Loaded, LoaderError> {
-    created.mkdir(&plan.pin_dir)?;
-    created.mkdir(&links_dir(&plan.pin_dir))?;
+fn bring_up_tracked(plan: &AttachPlan, changes: &mut Changes) -> Result<Loaded, LoaderError> {
+    changes.mkdir(&plan.pin_dir)?;
+    changes.mkdir(&links_dir(&plan.pin_dir))?;
     for map in names::PINNED_MAPS {
         let path = plan.pin_dir.join(pin_name(map));
         if !path.exists() {
-            created.files.push(path);
+            changes.files.push(path);
         }
     }
     let mut ebpf = load_object(&plan.pin_dir, &plan.limits)?;
 
     let mut ingress = Vec::new();
     for iface in &plan.ifaces {
-        ingress.push((iface.clone(), attach_ingress(&mut ebpf, plan, iface, created)?));
+        ingress.push((iface.clone(), attach_ingress(&mut ebpf, plan, iface, changes)?));
     }
     for iface in &plan.ifaces {
-        attach_tc(&mut ebpf, plan, iface, TcAttachType::Egress, created)?;
+        attach_tc(&mut ebpf, plan, iface, TcAttachType::Egress, changes)?;
     }
-    attach_socket_hooks(&mut ebpf, plan, created)?;
+    attach_socket_hooks(&mut ebpf, plan, changes)?;
     Ok(Loaded { ebpf, ingress })
 }
 
 /// Attaches the ingress balancer `plan.ingress_hook` asks for to `iface`. One balancer per
 /// uplink: a restart that picks the other hook attaches it first, then unpins the old one, so no
 /// packet goes unbalanced in between.
-fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, created: &mut Created) -> Result<&'static str, LoaderError> {
+fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, changes: &mut Changes) -> Result<&'static str, LoaderError> {
     let preferred = match plan.ingress_hook {
         IngressHook::Auto if preflight::interface_driver(iface).as_deref() == Some("veth") => IngressHook::Tc,
         other => other,
     };
     let attached = match preferred {
-        IngressHook::Tc => attach_tc(ebpf, plan, iface, TcAttachType::Ingress, created)?,
-        IngressHook::Xdp => attach_xdp(ebpf, plan, iface, XdpMode::Default, created)?,
-        IngressHook::Auto => match attach_xdp(ebpf, plan, iface, XdpMode::Driver, created) {
+        IngressHook::Tc => attach_tc(ebpf, plan, iface, TcAttachType::Ingress, changes)?,
+        IngressHook::Xdp => attach_xdp(ebpf, plan, iface, XdpMode::Default, changes)?,
+        IngressHook::Auto => match attach_xdp(ebpf, plan, iface, XdpMode::Driver, changes) {
             Ok(hook) => hook,
             Err(err) => {
                 warn!(iface, error = %err, "no native XDP here; balancing in TC ingress");
-                attach_tc(ebpf, plan, iface, TcAttachType::Ingress, created)?
+                attach_tc(ebpf, plan, iface, TcAttachType::Ingress, changes)?
             }
         },
     };
+    // The other hook's link, if an earlier agent balanced there, goes once this start has
+    // succeeded (a failed start must leave it attached).
     let replaced = if attached == XDP_HOOK { TC_INGRESS_HOOK } else { XDP_HOOK };
     let stale = link_pin(&plan.pin_dir, replaced, iface);
     if stale.exists() {
-        fs::remove_file(&stale).map_err(|source| LoaderError::Io { path: stale.clone(), source })?;
-        info!(iface, replaced, by = attached, "ingress balancer replaced");
+        changes.superseded.push(stale);
     }
     Ok(attached)
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, created: &mut Created) -> Result<&'static str, LoaderError> {
+fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, changes: &mut Changes) -> Result<&'static str, LoaderError> {
     let xdp: &mut Xdp = program(ebpf, names::PROG_XDP)?;
     if xdp.fd().is_err() {
         xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
     }
-    attach_pinned(plan, XDP_HOOK, iface, created, |err| {
+    let pin = link_pin(&plan.pin_dir, XDP_HOOK, iface);
+    if !replace_if_pinned(&pin, program_fd(xdp.fd(), names::PROG_XDP)?, changes)? {
+        let err = attach_error(XDP_HOOK, iface);
         let id = xdp.attach(iface, mode).map_err(err)?;
-        xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
-    })?;
+        let link = xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
+        pin_link(link, &pin, changes)?;
+        info!(hook = XDP_HOOK, iface, "attached");
+    }
     Ok(XDP_HOOK)
 }
 
@@ -216,7 +226,7 @@ fn attach_tc(
     plan: &AttachPlan,
     iface: &str,
     direction: TcAttachType,
-    created: &mut Created,
+    changes: &mut Changes,
 ) -> Result<&'static str, LoaderError> {
     let (name, hook) = match direction {
         TcAttachType::Ingress => (names::PROG_TC_INGRESS, TC_INGRESS_HOOK),
@@ -226,89 +236,149 @@ fn attach_tc(
     if tc.fd().is_err() {
         tc.load().map_err(|source| LoaderError::Program { name, source })?;
     }
-    attach_pinned(plan, hook, iface, created, |err| {
+    let pin = link_pin(&plan.pin_dir, hook, iface);
+    if !replace_if_pinned(&pin, program_fd(tc.fd(), name)?, changes)? {
+        let err = attach_error(hook, iface);
         let id = tc.attach(iface, direction).map_err(err)?;
-        tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
-    })?;
+        let link = tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
+        pin_link(link, &pin, changes)?;
+        info!(hook, iface, "attached");
+    }
     Ok(hook)
 }
 
-/// Attaches one program to `target` unless a pinned link for it already exists (a restart keeps
-/// what is attached), and pins the new link. `attach` gets the error constructor for its
-/// attach failures.
-fn attach_pinned(
-    plan: &AttachPlan,
-    hook: &'static str,
-    target: &str,
-    created: &mut Created,
-    attach: impl FnOnce(&dyn Fn(ProgramError) -> LoaderError) -> Result<FdLink, LoaderError>,
-) -> Result<(), LoaderError> {
-    let path = link_pin(&plan.pin_dir, hook, target);
-    if path.exists() {
-        info!(hook, target, "already attached (pinned link kept)");
-        return Ok(());
+/// If a link is pinned at `pin` (an earlier agent's), makes it run `program` instead, remembering
+/// the program it ran so a failed start can put it back. False when there is no such link.
+fn replace_if_pinned(pin: &Path, program: BorrowedFd<'_>, changes: &mut Changes) -> Result<bool, LoaderError> {
+    if !pin.exists() {
+        return Ok(false);
     }
-    let err = |source| LoaderError::Attach { hook, iface: target.to_owned(), source };
-    let link = attach(&err)?;
-    pin_link(link, &path, created)?;
-    info!(hook, target, "attached");
-    Ok(())
+    let replace_err = |source| LoaderError::Replace { path: pin.to_owned(), source };
+    let link = PinnedLinkFd::open(pin).map_err(replace_err)?;
+    let previous = link.program_id().and_then(ProgramById::open).map_err(replace_err)?;
+    link.replace_program(program).map_err(replace_err)?;
+    info!(link = %pin.display(), "program replaced in place");
+    changes.replaced.push((link, previous));
+    Ok(true)
+}
+
+/// The fd of a loaded program.
+fn program_fd<'a>(fd: Result<&'a aya::programs::ProgramFd, ProgramError>, name: &'static str) -> Result<BorrowedFd<'a>, LoaderError> {
+    fd.map(|fd| fd.as_fd()).map_err(|source| LoaderError::Program { name, source })
+}
+
+fn attach_error<'a>(hook: &'static str, target: &'a str) -> impl Fn(ProgramError) -> LoaderError + Copy + 'a {
+    move |source| LoaderError::Attach { hook, iface: target.to_owned(), source }
 }
 
 /// Attaches every cgroup socket hook to the plan's cgroup (alongside any other programs there).
-fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, created: &mut Created) -> Result<(), LoaderError> {
+fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, changes: &mut Changes) -> Result<(), LoaderError> {
     let cgroup = fs::File::open(&plan.cgroup).map_err(|source| LoaderError::Io { path: plan.cgroup.clone(), source })?;
     for &(name, hook) in names::PROG_SOCK_HOOKS {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(|source| LoaderError::Program { name, source })?;
-        attach_pinned(plan, hook, "cgroup", created, |err| {
-            // With bpf_link (kernel ≥ 5.7) attachments always coexist with other programs on
-            // the cgroup; the link API rejects the legacy ALLOW_MULTI flag, so the mode stays
-            // Single.
-            let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)
-        })?;
+        let pin = link_pin(&plan.pin_dir, hook, "cgroup");
+        if replace_if_pinned(&pin, program_fd(prog.fd(), name)?, changes)? {
+            continue;
+        }
+        let err = attach_error(hook, "cgroup");
+        // With bpf_link (kernel ≥ 5.7) attachments always coexist with other programs on the
+        // cgroup; the link API rejects the legacy ALLOW_MULTI flag, so the mode stays Single.
+        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
+        pin_link(link, &pin, changes)?;
     }
     info!(cgroup = %plan.cgroup.display(), "socket hooks attached");
     Ok(())
 }
 
+/// Entries each sized map gets for `limits`, with the flag that sets it.
+fn map_sizes(limits: &LoadLimits) -> Vec<(&'static str, u32, &'static str)> {
+    // Two u32 ring slots per u64 element (see RINGS in lb-ebpf/src/maps.rs).
+    let ring_elements = ((limits.max_services + lb_common::SPARE_RINGS) * limits.ring_size).div_ceil(2);
+    let mut sizes = vec![(names::MAP_RINGS, ring_elements, "--max-services × --ring-size")];
+    for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
+        sizes.push((map, limits.max_services, "--max-services"));
+    }
+    for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS] {
+        sizes.push((map, limits.max_backends, "--max-backends"));
+    }
+    for map in names::FLOW_MAPS {
+        sizes.push((map, limits.max_flows, "--max-flows"));
+    }
+    sizes
+}
+
+/// Checks every map already pinned under `pin_dir` against what this binary would create for
+/// `limits`: same key and value sizes and flags (the layout the programs were built for) and
+/// the same number of entries. Reads only; nothing is changed.
+pub fn check_pinned_maps(pin_dir: &Path, limits: &LoadLimits) -> Result<(), PinnedMapsError> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(PinnedMapsError::Object)?;
+    let sizes = map_sizes(limits);
+    for &map in names::PINNED_MAPS {
+        let path = pin_dir.join(pin_name(map));
+        if !path.exists() {
+            continue;
+        }
+        let read_err = |source| PinnedMapsError::Read { map, pin_dir: pin_dir.to_owned(), source };
+        let info = aya::maps::MapData::from_pin(&path).map_err(read_err)?.info().map_err(read_err)?;
+        let def = object.maps.get(map).ok_or(PinnedMapsError::MissingMap(map))?;
+        let pinned = (info.key_size(), info.value_size(), info.map_flags());
+        let expected = (def.key_size(), def.value_size(), def.map_flags());
+        if pinned != expected {
+            let show = |(k, v, f): (u32, u32, u32)| format!("key {k} B, value {v} B, flags {f:#x}");
+            return Err(PinnedMapsError::Layout { map, pin_dir: pin_dir.to_owned(), pinned: show(pinned), expected: show(expected) });
+        }
+        if let Some(&(_, wanted, flag)) = sizes.iter().find(|(name, _, _)| *name == map) {
+            if info.max_entries() != wanted {
+                return Err(PinnedMapsError::Size { map, pin_dir: pin_dir.to_owned(), pinned: info.max_entries(), wanted, flag });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads the embedded object with every map pinned under `pin_dir`: an existing pin is opened and
-/// re-used (its contents kept), a missing one is created and pinned. Programs are not loaded yet.
+/// re-used (its contents kept), a missing one is created and pinned. Then the runtime settings
+/// (NAT ports, UDP timeout) are written, which the programs already attached from these maps
+/// follow at once. Programs are not loaded yet.
 pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderError> {
     fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io { path: pin_dir.to_owned(), source })?;
     let map_pins: Vec<(&str, PathBuf)> =
         names::PINNED_MAPS.iter().map(|&m| (m, pin_dir.join(pin_name(m)))).collect();
-    // Two u32 ring slots per u64 element (see RINGS in lb-ebpf/src/maps.rs).
-    let ring_elements = ((limits.max_services + lb_common::SPARE_RINGS) * limits.ring_size).div_ceil(2);
-    let udp_timeout_ns = limits.udp_timeout_secs.saturating_mul(1_000_000_000);
     let mut loader = EbpfLoader::new();
     for (map, path) in &map_pins {
         loader.map_pin_path(map, path.as_path());
     }
-    for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
-        loader.map_max_entries(map, limits.max_services);
+    for (map, entries, _) in map_sizes(limits) {
+        loader.map_max_entries(map, entries);
     }
-    for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS] {
-        loader.map_max_entries(map, limits.max_backends);
-    }
-    for map in [
-        names::MAP_FLOWS,
-        names::MAP_FLOWS4,
-        names::MAP_REPLIES,
-        names::MAP_REPLIES4,
-        names::MAP_NAT_REPLIES,
-        names::MAP_SOCK_REPLIES,
-    ] {
-        loader.map_max_entries(map, limits.max_flows);
-    }
-    loader
-        .map_max_entries(names::MAP_RINGS, ring_elements)
-        .override_global(names::GLOBAL_RING_SIZE, &limits.ring_size, true)
-        .override_global(names::GLOBAL_UDP_TIMEOUT_NS, &udp_timeout_ns, true)
-        .override_global(names::GLOBAL_NAT_PORT_MIN, &limits.nat_ports.0, true)
-        .override_global(names::GLOBAL_NAT_PORT_MAX, &limits.nat_ports.1, true);
-    Ok(loader.load(EBPF_OBJECT)?)
+    loader.override_global(names::GLOBAL_RING_SIZE, &limits.ring_size, true);
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    write_settings(&mut ebpf, limits)?;
+    Ok(ebpf)
+}
+
+fn settings_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Settings>, LoaderError> {
+    let map = names::MAP_SETTINGS;
+    let data = ebpf.map_mut(map).ok_or(LoaderError::Settings { map, source: aya::maps::MapError::InvalidName { name: map.into() } })?;
+    Array::try_from(data).map_err(|source| LoaderError::Settings { map, source })
+}
+
+/// Writes this start's settings; NAT replies stay recognised on the ports of earlier ranges.
+fn write_settings(ebpf: &mut Ebpf, limits: &LoadLimits) -> Result<(), LoaderError> {
+    let map = names::MAP_SETTINGS;
+    let mut settings = settings_map(ebpf)?;
+    let previous = settings.get(&0, 0).ok();
+    let new = Settings::new(limits.udp_timeout_secs, limits.nat_ports, previous.as_ref());
+    settings.set(0, new, 0).map_err(|source| LoaderError::Settings { map, source })
+}
+
+/// The settings in force under `pin_dir`, if its maps exist.
+pub fn read_settings(pin_dir: &Path) -> Option<Settings> {
+    let data = aya::maps::MapData::from_pin(pin_dir.join(pin_name(names::MAP_SETTINGS))).ok()?;
+    let settings: Array<MapData, Settings> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    settings.get(&0, 0).ok().filter(|s| s.nat_port_min != 0)
 }
 
 /// Loads the pass-only XDP program and attaches it to `iface` (in the calling thread's network
@@ -344,10 +414,10 @@ where
     prog.try_into().map_err(|source| LoaderError::Program { name, source })
 }
 
-fn pin_link(link: FdLink, path: &Path, created: &mut Created) -> Result<(), LoaderError> {
+fn pin_link(link: FdLink, path: &Path, changes: &mut Changes) -> Result<(), LoaderError> {
     // The pinned link outlives this process; the returned handle's fd is closed at once.
     link.pin(path).map_err(|source| LoaderError::Pin { path: path.to_owned(), source })?;
-    created.files.push(path.to_owned());
+    changes.files.push(path.to_owned());
     Ok(())
 }
 
@@ -389,14 +459,20 @@ pub fn tear_down(pin_dir: &Path) -> Result<usize, LoaderError> {
     Ok(removed)
 }
 
-/// Pins and directories created by one `bring_up`, removed again if it fails.
+/// What one `bring_up` changed, undone if it fails.
 #[derive(Default)]
-struct Created {
+struct Changes {
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// Links whose program was replaced, with the program each ran before.
+    replaced: Vec<(PinnedLinkFd, ProgramById)>,
+    /// The settings before this start (None: the maps are new).
+    previous_settings: Option<Settings>,
+    /// Links of the ingress hook not used any more, removed once the start has succeeded.
+    superseded: Vec<PathBuf>,
 }
 
-impl Created {
+impl Changes {
     fn mkdir(&mut self, dir: &Path) -> Result<(), LoaderError> {
         if dir.exists() {
             return Ok(());
@@ -407,16 +483,40 @@ impl Created {
     }
 
     fn commit(&mut self) {
+        for stale in self.superseded.drain(..) {
+            match fs::remove_file(&stale) {
+                Ok(()) => info!(link = %stale.display(), "ingress balancer of the other hook detached"),
+                Err(err) => warn!(link = %stale.display(), "could not detach the other hook's balancer: {err}"),
+            }
+        }
         self.files.clear();
         self.dirs.clear();
+        self.replaced.clear();
     }
 
-    fn roll_back(&mut self) {
+    fn roll_back(&mut self, pin_dir: &Path) {
+        for (link, previous) in self.replaced.drain(..).rev() {
+            if let Err(err) = link.replace_program(previous.as_fd()) {
+                warn!("rolling back: could not put the previous program back on a link: {err}");
+            }
+        }
+        if let Some(previous) = self.previous_settings {
+            restore_settings(pin_dir, previous);
+        }
         for file in self.files.drain(..).rev() {
             let _ = fs::remove_file(file);
         }
         for dir in self.dirs.drain(..).rev() {
             let _ = fs::remove_dir(dir);
         }
+    }
+}
+
+fn restore_settings(pin_dir: &Path, previous: Settings) {
+    let restored = aya::maps::MapData::from_pin(pin_dir.join(pin_name(names::MAP_SETTINGS)))
+        .and_then(|data| Array::<MapData, Settings>::try_from(aya::maps::Map::Array(data)))
+        .and_then(|mut map| map.set(0, previous, 0));
+    if let Err(err) = restored {
+        warn!("rolling back: could not restore the previous settings: {err}");
     }
 }

@@ -2,6 +2,7 @@
 //! [`Dataplane`] trait, so it is tested against [`fake::FakeDataplane`] without root.
 
 pub mod fake;
+pub mod link;
 pub mod loader;
 pub mod pinned;
 

@@ -48,19 +48,28 @@ pub struct VipRange {
     size: u32,
 }
 
-impl VipRange {
-    pub fn parse(cidr: &str) -> Result<Self, String> {
-        let (addr, len) = cidr.split_once('/').ok_or_else(|| format!("{cidr:?} is not ADDRESS/PREFIX"))?;
-        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("{cidr:?}: {addr:?} is not an IPv4 address"))?;
-        let len: u32 = len.parse().map_err(|_| format!("{cidr:?}: bad prefix length"))?;
-        if !(8..=30).contains(&len) {
-            return Err(format!("{cidr:?}: prefix length must be 8..30"));
-        }
-        let size = 1u32 << (32 - len);
-        let base = u32::from(addr) & !(size - 1);
-        Ok(Self { base, size })
-    }
+/// Why a `--vip-cidr` is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VipRangeError {
+    #[error("{0:?} is not an IPv4 CIDR (ADDRESS/PREFIX, e.g. 11.0.0.0/8)")]
+    NotCidr(String),
+    #[error("{0:?}: the prefix length must be 8..30 (enough addresses, and not a whole /0)")]
+    PrefixLength(String),
+}
 
+impl std::str::FromStr for VipRange {
+    type Err = VipRangeError;
+
+    fn from_str(cidr: &str) -> Result<Self, Self::Err> {
+        let net: ipnet::Ipv4Net = cidr.parse().map_err(|_| VipRangeError::NotCidr(cidr.to_owned()))?;
+        if !(8..=30).contains(&net.prefix_len()) {
+            return Err(VipRangeError::PrefixLength(cidr.to_owned()));
+        }
+        Ok(Self { base: u32::from(net.network()), size: 1u32 << (32 - net.prefix_len()) })
+    }
+}
+
+impl VipRange {
     /// Usable addresses: the network and broadcast addresses are left out.
     fn usable(&self) -> u32 {
         self.size - 2
@@ -124,7 +133,7 @@ mod tests {
 
     #[test]
     fn allocation_is_deterministic_and_unique() {
-        let range = VipRange::parse("11.0.0.0/8").unwrap();
+        let range = "11.0.0.0/8".parse::<VipRange>().unwrap();
         let names: Vec<String> = (0..500).map(|i| format!("/app-{i}")).collect();
         let a = allocate(&names, &range);
         let mut reversed = names.clone();
@@ -137,12 +146,12 @@ mod tests {
 
     #[test]
     fn collisions_are_resolved_and_a_full_range_says_so() {
-        let range = VipRange::parse("10.9.0.0/30").unwrap(); // 2 usable addresses
+        let range = "10.9.0.0/30".parse::<VipRange>().unwrap(); // 2 usable addresses
         let names: Vec<String> = ["/a", "/b", "/c"].iter().map(|s| s.to_string()).collect();
         let a = allocate(&names, &range);
         assert_eq!(a.values().filter(|v| v.is_some()).count(), 2);
         assert_eq!(a.values().filter(|v| v.is_none()).count(), 1);
-        assert!(VipRange::parse("10.0.0.0/31").is_err());
-        assert!(VipRange::parse("fd00::/64").is_err());
+        assert!("10.0.0.0/31".parse::<VipRange>().is_err());
+        assert!("fd00::/64".parse::<VipRange>().is_err());
     }
 }

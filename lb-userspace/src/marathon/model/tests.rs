@@ -23,7 +23,7 @@ fn fixture(path: &str) -> Value {
 }
 
 fn vips() -> VipRange {
-    VipRange::parse("11.0.0.0/8").unwrap()
+    "11.0.0.0/8".parse::<VipRange>().unwrap()
 }
 
 fn translate_json(apps: &Value, health: &mut HealthMemory) -> Translation {

@@ -1,0 +1,270 @@
+//! `lb run`'s flags → one validated [`AgentConfig`], before anything touches the kernel. Values
+//! with a syntax (CIDRs, URLs, ranges, credentials, ring sizes) are checked by clap value parsers
+//! defined here; what depends on the machine (interfaces, bpffs, cgroup, the services file, the
+//! node's ephemeral ports) is checked by [`AgentConfig::from_args`]. Every failure is a
+//! [`ConfigError`]: exit code 64, one line, nothing attached or pinned.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use thiserror::Error;
+
+use crate::{
+    cli::RunArgs,
+    dataplane::loader::{AttachPlan, IngressHook, LoadLimits},
+    marathon::{client::Auth, vip::VipRange},
+    model::Desired,
+    preflight::{self, PreflightError},
+    services_file::{self, ServicesFileError},
+};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("give --services FILE and/or --marathon URL: without either there is nothing to balance")]
+    NoSource,
+    #[error("give either --marathon-credentials or --marathon-token, not both")]
+    TwoAuths,
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    ServicesFile(#[from] ServicesFileError),
+    #[error("--nat-ports {min}-{max} overlaps this node's ephemeral ports {eph_min}-{eph_max} (net.ipv4.ip_local_port_range): full-NAT flows would collide with the node's own connections; pick a range outside it")]
+    NatPortsOverlapEphemeral { min: u16, max: u16, eph_min: u16, eph_max: u16 },
+    #[error("--max-services {max_services} × --ring-size {ring_size} is too large for one ring pool; lower either")]
+    RingPoolTooLarge { max_services: u32, ring_size: u32 },
+    #[error(transparent)]
+    PinnedMaps(#[from] crate::dataplane::loader::PinnedMapsError),
+}
+
+/// Where Marathon is and how to talk to it.
+#[derive(Clone, Debug)]
+pub struct MarathonConfig {
+    pub urls: Vec<String>,
+    pub auth: Auth,
+    pub timeout: Duration,
+    pub resync: Duration,
+    pub vips: VipRange,
+}
+
+/// Everything `lb run` needs, checked.
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub plan: AttachPlan,
+    /// Interface indexes of the uplinks, in plan order.
+    pub uplinks: Vec<u32>,
+    pub services_file: Option<PathBuf>,
+    /// The services file's contents at start.
+    pub static_services: Desired,
+    pub marathon: Option<MarathonConfig>,
+    /// Explicit node addresses (empty: discover them).
+    pub node_ips: Vec<IpAddr>,
+}
+
+impl AgentConfig {
+    /// Validates `args` against this machine. Reads only: the one exception is mounting cgroup v2
+    /// at /run/lb/cgroup2 when the machine has no cgroup v2 mount and no `--cgroup` was given.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        if args.services.is_none() && args.marathon.is_empty() {
+            return Err(ConfigError::NoSource);
+        }
+        let limits = limits(args)?;
+        let marathon = marathon(args)?;
+        preflight::require_pin_dir(&args.pins.pin_dir)?;
+        let uplinks = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<Vec<_>, _>>()?;
+        if let Some((eph_min, eph_max)) = preflight::ephemeral_ports() {
+            let (min, max) = limits.nat_ports;
+            if min <= eph_max && eph_min <= max {
+                return Err(ConfigError::NatPortsOverlapEphemeral { min, max, eph_min, eph_max });
+            }
+        }
+        let cgroup = match &args.cgroup {
+            Some(dir) => dir.clone(),
+            None => preflight::cgroup2_root()?,
+        };
+        preflight::require_cgroup2(&cgroup)?;
+        let static_services = match &args.services {
+            Some(path) => services_file::load(path)?,
+            None => Desired::new(),
+        };
+        let plan = AttachPlan {
+            pin_dir: args.pins.pin_dir.clone(),
+            ifaces: args.ifaces.clone(),
+            cgroup,
+            limits,
+            ingress_hook: args.ingress_hook,
+        };
+        Ok(Self { plan, uplinks, services_file: args.services.clone(), static_services, marathon, node_ips: args.node_ips.clone() })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.plan.pin_dir
+    }
+
+    pub fn ingress_hook(&self) -> IngressHook {
+        self.plan.ingress_hook
+    }
+}
+
+fn limits(args: &RunArgs) -> Result<LoadLimits, ConfigError> {
+    let limits = LoadLimits {
+        ring_size: args.ring_size,
+        max_services: args.max_services,
+        max_backends: args.max_backends,
+        max_flows: args.max_flows,
+        udp_timeout_secs: args.udp_timeout,
+        nat_ports: args.nat_ports,
+    };
+    let slots = (limits.max_services as u64 + lb_common::SPARE_RINGS as u64) * limits.ring_size as u64;
+    if slots > u32::MAX as u64 / 4 {
+        return Err(ConfigError::RingPoolTooLarge { max_services: limits.max_services, ring_size: limits.ring_size });
+    }
+    Ok(limits)
+}
+
+fn marathon(args: &RunArgs) -> Result<Option<MarathonConfig>, ConfigError> {
+    if args.marathon.is_empty() {
+        return Ok(None);
+    }
+    let mut auth = match (&args.marathon_credentials, &args.marathon_token) {
+        (Some(_), Some(_)) => return Err(ConfigError::TwoAuths),
+        (Some(cred), None) => cred.clone(),
+        (None, Some(token)) => Auth::Token(token.clone()),
+        (None, None) => Auth::None,
+    };
+    let mut urls = Vec::new();
+    for url in &args.marathon {
+        let mut url = url.clone();
+        // Credentials in a URL are used when no flag gives any, and never logged with it.
+        if !url.username().is_empty() {
+            if matches!(auth, Auth::None) {
+                auth = Auth::Basic { user: url.username().to_owned(), password: url.password().unwrap_or_default().to_owned() };
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        urls.push(url.to_string());
+    }
+    Ok(Some(MarathonConfig {
+        urls,
+        auth,
+        timeout: Duration::from_secs(args.marathon_timeout),
+        resync: Duration::from_secs(args.resync),
+        vips: args.vip_cidr,
+    }))
+}
+
+/// Why a flag's value does not parse (clap shows it after the flag's name).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("{0:?} is not MIN-MAX")]
+    NotARange(String),
+    #[error("{0:?} is not a port (1-65535)")]
+    NotAPort(String),
+    #[error("{min}-{max} is empty: MIN must not exceed MAX")]
+    EmptyRange { min: u16, max: u16 },
+    #[error("{0:?} is not a URL")]
+    NotAUrl(String),
+    #[error("{0:?}: only http and https are supported")]
+    Scheme(String),
+    #[error("expected USER:PASSWORD")]
+    NotCredentials,
+    #[error("{0} is not a prime ≥ 7 (e.g. 4093, 16381, 65537)")]
+    NotAPrime(u32),
+    #[error("{0:?} is not a whole number ≥ {1}")]
+    TooSmall(String, u64),
+}
+
+/// `--nat-ports MIN-MAX`.
+pub fn port_range(text: &str) -> Result<(u16, u16), ValueError> {
+    let (min, max) = text.split_once('-').ok_or_else(|| ValueError::NotARange(text.to_owned()))?;
+    let port = |p: &str| match p.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(ValueError::NotAPort(p.trim().to_owned())),
+        Ok(port) => Ok(port),
+    };
+    let (min, max) = (port(min)?, port(max)?);
+    if min > max {
+        return Err(ValueError::EmptyRange { min, max });
+    }
+    Ok((min, max))
+}
+
+/// `--marathon URL`: http or https.
+pub fn marathon_url(text: &str) -> Result<reqwest::Url, ValueError> {
+    let url = reqwest::Url::parse(text).map_err(|_| ValueError::NotAUrl(text.to_owned()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ValueError::Scheme(text.to_owned()));
+    }
+    Ok(url)
+}
+
+/// `--marathon-credentials USER:PASSWORD`.
+pub fn credentials(text: &str) -> Result<Auth, ValueError> {
+    match text.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok(Auth::Basic { user: user.into(), password: password.into() }),
+        _ => Err(ValueError::NotCredentials),
+    }
+}
+
+/// `--ring-size`: a prime, so every Maglev permutation visits every slot.
+pub fn ring_size(text: &str) -> Result<u32, ValueError> {
+    let size = at_least(text, 7)? as u32;
+    if !lb_common::maglev::is_prime(size) {
+        return Err(ValueError::NotAPrime(size));
+    }
+    Ok(size)
+}
+
+/// A u32 count that must be at least `min` (`--max-services` etc.).
+pub fn count_at_least(min: u64) -> impl Fn(&str) -> Result<u32, ValueError> + Clone {
+    move |text| at_least(text, min).and_then(|n| u32::try_from(n).map_err(|_| ValueError::TooSmall(text.to_owned(), min)))
+}
+
+/// Seconds, at least 1.
+pub fn seconds(text: &str) -> Result<u64, ValueError> {
+    at_least(text, 1)
+}
+
+fn at_least(text: &str, min: u64) -> Result<u64, ValueError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(ValueError::TooSmall(text.to_owned(), min)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(port_range("61000-65535"), Ok((61000, 65535)));
+        assert_eq!(port_range("80"), Err(ValueError::NotARange("80".into())));
+        assert_eq!(port_range("0-10"), Err(ValueError::NotAPort("0".into())));
+        assert_eq!(port_range("10-70000"), Err(ValueError::NotAPort("70000".into())));
+        assert_eq!(port_range("20-10"), Err(ValueError::EmptyRange { min: 20, max: 10 }));
+    }
+
+    #[test]
+    fn urls_and_credentials() {
+        assert!(marathon_url("http://marathon:8080").is_ok());
+        assert_eq!(marathon_url("marathon:8080"), Err(ValueError::Scheme("marathon:8080".into())));
+        assert_eq!(marathon_url("ftp://m"), Err(ValueError::Scheme("ftp://m".into())));
+        assert_eq!(marathon_url("not a url"), Err(ValueError::NotAUrl("not a url".into())));
+        assert!(matches!(credentials("u:p:q"), Ok(Auth::Basic { user, password }) if user == "u" && password == "p:q"));
+        assert_eq!(credentials("nocolon").unwrap_err(), ValueError::NotCredentials);
+        assert_eq!(credentials(":p").unwrap_err(), ValueError::NotCredentials);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ring_size("16381"), Ok(16381));
+        assert_eq!(ring_size("16383"), Err(ValueError::NotAPrime(16383)));
+        assert_eq!(ring_size("5"), Err(ValueError::TooSmall("5".into(), 7)));
+        assert_eq!(count_at_least(2)("1"), Err(ValueError::TooSmall("1".into(), 2)));
+        assert_eq!(count_at_least(1)("4294967296"), Err(ValueError::TooSmall("4294967296".into(), 1)));
+        assert_eq!(seconds("0"), Err(ValueError::TooSmall("0".into(), 1)));
+    }
+}

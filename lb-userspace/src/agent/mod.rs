@@ -1,0 +1,68 @@
+//! `lb run`: the agent. [`config`] turns the flags into a validated [`AgentConfig`]; [`start`]
+//! takes the pin directory's lock, checks the pinned maps, brings the data path up (rolled back
+//! if it fails) and hands over to the run loop in [`run`].
+
+pub mod config;
+pub mod lock;
+mod policy;
+mod run;
+mod sources;
+
+use anyhow::{Context as _, Result};
+use tracing::info;
+
+pub use config::{AgentConfig, ConfigError};
+
+use crate::{
+    dataplane::{loader, pinned::PinnedMaps},
+    reconcile,
+    status::{AgentStatus, UplinkStatus},
+};
+
+/// Runs the agent until SIGINT/SIGTERM. Errors that are the configuration's are returned as
+/// [`ConfigError`] (exit code 64) and leave the kernel untouched.
+pub fn start(config: AgentConfig) -> Result<()> {
+    let _lock = lock::PinDirLock::acquire(config.pin_dir())?;
+    loader::check_pinned_maps(config.pin_dir(), &config.plan.limits).map_err(ConfigError::from)?;
+    let marathon = config.marathon.as_ref().map(sources::MarathonSource::new).transpose().context("building the HTTP client")?;
+    init_logging();
+    let loaded = loader::bring_up(&config.plan)?;
+    info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
+
+    let mut dataplane = PinnedMaps::new(config.pin_dir());
+    reconcile::sync_uplinks(&config.uplinks, &mut dataplane)?;
+    let status = AgentStatus {
+        pid: std::process::id(),
+        pin_dir: config.pin_dir().display().to_string(),
+        uplinks: loaded
+            .ingress
+            .iter()
+            .zip(&config.uplinks)
+            .map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: hook.to_string() })
+            .collect(),
+        ..AgentStatus::default()
+    };
+    let mut agent = run::Agent::new(
+        dataplane,
+        config.node_ips.clone(),
+        config.plan.limits.nat_ports,
+        config.uplinks.clone(),
+        config.static_services,
+        status,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(agent.serve(config.services_file.as_deref(), marathon))?;
+    drop(loaded);
+    info!("stopping; programs stay attached and maps pinned (lb down removes them)");
+    Ok(())
+}
+
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,73 @@
+//! The agent's decisions that need no kernel: how the sources merge, which services the NAT port
+//! range keeps out, and how a failing Marathon is retried. Host-tested against the fake
+//! dataplane in `run.rs`'s tests.
+
+use std::time::Duration;
+
+use crate::model::{Desired, ServiceAddr, ServiceId};
+
+/// The services file's services plus Marathon's; Marathon's definition wins a clash (it is the
+/// cluster's source of truth, the file a local complement). Returns the clashing ids too.
+pub fn merge(static_services: &Desired, marathon: Option<&Desired>) -> (Desired, Vec<ServiceId>) {
+    let mut merged = static_services.clone();
+    let mut clashes = Vec::new();
+    for (id, service) in marathon.into_iter().flatten() {
+        if merged.insert(*id, service.clone()).is_some() {
+            clashes.push(*id);
+        }
+    }
+    (merged, clashes)
+}
+
+/// Service ports inside the NAT port range would be taken for replies of full-NAT flows: they
+/// are left out (returned separately, to be reported by name); every other service applies.
+pub fn exclude_nat_ports(desired: Desired, (min, max): (u16, u16)) -> (Desired, Desired) {
+    desired.into_iter().partition(|(id, _)| !in_nat_range(id, min, max))
+}
+
+fn in_nat_range(id: &ServiceId, min: u16, max: u16) -> bool {
+    matches!(id.addr, ServiceAddr::NodePort { .. }) && (min..=max).contains(&id.port)
+}
+
+/// Delays between retries of a failing Marathon: doubling from `FIRST` up to `MAX`, back to
+/// `FIRST` after a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(30);
+
+    /// The delay before the next retry; the one after is twice as long (at most `MAX`).
+    pub fn failed(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub fn succeeded(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..9).map(|_| backoff.failed().as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Backoff::FIRST);
+    }
+}

@@ -1,0 +1,344 @@
+//! The agent's run loop: programs the merged services, re-reads the services file when it
+//! changes, follows Marathon (events, periodic re-reads, retries), and reports in the status file.
+
+use std::{collections::BTreeSet, io::Write as _, net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    policy::{self, Backoff},
+    sources::{self, MarathonSource},
+};
+use crate::{
+    dataplane::Dataplane,
+    marathon::model::{parse_apps, translate},
+    model::Desired,
+    node_addrs,
+    reconcile::{self, Reconciler},
+    services_file,
+    status::{self, AgentStatus, MarathonStatus},
+};
+
+pub struct Agent<D: Dataplane> {
+    pub dataplane: D,
+    reconciler: Reconciler,
+    /// Explicit node addresses (empty: every address of the node).
+    node_ips: Vec<IpAddr>,
+    nat_ports: (u16, u16),
+    uplinks: Vec<u32>,
+    static_services: Desired,
+    /// None until Marathon has answered once.
+    marathon_services: Option<Desired>,
+    pub status: AgentStatus,
+    /// Backend addresses whose neighbours were already asked for.
+    warmed: BTreeSet<IpAddr>,
+    /// Whether to write the status file (the host tests do not).
+    write_status_file: bool,
+}
+
+impl<D: Dataplane> Agent<D> {
+    pub fn new(dataplane: D, node_ips: Vec<IpAddr>, nat_ports: (u16, u16), uplinks: Vec<u32>, static_services: Desired, status: AgentStatus) -> Self {
+        Self {
+            dataplane,
+            reconciler: Reconciler::default(),
+            node_ips,
+            nat_ports,
+            uplinks,
+            static_services,
+            marathon_services: None,
+            status,
+            warmed: BTreeSet::new(),
+            write_status_file: true,
+        }
+    }
+
+    /// Programs the services file's services plus Marathon's (Marathon wins a clash); service
+    /// ports inside the NAT range are left out with an error naming them.
+    pub fn apply(&mut self) -> Result<()> {
+        let addrs = if self.node_ips.is_empty() {
+            node_addrs::discover().context("listing this node's addresses")?
+        } else {
+            node_addrs::with_loopback(self.node_ips.clone())
+        };
+        reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
+        let (merged, clashes) = policy::merge(&self.static_services, self.marathon_services.as_ref());
+        for id in clashes {
+            warn!(service = %id, "defined both in the services file and by Marathon; Marathon's definition wins");
+        }
+        let (desired, excluded) = policy::exclude_nat_ports(merged, self.nat_ports);
+        let (min, max) = self.nat_ports;
+        for (id, service) in &excluded {
+            error!(service = %id, name = %service.name, "service port is inside --nat-ports {min}-{max}: not programmed");
+        }
+        let report = self.reconciler.apply(&desired, &mut self.dataplane)?;
+        for failure in &report.failed {
+            error!("{failure}");
+        }
+        if !self.uplinks.is_empty() {
+            self.warmed = warm_neighbours(&desired, std::mem::take(&mut self.warmed));
+        }
+        self.status.services = desired.len();
+        self.write_status();
+        Ok(())
+    }
+
+    fn write_status(&mut self) {
+        if !self.write_status_file {
+            return;
+        }
+        self.status.updated = status::now();
+        if let Err(err) = status::write(&self.status) {
+            warn!("writing the status file: {err}");
+        }
+    }
+
+    /// Re-reads the services file; an invalid file changes nothing.
+    fn reload(&mut self, path: &Path) {
+        match services_file::load(path) {
+            Ok(desired) => {
+                self.static_services = desired;
+                if let Err(err) = self.apply() {
+                    error!("applying {}: {err:#}", path.display());
+                }
+            }
+            Err(err) => error!("{err}; keeping the services already programmed"),
+        }
+    }
+
+    /// One full read of Marathon's apps. On failure nothing changes (the last good state stays
+    /// programmed) and the status says why.
+    pub async fn sync_marathon(&mut self, m: &mut MarathonSource) {
+        let started = std::time::Instant::now();
+        let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
+        status.urls = m.client.urls().to_vec();
+        let body = match m.client.apps().await {
+            Ok(body) => body,
+            Err(err) => return self.marathon_failed(err.to_string(), m),
+        };
+        let fetched = started.elapsed();
+        let (apps, parse_errors) = match parse_apps(&body) {
+            Ok(parsed) => parsed,
+            Err(err) => return self.marathon_failed(err, m),
+        };
+        drop(body);
+        let total_apps = apps.len() + parse_errors.len();
+        m.dns.refresh(&apps).await;
+        let translation = translate(&apps, parse_errors, &mut m.dns, &mut m.health, &m.vips);
+        let translated = started.elapsed();
+        for (app, why) in &translation.app_errors {
+            warn!(app, "app skipped: {why}");
+        }
+        for warning in &translation.warnings {
+            debug!("{warning}");
+        }
+        let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
+        status.current = m.client.current().to_owned();
+        status.last_sync = Some(status::now());
+        status.last_error = None;
+        status.failures_in_a_row = 0;
+        status.apps = total_apps;
+        status.skipped_apps = translation.app_errors.iter().cloned().collect();
+        status.skipped_tasks = translation.warnings.len();
+        status.named_vips = translation.named_vips.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        status.event_stream = m.watch.connected_to().map(str::to_owned);
+        // The VIP names are published before the maps serve them, so `lb vips` never lags.
+        self.write_status();
+        self.marathon_services = Some(translation.desired);
+        match self.apply() {
+            Ok(()) => info!(
+                fetch_ms = fetched.as_millis() as u64,
+                translate_ms = (translated - fetched).as_millis() as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "synced from Marathon"
+            ),
+            Err(err) => error!("applying Marathon's services: {err:#}"),
+        }
+    }
+
+    fn marathon_failed(&mut self, why: String, m: &MarathonSource) {
+        warn!("Marathon: {why}; keeping the services already programmed");
+        let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
+        status.last_error = Some(why);
+        status.failures_in_a_row += 1;
+        status.event_stream = m.watch.connected_to().map(str::to_owned);
+        self.write_status();
+    }
+
+    fn marathon_failing(&self) -> bool {
+        self.status.marathon.as_ref().is_some_and(|s| s.last_error.is_some())
+    }
+
+    /// Brings the maps to the sources' state once, says `ready`, then follows the sources until
+    /// SIGINT/SIGTERM.
+    pub async fn serve(&mut self, services: Option<&Path>, mut marathon: Option<MarathonSource>) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        match marathon.as_mut() {
+            // Until Marathon has answered once, the services already pinned (a restart) stay
+            // exactly as they are: an empty or unreachable source never flushes them.
+            Some(m) => self.sync_marathon(m).await,
+            None => self.apply()?,
+        }
+        println!("ready");
+        std::io::stdout().flush()?;
+
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut seen = services.and_then(sources::modified);
+        let resync_every = marathon.as_ref().map_or(Duration::from_secs(3600), |m| m.resync);
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+        // A failed sync is retried with backoff, separately from the periodic re-read.
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut backoff = Backoff::default();
+        loop {
+            let event = async {
+                match marathon.as_mut() {
+                    Some(m) => m.watch.next(&mut m.client).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut sync_now = false;
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
+                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                _ = hup.recv() => {
+                    if let Some(path) = services {
+                        info!("SIGHUP: reloading {}", path.display());
+                        seen = sources::modified(path);
+                        self.reload(path);
+                    }
+                    sync_now = marathon.is_some();
+                }
+                _ = poll.tick() => {
+                    if let Some(path) = services {
+                        let now = sources::modified(path);
+                        if now != seen {
+                            seen = now;
+                            info!("{} changed: reloading", path.display());
+                            self.reload(path);
+                        }
+                    }
+                }
+                signal = event => {
+                    debug!(?signal, "Marathon event stream");
+                    sync_now = true;
+                }
+                _ = resync.tick() => sync_now = marathon.is_some(),
+                _ = retry => sync_now = true,
+            }
+            if let (true, Some(m)) = (sync_now, marathon.as_mut()) {
+                self.sync_marathon(m).await;
+                if self.marathon_failing() {
+                    retry_at = Some(tokio::time::Instant::now() + backoff.failed());
+                } else {
+                    retry_at = None;
+                    backoff.succeeded();
+                }
+            }
+        }
+    }
+}
+
+/// Sends one empty datagram to the discard port of every backend not sent one before, so that
+/// the kernel resolves the next hop's link-layer address: XDP can only forward to resolved
+/// neighbours (full NAT); the kernel keeps them fresh while traffic flows. Returns the
+/// addresses of the current backends.
+fn warm_neighbours(desired: &Desired, warmed: BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+    let backends: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
+    for addr in backends.difference(&warmed) {
+        let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        if let Ok(sock) = std::net::UdpSocket::bind(bind) {
+            let _ = sock.send_to(&[], (*addr, 9));
+        }
+    }
+    backends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::fake::FakeDataplane,
+        model::{Backend, Proto, Service, ServiceAddr, ServiceId},
+    };
+
+    fn service(addr: ServiceAddr, port: u16, name: &str, backend: &str) -> Service {
+        let id = ServiceId { addr, port, proto: Proto::Tcp };
+        Service { id, name: name.into(), backends: vec![Backend { addr: backend.parse().unwrap(), port: 31000, weight: 1 }] }
+    }
+
+    fn desired(services: Vec<Service>) -> Desired {
+        services.into_iter().map(|s| (s.id, s)).collect()
+    }
+
+    fn agent(static_services: Desired) -> Agent<FakeDataplane> {
+        let mut agent = Agent::new(
+            FakeDataplane::new(16, 64, 13),
+            vec!["10.0.0.1".parse().unwrap()],
+            (61000, 65535),
+            Vec::new(),
+            static_services,
+            AgentStatus::default(),
+        );
+        agent.write_status_file = false;
+        agent
+    }
+
+    /// (port, name, first backend) of every programmed service.
+    fn programmed(agent: &Agent<FakeDataplane>) -> Vec<(u16, String, String)> {
+        let dp = &agent.dataplane;
+        let mut out: Vec<_> = dp
+            .services
+            .iter()
+            .map(|(key, info)| {
+                let ring = &dp.rings[info.ring_index as usize];
+                let backend = dp.backends[ring[0] as usize];
+                let addr = crate::model::bytes_ip(&backend.addr, backend.family).unwrap();
+                (key.port, dp.names[&info.service_id].clone(), addr.to_string())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn marathon_wins_a_clash_and_both_sources_apply() {
+        let node = ServiceAddr::NodePort { v6: false };
+        let mut agent = agent(desired(vec![service(node, 10000, "file-web", "10.1.0.1"), service(node, 10001, "file-only", "10.1.0.2")]));
+        agent.apply().unwrap();
+        assert_eq!(programmed(&agent)[0], (10000, "file-web".into(), "10.1.0.1".into()));
+        agent.marathon_services = Some(desired(vec![service(node, 10000, "/web:0", "10.2.0.1")]));
+        agent.apply().unwrap();
+        assert_eq!(
+            programmed(&agent),
+            [(10000, "/web:0".into(), "10.2.0.1".into()), (10001, "file-only".into(), "10.1.0.2".into())]
+        );
+        // Marathon dropping the app hands the port back to the file's definition.
+        agent.marathon_services = Some(Desired::new());
+        agent.apply().unwrap();
+        assert_eq!(programmed(&agent)[0], (10000, "file-web".into(), "10.1.0.1".into()));
+    }
+
+    #[test]
+    fn service_ports_in_the_nat_range_are_left_out_and_vips_are_not() {
+        let node = ServiceAddr::NodePort { v6: false };
+        let vip = ServiceAddr::Vip("10.9.0.1".parse().unwrap());
+        let mut agent = agent(desired(vec![
+            service(node, 61000, "in-range", "10.1.0.1"),
+            service(node, 60999, "below", "10.1.0.2"),
+            service(vip, 62000, "vip-in-range", "10.1.0.3"),
+        ]));
+        agent.apply().unwrap();
+        let names: Vec<String> = programmed(&agent).into_iter().map(|(_, name, _)| name).collect();
+        assert_eq!(names, ["below", "vip-in-range"]);
+        assert_eq!(agent.status.services, 2);
+    }
+}

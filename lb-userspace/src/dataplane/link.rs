@@ -1,0 +1,137 @@
+//! The bpf_link operations a restart needs and aya 0.14 does not offer for a link opened from its
+//! pin: which program a link runs, and replacing that program in place (BPF_LINK_UPDATE). The
+//! kernel swaps the program of an XDP, TCX or cgroup link atomically: the hook is never empty,
+//! so no packet or connect() goes unbalanced while a new agent takes over.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+/// bpf(2) commands (include/uapi/linux/bpf.h, enum bpf_cmd).
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 20;
+
+/// `union bpf_attr` for BPF_OBJ_GET.
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_LINK_UPDATE.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `union bpf_attr` for BPF_PROG_GET_FD_BY_ID.
+#[repr(C)]
+struct ProgGetFdAttr {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// The head of `struct bpf_link_info`: the kernel copies only as much as it is given.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfoHead {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+}
+
+/// One bpf(2) call with `attr` as its attribute block. Returns the syscall's result.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, exclusively borrowed repr(C) prefix of `union bpf_attr` for
+    // `cmd`, and the size passed is exactly its size, so the kernel reads and writes only it.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A new file descriptor number from the kernel, owned from here on.
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: the kernel just returned this descriptor to this process and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// A link opened from its pin.
+pub struct PinnedLinkFd(OwnedFd);
+
+impl PinnedLinkFd {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut attr = ObjGetAttr { pathname: c_path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+        Ok(Self(owned(bpf(BPF_OBJ_GET, &mut attr)?)))
+    }
+
+    /// The id of the program the link runs now.
+    pub fn program_id(&self) -> io::Result<u32> {
+        Ok(self.info()?.prog_id)
+    }
+
+    /// The link's own id (stable across program replacements).
+    pub fn id(&self) -> io::Result<u32> {
+        Ok(self.info()?.id)
+    }
+
+    fn info(&self) -> io::Result<LinkInfoHead> {
+        let mut head = LinkInfoHead::default();
+        let mut attr = InfoAttr {
+            bpf_fd: self.0.as_raw_fd() as u32,
+            info_len: std::mem::size_of::<LinkInfoHead>() as u32,
+            info: &mut head as *mut LinkInfoHead as u64,
+        };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(head)
+    }
+
+    /// Makes the link run `program` instead of its current program, atomically.
+    pub fn replace_program(&self, program: BorrowedFd<'_>) -> io::Result<()> {
+        let mut attr = LinkUpdateAttr {
+            link_fd: self.0.as_raw_fd() as u32,
+            new_prog_fd: program.as_raw_fd() as u32,
+            flags: 0,
+            old_prog_fd: 0,
+        };
+        bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+    }
+}
+
+/// A loaded program by id: keeps it alive (e.g. to put it back on a link).
+pub struct ProgramById(OwnedFd);
+
+impl ProgramById {
+    pub fn open(id: u32) -> io::Result<Self> {
+        let mut attr = ProgGetFdAttr { prog_id: id, next_id: 0, open_flags: 0 };
+        Ok(Self(owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?)))
+    }
+}
+
+impl AsFd for ProgramById {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

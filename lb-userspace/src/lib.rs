@@ -6,6 +6,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod marathon;
 pub mod model;
+pub mod neighbours;
 pub mod node_addrs;
 pub mod preflight;
 pub mod reconcile;

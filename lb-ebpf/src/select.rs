@@ -5,8 +5,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, reasons, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
-    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
+    hash, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
+    service_port_bit, Reason, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
@@ -89,8 +89,8 @@ fn flow_key(p: &Parsed) -> FlowKey {
 
 /// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
 #[inline(always)]
-fn scratch() -> Result<&'static mut Scratch, u32> {
-    let ptr = SCRATCH.get_ptr_mut(0).ok_or(reasons::FLOW_TABLE_FULL)?;
+fn scratch() -> Result<&'static mut Scratch, Reason> {
+    let ptr = SCRATCH.get_ptr_mut(0).ok_or(Reason::FlowTableFull)?;
     // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
     Ok(unsafe { &mut *ptr })
 }
@@ -132,7 +132,7 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
 
 /// A backend for a connection to `svc` that has no live pinned flow.
 #[inline(always)]
-pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
+pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, Reason> {
     let s = scratch()?;
     pick(ctx, ingress, p, svc, s)
 }
@@ -140,7 +140,7 @@ pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &Ser
 /// A new flow: Maglev slot → backend → how to reach it → pin the flow and remember how to
 /// rewrite its replies.
 #[inline(always)]
-fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, u32> {
+fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, Reason> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
     let now = unsafe { bpf_ktime_get_ns() };
     s.flow.backend_id = backend_id;
@@ -176,7 +176,7 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
                 };
                 REPLIES.insert(&s.reply_key, &s.reply, 0)
             };
-            remembered.map_err(|_| reasons::FLOW_TABLE_FULL)?;
+            remembered.map_err(|_| Reason::FlowTableFull)?;
         }
         Route::Uplink { src, .. } => {
             s.flow.kind = FLOW_NAT;
@@ -191,13 +191,13 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
         s.flow_key = flow_key(p);
         FLOWS.insert(&s.flow_key, &s.flow, 0)
     };
-    pinned.map_err(|_| reasons::FLOW_TABLE_FULL)?;
+    pinned.map_err(|_| Reason::FlowTableFull)?;
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
 }
 
 /// Probes for a free NAT source port towards `backend` and claims it with the reply mapping.
 #[inline(always)]
-fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u32> {
+fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, Reason> {
     let min = NAT_PORT_MIN.load() as u32;
     let span = (NAT_PORT_MAX.load() as u32).saturating_sub(min) + 1;
     s.nat_reply.client_addr = p.src;
@@ -222,30 +222,30 @@ fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u
             return Ok(port as u16);
         }
     }
-    Err(reasons::NAT_PORTS_EXHAUSTED)
+    Err(Reason::NatPortsExhausted)
 }
 
 /// The active backend the service's ring assigns to `flow_hash`.
 #[inline(always)]
-pub fn ring_pick(svc: &ServiceInfo, flow_hash: u32, family: u8) -> Result<(u32, &'static BackendInfo), u32> {
+pub fn ring_pick(svc: &ServiceInfo, flow_hash: u32, family: u8) -> Result<(u32, &'static BackendInfo), Reason> {
     if svc.active_backends == 0 {
-        return Err(reasons::NO_BACKEND);
+        return Err(Reason::NoBackend);
     }
     let ring_size = RING_SIZE.load();
-    let slot = hash::ring_slot(flow_hash, ring_size);
-    let backend_id = ring_entry(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot))?;
-    let backend = BACKENDS.get(backend_id).ok_or(reasons::BAD_BACKEND)?;
+    let entry = hash::ring_slot(flow_hash, ring_size);
+    let backend_id = ring_entry(ring_pool::slot(svc.ring_index, ring_size, entry))?;
+    let backend = BACKENDS.get(backend_id).ok_or(Reason::BadBackend)?;
     if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != family {
-        return Err(reasons::BAD_BACKEND);
+        return Err(Reason::BadBackend);
     }
     Ok((backend_id, backend))
 }
 
-/// Backend id at u32 position `index` of the ring pool (two per u64 element, low half first).
+/// Backend id in `slot` of the ring pool (layout: lb_common::ring_pool).
 #[inline(always)]
-fn ring_entry(index: u32) -> Result<u32, u32> {
-    let pair = *RINGS.get(index / 2).ok_or(reasons::BAD_BACKEND)?;
-    Ok(if index & 1 == 0 { pair as u32 } else { (pair >> 32) as u32 })
+fn ring_entry(slot: u32) -> Result<u32, Reason> {
+    let element = *RINGS.get(ring_pool::element_of(slot)).ok_or(Reason::BadBackend)?;
+    Ok(ring_pool::slot_value(element, slot))
 }
 
 /// How to restore the service address on a reply from a local backend, if this is one.

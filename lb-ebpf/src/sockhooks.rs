@@ -2,7 +2,7 @@
 //! backend (no per-packet NAT at all); getpeername()/recvmsg() show the service address again.
 
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
-use lb_common::{hash, reasons, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use lb_common::{hash, Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{maps::SOCK_REPLIES, rewrite, select, stats};
 
@@ -103,11 +103,11 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
             let key = SockKey { cookie, addr: backend_addr, port: backend.port, family, _pad: 0, _pad2: 0 };
             let reply = ReplyInfo { service_addr: dst.addr, service_port: dst.port, _pad: 0, _pad2: 0 };
             if SOCK_REPLIES.insert(key, reply, 0).is_err() {
-                stats::count_verdict(reasons::FLOW_TABLE_FULL);
+                stats::count_verdict(Reason::FlowTableFull);
                 return DENY;
             }
             write(ctx, family, &backend_addr, backend.port);
-            stats::count_verdict(reasons::FWD_SOCKET);
+            stats::count_verdict(Reason::FwdSocket);
             if new_connection {
                 stats::count_socket_flow(service.service_id, backend_id);
             }
@@ -138,7 +138,7 @@ pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
     });
     if let Some((addr, port)) = found {
         write(ctx, family, &addr, port);
-        stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
+        stats::count_verdict(Reason::SocketReplyRewritten);
     }
     ALLOW
 }

@@ -1,12 +1,12 @@
 //! Counter updates. Per-CPU values: plain adds, no atomics needed.
 
-use lb_common::{iface_slot, TrafficCounters};
+use lb_common::{iface_slot, Hook, Reason, TrafficCounters};
 
 use crate::maps::{BACKEND_STATS, IFACE_STATS, SERVICE_STATS, VERDICTS};
 
 /// Counts one packet of `len` bytes seen by `hook` on `ifindex`.
 #[inline(always)]
-pub fn count_iface(ifindex: u32, hook: u32, len: u64) {
+pub fn count_iface(ifindex: u32, hook: Hook, len: u64) {
     let Some(slot) = iface_slot(ifindex, hook) else { return };
     if let Some(counters) = IFACE_STATS.get_ptr_mut(slot) {
         unsafe {
@@ -16,10 +16,10 @@ pub fn count_iface(ifindex: u32, hook: u32, len: u64) {
     }
 }
 
-/// Counts one packet with outcome `reason` (lb_common::reasons).
+/// Counts one packet with outcome `reason`.
 #[inline(always)]
-pub fn count_verdict(reason: u32) {
-    if let Some(counter) = VERDICTS.get_ptr_mut(reason) {
+pub fn count_verdict(reason: Reason) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(reason as u32) {
         unsafe { *counter += 1 };
     }
 }

@@ -333,22 +333,34 @@ const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] integers and byte arrays with explicit padding fields.
-    unsafe impl aya::Pod for super::IfaceCounters {}
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::ServiceInfo {}
-    unsafe impl aya::Pod for super::BackendInfo {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowKey4 {}
-    unsafe impl aya::Pod for super::FlowInfo {}
-    unsafe impl aya::Pod for super::ReplyInfo {}
-    unsafe impl aya::Pod for super::TrafficCounters {}
-    unsafe impl aya::Pod for super::NodeAddrKey {}
-    unsafe impl aya::Pod for super::SockKey {}
-    unsafe impl aya::Pod for super::NatReply {}
-    unsafe impl aya::Pod for super::FibParams {}
-    unsafe impl aya::Pod for super::Scratch {}
-    unsafe impl aya::Pod for super::ServiceName {}
+    /// Marks map keys and values as plain old data for aya.
+    macro_rules! pod {
+        ($($ty:ty),+ $(,)?) => {$(
+            // SAFETY: aya copies these to and from the kernel as raw bytes. Each is #[repr(C)]
+            // with only integer and byte-array fields, so every bit pattern is a valid value,
+            // and every padding byte is a named field (the size asserts above fail otherwise),
+            // so no uninitialised byte is ever read.
+            unsafe impl aya::Pod for $ty {}
+        )+};
+    }
+
+    pod!(
+        super::IfaceCounters,
+        super::ServiceKey,
+        super::ServiceInfo,
+        super::BackendInfo,
+        super::FlowKey,
+        super::FlowKey4,
+        super::FlowInfo,
+        super::ReplyInfo,
+        super::TrafficCounters,
+        super::NodeAddrKey,
+        super::SockKey,
+        super::NatReply,
+        super::FibParams,
+        super::Scratch,
+        super::ServiceName,
+    );
 }
 
 #[cfg(test)]

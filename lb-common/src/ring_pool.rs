@@ -58,7 +58,7 @@ pub const fn element_of(slot: u32) -> u32 {
 /// The backend id in `slot`, given the element that holds it (`element_of(slot)`).
 #[inline(always)]
 pub const fn slot_value(element: u64, slot: u32) -> u32 {
-    if slot % SLOTS_PER_ELEMENT == 0 {
+    if slot.is_multiple_of(SLOTS_PER_ELEMENT) {
         element as u32
     } else {
         (element >> 32) as u32

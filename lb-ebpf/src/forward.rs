@@ -50,6 +50,7 @@ pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol
     let size = core::mem::size_of::<FibParams>() as i32;
     // SAFETY: FibParams has the layout of struct bpf_fib_lookup (size asserted in lb-common).
     let ret = unsafe { fib_lookup_helper(ctx, (params as *mut FibParams).cast::<bpf_fib_lookup>(), size, BPF_FIB_LOOKUP_SRC) };
+    // SAFETY: only whether the key exists is read; no reference into the element is kept.
     let via_uplink = unsafe { UPLINKS.get(params.ifindex) }.is_some();
     match ret {
         FIB_SUCCESS if via_uplink => {

@@ -25,6 +25,8 @@ use lb_common::{Hook, Reason, FAMILY_V4, FAMILY_V6};
 /// Uplink ingress in XDP: balance packets addressed to a service; send full-NAT replies to clients.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program, valid for the whole run, and
+    // ingress_ifindex is a readable field of it.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     stats::count_iface(ingress, Hook::XdpIngress, (ctx.data_end() - ctx.data()) as u64);
     balance::run(&ctx, ingress)
@@ -34,6 +36,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 /// slower than the stack (veth and other virtual devices; see crate::frame).
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program, valid for the whole
+    // run, and ifindex is a readable field of it.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     stats::count_iface(ingress, Hook::TcIngress, ctx.len() as u64);
     balance::run(&ctx, ingress) as i32
@@ -42,6 +46,8 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
 /// Uplink egress (TCX): restore the service address on replies from backends.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program, valid for the whole
+    // run, and ifindex is a readable field of it.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     stats::count_iface(ifindex, Hook::TcEgress, ctx.len() as u64);
     match reverse(&ctx) {

@@ -62,12 +62,17 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<S
 #[inline(always)]
 fn lookup_service(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
     let mut key = ServiceKey { addr: *addr, port, proto, family };
+    // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference is
+    // held; the value is copied out in this statement, so no reference outlives it.
     if let Some(info) = unsafe { SERVICES.get(key) } {
         return Some(*info);
     }
     mem::zero16(&mut key.addr);
+    // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference is
+    // held; the value is copied out in this statement, so no reference outlives it.
     let info = *unsafe { SERVICES.get(key) }?;
     let node = NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 };
+    // SAFETY: only whether the key exists is read; no reference into the element is kept.
     unsafe { NODE_ADDRS.get(node) }.map(|_| info)
 }
 
@@ -108,6 +113,9 @@ pub fn established(p: &Parsed) -> Option<Target> {
         s.flow_key = flow_key(p);
         FLOWS.get_ptr_mut(&s.flow_key)?
     };
+    // SAFETY: flow is the non-null pointer get_ptr_mut returned into the flow table's element,
+    // which the kernel keeps allocated for this program run (RCU); another CPU updating the same
+    // flow races only on plain scalars, never on memory safety.
     pinned(p, unsafe { &mut *flow })
 }
 
@@ -121,6 +129,7 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     }
     if p.proto == PROTO_UDP {
         // Only UDP flows idle out, so only they pay for the clock.
+        // SAFETY: a helper without arguments or preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         if now.wrapping_sub(flow.last_seen_ns) > UDP_TIMEOUT_NS.load() {
             return None;
@@ -142,6 +151,7 @@ pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &Ser
 #[inline(always)]
 fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, Reason> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     s.flow.backend_id = backend_id;
     s.flow.backend_generation = backend.generation;
@@ -252,8 +262,14 @@ fn ring_entry(slot: u32) -> Result<u32, Reason> {
 #[inline(always)]
 pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
     if p.family == FAMILY_V4 {
+        // SAFETY: the reference is used only during this program run (the caller copies the fields
+        // it rewrites), and the kernel keeps the element allocated until the run ends (RCU); a
+        // concurrent update of the key writes the same connection's values.
         unsafe { REPLIES4.get(flow_key4(p)) }
     } else {
+        // SAFETY: the reference is used only during this program run (the caller copies the fields
+        // it rewrites), and the kernel keeps the element allocated until the run ends (RCU); a
+        // concurrent update of the key writes the same connection's values.
         unsafe { REPLIES.get(flow_key(p)) }
     }
 }
@@ -267,5 +283,8 @@ pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
     }
     let s = scratch().ok()?;
     s.flow_key = flow_key(p);
+    // SAFETY: the reference is used only during this program run (the caller copies the fields it
+    // rewrites), and the kernel keeps the element allocated until the run ends (RCU); a concurrent
+    // update of the key writes the same connection's values.
     unsafe { NAT_REPLIES.get(&s.flow_key) }
 }

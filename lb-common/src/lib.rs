@@ -8,9 +8,14 @@
 
 pub mod csum;
 pub mod hash;
+mod hook;
 pub mod maglev;
 pub mod maps;
 pub mod names;
 pub mod reasons;
+pub mod ring_pool;
 
+pub use hook::Hook;
 pub use maps::*;
+pub use reasons::Reason;
+pub use ring_pool::SPARE_RINGS;

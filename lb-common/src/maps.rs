@@ -6,6 +6,8 @@
 //! bpftool's BTF dump readable (byte arrays and plain port numbers) and let one map serve both
 //! families.
 
+use crate::Hook;
+
 /// `family` values.
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -14,12 +16,8 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Where a packet was counted: which program saw it.
-pub const HOOK_XDP_INGRESS: u32 = 0;
-pub const HOOK_TC_EGRESS: u32 = 1;
-pub const HOOK_TC_INGRESS: u32 = 2;
 /// Counter slots per interface, one per hook.
-pub const HOOKS_PER_IFACE: u32 = 3;
+pub const HOOKS_PER_IFACE: u32 = Hook::ALL.len() as u32;
 
 /// Interface indexes below this are counted in `IFACE_STATS` (a per-CPU array: one slot per
 /// interface and hook, so counting costs an array lookup, not a hash lookup).
@@ -27,13 +25,14 @@ pub const MAX_COUNTED_IFINDEX: u32 = 4096;
 
 /// The `IFACE_STATS` slot of (ifindex, hook), if the interface is within the counted range.
 #[inline(always)]
-pub fn iface_slot(ifindex: u32, hook: u32) -> Option<u32> {
-    (ifindex < MAX_COUNTED_IFINDEX && hook < HOOKS_PER_IFACE).then(|| ifindex * HOOKS_PER_IFACE + hook)
+pub fn iface_slot(ifindex: u32, hook: Hook) -> Option<u32> {
+    (ifindex < MAX_COUNTED_IFINDEX).then(|| ifindex * HOOKS_PER_IFACE + hook as u32)
 }
 
 /// (ifindex, hook) of an `IFACE_STATS` slot.
-pub fn iface_of_slot(slot: u32) -> (u32, u32) {
-    (slot / HOOKS_PER_IFACE, slot % HOOKS_PER_IFACE)
+pub fn iface_of_slot(slot: u32) -> (u32, Hook) {
+    // The remainder is below HOOKS_PER_IFACE, which is the number of hooks.
+    (slot / HOOKS_PER_IFACE, Hook::ALL[(slot % HOOKS_PER_IFACE) as usize])
 }
 
 /// Value of `IFACE_STATS` (one per CPU and slot).
@@ -79,8 +78,7 @@ pub struct ServiceKey {
 pub struct ServiceInfo {
     /// Index into `SERVICE_STATS`.
     pub service_id: u32,
-    /// Which ring of the `RINGS` pool is live for this service (ring `i` occupies entries
-    /// `i * RING_SIZE ..`). The agent fills a free ring and then points this field at it: the
+    /// Which ring of the `RINGS` pool is live for this service (layout: crate::ring_pool). The agent fills a free ring and then points this field at it: the
     /// swap is one map update, so no packet ever sees half a ring.
     pub ring_index: u32,
     /// Backends that take new flows; 0 means new flows get the "no live backend" verdict.
@@ -319,9 +317,6 @@ pub struct NodeAddrKey {
 
 /// Default limits (all configurable at load time).
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
-/// Rings in the pool beyond one per service: a swap needs a free ring while the old one is
-/// still live.
-pub const SPARE_RINGS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
@@ -374,23 +369,35 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] integers and byte arrays with explicit padding fields.
-    unsafe impl aya::Pod for super::IfaceCounters {}
-    unsafe impl aya::Pod for super::Settings {}
-    unsafe impl aya::Pod for super::ServiceKey {}
-    unsafe impl aya::Pod for super::ServiceInfo {}
-    unsafe impl aya::Pod for super::BackendInfo {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowKey4 {}
-    unsafe impl aya::Pod for super::FlowInfo {}
-    unsafe impl aya::Pod for super::ReplyInfo {}
-    unsafe impl aya::Pod for super::TrafficCounters {}
-    unsafe impl aya::Pod for super::NodeAddrKey {}
-    unsafe impl aya::Pod for super::SockKey {}
-    unsafe impl aya::Pod for super::NatReply {}
-    unsafe impl aya::Pod for super::FibParams {}
-    unsafe impl aya::Pod for super::Scratch {}
-    unsafe impl aya::Pod for super::ServiceName {}
+    /// Marks map keys and values as plain old data for aya.
+    macro_rules! pod {
+        ($($ty:ty),+ $(,)?) => {$(
+            // SAFETY: aya copies these to and from the kernel as raw bytes. Each is #[repr(C)]
+            // with only integer and byte-array fields, so every bit pattern is a valid value,
+            // and every padding byte is a named field (the size asserts above fail otherwise),
+            // so no uninitialised byte is ever read.
+            unsafe impl aya::Pod for $ty {}
+        )+};
+    }
+
+    pod!(
+        super::IfaceCounters,
+        super::Settings,
+        super::ServiceKey,
+        super::ServiceInfo,
+        super::BackendInfo,
+        super::FlowKey,
+        super::FlowKey4,
+        super::FlowInfo,
+        super::ReplyInfo,
+        super::TrafficCounters,
+        super::NodeAddrKey,
+        super::SockKey,
+        super::NatReply,
+        super::FibParams,
+        super::Scratch,
+        super::ServiceName,
+    );
 }
 
 #[cfg(test)]
@@ -416,6 +423,15 @@ mod tests {
         // An all-zero entry (maps created by this start) is no earlier range.
         let fresh = Settings::new(30, (40000, 41000), Some(&Settings::default()));
         assert_eq!((fresh.nat_reply_port_min, fresh.nat_reply_port_max), (40000, 41000));
+    }
+
+    #[test]
+    fn iface_slots_round_trip_every_hook() {
+        for hook in Hook::ALL {
+            let slot = iface_slot(7, hook).unwrap();
+            assert_eq!(iface_of_slot(slot), (7, hook));
+        }
+        assert_eq!(iface_slot(MAX_COUNTED_IFINDEX, Hook::TcEgress), None);
     }
 
     #[test]

@@ -1,70 +1,147 @@
 //! Outcome counters: one slot of `VERDICTS` per outcome, forwards and every other verdict, so an
 //! operator can tell why a packet was not balanced.
 
-/// Forwarded to a backend reachable through this node's stack: destination rewritten, passed on.
-pub const FWD_LOCAL: u32 = 0;
-/// Reply from a backend rewritten back to the service address (TC egress).
-pub const REPLY_REWRITTEN: u32 = 1;
-/// Not addressed to a service: passed untouched.
-pub const NOT_SERVICE: u32 = 2;
-/// Not IPv4/IPv6, or not TCP/UDP: passed untouched.
-pub const NOT_IP_TCP_UDP: u32 = 3;
-/// Addressed to a service with no live backend: dropped.
-pub const NO_BACKEND: u32 = 4;
-/// Truncated or inconsistent headers: passed to the stack, which drops or answers them.
-pub const MALFORMED: u32 = 5;
-/// IP fragment: passed, never balanced (later fragments carry no ports).
-pub const FRAGMENT: u32 = 6;
-/// IPv4 options or IPv6 extension headers: passed, never balanced.
-pub const IP_OPTIONS: u32 = 7;
-/// The flow table refused an insert: dropped so the flow retries rather than splitting.
-pub const FLOW_TABLE_FULL: u32 = 8;
-/// A ring slot pointed at a backend id that is not in use (agent bug or torn update): dropped.
-pub const BAD_BACKEND: u32 = 9;
-/// The rewrite helper failed: dropped.
-pub const REWRITE_FAILED: u32 = 10;
-
-/// A local socket's connect()/sendmsg() to a service was sent straight to a backend.
-pub const FWD_SOCKET: u32 = 11;
-/// A local socket's peer/source address was shown as the service (getpeername/recvmsg).
-pub const SOCKET_REPLY_REWRITTEN: u32 = 12;
-
-/// Forwarded to a backend on another node with full NAT, back out of an uplink (XDP_TX/REDIRECT).
-pub const FWD_NAT: u32 = 13;
-/// A backend's reply to a full-NAT flow, rewritten to the client and sent on.
-pub const NAT_REPLY: u32 = 14;
-/// No route to the backend or the client (FIB lookup failed): dropped.
-pub const FIB_FAILURE: u32 = 15;
-/// The next hop's link-layer address is not resolved yet: dropped (the client retransmits; the
-/// agent keeps backends' neighbours resolved).
-pub const FIB_NO_NEIGH: u32 = 16;
-/// Every NAT source port for this backend that the probe tried is taken: dropped.
-pub const NAT_PORTS_EXHAUSTED: u32 = 17;
-/// TTL / hop limit would reach zero on a forward: passed to the stack, which answers with ICMP.
-pub const TTL_EXCEEDED: u32 = 18;
+/// Why a packet was forwarded or not: the `VERDICTS` slot it is counted in (`reason as u32`).
+/// The numbers are the map's layout: a restarted agent reads counters a running kernel program
+/// wrote, so a variant keeps its number and new ones are appended.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Forwarded to a backend reachable through this node's stack: destination rewritten, passed on.
+    FwdLocal = 0,
+    /// Reply from a backend rewritten back to the service address (TC egress).
+    ReplyRewritten = 1,
+    /// Not addressed to a service: passed untouched.
+    NotService = 2,
+    /// Not IPv4/IPv6, or not TCP/UDP: passed untouched.
+    NotIpTcpUdp = 3,
+    /// Addressed to a service with no live backend: dropped.
+    NoBackend = 4,
+    /// Truncated or inconsistent headers: passed to the stack, which drops or answers them.
+    Malformed = 5,
+    /// IP fragment: passed, never balanced (later fragments carry no ports).
+    Fragment = 6,
+    /// IPv4 options or IPv6 extension headers: passed, never balanced.
+    IpOptions = 7,
+    /// The flow table refused an insert: dropped so the flow retries rather than splitting.
+    FlowTableFull = 8,
+    /// A ring slot pointed at a backend id that is not in use (agent bug or torn update): dropped.
+    BadBackend = 9,
+    /// The rewrite helper failed: dropped.
+    RewriteFailed = 10,
+    /// A local socket's connect()/sendmsg() to a service was sent straight to a backend.
+    FwdSocket = 11,
+    /// A local socket's peer/source address was shown as the service (getpeername/recvmsg).
+    SocketReplyRewritten = 12,
+    /// Forwarded to a backend on another node with full NAT, back out of an uplink (XDP_TX/REDIRECT).
+    FwdNat = 13,
+    /// A backend's reply to a full-NAT flow, rewritten to the client and sent on.
+    NatReply = 14,
+    /// No route to the backend or the client (FIB lookup failed): dropped.
+    FibFailure = 15,
+    /// The next hop's link-layer address is not resolved yet: dropped (the client retransmits; the
+    /// agent keeps backends' neighbours resolved).
+    FibNoNeigh = 16,
+    /// Every NAT source port for this backend that the probe tried is taken: dropped.
+    NatPortsExhausted = 17,
+    /// TTL / hop limit would reach zero on a forward: passed to the stack, which answers with ICMP.
+    TtlExceeded = 18,
+    /// TC egress could not read a packet's headers (truncated, inconsistent, or the skb could not
+    /// be pulled): passed as it is, so if it was a local backend's reply its source stays the
+    /// backend's address.
+    EgressMalformed = 19,
+    /// An IP fragment leaving on TC egress: passed as it is (fragments are never looked up, later
+    /// ones carry no ports), so a fragmented reply of a local backend keeps the backend's address.
+    EgressFragment = 20,
+    /// An IPv4-options or IPv6-extension-header packet leaving on TC egress: passed as it is, so
+    /// such a reply of a local backend keeps the backend's address.
+    EgressIpOptions = 21,
+}
 
 /// Number of `VERDICTS` slots.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = Reason::ALL.len() as u32;
 
-/// Names, indexed by the constants above (as `lb stats` prints them).
-pub const NAMES: [&str; COUNT as usize] = [
-    "fwd_local",
-    "reply_rewritten",
-    "not_service",
-    "not_ip_tcp_udp",
-    "no_backend",
-    "malformed",
-    "fragment",
-    "ip_options",
-    "flow_table_full",
-    "bad_backend",
-    "rewrite_failed",
-    "fwd_socket",
-    "socket_reply_rewritten",
-    "fwd_nat",
-    "nat_reply",
-    "fib_failure",
-    "fib_no_neigh",
-    "nat_ports_exhausted",
-    "ttl_exceeded",
-];
+impl Reason {
+    /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
+    pub const ALL: [Reason; 22] = [
+        Reason::FwdLocal,
+        Reason::ReplyRewritten,
+        Reason::NotService,
+        Reason::NotIpTcpUdp,
+        Reason::NoBackend,
+        Reason::Malformed,
+        Reason::Fragment,
+        Reason::IpOptions,
+        Reason::FlowTableFull,
+        Reason::BadBackend,
+        Reason::RewriteFailed,
+        Reason::FwdSocket,
+        Reason::SocketReplyRewritten,
+        Reason::FwdNat,
+        Reason::NatReply,
+        Reason::FibFailure,
+        Reason::FibNoNeigh,
+        Reason::NatPortsExhausted,
+        Reason::TtlExceeded,
+        Reason::EgressMalformed,
+        Reason::EgressFragment,
+        Reason::EgressIpOptions,
+    ];
+
+    /// The reason counted in `VERDICTS` slot `index`, if there is one.
+    pub fn from_index(index: u32) -> Option<Reason> {
+        Self::ALL.get(index as usize).copied()
+    }
+
+    /// The name `lb stats` prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::FwdLocal => "fwd_local",
+            Reason::ReplyRewritten => "reply_rewritten",
+            Reason::NotService => "not_service",
+            Reason::NotIpTcpUdp => "not_ip_tcp_udp",
+            Reason::NoBackend => "no_backend",
+            Reason::Malformed => "malformed",
+            Reason::Fragment => "fragment",
+            Reason::IpOptions => "ip_options",
+            Reason::FlowTableFull => "flow_table_full",
+            Reason::BadBackend => "bad_backend",
+            Reason::RewriteFailed => "rewrite_failed",
+            Reason::FwdSocket => "fwd_socket",
+            Reason::SocketReplyRewritten => "socket_reply_rewritten",
+            Reason::FwdNat => "fwd_nat",
+            Reason::NatReply => "nat_reply",
+            Reason::FibFailure => "fib_failure",
+            Reason::FibNoNeigh => "fib_no_neigh",
+            Reason::NatPortsExhausted => "nat_ports_exhausted",
+            Reason::TtlExceeded => "ttl_exceeded",
+            Reason::EgressMalformed => "egress_malformed",
+            Reason::EgressFragment => "egress_fragment",
+            Reason::EgressIpOptions => "egress_ip_options",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_sits_at_its_own_slot() {
+        for (slot, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, slot, "{reason:?}");
+            assert_eq!(Reason::from_index(slot as u32), Some(*reason));
+        }
+        assert_eq!(Reason::from_index(COUNT), None);
+    }
+
+    #[test]
+    fn names_are_distinct_snake_case() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert!(a.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", a.name());
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT
 //! and leave at once; replies of full-NAT flows go back to their clients.
 
-use lb_common::{reasons, NatReply, FLOW_NAT};
+use lb_common::{Reason, NatReply, FLOW_NAT};
 
 use crate::{
     forward::{self, Route},
@@ -27,7 +27,7 @@ pub fn run<F: Frame>(frame: &F, ingress: u32) -> u32 {
 
 /// Returns (reason, action) of a forward, or the reason not to forward.
 #[inline(always)]
-fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(u32, u32), u32> {
+fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     frame.prepare()?;
     let (start, end) = frame.window();
     let packet = parse::parse(start, end, frame.frame_len())?;
@@ -52,46 +52,46 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(u32, u32), u32> {
         let to = Nat { src: &flow.nat_addr, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };
         let action = route_out(frame, ingress, &packet, &to, &route)?;
         stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
-        return Ok((reasons::FWD_NAT, action));
+        return Ok((Reason::FwdNat, action));
     }
     let to = Nat { src: &packet.src, sport: packet.sport, dst: &backend.addr, dport: backend.port, hop: false };
     frame.nat(&packet, &to)?;
     stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
-    Ok((reasons::FWD_LOCAL, F::PASS))
+    Ok((Reason::FwdLocal, F::PASS))
 }
 
 /// A packet for no service: a full-NAT backend's reply, or not ours.
 #[inline(always)]
-fn not_for_a_service<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Result<(u32, u32), u32> {
-    let reply = select::nat_reply(packet).ok_or(reasons::NOT_SERVICE)?;
+fn not_for_a_service<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Result<(Reason, u32), Reason> {
+    let reply = select::nat_reply(packet).ok_or(Reason::NotService)?;
     nat_reply(frame, ingress, packet, reply)
 }
 
 /// A full-NAT backend's reply: from the service, to the client, out towards the client.
 #[inline(always)]
-fn nat_reply<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, reply: &NatReply) -> Result<(u32, u32), u32> {
+fn nat_reply<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, reply: &NatReply) -> Result<(Reason, u32), Reason> {
     let route = uplink_route(frame, ingress, packet, &reply.client_addr)?;
     let to = Nat { src: &reply.service_addr, sport: reply.service_port, dst: &reply.client_addr, dport: reply.client_port, hop: true };
-    Ok((reasons::NAT_REPLY, route_out(frame, ingress, packet, &to, &route)?))
+    Ok((Reason::NatReply, route_out(frame, ingress, packet, &to, &route)?))
 }
 
 /// The route to `dst`, which must leave through an uplink (the NAT paths never hand off to the
 /// stack: it would see this node's own address as a forwarded packet's source).
 #[inline(always)]
-fn uplink_route<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, dst: &[u8; 16]) -> Result<Route, u32> {
+fn uplink_route<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, dst: &[u8; 16]) -> Result<Route, Reason> {
     if packet.ttl <= 1 {
-        return Err(reasons::TTL_EXCEEDED);
+        return Err(Reason::TtlExceeded);
     }
     match forward::lookup(frame.ctx_ptr(), ingress, packet.family, packet.proto, dst)? {
-        Route::Local => Err(reasons::FIB_FAILURE),
+        Route::Local => Err(Reason::FibFailure),
         route => Ok(route),
     }
 }
 
 /// Rewrites the packet for `route` and returns the action that sends it.
 #[inline(always)]
-fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route: &Route) -> Result<u32, u32> {
-    let Route::Uplink { ifindex, smac, dmac, .. } = route else { return Err(reasons::FIB_FAILURE) };
+fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route: &Route) -> Result<u32, Reason> {
+    let Route::Uplink { ifindex, smac, dmac, .. } = route else { return Err(Reason::FibFailure) };
     frame.nat(packet, to)?;
     frame.set_macs(smac, dmac)?;
     Ok(frame.send(ingress, *ifindex))
@@ -100,15 +100,15 @@ fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route
 /// Traffic for a service that cannot be served correctly is dropped, never mis-forwarded;
 /// everything else that is not forwarded (not ours, malformed, TTL 1…) goes on untouched.
 #[inline(always)]
-fn refused(reason: u32) -> bool {
+fn refused(reason: Reason) -> bool {
     matches!(
         reason,
-        reasons::NO_BACKEND
-            | reasons::FLOW_TABLE_FULL
-            | reasons::BAD_BACKEND
-            | reasons::REWRITE_FAILED
-            | reasons::FIB_FAILURE
-            | reasons::FIB_NO_NEIGH
-            | reasons::NAT_PORTS_EXHAUSTED
+        Reason::NoBackend
+            | Reason::FlowTableFull
+            | Reason::BadBackend
+            | Reason::RewriteFailed
+            | Reason::FibFailure
+            | Reason::FibNoNeigh
+            | Reason::NatPortsExhausted
     )
 }

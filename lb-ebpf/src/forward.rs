@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LOOKUP_SRC},
     helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
 };
-use lb_common::{reasons, FibParams, FAMILY_V4};
+use lb_common::{Reason, FibParams, FAMILY_V4};
 
 use crate::{
     maps::{FIB_SCRATCH, UPLINKS},
@@ -29,8 +29,8 @@ pub enum Route {
 
 /// Looks up the route from `ingress` to `dst` (of `family`), as the stack would forward it.
 #[inline(always)]
-pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol: u8, dst: &[u8; 16]) -> Result<Route, u32> {
-    let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(reasons::FIB_FAILURE)?;
+pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol: u8, dst: &[u8; 16]) -> Result<Route, Reason> {
+    let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(Reason::FibFailure)?;
     // SAFETY: a per-CPU map value, ours for the duration of this program run.
     let params = unsafe { &mut *params };
     // Field by field: a struct literal with defaults becomes a byte-loop memset (see mem.rs).
@@ -50,12 +50,13 @@ pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol
     let size = core::mem::size_of::<FibParams>() as i32;
     // SAFETY: FibParams has the layout of struct bpf_fib_lookup (size asserted in lb-common).
     let ret = unsafe { fib_lookup_helper(ctx, (params as *mut FibParams).cast::<bpf_fib_lookup>(), size, BPF_FIB_LOOKUP_SRC) };
+    // SAFETY: only whether the key exists is read; no reference into the element is kept.
     let via_uplink = unsafe { UPLINKS.get(params.ifindex) }.is_some();
     match ret {
         FIB_SUCCESS if via_uplink => {
             Ok(Route::Uplink { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, src: params.src })
         }
-        FIB_NO_NEIGH if via_uplink => Err(reasons::FIB_NO_NEIGH),
+        FIB_NO_NEIGH if via_uplink => Err(Reason::FibNoNeigh),
         // Everything else is the stack's business: a local address (not forwarded), a next hop
         // behind another interface (the stack resolves its neighbour), forwarding disabled or no
         // route (the stack drops or answers with ICMP, as it would without us).

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use lb_common::reasons;
+use lb_common::Reason;
 
 use crate::{forward, parse::Parsed, rewrite};
 
@@ -20,15 +20,15 @@ pub trait Frame {
     /// Action that drops the frame.
     const DROP: u32;
     /// Makes the headers readable in the window (TC: pulls them into the linear part).
-    fn prepare(&self) -> Result<(), u32>;
+    fn prepare(&self) -> Result<(), Reason>;
     /// The readable [start, end) window.
     fn window(&self) -> (usize, usize);
     /// Length of the whole frame (a TC skb's payload may lie beyond the window).
     fn frame_len(&self) -> usize;
     fn ctx_ptr(&self) -> *mut core::ffi::c_void;
     /// Rewrites addresses, ports and (for a hop) the TTL, with checksums.
-    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), u32>;
-    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32>;
+    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), Reason>;
+    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason>;
     /// The action that transmits the frame out of `egress`.
     fn send(&self, ingress: u32, egress: u32) -> u32;
 }
@@ -38,7 +38,7 @@ impl Frame for XdpContext {
     const DROP: u32 = xdp_action::XDP_DROP;
 
     #[inline(always)]
-    fn prepare(&self) -> Result<(), u32> {
+    fn prepare(&self) -> Result<(), Reason> {
         Ok(())
     }
 
@@ -58,12 +58,12 @@ impl Frame for XdpContext {
     }
 
     #[inline(always)]
-    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), u32> {
+    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), Reason> {
         rewrite::nat(self.data(), self.data_end(), p, to)
     }
 
     #[inline(always)]
-    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason> {
         rewrite::set_macs(self.data(), self.data_end(), smac, dmac)
     }
 
@@ -81,10 +81,10 @@ impl Frame for TcContext {
     const DROP: u32 = TC_ACT_SHOT as u32;
 
     #[inline(always)]
-    fn prepare(&self) -> Result<(), u32> {
+    fn prepare(&self) -> Result<(), Reason> {
         let want = if self.len() < HEADERS { self.len() } else { HEADERS };
         if ((self.data_end() - self.data()) as u32) < want {
-            self.pull_data(want).map_err(|_| reasons::MALFORMED)?;
+            self.pull_data(want).map_err(|_| Reason::Malformed)?;
         }
         Ok(())
     }
@@ -105,12 +105,12 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
-    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), u32> {
+    fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), Reason> {
         rewrite::nat_skb(self, p, to)
     }
 
     #[inline(always)]
-    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+    fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason> {
         rewrite::set_macs_skb(self, smac, dmac)
     }
 

@@ -8,9 +8,9 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    maglev::DEFAULT_RING_SIZE, reasons, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
+    maglev::DEFAULT_RING_SIZE, reasons, ring_pool, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS, SPARE_RINGS,
+    DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS,
 };
 
 /// Entries per Maglev ring (prime); set by the agent at load time.
@@ -22,7 +22,10 @@ pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
-const RING_POOL: usize = ((DEFAULT_MAX_SERVICES + SPARE_RINGS) as usize * DEFAULT_RING_SIZE as usize).div_ceil(2);
+const RING_POOL: usize = match ring_pool::elements(ring_pool::rings(DEFAULT_MAX_SERVICES), DEFAULT_RING_SIZE) {
+    Some(elements) => elements as usize,
+    None => panic!("the default ring pool does not fit a BPF array"),
+};
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 
@@ -42,9 +45,8 @@ pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();
 /// This node's addresses, where service ports are served (value unused).
 #[btf_map]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, u32, 256> = HashMap::new();
-/// Pool of Maglev rings, RING_SIZE u32 backend ids each, two ids per u64 element (array elements
-/// are 8-byte aligned, so u32 values would waste half the pool); services point at one ring
-/// (`ring_index`). Memory-mappable: the agent sees the pool as one u32 array and writes a ring
+/// Pool of Maglev rings, RING_SIZE u32 backend ids each, two ids per u64 element (layout:
+/// lb_common::ring_pool); services point at one ring (`ring_index`). Memory-mappable: the agent sees the pool as one u32 array and writes a ring
 /// with one copy instead of one syscall per slot.
 #[btf_map]
 pub static RINGS: Array<u64, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::new();
@@ -84,6 +86,6 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters, MAX_SERVICES> = PerCpuArr
 /// Per-backend packets, bytes and new flows, per CPU, by backend id.
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters, MAX_BACKENDS> = PerCpuArray::new();
-/// Packets per outcome (lb_common::reasons), per CPU.
+/// Packets per outcome (slot = lb_common::Reason as u32), per CPU.
 #[btf_map]
 pub static VERDICTS: PerCpuArray<u64, { reasons::COUNT as usize }> = PerCpuArray::new();

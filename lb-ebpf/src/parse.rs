@@ -2,7 +2,7 @@
 //! Works on any [start, end) packet window (XDP data or a TC skb's linear part); every read is
 //! bounds-checked against `end` as the verifier requires.
 
-use lb_common::{reasons, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{Reason, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -50,21 +50,21 @@ impl Parsed {
 }
 
 #[inline(always)]
-fn bytes<const N: usize>(start: usize, end: usize, off: usize) -> Result<[u8; N], u32> {
+fn bytes<const N: usize>(start: usize, end: usize, off: usize) -> Result<[u8; N], Reason> {
     if start + off + N > end {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     // SAFETY: bounds checked above; packet data has no alignment guarantee.
     Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
 }
 
 #[inline(always)]
-fn u8_at(start: usize, end: usize, off: usize) -> Result<u8, u32> {
+fn u8_at(start: usize, end: usize, off: usize) -> Result<u8, Reason> {
     bytes::<1>(start, end, off).map(|b| b[0])
 }
 
 #[inline(always)]
-fn be16(start: usize, end: usize, off: usize) -> Result<u16, u32> {
+fn be16(start: usize, end: usize, off: usize) -> Result<u16, Reason> {
     bytes::<2>(start, end, off).map(u16::from_be_bytes)
 }
 
@@ -79,22 +79,22 @@ fn v4_in_16(octets: [u8; 4]) -> [u8; 16] {
 /// skb can exceed the linear window (payload in fragments): IP lengths are checked against it.
 /// Every field is written once (no zero-initialised struct: BPF lowers those to byte loops).
 #[inline(always)]
-pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, u32> {
+pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, Reason> {
     let l3 = ETH_LEN;
     let (family, proto, src, dst, ttl, l4) = match be16(start, end, 12)? {
         ETH_P_IP => parse_ipv4(start, end, frame_len, l3)?,
         ETH_P_IPV6 => parse_ipv6(start, end, frame_len, l3)?,
-        _ => return Err(reasons::NOT_IP_TCP_UDP),
+        _ => return Err(Reason::NotIpTcpUdp),
     };
     let header_len = if proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
     if start + l4 + header_len > end {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     let sport = be16(start, end, l4)?;
     let dport = be16(start, end, l4 + 2)?;
     if proto == PROTO_TCP && u8_at(start, end, l4 + 12)? >> 4 < 5 {
         // TCP data offset below the minimal header.
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     Ok(Parsed { family, proto, l3, l4, src, dst, sport, dport, ttl })
 }
@@ -103,26 +103,26 @@ pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, u32> 
 type IpFields = (u8, u8, [u8; 16], [u8; 16], u8, usize);
 
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, u32> {
+fn parse_ipv4(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, Reason> {
     if start + l3 + IPV4_LEN > end {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     let version_ihl = u8_at(start, end, l3)?;
     let (version, ihl) = (version_ihl >> 4, version_ihl & 0x0f);
     let total_len = be16(start, end, l3 + 2)? as usize;
     if version != 4 || ihl < 5 || total_len < IPV4_LEN || l3 + total_len > frame_len {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     if be16(start, end, l3 + 6)? & 0x3fff != 0 {
         // More-fragments set or a non-zero offset.
-        return Err(reasons::FRAGMENT);
+        return Err(Reason::Fragment);
     }
     if ihl != 5 {
-        return Err(reasons::IP_OPTIONS);
+        return Err(Reason::IpOptions);
     }
     let proto = u8_at(start, end, l3 + 9)?;
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err(reasons::NOT_IP_TCP_UDP);
+        return Err(Reason::NotIpTcpUdp);
     }
     let ttl = u8_at(start, end, l3 + 8)?;
     let src = v4_in_16(bytes::<4>(start, end, l3 + IPV4_SRC_OFF)?);
@@ -131,23 +131,23 @@ fn parse_ipv4(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<I
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, u32> {
+fn parse_ipv6(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, Reason> {
     if start + l3 + IPV6_LEN > end {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     let payload_len = be16(start, end, l3 + 4)? as usize;
     if u8_at(start, end, l3)? >> 4 != 6 || l3 + IPV6_LEN + payload_len > frame_len {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     let next = u8_at(start, end, l3 + 6)?;
     if next == IPV6_FRAGMENT {
-        return Err(reasons::FRAGMENT);
+        return Err(Reason::Fragment);
     }
     if IPV6_EXTENSIONS.contains(&next) {
-        return Err(reasons::IP_OPTIONS);
+        return Err(Reason::IpOptions);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
-        return Err(reasons::NOT_IP_TCP_UDP);
+        return Err(Reason::NotIpTcpUdp);
     }
     let ttl = u8_at(start, end, l3 + 7)?;
     let src = bytes::<16>(start, end, l3 + IPV6_SRC_OFF)?;

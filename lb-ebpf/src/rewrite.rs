@@ -7,14 +7,14 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use lb_common::{csum, reasons, ReplyInfo, FAMILY_V4, PROTO_UDP};
+use lb_common::{csum, Reason, ReplyInfo, FAMILY_V4, PROTO_UDP};
 
 use crate::parse::{Parsed, IPV4_CSUM_OFF, IPV4_SRC_OFF, IPV6_DST_OFF, IPV6_SRC_OFF};
 
 #[inline(always)]
-fn field<const N: usize>(start: usize, end: usize, off: usize) -> Result<*mut [u8; N], u32> {
+fn field<const N: usize>(start: usize, end: usize, off: usize) -> Result<*mut [u8; N], Reason> {
     if start + off + N > end {
-        return Err(reasons::MALFORMED);
+        return Err(Reason::Malformed);
     }
     Ok((start + off) as *mut [u8; N])
 }
@@ -33,7 +33,7 @@ pub struct Nat<'a> {
 /// passes the packet's own source; full NAT changes both. Works on whole native-order words
 /// (see `lb_common::csum::update32`). Not inlined: one copy serves the three forwarding paths.
 #[inline(never)]
-pub fn nat(start: usize, end: usize, p: &Parsed, to: &Nat) -> Result<(), u32> {
+pub fn nat(start: usize, end: usize, p: &Parsed, to: &Nat) -> Result<(), Reason> {
     let l4_csum = field::<2>(start, end, p.l4_csum_off())? as *mut u16;
     let ports = field::<4>(start, end, p.l4)? as *mut u32;
     // SAFETY: every pointer was bounds-checked by `field`; packet memory is writable in XDP and
@@ -102,7 +102,7 @@ pub fn word(addr: &[u8; 16], i: usize) -> u32 {
 
 /// Sets the Ethernet addresses for the next hop.
 #[inline(always)]
-pub fn set_macs(start: usize, end: usize, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+pub fn set_macs(start: usize, end: usize, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason> {
     let dst = field::<6>(start, end, 0)?;
     let src = field::<6>(start, end, 6)?;
     // SAFETY: bounds-checked by `field`.
@@ -115,7 +115,7 @@ pub fn set_macs(start: usize, end: usize, smac: &[u8; 6], dmac: &[u8; 6]) -> Res
 
 /// Source NAT of a backend's reply in TC: src address/port → the service address/port.
 #[inline(always)]
-pub fn restore_source(ctx: &TcContext, p: &Parsed, reply: &ReplyInfo) -> Result<(), u32> {
+pub fn restore_source(ctx: &TcContext, p: &Parsed, reply: &ReplyInfo) -> Result<(), Reason> {
     let to = Nat { src: &reply.service_addr, sport: reply.service_port, dst: &p.dst, dport: p.dport, hop: false };
     nat_skb(ctx, p, &to)
 }
@@ -127,8 +127,8 @@ pub fn restore_source(ctx: &TcContext, p: &Parsed, reply: &ReplyInfo) -> Result<
 /// a destination NAT costs three helper calls. Not inlined: one copy serves the forwarding paths
 /// and the reply path.
 #[inline(never)]
-pub fn nat_skb(ctx: &TcContext, p: &Parsed, to: &Nat) -> Result<(), u32> {
-    let failed = |_| reasons::REWRITE_FAILED;
+pub fn nat_skb(ctx: &TcContext, p: &Parsed, to: &Nat) -> Result<(), Reason> {
+    let failed = |_| Reason::RewriteFailed;
     let l4_csum = p.l4_csum_off();
     // A zero UDP checksum over IPv4 means "none": the helper leaves it so.
     let l4_flags = if p.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
@@ -190,19 +190,19 @@ fn ports_bytes(sport: u16, dport: u16) -> [u8; 4] {
 
 /// The checksum difference between two equally sized blocks of header words.
 #[inline(always)]
-fn csum_diff<T>(old: &mut T, new: &mut T) -> Result<u64, u32> {
+fn csum_diff<T>(old: &mut T, new: &mut T) -> Result<u64, Reason> {
     let size = core::mem::size_of::<T>() as u32;
     // SAFETY: both are `size` bytes on the stack, as the helper reads them.
     let diff = unsafe { bpf_csum_diff((old as *mut T).cast(), size, (new as *mut T).cast(), size, 0) };
     if diff < 0 {
-        return Err(reasons::REWRITE_FAILED);
+        return Err(Reason::RewriteFailed);
     }
     Ok(diff as u64)
 }
 
 /// `set_macs` for an skb in TC.
 #[inline(always)]
-pub fn set_macs_skb(ctx: &TcContext, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), u32> {
+pub fn set_macs_skb(ctx: &TcContext, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason> {
     let macs = [dmac[0], dmac[1], dmac[2], dmac[3], dmac[4], dmac[5], smac[0], smac[1], smac[2], smac[3], smac[4], smac[5]];
-    ctx.store(0, &macs, 0).map_err(|_| reasons::REWRITE_FAILED)
+    ctx.store(0, &macs, 0).map_err(|_| Reason::RewriteFailed)
 }

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, reasons, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
-    service_port_bit, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
+    hash, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
+    service_port_bit, Reason, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
@@ -68,12 +68,17 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<S
 #[inline(always)]
 fn lookup_service(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
     let mut key = ServiceKey { addr: *addr, port, proto, family };
+    // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference is
+    // held; the value is copied out in this statement, so no reference outlives it.
     if let Some(info) = unsafe { SERVICES.get(key) } {
         return Some(*info);
     }
     mem::zero16(&mut key.addr);
+    // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference is
+    // held; the value is copied out in this statement, so no reference outlives it.
     let info = *unsafe { SERVICES.get(key) }?;
     let node = NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 };
+    // SAFETY: only whether the key exists is read; no reference into the element is kept.
     unsafe { NODE_ADDRS.get(node) }.map(|_| info)
 }
 
@@ -95,8 +100,8 @@ fn flow_key(p: &Parsed) -> FlowKey {
 
 /// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
 #[inline(always)]
-fn scratch() -> Result<&'static mut Scratch, u32> {
-    let ptr = SCRATCH.get_ptr_mut(0).ok_or(reasons::FLOW_TABLE_FULL)?;
+fn scratch() -> Result<&'static mut Scratch, Reason> {
+    let ptr = SCRATCH.get_ptr_mut(0).ok_or(Reason::FlowTableFull)?;
     // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
     Ok(unsafe { &mut *ptr })
 }
@@ -114,6 +119,9 @@ pub fn established(p: &Parsed) -> Option<Target> {
         s.flow_key = flow_key(p);
         FLOWS.get_ptr_mut(&s.flow_key)?
     };
+    // SAFETY: flow is the non-null pointer get_ptr_mut returned into the flow table's element,
+    // which the kernel keeps allocated for this program run (RCU); another CPU updating the same
+    // flow races only on plain scalars, never on memory safety.
     pinned(p, unsafe { &mut *flow })
 }
 
@@ -127,6 +135,7 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     }
     if p.proto == PROTO_UDP {
         // Only UDP flows idle out, so only they pay for the clock.
+        // SAFETY: a helper without arguments or preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         let timeout = settings()?.udp_timeout_ns;
         if now.wrapping_sub(flow.last_seen_ns) > timeout {
@@ -139,7 +148,7 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
 
 /// A backend for a connection to `svc` that has no live pinned flow.
 #[inline(always)]
-pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, u32> {
+pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, Reason> {
     let s = scratch()?;
     pick(ctx, ingress, p, svc, s)
 }
@@ -147,8 +156,9 @@ pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &Ser
 /// A new flow: Maglev slot → backend → how to reach it → pin the flow and remember how to
 /// rewrite its replies.
 #[inline(always)]
-fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, u32> {
+fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, Reason> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     s.flow.backend_id = backend_id;
     s.flow.backend_generation = backend.generation;
@@ -183,7 +193,7 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
                 };
                 REPLIES.insert(&s.reply_key, &s.reply, 0)
             };
-            remembered.map_err(|_| reasons::FLOW_TABLE_FULL)?;
+            remembered.map_err(|_| Reason::FlowTableFull)?;
         }
         Route::Uplink { src, .. } => {
             s.flow.kind = FLOW_NAT;
@@ -198,18 +208,18 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
         s.flow_key = flow_key(p);
         FLOWS.insert(&s.flow_key, &s.flow, 0)
     };
-    pinned.map_err(|_| reasons::FLOW_TABLE_FULL)?;
+    pinned.map_err(|_| Reason::FlowTableFull)?;
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
 }
 
 /// Probes for a free NAT source port towards `backend` and claims it with the reply mapping.
 #[inline(always)]
-fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u32> {
-    let settings = settings().ok_or(reasons::NAT_PORTS_EXHAUSTED)?;
+fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, Reason> {
+    let settings = settings().ok_or(Reason::NatPortsExhausted)?;
     let min = settings.nat_port_min as u32;
     if min == 0 {
         // The agent has not written its settings: no range to take a port from.
-        return Err(reasons::NAT_PORTS_EXHAUSTED);
+        return Err(Reason::NatPortsExhausted);
     }
     let span = (settings.nat_port_max as u32).saturating_sub(min) + 1;
     s.nat_reply.client_addr = p.src;
@@ -234,38 +244,44 @@ fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, u
             return Ok(port as u16);
         }
     }
-    Err(reasons::NAT_PORTS_EXHAUSTED)
+    Err(Reason::NatPortsExhausted)
 }
 
 /// The active backend the service's ring assigns to `flow_hash`.
 #[inline(always)]
-pub fn ring_pick(svc: &ServiceInfo, flow_hash: u32, family: u8) -> Result<(u32, &'static BackendInfo), u32> {
+pub fn ring_pick(svc: &ServiceInfo, flow_hash: u32, family: u8) -> Result<(u32, &'static BackendInfo), Reason> {
     if svc.active_backends == 0 {
-        return Err(reasons::NO_BACKEND);
+        return Err(Reason::NoBackend);
     }
     let ring_size = RING_SIZE.load();
-    let slot = hash::ring_slot(flow_hash, ring_size);
-    let backend_id = ring_entry(svc.ring_index.wrapping_mul(ring_size).wrapping_add(slot))?;
-    let backend = BACKENDS.get(backend_id).ok_or(reasons::BAD_BACKEND)?;
+    let entry = hash::ring_slot(flow_hash, ring_size);
+    let backend_id = ring_entry(ring_pool::slot(svc.ring_index, ring_size, entry))?;
+    let backend = BACKENDS.get(backend_id).ok_or(Reason::BadBackend)?;
     if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != family {
-        return Err(reasons::BAD_BACKEND);
+        return Err(Reason::BadBackend);
     }
     Ok((backend_id, backend))
 }
 
-/// Backend id at u32 position `index` of the ring pool (two per u64 element, low half first).
+/// Backend id in `slot` of the ring pool (layout: lb_common::ring_pool).
 #[inline(always)]
-fn ring_entry(index: u32) -> Result<u32, u32> {
-    let pair = *RINGS.get(index / 2).ok_or(reasons::BAD_BACKEND)?;
-    Ok(if index & 1 == 0 { pair as u32 } else { (pair >> 32) as u32 })
+fn ring_entry(slot: u32) -> Result<u32, Reason> {
+    let element = *RINGS.get(ring_pool::element_of(slot)).ok_or(Reason::BadBackend)?;
+    Ok(ring_pool::slot_value(element, slot))
 }
 
 /// How to restore the service address on a reply from a local backend, if this is one.
 #[inline(always)]
 pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
     if p.family == FAMILY_V4 {
+        // SAFETY: the reference is used only during this program run (the caller copies the fields
+        // it rewrites), and the kernel keeps the element allocated until the run ends (RCU); a
+        // concurrent update of the key writes the same connection's values.
         unsafe { REPLIES4.get(flow_key4(p)) }
     } else {
+        // SAFETY: the reference is used only during this program run (the caller copies the fields
+        // it rewrites), and the kernel keeps the element allocated until the run ends (RCU); a
+        // concurrent update of the key writes the same connection's values.
         unsafe { REPLIES.get(flow_key(p)) }
     }
 }
@@ -279,5 +295,8 @@ pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
     }
     let s = scratch().ok()?;
     s.flow_key = flow_key(p);
+    // SAFETY: the reference is used only during this program run (the caller copies the fields it
+    // rewrites), and the kernel keeps the element allocated until the run ends (RCU); a concurrent
+    // update of the key writes the same connection's values.
     unsafe { NAT_REPLIES.get(&s.flow_key) }
 }

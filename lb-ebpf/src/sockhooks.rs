@@ -2,7 +2,7 @@
 //! backend (no per-packet NAT at all); getpeername()/recvmsg() show the service address again.
 
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
-use lb_common::{hash, reasons, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use lb_common::{hash, Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{maps::SOCK_REPLIES, rewrite, select, stats};
 
@@ -20,6 +20,8 @@ struct SockAddr {
 
 #[inline(always)]
 fn read(ctx: &SockAddrContext, family: u8) -> SockAddr {
+    // SAFETY: ctx.sock_addr is the bpf_sock_addr the kernel passed to this hook, valid for the
+    // whole run.
     let sa = unsafe { &*ctx.sock_addr };
     // user_ip6 must be read one 32-bit word at a time; the words are in memory (network) order.
     let words = if family == FAMILY_V4 {
@@ -35,6 +37,8 @@ fn read(ctx: &SockAddrContext, family: u8) -> SockAddr {
 
 #[inline(always)]
 fn write(ctx: &SockAddrContext, family: u8, addr: &[u8; 16], port: u16) {
+    // SAFETY: ctx.sock_addr is the bpf_sock_addr the kernel passed to this hook, valid for the
+    // whole run; user_ip4/user_ip6/user_port are the fields a sock_addr hook may write.
     let sa = unsafe { &mut *ctx.sock_addr };
     if family == FAMILY_V4 {
         sa.user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
@@ -49,6 +53,8 @@ fn write(ctx: &SockAddrContext, family: u8, addr: &[u8; 16], port: u16) {
 
 #[inline(always)]
 fn protocol(ctx: &SockAddrContext) -> Option<u8> {
+    // SAFETY: ctx.sock_addr is the bpf_sock_addr the kernel passed to this hook, valid for the
+    // whole run.
     let sa = unsafe { &*ctx.sock_addr };
     match (sa.protocol, sa.type_) {
         (6, _) | (0, SOCK_STREAM) => Some(PROTO_TCP),
@@ -60,6 +66,7 @@ fn protocol(ctx: &SockAddrContext) -> Option<u8> {
 /// The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), as a 16-byte field.
 #[inline(always)]
 fn unmapped(addr: &[u8; 16]) -> Option<[u8; 16]> {
+    // SAFETY: [u8; 16] and [u32; 4] have the same size and every bit pattern is a valid u32.
     let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*addr) };
     if words[0] != 0 || words[1] != 0 || words[2] != u32::from_ne_bytes(V4_MAPPED_PREFIX) {
         return None;
@@ -92,6 +99,7 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
         None => (dst.addr, family),
     };
     let Some(service) = select::service_at(&service_addr, dst.port, proto, service_family) else { return ALLOW };
+    // SAFETY: ctx.as_ptr() is this hook's own context, the argument the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: same size, any bytes valid.
     let cookie_bytes = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([cookie, 0]) };
@@ -103,11 +111,11 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
             let key = SockKey { cookie, addr: backend_addr, port: backend.port, family, _pad: 0, _pad2: 0 };
             let reply = ReplyInfo { service_addr: dst.addr, service_port: dst.port, _pad: 0, _pad2: 0 };
             if SOCK_REPLIES.insert(key, reply, 0).is_err() {
-                stats::count_verdict(reasons::FLOW_TABLE_FULL);
+                stats::count_verdict(Reason::FlowTableFull);
                 return DENY;
             }
             write(ctx, family, &backend_addr, backend.port);
-            stats::count_verdict(reasons::FWD_SOCKET);
+            stats::count_verdict(Reason::FwdSocket);
             if new_connection {
                 stats::count_socket_flow(service.service_id, backend_id);
             }
@@ -125,9 +133,12 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
 #[inline(always)]
 pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
     let peer = read(ctx, family);
+    // SAFETY: ctx.as_ptr() is this hook's own context, the argument the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let service = |addr: [u8; 16], family: u8| {
         let key = SockKey { cookie, addr, port: peer.port, family, _pad: 0, _pad2: 0 };
+        // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference
+        // is held; the value is copied out in this statement, so no reference outlives it.
         unsafe { SOCK_REPLIES.get(key) }.map(|reply| (reply.service_addr, reply.service_port))
     };
     // A dual-stack UDP socket sending to a mapped address takes the kernel's IPv4 path (sendmsg4
@@ -138,7 +149,7 @@ pub fn restore(ctx: &SockAddrContext, family: u8) -> i32 {
     });
     if let Some((addr, port)) = found {
         write(ctx, family, &addr, port);
-        stats::count_verdict(reasons::SOCKET_REPLY_REWRITTEN);
+        stats::count_verdict(Reason::SocketReplyRewritten);
     }
     ALLOW
 }

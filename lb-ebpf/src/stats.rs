@@ -1,14 +1,17 @@
 //! Counter updates. Per-CPU values: plain adds, no atomics needed.
 
-use lb_common::{iface_slot, TrafficCounters};
+use lb_common::{iface_slot, Hook, Reason, TrafficCounters};
 
 use crate::maps::{BACKEND_STATS, IFACE_STATS, SERVICE_STATS, VERDICTS};
 
 /// Counts one packet of `len` bytes seen by `hook` on `ifindex`.
 #[inline(always)]
-pub fn count_iface(ifindex: u32, hook: u32, len: u64) {
+pub fn count_iface(ifindex: u32, hook: Hook, len: u64) {
     let Some(slot) = iface_slot(ifindex, hook) else { return };
     if let Some(counters) = IFACE_STATS.get_ptr_mut(slot) {
+        // SAFETY: the pointer is the non-null one get_ptr_mut returned into this CPU's slot of a
+        // per-CPU array, allocated for the map's life; only programs on this CPU touch it, so a
+        // nested program can at worst lose an increment.
         unsafe {
             (*counters).packets += 1;
             (*counters).bytes += len;
@@ -16,10 +19,13 @@ pub fn count_iface(ifindex: u32, hook: u32, len: u64) {
     }
 }
 
-/// Counts one packet with outcome `reason` (lb_common::reasons).
+/// Counts one packet with outcome `reason`.
 #[inline(always)]
-pub fn count_verdict(reason: u32) {
-    if let Some(counter) = VERDICTS.get_ptr_mut(reason) {
+pub fn count_verdict(reason: Reason) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(reason as u32) {
+        // SAFETY: the pointer is the non-null one get_ptr_mut returned into this CPU's slot of a
+        // per-CPU array, allocated for the map's life; only programs on this CPU touch it, so a
+        // nested program can at worst lose an increment.
         unsafe { *counter += 1 };
     }
 }
@@ -39,6 +45,8 @@ pub fn count_traffic(service_id: u32, backend_id: u32, len: u64, new_flow: bool)
 
 #[inline(always)]
 fn add(counters: *mut TrafficCounters, len: u64, new_flow: bool) {
+    // SAFETY: counters is a non-null pointer into this CPU's slot of a per-CPU array (see
+    // count_traffic), allocated for the map's life; only programs on this CPU touch it.
     unsafe {
         (*counters).packets += 1;
         (*counters).bytes += len;
@@ -50,9 +58,15 @@ fn add(counters: *mut TrafficCounters, len: u64, new_flow: bool) {
 #[inline(always)]
 pub fn count_socket_flow(service_id: u32, backend_id: u32) {
     if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: the pointer is the non-null one get_ptr_mut returned into this CPU's slot of a
+        // per-CPU array, allocated for the map's life; only programs on this CPU touch it, so a
+        // nested program can at worst lose an increment.
         unsafe { (*counters).new_flows += 1 };
     }
     if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: the pointer is the non-null one get_ptr_mut returned into this CPU's slot of a
+        // per-CPU array, allocated for the map's life; only programs on this CPU touch it, so a
+        // nested program can at worst lose an increment.
         unsafe { (*counters).new_flows += 1 };
     }
 }

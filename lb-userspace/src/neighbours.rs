@@ -24,11 +24,11 @@ use tracing::warn;
 #[derive(Debug, Error)]
 pub enum NeighbourError {
     /// The socket itself failed: every later request would fail too.
-    #[error("rtnetlink socket: {0}")]
+    #[error("rtnetlink socket")]
     Socket(#[source] io::Error),
-    #[error("{request}: the kernel answered: {source}")]
+    #[error("{request}: the kernel refused")]
     Refused { request: &'static str, source: io::Error },
-    #[error("{request}: undecodable answer: {source}")]
+    #[error("{request}: undecodable answer")]
     Undecodable { request: &'static str, source: DecodeError },
     #[error("the route to {0} names no output interface")]
     NoOutputInterface(IpAddr),
@@ -83,7 +83,7 @@ impl NeighbourResolver {
                     self.requested.insert(backend);
                 }
                 Err(err @ NeighbourError::Socket(_)) => return Err(err),
-                Err(err) => warn!("resolving the next hop of backend {backend}: {err}"),
+                Err(err) => warn!("resolving the next hop of backend {backend}: {}", crate::error_chain(&err)),
             }
         }
         Ok(sent)

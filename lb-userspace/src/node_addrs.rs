@@ -5,21 +5,25 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Every address configured on an interface of the current network namespace, plus loopback.
 pub fn discover() -> std::io::Result<Vec<IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
+    // SAFETY: `head` is a valid out-pointer; on success getifaddrs makes it own a list that
+    // is freed once below, after the last read of it.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let mut addrs = Vec::new();
     let mut cursor = head;
     while !cursor.is_null() {
-        // SAFETY: cursor walks the list getifaddrs returned.
+        // SAFETY: cursor is non-null and points into the list getifaddrs returned, which stays
+        // allocated until freeifaddrs below.
         let entry = unsafe { &*cursor };
+        // SAFETY: ifa_addr is null or a sockaddr of the same list, sized for its sa_family.
         if let Some(ip) = unsafe { sockaddr_ip(entry.ifa_addr) } {
             addrs.push(ip);
         }
         cursor = entry.ifa_next;
     }
-    // SAFETY: head came from getifaddrs.
+    // SAFETY: head came from a successful getifaddrs, is freed exactly once, and no reference
+    // into the list (`entry`) lives past the loop.
     unsafe { libc::freeifaddrs(head) };
     Ok(with_loopback(addrs))
 }
@@ -34,16 +38,24 @@ pub fn with_loopback(mut addrs: Vec<IpAddr>) -> Vec<IpAddr> {
     addrs
 }
 
+/// The address in `sa`.
+///
+/// # Safety
+/// `sa` is null or points to a sockaddr as large as its `sa_family` says (as getifaddrs gives).
 unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     if sa.is_null() {
         return None;
     }
+    // SAFETY: sa is non-null and points to a sockaddr (the caller's contract).
     match unsafe { (*sa).sa_family } as i32 {
         libc::AF_INET => {
+            // SAFETY: an AF_INET sockaddr is a sockaddr_in (the caller's contract: as large as
+            // its family says).
             let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
             Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
         }
         libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6, as above.
             let sin6 = unsafe { &*(sa as *const libc::sockaddr_in6) };
             Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
         }

@@ -192,6 +192,7 @@ fn fs_type(path: &Path) -> std::io::Result<i64> {
     use std::os::unix::ffi::OsStrExt as _;
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs is a C struct of integers, for which all-zero bytes are a valid value.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, io::Write, net::IpAddr};
 
 use anyhow::Result;
-use lb_common::{reasons, BackendInfo, BACKEND_ACTIVE, BACKEND_UNUSED};
+use lb_common::{BackendInfo, Reason, BACKEND_ACTIVE, BACKEND_UNUSED};
 use serde::Serialize;
 
 use crate::{
@@ -196,7 +196,7 @@ pub struct BackendStats {
 
 pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     let verdicts = dp.verdicts()?;
-    let verdicts = reasons::NAMES.iter().zip(verdicts).map(|(name, n)| (*name, n)).collect();
+    let verdicts = Reason::ALL.iter().zip(verdicts).map(|(reason, n)| (reason.name(), n)).collect();
     let mut services = Vec::new();
     for view in self::services(dp)? {
         let total = dp.service_stats(view.id)?;
@@ -250,7 +250,7 @@ pub fn print_stats(stats: &Stats, names: &std::collections::BTreeMap<u32, String
     writeln!(out, "\n{:<16} {:>7} {:<12} {:>12} {:>14}", "IFACE", "IFINDEX", "HOOK", "PACKETS", "BYTES")?;
     for i in &stats.interfaces {
         let name = names.get(&i.ifindex).cloned().or_else(|| preflight::interface_name(i.ifindex)).unwrap_or_else(|| "-".into());
-        writeln!(out, "{name:<16} {:>7} {:<12} {:>12} {:>14}", i.ifindex, i.hook.as_str(), i.packets, i.bytes)?;
+        writeln!(out, "{name:<16} {:>7} {:<12} {:>12} {:>14}", i.ifindex, i.hook, i.packets, i.bytes)?;
     }
     Ok(())
 }
@@ -366,11 +366,11 @@ mod tests {
     #[test]
     fn stats_name_every_verdict_and_sum_services() {
         let mut dp = programmed();
-        dp.verdicts[reasons::NO_BACKEND as usize] = 7;
+        dp.verdicts[Reason::NoBackend as usize] = 7;
         dp.service_stats.insert(0, lb_common::TrafficCounters { packets: 3, bytes: 180, new_flows: 1 });
         let s = stats(&dp).unwrap();
         assert_eq!(s.verdicts["no_backend"], 7);
-        assert_eq!(s.verdicts.len(), reasons::COUNT as usize);
+        assert_eq!(s.verdicts.len(), lb_common::reasons::COUNT as usize);
         let web = s.services.iter().find(|x| x.name == "web").unwrap();
         assert_eq!((web.packets, web.new_flows), (3, 1));
     }

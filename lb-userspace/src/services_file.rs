@@ -12,9 +12,9 @@ use crate::model::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId};
 
 #[derive(Debug, Error)]
 pub enum ServicesFileError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: not a services file: {source}")]
+    #[error("{path}: not a services file")]
     Syntax { path: String, source: serde_json::Error },
     #[error("{path}: not a services file: {problem}")]
     Structure { path: String, problem: Invalid },

@@ -26,13 +26,13 @@ pub struct AgentStatus {
     pub marathon: Option<MarathonStatus>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UplinkStatus {
     pub name: String,
     pub ifindex: u32,
-    /// The program balancing on its ingress: `xdp` or `tc_ingress` (what `--ingress-hook auto`
-    /// chose, or what was asked for).
-    pub ingress_hook: String,
+    /// The program balancing on its ingress (what `--ingress-hook auto` chose, or what was
+    /// asked for).
+    pub ingress_hook: lb_common::Hook,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -48,7 +48,7 @@ impl Default for PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         if self.path.exists() {
-            let _ = Command::new(lb_bin()).args(["down", "--pin-dir"]).arg(&self.path).output();
+            let _ = Command::new(lb_bin()).args(["down", "--force", "--pin-dir"]).arg(&self.path).output();
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }

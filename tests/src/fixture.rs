@@ -17,7 +17,7 @@ use lb::{
     reconcile::{self, Reconciler},
     report, services_file,
 };
-use lb_common::names;
+use lb_common::{names, Hook};
 
 use crate::{agent::PinDir, packet};
 
@@ -33,58 +33,48 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
-/// The uplink ingress program a fixture runs. Tables are written in XDP terms; on TC the
-/// expected verdicts and the ingress counter's hook name are translated (`expected_verdict`,
-/// `counter_name`), so one table checks that both programs do exactly the same thing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Xdp,
-    TcIngress,
+/// The ingress programs: tables are written in XDP terms and run on both, so one table checks
+/// that both programs do exactly the same thing.
+pub const INGRESS_HOOKS: [Hook; 2] = [Hook::XdpIngress, Hook::TcIngress];
+
+/// The program a fixture runs on `hook`.
+fn program(hook: Hook) -> &'static str {
+    match hook {
+        Hook::XdpIngress => names::PROG_XDP,
+        Hook::TcIngress => names::PROG_TC_INGRESS,
+        Hook::TcEgress => names::PROG_TC_EGRESS,
+    }
 }
 
-impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::TcIngress];
-
-    fn program(self) -> &'static str {
-        match self {
-            Hook::Xdp => names::PROG_XDP,
-            Hook::TcIngress => names::PROG_TC_INGRESS,
-        }
+/// `hook`'s verdict for what an XDP table expects.
+pub fn expected_verdict(hook: Hook, xdp: u32) -> u32 {
+    match (hook, xdp) {
+        (Hook::XdpIngress, v) => v,
+        (Hook::TcIngress | Hook::TcEgress, XDP_PASS) => TC_ACT_OK,
+        (Hook::TcIngress | Hook::TcEgress, XDP_DROP) => TC_ACT_SHOT,
+        (Hook::TcIngress | Hook::TcEgress, XDP_TX | XDP_REDIRECT) => TC_ACT_REDIRECT,
+        (Hook::TcIngress | Hook::TcEgress, other) => other,
     }
+}
 
-    /// This hook's verdict for what an XDP table expects.
-    pub fn expected_verdict(self, xdp: u32) -> u32 {
-        match (self, xdp) {
-            (Hook::Xdp, v) => v,
-            (Hook::TcIngress, XDP_PASS) => TC_ACT_OK,
-            (Hook::TcIngress, XDP_DROP) => TC_ACT_SHOT,
-            (Hook::TcIngress, XDP_TX | XDP_REDIRECT) => TC_ACT_REDIRECT,
-            (Hook::TcIngress, other) => other,
-        }
-    }
+/// A counter name from an XDP table, for `hook`.
+pub fn counter_name(hook: Hook, name: &str) -> String {
+    name.replace(&format!("hook={}", Hook::XdpIngress.name()), &format!("hook={}", hook.name()))
+}
 
-    /// A counter name from an XDP table, for this hook.
-    pub fn counter_name(self, name: &str) -> String {
-        match self {
-            Hook::Xdp => name.to_owned(),
-            Hook::TcIngress => name.replace("hook=xdp_ingress", "hook=tc_ingress"),
-        }
-    }
-
-    fn verdict_name(self, v: u32) -> String {
-        let name = match (self, v) {
-            (Hook::Xdp, XDP_ABORTED) => "XDP_ABORTED",
-            (Hook::Xdp, XDP_DROP) => "XDP_DROP",
-            (Hook::Xdp, XDP_PASS) => "XDP_PASS",
-            (Hook::Xdp, XDP_TX) => "XDP_TX",
-            (Hook::Xdp, XDP_REDIRECT) => "XDP_REDIRECT",
-            (Hook::TcIngress, TC_ACT_OK) => "TC_ACT_OK",
-            (Hook::TcIngress, TC_ACT_SHOT) => "TC_ACT_SHOT",
-            (Hook::TcIngress, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
-            _ => return format!("verdict {v}"),
-        };
-        name.into()
-    }
+fn verdict_name(hook: Hook, v: u32) -> String {
+    let name = match (hook, v) {
+        (Hook::XdpIngress, XDP_ABORTED) => "XDP_ABORTED",
+        (Hook::XdpIngress, XDP_DROP) => "XDP_DROP",
+        (Hook::XdpIngress, XDP_PASS) => "XDP_PASS",
+        (Hook::XdpIngress, XDP_TX) => "XDP_TX",
+        (Hook::XdpIngress, XDP_REDIRECT) => "XDP_REDIRECT",
+        (Hook::TcIngress | Hook::TcEgress, TC_ACT_OK) => "TC_ACT_OK",
+        (Hook::TcIngress | Hook::TcEgress, TC_ACT_SHOT) => "TC_ACT_SHOT",
+        (Hook::TcIngress | Hook::TcEgress, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
+        _ => return format!("verdict {v}"),
+    };
+    name.into()
 }
 
 /// One row of a packet table.
@@ -109,7 +99,7 @@ pub const FIXTURE_LIMITS: LoadLimits = LoadLimits {
     nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
 };
 
-/// A loaded uplink ingress program with its maps pinned in a private pin directory, programmed
+/// A loaded uplink program with its maps pinned in a private pin directory, programmed
 /// through the agent's own reconciler.
 pub struct Fixture {
     pub ebpf: Ebpf,
@@ -124,7 +114,7 @@ pub struct Fixture {
 impl Fixture {
     /// The XDP program with the fixtures' small maps.
     pub fn load() -> Result<Self> {
-        Self::load_with(Hook::Xdp, FIXTURE_LIMITS)
+        Self::load_with(Hook::XdpIngress, FIXTURE_LIMITS)
     }
 
     pub fn load_hook(hook: Hook) -> Result<Self> {
@@ -135,10 +125,10 @@ impl Fixture {
         let pins = PinDir::new();
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
         match hook {
-            Hook::Xdp => loader::program::<Xdp>(&mut ebpf, hook.program())?.load(),
-            Hook::TcIngress => loader::program::<SchedClassifier>(&mut ebpf, hook.program())?.load(),
+            Hook::XdpIngress => loader::program::<Xdp>(&mut ebpf, program(hook))?.load(),
+            Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(&mut ebpf, program(hook))?.load(),
         }
-        .with_context(|| format!("loading {}", hook.program()))?;
+        .with_context(|| format!("loading {}", program(hook)))?;
         Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), ingress: None })
     }
 
@@ -184,8 +174,10 @@ impl Fixture {
             ..TestRunOptions::new()
         };
         let result = match self.hook {
-            Hook::Xdp => loader::program::<Xdp>(&mut self.ebpf, names::PROG_XDP)?.test_run(options)?,
-            Hook::TcIngress => loader::program::<SchedClassifier>(&mut self.ebpf, names::PROG_TC_INGRESS)?.test_run(options)?,
+            Hook::XdpIngress => loader::program::<Xdp>(&mut self.ebpf, program(self.hook))?.test_run(options)?,
+            Hook::TcIngress | Hook::TcEgress => {
+                loader::program::<SchedClassifier>(&mut self.ebpf, program(self.hook))?.test_run(options)?
+            }
         };
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration))
@@ -194,14 +186,14 @@ impl Fixture {
     /// The program context that makes a test run arrive on `ifindex`.
     fn run_context(&self, ifindex: u32, len: usize) -> Vec<u8> {
         match self.hook {
-            Hook::Xdp => {
+            Hook::XdpIngress => {
                 // struct xdp_md: data, data_end, data_meta, ingress_ifindex, …
                 let mut ctx = vec![0u8; 24];
                 ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
                 ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
                 ctx
             }
-            Hook::TcIngress => {
+            Hook::TcIngress | Hook::TcEgress => {
                 // struct __sk_buff up to ifindex (offset 40); the kernel accepts a prefix.
                 let mut ctx = vec![0u8; 44];
                 ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
@@ -225,7 +217,7 @@ impl Fixture {
             cases.iter().filter_map(|c| self.run(c).err()).map(|f| f.to_string()).collect();
         assert!(
             failures.is_empty(),
-            "{} of {} packet cases failed on {:?}:\n\n{}",
+            "{} of {} packet cases failed on {}:\n\n{}",
             failures.len(),
             cases.len(),
             self.hook,
@@ -256,7 +248,7 @@ pub fn counter_snapshot(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
         }
     }
     for stat in &stats.interfaces {
-        let key = format!("iface_stats{{ifindex={},hook={}}}", stat.ifindex, stat.hook.as_str());
+        let key = format!("iface_stats{{ifindex={},hook={}}}", stat.ifindex, stat.hook);
         snapshot.insert(format!("{key}.packets"), stat.packets);
         snapshot.insert(format!("{key}.bytes"), stat.bytes);
     }
@@ -289,12 +281,12 @@ impl CaseFailure {
     /// Compares what the program on `hook` did with what the case expects.
     pub fn compare(hook: Hook, case: &Case, verdict: u32, output: &[u8], deltas: &BTreeMap<String, u64>) -> Result<(), Self> {
         let mut lines = Vec::new();
-        let want = hook.expected_verdict(case.verdict);
+        let want = expected_verdict(hook, case.verdict);
         if verdict != want {
-            lines.push(format!("verdict: expected {}, got {}", hook.verdict_name(want), hook.verdict_name(verdict)));
+            lines.push(format!("verdict: expected {}, got {}", verdict_name(hook, want), verdict_name(hook, verdict)));
         }
         lines.extend(packet_diff(&case.output, output));
-        let expected: BTreeMap<String, u64> = case.counters.iter().map(|(name, n)| (hook.counter_name(name), *n)).collect();
+        let expected: BTreeMap<String, u64> = case.counters.iter().map(|(name, n)| (counter_name(hook, name), *n)).collect();
         for (name, want) in &expected {
             let got = deltas.get(name).copied().unwrap_or(0);
             if got != *want {

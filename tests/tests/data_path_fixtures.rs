@@ -1,13 +1,13 @@
 //! The service data path through BPF_PROG_TEST_RUN, on both uplink ingress programs (XDP and
-//! TC, see fixture::Hook): every case states the input packet, the
+//! TC, see fixture::INGRESS_HOOKS; TC egress at the end): every case states the input packet, the
 //! verdict, the exact output bytes (built independently, with checksums computed from scratch,
 //! so the program's incremental checksum updates are checked byte for byte) and every counter
 //! that must move.
 
 use lb::dataplane::Dataplane;
-use lb_common::hash;
+use lb_common::{hash, Hook};
 use lb_tests::{
-    fixture::{Case, Fixture, Hook, XDP_DROP, XDP_PASS, XDP_TX},
+    fixture::{expected_verdict, Case, Fixture, INGRESS_HOOKS, XDP_DROP, XDP_PASS, XDP_TX},
     packet::{tcp, udp, v4, v6, TcpFlags, ACK, FIN_ACK, SYN},
 };
 
@@ -56,8 +56,8 @@ fn counters(service: &str, backend: &str, len: usize, new_flow: bool) -> Vec<(St
 
 fn xdp_iface(len: usize) -> Vec<(String, u64)> {
     vec![
-        ("iface_stats{ifindex=1,hook=xdp_ingress}.packets".to_string(), 1),
-        ("iface_stats{ifindex=1,hook=xdp_ingress}.bytes".to_string(), len as u64),
+        (format!("iface_stats{{ifindex=1,hook={}}}.packets", Hook::XdpIngress), 1),
+        (format!("iface_stats{{ifindex=1,hook={}}}.bytes", Hook::XdpIngress), len as u64),
     ]
 }
 
@@ -87,7 +87,7 @@ fn web(flags: TcpFlags, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn services_are_rewritten_byte_for_byte() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         services_are_rewritten_byte_for_byte_on(hook);
     }
 }
@@ -121,7 +121,7 @@ fn services_are_rewritten_byte_for_byte_on(hook: Hook) {
 
 #[test]
 fn traffic_that_is_not_balanced_gets_a_named_verdict() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         traffic_that_is_not_balanced_gets_a_named_verdict_on(hook);
     }
 }
@@ -175,16 +175,50 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
     ];
     // The kernel's skb test run refuses frames whose IP header is cut short (EINVAL before the
     // program runs), so these two run on XDP only; TC parses with the same code.
-    if hook == Hook::Xdp {
+    if hook == Hook::XdpIngress {
         cases.push(passed("ipv4 header truncated", truncated_ip, "malformed"));
         cases.push(passed("ipv6 header truncated", truncated_ipv6, "malformed"));
     }
     f.run_table(&cases);
 }
 
+/// TC egress sees every packet the node sends on an uplink. What is not a reply to a balanced
+/// flow passes uncounted; a packet whose headers it does not look up (so a local backend's reply
+/// among them would leave with the backend's address) passes and is counted under its own name.
+#[test]
+fn tc_egress_counts_the_packets_it_cannot_restore() {
+    let mut f = fixture(Hook::TcEgress);
+    let own = tcp((v4(10, 201, 0, 2), 22), (client(), 50000), ACK, b"ssh");
+    let not_ip = vec![0xffu8; 14];
+    let reply = tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply");
+    let truncated = reply[..14 + 20 + 10].to_vec();
+    let mut fragment = reply.clone();
+    fragment[14 + 6] = 0x20; // more fragments
+    let mut options = reply.clone();
+    options[14] = 0x46;
+    options.splice(14 + 20..14 + 20, [1u8, 1, 1, 1]);
+    let total = u16::from_be_bytes([options[16], options[17]]) + 4;
+    options[16..18].copy_from_slice(&total.to_be_bytes());
+    let reply6 = tcp((v6("fd00:1::5"), 31005), (v6("fd00:201::1"), 40002), ACK, b"reply");
+    let mut frag6 = reply6.clone();
+    frag6[14 + 6] = 44; // next header: fragment
+    let mut hop_by_hop6 = reply6;
+    hop_by_hop6[14 + 6] = 0;
+    let untouched = |name, input: Vec<u8>| Case { name, output: input.clone(), counters: xdp_iface(input.len()), input, verdict: XDP_PASS };
+    f.run_table(&[
+        untouched("the node's own traffic", own),
+        untouched("not ip", not_ip),
+        passed("tcp header truncated", truncated, "egress_malformed"),
+        passed("ipv4 fragment", fragment, "egress_fragment"),
+        passed("ipv4 options", options, "egress_ip_options"),
+        passed("ipv6 fragment header", frag6, "egress_fragment"),
+        passed("ipv6 hop-by-hop header", hop_by_hop6, "egress_ip_options"),
+    ]);
+}
+
 #[test]
 fn draining_keeps_established_flows_and_takes_no_new_ones() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         draining_keeps_established_flows_and_takes_no_new_ones_on(hook);
     }
 }
@@ -200,7 +234,7 @@ fn draining_keeps_established_flows_and_takes_no_new_ones_on(hook: Hook) {
     let mut flow_to = std::collections::BTreeMap::new();
     for port in 41000..41100u16 {
         let (verdict, out) = f.run_packet(&tcp((client(), port), (v4(10, 0, 0, 1), 80), SYN, b"")).unwrap();
-        assert_eq!(verdict, hook.expected_verdict(XDP_PASS));
+        assert_eq!(verdict, expected_verdict(hook, XDP_PASS));
         flow_to.entry(out[14 + 16..14 + 20].to_vec()).or_insert(port);
         if flow_to.len() == 2 {
             break;
@@ -232,7 +266,7 @@ fn draining_keeps_established_flows_and_takes_no_new_ones_on(hook: Hook) {
 
 #[test]
 fn the_kernel_picks_the_backend_the_userspace_ring_says() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         the_kernel_picks_the_backend_the_userspace_ring_says_on(hook);
     }
 }
@@ -253,7 +287,7 @@ fn the_kernel_picks_the_backend_the_userspace_ring_says_on(hook: Hook) {
         let slot = hash::ring_slot(hash::flow_hash(&src, port, 6), limits.ring_size);
         let expected = backends[ring[slot as usize] as usize];
         let (verdict, out) = f.run_packet(&tcp((client(), port), (v4(10, 0, 0, 50), 80), SYN, b"")).unwrap();
-        assert_eq!(verdict, hook.expected_verdict(XDP_PASS));
+        assert_eq!(verdict, expected_verdict(hook, XDP_PASS));
         assert_eq!(out[14 + 16..14 + 20], expected.addr[..4], "source port {port}");
         assert_eq!(u16::from_be_bytes([out[14 + 22], out[14 + 23]]), expected.port, "source port {port}");
         seen.insert(expected.port);
@@ -265,7 +299,7 @@ fn the_kernel_picks_the_backend_the_userspace_ring_says_on(hook: Hook) {
 /// permanent neighbours, so the FIB lookups have a known answer.
 #[test]
 fn full_nat_forward_and_reply_byte_for_byte() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         full_nat_forward_and_reply_byte_for_byte_on(hook);
     }
 }
@@ -300,8 +334,8 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
             ) as u16;
         let iface = |len: usize| {
             vec![
-                (format!("iface_stats{{ifindex={uplink},hook=xdp_ingress}}.packets"), 1),
-                (format!("iface_stats{{ifindex={uplink},hook=xdp_ingress}}.bytes"), len as u64),
+                (format!("iface_stats{{ifindex={uplink},hook={}}}.packets", Hook::XdpIngress), 1),
+                (format!("iface_stats{{ifindex={uplink},hook={}}}.bytes", Hook::XdpIngress), len as u64),
             ]
         };
         let syn = tcp((client, 40000), (v4(10, 0, 0, 1), 80), SYN, b"");
@@ -335,7 +369,7 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
 
 #[test]
 fn udp_flows_time_out_and_rebalance() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         udp_flows_time_out_and_rebalance_on(hook);
     }
 }

@@ -120,12 +120,14 @@ fn restart_keeps_programs_attached_and_counters() {
     let (while_stopped, _) = uplink_packets(&topo, &pins);
     assert!(while_stopped >= before + 20, "{before} → {while_stopped}");
 
-    // Restart: existing maps and links are re-used, not rebuilt.
+    // Restart: existing maps are re-used and the pinned links keep their place; only their
+    // programs are replaced.
     let mut agent = Agent::start(&topo.node, &args).unwrap();
     let (after_restart, _) = uplink_packets(&topo, &pins);
     assert!(after_restart >= while_stopped, "counters reset by restart: {while_stopped} → {after_restart}");
     let log = agent.stop_and_collect();
-    assert!(log.contains("already attached"), "restart rebuilt the attachments:\n{log}");
+    assert!(log.contains("program replaced in place"), "restart rebuilt the attachments:\n{log}");
+    assert!(!log.contains("attached hook"), "restart attached new links:\n{log}");
 }
 
 #[test]

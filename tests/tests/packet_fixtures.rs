@@ -1,8 +1,9 @@
 //! Packet tables run through the real ingress programs (XDP and TC) with BPF_PROG_TEST_RUN, and tests of the
 //! fixture runner itself (a deliberate mismatch must produce a readable diff).
 
+use lb_common::Hook;
 use lb_tests::{
-    fixture::{Case, Fixture, Hook, XDP_DROP, XDP_PASS},
+    fixture::{Case, Fixture, INGRESS_HOOKS, XDP_DROP, XDP_PASS},
     packet::{tcp, udp, v4, v6, SYN},
 };
 
@@ -10,12 +11,12 @@ use lb_tests::{
 const TEST_RUN_IFINDEX: u32 = 1;
 
 fn xdp_counter(field: &str) -> String {
-    format!("iface_stats{{ifindex={TEST_RUN_IFINDEX},hook=xdp_ingress}}.{field}")
+    format!("iface_stats{{ifindex={TEST_RUN_IFINDEX},hook={}}}.{field}", Hook::XdpIngress)
 }
 
 #[test]
 fn with_no_services_every_packet_is_counted_and_passed_unchanged() {
-    for hook in Hook::ALL {
+    for hook in INGRESS_HOOKS {
         nothing_is_balanced_without_services(hook);
     }
 }

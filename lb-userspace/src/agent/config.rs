@@ -117,8 +117,8 @@ fn limits(args: &RunArgs) -> Result<LoadLimits, ConfigError> {
         udp_timeout_secs: args.udp_timeout,
         nat_ports: args.nat_ports,
     };
-    let slots = (limits.max_services as u64 + lb_common::SPARE_RINGS as u64) * limits.ring_size as u64;
-    if slots > u32::MAX as u64 / 4 {
+    let rings = lb_common::ring_pool::rings(limits.max_services);
+    if lb_common::ring_pool::elements(rings, limits.ring_size).is_none() {
         return Err(ConfigError::RingPoolTooLarge { max_services: limits.max_services, ring_size: limits.ring_size });
     }
     Ok(limits)

@@ -15,6 +15,7 @@ pub use config::{AgentConfig, ConfigError};
 
 use crate::{
     dataplane::{loader, pinned::PinnedMaps},
+    neighbours::NeighbourResolver,
     reconcile,
     status::{AgentStatus, UplinkStatus},
 };
@@ -29,6 +30,8 @@ pub fn start(config: AgentConfig) -> Result<()> {
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
 
+    // Netlink sockets belong to the namespace they are opened in: this one is the agent's.
+    let neighbours = NeighbourResolver::new()?;
     let mut dataplane = PinnedMaps::new(config.pin_dir());
     reconcile::sync_uplinks(&config.uplinks, &mut dataplane)?;
     let status = AgentStatus {
@@ -38,7 +41,7 @@ pub fn start(config: AgentConfig) -> Result<()> {
             .ingress
             .iter()
             .zip(&config.uplinks)
-            .map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: hook.to_string() })
+            .map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: *hook })
             .collect(),
         ..AgentStatus::default()
     };
@@ -49,7 +52,8 @@ pub fn start(config: AgentConfig) -> Result<()> {
         config.uplinks.clone(),
         config.static_services,
         status,
-    );
+    )
+    .with_neighbours(neighbours);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(agent.serve(config.services_file.as_deref(), marathon))?;
     drop(loaded);

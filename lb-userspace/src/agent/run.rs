@@ -14,6 +14,7 @@ use crate::{
     dataplane::Dataplane,
     marathon::model::{parse_apps, translate},
     model::Desired,
+    neighbours::NeighbourResolver,
     node_addrs,
     reconcile::{self, Reconciler},
     services_file,
@@ -31,8 +32,9 @@ pub struct Agent<D: Dataplane> {
     /// None until Marathon has answered once.
     marathon_services: Option<Desired>,
     pub status: AgentStatus,
-    /// Backend addresses whose neighbours were already asked for.
-    warmed: BTreeSet<IpAddr>,
+    /// Asks the kernel to resolve the next hops of backends behind uplinks (full NAT can only
+    /// forward to resolved neighbours). None in the host tests.
+    neighbours: Option<NeighbourResolver>,
     /// Whether to write the status file (the host tests do not).
     write_status_file: bool,
 }
@@ -48,9 +50,14 @@ impl<D: Dataplane> Agent<D> {
             static_services,
             marathon_services: None,
             status,
-            warmed: BTreeSet::new(),
+            neighbours: None,
             write_status_file: true,
         }
+    }
+
+    pub fn with_neighbours(mut self, resolver: NeighbourResolver) -> Self {
+        self.neighbours = Some(resolver);
+        self
     }
 
     /// Programs the services file's services plus Marathon's (Marathon wins a clash); service
@@ -75,8 +82,13 @@ impl<D: Dataplane> Agent<D> {
         for failure in &report.failed {
             error!("{failure}");
         }
-        if !self.uplinks.is_empty() {
-            self.warmed = warm_neighbours(&desired, std::mem::take(&mut self.warmed));
+        if let Some(resolver) = &mut self.neighbours {
+            let backends: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
+            match resolver.request(&backends, &self.uplinks) {
+                Ok(sent) if sent > 0 => debug!(sent, "asked the kernel to resolve backends' next hops"),
+                Ok(_) => {}
+                Err(err) => warn!("resolving backends' next hops: {}", crate::error_chain(&err)),
+            }
         }
         self.status.services = desired.len();
         self.write_status();
@@ -102,7 +114,7 @@ impl<D: Dataplane> Agent<D> {
                     error!("applying {}: {err:#}", path.display());
                 }
             }
-            Err(err) => error!("{err}; keeping the services already programmed"),
+            Err(err) => error!("{}; keeping the services already programmed", crate::error_chain(&err)),
         }
     }
 
@@ -114,7 +126,7 @@ impl<D: Dataplane> Agent<D> {
         status.urls = m.client.urls().to_vec();
         let body = match m.client.apps().await {
             Ok(body) => body,
-            Err(err) => return self.marathon_failed(err.to_string(), m),
+            Err(err) => return self.marathon_failed(crate::error_chain(&err), m),
         };
         let fetched = started.elapsed();
         let (apps, parse_errors) = match parse_apps(&body) {
@@ -245,21 +257,6 @@ impl<D: Dataplane> Agent<D> {
             }
         }
     }
-}
-
-/// Sends one empty datagram to the discard port of every backend not sent one before, so that
-/// the kernel resolves the next hop's link-layer address: XDP can only forward to resolved
-/// neighbours (full NAT); the kernel keeps them fresh while traffic flows. Returns the
-/// addresses of the current backends.
-fn warm_neighbours(desired: &Desired, warmed: BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
-    let backends: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
-    for addr in backends.difference(&warmed) {
-        let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        if let Ok(sock) = std::net::UdpSocket::bind(bind) {
-            let _ = sock.send_to(&[], (*addr, 9));
-        }
-    }
-    backends
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    reasons, BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
-    TrafficCounters, SPARE_RINGS,
+    reasons, ring_pool, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
+    TrafficCounters,
 };
 
 use super::{Dataplane, DataplaneError, IfaceStat, Limits};
@@ -13,7 +13,7 @@ use super::{Dataplane, DataplaneError, IfaceStat, Limits};
 pub struct FakeDataplane {
     pub limits: Limits,
     /// Per-CPU counters by (ifindex, hook), as the kernel would keep them.
-    pub iface_counters: BTreeMap<(u32, u32), Vec<IfaceCounters>>,
+    pub iface_counters: BTreeMap<(u32, Hook), Vec<IfaceCounters>>,
     pub verdicts: Vec<u64>,
     pub service_stats: BTreeMap<u32, TrafficCounters>,
     pub backend_stats: BTreeMap<u32, TrafficCounters>,
@@ -32,7 +32,7 @@ pub struct FakeDataplane {
 impl FakeDataplane {
     /// A fake with small limits (rings of `ring_size` slots).
     pub fn new(max_services: u32, max_backends: u32, ring_size: u32) -> Self {
-        let rings = max_services + SPARE_RINGS;
+        let rings = ring_pool::rings(max_services);
         Self {
             limits: Limits { ring_size, max_services, rings, max_backends },
             iface_counters: BTreeMap::new(),

@@ -14,7 +14,7 @@ use std::{
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_UPDATE: libc::c_long = 20;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
 /// `union bpf_attr` for BPF_OBJ_GET.
 #[repr(C)]

@@ -22,7 +22,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use lb_common::{names, Settings};
+use lb_common::{names, ring_pool, Hook, Settings};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -125,14 +125,9 @@ impl Default for LoadLimits {
 /// attached.
 pub struct Loaded {
     pub ebpf: Ebpf,
-    /// (uplink, the ingress hook balancing on it: `xdp` or `tc_ingress`), in plan order.
-    pub ingress: Vec<(String, &'static str)>,
+    /// (uplink, the hook balancing on its ingress), in plan order.
+    pub ingress: Vec<(String, Hook)>,
 }
-
-/// Hooks attached per uplink, with the pin name of their link.
-const XDP_HOOK: &str = "xdp";
-const TC_INGRESS_HOOK: &str = "tc_ingress";
-const TC_EGRESS_HOOK: &str = "tc_egress";
 
 /// Loads, attaches and pins according to `plan`; where a link is already pinned (a restart),
 /// its program is replaced in place. On error, everything this call changed is undone: new pins
@@ -177,7 +172,7 @@ fn bring_up_tracked(plan: &AttachPlan, changes: &mut Changes) -> Result<Loaded, 
 /// Attaches the ingress balancer `plan.ingress_hook` asks for to `iface`. One balancer per
 /// uplink: a restart that picks the other hook attaches it first, then unpins the old one, so no
 /// packet goes unbalanced in between.
-fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, changes: &mut Changes) -> Result<&'static str, LoaderError> {
+fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, changes: &mut Changes) -> Result<Hook, LoaderError> {
     let preferred = match plan.ingress_hook {
         IngressHook::Auto if preflight::interface_driver(iface).as_deref() == Some("veth") => IngressHook::Tc,
         other => other,
@@ -195,28 +190,28 @@ fn attach_ingress(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, changes: &mut
     };
     // The other hook's link, if an earlier agent balanced there, goes once this start has
     // succeeded (a failed start must leave it attached).
-    let replaced = if attached == XDP_HOOK { TC_INGRESS_HOOK } else { XDP_HOOK };
-    let stale = link_pin(&plan.pin_dir, replaced, iface);
+    let replaced = if attached == Hook::XdpIngress { Hook::TcIngress } else { Hook::XdpIngress };
+    let stale = link_pin(&plan.pin_dir, replaced.pin_name(), iface);
     if stale.exists() {
         changes.superseded.push(stale);
     }
     Ok(attached)
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, changes: &mut Changes) -> Result<&'static str, LoaderError> {
+fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, changes: &mut Changes) -> Result<Hook, LoaderError> {
     let xdp: &mut Xdp = program(ebpf, names::PROG_XDP)?;
     if xdp.fd().is_err() {
         xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
     }
-    let pin = link_pin(&plan.pin_dir, XDP_HOOK, iface);
+    let pin = link_pin(&plan.pin_dir, Hook::XdpIngress.pin_name(), iface);
     if !replace_if_pinned(&pin, program_fd(xdp.fd(), names::PROG_XDP)?, changes)? {
-        let err = attach_error(XDP_HOOK, iface);
+        let err = attach_error(Hook::XdpIngress.name(), iface);
         let id = xdp.attach(iface, mode).map_err(err)?;
         let link = xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
         pin_link(link, &pin, changes)?;
-        info!(hook = XDP_HOOK, iface, "attached");
+        info!(hook = %Hook::XdpIngress, iface, "attached");
     }
-    Ok(XDP_HOOK)
+    Ok(Hook::XdpIngress)
 }
 
 /// Attaches the TC (TCX) program of `direction` to `iface`: the balancer on ingress, the reply
@@ -227,22 +222,22 @@ fn attach_tc(
     iface: &str,
     direction: TcAttachType,
     changes: &mut Changes,
-) -> Result<&'static str, LoaderError> {
+) -> Result<Hook, LoaderError> {
     let (name, hook) = match direction {
-        TcAttachType::Ingress => (names::PROG_TC_INGRESS, TC_INGRESS_HOOK),
-        _ => (names::PROG_TC_EGRESS, TC_EGRESS_HOOK),
+        TcAttachType::Ingress => (names::PROG_TC_INGRESS, Hook::TcIngress),
+        _ => (names::PROG_TC_EGRESS, Hook::TcEgress),
     };
     let tc: &mut SchedClassifier = program(ebpf, name)?;
     if tc.fd().is_err() {
         tc.load().map_err(|source| LoaderError::Program { name, source })?;
     }
-    let pin = link_pin(&plan.pin_dir, hook, iface);
+    let pin = link_pin(&plan.pin_dir, hook.pin_name(), iface);
     if !replace_if_pinned(&pin, program_fd(tc.fd(), name)?, changes)? {
-        let err = attach_error(hook, iface);
+        let err = attach_error(hook.name(), iface);
         let id = tc.attach(iface, direction).map_err(err)?;
         let link = tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
         pin_link(link, &pin, changes)?;
-        info!(hook, iface, "attached");
+        info!(hook = %hook, iface, "attached");
     }
     Ok(hook)
 }
@@ -294,8 +289,8 @@ fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, changes: &mut Changes
 
 /// Entries each sized map gets for `limits`, with the flag that sets it.
 fn map_sizes(limits: &LoadLimits) -> Vec<(&'static str, u32, &'static str)> {
-    // Two u32 ring slots per u64 element (see RINGS in lb-ebpf/src/maps.rs).
-    let ring_elements = ((limits.max_services + lb_common::SPARE_RINGS) * limits.ring_size).div_ceil(2);
+    // Validated by the agent's configuration (AgentConfig): the pool fits its map.
+    let ring_elements = ring_pool::elements(ring_pool::rings(limits.max_services), limits.ring_size).unwrap_or(u32::MAX);
     let mut sizes = vec![(names::MAP_RINGS, ring_elements, "--max-services × --ring-size")];
     for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
         sizes.push((map, limits.max_services, "--max-services"));
@@ -390,7 +385,7 @@ pub fn attach_xdp_pass(iface: &str) -> Result<Ebpf, LoaderError> {
     let prog: &mut Xdp = program(&mut ebpf, "lb_xdp_pass")?;
     prog.load().map_err(|source| LoaderError::Program { name: "lb_xdp_pass", source })?;
     prog.attach(iface, XdpMode::Default)
-        .map_err(|source| LoaderError::Attach { hook: XDP_HOOK, iface: iface.to_owned(), source })?;
+        .map_err(|source| LoaderError::Attach { hook: Hook::XdpIngress.name(), iface: iface.to_owned(), source })?;
     Ok(ebpf)
 }
 

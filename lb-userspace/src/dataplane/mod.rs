@@ -8,10 +8,7 @@ pub mod pinned;
 
 use std::path::PathBuf;
 
-use lb_common::{
-    BackendInfo, FlowInfo, FlowKey, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters,
-    HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP_INGRESS,
-};
+use lb_common::{BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -22,10 +19,23 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 pub enum DataplaneError {
     #[error("map {name} is not pinned at {path}: is the agent loaded (lb run) with this --pin-dir?")]
     NotPinned { name: &'static str, path: PathBuf },
-    #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("map {name} at {path}: permission denied: run as root (lb reads BPF maps)")]
+    PermissionDenied { name: &'static str, path: PathBuf },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("map {name}: {detail}")]
     Layout { name: &'static str, detail: String },
+    #[error("map {name}: mapping ring {ring} into memory (maps created without BPF_F_MMAPABLE?)")]
+    Mmap {
+        name: &'static str,
+        ring: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} exhausted: all {limit} in use (raise the limit with {flag})")]
     Full { what: &'static str, limit: u32, flag: &'static str },
 }
@@ -44,44 +54,14 @@ pub struct Limits {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct IfaceStat {
     pub ifindex: u32,
-    pub hook: HookName,
+    pub hook: Hook,
     pub packets: u64,
     pub bytes: u64,
 }
 
-/// Which program counted a packet, as operators read it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HookName {
-    XdpIngress,
-    TcIngress,
-    TcEgress,
-    Unknown,
-}
-
-impl HookName {
-    pub fn from_raw(hook: u32) -> Self {
-        match hook {
-            HOOK_XDP_INGRESS => Self::XdpIngress,
-            HOOK_TC_INGRESS => Self::TcIngress,
-            HOOK_TC_EGRESS => Self::TcEgress,
-            _ => Self::Unknown,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::XdpIngress => "xdp_ingress",
-            Self::TcIngress => "tc_ingress",
-            Self::TcEgress => "tc_egress",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
 impl IfaceStat {
-    pub fn new(ifindex: u32, hook: u32, counters: IfaceCounters) -> Self {
-        Self { ifindex, hook: HookName::from_raw(hook), packets: counters.packets, bytes: counters.bytes }
+    pub fn new(ifindex: u32, hook: Hook, counters: IfaceCounters) -> Self {
+        Self { ifindex, hook, packets: counters.packets, bytes: counters.bytes }
     }
 }
 
@@ -91,7 +71,7 @@ pub trait Dataplane {
 
     /// Per-interface counters, sorted by (ifindex, hook).
     fn iface_stats(&self) -> Result<Vec<IfaceStat>, DataplaneError>;
-    /// Packets per outcome, indexed by `lb_common::reasons`.
+    /// Packets per outcome, indexed by `lb_common::Reason as usize`.
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError>;
     fn service_stats(&self, service_id: u32) -> Result<TrafficCounters, DataplaneError>;
     fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters, DataplaneError>;
@@ -128,4 +108,17 @@ pub trait Dataplane {
 
     /// Entries of the flow table (at most `limit`).
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>, DataplaneError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::Hook;
+
+    #[test]
+    fn hooks_serialize_as_the_name_operators_read() {
+        for hook in Hook::ALL {
+            assert_eq!(serde_json::to_value(hook).unwrap(), hook.name());
+            assert_eq!(serde_json::from_value::<Hook>(hook.name().into()).unwrap(), hook);
+        }
+    }
 }

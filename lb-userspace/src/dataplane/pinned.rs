@@ -7,10 +7,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    sys::SyscallError,
+};
 use lb_common::{
-    names, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, ServiceName,
-    TrafficCounters, SERVICE_NAME_LEN, SPARE_RINGS,
+    names, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
+    ServiceName, TrafficCounters, SERVICE_NAME_LEN,
 };
 
 use super::{Dataplane, DataplaneError, IfaceStat, Limits};
@@ -22,7 +25,9 @@ pub fn pin_name(map: &str) -> String {
 
 pub struct PinnedMaps {
     pin_dir: PathBuf,
-    rings: OnceCell<MapData>,
+    /// The maps of `names::PINNED_MAPS`, in that order, each opened from its pin at first use and
+    /// kept: one BPF_OBJ_GET per map for the life of this value, not one per call.
+    opened: [OnceCell<Map>; names::PINNED_MAPS.len()],
     limits: OnceCell<Limits>,
 }
 
@@ -32,51 +37,107 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
+/// Whether opening a pin failed for lack of privileges (bpffs is root-only, BPF_OBJ_GET needs
+/// CAP_BPF).
+fn is_permission_error(err: &MapError) -> bool {
+    matches!(err, MapError::SyscallError(SyscallError { io_error, .. })
+        if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
+}
+
 impl PinnedMaps {
     pub fn new(pin_dir: &Path) -> Self {
-        Self { pin_dir: pin_dir.to_owned(), rings: OnceCell::new(), limits: OnceCell::new() }
+        Self { pin_dir: pin_dir.to_owned(), opened: std::array::from_fn(|_| OnceCell::new()), limits: OnceCell::new() }
     }
 
-    fn open(&self, name: &'static str) -> Result<MapData> {
+    /// Position of `name` in `opened`.
+    fn slot(name: &'static str) -> usize {
+        names::PINNED_MAPS.iter().position(|pinned| *pinned == name).expect("every map read here is one the agent pins")
+    }
+
+    /// Opens the pin of `name`.
+    fn open(&self, name: &'static str) -> Result<Map> {
         let path = self.pin_dir.join(pin_name(name));
-        if !path.exists() {
-            return Err(DataplaneError::NotPinned { name, path });
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DataplaneError::NotPinned { name, path }),
+            // bpffs is usually mode 0700: a user cannot even see whether the pin exists.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(DataplaneError::PermissionDenied { name, path })
+            }
+            // Anything else is reported by BPF_OBJ_GET below, with its own cause.
+            _ => {}
         }
-        MapData::from_pin(&path).map_err(map_err(name))
+        let data = MapData::from_pin(&path).map_err(|source| {
+            if is_permission_error(&source) {
+                DataplaneError::PermissionDenied { name, path: path.clone() }
+            } else {
+                DataplaneError::Map { name, source }
+            }
+        })?;
+        Map::from_map_data(data).map_err(map_err(name))
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<HashMap<MapData, K, V>> {
-        let data = self.open(name)?;
-        // The typed wrappers only check the map type they were handed; every hash flavour
-        // shares the element API.
-        HashMap::try_from(Map::HashMap(data)).map_err(map_err(name))
+    /// The map `name`, opened at first use.
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        let cell = &self.opened[Self::slot(name)];
+        if let Some(map) = cell.get() {
+            return Ok(map);
+        }
+        let map = self.open(name)?;
+        Ok(cell.get_or_init(|| map))
     }
 
-    fn array<V: aya::Pod>(&self, name: &'static str) -> Result<Array<MapData, V>> {
-        Array::try_from(Map::Array(self.open(name)?)).map_err(map_err(name))
+    /// The map `name`, opened at first use, for writing.
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.map(name)?;
+        Ok(self.opened[Self::slot(name)].get_mut().expect("opened by map() just above"))
     }
 
-    fn per_cpu_array<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<MapData, V>> {
-        PerCpuArray::try_from(Map::PerCpuArray(self.open(name)?)).map_err(map_err(name))
+    /// The kernel object of `name`, for what the typed wrappers do not offer (info, mmap).
+    fn data(&self, name: &'static str) -> Result<&MapData> {
+        match self.map(name)? {
+            Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => Ok(data),
+            _ => Err(DataplaneError::Layout { name, detail: "not a hash or array map".into() }),
+        }
+    }
+
+    // The typed wrappers only check the map type they are handed: every hash flavour (LRU
+    // included) shares the element API.
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<HashMap<&MapData, K, V>> {
+        HashMap::try_from(self.map(name)?).map_err(map_err(name))
+    }
+
+    fn hash_mut<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>> {
+        HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    fn array<V: aya::Pod>(&self, name: &'static str) -> Result<Array<&MapData, V>> {
+        Array::try_from(self.map(name)?).map_err(map_err(name))
+    }
+
+    fn array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>> {
+        Array::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    fn per_cpu_array<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, V>> {
+        PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))
+    }
+
+    fn per_cpu_array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<PerCpuArray<&mut MapData, V>> {
+        PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
     fn max_entries(&self, name: &'static str) -> Result<u32> {
-        Ok(self.open(name)?.info().map_err(map_err(name))?.max_entries())
+        Ok(self.data(name)?.info().map_err(map_err(name))?.max_entries())
     }
 
     fn read_limits(&self) -> Result<Limits> {
         let max_services = self.max_entries(names::MAP_SERVICES)?;
-        let rings = max_services + SPARE_RINGS;
-        // Two u32 slots per u64 element, rounded up: the pool holds rings × ring_size slots
-        // plus at most one.
-        let slots = self.max_entries(names::MAP_RINGS)? * 2;
-        let ring_size = slots / rings;
-        if slots - ring_size * rings > 1 {
-            return Err(DataplaneError::Layout {
-                name: names::MAP_RINGS,
-                detail: format!("{slots} slots is not a whole number of rings for {rings} rings"),
-            });
-        }
+        let rings = ring_pool::rings(max_services);
+        let elements = self.max_entries(names::MAP_RINGS)?;
+        let ring_size = ring_pool::ring_size(elements, rings).ok_or_else(|| DataplaneError::Layout {
+            name: names::MAP_RINGS,
+            detail: format!("{elements} elements is not a pool of {rings} rings"),
+        })?;
         Ok(Limits { ring_size, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
     }
 
@@ -91,21 +152,12 @@ impl PinnedMaps {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map { name, source: MapError::from(e) })?;
         let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
             .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
-        self.per_cpu_array::<TrafficCounters>(name)?.set(index, zeros, 0).map_err(map_err(name))
-    }
-
-    /// The RINGS map, opened once.
-    fn rings(&self) -> Result<&MapData> {
-        if let Some(map) = self.rings.get() {
-            return Ok(map);
-        }
-        let map = self.open(names::MAP_RINGS)?;
-        Ok(self.rings.get_or_init(|| map))
+        self.per_cpu_array_mut::<TrafficCounters>(name)?.set(index, zeros, 0).map_err(map_err(name))
     }
 }
 
 fn hash_entries<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
+    map: &HashMap<&MapData, K, V>,
     name: &'static str,
     limit: usize,
 ) -> Result<Vec<(K, V)>> {
@@ -179,12 +231,12 @@ impl Dataplane for PinnedMaps {
     }
 
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
-        let mut map = self.hash::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
+        let mut map = self.hash_mut::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
         map.insert(key, info, 0).map_err(map_err(names::MAP_SERVICES))
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let mut map = self.hash::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
+        let mut map = self.hash_mut::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
         match map.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::MAP_SERVICES)(e)),
@@ -207,7 +259,7 @@ impl Dataplane for PinnedMaps {
             len -= 1;
         }
         raw.name[..len].copy_from_slice(&text.as_bytes()[..len]);
-        self.array::<ServiceName>(name)?.set(service_id, raw, 0).map_err(map_err(name))
+        self.array_mut::<ServiceName>(name)?.set(service_id, raw, 0).map_err(map_err(name))
     }
 
     fn backends(&self) -> Result<Vec<BackendInfo>> {
@@ -217,30 +269,34 @@ impl Dataplane for PinnedMaps {
 
     fn set_backend(&mut self, backend_id: u32, info: &BackendInfo) -> Result<()> {
         let name = names::MAP_BACKENDS;
-        self.array::<BackendInfo>(name)?.set(backend_id, info, 0).map_err(map_err(name))
+        self.array_mut::<BackendInfo>(name)?.set(backend_id, info, 0).map_err(map_err(name))
     }
 
     fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<()> {
-        let ring_size = self.limits()?.ring_size;
-        if ring.len() != ring_size as usize {
+        let limits = self.limits()?;
+        if ring.len() != limits.ring_size as usize {
             return Err(DataplaneError::Layout {
                 name: names::MAP_RINGS,
-                detail: format!("ring of {} entries, maps have {ring_size}", ring.len()),
+                detail: format!("ring of {} entries, maps have {}", ring.len(), limits.ring_size),
             });
         }
-        let window = RingWindow::open(self.rings()?, index, ring_size)?;
-        // SAFETY: the window holds ring_size slots; the kernel reads them only once a service
-        // points at this ring, which happens after this copy.
+        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, index)?;
+        // SAFETY: the window maps ring_size writable, u32-aligned slots and `ring` has exactly
+        // ring_size entries (checked above); `ring` is this process's memory and the window a
+        // fresh mapping, so they do not overlap. The kernel reads these slots only once a
+        // service points at this ring, which happens after this copy.
         unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), window.ring, ring.len()) };
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
     fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
-        let ring_size = self.limits()?.ring_size;
-        let window = RingWindow::open(self.rings()?, index, ring_size)?;
-        // SAFETY: the window holds ring_size slots.
-        Ok(unsafe { std::slice::from_raw_parts(window.ring, ring_size as usize) }.to_vec())
+        let limits = self.limits()?;
+        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, index)?;
+        // SAFETY: the window maps the ring's ring_size slots, readable and u32-aligned (a ring
+        // starts at a multiple of 4 bytes into a page-aligned mapping), and stays mapped until
+        // `window` drops after the copy. The kernel never writes rings.
+        Ok(unsafe { std::slice::from_raw_parts(window.ring, limits.ring_size as usize) }.to_vec())
     }
 
     fn service_port_words(&self) -> Result<Vec<u64>> {
@@ -250,7 +306,7 @@ impl Dataplane for PinnedMaps {
 
     fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<()> {
         let name = names::MAP_SERVICE_PORTS;
-        self.array::<u64>(name)?.set(index, word, 0).map_err(map_err(name))
+        self.array_mut::<u64>(name)?.set(index, word, 0).map_err(map_err(name))
     }
 
     fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {
@@ -259,12 +315,12 @@ impl Dataplane for PinnedMaps {
     }
 
     fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
-        let mut map = self.hash::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
+        let mut map = self.hash_mut::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
         map.insert(addr, 1, 0).map_err(map_err(names::MAP_NODE_ADDRS))
     }
 
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
-        let mut map = self.hash::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
+        let mut map = self.hash_mut::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
         match map.remove(addr) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::MAP_NODE_ADDRS)(e)),
@@ -277,12 +333,12 @@ impl Dataplane for PinnedMaps {
     }
 
     fn add_uplink(&mut self, ifindex: u32) -> Result<()> {
-        let mut map = self.hash::<u32, u32>(names::MAP_UPLINKS)?;
+        let mut map = self.hash_mut::<u32, u32>(names::MAP_UPLINKS)?;
         map.insert(ifindex, 1, 0).map_err(map_err(names::MAP_UPLINKS))
     }
 
     fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {
-        let mut map = self.hash::<u32, u32>(names::MAP_UPLINKS)?;
+        let mut map = self.hash_mut::<u32, u32>(names::MAP_UPLINKS)?;
         match map.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::MAP_UPLINKS)(e)),
@@ -309,22 +365,22 @@ struct RingWindow {
 }
 
 impl RingWindow {
-    fn open(map: &MapData, index: u32, ring_size: u32) -> Result<Self> {
+    fn open(map: &MapData, limits: &Limits, index: u32) -> Result<Self> {
         let name = names::MAP_RINGS;
-        let elements = map.info().map_err(map_err(name))?.max_entries() as usize;
-        // Seen from here the pool is one array of u32 slots (two per u64 element, low first on
-        // this little-endian host, matching the kernel's split).
-        let pool_bytes = elements * std::mem::size_of::<u64>();
-        let start = index as usize * ring_size as usize * std::mem::size_of::<u32>();
-        let end = start + ring_size as usize * std::mem::size_of::<u32>();
-        if end > pool_bytes {
-            return Err(DataplaneError::Layout { name, detail: format!("ring {index} is out of range") });
+        // The maps were checked to hold exactly `limits.rings` rings (read_limits), so a ring
+        // index in range is a byte range inside the pool.
+        if index >= limits.rings {
+            return Err(DataplaneError::Layout { name, detail: format!("ring {index} is out of range ({} rings)", limits.rings) });
         }
-        // SAFETY: sysconf has no preconditions.
+        let bytes = ring_pool::ring_bytes(index, limits.ring_size);
+        let (start, end) = (bytes.start as usize, bytes.end as usize);
+        // SAFETY: sysconf has no memory-safety preconditions; _SC_PAGESIZE is always defined.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let offset = start / page * page;
         let len = end - offset;
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array fd, within its size.
+        // SAFETY: a new shared mapping (null hint: the kernel picks the address, so no existing
+        // memory is replaced) of a BPF_F_MMAPABLE array fd, `offset` page-aligned and
+        // `offset + len` within the pool (checked above); failure is reported as MAP_FAILED.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -336,12 +392,9 @@ impl RingWindow {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(DataplaneError::Layout {
-                name,
-                detail: format!("mmap failed: {} (created without BPF_F_MMAPABLE?)", std::io::Error::last_os_error()),
-            });
+            return Err(DataplaneError::Mmap { name, ring: index, source: std::io::Error::last_os_error() });
         }
-        // SAFETY: start - offset < len, inside the mapping.
+        // SAFETY: start - offset < len, so the result points inside the mapping just created.
         let ring = unsafe { base.cast::<u8>().add(start - offset).cast::<u32>() };
         Ok(Self { base, len, ring })
     }
@@ -349,7 +402,8 @@ impl RingWindow {
 
 impl Drop for RingWindow {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what open() mapped.
+        // SAFETY: base and len are exactly what open() mapped, and no slice of the window
+        // outlives it (read_ring copies out, write_ring copies in, both before the drop).
         unsafe { libc::munmap(self.base, self.len) };
     }
 }

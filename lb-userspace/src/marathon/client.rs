@@ -10,13 +10,13 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("{url}: {source}")]
+    #[error("{url}")]
     Transport { url: String, source: reqwest::Error },
     #[error("{url}: HTTP {status}")]
     Status { url: String, status: StatusCode },
     #[error("{url}: more than {MAX_REDIRECTS} redirects")]
     Redirects { url: String },
-    #[error("{url}: reading the body: {source}")]
+    #[error("{url}: reading the body")]
     Body { url: String, source: reqwest::Error },
     #[error("no Marathon URL answered: {0}")]
     AllFailed(String),
@@ -139,7 +139,7 @@ impl MarathonClient {
                     self.preferred = i;
                     return Ok(apps);
                 }
-                Err(err) => errors.push(err.to_string()),
+                Err(err) => errors.push(crate::error_chain(&err)),
             }
         }
         Err(ClientError::AllFailed(errors.join("; ")))

@@ -75,7 +75,7 @@ impl EventWatch {
                         return Signal::Relist;
                     }
                     Err(err) => {
-                        warn!("event stream: {err}");
+                        warn!("event stream: {}", crate::error_chain(&err));
                         self.retry_at = Instant::now() + self.backoff;
                         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                         return Signal::Lost;
@@ -94,7 +94,7 @@ impl EventWatch {
                     }
                 }
                 Ok(Some(Err(err))) => {
-                    self.disconnect(&format!("failed: {err}"));
+                    self.disconnect(&format!("failed: {}", crate::error_chain(&err)));
                     return Signal::Lost;
                 }
                 Ok(None) => {

@@ -17,8 +17,9 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb::dataplane::loader::{self, LoadLimits};
+use lb_common::Hook;
 use lb_tests::{
-    fixture::{counter_deltas, counter_snapshot, Fixture, Hook, XDP_PASS},
+    fixture::{counter_deltas, counter_snapshot, expected_verdict, Fixture, XDP_PASS},
     packet::{tcp, udp, v4, v6, ACK, SYN},
 };
 use serde_json::json;
@@ -52,7 +53,7 @@ fn parse_args() -> Result<Config> {
             "--markdown" => c.markdown = Some(value()?),
             "--profile" => {
                 c.profile = Some(match value()?.as_str() {
-                    "xdp" => Profile::Established(Hook::Xdp),
+                    "xdp" => Profile::Established(Hook::XdpIngress),
                     "tc" => Profile::Established(Hook::TcIngress),
                     "new" => Profile::NewFlows,
                     other => bail!("--profile {other}: xdp, tc (established TCP flow on that hook) or new (new flows)"),
@@ -145,12 +146,12 @@ fn established(cfg: &Config, name: &str, services: &str, frame: Vec<u8>, hook: H
     // Two runs create the two flows (A and, after the rewrite, B); from then on every
     // repetition is an established hit.
     let (verdict, _, _) = f.timed_run(&frame, 2)?;
-    ensure!(verdict == hook.expected_verdict(XDP_PASS), "{name}: verdict {verdict}");
+    ensure!(verdict == expected_verdict(hook, XDP_PASS), "{name}: verdict {verdict}");
     Ok((name.to_string(), repeat_scenario(cfg, &mut f, &frame, "fwd_local")?))
 }
 
 fn new_flows(cfg: &Config) -> Result<Figure> {
-    let mut f = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, max_flows: 1 << 20, ..LoadLimits::default() })?;
+    let mut f = Fixture::load_with(Hook::XdpIngress, LoadLimits { max_services: 8, max_flows: 1 << 20, ..LoadLimits::default() })?;
     let backends: Vec<String> = (1..=16).map(|i| format!(r#"{{"address":"10.1.0.{i}","port":31000}}"#)).collect();
     f.apply(&format!(r#"{{"services":[{{"name":"web","address":"10.0.0.1","port":80,"backends":[{}]}}]}}"#, backends.join(",")), &[])?;
     let before = counter_snapshot(&f.pins)?;
@@ -199,7 +200,7 @@ fn main() -> Result<()> {
     if let Some(profile) = cfg.profile {
         let (name, fig) = match profile {
             Profile::Established(hook) => {
-                established(&cfg, &format!("established TCP flow on {hook:?}"), &mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), hook)?
+                established(&cfg, &format!("established TCP flow on {hook}"), &mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), hook)?
             }
             Profile::NewFlows => ("new TCP flows".to_string(), new_flows(&cfg)?),
         };
@@ -210,13 +211,13 @@ fn main() -> Result<()> {
     let (floor_repeat, floor_calls) = floor(&cfg, &probe)?;
 
     let mut rows: Vec<(String, &str, Figure, Figure)> = Vec::new();
-    let mut miss = Fixture::load_with(Hook::Xdp, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
+    let mut miss = Fixture::load_with(Hook::XdpIngress, LoadLimits { max_services: 8, ..LoadLimits::default() })?;
     miss.apply(&mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), &[])?;
     rows.push(("not a service (miss)".into(), "repeat", repeat_scenario(&cfg, &mut miss, &probe, "not_service")?, floor_repeat));
     for (name, services, frame, hook) in [
-        ("established TCP flow", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), Hook::Xdp),
-        ("established UDP flow", mirrored("10.0.0.1", "10.0.0.2", 53, 5353, "udp"), udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 53), &[0u8; 18]), Hook::Xdp),
-        ("established IPv6 TCP flow", mirrored("fd00::1", "fd00::2", 80, 8080, "tcp"), tcp((v6("fd00:9::1"), 40000), (v6("fd00::1"), 80), ACK, &[0u8; 6]), Hook::Xdp),
+        ("established TCP flow", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), Hook::XdpIngress),
+        ("established UDP flow", mirrored("10.0.0.1", "10.0.0.2", 53, 5353, "udp"), udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 53), &[0u8; 18]), Hook::XdpIngress),
+        ("established IPv6 TCP flow", mirrored("fd00::1", "fd00::2", 80, 8080, "tcp"), tcp((v6("fd00:9::1"), 40000), (v6("fd00::1"), 80), ACK, &[0u8; 6]), Hook::XdpIngress),
         ("established TCP flow, TC ingress (skb)", mirrored("10.0.0.1", "10.0.0.2", 80, 8080, "tcp"), tcp_flow(), Hook::TcIngress),
     ] {
         let (name, fig) = established(&cfg, name, &services, frame, hook)?;

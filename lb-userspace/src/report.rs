@@ -115,6 +115,8 @@ pub struct FlowView {
     /// The pinned backend, or null when its backend is gone (the next packet re-balances).
     pub backend: Option<String>,
     pub backend_port: Option<u16>,
+    /// Full NAT: the source port this node uses towards the backend (null for local backends).
+    pub nat_port: Option<u16>,
 }
 
 pub fn flows(dp: &dyn Dataplane, limit: usize) -> Result<Vec<FlowView>> {
@@ -134,6 +136,7 @@ pub fn flows(dp: &dyn Dataplane, limit: usize) -> Result<Vec<FlowView>> {
             protocol: Proto::from_number(key.proto).map(|p| p.as_str().to_string()).unwrap_or_else(|| key.proto.to_string()),
             backend: backend.map(|(ip, _)| ip.to_string()),
             backend_port: backend.map(|(_, port)| port),
+            nat_port: (info.kind == lb_common::FLOW_NAT).then_some(info.nat_port),
         });
     }
     Ok(out)

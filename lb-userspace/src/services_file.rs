@@ -310,7 +310,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(text, "svc.json").unwrap_err().to_string()
+        crate::error_chain(&parse(text, "svc.json").unwrap_err())
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{lb, lb_bin, lb_ok, Agent, PinDir, TestCgroup},
+    agent::{lb, lb_bin, lb_ok, Agent, PinDir, TempFile, TestCgroup},
     netns::ClientNode,
 };
 use serde_json::Value;
@@ -79,11 +79,17 @@ fn uplink_packets(topo: &ClientNode, pins: &PinDir) -> (u64, u64) {
     (get("tc_ingress"), get("tc_egress"))
 }
 
+/// A services file with no services: the data path loaded, nothing balanced yet.
+fn no_services() -> TempFile {
+    TempFile::new(r#"{"services":[]}"#).unwrap()
+}
+
 #[test]
 fn counts_real_packets_on_a_veth_in_a_namespace() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
-    let agent = Agent::start(&topo.node, &["--iface", &topo.node_if, "--pin-dir", &pins.arg()]).unwrap();
+    let none = no_services();
+    let agent = Agent::start(&topo.node, &["--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", &none.arg()]).unwrap();
 
     assert_eq!(udp_echo_round(&topo, 50), 50);
     let (ingress, egress) = uplink_packets(&topo, &pins);
@@ -107,7 +113,8 @@ fn counts_real_packets_on_a_veth_in_a_namespace() {
 fn restart_keeps_programs_attached_and_counters() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
-    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg()];
+    let none = no_services();
+    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--services", &none.arg()];
     let agent = Agent::start(&topo.node, &args).unwrap();
     assert_eq!(udp_echo_round(&topo, 20), 20);
     let status = agent.stop().unwrap();
@@ -135,7 +142,8 @@ fn down_detaches_and_unpins_everything() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
     let cgroup = TestCgroup::new().unwrap();
-    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg()];
+    let none = no_services();
+    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg(), "--services", &none.arg()];
     let agent = Agent::start(&topo.node, &args).unwrap();
     agent.stop().unwrap();
     let hooks = bpftool_cgroup(&cgroup);
@@ -171,10 +179,11 @@ fn assert_refused(output: std::process::Output, needle: &str, pins: &PinDir) {
 fn unknown_interface_is_refused_with_one_line() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
-    let out = lb(Some(&topo.node), &["run", "--iface", "nosuch0", "--pin-dir", &pins.arg()]).unwrap();
+    let none = no_services();
+    let out = lb(Some(&topo.node), &["run", "--iface", "nosuch0", "--pin-dir", &pins.arg(), "--services", &none.arg()]).unwrap();
     assert_refused(out, "unknown interface \"nosuch0\"", &pins);
     // A good interface next to a bad one attaches nothing either.
-    let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--iface", "nosuch0", "--pin-dir", &pins.arg()]).unwrap();
+    let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--iface", "nosuch0", "--pin-dir", &pins.arg(), "--services", &none.arg()]).unwrap();
     assert_refused(out, "nosuch0", &pins);
 }
 
@@ -183,7 +192,8 @@ fn pin_dir_outside_bpffs_is_refused() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
     let tmp = std::env::temp_dir().join(lb_tests::unique_name("lbpins"));
-    let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--pin-dir", tmp.to_str().unwrap()]).unwrap();
+    let none = no_services();
+    let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--pin-dir", tmp.to_str().unwrap(), "--services", &none.arg()]).unwrap();
     assert_refused(out, "not on a bpffs mount", &pins);
     assert!(!tmp.exists());
 }
@@ -197,7 +207,7 @@ fn missing_privileges_are_refused() {
         .command("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(lb_bin())
-        .args(["run", "--iface", &topo.node_if, "--pin-dir", &pins.arg()])
+        .args(["run", "--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", "/nonexistent.json"])
         .output()
         .unwrap();
     assert_refused(out, "missing privileges", &pins);

@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{lb_ok, Agent, PinDir, TempFile},
+    agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
     netns::NatTopology,
-    servers::{backend_spread, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
 };
 
 const PORT: u16 = 31000;
@@ -19,12 +19,39 @@ const PORT: u16 = 31000;
 struct Setup {
     topo: NatTopology,
     pins: PinDir,
-    _file: TempFile,
-    _agent: Agent,
+    file: TempFile,
+    /// One cgroup for every start, so a restart finds its socket-hook links on it.
+    cgroup: TestCgroup,
+    agent: Option<Agent>,
     _servers: Vec<Server>,
 }
 
+impl Setup {
+    fn start_agent(&mut self, hook: &str, extra: &[&str]) {
+        let (pins, file, cgroup) = (self.pins.arg(), self.file.arg(), self.cgroup.arg());
+        let mut args = vec![
+            "--cgroup", &cgroup,
+            "--iface", &self.topo.uplink,
+            "--pin-dir", &pins,
+            "--services", &file,
+            "--node-ip", "10.202.0.2",
+            "--ring-size", "4093",
+            "--max-services", "16",
+            "--ingress-hook", hook,
+        ];
+        args.extend_from_slice(extra);
+        self.agent = Some(Agent::start(&self.topo.node, &args).unwrap());
+        // The kernel resolves the backends' next hops on the agent's request; give the
+        // neighbour replies a moment.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn setup(backends: usize, hook: &str) -> Setup {
+    setup_with(backends, hook, &[])
+}
+
+fn setup_with(backends: usize, hook: &str, extra: &[&str]) -> Setup {
     let topo = NatTopology::new(backends).unwrap();
     let mut servers = Vec::new();
     let mut b4 = Vec::new();
@@ -47,21 +74,9 @@ fn setup(backends: usize, hook: &str) -> Setup {
         b6 = b6.join(",")
     ))
     .unwrap();
-    let pins = PinDir::new();
-    let args = [
-        "--iface", &topo.uplink,
-        "--pin-dir", &pins.arg(),
-        "--services", &file.arg(),
-        "--node-ip", "10.202.0.2",
-        "--ring-size", "4093",
-        "--max-services", "16",
-        "--ingress-hook", hook,
-    ];
-    let agent = Agent::start(&topo.node, &args).unwrap();
-    // The agent's datagrams to the backends resolve their link-layer addresses; give the
-    // neighbour replies a moment.
-    std::thread::sleep(Duration::from_millis(200));
-    Setup { topo, pins, _file: file, _agent: agent, _servers: servers }
+    let mut setup = Setup { topo, pins: PinDir::new(), file, cgroup: TestCgroup::new().unwrap(), agent: None, _servers: servers };
+    setup.start_agent(hook, extra);
+    setup
 }
 
 fn spread(s: &Setup, addr: SocketAddr, count: usize) -> BTreeMap<String, usize> {
@@ -124,4 +139,63 @@ fn udp_and_ipv6_through_full_nat_on(hook: &str) {
     assert_eq!(answers.values().sum::<usize>(), 40, "{answers:?}");
     let v6 = spread(&s, "[fd00::80]:80".parse().unwrap(), 40);
     assert_eq!(v6.values().sum::<usize>(), 40, "{v6:?}");
+}
+
+/// The NAT source ports of the pinned full-NAT flows.
+fn nat_ports(s: &Setup) -> Vec<u16> {
+    let out = lb_ok(None, &["flows", "--json", "--pin-dir", &s.pins.arg()]).unwrap();
+    let flows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    flows.as_array().unwrap().iter().filter_map(|f| f["nat_port"].as_u64()).map(|p| p as u16).collect()
+}
+
+#[test]
+fn a_restart_with_new_nat_ports_keeps_every_connection_and_new_flows_use_the_new_range() {
+    let mut s = setup_with(3, "tc", &["--nat-ports", "61000-62999"]);
+    let vip: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let conns = s.topo.client.run(move || (0..30).map(|_| connect_and_greet(vip).unwrap()).collect::<Vec<_>>()).unwrap();
+    let old_ports = nat_ports(&s);
+    assert!(old_ports.len() >= 30 && old_ports.iter().all(|p| (61000..=62999).contains(p)), "{old_ports:?}");
+
+    let links_before = link_programs(&s);
+    assert!(s.agent.take().unwrap().stop().unwrap().success());
+    s.start_agent("tc", &["--nat-ports", "63000-64999"]);
+    let links_after = link_programs(&s);
+    assert_same_links_new_programs(&links_before, &links_after);
+    let status: serde_json::Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &s.pins.arg()]).unwrap()).unwrap();
+    assert_eq!(status["settings"]["nat_ports"], "63000-64999", "{status}");
+    assert_eq!(status["settings"]["nat_reply_ports"], "61000-64999", "{status}");
+
+    // Every connection opened under the old range still echoes through its backend.
+    for (mut stream, name) in conns {
+        echo_round_trip(&mut stream, format!("still {name}").as_bytes()).unwrap_or_else(|e| panic!("connection to {name} broke: {e}"));
+    }
+    let per_backend = spread(&s, vip, 30);
+    assert_eq!(per_backend.values().sum::<usize>(), 30, "{per_backend:?}");
+    let new_ports: Vec<u16> = nat_ports(&s).into_iter().filter(|p| !old_ports.contains(p)).collect();
+    assert!(new_ports.len() >= 30, "new flows got no NAT port: {new_ports:?}");
+    assert!(new_ports.iter().all(|p| (63000..=64999).contains(p)), "new flows outside the new range: {new_ports:?}");
+}
+
+/// Link id → program id of every link pinned by the agent, read with bpftool.
+fn link_programs(s: &Setup) -> BTreeMap<String, (u64, u64)> {
+    let links = s.pins.path().join("links");
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&links).unwrap() {
+        let path = entry.unwrap().path();
+        let show = std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&path).output().unwrap();
+        let link: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_else(|e| panic!("bpftool on {}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        out.insert(name, (link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap()));
+    }
+    out
+}
+
+/// The restart kept every link (same ids: the hook was never empty) and gave each a new program.
+fn assert_same_links_new_programs(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (u64, u64)>) {
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    for (name, (link, prog)) in before {
+        let (link_after, prog_after) = after[name];
+        assert_eq!(*link, link_after, "{name}: the link was replaced instead of updated");
+        assert_ne!(*prog, prog_after, "{name}: still runs the old program");
+    }
 }

@@ -49,13 +49,26 @@ struct ProgGetFdAttr {
     open_flags: u32,
 }
 
-/// The head of `struct bpf_link_info`: the kernel copies only as much as it is given.
+/// The head of `struct bpf_link_info`: the kernel copies only as much as it is given. `target`
+/// is the start of the per-type union: `cgroup.cgroup_id` (u64) for cgroup links, `xdp.ifindex`
+/// / `tcx.ifindex` (u32, first) for XDP and TCX links.
 #[repr(C)]
 #[derive(Default)]
 struct LinkInfoHead {
     link_type: u32,
     id: u32,
     prog_id: u32,
+    _pad: u32,
+    target: [u8; 8],
+}
+
+/// What a link is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkTarget {
+    /// A cgroup v2 directory, by id (its inode number).
+    Cgroup(u64),
+    /// A network interface, by index (in the caller's network namespace).
+    Interface(u32),
 }
 
 /// One bpf(2) call with `attr` as its attribute block. Returns the syscall's result.
@@ -92,9 +105,17 @@ impl PinnedLinkFd {
         Ok(self.info()?.prog_id)
     }
 
-    /// The link's own id (stable across program replacements).
-    pub fn id(&self) -> io::Result<u32> {
-        Ok(self.info()?.id)
+    /// Whether the link is attached to `target` (a cgroup link to that cgroup, an XDP/TCX link
+    /// to that interface).
+    pub fn is_attached_to(&self, target: LinkTarget) -> io::Result<bool> {
+        let info = self.info()?;
+        Ok(match target {
+            LinkTarget::Cgroup(id) => u64::from_ne_bytes(info.target) == id,
+            LinkTarget::Interface(ifindex) => {
+                let [a, b, c, d, ..] = info.target;
+                u32::from_ne_bytes([a, b, c, d]) == ifindex
+            }
+        })
     }
 
     fn info(&self) -> io::Result<LinkInfoHead> {

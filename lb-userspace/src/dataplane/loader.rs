@@ -27,7 +27,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{
-    link::{PinnedLinkFd, ProgramById},
+    link::{LinkTarget, PinnedLinkFd, ProgramById},
     pinned::pin_name,
 };
 use crate::preflight;
@@ -204,11 +204,12 @@ fn attach_xdp(ebpf: &mut Ebpf, plan: &AttachPlan, iface: &str, mode: XdpMode, ch
         xdp.load().map_err(|source| LoaderError::Program { name: names::PROG_XDP, source })?;
     }
     let pin = link_pin(&plan.pin_dir, Hook::XdpIngress.pin_name(), iface);
-    if !replace_if_pinned(&pin, program_fd(xdp.fd(), names::PROG_XDP)?, changes)? {
+    let existing = replace_if_pinned(&pin, program_fd(xdp.fd(), names::PROG_XDP)?, interface_target(iface)?, changes)?;
+    if !matches!(existing, Existing::Replaced) {
         let err = attach_error(Hook::XdpIngress.name(), iface);
         let id = xdp.attach(iface, mode).map_err(err)?;
         let link = xdp.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
-        pin_link(link, &pin, changes)?;
+        pin_new_link(link, &pin, existing, changes)?;
         info!(hook = %Hook::XdpIngress, iface, "attached");
     }
     Ok(Hook::XdpIngress)
@@ -232,29 +233,70 @@ fn attach_tc(
         tc.load().map_err(|source| LoaderError::Program { name, source })?;
     }
     let pin = link_pin(&plan.pin_dir, hook.pin_name(), iface);
-    if !replace_if_pinned(&pin, program_fd(tc.fd(), name)?, changes)? {
+    let existing = replace_if_pinned(&pin, program_fd(tc.fd(), name)?, interface_target(iface)?, changes)?;
+    if !matches!(existing, Existing::Replaced) {
         let err = attach_error(hook.name(), iface);
         let id = tc.attach(iface, direction).map_err(err)?;
         let link = tc.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
-        pin_link(link, &pin, changes)?;
+        pin_new_link(link, &pin, existing, changes)?;
         info!(hook = %hook, iface, "attached");
     }
     Ok(hook)
 }
 
-/// If a link is pinned at `pin` (an earlier agent's), makes it run `program` instead, remembering
-/// the program it ran so a failed start can put it back. False when there is no such link.
-fn replace_if_pinned(pin: &Path, program: BorrowedFd<'_>, changes: &mut Changes) -> Result<bool, LoaderError> {
+/// What was pinned where a link goes.
+enum Existing {
+    /// A link to the same target: its program was replaced in place.
+    Replaced,
+    /// Nothing: a new link is pinned there.
+    Absent,
+    /// A link to another target (the interface was re-created, `--cgroup` changed) or to none
+    /// any more: a new link is attached and takes its pin once the start has succeeded.
+    Elsewhere,
+}
+
+/// If a link is pinned at `pin` (an earlier agent's) and attached to `target`, makes it run
+/// `program` instead, remembering the program it ran so a failed start can put it back.
+fn replace_if_pinned(pin: &Path, program: BorrowedFd<'_>, target: LinkTarget, changes: &mut Changes) -> Result<Existing, LoaderError> {
     if !pin.exists() {
-        return Ok(false);
+        return Ok(Existing::Absent);
     }
     let replace_err = |source| LoaderError::Replace { path: pin.to_owned(), source };
     let link = PinnedLinkFd::open(pin).map_err(replace_err)?;
+    if !link.is_attached_to(target).map_err(replace_err)? {
+        return Ok(Existing::Elsewhere);
+    }
     let previous = link.program_id().and_then(ProgramById::open).map_err(replace_err)?;
-    link.replace_program(program).map_err(replace_err)?;
+    match link.replace_program(program) {
+        Ok(()) => {}
+        // The link's target went away (ENOLINK): it serves nothing any more.
+        Err(err) if err.raw_os_error() == Some(libc::ENOLINK) => return Ok(Existing::Elsewhere),
+        Err(err) => return Err(replace_err(err)),
+    }
     info!(link = %pin.display(), "program replaced in place");
     changes.replaced.push((link, previous));
-    Ok(true)
+    Ok(Existing::Replaced)
+}
+
+/// Pins a newly attached link at `pin`, or, while an earlier link still holds that pin, beside it
+/// until the start has succeeded.
+fn pin_new_link(link: FdLink, pin: &Path, existing: Existing, changes: &mut Changes) -> Result<(), LoaderError> {
+    if !matches!(existing, Existing::Elsewhere) {
+        return pin_link(link, pin, changes);
+    }
+    let mut staged = pin.as_os_str().to_owned();
+    // bpffs refuses names with dots.
+    staged.push("_staged");
+    let staged = PathBuf::from(staged);
+    pin_link(link, &staged, changes)?;
+    changes.staged.push((staged, pin.to_owned()));
+    Ok(())
+}
+
+fn interface_target(iface: &str) -> Result<LinkTarget, LoaderError> {
+    preflight::interface_index(iface)
+        .map(LinkTarget::Interface)
+        .map_err(|err| LoaderError::Io { path: PathBuf::from(iface), source: io::Error::other(err) })
 }
 
 /// The fd of a loaded program.
@@ -268,12 +310,16 @@ fn attach_error<'a>(hook: &'static str, target: &'a str) -> impl Fn(ProgramError
 
 /// Attaches every cgroup socket hook to the plan's cgroup (alongside any other programs there).
 fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, changes: &mut Changes) -> Result<(), LoaderError> {
-    let cgroup = fs::File::open(&plan.cgroup).map_err(|source| LoaderError::Io { path: plan.cgroup.clone(), source })?;
+    let cgroup_err = |source| LoaderError::Io { path: plan.cgroup.clone(), source };
+    let cgroup = fs::File::open(&plan.cgroup).map_err(cgroup_err)?;
+    // A cgroup v2 directory's inode number is its cgroup id.
+    let target = LinkTarget::Cgroup(std::os::unix::fs::MetadataExt::ino(&cgroup.metadata().map_err(cgroup_err)?));
     for &(name, hook) in names::PROG_SOCK_HOOKS {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(|source| LoaderError::Program { name, source })?;
         let pin = link_pin(&plan.pin_dir, hook, "cgroup");
-        if replace_if_pinned(&pin, program_fd(prog.fd(), name)?, changes)? {
+        let existing = replace_if_pinned(&pin, program_fd(prog.fd(), name)?, target, changes)?;
+        if matches!(existing, Existing::Replaced) {
             continue;
         }
         let err = attach_error(hook, "cgroup");
@@ -281,7 +327,7 @@ fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, changes: &mut Changes
         // cgroup; the link API rejects the legacy ALLOW_MULTI flag, so the mode stays Single.
         let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
         let link = prog.take_link(id).map_err(err)?.try_into().map_err(LoaderError::Link)?;
-        pin_link(link, &pin, changes)?;
+        pin_new_link(link, &pin, existing, changes)?;
     }
     info!(cgroup = %plan.cgroup.display(), "socket hooks attached");
     Ok(())
@@ -465,6 +511,9 @@ struct Changes {
     previous_settings: Option<Settings>,
     /// Links of the ingress hook not used any more, removed once the start has succeeded.
     superseded: Vec<PathBuf>,
+    /// New links pinned beside an earlier link to another target: (staged pin, final pin),
+    /// renamed over the earlier one once the start has succeeded (which detaches it).
+    staged: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Changes {
@@ -478,6 +527,12 @@ impl Changes {
     }
 
     fn commit(&mut self) {
+        for (staged, pin) in self.staged.drain(..) {
+            match fs::rename(&staged, &pin) {
+                Ok(()) => info!(link = %pin.display(), "attached to a new target; the earlier link is detached"),
+                Err(err) => warn!(link = %staged.display(), "could not move the new link to {}: {err}", pin.display()),
+            }
+        }
         for stale in self.superseded.drain(..) {
             match fs::remove_file(&stale) {
                 Ok(()) => info!(link = %stale.display(), "ingress balancer of the other hook detached"),

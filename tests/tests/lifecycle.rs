@@ -1,0 +1,176 @@
+//! The agent's lifecycle as an operator meets it: bad configuration refused before the kernel is
+//! touched (exit 64), one agent per pin directory, `lb status` telling a running agent from a
+//! dead one (exit 0 / 3), `lb down` refusing a running agent unless forced.
+
+use std::{path::Path, process::Output};
+
+use lb_tests::{
+    agent::{lb, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
+    netns::ClientNode,
+};
+use serde_json::Value;
+
+const SERVICES: &str = r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.1.0.5","port":31005}]}]}"#;
+
+/// `lb run` refused as a configuration error: exit code 64, one line naming the problem, nothing
+/// pinned.
+fn assert_config_error(out: &Output, needle: &str, pins: &Path) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "exit code for {needle:?}; stderr: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "expected one line for {needle:?}, got:\n{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
+    assert!(!pins.exists(), "{needle:?}: left pins behind at {}", pins.display());
+}
+
+#[test]
+fn bad_configuration_of_every_kind_exits_64_and_pins_nothing() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let cgroup = TestCgroup::new().unwrap();
+    let file = TempFile::new(SERVICES).unwrap();
+    let bad_file = TempFile::new(r#"{"services":[{"name":"web","port":"80"}]}"#).unwrap();
+    let (pin, cg, svc) = (pins.arg(), cgroup.arg(), file.arg());
+    let base = ["--iface", topo.node_if.as_str(), "--pin-dir", &pin, "--cgroup", &cg];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--services", &svc, "--vip-cidr", "not-a-cidr"], "--vip-cidr"),
+        (&["--marathon", "ftp://marathon"], "only http and https"),
+        (&["--marathon", "http://marathon:8080", "--marathon-credentials", "nocolon"], "USER:PASSWORD"),
+        (&["--marathon", "http://marathon:8080", "--marathon-credentials", "u:p", "--marathon-token", "t"], "not both"),
+        (&["--services", &svc, "--ring-size", "16383"], "not a prime"),
+        (&["--services", &svc, "--max-backends", "1"], "--max-backends"),
+        (&["--services", &svc, "--max-services", "4000000", "--ring-size", "65537"], "too large"),
+        (&["--services", &svc, "--nat-ports", "65000-61000"], "MIN must not exceed MAX"),
+        (&["--services", &svc, "--nat-ports", "40000-41000"], "ephemeral ports"),
+        (&["--services", &svc, "--iface", "nosuch0"], "unknown interface \"nosuch0\""),
+        (&["--services", &bad_file.arg()], "service 0 (\"web\"): port"),
+        (&[], "nothing to balance"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["run"];
+        args.extend(base);
+        args.extend_from_slice(extra);
+        let out = lb(Some(&topo.node), &args).unwrap();
+        assert_config_error(&out, needle, pins.path());
+    }
+    // The bpffs root is shared with other software: never a pin directory.
+    let out = lb(Some(&topo.node), &["run", "--services", &svc, "--pin-dir", "/sys/fs/bpf", "--cgroup", &cg]).unwrap();
+    assert_config_error(&out, "bpffs mount itself", pins.path());
+    let out = lb(Some(&topo.node), &["run", "--services", &svc, "--pin-dir", &pin, "--cgroup", "/tmp"]).unwrap();
+    assert_config_error(&out, "not a cgroup v2 directory", pins.path());
+}
+
+#[test]
+fn limits_that_differ_from_the_pinned_maps_exit_64_and_leave_the_running_state() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let file = TempFile::new(SERVICES).unwrap();
+    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--services", &file.arg()];
+    let mut first = args.to_vec();
+    first.extend(["--max-flows", "4096"]);
+    let agent = Agent::start(&topo.node, &first).unwrap();
+    assert!(agent.stop().unwrap().success());
+    let links_before = links(pins.path());
+    let cgroup = TestCgroup::new().unwrap();
+    let cg = cgroup.arg();
+    let mut bigger = vec!["run", "--cgroup", &cg];
+    bigger.extend(args);
+    bigger.push("--max-flows");
+    bigger.push("8192");
+    let out = lb(Some(&topo.node), &bigger).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--max-flows") && stderr.contains("4096"), "{stderr}");
+    assert_eq!(links(pins.path()), links_before, "a refused start changed the attached programs");
+}
+
+#[test]
+fn a_second_agent_is_refused_while_the_first_keeps_serving() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let file = TempFile::new(SERVICES).unwrap();
+    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--services", &file.arg()];
+    let first = Agent::start(&topo.node, &args).unwrap();
+    let links_before = links(pins.path());
+
+    let cgroup = TestCgroup::new().unwrap();
+    let cg = cgroup.arg();
+    let mut second = vec!["run", "--cgroup", &cg];
+    second.extend(args);
+    let out = lb(Some(&topo.node), &second).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.pid())), "the refusal names the running agent: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(links(pins.path()), links_before, "the second agent touched the first one's programs");
+
+    // The first agent still owns the maps: a change of its services file is applied.
+    file.replace(&SERVICES.replace("31005", "31006")).unwrap();
+    wait_for_services(&pins, |s| s[0]["backends"][0]["port"] == 31006).unwrap();
+    let (code, status) = status(&pins);
+    assert_eq!(code, Some(0));
+    assert_eq!(status["pid"], first.pid(), "{status}");
+    drop(first);
+}
+
+#[test]
+fn status_tells_a_running_agent_from_a_dead_one() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let file = TempFile::new(SERVICES).unwrap();
+    let agent = Agent::start(&topo.node, &["--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", &file.arg()]).unwrap();
+    let (code, running) = status(&pins);
+    assert_eq!(code, Some(0), "{running}");
+    assert_eq!(running["running"], true, "{running}");
+    assert_eq!(running["pid"], agent.pid(), "{running}");
+    assert_eq!(running["settings"]["nat_ports"], "61000-65535", "{running}");
+
+    // Killed without a chance to clean up, as by the OOM killer.
+    let pid = agent.pid();
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    drop(agent);
+    let (code, dead) = status(&pins);
+    assert_eq!(code, Some(3), "{dead}");
+    assert_eq!(dead["running"], false, "{dead}");
+    assert_eq!(dead["services"], 1, "what the pinned maps still serve: {dead}");
+    let human = lb(None, &["status", "--pin-dir", &pins.arg()]).unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("NOT RUNNING"), "{human:?}");
+}
+
+#[test]
+fn down_refuses_a_running_agent_unless_forced() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let file = TempFile::new(SERVICES).unwrap();
+    let mut agent = Agent::start(&topo.node, &["--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", &file.arg()]).unwrap();
+    let out = lb(None, &["down", "--pin-dir", &pins.arg()]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("pid {}", agent.pid())) && stderr.contains("--force"), "{stderr}");
+    assert!(pins.path().join("services").exists(), "a refused down removed pins");
+
+    let out = lb(None, &["down", "--force", "--pin-dir", &pins.arg()]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.path().exists());
+    let log = agent.stop_and_collect();
+    assert!(log.contains("SIGTERM"), "the agent was stopped by SIGTERM first:\n{log}");
+}
+
+/// `lb status --json`: its exit code and output.
+fn status(pins: &PinDir) -> (Option<i32>, Value) {
+    let out = lb(None, &["status", "--json", "--pin-dir", &pins.arg()]).unwrap();
+    (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+/// Link pin name → (link id, program id), read with bpftool.
+fn links(pin_dir: &Path) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(pin_dir.join("links")).unwrap() {
+        let path = entry.unwrap().path();
+        let show = std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&path).output().unwrap();
+        let link: Value = serde_json::from_slice(&show.stdout).unwrap();
+        out.push((path.file_name().unwrap().to_string_lossy().into_owned(), link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap()));
+    }
+    out.sort();
+    out
+}

@@ -190,12 +190,19 @@ fn link_programs(s: &Setup) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
-/// The restart kept every link (same ids: the hook was never empty) and gave each a new program.
+/// The restart kept every link (same ids: the hook was never empty), gave each the program the
+/// new agent loaded, and the old programs are gone from the kernel (nothing runs them).
 fn assert_same_links_new_programs(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (u64, u64)>) {
     assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
     for (name, (link, prog)) in before {
         let (link_after, prog_after) = after[name];
         assert_eq!(*link, link_after, "{name}: the link was replaced instead of updated");
         assert_ne!(*prog, prog_after, "{name}: still runs the old program");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let loaded = |id: u64| std::process::Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().unwrap().status.success();
+    while before.values().any(|&(_, prog)| loaded(prog)) {
+        assert!(std::time::Instant::now() < deadline, "an old program is still loaded after the restart: {before:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

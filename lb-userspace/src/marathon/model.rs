@@ -149,7 +149,7 @@ pub fn translate(
     let mut seen_tasks = BTreeSet::new();
     for app in parsed {
         if let Err(err) = translate_app(app, resolver, health, &mut out, &mut seen_tasks) {
-            out.app_errors.push((app.id.clone(), err));
+            out.app_errors.push((app.id.clone(), err.to_string()));
         }
     }
     health.verdicts.retain(|task, _| seen_tasks.contains(task));
@@ -162,15 +162,22 @@ pub fn translate(
     out
 }
 
+/// Why a whole app is skipped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum AppSkip {
+    #[error("no id")]
+    NoId,
+}
+
 fn translate_app(
     app: &App,
     resolver: &mut dyn Resolver,
     health: &mut HealthMemory,
     out: &mut Translation,
     seen_tasks: &mut BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<(), AppSkip> {
     if app.id.is_empty() {
-        return Err("no id".into());
+        return Err(AppSkip::NoId);
     }
     let mode = network_mode(app);
     let ports = app_ports(app, mode);
@@ -378,30 +385,47 @@ fn demote_replaced(app: &App, tasks: &[Task], liveness: &mut [Liveness]) {
     }
 }
 
+/// Why a task is not (yet) a backend for one of its app's ports.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum TaskSkip {
+    #[error("no ipAddresses yet")]
+    NoIpAddresses,
+    #[error("ipAddress {0:?} is not an address")]
+    BadIpAddress(String),
+    #[error("no container port")]
+    NoContainerPort,
+    #[error("no host")]
+    NoHost,
+    #[error("no host port for this index")]
+    NoHostPort,
+    #[error("host {0:?} does not resolve")]
+    Unresolved(String),
+}
+
 /// The (address, port) a task serves `port` on.
-fn task_backend(task: &Task, port: &AppPort, mode: NetMode, resolver: &mut dyn Resolver) -> Result<(IpAddr, u16), String> {
+fn task_backend(task: &Task, port: &AppPort, mode: NetMode, resolver: &mut dyn Resolver) -> Result<(IpAddr, u16), TaskSkip> {
     if mode == NetMode::Container {
         let ip = task
             .ip_addresses
             .iter()
             .flatten()
             .find_map(|i| i.ip_address.as_deref())
-            .ok_or("no ipAddresses yet")?;
-        let ip: IpAddr = ip.parse().map_err(|_| format!("ipAddress {ip:?} is not an address"))?;
-        let container_port = port.container_port.ok_or("no container port")?;
+            .ok_or(TaskSkip::NoIpAddresses)?;
+        let ip: IpAddr = ip.parse().map_err(|_| TaskSkip::BadIpAddress(ip.to_owned()))?;
+        let container_port = port.container_port.ok_or(TaskSkip::NoContainerPort)?;
         return Ok((ip, container_port));
     }
-    let host = task.host.as_deref().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let host = task.host.as_deref().filter(|h| !h.is_empty()).ok_or(TaskSkip::NoHost)?;
     let host_port = task
         .ports
         .as_ref()
         .and_then(|p| p.get(port.index).copied().flatten())
         .and_then(|p| u16::try_from(p).ok())
         .filter(|&p| p > 0)
-        .ok_or("no host port for this index")?;
+        .ok_or(TaskSkip::NoHostPort)?;
     let ip = match host.parse::<IpAddr>() {
         Ok(ip) => ip,
-        Err(_) => resolver.resolve(host).ok_or_else(|| format!("host {host:?} does not resolve"))?,
+        Err(_) => resolver.resolve(host).ok_or_else(|| TaskSkip::Unresolved(host.to_owned()))?,
     };
     Ok((ip, host_port))
 }

@@ -17,22 +17,34 @@ pub struct VipLabel {
     pub port: u16,
 }
 
+/// Why a VIP label cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VipLabelError {
+    #[error("{key}={value:?}: no :port")]
+    NoPort { key: String, value: String },
+    #[error("{key}={value:?}: {port:?} is not a port")]
+    BadPort { key: String, value: String, port: String },
+    #[error("{key}={value:?}: no address or name")]
+    NoTarget { key: String, value: String },
+}
+
 /// `Some` if `key` is a VIP label key (it starts with `VIP` or `vip`), with the parsed value or
 /// why it is not usable. The value is split at its last `:` (IPv6 VIPs are written without
 /// brackets: `fd01:d::1:80`); the part before is an IP address or else a name.
-pub fn parse_label(key: &str, value: &str) -> Option<Result<VipLabel, String>> {
+pub fn parse_label(key: &str, value: &str) -> Option<Result<VipLabel, VipLabelError>> {
     if !(key.starts_with("VIP") || key.starts_with("vip")) {
         return None;
     }
+    let (key, text) = (key.to_owned(), value.to_owned());
     let Some((host, port)) = value.rsplit_once(':') else {
-        return Some(Err(format!("{key}={value:?}: no :port")));
+        return Some(Err(VipLabelError::NoPort { key, value: text }));
     };
     let port = match port.parse::<u16>() {
         Ok(p) if p > 0 => p,
-        _ => return Some(Err(format!("{key}={value:?}: {port:?} is not a port"))),
+        _ => return Some(Err(VipLabelError::BadPort { key, value: text, port: port.to_owned() })),
     };
     if host.is_empty() {
-        return Some(Err(format!("{key}={value:?}: no address or name")));
+        return Some(Err(VipLabelError::NoTarget { key, value: text }));
     }
     let target = match host.parse::<IpAddr>() {
         Ok(ip) => VipTarget::Ip(ip),

@@ -37,7 +37,7 @@ pub struct Cli {
 pub enum Command {
     /// Load and attach the data path, program it, and keep it programmed until SIGINT/SIGTERM.
     /// Programs stay attached and maps pinned after exit; `lb down` removes them.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Services and their backends, read from the pinned maps.
     Services(ReadArgs),
     /// Entries of the flow table (connections pinned to backends).

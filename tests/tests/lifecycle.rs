@@ -174,3 +174,27 @@ fn links(pin_dir: &Path) -> Vec<(String, u64, u64)> {
     out.sort();
     out
 }
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_naming_lb_down() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let cgroup = TestCgroup::new().unwrap();
+    let file = TempFile::new(SERVICES).unwrap();
+    // What an older version left: a VERDICTS map counting fewer outcomes.
+    std::fs::create_dir(pins.path()).unwrap();
+    let verdicts = pins.path().join("verdicts");
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&verdicts)
+        .args(["type", "percpu_array", "key", "4", "value", "8", "entries", "7", "name", "VERDICTS"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", &file.arg(), "--cgroup", &cgroup.arg()]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("VERDICTS") && stderr.contains("7 entries") && stderr.contains("lb down"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["verdicts"], "a refused start pinned more");
+}

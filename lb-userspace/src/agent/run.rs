@@ -131,7 +131,7 @@ impl<D: Dataplane> Agent<D> {
         let fetched = started.elapsed();
         let (apps, parse_errors) = match parse_apps(&body) {
             Ok(parsed) => parsed,
-            Err(err) => return self.marathon_failed(err, m),
+            Err(err) => return self.marathon_failed(crate::error_chain(&err), m),
         };
         drop(body);
         let total_apps = apps.len() + parse_errors.len();

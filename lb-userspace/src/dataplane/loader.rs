@@ -370,10 +370,22 @@ pub fn check_pinned_maps(pin_dir: &Path, limits: &LoadLimits) -> Result<(), Pinn
             let show = |(k, v, f): (u32, u32, u32)| format!("key {k} B, value {v} B, flags {f:#x}");
             return Err(PinnedMapsError::Layout { map, pin_dir: pin_dir.to_owned(), pinned: show(pinned), expected: show(expected) });
         }
-        if let Some(&(_, wanted, flag)) = sizes.iter().find(|(name, _, _)| *name == map) {
-            if info.max_entries() != wanted {
+        match sizes.iter().find(|(name, _, _)| *name == map) {
+            Some(&(_, wanted, flag)) if info.max_entries() != wanted => {
                 return Err(PinnedMapsError::Size { map, pin_dir: pin_dir.to_owned(), pinned: info.max_entries(), wanted, flag });
             }
+            // A map no flag sizes has the object's size: another size is another layout (e.g.
+            // a version that counts more outcomes).
+            None if info.max_entries() != def.max_entries() => {
+                let show = |entries: u32| format!("{entries} entries");
+                return Err(PinnedMapsError::Layout {
+                    map,
+                    pin_dir: pin_dir.to_owned(),
+                    pinned: show(info.max_entries()),
+                    expected: show(def.max_entries()),
+                });
+            }
+            _ => {}
         }
     }
     Ok(())

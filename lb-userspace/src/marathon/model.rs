@@ -87,14 +87,26 @@ struct Envelope<'a> {
     app: Option<&'a RawValue>,
 }
 
-/// Apps of a `/v2/apps` (or `/v2/apps/{id}`) response, and (app id, why) for those that do not
-/// parse.
-pub fn parse_apps(body: &[u8]) -> Result<(Vec<App>, Vec<(String, String)>), String> {
-    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a Marathon apps response: {e}"))?;
+/// Why a response is not an apps response at all (single apps that do not parse are reported
+/// with [`ParsedApps`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum AppsResponseError {
+    #[error("not a Marathon apps response")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not a Marathon apps response: neither an \"apps\" array nor an \"app\"")]
+    NoApps,
+}
+
+/// The apps of a response that parse, and (app id, why) for those that do not.
+pub type ParsedApps = (Vec<App>, Vec<(String, String)>);
+
+/// Apps of a `/v2/apps` (or `/v2/apps/{id}`) response.
+pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, AppsResponseError> {
+    let envelope: Envelope = serde_json::from_slice(body).map_err(AppsResponseError::NotJson)?;
     let raw = match (envelope.apps, envelope.app) {
         (Some(apps), _) => apps,
         (None, Some(app)) => vec![app],
-        (None, None) => return Err("neither an \"apps\" array nor an \"app\"".into()),
+        (None, None) => return Err(AppsResponseError::NoApps),
     };
     let mut apps = Vec::with_capacity(raw.len());
     let mut errors = Vec::new();

@@ -298,12 +298,23 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     writeln!(out, "  last sync:    {}", m.last_sync.map_or("never".to_string(), ago))?;
     match &m.last_error {
         Some(err) => writeln!(out, "  FAILING ({} in a row, last programmed state kept): {err}", m.failures_in_a_row)?,
+        None if !m.skipped_apps.is_empty() => writeln!(out, "  state:        DEGRADED (apps below keep their last good definition, if any)")?,
         None => writeln!(out, "  state:        ok")?,
     }
     writeln!(out, "  apps {}  skipped apps {}  skipped tasks/ports {}", m.apps, m.skipped_apps.len(), m.skipped_tasks)?;
     for (app, why) in &m.skipped_apps {
         writeln!(out, "    {app}: {why}")?;
     }
+    for (app, what) in &m.skipped {
+        for item in what {
+            writeln!(out, "    {app}: skipped {item}")?;
+        }
+    }
+    writeln!(
+        out,
+        "  events applied {}  single-app reads {}  full re-lists {} (last: {})",
+        m.events_applied, m.app_reads, m.relists, m.last_relist_reason
+    )?;
     Ok(())
 }
 

@@ -48,9 +48,28 @@ pub struct MarathonStatus {
     pub last_error: Option<String>,
     pub failures_in_a_row: u64,
     pub apps: usize,
-    /// Apps skipped whole: app id → why.
+    /// `ok`, `degraded` (some apps' definitions or tasks could not be used: the last good
+    /// definitions stay programmed) or `failing` (Marathon does not answer).
+    #[serde(default)]
+    pub state: String,
+    /// Apps whose latest definition could not be used: app id → why. Their last good
+    /// definition, if any, stays programmed.
     pub skipped_apps: BTreeMap<String, String>,
     pub skipped_tasks: usize,
+    /// Tasks, ports and labels skipped, per app id: what and why.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, Vec<String>>,
+    /// Full re-reads of every app since the start, and why the last one happened.
+    #[serde(default)]
+    pub relists: u64,
+    #[serde(default)]
+    pub last_relist_reason: String,
+    /// Events applied as changes to single apps.
+    #[serde(default)]
+    pub events_applied: u64,
+    /// Single apps read for events that did not carry what the model needs.
+    #[serde(default)]
+    pub app_reads: u64,
     /// Named VIPs → their addresses.
     pub named_vips: BTreeMap<String, String>,
 }

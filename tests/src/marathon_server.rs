@@ -48,11 +48,68 @@ pub struct AppSpec {
     pub labels: BTreeMap<String, String>,
     pub health_checked: bool,
     pub tasks: Vec<TaskSpec>,
+    /// Served with `"portDefinitions": "garbage"`, a definition no Marathon would send.
+    pub malformed: bool,
 }
 
 impl AppSpec {
     pub fn new(id: &str, service_port: u16) -> Self {
-        Self { id: id.into(), service_port, protocol: "tcp".into(), labels: BTreeMap::new(), health_checked: true, tasks: Vec::new() }
+        Self {
+            id: id.into(),
+            service_port,
+            protocol: "tcp".into(),
+            labels: BTreeMap::new(),
+            health_checked: true,
+            tasks: Vec::new(),
+            malformed: false,
+        }
+    }
+
+    /// The instance id Marathon 1.5 gives a task's instance (health events name instances).
+    fn instance_id(task: &TaskSpec) -> String {
+        task.id.replace('.', ".marathon-")
+    }
+
+    /// The `status_update_event` announcing `task` of this app in `state`.
+    fn status_update(&self, task: &TaskSpec, state: &str) -> Value {
+        json!({
+            "eventType": "status_update_event", "timestamp": "2026-01-01T00:00:00.000Z", "slaveId": "agent-1",
+            "taskId": task.id, "taskStatus": state, "message": "", "appId": self.id, "host": task.host,
+            "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}], "ports": [task.port],
+            "version": "2026-01-01T00:00:00.000Z",
+        })
+    }
+
+    /// The events Marathon sends when this app changes into `new` (None: removed).
+    fn events_to(&self, new: Option<&AppSpec>) -> Vec<Value> {
+        let Some(new) = new else {
+            return vec![json!({"eventType": "app_terminated_event", "timestamp": "2026-01-01T00:00:00.000Z", "appId": self.id})];
+        };
+        let mut events = Vec::new();
+        if (&self.service_port, &self.protocol, &self.labels, self.health_checked, self.malformed)
+            != (&new.service_port, &new.protocol, &new.labels, new.health_checked, new.malformed)
+        {
+            events.push(api_post(new));
+        }
+        for task in &self.tasks {
+            if !new.tasks.iter().any(|t| t.id == task.id) {
+                events.push(self.status_update(task, "TASK_KILLED"));
+            }
+        }
+        for task in &new.tasks {
+            let old = self.tasks.iter().find(|t| t.id == task.id);
+            if old.is_none_or(|o| (&o.host, o.port, &o.state) != (&task.host, task.port, &task.state)) {
+                events.push(new.status_update(task, &task.state));
+            }
+            if old.is_none_or(|o| o.alive != task.alive) && task.alive.is_some() {
+                events.push(json!({
+                    "eventType": "health_status_changed_event", "timestamp": "2026-01-01T00:00:00.000Z",
+                    "appId": new.id, "instanceId": Self::instance_id(task), "version": "2026-01-01T00:00:00.000Z",
+                    "alive": task.alive,
+                }));
+            }
+        }
+        events
     }
 
     fn to_json(&self) -> Value {
@@ -67,19 +124,35 @@ impl AppSpec {
                 });
                 if let Some(alive) = t.alive {
                     task["healthCheckResults"] = json!([{"alive": alive, "consecutiveFailures": if alive { 0 } else { 3 },
-                        "instanceId": t.id.replace('.', ".marathon-"), "lastFailure": null}]);
+                        "instanceId": Self::instance_id(t), "lastFailure": null}]);
                 }
                 task
             })
             .collect();
         let health_checks = if self.health_checked { json!([{"protocol": "MESOS_TCP", "portIndex": 0}]) } else { json!([]) };
+        let port_definitions = if self.malformed {
+            json!("garbage")
+        } else {
+            json!([{"port": self.service_port, "protocol": self.protocol, "name": "default", "labels": self.labels}])
+        };
         json!({
             "id": self.id, "instances": self.tasks.len(), "version": "2026-01-01T00:00:00.000Z",
             "networks": [{"mode": "host"}],
-            "portDefinitions": [{"port": self.service_port, "protocol": self.protocol, "name": "default", "labels": self.labels}],
+            "portDefinitions": port_definitions,
             "healthChecks": health_checks, "deployments": [], "tasks": tasks,
         })
     }
+}
+
+/// The `api_post_event` of a (re)defined app, as Marathon sends it (the definition, no tasks).
+fn api_post(app: &AppSpec) -> Value {
+    let mut definition = app.to_json();
+    if let Some(d) = definition.as_object_mut() {
+        d.remove("tasks");
+        d.remove("deployments");
+    }
+    json!({"eventType": "api_post_event", "timestamp": "2026-01-01T00:00:00.000Z", "clientIp": "10.0.0.1",
+        "uri": format!("/v2/apps{}", app.id), "appDefinition": definition})
 }
 
 /// How the server answers.
@@ -100,6 +173,8 @@ struct Shared {
     body: Mutex<Option<axum::body::Bytes>>,
     behaviour: Mutex<Behaviour>,
     events: broadcast::Sender<String>,
+    /// `GET /v2/apps` (the full list) requests answered.
+    list_requests: std::sync::atomic::AtomicU64,
     /// Bumped to cut every open event stream.
     generation: Mutex<u64>,
     heartbeat: Duration,
@@ -122,6 +197,7 @@ impl MarathonServer {
             body: Mutex::new(None),
             behaviour: Mutex::new(Behaviour::default()),
             events,
+            list_requests: std::sync::atomic::AtomicU64::new(0),
             generation: Mutex::new(0),
             heartbeat,
         });
@@ -135,6 +211,7 @@ impl MarathonServer {
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = Router::new()
                     .route("/v2/apps", get(apps))
+                    .route("/v2/apps/{*id}", get(one_app))
                     .route("/v2/events", get(events_stream))
                     .route("/ping", get(|| async { "pong" }))
                     .with_state(state);
@@ -153,22 +230,61 @@ impl MarathonServer {
         format!("http://{}", self.addr)
     }
 
-    /// Replaces every app and tells the event stream.
-    pub fn set_apps(&self, apps: Vec<AppSpec>) {
-        *self.shared.apps.lock().unwrap() = apps;
-        self.rebuild();
-        self.emit("api_post_event");
+    /// `GET /v2/apps` (full list) requests answered so far.
+    pub fn list_requests(&self) -> u64 {
+        self.shared.list_requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Changes one app and sends a `status_update_event`.
+    /// Replaces every app and sends the events Marathon would: `api_post_event` for new or
+    /// redefined apps, `status_update_event`s for their tasks, `app_terminated_event` for
+    /// removed ones.
+    pub fn set_apps(&self, apps: Vec<AppSpec>) {
+        let old = std::mem::replace(&mut *self.shared.apps.lock().unwrap(), apps.clone());
+        self.rebuild();
+        let mut events = Vec::new();
+        for app in &apps {
+            match old.iter().find(|o| o.id == app.id) {
+                Some(before) => events.extend(before.events_to(Some(app))),
+                None => {
+                    events.push(api_post(app));
+                    events.extend(app.tasks.iter().map(|t| app.status_update(t, &t.state)));
+                }
+            }
+        }
+        for gone in old.iter().filter(|o| !apps.iter().any(|a| a.id == o.id)) {
+            events.extend(gone.events_to(None));
+        }
+        self.send(&events);
+    }
+
+    /// Changes one app and sends the events Marathon would for the change (task status
+    /// updates, health changes, a new definition).
     pub fn update(&self, app_id: &str, change: impl FnOnce(&mut AppSpec)) {
-        {
+        self.send(&self.change(app_id, change));
+    }
+
+    /// Changes one app and returns the events for it without sending them (a test batches them).
+    pub fn change(&self, app_id: &str, change: impl FnOnce(&mut AppSpec)) -> Vec<Value> {
+        let events = {
             let mut apps = self.shared.apps.lock().unwrap();
             let app = apps.iter_mut().find(|a| a.id == app_id).expect("known app");
+            let before = app.clone();
             change(app);
-        }
+            before.events_to(Some(app))
+        };
         self.rebuild();
-        self.emit("status_update_event");
+        events
+    }
+
+    /// Sends events to every open stream, all in one write (as a burst arrives).
+    pub fn send(&self, events: &[Value]) {
+        let frames: String = events
+            .iter()
+            .map(|e| format!("event: {}\r\ndata: {e}\r\n\r\n", e["eventType"].as_str().unwrap_or_default()))
+            .collect();
+        if !frames.is_empty() {
+            let _ = self.shared.events.send(frames);
+        }
     }
 
     fn rebuild(&self) {
@@ -176,11 +292,6 @@ impl MarathonServer {
         *self.shared.body.lock().unwrap() = Some(serde_json::to_vec(&json!({ "apps": apps })).unwrap().into());
     }
 
-    /// Sends one event of `event_type` to every open stream.
-    pub fn emit(&self, event_type: &str) {
-        let data = json!({"eventType": event_type, "timestamp": "2026-01-01T00:00:00.000Z", "appId": "/x", "taskStatus": "TASK_RUNNING"});
-        let _ = self.shared.events.send(format!("event: {event_type}\r\ndata: {data}\r\n\r\n"));
-    }
 
     /// Starts or ends an outage: 503 everywhere, open streams cut.
     pub fn set_outage(&self, outage: bool) {
@@ -236,8 +347,21 @@ async fn apps(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     if let Some(refused) = refuse(&shared, &headers) {
         return refused;
     }
+    shared.list_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let body = shared.body.lock().unwrap().clone().unwrap_or_else(|| axum::body::Bytes::from_static(b"{\"apps\":[]}"));
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn one_app(State(shared): State<Arc<Shared>>, headers: HeaderMap, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    if let Some(refused) = refuse(&shared, &headers) {
+        return refused;
+    }
+    let id = format!("/{}", id.trim_matches('/'));
+    let app = shared.apps.lock().unwrap().iter().find(|a| a.id == id).map(AppSpec::to_json);
+    match app {
+        Some(app) => axum::Json(json!({ "app": app })).into_response(),
+        None => (StatusCode::NOT_FOUND, axum::Json(json!({"message": format!("App '{id}' does not exist")}))).into_response(),
+    }
 }
 
 async fn events_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {

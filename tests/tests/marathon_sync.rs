@@ -231,3 +231,66 @@ fn a_dcos_token_is_sent_and_a_refused_one_shows_in_status() {
     c.wait_status(|s| s["marathon"]["last_error"].as_str().is_some_and(|e| e.contains("401")));
     assert_eq!(c.spread(20).len(), 2);
 }
+
+/// An app of one task on backend `backend`, on service port `port`.
+fn small_app(id: &str, port: u16, backend: usize) -> AppSpec {
+    let mut app = AppSpec::new(id, port);
+    app.tasks = vec![TaskSpec { id: format!("{}.task-{backend}", id.trim_start_matches('/')), ..task(backend, true) }];
+    app
+}
+
+#[test]
+fn a_burst_of_scale_events_on_50_apps_is_applied_without_relisting() {
+    let apps: Vec<AppSpec> = (0..50).map(|i| small_app(&format!("/burst/app-{i}"), 10100 + i as u16, i % 3)).collect();
+    let c = Cluster::build(&[], |m| m.set_apps([vec![web(&[0, 1])], apps.clone()].concat()), false);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    wait_for_services(&c.pins, |j| j.as_array().unwrap().iter().filter(|s| s["name"].as_str().unwrap().starts_with("/burst/")).count() == 50).unwrap();
+    c.wait_status(|s| s["marathon"]["event_stream"].is_string());
+    let lists_before = c.marathon.list_requests();
+
+    // Every app scales from one task to two, announced in one burst.
+    let mut events = Vec::new();
+    for i in 0..50 {
+        let id = format!("/burst/app-{i}");
+        let extra = TaskSpec { id: format!("burst/app-{i}.task-extra"), ..task((i + 1) % 3, true) };
+        events.extend(c.marathon.change(&id, |app| app.tasks.push(extra)));
+    }
+    c.marathon.send(&events);
+    wait_for_services(&c.pins, |j| {
+        let burst: Vec<&Value> = j.as_array().unwrap().iter().filter(|s| s["name"].as_str().unwrap().starts_with("/burst/")).collect();
+        burst.len() == 50 && burst.iter().all(|s| s["backends"].as_array().unwrap().len() == 2)
+    })
+    .unwrap();
+    let relists = c.marathon.list_requests() - lists_before;
+    assert!(relists <= 2, "{relists} full re-lists for a burst of 50 scale events");
+    let status = c.status();
+    assert!(status["marathon"]["events_applied"].as_u64().unwrap() >= 50, "{status}");
+}
+
+#[test]
+fn a_malformed_app_keeps_its_service_and_shows_in_status_until_a_good_definition() {
+    let c = Cluster::new(&[]);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    c.wait_status(|s| s["marathon"]["event_stream"].is_string());
+    c.marathon.update("/web", |app| app.malformed = true);
+    c.wait_status(|s| s["marathon"]["skipped_apps"]["/web"].is_string());
+    let status = c.status();
+    assert_eq!(status["marathon"]["state"], "degraded", "{status}");
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+    assert_eq!(c.spread(30).len(), 2, "the malformed app's service still carries traffic");
+    let human = lb_ok(None, &["status", "--pin-dir", &c.pins.arg()]).unwrap();
+    assert!(human.contains("DEGRADED") && human.contains("/web"), "{human}");
+
+    // A full re-list (a new stream) keeps it too.
+    c.marathon.cut_streams();
+    c.wait_status(|s| s["marathon"]["relists"].as_u64().unwrap() >= 3);
+    c.wait_backends(&[(0, "active"), (1, "active")]);
+
+    // The next good definition applies.
+    c.marathon.update("/web", |app| {
+        app.malformed = false;
+        app.tasks.push(task(2, true));
+    });
+    c.wait_backends(&[(0, "active"), (1, "active"), (2, "active")]);
+    c.wait_status(|s| s["marathon"]["state"] == "ok");
+}

@@ -55,7 +55,10 @@ pub fn start(config: AgentConfig) -> Result<()> {
     )
     .with_neighbours(neighbours);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(agent.serve(config.services_file.as_deref(), marathon))?;
+    let served = runtime.block_on(agent.serve(config.services_file.as_deref(), marathon));
+    // A host-name lookup still blocked in the resolver must not hold up the exit.
+    runtime.shutdown_background();
+    served?;
     drop(loaded);
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
     Ok(())

@@ -1,7 +1,13 @@
 //! The agent's run loop: programs the merged services, re-reads the services file when it
 //! changes, follows Marathon (events, periodic re-reads, retries), and reports in the status file.
 
-use std::{collections::BTreeSet, io::Write as _, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tracing::{debug, error, info, warn};
@@ -12,7 +18,12 @@ use super::{
 };
 use crate::{
     dataplane::Dataplane,
-    marathon::model::{parse_apps, translate},
+    marathon::{
+        client::SseEvent,
+        events::Delta,
+        model::{parse_apps, translate},
+        watch::Signal,
+    },
     model::Desired,
     neighbours::NeighbourResolver,
     node_addrs,
@@ -118,59 +129,120 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    /// One full read of Marathon's apps. On failure nothing changes (the last good state stays
-    /// programmed) and the status says why.
-    pub async fn sync_marathon(&mut self, m: &mut MarathonSource) {
+    /// Reads every app from Marathon (`why` goes to the log and the status) and programs the
+    /// result. On failure nothing changes (the last good state stays programmed) and the status
+    /// says why.
+    pub async fn relist(&mut self, m: &mut MarathonSource, why: &str) {
         let started = std::time::Instant::now();
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
         status.urls = m.client.urls().to_vec();
+        status.relists += 1;
+        status.last_relist_reason = why.to_owned();
+        info!("reading every app from Marathon: {why}");
         let body = match m.client.apps().await {
             Ok(body) => body,
             Err(err) => return self.marathon_failed(crate::error_chain(&err), m),
         };
         let fetched = started.elapsed();
-        let (apps, parse_errors) = match parse_apps(&body) {
+        let (apps, unparsed) = match parse_apps(&body) {
             Ok(parsed) => parsed,
             Err(err) => return self.marathon_failed(crate::error_chain(&err), m),
         };
         drop(body);
-        let total_apps = apps.len() + parse_errors.len();
-        m.dns.refresh(&apps).await;
-        let translation = translate(&apps, parse_errors, &mut m.dns, &mut m.health, &m.vips);
-        let translated = started.elapsed();
-        for (app, why) in &translation.app_errors {
-            warn!(app, "app skipped: {why}");
+        for (app, why) in &unparsed {
+            warn!(app, "app definition not usable (its last good definition stays): {why}");
         }
-        for warning in &translation.warnings {
-            debug!("{warning}");
+        m.model.replace_all(apps, unparsed);
+        self.program_model(m).await;
+        info!(fetch_ms = fetched.as_millis() as u64, elapsed_ms = started.elapsed().as_millis() as u64, apps = m.model.len(), "synced from Marathon");
+    }
+
+    /// Applies a burst of events to the model (re-reading single apps where an event lacks what
+    /// the model needs) and programs the result; a full re-list when the model cannot be
+    /// trusted.
+    pub async fn apply_events(&mut self, m: &mut MarathonSource, events: &[SseEvent]) {
+        let started = std::time::Instant::now();
+        let mut delta = Delta::of(events);
+        if let Some(why) = delta.relist.take() {
+            return self.relist(m, &why).await;
+        }
+        if delta.is_empty() {
+            return;
+        }
+        for id in &delta.remove {
+            m.model.remove(id);
+        }
+        for update in &delta.tasks {
+            if !m.model.apply_task(update) {
+                delta.refresh.insert(update.app_id.clone());
+            }
+        }
+        for id in &delta.refresh {
+            if let Err(why) = self.read_app(m, id).await {
+                return self.relist(m, &format!("reading {id} alone failed ({why})")).await;
+            }
+        }
+        let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
+        status.events_applied += events.len() as u64;
+        status.app_reads += delta.refresh.len() as u64;
+        self.program_model(m).await;
+        debug!(events = events.len(), apps_read = delta.refresh.len(), elapsed_ms = started.elapsed().as_millis() as u64, "events applied");
+    }
+
+    /// Reads one app into the model (gone from Marathon: dropped).
+    async fn read_app(&mut self, m: &mut MarathonSource, id: &str) -> Result<(), String> {
+        let body = m.client.app(id).await.map_err(|err| crate::error_chain(&err))?;
+        let Some(body) = body else {
+            m.model.remove(id);
+            return Ok(());
+        };
+        let (mut apps, unparsed) = parse_apps(&body).map_err(|err| crate::error_chain(&err))?;
+        match (apps.pop(), unparsed.into_iter().next()) {
+            (Some(app), _) => m.model.upsert(id, Ok(app)),
+            (None, Some((_, why))) => {
+                warn!(app = id, "app definition not usable (its last good definition stays): {why}");
+                m.model.upsert(id, Err(why));
+            }
+            (None, None) => return Err("the answer holds no app".into()),
+        }
+        Ok(())
+    }
+
+    /// Translates the model into services (host names resolved first, outside the apply) and
+    /// programs them.
+    async fn program_model(&mut self, m: &mut MarathonSource) {
+        m.dns.refresh(m.model.apps()).await;
+        let translation = translate(m.model.apps(), Vec::new(), &mut m.dns, &mut m.health, &m.vips);
+        let mut skipped_apps: BTreeMap<String, String> = m.model.degraded().clone();
+        skipped_apps.extend(translation.app_errors.iter().cloned());
+        let mut skipped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (app, what) in &translation.warnings {
+            skipped.entry(app.clone()).or_default().push(what.clone());
         }
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
         status.current = m.client.current().to_owned();
         status.last_sync = Some(status::now());
         status.last_error = None;
         status.failures_in_a_row = 0;
-        status.apps = total_apps;
-        status.skipped_apps = translation.app_errors.iter().cloned().collect();
+        status.apps = m.model.len();
+        status.state = if skipped_apps.is_empty() { "ok".into() } else { "degraded".into() };
+        status.skipped_apps = skipped_apps;
         status.skipped_tasks = translation.warnings.len();
+        status.skipped = skipped;
         status.named_vips = translation.named_vips.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         status.event_stream = m.watch.connected_to().map(str::to_owned);
         // The VIP names are published before the maps serve them, so `lb vips` never lags.
         self.write_status();
         self.marathon_services = Some(translation.desired);
-        match self.apply() {
-            Ok(()) => info!(
-                fetch_ms = fetched.as_millis() as u64,
-                translate_ms = (translated - fetched).as_millis() as u64,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "synced from Marathon"
-            ),
-            Err(err) => error!("applying Marathon's services: {err:#}"),
+        if let Err(err) = self.apply() {
+            error!("applying Marathon's services: {err:#}");
         }
     }
 
     fn marathon_failed(&mut self, why: String, m: &MarathonSource) {
         warn!("Marathon: {why}; keeping the services already programmed");
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
+        status.state = "failing".into();
         status.last_error = Some(why);
         status.failures_in_a_row += 1;
         status.event_stream = m.watch.connected_to().map(str::to_owned);
@@ -191,7 +263,13 @@ impl<D: Dataplane> Agent<D> {
         match marathon.as_mut() {
             // Until Marathon has answered once, the services already pinned (a restart) stay
             // exactly as they are: an empty or unreachable source never flushes them.
-            Some(m) => self.sync_marathon(m).await,
+            Some(m) => {
+                tokio::select! {
+                    _ = self.relist(m, "start") => {}
+                    _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
+                    _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                }
+            }
             None => self.apply()?,
         }
         println!("ready");
@@ -217,7 +295,7 @@ impl<D: Dataplane> Agent<D> {
                     None => std::future::pending().await,
                 }
             };
-            let mut sync_now = false;
+            let mut work = MarathonWork::None;
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
                 _ = int.recv() => { info!("SIGINT"); return Ok(()) }
@@ -227,7 +305,9 @@ impl<D: Dataplane> Agent<D> {
                         seen = sources::modified(path);
                         self.reload(path);
                     }
-                    sync_now = marathon.is_some();
+                    if marathon.is_some() {
+                        work = MarathonWork::Relist("SIGHUP");
+                    }
                 }
                 _ = poll.tick() => {
                     if let Some(path) = services {
@@ -240,23 +320,48 @@ impl<D: Dataplane> Agent<D> {
                     }
                 }
                 signal = event => {
-                    debug!(?signal, "Marathon event stream");
-                    sync_now = true;
+                    work = match signal {
+                        Signal::Events(events) => MarathonWork::Events(events),
+                        Signal::Relist => MarathonWork::Relist("the event stream (re)connected: events have no replay"),
+                        Signal::Lost => MarathonWork::Relist("the event stream is lost"),
+                    };
                 }
-                _ = resync.tick() => sync_now = marathon.is_some(),
-                _ = retry => sync_now = true,
+                _ = resync.tick() => if marathon.is_some() { work = MarathonWork::Relist("--resync interval") },
+                _ = retry => work = MarathonWork::Relist("retrying after a failure"),
             }
-            if let (true, Some(m)) = (sync_now, marathon.as_mut()) {
-                self.sync_marathon(m).await;
-                if self.marathon_failing() {
-                    retry_at = Some(tokio::time::Instant::now() + backoff.failed());
-                } else {
-                    retry_at = None;
-                    backoff.succeeded();
+            let Some(m) = marathon.as_mut() else { continue };
+            // Signals stay answered while Marathon or DNS is slow: the work is dropped.
+            let done = async {
+                match &work {
+                    MarathonWork::None => return false,
+                    MarathonWork::Relist(why) => self.relist(m, why).await,
+                    MarathonWork::Events(events) => self.apply_events(m, events).await,
                 }
+                true
+            };
+            let worked = tokio::select! {
+                worked = done => worked,
+                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
+                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+            };
+            if !worked {
+                continue;
+            }
+            if self.marathon_failing() {
+                retry_at = Some(tokio::time::Instant::now() + backoff.failed());
+            } else {
+                retry_at = None;
+                backoff.succeeded();
             }
         }
     }
+}
+
+/// What the Marathon source asks for after one wake-up.
+enum MarathonWork {
+    None,
+    Relist(&'static str),
+    Events(Vec<SseEvent>),
 }
 
 #[cfg(test)]

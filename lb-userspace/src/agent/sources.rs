@@ -11,6 +11,7 @@ use tracing::warn;
 use super::config::MarathonConfig;
 use crate::marathon::{
     client::MarathonClient,
+    cluster::ClusterModel,
     model::HealthMemory,
     vip::VipRange,
     watch::{DnsCache, EventWatch},
@@ -27,6 +28,8 @@ pub struct MarathonSource {
     pub dns: DnsCache,
     pub vips: VipRange,
     pub resync: Duration,
+    /// Every app as last read or as events changed it.
+    pub model: ClusterModel,
 }
 
 impl MarathonSource {
@@ -38,6 +41,7 @@ impl MarathonSource {
             dns: DnsCache::default(),
             vips: config.vips,
             resync: config.resync,
+            model: ClusterModel::default(),
         })
     }
 }

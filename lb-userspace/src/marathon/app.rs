@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct App {
     pub id: String,
@@ -25,19 +25,19 @@ pub struct App {
     pub tasks: Option<Vec<Task>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IpAddressSpec {
     pub discovery: Option<Discovery>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Discovery {
     pub ports: Option<Vec<DiscoveryPort>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct DiscoveryPort {
     pub number: Option<u32>,
@@ -45,7 +45,7 @@ pub struct DiscoveryPort {
     pub labels: Option<BTreeMap<String, Value>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Container {
     pub docker: Option<Docker>,
@@ -53,7 +53,7 @@ pub struct Container {
     pub port_mappings: Option<Vec<PortMapping>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Docker {
     /// ≤1.4: HOST, BRIDGE, USER, NONE.
@@ -61,7 +61,7 @@ pub struct Docker {
     pub port_mappings: Option<Vec<PortMapping>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PortMapping {
     pub container_port: Option<u32>,
@@ -71,13 +71,13 @@ pub struct PortMapping {
     pub labels: Option<BTreeMap<String, Value>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Network {
     pub mode: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct PortDefinition {
     pub port: Option<u32>,
@@ -85,7 +85,7 @@ pub struct PortDefinition {
     pub labels: Option<BTreeMap<String, Value>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Task {
     pub id: String,
@@ -97,13 +97,13 @@ pub struct Task {
     pub health_check_results: Option<Vec<HealthResult>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskIp {
     pub ip_address: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct HealthResult {
     pub alive: Option<bool>,

@@ -145,6 +145,18 @@ impl MarathonClient {
         Err(ClientError::AllFailed(errors.join("; ")))
     }
 
+    /// `GET /v2/apps/{id}?embed=app.tasks&embed=app.deployments`: one app, for an event that
+    /// does not carry what the model needs. None when Marathon does not know the app (404).
+    pub async fn app(&mut self, id: &str) -> Result<Option<bytes::Bytes>, ClientError> {
+        let id = id.trim_start_matches('/');
+        let url = format!("{}/v2/apps/{id}?embed=app.tasks&embed=app.deployments", self.urls[self.preferred]);
+        match self.get(url.clone(), "application/json", Some(self.timeout)).await {
+            Ok(response) => Ok(Some(response.bytes().await.map_err(|source| ClientError::Body { url, source })?)),
+            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Opens `/v2/events` on the next URL in turn. The response body is the stream; it has no
     /// overall timeout (the caller detects stalls).
     pub async fn events(&mut self) -> Result<(String, reqwest::Response), ClientError> {

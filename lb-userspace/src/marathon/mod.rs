@@ -2,6 +2,8 @@
 
 pub mod app;
 pub mod client;
+pub mod cluster;
+pub mod events;
 pub mod model;
 pub mod vip;
 pub mod watch;

@@ -47,8 +47,9 @@ pub struct Translation {
     pub desired: Desired,
     /// (app id, why) for apps that were skipped whole.
     pub app_errors: Vec<(String, String)>,
-    /// Tasks, ports or labels that were skipped, each with why.
-    pub warnings: Vec<String>,
+    /// Tasks, ports or labels that were skipped: (app id, what and why). Named VIPs that did
+    /// not fit are listed under the VIP's name.
+    pub warnings: Vec<(String, String)>,
     /// Named VIP → address.
     pub named_vips: BTreeMap<String, IpAddr>,
 }
@@ -127,8 +128,8 @@ pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, AppsResponseError> {
 }
 
 /// Translates parsed apps into desired services (`parse_errors` are carried into the result).
-pub fn translate(
-    parsed: &[App],
+pub fn translate<'a>(
+    parsed: impl Iterator<Item = &'a App> + Clone,
     parse_errors: Vec<(String, String)>,
     resolver: &mut dyn Resolver,
     health: &mut HealthMemory,
@@ -137,7 +138,7 @@ pub fn translate(
     let mut out = Translation { app_errors: parse_errors, ..Translation::default() };
     // Named VIPs first: their addresses depend on the whole set of names.
     let mut names = BTreeSet::new();
-    for app in parsed {
+    for app in parsed.clone() {
         for port in app_ports(app, network_mode(app)) {
             for (key, value) in &port.labels {
                 if let Some(Ok(label)) = vip::parse_label(key, value) {
@@ -154,7 +155,7 @@ pub fn translate(
             Some(ip) => {
                 out.named_vips.insert(name, ip);
             }
-            None => out.warnings.push(format!("named VIP {name}: --vip-cidr is full")),
+            None => out.warnings.push((name.clone(), format!("named VIP {name}: --vip-cidr is full"))),
         }
     }
 
@@ -211,7 +212,7 @@ fn translate_app(
             }
             match task_backend(task, port, mode, resolver) {
                 Ok(addr_port) => backends.push((addr_port, *live)),
-                Err(why) => out.warnings.push(format!("{} task {} port {}: {why}", app.id, task.id, port.index)),
+                Err(why) => out.warnings.push((app.id.clone(), format!("task {} port {}: {why}", task.id, port.index))),
             }
         }
         for (id, name) in ids {
@@ -335,7 +336,7 @@ fn service_ids(app: &App, port: &AppPort, out: &mut Translation) -> Vec<(Service
         for (key, value) in &port.labels {
             match vip::parse_label(key, value) {
                 None => {}
-                Some(Err(why)) => out.warnings.push(format!("{} port {}: {why}", app.id, port.index)),
+                Some(Err(why)) => out.warnings.push((app.id.clone(), format!("port {}: {why}", port.index))),
                 Some(Ok(label)) => {
                     let addr = match &label.target {
                         VipTarget::Ip(ip) => *ip,

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::{
     app::App,
-    client::{MarathonClient, SseParser, RELEVANT_EVENTS},
+    client::{MarathonClient, SseEvent, SseParser, RELEVANT_EVENTS},
     model::Resolver,
 };
 
@@ -22,8 +22,8 @@ type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>
 pub enum Signal {
     /// A (re)connected stream: everything may have changed meanwhile.
     Relist,
-    /// Relevant events arrived.
-    Changed,
+    /// Relevant events arrived (a burst: everything that had arrived).
+    Events(Vec<SseEvent>),
     /// The stream is gone or cannot be opened (a reconnect is scheduled): the caller re-reads
     /// the apps too, so an unreachable Marathon shows in the status at once.
     Lost,
@@ -84,13 +84,13 @@ impl EventWatch {
             };
             match tokio::time::timeout(self.stall, stream.next()).await {
                 Ok(Some(Ok(bytes))) => {
-                    let mut relevant = relevant_in(&mut self.parser, &bytes);
-                    // Take whatever else has already arrived, so a burst is one re-read.
+                    let mut events = relevant_in(&mut self.parser, &bytes);
+                    // Take whatever else has already arrived, so a burst is handled at once.
                     while let Some(Some(Ok(more))) = stream.next().now_or_never() {
-                        relevant |= relevant_in(&mut self.parser, &more);
+                        events.extend(relevant_in(&mut self.parser, &more));
                     }
-                    if relevant {
-                        return Signal::Changed;
+                    if !events.is_empty() {
+                        return Signal::Events(events);
                     }
                 }
                 Ok(Some(Err(err))) => {
@@ -111,9 +111,9 @@ impl EventWatch {
 
 }
 
-/// Whether `bytes` complete an event that can change the services.
-fn relevant_in(parser: &mut SseParser, bytes: &[u8]) -> bool {
-    parser.feed(bytes).iter().any(|e| e.event.is_empty() || RELEVANT_EVENTS.contains(&e.event.as_str()))
+/// The events `bytes` complete that can change the services.
+fn relevant_in(parser: &mut SseParser, bytes: &[u8]) -> Vec<SseEvent> {
+    parser.feed(bytes).into_iter().filter(|e| e.event.is_empty() || RELEVANT_EVENTS.contains(&e.event.as_str())).collect()
 }
 
 /// Host names resolved ahead of a translation (asynchronously, with a timeout) and cached.
@@ -124,27 +124,34 @@ pub struct DnsCache {
 
 const DNS_TTL: Duration = Duration::from_secs(60);
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a name that did not resolve is left before it is tried again.
+const DNS_RETRY: Duration = Duration::from_secs(10);
+const DNS_CONCURRENCY: usize = 32;
 
 impl DnsCache {
-    /// Resolves every task host of `apps` that is a name and not freshly cached.
-    pub async fn refresh(&mut self, apps: &[App]) {
-        let hosts: std::collections::BTreeSet<String> = apps
-            .iter()
+    /// Resolves every task host of `apps` that is a name and not freshly cached, at most
+    /// `DNS_CONCURRENCY` at a time, each bounded by `DNS_TIMEOUT`: names that never answer cost
+    /// one timeout per burst, not one per name. A name that does not resolve is retried after
+    /// `DNS_RETRY` (its tasks are skipped meanwhile, with the reason in the status).
+    pub async fn refresh<'a>(&mut self, apps: impl Iterator<Item = &'a App>) {
+        let now = Instant::now();
+        let stale: std::collections::BTreeSet<String> = apps
             .flat_map(|app| app.tasks.iter().flatten())
             .filter_map(|task| task.host.as_deref())
             .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
+            .filter(|h| !self.entries.get(*h).is_some_and(|(ip, at)| now.duration_since(*at) < if ip.is_some() { DNS_TTL } else { DNS_RETRY }))
             .map(str::to_owned)
             .collect();
-        let now = Instant::now();
-        for host in hosts {
-            if self.entries.get(&host).is_some_and(|(_, at)| now.duration_since(*at) < DNS_TTL) {
-                continue;
-            }
+        let lookups = futures_util::stream::iter(stale).map(|host| async move {
             let lookup = tokio::net::lookup_host((host.as_str(), 0));
             let ip = match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
                 Ok(Ok(mut addrs)) => addrs.next().map(|a| a.ip()),
                 _ => None,
             };
+            (host, ip)
+        });
+        let resolved: Vec<(String, Option<IpAddr>)> = lookups.buffer_unordered(DNS_CONCURRENCY).collect().await;
+        for (host, ip) in resolved {
             self.entries.insert(host, (ip, now));
         }
     }

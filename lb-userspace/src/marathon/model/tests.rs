@@ -28,7 +28,7 @@ fn vips() -> VipRange {
 
 fn translate_json(apps: &Value, health: &mut HealthMemory) -> Translation {
     let (parsed, errors) = parse_apps(&serde_json::to_vec(apps).unwrap()).unwrap();
-    translate(&parsed, errors, &mut dns(), health, &vips())
+    translate(parsed.iter(), errors, &mut dns(), health, &vips())
 }
 
 fn run(apps: &Value) -> Translation {
@@ -121,7 +121,7 @@ fn vip_labels_give_ip_and_named_vips_for_each_protocol() {
         assert!(s.contains(&format!("*:10080/{proto} /web:0 -> 10.0.9.1:31001/1")), "{s:#?}");
     }
     assert_eq!(s.len(), 6, "{s:#?}");
-    assert!(t.warnings.iter().any(|w| w.contains("VIP_2")), "{:?}", t.warnings);
+    assert!(t.warnings.iter().any(|(_, w)| w.contains("VIP_2")), "{:?}", t.warnings);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn task_states_and_health_decide_active_draining_or_absent() {
     app["portDefinitions"][0]["protocol"] = json!("tcp");
     let t = run(&json!({"apps": [app]}));
     assert_eq!(summary(&t), ["*:10080/tcp /a:0 -> 10.0.0.1:1/1,10.0.0.2:1/0,10.0.0.3:1/0,10.0.0.4:1/0"]);
-    assert!(t.warnings.iter().any(|w| w.contains("unresolvable") && w.contains("does not resolve")), "{:?}", t.warnings);
+    assert!(t.warnings.iter().any(|(_, w)| w.contains("unresolvable") && w.contains("does not resolve")), "{:?}", t.warnings);
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn container_networks_use_the_task_ip_and_container_port() {
     let t = run(&json!({"apps": [app]}));
     let s = summary(&t);
     assert_eq!(s, ["*:10101/tcp user-net-new:0 -> 9.0.0.5:80/1"]);
-    assert!(t.warnings.iter().any(|w| w.contains("no ipAddresses")), "{:?}", t.warnings);
+    assert!(t.warnings.iter().any(|(_, w)| w.contains("no ipAddresses")), "{:?}", t.warnings);
 }
 
 #[test]

@@ -1,0 +1,151 @@
+//! The agent's model of the cluster: every app by id, as last read or as events changed it.
+//! A full re-list replaces it; events change single apps. An app whose definition stops
+//! parsing keeps its last good definition (its services stay programmed) and is listed as
+//! degraded until a good definition arrives; an app Marathon no longer has is dropped.
+
+use std::collections::BTreeMap;
+
+use super::{
+    app::App,
+    events::{is_terminal, TaskUpdate},
+};
+
+#[derive(Debug, Default)]
+pub struct ClusterModel {
+    apps: BTreeMap<String, App>,
+    /// App id → why its current definition is not used.
+    degraded: BTreeMap<String, String>,
+}
+
+impl ClusterModel {
+    pub fn apps(&self) -> impl Iterator<Item = &App> + Clone {
+        self.apps.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+
+    /// Apps whose latest definition could not be used, with why.
+    pub fn degraded(&self) -> &BTreeMap<String, String> {
+        &self.degraded
+    }
+
+    /// A full re-list: `parsed` apps, and (id, why) for those that did not parse.
+    pub fn replace_all(&mut self, parsed: Vec<App>, unparsed: Vec<(String, String)>) {
+        let mut previous = std::mem::take(&mut self.apps);
+        self.degraded.clear();
+        self.apps = parsed.into_iter().map(|app| (app.id.clone(), app)).collect();
+        for (id, why) in unparsed {
+            if let Some(app) = previous.remove(&id) {
+                self.apps.insert(id.clone(), app);
+            }
+            self.degraded.insert(id, why);
+        }
+    }
+
+    /// One app as read alone (`GET /v2/apps/{id}`); `Err` when its definition did not parse.
+    pub fn upsert(&mut self, id: &str, app: Result<App, String>) {
+        match app {
+            Ok(app) => {
+                self.degraded.remove(id);
+                self.apps.insert(id.to_owned(), app);
+            }
+            // The last good definition, if there is one, stays as it is.
+            Err(why) => {
+                self.degraded.insert(id.to_owned(), why);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        self.apps.remove(id);
+        self.degraded.remove(id);
+    }
+
+    /// Applies a task's new state to its app. False when the event is not enough: the app is
+    /// not known, or a new task of a health-checked app appeared (its health results are only
+    /// in the app) — the caller reads the app.
+    pub fn apply_task(&mut self, update: &TaskUpdate) -> bool {
+        let Some(app) = self.apps.get_mut(&update.app_id) else { return false };
+        let health_checked = app.health_checks.as_ref().is_some_and(|c| !c.is_empty());
+        let tasks = app.tasks.get_or_insert_with(Vec::new);
+        let position = tasks.iter().position(|t| t.id == update.task.id);
+        match (position, is_terminal(update.task.state.as_deref())) {
+            (Some(i), true) => {
+                tasks.remove(i);
+            }
+            (Some(i), false) => {
+                let task = &mut tasks[i];
+                let new = &update.task;
+                task.state = new.state.clone();
+                task.host = new.host.clone().or(task.host.take());
+                task.ports = new.ports.clone().or(task.ports.take());
+                task.ip_addresses = new.ip_addresses.clone().or(task.ip_addresses.take());
+                task.version = new.version.clone().or(task.version.take());
+            }
+            (None, true) => {}
+            (None, false) if health_checked => return false,
+            (None, false) => tasks.push(update.task.clone()),
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::marathon::app::Task;
+
+    fn app(id: &str, tasks: &[(&str, &str)]) -> App {
+        let tasks = tasks.iter().map(|(id, state)| Task { id: (*id).into(), state: Some((*state).into()), ..Task::default() }).collect();
+        App { id: id.into(), tasks: Some(tasks), ..App::default() }
+    }
+
+    fn update(app: &str, task: &str, state: &str) -> TaskUpdate {
+        TaskUpdate { app_id: app.into(), task: Task { id: task.into(), state: Some(state.into()), host: Some("10.0.0.9".into()), ..Task::default() } }
+    }
+
+    fn task_states(model: &ClusterModel, id: &str) -> Vec<(String, String)> {
+        let app = model.apps().find(|a| a.id == id).unwrap();
+        app.tasks.iter().flatten().map(|t| (t.id.clone(), t.state.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn a_malformed_definition_keeps_the_last_good_one_until_a_good_one_comes() {
+        let mut model = ClusterModel::default();
+        model.replace_all(vec![app("/a", &[("a.1", "TASK_RUNNING")]), app("/b", &[])], vec![]);
+        model.replace_all(vec![app("/b", &[])], vec![("/a".into(), "portDefinitions: invalid type".into())]);
+        assert_eq!(model.len(), 2, "the malformed app keeps its last definition");
+        assert_eq!(model.degraded().get("/a").map(String::as_str), Some("portDefinitions: invalid type"));
+        model.upsert("/a", Ok(app("/a", &[("a.2", "TASK_RUNNING")])));
+        assert!(model.degraded().is_empty());
+        assert_eq!(task_states(&model, "/a"), [("a.2".to_string(), "TASK_RUNNING".to_string())]);
+        // Malformed when first seen: nothing to keep, but reported.
+        model.upsert("/c", Err("bad".into()));
+        assert_eq!(model.len(), 2);
+        assert!(model.degraded().contains_key("/c"));
+        // Gone from Marathon: gone from the model.
+        model.replace_all(vec![app("/b", &[])], vec![]);
+        assert_eq!(model.apps().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["/b"]);
+    }
+
+    #[test]
+    fn task_updates_add_change_and_drop_tasks() {
+        let mut model = ClusterModel::default();
+        model.replace_all(vec![app("/a", &[("a.1", "TASK_RUNNING")])], vec![]);
+        assert!(model.apply_task(&update("/a", "a.2", "TASK_STAGING")));
+        assert!(model.apply_task(&update("/a", "a.2", "TASK_RUNNING")));
+        assert!(model.apply_task(&update("/a", "a.1", "TASK_KILLED")));
+        assert_eq!(task_states(&model, "/a"), [("a.2".to_string(), "TASK_RUNNING".to_string())]);
+        assert!(!model.apply_task(&update("/unknown", "u.1", "TASK_RUNNING")), "an unknown app is read by the caller");
+        let mut checked = app("/h", &[]);
+        checked.health_checks = Some(vec![serde_json::json!({"protocol": "HTTP"})]);
+        model.upsert("/h", Ok(checked));
+        assert!(!model.apply_task(&update("/h", "h.1", "TASK_RUNNING")), "a new health-checked task is read with its health");
+    }
+}

@@ -36,11 +36,26 @@ pub struct Report {
     pub failed: Vec<String>,
 }
 
-/// Reconciler state that outlives a pass: what was freed by the previous one.
+/// Reconciler state that outlives a pass: what was freed by the previous one, and what the
+/// maps hold.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     quarantined_rings: BTreeSet<u32>,
     quarantined_backends: BTreeSet<u32>,
+    /// None until a pass has read the maps, and again after a pass that failed.
+    mirror: Option<Mirror>,
+}
+
+/// The maps as the last successful pass left them. The agent is the only writer (one agent per
+/// pin directory), so the next pass starts from this instead of reading every map, and skips
+/// the services whose desired state is what it programmed: a pass costs map I/O in proportion
+/// to the change, not to the cluster.
+#[derive(Debug)]
+struct Mirror {
+    services: BTreeMap<ServiceKey, ServiceInfo>,
+    backends: Vec<BackendInfo>,
+    /// The desired state each programmed service was last brought to.
+    programmed: BTreeMap<ServiceKey, Service>,
 }
 
 /// Free ids and rings during one pass, and which backend entries belong to which service.
@@ -107,8 +122,11 @@ impl Reconciler {
     /// Makes the maps equal to `desired`.
     pub fn apply(&mut self, desired: &Desired, dp: &mut dyn Dataplane) -> Result<Report, DataplaneError> {
         let limits = dp.limits()?;
-        let current: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
-        let backends = dp.backends()?;
+        // Taken: a pass that fails part-way leaves no mirror, and the next one reads the maps.
+        let (mut current, backends, mut programmed) = match self.mirror.take() {
+            Some(mirror) => (mirror.services, mirror.backends, mirror.programmed),
+            None => (dp.services()?.into_iter().collect::<BTreeMap<_, _>>(), dp.backends()?, BTreeMap::new()),
+        };
         let used_services: BTreeSet<u32> = current.values().map(|i| i.service_id).collect();
         let used_rings: BTreeSet<u32> =
             current.values().map(|i| i.ring_index).chain(self.quarantined_rings.iter().copied()).collect();
@@ -136,33 +154,49 @@ impl Reconciler {
         for service in desired.values() {
             let key = service.id.key();
             let outcome = match current.get(&key) {
-                None => add(service, &key, dp, &mut alloc).map(|()| report.added += 1),
-                Some(info) => update(service, &key, info, dp, &mut alloc).map(|changed| {
+                Some(_) if programmed.get(&key) == Some(service) => {
+                    report.unchanged += 1;
+                    continue;
+                }
+                None => add(service, &key, dp, &mut alloc).map(|info| {
+                    report.added += 1;
+                    info
+                }),
+                Some(info) => update(service, &key, info, dp, &mut alloc).map(|(changed, info)| {
                     if changed {
                         report.updated += 1
                     } else {
                         report.unchanged += 1
                     }
+                    info
                 }),
             };
-            if let Err(err) = outcome {
-                match err {
-                    DataplaneError::Full { .. } => {
-                        warn!(service = %service.id, name = %service.name, "not programmed: {err}");
-                        report.failed.push(format!("{} ({}): {err}", service.id, service.name));
-                    }
-                    other => return Err(other),
+            match outcome {
+                Ok(info) => {
+                    current.insert(key, info);
+                    programmed.insert(key, service.clone());
                 }
+                Err(err @ DataplaneError::Full { .. }) => {
+                    warn!(service = %service.id, name = %service.name, "not programmed: {err}");
+                    report.failed.push(format!("{} ({}): {err}", service.id, service.name));
+                }
+                Err(other) => return Err(other),
             }
         }
         let wanted: BTreeSet<ServiceKey> = desired.values().map(|s| s.id.key()).collect();
-        for (key, info) in current.iter().filter(|(k, _)| !wanted.contains(k)) {
+        let unwanted: Vec<(ServiceKey, ServiceInfo)> = current.iter().filter(|(k, _)| !wanted.contains(k)).map(|(k, i)| (*k, *i)).collect();
+        for (key, info) in &unwanted {
             remove(key, info, dp, &mut alloc)?;
+            current.remove(key);
+            programmed.remove(key);
             report.removed += 1;
         }
-        sync_service_ports(dp)?;
+        if report.added + report.removed > 0 || programmed.is_empty() {
+            sync_service_ports(current.keys(), dp)?;
+        }
         self.quarantined_rings = alloc.freed_rings;
         self.quarantined_backends = alloc.freed_backends;
+        self.mirror = Some(Mirror { services: current, backends: alloc.backends, programmed });
         if report.added + report.updated + report.removed > 0 {
             info!(added = report.added, updated = report.updated, removed = report.removed, unchanged = report.unchanged, "services applied");
         }
@@ -199,7 +233,8 @@ fn active_count(members: &[(u32, Backend)]) -> u32 {
     members.iter().filter(|(_, b)| b.weight > 0).count() as u32
 }
 
-fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
+/// Returns the service's entry as written.
+fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<ServiceInfo, DataplaneError> {
     // Allocate everything first: a service that does not fit leaves no trace.
     let service_id = alloc.service_id()?;
     let ids = match alloc.backend_ids(service.backends.len()) {
@@ -227,18 +262,20 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
     }
     dp.write_ring(ring_index, &build_ring(&members, alloc.limits.ring_size))?;
     let info = ServiceInfo { service_id, ring_index, active_backends: active_count(&members), _pad: 0 };
-    dp.set_service(key, &info)
+    dp.set_service(key, &info)?;
+    Ok(info)
 }
 
-/// Returns whether anything changed.
+/// Returns whether anything changed, and the service's entry as it is now.
 fn update(
     service: &Service,
     key: &ServiceKey,
     info: &ServiceInfo,
     dp: &mut dyn Dataplane,
     alloc: &mut Allocator,
-) -> Result<bool, DataplaneError> {
+) -> Result<(bool, ServiceInfo), DataplaneError> {
     let sid = info.service_id;
+    let mut info = *info;
     let mut changed = false;
     if dp.service_name(sid)? != service.name {
         dp.set_service_name(sid, &service.name)?;
@@ -290,8 +327,10 @@ fn update(
     if ring != dp.read_ring(info.ring_index)? || active != info.active_backends {
         let ring_index = alloc.ring()?;
         dp.write_ring(ring_index, &ring)?;
-        dp.set_service(key, &ServiceInfo { service_id: sid, ring_index, active_backends: active, _pad: 0 })?;
+        let swapped = ServiceInfo { service_id: sid, ring_index, active_backends: active, _pad: 0 };
+        dp.set_service(key, &swapped)?;
         alloc.free_ring(info.ring_index);
+        info = swapped;
         changed = true;
     }
 
@@ -307,7 +346,7 @@ fn update(
             changed = true;
         }
     }
-    Ok(changed)
+    Ok((changed, info))
 }
 
 fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
@@ -339,9 +378,9 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
 /// Makes the SERVICE_PORTS bitmap match the programmed services. It runs after the services
 /// are written, so a new service becomes reachable once complete and a removed one stops
 /// matching after its entry is gone.
-fn sync_service_ports(dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+fn sync_service_ports<'a>(services: impl Iterator<Item = &'a ServiceKey>, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
     let mut wanted = vec![0u64; lb_common::SERVICE_PORT_WORDS as usize];
-    for (key, _) in dp.services()? {
+    for key in services {
         let (word, bit) = lb_common::service_port_bit(key.port, key.proto);
         wanted[word as usize] |= bit;
     }
@@ -412,6 +451,31 @@ mod tests {
 
     fn id_of(dp: &FakeDataplane, port: u16) -> u32 {
         dp.backends.iter().position(|b| b.port == port && b.state != BACKEND_UNUSED).unwrap() as u32
+    }
+
+    #[test]
+    fn a_pass_touches_only_the_services_that_changed() {
+        let many = |changed_port: u16| {
+            let services: Vec<String> = (0..20u16)
+                .map(|i| {
+                    let port = if i == 7 { changed_port } else { 31000 };
+                    format!(r#"{{"name":"s{i}","address":"10.0.0.{i}","port":80,"backends":[{{"address":"10.1.0.{i}","port":{port}}}]}}"#)
+                })
+                .collect();
+            desired(&format!(r#"{{"services":[{}]}}"#, services.join(",")))
+        };
+        let mut dp = FakeDataplane::new(32, 64, RING);
+        let mut reconciler = Reconciler::default();
+        reconciler.apply(&many(31000), &mut dp).unwrap();
+        let writes = dp.log.len();
+        let report = reconciler.apply(&many(31000), &mut dp).unwrap();
+        assert_eq!((report.unchanged, dp.log.len()), (20, writes), "an unchanged pass writes nothing");
+        let report = reconciler.apply(&many(32000), &mut dp).unwrap();
+        assert_eq!((report.updated, report.unchanged), (1, 19));
+        assert!(dp.log[writes..].iter().all(|w| !w.contains("service ") || w.contains(&format!("service {}", dp.services.values().find(|i| dp.names[&i.service_id] == "s7").unwrap().service_id))), "{:?}", &dp.log[writes..]);
+        // A new reconciler (a restarted agent) reads the maps and finds nothing to do.
+        let report = Reconciler::default().apply(&many(32000), &mut dp).unwrap();
+        assert_eq!((report.updated, report.unchanged), (0, 20));
     }
 
     #[test]

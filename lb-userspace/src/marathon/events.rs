@@ -126,7 +126,7 @@ pub fn is_terminal(state: Option<&str>) -> bool {
 }
 
 /// The fields of a `status_update_event` the model uses.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct StatusUpdate {
     app_id: String,
@@ -136,12 +136,6 @@ struct StatusUpdate {
     ports: Option<Vec<Option<u32>>>,
     ip_addresses: Option<Vec<TaskIp>>,
     version: Option<String>,
-}
-
-impl Default for StatusUpdate {
-    fn default() -> Self {
-        Self { app_id: String::new(), task_id: String::new(), task_status: None, host: None, ports: None, ip_addresses: None, version: None }
-    }
 }
 
 impl StatusUpdate {

@@ -139,7 +139,7 @@ impl DnsCache {
             .flat_map(|app| app.tasks.iter().flatten())
             .filter_map(|task| task.host.as_deref())
             .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
-            .filter(|h| !self.entries.get(*h).is_some_and(|(ip, at)| now.duration_since(*at) < if ip.is_some() { DNS_TTL } else { DNS_RETRY }))
+            .filter(|h| self.is_stale(h, now))
             .map(str::to_owned)
             .collect();
         let lookups = futures_util::stream::iter(stale).map(|host| async move {
@@ -154,6 +154,14 @@ impl DnsCache {
         for (host, ip) in resolved {
             self.entries.insert(host, (ip, now));
         }
+    }
+}
+
+impl DnsCache {
+    /// Whether `host` should be looked up (again): never looked up, an answer older than
+    /// `DNS_TTL`, or a failure older than `DNS_RETRY`.
+    fn is_stale(&self, host: &str, now: Instant) -> bool {
+        self.entries.get(host).is_none_or(|(ip, at)| now.duration_since(*at) >= if ip.is_some() { DNS_TTL } else { DNS_RETRY })
     }
 }
 

@@ -1,20 +1,29 @@
-//! `cargo xtask bench`, control plane: how fast Marathon changes reach the maps, and what a full
-//! sync of a large cluster costs. The agent runs as in production (`lb run --marathon`) in a
-//! throw-away namespace against the Marathon-compatible test server.
+//! `cargo xtask bench`, control plane: how fast Marathon changes reach the maps on a loaded
+//! cluster, what each costs, and what a full sync costs. The agent runs as in production
+//! (`lb run --marathon`) in a throw-away namespace against the Marathon-compatible test
+//! server, which sends the events a real Marathon sends. Per cluster size (apps × 3 tasks):
 //!
-//! - event → maps: a task's port changes and a `status_update_event` is sent; the time until the
-//!   new backend is in the BACKENDS map (polled through the agent's own map adapter).
-//! - full sync: N apps × 3 tasks served before the agent starts; the sync time is the agent's
-//!   own measure (from the request to the last map write, logged as `synced from Marathon`),
-//!   and the peak RSS is the agent's VmHWM after the sync.
+//! - full sync: the agent's own measure (request to last map write, logged as `synced from
+//!   Marathon`), its peak RSS (VmHWM) and the kernel memory of the pinned maps (fdinfo memlock);
+//! - event → maps: one task's port changes; the time until the new backend is in that
+//!   service's ring (one service lookup and its ring read per poll, so polling costs the same at
+//!   any size), p50/p99 over the events; `GET /v2/apps` (full list) requests per event; agent
+//!   CPU seconds per 1,000 events.
+//!
+//! `LB_BIN` picks the agent binary, so an older build can be measured with the same method.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use lb::dataplane::{pinned::PinnedMaps, Dataplane};
+use aya::maps::{Array, HashMap, Map, MapData};
+use lb::{
+    dataplane::{pinned::PinnedMaps, Dataplane},
+    model::{Proto, ServiceAddr, ServiceId},
+};
+use lb_common::{BackendInfo, ServiceInfo, ServiceKey};
 use lb_tests::{
-    bench_report,
     agent::{Agent, PinDir, TestCgroup},
+    bench_report,
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::Netns,
 };
@@ -22,24 +31,24 @@ use serde_json::json;
 
 struct Config {
     events: usize,
-    apps: usize,
+    sizes: Vec<usize>,
     json: Option<String>,
     markdown: Option<String>,
 }
 
 fn parse_args() -> Result<Config> {
-    let mut c = Config { events: 200, apps: 10_000, json: None, markdown: None };
+    let mut c = Config { events: 200, sizes: vec![1_000, 10_000], json: None, markdown: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--events" => c.events = value()?.parse()?,
-            "--apps" => c.apps = value()?.parse()?,
+            "--apps" => c.sizes = value()?.split(',').map(|n| n.trim().parse()).collect::<Result<_, _>>()?,
             "--json" => c.json = Some(value()?),
             "--markdown" => c.markdown = Some(value()?),
             "--smoke" => {
                 c.events = 5;
-                c.apps = 50;
+                c.sizes = vec![50];
             }
             other => bail!("unknown argument {other}"),
         }
@@ -84,78 +93,180 @@ fn peak_rss_kib(agent: &Agent) -> Result<u64> {
         .context("no VmHWM")
 }
 
+/// The agent's CPU time (user + system), in seconds.
+fn cpu_seconds(agent: &Agent) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("no comm")?.1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Kernel memory the pinned maps lock (the sum of their fdinfo `memlock`), in bytes.
+fn pinned_map_bytes(pins: &PinDir) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(pins.path())? {
+        let path = entry?.path();
+        if path.is_dir() {
+            continue;
+        }
+        let map = MapData::from_pin(&path)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        total += info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn event_latency(cfg: &Config) -> Result<(f64, f64, f64)> {
-    let ns = Netns::new("lbk")?;
-    let marathon = MarathonServer::start(Some(&ns), Duration::from_secs(1))?;
-    marathon.set_apps((0..20).map(app).collect());
-    let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
-    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), 64)?;
-    agent.wait_log("synced from Marathon", Duration::from_secs(30))?;
-    let maps = PinnedMaps::new(pins.path());
-    let mut samples = Vec::new();
-    for round in 0..cfg.events {
-        let port = 40000 + round as u16;
-        let sent = Instant::now();
-        marathon.update("/bench/app-7", |a| a.tasks[0].port = port);
-        loop {
-            if maps.backends()?.iter().any(|b| b.port == port && b.state != lb_common::BACKEND_UNUSED) {
-                break;
-            }
-            ensure!(sent.elapsed() < Duration::from_secs(10), "event {round} never reached the maps");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        samples.push(sent.elapsed().as_secs_f64() * 1000.0);
-    }
-    drop(agent);
-    samples.sort_by(|a, b| a.total_cmp(b));
-    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), samples[samples.len() - 1]))
+/// One cluster size's figures.
+struct Row {
+    apps: usize,
+    services: usize,
+    sync_ms: f64,
+    rss_kib: u64,
+    map_bytes: u64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    lists_per_event: f64,
+    cpu_per_1000: f64,
 }
 
-fn full_sync(cfg: &Config) -> Result<(f64, u64, usize)> {
+/// Whether the service on node port `port` has a backend on `backend_port` in its ring.
+struct RingProbe {
+    services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    backends: Array<MapData, BackendInfo>,
+    maps: PinnedMaps,
+}
+
+impl RingProbe {
+    fn new(pins: &PinDir) -> Result<Self> {
+        let open = |name: &str| MapData::from_pin(pins.path().join(name));
+        Ok(Self {
+            services: HashMap::try_from(Map::HashMap(open("services")?))?,
+            backends: Array::try_from(Map::Array(open("backends")?))?,
+            maps: PinnedMaps::new(pins.path()),
+        })
+    }
+
+    fn serves(&self, port: u16, backend_port: u16) -> Result<bool> {
+        let key = ServiceId { addr: ServiceAddr::NodePort { v6: false }, port, proto: Proto::Tcp }.key();
+        let Ok(info) = self.services.get(&key, 0) else { return Ok(false) };
+        let mut ids = self.maps.read_ring(info.ring_index)?;
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let backend = self.backends.get(&id, 0)?;
+            if backend.port == backend_port && backend.state != lb_common::BACKEND_UNUSED {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     let ns = Netns::new("lbk")?;
     let marathon = MarathonServer::start(Some(&ns), Duration::from_secs(1))?;
-    marathon.set_apps((0..cfg.apps).map(app).collect());
+    marathon.set_apps((0..apps).map(app).collect());
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
-    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), cfg.apps + 64)?;
+    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), apps * 2 + 64)?;
     let line = agent.wait_log("synced from Marathon", Duration::from_secs(600))?;
-    eprintln!("{line}");
-    let ms: f64 = line
+    let sync_ms: f64 = line
         .split("elapsed_ms=")
         .nth(1)
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no elapsed_ms in the sync log line")?;
-    let rss = peak_rss_kib(&agent)?;
+    // The event stream's first connection asks for a re-list of its own: let it finish.
+    agent.wait_log("synced from Marathon", Duration::from_secs(600))?;
+    let rss_kib = peak_rss_kib(&agent)?;
     let services = PinnedMaps::new(pins.path()).services()?.len();
-    ensure!(services >= cfg.apps, "only {services} of {} services programmed", cfg.apps);
-    Ok((ms, rss, services))
+    ensure!(services >= apps, "only {services} of {apps} services programmed");
+    let map_bytes = pinned_map_bytes(&pins)?;
+
+    let probe = RingProbe::new(&pins)?;
+    let (lists_before, cpu_before) = (marathon.list_requests(), cpu_seconds(&agent)?);
+    let mut samples = Vec::new();
+    for round in 0..cfg.events {
+        let port = 40000 + (round % 20000) as u16;
+        let sent = Instant::now();
+        marathon.update("/bench/app-7", |a| a.tasks[0].port = port);
+        while !probe.serves(10007, port)? {
+            ensure!(sent.elapsed() < Duration::from_secs(30), "event {round} never reached the maps");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        samples.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    let events = cfg.events as f64;
+    let lists_per_event = (marathon.list_requests() - lists_before) as f64 / events;
+    let cpu_per_1000 = (cpu_seconds(&agent)? - cpu_before) / events * 1000.0;
+    drop(agent);
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Ok(Row {
+        apps,
+        services,
+        sync_ms,
+        rss_kib,
+        map_bytes,
+        p50: percentile(&samples, 0.5),
+        p99: percentile(&samples, 0.99),
+        max: samples[samples.len() - 1],
+        lists_per_event,
+        cpu_per_1000,
+    })
 }
 
 fn main() -> Result<()> {
     let cfg = parse_args()?;
-    let (p50, p99, max) = event_latency(&cfg)?;
-    let (sync_ms, rss_kib, services) = full_sync(&cfg)?;
-    let md = format!(
+    let mut rows = Vec::new();
+    for &apps in &cfg.sizes {
+        let row = measure(&cfg, apps)?;
+        eprintln!("{apps} apps: sync {:.0} ms, event p50 {:.2} ms p99 {:.2} ms", row.sync_ms, row.p50, row.p99);
+        rows.push(row);
+    }
+    let mut md = format!(
         "\n## Control plane (Marathon → maps)\n\n\
-         `lb run --marathon` against the Marathon-compatible test server, in a throw-away namespace.\n\n\
-         | measure | result | target |\n|---|---|---|\n\
-         | event → maps, p50 over {n} events | {p50:.2} ms | |\n\
-         | event → maps, p99 | {p99:.2} ms (max {max:.2} ms) | < 50 ms |\n\
-         | full sync, {apps} apps × 3 tasks ({services} services) | {sync_ms:.0} ms | < 2 s |\n\
-         | agent peak RSS after that sync | {rss:.1} MiB | < 100 MiB |\n",
-        n = cfg.events,
-        apps = cfg.apps,
-        rss = rss_kib as f64 / 1024.0,
+         `lb run --marathon` against the Marathon-compatible test server (which sends the events a real \
+         Marathon sends), in a throw-away namespace; apps × 3 tasks; {n} events per size (one task's port \
+         changes; timed until the new backend is in the service's ring).\n\n\
+         | apps | services | full sync | peak RSS | kernel map memory | event → maps p50 | p99 (max) | `GET /v2/apps` per event | agent CPU s per 1,000 events |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        n = cfg.events
     );
+    for r in &rows {
+        md += &format!(
+            "| {} | {} | {:.0} ms | {:.1} MiB | {:.0} MiB | {:.2} ms | {:.2} ms ({:.2}) | {:.2} | {:.2} |\n",
+            r.apps,
+            r.services,
+            r.sync_ms,
+            r.rss_kib as f64 / 1024.0,
+            r.map_bytes as f64 / (1 << 20) as f64,
+            r.p50,
+            r.p99,
+            r.max,
+            r.lists_per_event,
+            r.cpu_per_1000
+        );
+    }
     print!("{md}");
-    let doc = json!({"event_to_maps_ms": {"events": cfg.events, "p50": p50, "p99": p99, "max": max},
-        "full_sync": {"apps": cfg.apps, "tasks_per_app": 3, "services": services, "ms": sync_ms, "peak_rss_kib": rss_kib}});
+    let doc: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({"apps": r.apps, "tasks_per_app": 3, "services": r.services, "full_sync_ms": r.sync_ms,
+                "peak_rss_kib": r.rss_kib, "pinned_map_bytes": r.map_bytes,
+                "event_to_maps_ms": {"events": cfg.events, "p50": r.p50, "p99": r.p99, "max": r.max},
+                "list_requests_per_event": r.lists_per_event, "cpu_seconds_per_1000_events": r.cpu_per_1000})
+        })
+        .collect();
     if let Some(path) = &cfg.json {
-        bench_report::add_json_section(path, "control_plane", doc)?;
+        bench_report::add_json_section(path, "control_plane", json!(doc))?;
     }
     if let Some(path) = &cfg.markdown {
         bench_report::append_markdown(path, &md)?;

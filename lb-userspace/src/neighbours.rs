@@ -52,7 +52,14 @@ pub struct NeighbourResolver {
     sequence: u32,
     /// Backends already handled (requested, or found not to leave through an uplink).
     requested: BTreeSet<IpAddr>,
+    /// Backends whose route or request failed, and when: retried after `RETRY`, not on every
+    /// call (a cluster of unroutable backends must not cost a netlink round trip per backend
+    /// per change).
+    failed: std::collections::BTreeMap<IpAddr, std::time::Instant>,
 }
+
+/// How long a backend whose next hop could not be requested waits before it is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl NeighbourResolver {
     /// Opens an rtnetlink socket in the calling thread's network namespace, which is then the
@@ -64,26 +71,36 @@ impl NeighbourResolver {
         // rtnetlink handles a request inside sendmsg, so its answer is queued by the time send
         // returns; non-blocking turns a missing answer into an error instead of a hung agent.
         socket.set_non_blocking(true).map_err(NeighbourError::Socket)?;
-        Ok(Self { socket, sequence: 0, requested: BTreeSet::new() })
+        Ok(Self { socket, sequence: 0, requested: BTreeSet::new(), failed: Default::default() })
     }
 
     /// Requests resolution of the next hop of every backend in `backends` not handled before
     /// whose route leaves through one of `uplinks` (ifindexes); backends no longer listed are
     /// forgotten, so one that comes back is requested again. A backend whose request fails is
-    /// logged and retried on the next call; only a failing socket stops the call.
+    /// logged (once) and retried after `RETRY`; only a failing socket stops the call.
     /// Returns the number of neighbour requests sent.
     pub fn request(&mut self, backends: &BTreeSet<IpAddr>, uplinks: &[u32]) -> Result<usize, NeighbourError> {
         self.requested.retain(|addr| backends.contains(addr));
-        let new: Vec<IpAddr> = backends.difference(&self.requested).copied().collect();
+        self.failed.retain(|addr, _| backends.contains(addr));
+        let now = std::time::Instant::now();
+        let due = |addr: &IpAddr, failed: &std::collections::BTreeMap<IpAddr, std::time::Instant>| {
+            failed.get(addr).is_none_or(|at| now.duration_since(*at) >= RETRY)
+        };
+        let new: Vec<IpAddr> = backends.difference(&self.requested).filter(|a| due(a, &self.failed)).copied().collect();
         let mut sent = 0;
         for backend in new {
             match self.resolve(backend, uplinks) {
                 Ok(requested) => {
                     sent += usize::from(requested);
                     self.requested.insert(backend);
+                    self.failed.remove(&backend);
                 }
                 Err(err @ NeighbourError::Socket(_)) => return Err(err),
-                Err(err) => warn!("resolving the next hop of backend {backend}: {}", crate::error_chain(&err)),
+                Err(err) => {
+                    if self.failed.insert(backend, now).is_none() {
+                        warn!("resolving the next hop of backend {backend} (retried every {} s): {}", RETRY.as_secs(), crate::error_chain(&err));
+                    }
+                }
             }
         }
         Ok(sent)

@@ -168,8 +168,8 @@ struct Behaviour {
 
 struct Shared {
     apps: Mutex<Vec<AppSpec>>,
-    /// `/v2/apps` as served, rebuilt when the apps change rather than per request (building
-    /// 10,000 apps per request would time the test server, not the agent).
+    /// `/v2/apps` as served, built by the first request after a change rather than per request
+    /// or per change (building 10,000 apps each time would time the test server, not the agent).
     body: Mutex<Option<axum::body::Bytes>>,
     behaviour: Mutex<Behaviour>,
     events: broadcast::Sender<String>,
@@ -240,7 +240,8 @@ impl MarathonServer {
     /// removed ones.
     pub fn set_apps(&self, apps: Vec<AppSpec>) {
         let old = std::mem::replace(&mut *self.shared.apps.lock().unwrap(), apps.clone());
-        self.rebuild();
+        // Built now: a full sync right after is timed against a ready list.
+        *self.shared.body.lock().unwrap() = Some(list_body(&apps));
         let mut events = Vec::new();
         for app in &apps {
             match old.iter().find(|o| o.id == app.id) {
@@ -272,7 +273,7 @@ impl MarathonServer {
             change(app);
             before.events_to(Some(app))
         };
-        self.rebuild();
+        self.invalidate();
         events
     }
 
@@ -287,9 +288,9 @@ impl MarathonServer {
         }
     }
 
-    fn rebuild(&self) {
-        let apps: Vec<Value> = self.shared.apps.lock().unwrap().iter().map(AppSpec::to_json).collect();
-        *self.shared.body.lock().unwrap() = Some(serde_json::to_vec(&json!({ "apps": apps })).unwrap().into());
+    /// The served list is stale: it is built again on the next `GET /v2/apps`.
+    fn invalidate(&self) {
+        *self.shared.body.lock().unwrap() = None;
     }
 
 
@@ -348,8 +349,19 @@ async fn apps(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         return refused;
     }
     shared.list_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let body = shared.body.lock().unwrap().clone().unwrap_or_else(|| axum::body::Bytes::from_static(b"{\"apps\":[]}"));
+    let body = shared
+        .body
+        .lock()
+        .unwrap()
+        .get_or_insert_with(|| list_body(&shared.apps.lock().unwrap()))
+        .clone();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The body of `GET /v2/apps` for `apps`.
+fn list_body(apps: &[AppSpec]) -> axum::body::Bytes {
+    let apps: Vec<Value> = apps.iter().map(AppSpec::to_json).collect();
+    serde_json::to_vec(&json!({ "apps": apps })).unwrap().into()
 }
 
 async fn one_app(State(shared): State<Arc<Shared>>, headers: HeaderMap, axum::extract::Path(id): axum::extract::Path<String>) -> Response {

@@ -21,7 +21,7 @@ use crate::{
     marathon::{
         client::SseEvent,
         events::Delta,
-        model::{parse_apps, translate},
+        model::parse_apps,
         watch::Signal,
     },
     model::Desired,
@@ -93,7 +93,9 @@ impl<D: Dataplane> Agent<D> {
         for failure in &report.failed {
             error!("{failure}");
         }
-        if let Some(resolver) = &mut self.neighbours {
+        // Only full NAT forwards in XDP/TC to a next hop the kernel must have resolved, and
+        // full NAT only goes out of uplinks.
+        if let Some(resolver) = self.neighbours.as_mut().filter(|_| !self.uplinks.is_empty()) {
             let backends: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
             match resolver.request(&backends, &self.uplinks) {
                 Ok(sent) if sent > 0 => debug!(sent, "asked the kernel to resolve backends' next hops"),
@@ -153,7 +155,9 @@ impl<D: Dataplane> Agent<D> {
             warn!(app, "app definition not usable (its last good definition stays): {why}");
         }
         m.model.replace_all(apps, unparsed);
-        self.program_model(m).await;
+        m.dns.refresh(m.model.apps()).await;
+        m.translator.rebuild(m.model.apps(), &mut m.dns, &mut m.health, &m.vips);
+        self.program_model(m);
         info!(fetch_ms = fetched.as_millis() as u64, elapsed_ms = started.elapsed().as_millis() as u64, apps = m.model.len(), "synced from Marathon");
     }
 
@@ -182,10 +186,15 @@ impl<D: Dataplane> Agent<D> {
                 return self.relist(m, &format!("reading {id} alone failed ({why})")).await;
             }
         }
+        let mut changed: BTreeSet<String> = delta.refresh.iter().chain(&delta.remove).cloned().collect();
+        changed.extend(delta.tasks.iter().map(|t| t.app_id.clone()));
+        let model = &m.model;
+        m.dns.refresh(changed.iter().filter_map(|id| model.get(id))).await;
+        m.translator.update(model.apps(), |id| model.get(id), &changed, &mut m.dns, &mut m.health, &m.vips);
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
         status.events_applied += events.len() as u64;
         status.app_reads += delta.refresh.len() as u64;
-        self.program_model(m).await;
+        self.program_model(m);
         debug!(events = events.len(), apps_read = delta.refresh.len(), elapsed_ms = started.elapsed().as_millis() as u64, "events applied");
     }
 
@@ -208,15 +217,13 @@ impl<D: Dataplane> Agent<D> {
         Ok(())
     }
 
-    /// Translates the model into services (host names resolved first, outside the apply) and
-    /// programs them.
-    async fn program_model(&mut self, m: &mut MarathonSource) {
-        m.dns.refresh(m.model.apps()).await;
-        let translation = translate(m.model.apps(), Vec::new(), &mut m.dns, &mut m.health, &m.vips);
+    /// Programs the model's translation (host names were resolved before it, outside the
+    /// apply).
+    fn program_model(&mut self, m: &mut MarathonSource) {
         let mut skipped_apps: BTreeMap<String, String> = m.model.degraded().clone();
-        skipped_apps.extend(translation.app_errors.iter().cloned());
+        skipped_apps.extend(m.translator.app_errors());
         let mut skipped: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (app, what) in &translation.warnings {
+        for (app, what) in m.translator.warnings() {
             skipped.entry(app.clone()).or_default().push(what.clone());
         }
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
@@ -227,13 +234,13 @@ impl<D: Dataplane> Agent<D> {
         status.apps = m.model.len();
         status.state = if skipped_apps.is_empty() { "ok".into() } else { "degraded".into() };
         status.skipped_apps = skipped_apps;
-        status.skipped_tasks = translation.warnings.len();
+        status.skipped_tasks = skipped.values().map(Vec::len).sum();
         status.skipped = skipped;
-        status.named_vips = translation.named_vips.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        status.named_vips = m.translator.named_vips().iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         status.event_stream = m.watch.connected_to().map(str::to_owned);
         // The VIP names are published before the maps serve them, so `lb vips` never lags.
         self.write_status();
-        self.marathon_services = Some(translation.desired);
+        self.marathon_services = Some(m.translator.desired().clone());
         if let Err(err) = self.apply() {
             error!("applying Marathon's services: {err:#}");
         }

@@ -12,7 +12,7 @@ use super::config::MarathonConfig;
 use crate::marathon::{
     client::MarathonClient,
     cluster::ClusterModel,
-    model::HealthMemory,
+    model::{HealthMemory, Translator},
     vip::VipRange,
     watch::{DnsCache, EventWatch},
 };
@@ -30,6 +30,8 @@ pub struct MarathonSource {
     pub resync: Duration,
     /// Every app as last read or as events changed it.
     pub model: ClusterModel,
+    /// The model's translation into services, kept per app.
+    pub translator: Translator,
 }
 
 impl MarathonSource {
@@ -42,6 +44,7 @@ impl MarathonSource {
             vips: config.vips,
             resync: config.resync,
             model: ClusterModel::default(),
+            translator: Translator::default(),
         })
     }
 }

@@ -22,6 +22,10 @@ impl ClusterModel {
         self.apps.values()
     }
 
+    pub fn get(&self, id: &str) -> Option<&App> {
+        self.apps.get(id)
+    }
+
     pub fn len(&self) -> usize {
         self.apps.len()
     }

@@ -135,44 +135,211 @@ pub fn translate<'a>(
     health: &mut HealthMemory,
     vips: &VipRange,
 ) -> Translation {
-    let mut out = Translation { app_errors: parse_errors, ..Translation::default() };
-    // Named VIPs first: their addresses depend on the whole set of names.
-    let mut names = BTreeSet::new();
-    for app in parsed.clone() {
-        for port in app_ports(app, network_mode(app)) {
-            for (key, value) in &port.labels {
-                if let Some(Ok(label)) = vip::parse_label(key, value) {
-                    if let VipTarget::Named(name) = label.target {
-                        names.insert(name);
+    let mut translator = Translator::default();
+    translator.rebuild(parsed, resolver, health, vips);
+    let mut out = translator.translation();
+    out.app_errors.splice(0..0, parse_errors);
+    out
+}
+
+/// What one app contributes: its services (with only its own backends), what was skipped,
+/// and the tasks and named VIPs it has (to forget or re-allocate when it changes).
+#[derive(Debug, Default)]
+struct AppPart {
+    services: Vec<Service>,
+    warnings: Vec<(String, String)>,
+    error: Option<String>,
+    tasks: Vec<String>,
+    vip_names: BTreeSet<String>,
+}
+
+/// The translation of every app, kept so that a change to a few apps re-translates only those
+/// and re-merges only the services they contribute to: an event costs work in proportion to
+/// the apps it touches, not to the cluster. Named VIP addresses depend on the set of all
+/// names, so a change to that set re-translates everything (rare: a label added or removed).
+#[derive(Debug, Default)]
+pub struct Translator {
+    parts: BTreeMap<String, AppPart>,
+    /// Service → the apps contributing to it (usually one; apps may share a VIP).
+    contributors: BTreeMap<ServiceId, BTreeSet<String>>,
+    desired: Desired,
+    named_vips: BTreeMap<String, IpAddr>,
+    /// Named VIPs that did not fit `--vip-cidr`.
+    vip_warnings: Vec<(String, String)>,
+}
+
+impl Translator {
+    /// Translates every app from scratch.
+    pub fn rebuild<'a>(
+        &mut self,
+        apps: impl Iterator<Item = &'a App> + Clone,
+        resolver: &mut dyn Resolver,
+        health: &mut HealthMemory,
+        vips: &VipRange,
+    ) {
+        let names: BTreeSet<String> = apps.clone().flat_map(vip_names).collect();
+        self.allocate(&names, vips);
+        let mut seen_tasks = BTreeSet::new();
+        self.parts.clear();
+        for app in apps {
+            let part = self.translate_one(app, resolver, health);
+            seen_tasks.extend(part.tasks.iter().cloned());
+            self.parts.insert(app.id.clone(), part);
+        }
+        health.verdicts.retain(|task, _| seen_tasks.contains(task));
+        self.contributors.clear();
+        for (app, part) in &self.parts {
+            for service in &part.services {
+                self.contributors.entry(service.id).or_default().insert(app.clone());
+            }
+        }
+        self.desired.clear();
+        let ids: Vec<ServiceId> = self.contributors.keys().copied().collect();
+        self.merge(ids);
+    }
+
+    /// Re-translates the apps `changed` names (those `apps` no longer has are dropped).
+    pub fn update<'a>(
+        &mut self,
+        apps: impl Iterator<Item = &'a App> + Clone,
+        find: impl Fn(&str) -> Option<&'a App>,
+        changed: &BTreeSet<String>,
+        resolver: &mut dyn Resolver,
+        health: &mut HealthMemory,
+        vips: &VipRange,
+    ) {
+        let mut names: BTreeSet<String> =
+            self.parts.iter().filter(|(id, _)| !changed.contains(*id)).flat_map(|(_, p)| p.vip_names.iter().cloned()).collect();
+        names.extend(changed.iter().filter_map(|id| find(id)).flat_map(vip_names));
+        if names != self.named_vips.keys().cloned().chain(self.vip_warnings.iter().map(|(n, _)| n.clone())).collect() {
+            return self.rebuild(apps, resolver, health, vips);
+        }
+        let mut touched = BTreeSet::new();
+        for id in changed {
+            if let Some(old) = self.parts.remove(id) {
+                for service in &old.services {
+                    touched.insert(service.id);
+                    if let Some(apps) = self.contributors.get_mut(&service.id) {
+                        apps.remove(id);
                     }
+                }
+                let kept: BTreeSet<&String> = find(id).into_iter().flat_map(|a| a.tasks.iter().flatten().map(|t| &t.id)).collect();
+                for task in old.tasks.iter().filter(|t| !kept.contains(t)) {
+                    health.verdicts.remove(task);
+                }
+            }
+            let Some(app) = find(id) else { continue };
+            let part = self.translate_one(app, resolver, health);
+            for service in &part.services {
+                touched.insert(service.id);
+                self.contributors.entry(service.id).or_default().insert(id.clone());
+            }
+            self.parts.insert(id.clone(), part);
+        }
+        self.merge(touched);
+    }
+
+    /// Everything, as one [`Translation`].
+    pub fn translation(&self) -> Translation {
+        Translation {
+            desired: self.desired.clone(),
+            app_errors: self.app_errors().collect(),
+            warnings: self.warnings().cloned().collect(),
+            named_vips: self.named_vips.clone(),
+        }
+    }
+
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    pub fn named_vips(&self) -> &BTreeMap<String, IpAddr> {
+        &self.named_vips
+    }
+
+    /// (app id, why) for apps skipped whole.
+    pub fn app_errors(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.parts.iter().filter_map(|(id, p)| p.error.clone().map(|e| (id.clone(), e)))
+    }
+
+    /// (app id, what and why) for skipped tasks, ports and labels; full VIP ranges by name.
+    pub fn warnings(&self) -> impl Iterator<Item = &(String, String)> + '_ {
+        self.vip_warnings.iter().chain(self.parts.values().flat_map(|p| p.warnings.iter()))
+    }
+
+    fn allocate(&mut self, names: &BTreeSet<String>, vips: &VipRange) {
+        self.named_vips.clear();
+        self.vip_warnings.clear();
+        let names: Vec<String> = names.iter().cloned().collect();
+        for (name, ip) in vip::allocate(&names, vips) {
+            match ip {
+                Some(ip) => {
+                    self.named_vips.insert(name, ip);
+                }
+                None => self.vip_warnings.push((name.clone(), format!("named VIP {name}: --vip-cidr is full"))),
+            }
+        }
+    }
+
+    fn translate_one(&self, app: &App, resolver: &mut dyn Resolver, health: &mut HealthMemory) -> AppPart {
+        let mut out = Translation { named_vips: self.named_vips.clone(), ..Translation::default() };
+        let mut tasks = BTreeSet::new();
+        let error = translate_app(app, resolver, health, &mut out, &mut tasks).err().map(|e| e.to_string());
+        AppPart {
+            services: out.desired.into_values().collect(),
+            warnings: out.warnings,
+            error,
+            tasks: tasks.into_iter().collect(),
+            vip_names: vip_names(app),
+        }
+    }
+
+    /// Recomputes the merged services `ids` from their contributors' parts.
+    fn merge(&mut self, ids: impl IntoIterator<Item = ServiceId>) {
+        for id in ids {
+            let apps = self.contributors.get(&id).filter(|apps| !apps.is_empty());
+            let Some(apps) = apps else {
+                self.contributors.remove(&id);
+                self.desired.remove(&id);
+                continue;
+            };
+            let mut merged: Option<Service> = None;
+            for app in apps {
+                let Some(part) = self.parts.get(app).and_then(|p| p.services.iter().find(|s| s.id == id)) else { continue };
+                match &mut merged {
+                    Some(service) => service.backends.extend(part.backends.iter().copied()),
+                    None => merged = Some(part.clone()),
+                }
+            }
+            let Some(mut service) = merged else {
+                self.desired.remove(&id);
+                continue;
+            };
+            service.backends.sort();
+            service.backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+            // A service port is offered for IPv6 only where some task serves IPv6.
+            if id.addr == (ServiceAddr::NodePort { v6: true }) && service.backends.is_empty() {
+                self.desired.remove(&id);
+            } else {
+                self.desired.insert(id, service);
+            }
+        }
+    }
+}
+
+/// The named VIPs an app's labels ask for.
+fn vip_names(app: &App) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for port in app_ports(app, network_mode(app)) {
+        for (key, value) in &port.labels {
+            if let Some(Ok(label)) = vip::parse_label(key, value) {
+                if let VipTarget::Named(name) = label.target {
+                    names.insert(name);
                 }
             }
         }
     }
-    let names: Vec<String> = names.into_iter().collect();
-    for (name, ip) in vip::allocate(&names, vips) {
-        match ip {
-            Some(ip) => {
-                out.named_vips.insert(name, ip);
-            }
-            None => out.warnings.push((name.clone(), format!("named VIP {name}: --vip-cidr is full"))),
-        }
-    }
-
-    let mut seen_tasks = BTreeSet::new();
-    for app in parsed {
-        if let Err(err) = translate_app(app, resolver, health, &mut out, &mut seen_tasks) {
-            out.app_errors.push((app.id.clone(), err.to_string()));
-        }
-    }
-    health.verdicts.retain(|task, _| seen_tasks.contains(task));
-    for service in out.desired.values_mut() {
-        service.backends.sort();
-        service.backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
-    }
-    // A service port is offered for IPv6 only where some task serves IPv6.
-    out.desired.retain(|id, s| id.addr != ServiceAddr::NodePort { v6: true } || !s.backends.is_empty());
-    out
+    names
 }
 
 /// Why a whole app is skipped.

@@ -1,4 +1,8 @@
-use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    path::PathBuf,
+};
 
 use serde_json::{json, Value};
 
@@ -191,4 +195,36 @@ fn one_malformed_app_is_reported_and_the_others_apply() {
     assert_eq!(t.app_errors.len(), 1);
     assert_eq!(t.app_errors[0].0, "/bad");
     assert_eq!(t.desired.len(), 2, "the good app's tcp and udp service ports");
+}
+
+#[test]
+fn an_incremental_update_equals_a_translation_from_scratch() {
+    let apps = |extra_port: u64, vip: &str| {
+        json!({"apps": (0..30).map(|i| {
+            let port = if i == 7 { extra_port } else { 31000 + i };
+            json!({"id": format!("/app-{i}"), "networks": [{"mode": "host"}],
+                "portDefinitions": [{"port": 10000 + i, "protocol": "tcp", "labels": if i % 10 == 3 { json!({"VIP_0": vip}) } else { json!({}) }}],
+                "tasks": [{"id": format!("app-{i}.t1"), "host": "10.0.1.1", "ports": [port], "state": "TASK_RUNNING"},
+                          {"id": format!("app-{i}.t2"), "host": "10.0.1.2", "ports": [port], "state": "TASK_RUNNING"}]})
+        }).collect::<Vec<_>>()})
+    };
+    let parse = |v: &Value| parse_apps(&serde_json::to_vec(v).unwrap()).unwrap().0;
+    let before = parse(&apps(31007, "/shared:80"));
+    let (mut translator, mut health) = (Translator::default(), HealthMemory::default());
+    translator.rebuild(before.iter(), &mut dns(), &mut health, &vips());
+    for (after, changed) in [
+        (parse(&apps(41007, "/shared:80")), vec!["/app-7"]),
+        // A shared named VIP's member changes: the merged service follows.
+        (parse(&apps(41007, "10.9.9.9:80")), vec!["/app-3", "/app-13", "/app-23"]),
+    ] {
+        let changed: BTreeSet<String> = changed.into_iter().map(String::from).collect();
+        translator.update(after.iter(), |id| after.iter().find(|a| a.id == id), &changed, &mut dns(), &mut health, &vips());
+        let scratch = translate(after.iter(), Vec::new(), &mut dns(), &mut HealthMemory::default(), &vips());
+        assert_eq!(translator.desired(), &scratch.desired);
+        assert_eq!(translator.named_vips(), &scratch.named_vips);
+    }
+    // An app gone from the model takes its services with it.
+    let fewer: Vec<App> = parse(&apps(41007, "10.9.9.9:80")).into_iter().filter(|a| a.id != "/app-5").collect();
+    translator.update(fewer.iter(), |id| fewer.iter().find(|a| a.id == id), &BTreeSet::from(["/app-5".to_string()]), &mut dns(), &mut health, &vips());
+    assert_eq!(translator.desired(), &translate(fewer.iter(), Vec::new(), &mut dns(), &mut HealthMemory::default(), &vips()).desired);
 }

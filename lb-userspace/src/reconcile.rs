@@ -53,14 +53,18 @@ pub struct Reconciler {
 #[derive(Debug)]
 struct Mirror {
     services: BTreeMap<ServiceKey, ServiceInfo>,
-    backends: Vec<BackendInfo>,
+    /// The allocator as the pass ended (free lists, backends, membership): rebuilding it from
+    /// the maps would cost a pass time in proportion to the limits.
+    alloc: Allocator,
     /// The desired state each programmed service was last brought to.
     programmed: BTreeMap<ServiceKey, Service>,
 }
 
 /// Free ids and rings during one pass, and which backend entries belong to which service.
 /// Free lists and the membership index keep a pass linear in the number of services and
-/// backends (a full sync of a large cluster is one pass).
+/// backends (a full sync of a large cluster is one pass). Kept between passes in the mirror, so
+/// the membership index is maintained by every write that changes it.
+#[derive(Debug)]
 struct Allocator {
     limits: Limits,
     free_services: BTreeSet<u32>,
@@ -119,14 +123,9 @@ impl Allocator {
 }
 
 impl Reconciler {
-    /// Makes the maps equal to `desired`.
-    pub fn apply(&mut self, desired: &Desired, dp: &mut dyn Dataplane) -> Result<Report, DataplaneError> {
-        let limits = dp.limits()?;
-        // Taken: a pass that fails part-way leaves no mirror, and the next one reads the maps.
-        let (mut current, backends, mut programmed) = match self.mirror.take() {
-            Some(mirror) => (mirror.services, mirror.backends, mirror.programmed),
-            None => (dp.services()?.into_iter().collect::<BTreeMap<_, _>>(), dp.backends()?, BTreeMap::new()),
-        };
+    /// The allocator for maps holding `current` and `backends` (read from the kernel); what the
+    /// previous pass freed stays out of the free lists.
+    fn allocator_from_maps(&self, limits: Limits, current: &BTreeMap<ServiceKey, ServiceInfo>, backends: Vec<BackendInfo>) -> Allocator {
         let used_services: BTreeSet<u32> = current.values().map(|i| i.service_id).collect();
         let used_rings: BTreeSet<u32> =
             current.values().map(|i| i.ring_index).chain(self.quarantined_rings.iter().copied()).collect();
@@ -140,7 +139,7 @@ impl Reconciler {
                 free_backends.insert(id);
             }
         }
-        let mut alloc = Allocator {
+        Allocator {
             limits,
             free_services: (0..limits.max_services).filter(|id| !used_services.contains(id)).collect(),
             free_rings: (0..limits.rings).filter(|r| !used_rings.contains(r)).collect(),
@@ -149,6 +148,20 @@ impl Reconciler {
             members,
             freed_rings: BTreeSet::new(),
             freed_backends: BTreeSet::new(),
+        }
+    }
+
+    /// Makes the maps equal to `desired`.
+    pub fn apply(&mut self, desired: &Desired, dp: &mut dyn Dataplane) -> Result<Report, DataplaneError> {
+        let limits = dp.limits()?;
+        // Taken: a pass that fails part-way leaves no mirror, and the next one reads the maps.
+        let (mut current, mut alloc, mut programmed) = match self.mirror.take() {
+            Some(mirror) => (mirror.services, mirror.alloc, mirror.programmed),
+            None => {
+                let current: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
+                let alloc = self.allocator_from_maps(limits, &current, dp.backends()?);
+                (current, alloc, BTreeMap::new())
+            }
         };
         let mut report = Report::default();
         for service in desired.values() {
@@ -194,9 +207,13 @@ impl Reconciler {
         if report.added + report.removed > 0 || programmed.is_empty() {
             sync_service_ports(current.keys(), dp)?;
         }
-        self.quarantined_rings = alloc.freed_rings;
-        self.quarantined_backends = alloc.freed_backends;
-        self.mirror = Some(Mirror { services: current, backends: alloc.backends, programmed });
+        // What the previous pass freed is reusable from the next pass on; what this one freed
+        // waits one more pass.
+        alloc.free_rings.append(&mut self.quarantined_rings);
+        alloc.free_backends.append(&mut self.quarantined_backends);
+        self.quarantined_rings = std::mem::take(&mut alloc.freed_rings);
+        self.quarantined_backends = std::mem::take(&mut alloc.freed_backends);
+        self.mirror = Some(Mirror { services: current, alloc, programmed });
         if report.added + report.updated + report.removed > 0 {
             info!(added = report.added, updated = report.updated, removed = report.removed, unchanged = report.unchanged, "services applied");
         }
@@ -260,6 +277,7 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
         dp.set_backend(*id, &info)?;
         alloc.backends[*id as usize] = info;
     }
+    alloc.members.insert(service_id, ids);
     dp.write_ring(ring_index, &build_ring(&members, alloc.limits.ring_size))?;
     let info = ServiceInfo { service_id, ring_index, active_backends: active_count(&members), _pad: 0 };
     dp.set_service(key, &info)?;
@@ -315,6 +333,7 @@ fn update(
                 let entry = backend_info(backend, sid, generation);
                 dp.set_backend(id, &entry)?;
                 alloc.backends[id as usize] = entry;
+                alloc.members.entry(sid).or_default().push(id);
                 members.push((id, *backend));
                 changed = true;
             }
@@ -353,6 +372,9 @@ fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut 
     // The generation stays: the next owner of this id bumps it, which is what unpins old flows.
     let entry = BackendInfo { state: BACKEND_UNUSED, ..*old };
     dp.set_backend(id, &entry)?;
+    if let Some(ids) = alloc.members.get_mut(&old.service_id) {
+        ids.retain(|&member| member != id);
+    }
     // Counters are zeroed when an id is freed, so a new owner starts from zero without a
     // write per allocation (a full sync of a large cluster allocates tens of thousands).
     dp.reset_backend_stats(id)?;
@@ -370,6 +392,7 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
     }
     dp.set_service_name(info.service_id, "")?;
     dp.reset_service_stats(info.service_id)?;
+    alloc.members.remove(&info.service_id);
     alloc.free_ring(info.ring_index);
     alloc.release_service_id(info.service_id);
     Ok(())

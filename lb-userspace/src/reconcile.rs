@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, Limits},
-    model::{ip_bytes, Backend, Desired, Service},
+    model::{ip_bytes, Backend, Desired, Service, ServiceId},
 };
 
 /// What one pass did.
@@ -196,8 +196,8 @@ impl Reconciler {
                 Err(other) => return Err(other),
             }
         }
-        let wanted: BTreeSet<ServiceKey> = desired.values().map(|s| s.id.key()).collect();
-        let unwanted: Vec<(ServiceKey, ServiceInfo)> = current.iter().filter(|(k, _)| !wanted.contains(k)).map(|(k, i)| (*k, *i)).collect();
+        let wanted = |key: &ServiceKey| ServiceId::from_key(key).is_some_and(|id| desired.contains_key(&id));
+        let unwanted: Vec<(ServiceKey, ServiceInfo)> = current.iter().filter(|(k, _)| !wanted(k)).map(|(k, i)| (*k, *i)).collect();
         for (key, info) in &unwanted {
             remove(key, info, dp, &mut alloc)?;
             current.remove(key);
@@ -209,8 +209,9 @@ impl Reconciler {
         }
         // What the previous pass freed is reusable from the next pass on; what this one freed
         // waits one more pass.
-        alloc.free_rings.append(&mut self.quarantined_rings);
-        alloc.free_backends.append(&mut self.quarantined_backends);
+        // (extend, not append: append rebuilds the whole tree.)
+        alloc.free_rings.extend(std::mem::take(&mut self.quarantined_rings));
+        alloc.free_backends.extend(std::mem::take(&mut self.quarantined_backends));
         self.quarantined_rings = std::mem::take(&mut alloc.freed_rings);
         self.quarantined_backends = std::mem::take(&mut alloc.freed_backends);
         self.mirror = Some(Mirror { services: current, alloc, programmed });

@@ -40,8 +40,6 @@ pub struct Agent<D: Dataplane> {
     nat_ports: (u16, u16),
     uplinks: Vec<u32>,
     static_services: Desired,
-    /// None until Marathon has answered once.
-    marathon_services: Option<Desired>,
     pub status: AgentStatus,
     /// Asks the kernel to resolve the next hops of backends behind uplinks (full NAT can only
     /// forward to resolved neighbours). None in the host tests.
@@ -59,7 +57,6 @@ impl<D: Dataplane> Agent<D> {
             nat_ports,
             uplinks,
             static_services,
-            marathon_services: None,
             status,
             neighbours: None,
             write_status_file: true,
@@ -71,23 +68,24 @@ impl<D: Dataplane> Agent<D> {
         self
     }
 
-    /// Programs the services file's services plus Marathon's (Marathon wins a clash); service
-    /// ports inside the NAT range are left out with an error naming them.
-    pub fn apply(&mut self) -> Result<()> {
+    /// Programs the services file's services plus Marathon's (Marathon wins a clash; None until
+    /// Marathon has answered once); service ports inside the NAT range are left out with an
+    /// error naming them.
+    pub fn apply(&mut self, marathon: Option<&Desired>) -> Result<()> {
         let addrs = if self.node_ips.is_empty() {
             node_addrs::discover().context("listing this node's addresses")?
         } else {
             node_addrs::with_loopback(self.node_ips.clone())
         };
         reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
-        let (merged, clashes) = policy::merge(&self.static_services, self.marathon_services.as_ref());
+        let (merged, clashes) = policy::merge(&self.static_services, marathon);
         for id in clashes {
             warn!(service = %id, "defined both in the services file and by Marathon; Marathon's definition wins");
         }
         let (desired, excluded) = policy::exclude_nat_ports(merged, self.nat_ports);
         let (min, max) = self.nat_ports;
-        for (id, service) in &excluded {
-            error!(service = %id, name = %service.name, "service port is inside --nat-ports {min}-{max}: not programmed");
+        for service in &excluded {
+            error!(service = %service.id, name = %service.name, "service port is inside --nat-ports {min}-{max}: not programmed");
         }
         let report = self.reconciler.apply(&desired, &mut self.dataplane)?;
         for failure in &report.failed {
@@ -119,11 +117,11 @@ impl<D: Dataplane> Agent<D> {
     }
 
     /// Re-reads the services file; an invalid file changes nothing.
-    fn reload(&mut self, path: &Path) {
+    fn reload(&mut self, path: &Path, marathon: Option<&Desired>) {
         match services_file::load(path) {
             Ok(desired) => {
                 self.static_services = desired;
-                if let Err(err) = self.apply() {
+                if let Err(err) = self.apply(marathon) {
                     error!("applying {}: {err:#}", path.display());
                 }
             }
@@ -240,8 +238,8 @@ impl<D: Dataplane> Agent<D> {
         status.event_stream = m.watch.connected_to().map(str::to_owned);
         // The VIP names are published before the maps serve them, so `lb vips` never lags.
         self.write_status();
-        self.marathon_services = Some(m.translator.desired().clone());
-        if let Err(err) = self.apply() {
+        m.answered = true;
+        if let Err(err) = self.apply(Some(m.translator.desired())) {
             error!("applying Marathon's services: {err:#}");
         }
     }
@@ -277,7 +275,7 @@ impl<D: Dataplane> Agent<D> {
                     _ = int.recv() => { info!("SIGINT"); return Ok(()) }
                 }
             }
-            None => self.apply()?,
+            None => self.apply(None)?,
         }
         println!("ready");
         std::io::stdout().flush()?;
@@ -310,7 +308,7 @@ impl<D: Dataplane> Agent<D> {
                     if let Some(path) = services {
                         info!("SIGHUP: reloading {}", path.display());
                         seen = sources::modified(path);
-                        self.reload(path);
+                        self.reload(path, marathon_services(&marathon));
                     }
                     if marathon.is_some() {
                         work = MarathonWork::Relist("SIGHUP");
@@ -322,7 +320,7 @@ impl<D: Dataplane> Agent<D> {
                         if now != seen {
                             seen = now;
                             info!("{} changed: reloading", path.display());
-                            self.reload(path);
+                            self.reload(path, marathon_services(&marathon));
                         }
                     }
                 }
@@ -362,6 +360,11 @@ impl<D: Dataplane> Agent<D> {
             }
         }
     }
+}
+
+/// Marathon's services, once Marathon has answered.
+fn marathon_services(marathon: &Option<MarathonSource>) -> Option<&Desired> {
+    marathon.as_ref().filter(|m| m.answered).map(|m| m.translator.desired())
 }
 
 /// What the Marathon source asks for after one wake-up.
@@ -422,17 +425,15 @@ mod tests {
     fn marathon_wins_a_clash_and_both_sources_apply() {
         let node = ServiceAddr::NodePort { v6: false };
         let mut agent = agent(desired(vec![service(node, 10000, "file-web", "10.1.0.1"), service(node, 10001, "file-only", "10.1.0.2")]));
-        agent.apply().unwrap();
+        agent.apply(None).unwrap();
         assert_eq!(programmed(&agent)[0], (10000, "file-web".into(), "10.1.0.1".into()));
-        agent.marathon_services = Some(desired(vec![service(node, 10000, "/web:0", "10.2.0.1")]));
-        agent.apply().unwrap();
+        agent.apply(Some(&desired(vec![service(node, 10000, "/web:0", "10.2.0.1")]))).unwrap();
         assert_eq!(
             programmed(&agent),
             [(10000, "/web:0".into(), "10.2.0.1".into()), (10001, "file-only".into(), "10.1.0.2".into())]
         );
         // Marathon dropping the app hands the port back to the file's definition.
-        agent.marathon_services = Some(Desired::new());
-        agent.apply().unwrap();
+        agent.apply(Some(&Desired::new())).unwrap();
         assert_eq!(programmed(&agent)[0], (10000, "file-web".into(), "10.1.0.1".into()));
     }
 
@@ -445,7 +446,7 @@ mod tests {
             service(node, 60999, "below", "10.1.0.2"),
             service(vip, 62000, "vip-in-range", "10.1.0.3"),
         ]));
-        agent.apply().unwrap();
+        agent.apply(None).unwrap();
         let names: Vec<String> = programmed(&agent).into_iter().map(|(_, name, _)| name).collect();
         assert_eq!(names, ["below", "vip-in-range"]);
         assert_eq!(agent.status.services, 2);

@@ -32,6 +32,8 @@ pub struct MarathonSource {
     pub model: ClusterModel,
     /// The model's translation into services, kept per app.
     pub translator: Translator,
+    /// Marathon has answered once: until then the pinned services of a previous agent stay.
+    pub answered: bool,
 }
 
 impl MarathonSource {
@@ -45,6 +47,7 @@ impl MarathonSource {
             resync: config.resync,
             model: ClusterModel::default(),
             translator: Translator::default(),
+            answered: false,
         })
     }
 }

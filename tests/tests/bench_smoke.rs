@@ -16,7 +16,10 @@ fn control_plane_benchmark_smoke() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-control")).arg("--smoke").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("event → maps, p99") && stdout.contains("full sync"), "{stdout}");
+    for column in ["full sync", "event → maps p50", "`GET /v2/apps` per event", "agent CPU s per 1,000 events"] {
+        assert!(stdout.contains(column), "missing {column:?}:\n{stdout}");
+    }
+    assert!(stdout.contains("| 50 | 50 |"), "the smoke size was measured:\n{stdout}");
 }
 
 #[test]

@@ -171,10 +171,7 @@ impl Reconciler {
                     report.unchanged += 1;
                     continue;
                 }
-                None => add(service, &key, dp, &mut alloc).map(|info| {
-                    report.added += 1;
-                    info
-                }),
+                None => add(service, &key, dp, &mut alloc).inspect(|_| report.added += 1),
                 Some(info) => update(service, &key, info, dp, &mut alloc).map(|(changed, info)| {
                     if changed {
                         report.updated += 1

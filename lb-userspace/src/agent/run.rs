@@ -144,15 +144,14 @@ impl<D: Dataplane> Agent<D> {
             Err(err) => return self.marathon_failed(crate::error_chain(&err), m),
         };
         let fetched = started.elapsed();
-        let (apps, unparsed) = match parse_apps(&body) {
-            Ok(parsed) => parsed,
+        let unparsed = match m.model.replace_from(&body) {
+            Ok(unparsed) => unparsed,
             Err(err) => return self.marathon_failed(crate::error_chain(&err), m),
         };
         drop(body);
         for (app, why) in &unparsed {
             warn!(app, "app definition not usable (its last good definition stays): {why}");
         }
-        m.model.replace_all(apps, unparsed);
         m.dns.refresh(m.model.apps()).await;
         m.translator.rebuild(m.model.apps(), &mut m.dns, &mut m.health, &m.vips);
         self.program_model(m);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::{
     app::App,
+    model::{parse_apps_each, AppsResponseError},
     events::{is_terminal, TaskUpdate},
 };
 
@@ -39,16 +40,41 @@ impl ClusterModel {
         &self.degraded
     }
 
-    /// A full re-list: `parsed` apps, and (id, why) for those that did not parse.
-    pub fn replace_all(&mut self, parsed: Vec<App>, unparsed: Vec<(String, String)>) {
+    /// A full re-list from the response body, app by app (each old app is freed as its
+    /// successor arrives). Returns (id, why) of the apps that did not parse; a body that is no
+    /// apps response changes nothing.
+    pub fn replace_from(&mut self, body: &[u8]) -> Result<Vec<(String, String)>, AppsResponseError> {
         let mut previous = std::mem::take(&mut self.apps);
-        self.degraded.clear();
-        self.apps = parsed.into_iter().map(|app| (app.id.clone(), app)).collect();
-        for (id, why) in unparsed {
-            if let Some(app) = previous.remove(&id) {
-                self.apps.insert(id.clone(), app);
+        let degraded = std::mem::take(&mut self.degraded);
+        let mut unparsed = Vec::new();
+        let parsed = parse_apps_each(body, |app| {
+            if let Err(failed) = &app {
+                unparsed.push(failed.clone());
             }
-            self.degraded.insert(id, why);
+            self.replace_one(&mut previous, app);
+        });
+        if let Err(err) = parsed {
+            // Nothing was parsed: the envelope itself is wrong.
+            self.apps = previous;
+            self.degraded = degraded;
+            return Err(err);
+        }
+        Ok(unparsed)
+    }
+
+    /// One app of a re-list; one that does not parse keeps its definition from `previous`.
+    fn replace_one(&mut self, previous: &mut BTreeMap<String, App>, app: Result<App, (String, String)>) {
+        match app {
+            Ok(app) => {
+                previous.remove(&app.id);
+                self.apps.insert(app.id.clone(), app);
+            }
+            Err((id, why)) => {
+                if let Some(app) = previous.remove(&id) {
+                    self.apps.insert(id.clone(), app);
+                }
+                self.degraded.insert(id, why);
+            }
         }
     }
 
@@ -114,6 +140,18 @@ mod tests {
         TaskUpdate { app_id: app.into(), task: Task { id: task.into(), state: Some(state.into()), host: Some("10.0.0.9".into()), ..Task::default() } }
     }
 
+    /// A `/v2/apps` body: apps with (task id, state) tasks; `None` tasks = a malformed definition.
+    fn body(apps: &[(&str, Option<&[(&str, &str)]>)]) -> Vec<u8> {
+        let apps: Vec<serde_json::Value> = apps
+            .iter()
+            .map(|(id, tasks)| match tasks {
+                Some(tasks) => serde_json::json!({"id": id, "tasks": tasks.iter().map(|(t, st)| serde_json::json!({"id": t, "state": st})).collect::<Vec<_>>()}),
+                None => serde_json::json!({"id": id, "portDefinitions": "garbage"}),
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "apps": apps })).unwrap()
+    }
+
     fn task_states(model: &ClusterModel, id: &str) -> Vec<(String, String)> {
         let app = model.apps().find(|a| a.id == id).unwrap();
         app.tasks.iter().flatten().map(|t| (t.id.clone(), t.state.clone().unwrap_or_default())).collect()
@@ -122,10 +160,15 @@ mod tests {
     #[test]
     fn a_malformed_definition_keeps_the_last_good_one_until_a_good_one_comes() {
         let mut model = ClusterModel::default();
-        model.replace_all(vec![app("/a", &[("a.1", "TASK_RUNNING")]), app("/b", &[])], vec![]);
-        model.replace_all(vec![app("/b", &[])], vec![("/a".into(), "portDefinitions: invalid type".into())]);
+        model.replace_from(&body(&[("/a", Some(&[("a.1", "TASK_RUNNING")])), ("/b", Some(&[]))])).unwrap();
+        let unparsed = model.replace_from(&body(&[("/a", None), ("/b", Some(&[]))])).unwrap();
+        assert_eq!(unparsed.len(), 1);
         assert_eq!(model.len(), 2, "the malformed app keeps its last definition");
-        assert_eq!(model.degraded().get("/a").map(String::as_str), Some("portDefinitions: invalid type"));
+        assert!(model.degraded().get("/a").is_some_and(|why| why.contains("portDefinitions")), "{:?}", model.degraded());
+        assert_eq!(task_states(&model, "/a"), [("a.1".to_string(), "TASK_RUNNING".to_string())]);
+        // A body that is no apps response changes nothing.
+        assert!(model.replace_from(b"{\"message\": \"oops\"}").is_err());
+        assert_eq!(model.len(), 2);
         model.upsert("/a", Ok(app("/a", &[("a.2", "TASK_RUNNING")])));
         assert!(model.degraded().is_empty());
         assert_eq!(task_states(&model, "/a"), [("a.2".to_string(), "TASK_RUNNING".to_string())]);
@@ -134,14 +177,14 @@ mod tests {
         assert_eq!(model.len(), 2);
         assert!(model.degraded().contains_key("/c"));
         // Gone from Marathon: gone from the model.
-        model.replace_all(vec![app("/b", &[])], vec![]);
+        model.replace_from(&body(&[("/b", Some(&[]))])).unwrap();
         assert_eq!(model.apps().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["/b"]);
     }
 
     #[test]
     fn task_updates_add_change_and_drop_tasks() {
         let mut model = ClusterModel::default();
-        model.replace_all(vec![app("/a", &[("a.1", "TASK_RUNNING")])], vec![]);
+        model.replace_from(&body(&[("/a", Some(&[("a.1", "TASK_RUNNING")]))])).unwrap();
         assert!(model.apply_task(&update("/a", "a.2", "TASK_STAGING")));
         assert!(model.apply_task(&update("/a", "a.2", "TASK_RUNNING")));
         assert!(model.apply_task(&update("/a", "a.1", "TASK_KILLED")));

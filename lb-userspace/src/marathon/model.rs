@@ -103,28 +103,41 @@ pub type ParsedApps = (Vec<App>, Vec<(String, String)>);
 
 /// Apps of a `/v2/apps` (or `/v2/apps/{id}`) response.
 pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, AppsResponseError> {
+    let (mut apps, mut errors) = (Vec::new(), Vec::new());
+    parse_apps_each(body, |app| match app {
+        Ok(app) => apps.push(app),
+        Err(unparsed) => errors.push(unparsed),
+    })?;
+    Ok((apps, errors))
+}
+
+/// Hands each app of a response to `each` as it is parsed (or its id and why it does not
+/// parse), so a caller replacing a large model frees each old app as its successor arrives
+/// instead of holding two whole clusters at once.
+pub fn parse_apps_each(body: &[u8], mut each: impl FnMut(Result<App, (String, String)>)) -> Result<(), AppsResponseError> {
     let envelope: Envelope = serde_json::from_slice(body).map_err(AppsResponseError::NotJson)?;
     let raw = match (envelope.apps, envelope.app) {
         (Some(apps), _) => apps,
         (None, Some(app)) => vec![app],
         (None, None) => return Err(AppsResponseError::NoApps),
     };
-    let mut apps = Vec::with_capacity(raw.len());
-    let mut errors = Vec::new();
     for app in raw {
-        match serde_json::from_str::<App>(app.get()) {
-            Ok(parsed) => apps.push(parsed),
+        let mut fields = serde_json::Deserializer::from_str(app.get());
+        match serde_path_to_error::deserialize::<_, App>(&mut fields) {
+            Ok(parsed) => each(Ok(parsed)),
+            // "portDefinitions: invalid type: string …": the field, then what is wrong with it.
             Err(err) => {
                 #[derive(serde::Deserialize)]
                 struct Id {
                     id: Option<String>,
                 }
                 let id = serde_json::from_str::<Id>(app.get()).ok().and_then(|i| i.id).unwrap_or_else(|| "(no id)".into());
-                errors.push((id, err.to_string()));
+                let why = format!("{}: {}", err.path(), err.inner());
+                each(Err((id, why)));
             }
         }
     }
-    Ok((apps, errors))
+    Ok(())
 }
 
 /// Translates parsed apps into desired services (`parse_errors` are carried into the result).

@@ -268,6 +268,15 @@ impl<D: Dataplane> Agent<D> {
             // Until Marathon has answered once, the services already pinned (a restart) stay
             // exactly as they are: an empty or unreachable source never flushes them.
             Some(m) => {
+                // The event stream first, so nothing that happens during the first read is
+                // missed; that read then also answers the stream's (re)connect (one full read at
+                // start, not two). A stream that does not open in time does not hold the start up.
+                let opened = tokio::time::timeout(m.client.timeout(), m.watch.next(&mut m.client));
+                tokio::select! {
+                    _ = opened => {}
+                    _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
+                    _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                }
                 tokio::select! {
                     _ = self.relist(m, "start") => {}
                     _ = term.recv() => { info!("SIGTERM"); return Ok(()) }

@@ -79,6 +79,11 @@ impl MarathonClient {
         &self.urls
     }
 
+    /// How long a request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The URL that answered last.
     pub fn current(&self) -> &str {
         &self.urls[self.preferred]

@@ -184,8 +184,12 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no elapsed_ms in the sync log line")?;
-    // The event stream's first connection asks for a re-list of its own: let it finish.
-    agent.wait_log("synced from Marathon", Duration::from_secs(600))?;
+    // Events are measured once the agent follows the stream.
+    let connected = Instant::now();
+    while !lb::status::read(pins.path()).is_ok_and(|s| s.marathon.is_some_and(|m| m.event_stream.is_some())) {
+        ensure!(connected.elapsed() < Duration::from_secs(60), "the agent never connected to the event stream");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let rss_kib = peak_rss_kib(&agent)?;
     let services = PinnedMaps::new(pins.path()).services()?.len();
     ensure!(services >= apps, "only {services} of {apps} services programmed");

@@ -54,37 +54,51 @@ pub fn populate(members: &[RingMember], ring: &mut [u32], next: &mut [u32]) {
     if max_weight == 0 || size == 0 {
         return;
     }
-    // next[i] is member i's next preferred slot: offset, offset + skip, … (mod size), advanced
-    // by an add and a conditional subtract rather than a multiply and a modulo per probe.
+    // next[i] is member i's next preferred slot: offset, offset + skip, … (mod size).
     for (slot, member) in next.iter_mut().zip(members) {
         *slot = member.offset % size;
     }
     // Weighted turns: in round r a member has claimed floor(r * weight / max_weight) slots, so
     // slots are shared in proportion to weight and equal weights reduce to classic Maglev.
+    // When every member has the full weight or none (the usual case: equal weights, draining
+    // members at 0) a turn is one claim each, without the two divisions per member and round
+    // that otherwise cost as much as the probing (profiled: a 10,000-service sync spent a third
+    // of its time here).
+    let uniform = members.iter().all(|m| m.weight as u64 == max_weight || m.weight == 0);
     let mut filled = 0u32;
     let mut round = 0u64;
     loop {
         round += 1;
         for (i, member) in members.iter().enumerate() {
-            let due = round * member.weight as u64 / max_weight;
-            let claimed_before = (round - 1) * member.weight as u64 / max_weight;
-            for _ in claimed_before..due {
-                loop {
-                    let slot = next[i];
-                    next[i] += member.skip;
-                    if next[i] >= size {
-                        next[i] -= size;
-                    }
-                    if ring[slot as usize] == EMPTY {
-                        ring[slot as usize] = member.id;
-                        filled += 1;
-                        break;
-                    }
-                }
+            let turns = if uniform {
+                u64::from(member.weight != 0)
+            } else {
+                round * member.weight as u64 / max_weight - (round - 1) * member.weight as u64 / max_weight
+            };
+            for _ in 0..turns {
+                claim(member, &mut next[i], ring, size);
+                filled += 1;
                 if filled == size {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Gives `member` its next preferred slot that is still empty; `next` is where its preference
+/// list continues (advanced by an add and a conditional subtract, not a multiply and a modulo).
+#[inline(always)]
+fn claim(member: &RingMember, next: &mut u32, ring: &mut [u32], size: u32) {
+    loop {
+        let slot = *next;
+        *next += member.skip;
+        if *next >= size {
+            *next -= size;
+        }
+        if ring[slot as usize] == EMPTY {
+            ring[slot as usize] = member.id;
+            return;
         }
     }
 }

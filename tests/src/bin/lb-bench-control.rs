@@ -178,6 +178,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
     let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), apps * 2 + 64)?;
     let line = agent.wait_log("synced from Marathon", Duration::from_secs(600))?;
+    eprintln!("{apps} apps: {line}");
     let sync_ms: f64 = line
         .split("elapsed_ms=")
         .nth(1)

@@ -221,11 +221,20 @@ impl Translator {
         health: &mut HealthMemory,
         vips: &VipRange,
     ) {
-        let mut names: BTreeSet<String> =
-            self.parts.iter().filter(|(id, _)| !changed.contains(*id)).flat_map(|(_, p)| p.vip_names.iter().cloned()).collect();
-        names.extend(changed.iter().filter_map(|id| find(id)).flat_map(vip_names));
-        if names != self.named_vips.keys().cloned().chain(self.vip_warnings.iter().map(|(n, _)| n.clone())).collect() {
-            return self.rebuild(apps, resolver, health, vips);
+        // Only when a changed app's named VIPs differ can the set of names (and so every
+        // allocation) differ; only then is the whole set compared.
+        let names_touched = changed.iter().any(|id| {
+            let old = self.parts.get(id).map(|p| &p.vip_names);
+            let new = find(id).map(vip_names).unwrap_or_default();
+            old.map_or(!new.is_empty(), |old| *old != new)
+        });
+        if names_touched {
+            let mut names: BTreeSet<String> =
+                self.parts.iter().filter(|(id, _)| !changed.contains(*id)).flat_map(|(_, p)| p.vip_names.iter().cloned()).collect();
+            names.extend(changed.iter().filter_map(|id| find(id)).flat_map(vip_names));
+            if names != self.named_vips.keys().cloned().chain(self.vip_warnings.iter().map(|(n, _)| n.clone())).collect() {
+                return self.rebuild(apps, resolver, health, vips);
+            }
         }
         let mut touched = BTreeSet::new();
         for id in changed {

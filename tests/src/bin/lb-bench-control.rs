@@ -37,7 +37,7 @@ struct Config {
 }
 
 fn parse_args() -> Result<Config> {
-    let mut c = Config { events: 200, sizes: vec![1_000, 10_000], json: None, markdown: None };
+    let mut c = Config { events: 200, sizes: vec![1_000, 10_000, 30_000], json: None, markdown: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));

@@ -140,8 +140,11 @@ mod tests {
         TaskUpdate { app_id: app.into(), task: Task { id: task.into(), state: Some(state.into()), host: Some("10.0.0.9".into()), ..Task::default() } }
     }
 
-    /// A `/v2/apps` body: apps with (task id, state) tasks; `None` tasks = a malformed definition.
-    fn body(apps: &[(&str, Option<&[(&str, &str)]>)]) -> Vec<u8> {
+    /// (task id, state) pairs of one app; `None`: the app's definition is malformed.
+    type Tasks<'a> = Option<&'a [(&'a str, &'a str)]>;
+
+    /// A `/v2/apps` body of (app id, tasks).
+    fn body(apps: &[(&str, Tasks)]) -> Vec<u8> {
         let apps: Vec<serde_json::Value> = apps
             .iter()
             .map(|(id, tasks)| match tasks {

@@ -198,3 +198,70 @@ fn a_pinned_map_of_another_layout_is_refused_naming_lb_down() {
     let left: Vec<_> = std::fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["verdicts"], "a refused start pinned more");
 }
+
+/// The id of the program a pinned link runs, and the link's own id.
+fn link_and_program(pin: &Path) -> (u64, u64) {
+    let show = std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(pin).output().unwrap();
+    let link: Value = serde_json::from_slice(&show.stdout).unwrap();
+    (link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap())
+}
+
+/// The bytes of the read-only data (`.rodata`: the load-time globals) of program `prog_id`.
+fn rodata_of(prog_id: u64) -> Vec<u8> {
+    let show = std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &prog_id.to_string()]).output().unwrap();
+    let prog: Value = serde_json::from_slice(&show.stdout).unwrap();
+    for map_id in prog["map_ids"].as_array().unwrap() {
+        let info = std::process::Command::new("bpftool").args(["-j", "map", "show", "id", &map_id.to_string()]).output().unwrap();
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+        if !info["name"].as_str().unwrap_or_default().ends_with(".rodata") {
+            continue;
+        }
+        let dump = std::process::Command::new("bpftool").args(["-j", "map", "dump", "id", &map_id.to_string()]).output().unwrap();
+        let dump: Value = serde_json::from_slice(&dump.stdout).unwrap();
+        let value = &dump[0]["value"];
+        return value
+            .as_array()
+            .unwrap_or_else(|| panic!("raw value expected: {dump}"))
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect();
+    }
+    panic!("program {prog_id} has no .rodata map: {prog}");
+}
+
+#[test]
+fn a_restart_with_a_changed_global_replaces_the_program_of_every_link() {
+    use lb::dataplane::loader::{self, AttachPlan, IngressHook, LoadLimits};
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let cgroup = TestCgroup::new().unwrap();
+    let plan = |ring_size: u32| AttachPlan {
+        pin_dir: pins.path().to_owned(),
+        ifaces: vec![topo.node_if.clone()],
+        cgroup: cgroup.path().to_owned(),
+        limits: LoadLimits { ring_size, max_services: 8, ..LoadLimits::default() },
+        ingress_hook: IngressHook::Tc,
+    };
+    let link = pins.path().join("links").join(format!("tc_ingress@{}", topo.node_if));
+    let first = plan(4093);
+    topo.node.run(move || drop(loader::bring_up(&first).unwrap())).unwrap();
+    let before = links(pins.path());
+    let (link_id, first_prog) = link_and_program(&link);
+    let (old, new) = (4093u32.to_le_bytes(), 4091u32.to_le_bytes());
+    assert!(rodata_of(first_prog).windows(4).any(|w| w == old), "RING_SIZE 4093 in the first program");
+
+    // The same object with another value of its RING_SIZE global: a different program.
+    let second = plan(4091);
+    topo.node.run(move || drop(loader::bring_up(&second).unwrap())).unwrap();
+    let (link_after, second_prog) = link_and_program(&link);
+    assert_eq!(link_after, link_id, "the link stays: the hook was never empty");
+    assert_ne!(second_prog, first_prog);
+    let after = links(pins.path());
+    assert_eq!(before.len(), after.len());
+    for ((name, link, prog), (name_after, link_after, prog_after)) in before.iter().zip(&after) {
+        assert_eq!((name, link), (name_after, link_after), "every link stays");
+        assert_ne!(prog, prog_after, "{name} runs a new program");
+    }
+    let rodata = rodata_of(second_prog);
+    assert!(rodata.windows(4).any(|w| w == new) && !rodata.windows(4).any(|w| w == old), "the link runs the new object: {rodata:?}");
+}

@@ -261,8 +261,7 @@ impl<D: Dataplane> Agent<D> {
     /// SIGINT/SIGTERM.
     pub async fn serve(&mut self, services: Option<&Path>, mut marathon: Option<MarathonSource>) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut stop = StopSignals::install()?;
         let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         match marathon.as_mut() {
             // Until Marathon has answered once, the services already pinned (a restart) stay
@@ -272,15 +271,8 @@ impl<D: Dataplane> Agent<D> {
                 // missed; that read then also answers the stream's (re)connect (one full read at
                 // start, not two). A stream that does not open in time does not hold the start up.
                 let opened = tokio::time::timeout(m.client.timeout(), m.watch.next(&mut m.client));
-                tokio::select! {
-                    _ = opened => {}
-                    _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
-                    _ = int.recv() => { info!("SIGINT"); return Ok(()) }
-                }
-                tokio::select! {
-                    _ = self.relist(m, "start") => {}
-                    _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
-                    _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                if stop.unless_stopped(opened).await.is_none() || stop.unless_stopped(self.relist(m, "start")).await.is_none() {
+                    return Ok(());
                 }
             }
             None => self.apply(None)?,
@@ -308,10 +300,9 @@ impl<D: Dataplane> Agent<D> {
                     None => std::future::pending().await,
                 }
             };
-            let mut work = MarathonWork::None;
+            let mut work = None;
             tokio::select! {
-                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
-                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
+                _ = stop.signalled() => return Ok(()),
                 _ = hup.recv() => {
                     if let Some(path) = services {
                         info!("SIGHUP: reloading {}", path.display());
@@ -319,7 +310,7 @@ impl<D: Dataplane> Agent<D> {
                         self.reload(path, marathon_services(&marathon));
                     }
                     if marathon.is_some() {
-                        work = MarathonWork::Relist("SIGHUP");
+                        work = Some(MarathonWork::Relist("SIGHUP"));
                     }
                 }
                 _ = poll.tick() => {
@@ -333,32 +324,25 @@ impl<D: Dataplane> Agent<D> {
                     }
                 }
                 signal = event => {
-                    work = match signal {
+                    work = Some(match signal {
                         Signal::Events(events) => MarathonWork::Events(events),
                         Signal::Relist => MarathonWork::Relist("the event stream (re)connected: events have no replay"),
                         Signal::Lost => MarathonWork::Relist("the event stream is lost"),
-                    };
+                    });
                 }
-                _ = resync.tick() => if marathon.is_some() { work = MarathonWork::Relist("--resync interval") },
-                _ = retry => work = MarathonWork::Relist("retrying after a failure"),
+                _ = resync.tick() => if marathon.is_some() { work = Some(MarathonWork::Relist("--resync interval")) },
+                _ = retry => work = Some(MarathonWork::Relist("retrying after a failure")),
             }
-            let Some(m) = marathon.as_mut() else { continue };
+            let (Some(m), Some(work)) = (marathon.as_mut(), work) else { continue };
             // Signals stay answered while Marathon or DNS is slow: the work is dropped.
             let done = async {
                 match &work {
-                    MarathonWork::None => return false,
                     MarathonWork::Relist(why) => self.relist(m, why).await,
                     MarathonWork::Events(events) => self.apply_events(m, events).await,
                 }
-                true
             };
-            let worked = tokio::select! {
-                worked = done => worked,
-                _ = term.recv() => { info!("SIGTERM"); return Ok(()) }
-                _ = int.recv() => { info!("SIGINT"); return Ok(()) }
-            };
-            if !worked {
-                continue;
+            if stop.unless_stopped(done).await.is_none() {
+                return Ok(());
             }
             if self.marathon_failing() {
                 retry_at = Some(tokio::time::Instant::now() + backoff.failed());
@@ -370,6 +354,38 @@ impl<D: Dataplane> Agent<D> {
     }
 }
 
+/// SIGTERM and SIGINT: both stop the agent (programs stay attached, maps pinned).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+
+    /// Completes when either arrives.
+    async fn signalled(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM"),
+            _ = self.int.recv() => info!("SIGINT"),
+        }
+    }
+
+    /// `work`'s result, or None when a stop signal came first (the work is dropped).
+    async fn unless_stopped<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            done = work => Some(done),
+            _ = self.signalled() => None,
+        }
+    }
+}
+
 /// Marathon's services, once Marathon has answered.
 fn marathon_services(marathon: &Option<MarathonSource>) -> Option<&Desired> {
     marathon.as_ref().filter(|m| m.answered).map(|m| m.translator.desired())
@@ -377,7 +393,6 @@ fn marathon_services(marathon: &Option<MarathonSource>) -> Option<&Desired> {
 
 /// What the Marathon source asks for after one wake-up.
 enum MarathonWork {
-    None,
     Relist(&'static str),
     Events(Vec<SseEvent>),
 }

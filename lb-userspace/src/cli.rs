@@ -9,7 +9,7 @@ use crate::{
     agent::{self, config as parse, lock, AgentConfig},
     dataplane::{
         loader::{self, IngressHook},
-        pinned::PinnedMaps,
+        pinned::{pin_name, PinnedMaps},
         Dataplane as _, DEFAULT_PIN_DIR,
     },
     marathon::{client::Auth, vip::VipRange},
@@ -202,7 +202,7 @@ fn show_status(args: &ReadArgs) -> Result<u8> {
     let view = status::StatusView {
         running: holder.is_some(),
         settings: loader::read_settings(pin_dir).map(status::SettingsView::from),
-        maps_pinned: pin_dir.join("services").exists(),
+        maps_pinned: pin_dir.join(pin_name(lb_common::names::MAP_SERVICES)).exists(),
         agent: status::AgentStatus { pid: holder.map_or(last.pid, |pid| pid as u32), ..last },
     };
     report::print_status(&view, args.json, &mut std::io::stdout().lock())?;

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::{
     cli::RunArgs,
-    dataplane::loader::{AttachPlan, IngressHook, LoadLimits},
+    dataplane::loader::{AttachPlan, LoadLimits},
     marathon::{client::Auth, vip::VipRange},
     model::Desired,
     preflight::{self, PreflightError},
@@ -101,10 +101,6 @@ impl AgentConfig {
 
     pub fn pin_dir(&self) -> &Path {
         &self.plan.pin_dir
-    }
-
-    pub fn ingress_hook(&self) -> IngressHook {
-        self.plan.ingress_hook
     }
 }
 

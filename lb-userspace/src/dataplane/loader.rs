@@ -429,9 +429,13 @@ fn write_settings(ebpf: &mut Ebpf, limits: &LoadLimits) -> Result<(), LoaderErro
 
 /// The settings in force under `pin_dir`, if its maps exist.
 pub fn read_settings(pin_dir: &Path) -> Option<Settings> {
-    let data = aya::maps::MapData::from_pin(pin_dir.join(pin_name(names::MAP_SETTINGS))).ok()?;
-    let settings: Array<MapData, Settings> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
-    settings.get(&0, 0).ok().filter(|s| s.nat_port_min != 0)
+    pinned_settings(pin_dir).ok()?.get(&0, 0).ok().filter(|s| s.nat_port_min != 0)
+}
+
+/// The `settings` map pinned under `pin_dir`.
+fn pinned_settings(pin_dir: &Path) -> Result<Array<MapData, Settings>, aya::maps::MapError> {
+    let data = MapData::from_pin(pin_dir.join(pin_name(names::MAP_SETTINGS)))?;
+    Array::try_from(aya::maps::Map::Array(data))
 }
 
 /// Loads the pass-only XDP program and attaches it to `iface` (in the calling thread's network
@@ -575,9 +579,7 @@ impl Changes {
 }
 
 fn restore_settings(pin_dir: &Path, previous: Settings) {
-    let restored = aya::maps::MapData::from_pin(pin_dir.join(pin_name(names::MAP_SETTINGS)))
-        .and_then(|data| Array::<MapData, Settings>::try_from(aya::maps::Map::Array(data)))
-        .and_then(|mut map| map.set(0, previous, 0));
+    let restored = pinned_settings(pin_dir).and_then(|mut map| map.set(0, previous, 0));
     if let Err(err) = restored {
         warn!("rolling back: could not restore the previous settings: {err}");
     }

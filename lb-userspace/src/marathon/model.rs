@@ -140,21 +140,6 @@ pub fn parse_apps_each(body: &[u8], mut each: impl FnMut(Result<App, (String, St
     Ok(())
 }
 
-/// Translates parsed apps into desired services (`parse_errors` are carried into the result).
-pub fn translate<'a>(
-    parsed: impl Iterator<Item = &'a App> + Clone,
-    parse_errors: Vec<(String, String)>,
-    resolver: &mut dyn Resolver,
-    health: &mut HealthMemory,
-    vips: &VipRange,
-) -> Translation {
-    let mut translator = Translator::default();
-    translator.rebuild(parsed, resolver, health, vips);
-    let mut out = translator.translation();
-    out.app_errors.splice(0..0, parse_errors);
-    out
-}
-
 /// What one app contributes: its services (with only its own backends), what was skipped,
 /// and the tasks and named VIPs it has (to forget or re-allocate when it changes).
 #[derive(Debug, Default)]
@@ -259,16 +244,6 @@ impl Translator {
             self.parts.insert(id.clone(), part);
         }
         self.merge(touched);
-    }
-
-    /// Everything, as one [`Translation`].
-    pub fn translation(&self) -> Translation {
-        Translation {
-            desired: self.desired.clone(),
-            app_errors: self.app_errors().collect(),
-            warnings: self.warnings().cloned().collect(),
-            named_vips: self.named_vips.clone(),
-        }
     }
 
     pub fn desired(&self) -> &Desired {

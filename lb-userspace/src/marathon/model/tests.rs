@@ -30,6 +30,26 @@ fn vips() -> VipRange {
     "11.0.0.0/8".parse::<VipRange>().unwrap()
 }
 
+/// Every app translated from scratch, as one [`Translation`] (`parse_errors` first).
+fn translate<'a>(
+    parsed: impl Iterator<Item = &'a App> + Clone,
+    parse_errors: Vec<(String, String)>,
+    resolver: &mut dyn Resolver,
+    health: &mut HealthMemory,
+    vips: &VipRange,
+) -> Translation {
+    let mut translator = Translator::default();
+    translator.rebuild(parsed, resolver, health, vips);
+    let mut app_errors = parse_errors;
+    app_errors.extend(translator.app_errors());
+    Translation {
+        desired: translator.desired().clone(),
+        app_errors,
+        warnings: translator.warnings().cloned().collect(),
+        named_vips: translator.named_vips().clone(),
+    }
+}
+
 fn translate_json(apps: &Value, health: &mut HealthMemory) -> Translation {
     let (parsed, errors) = parse_apps(&serde_json::to_vec(apps).unwrap()).unwrap();
     translate(parsed.iter(), errors, &mut dns(), health, &vips())

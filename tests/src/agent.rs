@@ -1,6 +1,7 @@
 //! Running `lb` as a real process, inside a network namespace, with a unique pin directory.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -37,6 +38,26 @@ impl PinDir {
     pub fn arg(&self) -> String {
         self.path.display().to_string()
     }
+
+    /// Every pinned link by pin name (`tc_ingress@veth0`, `connect4@cgroup`, …): (link id,
+    /// program id), read with bpftool.
+    pub fn links(&self) -> BTreeMap<String, (u64, u64)> {
+        std::fs::read_dir(self.path.join("links"))
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                (path.file_name().unwrap().to_string_lossy().into_owned(), link_ids(&path))
+            })
+            .collect()
+    }
+}
+
+/// (link id, id of the program it runs) of the link pinned at `pin`, read with bpftool.
+pub fn link_ids(pin: &Path) -> (u64, u64) {
+    let show = Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(pin).output().unwrap();
+    let link: serde_json::Value =
+        serde_json::from_slice(&show.stdout).unwrap_or_else(|e| panic!("bpftool on {}: {e}", pin.display()));
+    (link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap())
 }
 
 impl Default for PinDir {

@@ -29,8 +29,20 @@ fn app(id: &str, port: u16, tasks: Vec<TaskSpec>) -> AppSpec {
     app
 }
 
-/// `lb run` in `ns` with `resolv` as its /etc/resolv.conf; returns the child and its stdout lines.
-fn start(ns: &Netns, resolv: &TempFile, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+/// The agent process; killed if the test ends before it stopped it (a failed assertion).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `lb run` in `ns` with `resolv` as its /etc/resolv.conf; returns the agent and its stdout lines.
+fn start(ns: &Netns, resolv: &TempFile, args: &[&str]) -> (Running, mpsc::Receiver<String>) {
     let mut command = ns.command("unshare");
     command
         .args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\""])
@@ -49,7 +61,7 @@ fn start(ns: &Netns, resolv: &TempFile, args: &[&str]) -> (Child, mpsc::Receiver
             let _ = tx.send(line);
         }
     });
-    (child, rx)
+    (Running(child), rx)
 }
 
 #[test]
@@ -86,8 +98,8 @@ fn names_that_never_resolve_delay_nothing_else_and_sigterm_is_prompt() {
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
     // SAFETY: signalling the agent this test started (unshare and sh exec into it).
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     assert!(signalled.elapsed() < Duration::from_secs(1), "SIGTERM took {:?}", signalled.elapsed());
     assert!(status.success(), "{status}");
     drop(swallow);

@@ -156,10 +156,10 @@ fn a_restart_with_new_nat_ports_keeps_every_connection_and_new_flows_use_the_new
     let old_ports = nat_ports(&s);
     assert!(old_ports.len() >= 30 && old_ports.iter().all(|p| (61000..=62999).contains(p)), "{old_ports:?}");
 
-    let links_before = link_programs(&s);
+    let links_before = s.pins.links();
     assert!(s.agent.take().unwrap().stop().unwrap().success());
     s.start_agent("tc", &["--nat-ports", "63000-64999"]);
-    let links_after = link_programs(&s);
+    let links_after = s.pins.links();
     assert_same_links_new_programs(&links_before, &links_after);
     let status: serde_json::Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &s.pins.arg()]).unwrap()).unwrap();
     assert_eq!(status["settings"]["nat_ports"], "63000-64999", "{status}");
@@ -174,20 +174,6 @@ fn a_restart_with_new_nat_ports_keeps_every_connection_and_new_flows_use_the_new
     let new_ports: Vec<u16> = nat_ports(&s).into_iter().filter(|p| !old_ports.contains(p)).collect();
     assert!(new_ports.len() >= 30, "new flows got no NAT port: {new_ports:?}");
     assert!(new_ports.iter().all(|p| (63000..=64999).contains(p)), "new flows outside the new range: {new_ports:?}");
-}
-
-/// Link id → program id of every link pinned by the agent, read with bpftool.
-fn link_programs(s: &Setup) -> BTreeMap<String, (u64, u64)> {
-    let links = s.pins.path().join("links");
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(&links).unwrap() {
-        let path = entry.unwrap().path();
-        let show = std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&path).output().unwrap();
-        let link: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_else(|e| panic!("bpftool on {}: {e}", path.display()));
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        out.insert(name, (link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap()));
-    }
-    out
 }
 
 /// The restart kept every link (same ids: the hook was never empty), gave each the program the

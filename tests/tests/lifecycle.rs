@@ -5,7 +5,7 @@
 use std::{path::Path, process::Output};
 
 use lb_tests::{
-    agent::{lb, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
+    agent::{lb, link_ids, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
     netns::ClientNode,
 };
 use serde_json::Value;
@@ -69,7 +69,7 @@ fn limits_that_differ_from_the_pinned_maps_exit_64_and_leave_the_running_state()
     first.extend(["--max-flows", "4096"]);
     let agent = Agent::start(&topo.node, &first).unwrap();
     assert!(agent.stop().unwrap().success());
-    let links_before = links(pins.path());
+    let links_before = pins.links();
     let cgroup = TestCgroup::new().unwrap();
     let cg = cgroup.arg();
     let mut bigger = vec!["run", "--cgroup", &cg];
@@ -80,7 +80,7 @@ fn limits_that_differ_from_the_pinned_maps_exit_64_and_leave_the_running_state()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("--max-flows") && stderr.contains("4096"), "{stderr}");
-    assert_eq!(links(pins.path()), links_before, "a refused start changed the attached programs");
+    assert_eq!(pins.links(), links_before, "a refused start changed the attached programs");
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn a_second_agent_is_refused_while_the_first_keeps_serving() {
     let file = TempFile::new(SERVICES).unwrap();
     let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--services", &file.arg()];
     let first = Agent::start(&topo.node, &args).unwrap();
-    let links_before = links(pins.path());
+    let links_before = pins.links();
 
     let cgroup = TestCgroup::new().unwrap();
     let cg = cgroup.arg();
@@ -101,7 +101,7 @@ fn a_second_agent_is_refused_while_the_first_keeps_serving() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("pid {}", first.pid())), "the refusal names the running agent: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert_eq!(links(pins.path()), links_before, "the second agent touched the first one's programs");
+    assert_eq!(pins.links(), links_before, "the second agent touched the first one's programs");
 
     // The first agent still owns the maps: a change of its services file is applied.
     file.replace(&SERVICES.replace("31005", "31006")).unwrap();
@@ -162,19 +162,6 @@ fn status(pins: &PinDir) -> (Option<i32>, Value) {
     (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
 }
 
-/// Link pin name → (link id, program id), read with bpftool.
-fn links(pin_dir: &Path) -> Vec<(String, u64, u64)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(pin_dir.join("links")).unwrap() {
-        let path = entry.unwrap().path();
-        let show = std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&path).output().unwrap();
-        let link: Value = serde_json::from_slice(&show.stdout).unwrap();
-        out.push((path.file_name().unwrap().to_string_lossy().into_owned(), link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap()));
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn a_pinned_map_of_another_layout_is_refused_naming_lb_down() {
     let topo = ClientNode::new().unwrap();
@@ -197,13 +184,6 @@ fn a_pinned_map_of_another_layout_is_refused_naming_lb_down() {
     assert!(stderr.contains("VERDICTS") && stderr.contains("7 entries") && stderr.contains("lb down"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["verdicts"], "a refused start pinned more");
-}
-
-/// The id of the program a pinned link runs, and the link's own id.
-fn link_and_program(pin: &Path) -> (u64, u64) {
-    let show = std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(pin).output().unwrap();
-    let link: Value = serde_json::from_slice(&show.stdout).unwrap();
-    (link["id"].as_u64().unwrap(), link["prog_id"].as_u64().unwrap())
 }
 
 /// The bytes of the read-only data (`.rodata`: the load-time globals) of program `prog_id`.
@@ -245,20 +225,20 @@ fn a_restart_with_a_changed_global_replaces_the_program_of_every_link() {
     let link = pins.path().join("links").join(format!("tc_ingress@{}", topo.node_if));
     let first = plan(4093);
     topo.node.run(move || drop(loader::bring_up(&first).unwrap())).unwrap();
-    let before = links(pins.path());
-    let (link_id, first_prog) = link_and_program(&link);
+    let before = pins.links();
+    let (link_id, first_prog) = link_ids(&link);
     let (old, new) = (4093u32.to_le_bytes(), 4091u32.to_le_bytes());
     assert!(rodata_of(first_prog).windows(4).any(|w| w == old), "RING_SIZE 4093 in the first program");
 
     // The same object with another value of its RING_SIZE global: a different program.
     let second = plan(4091);
     topo.node.run(move || drop(loader::bring_up(&second).unwrap())).unwrap();
-    let (link_after, second_prog) = link_and_program(&link);
+    let (link_after, second_prog) = link_ids(&link);
     assert_eq!(link_after, link_id, "the link stays: the hook was never empty");
     assert_ne!(second_prog, first_prog);
-    let after = links(pins.path());
+    let after = pins.links();
     assert_eq!(before.len(), after.len());
-    for ((name, link, prog), (name_after, link_after, prog_after)) in before.iter().zip(&after) {
+    for ((name, (link, prog)), (name_after, (link_after, prog_after))) in before.iter().zip(&after) {
         assert_eq!((name, link), (name_after, link_after), "every link stays");
         assert_ne!(prog, prog_after, "{name} runs a new program");
     }

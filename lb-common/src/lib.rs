@@ -18,4 +18,3 @@ pub mod ring_pool;
 pub use hook::Hook;
 pub use maps::*;
 pub use reasons::Reason;
-pub use ring_pool::SPARE_RINGS;

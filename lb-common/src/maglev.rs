@@ -7,12 +7,49 @@
 /// Ring entry that means "no backend" (backend ids start at 1).
 pub const EMPTY: u32 = 0;
 
-/// Default ring size (prime). Measured (mean over every backend removed, M = ring size):
-/// slots re-mapped when one of N backends goes, relative to the ideal 1/N —
-/// M=4093: N=10 1.13×, N=30 1.57×; M=16381: N=10 1.05×, N=30 1.24×, N=100 2.4×;
-/// M=65537: N=30 1.12×, N=100 1.58×. 16381 keeps services of up to ~30 backends within 1.25× of
-/// ideal at 64 KiB per ring; services with more backends want `--ring-size 65537`.
-pub const DEFAULT_RING_SIZE: u32 = 16381;
+/// Ring slots per weight unit (a backend of the smallest weight): with at least 100 slots per
+/// backend, Maglev's shares differ by at most ~1% of the fair share (the imbalance is 1/ratio).
+/// Measured (every backend removed in turn, M = the class for N backends): slots re-mapped
+/// relative to the ideal 1/N — N=3 (M=307) 1.02×, N=5 1.20×, N=10 1.26×, N=30 1.62×,
+/// N=100 2.55×; doubling the ratio buys little (N=30 at 200 per backend: 1.56×), while memory
+/// doubles.
+pub const SLOTS_PER_WEIGHT_UNIT: u64 = 100;
+
+/// Every ring size, smallest first: the largest prime at or below 128·2^(k/4) for k = 0..=36,
+/// four sizes per doubling (so a ring is at most ~19% larger than its backends need) up to the
+/// largest prime below 65,536. Every node derives a service's size from its backends with the
+/// same table, so rings stay identical across nodes.
+pub const RING_SIZES: [u32; 37] = ring_sizes();
+
+/// The largest ring: services with more than ~650 weight units share it (shares then differ by
+/// up to units/65,521 of the fair share).
+pub const MAX_RING_SIZE: u32 = RING_SIZES[RING_SIZES.len() - 1];
+
+const fn ring_sizes() -> [u32; 37] {
+    // 2^(k/4) for k mod 4, in ten-thousandths.
+    const ROOTS: [u64; 4] = [10_000, 11_892, 14_142, 16_818];
+    let mut sizes = [0u32; 37];
+    let mut k = 0;
+    while k < sizes.len() {
+        let mut n = ((128u64 << (k / 4)) * ROOTS[k % 4] / 10_000) as u32;
+        while !is_prime(n) {
+            n -= 1;
+        }
+        sizes[k] = n;
+        k += 1;
+    }
+    sizes
+}
+
+/// The ring size for members of these weights: the smallest size with
+/// [`SLOTS_PER_WEIGHT_UNIT`] slots per unit, a unit being the smallest non-zero weight (so equal
+/// weights count backends). 0 when no member has a weight: such a service has no ring.
+pub fn ring_size_for(weights: impl Iterator<Item = u32> + Clone) -> u32 {
+    let Some(unit) = weights.clone().filter(|&w| w > 0).min() else { return 0 };
+    let units: u64 = weights.map(|w| (w as u64).div_ceil(unit as u64)).sum();
+    let wanted = units.saturating_mul(SLOTS_PER_WEIGHT_UNIT);
+    RING_SIZES.iter().copied().find(|&size| size as u64 >= wanted).unwrap_or(MAX_RING_SIZE)
+}
 
 /// One backend as Maglev sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +141,7 @@ fn claim(member: &RingMember, next: &mut u32, ring: &mut [u32], size: u32) {
 }
 
 /// Whether `n` is prime (ring sizes must be, so every skip visits every slot).
-pub fn is_prime(n: u32) -> bool {
+pub const fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
@@ -126,7 +163,9 @@ mod tests {
     use super::*;
     use crate::v4_bytes;
 
-    const M: u32 = DEFAULT_RING_SIZE;
+    /// A ring larger than the classes give small services, so the disruption bounds below hold
+    /// up to N=30.
+    const M: u32 = 16381;
 
     fn member(i: u32, weight: u32) -> RingMember {
         let addr = v4_bytes([10, 1, (i >> 8) as u8, i as u8]);
@@ -175,7 +214,7 @@ mod tests {
     #[test]
     fn removing_one_of_n_remaps_close_to_one_nth() {
         for n in [3u32, 5, 10, 30] {
-            // N=30 sits at ~1.24× ideal with the default ring (see DEFAULT_RING_SIZE).
+            // N=30 sits at ~1.24× ideal with M=16381 (see SLOTS_PER_WEIGHT_UNIT).
             let all: Vec<_> = (0..n).map(|i| member(i, 1)).collect();
             let before = ring(&all);
             let without: Vec<_> = all.iter().copied().filter(|m| m.id != 2).collect();
@@ -206,8 +245,53 @@ mod tests {
     }
 
     #[test]
+    fn ring_sizes_are_increasing_primes_within_a_quarter_doubling() {
+        assert_eq!((RING_SIZES[0], MAX_RING_SIZE), (127, 65521));
+        for pair in RING_SIZES.windows(2) {
+            assert!(pair[0] < pair[1] && is_prime(pair[1]));
+            assert!(pair[1] as f64 / pair[0] as f64 <= 1.25, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn ring_size_gives_every_weight_unit_a_hundred_slots() {
+        let size = |weights: &[u32]| ring_size_for(weights.iter().copied());
+        assert_eq!(size(&[]), 0);
+        assert_eq!(size(&[0, 0]), 0, "draining members only: no ring");
+        assert_eq!(size(&[1]), 127);
+        assert_eq!(size(&[1, 1, 1]), 359, "3 backends: the smallest size ≥ 300");
+        assert_eq!(size(&[5, 5, 5]), 359, "only ratios count");
+        assert_eq!(size(&[1, 1, 1, 0]), 359, "a draining member takes no slots");
+        assert_eq!(size(&[3, 1]), 421, "3:1 is four units");
+        assert_eq!(size(&[1; 1000]), MAX_RING_SIZE);
+        for n in 1..=655u32 {
+            let s = size(&vec![1; n as usize]);
+            assert!(s as u64 >= n as u64 * SLOTS_PER_WEIGHT_UNIT && (s as f64) < (n * 100) as f64 * 1.2 + 127.0, "n={n}: {s}");
+        }
+    }
+
+    #[test]
+    fn balance_within_one_percent_at_the_class_size() {
+        for n in [2u32, 3, 5, 10, 30] {
+            let m = ring_size_for((0..n).map(|_| 1));
+            let members: Vec<_> = (0..n)
+                .map(|i| {
+                    let addr = v4_bytes([10, 1, 0, i as u8]);
+                    let (offset, skip) = preference(&addr, 31000, m);
+                    RingMember { id: i + 1, weight: 1, offset, skip }
+                })
+                .collect();
+            let mut ring = vec![0; m as usize];
+            populate(&members, &mut ring, &mut vec![0; n as usize]);
+            let shares: Vec<usize> = (1..=n).map(|id| share(&ring, id)).collect();
+            let spread = (shares.iter().max().unwrap() - shares.iter().min().unwrap()) as f64;
+            assert!(spread <= (m as f64 / n as f64) * 0.011 + 1.0, "n={n} m={m}: shares {shares:?}");
+        }
+    }
+
+    #[test]
     fn primes() {
-        assert!(is_prime(DEFAULT_RING_SIZE));
+        assert!(is_prime(16381));
         assert!(is_prime(65537));
         assert!(!is_prime(4096));
         assert!(!is_prime(1));

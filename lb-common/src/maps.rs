@@ -78,12 +78,15 @@ pub struct ServiceKey {
 pub struct ServiceInfo {
     /// Index into `SERVICE_STATS`.
     pub service_id: u32,
-    /// Which ring of the `RINGS` pool is live for this service (layout: crate::ring_pool). The agent fills a free ring and then points this field at it: the
-    /// swap is one map update, so no packet ever sees half a ring.
-    pub ring_index: u32,
-    /// Backends that take new flows; 0 means new flows get the "no live backend" verdict.
+    /// The service's live ring in the `RINGS` pool: `ring_size` slots (a prime, sized from the
+    /// backends) from slot `ring_start` (layout: crate::ring_pool). The agent fills a free ring
+    /// and then points these fields at it: the swap is one map update, so no packet ever sees
+    /// half a ring.
+    pub ring_start: u32,
+    pub ring_size: u32,
+    /// Backends that take new flows; 0 means new flows get the "no live backend" verdict (and
+    /// the service has no ring).
     pub active_backends: u32,
-    pub _pad: u32,
 }
 
 /// Value of `BACKENDS` (an array indexed by backend id; id 0 is never used).
@@ -243,6 +246,11 @@ pub struct Scratch {
     pub nat_reply: NatReply,
 }
 
+/// Version of what the pinned maps' contents mean, beyond their sizes (which are checked
+/// against the object): bumped whenever a field is reinterpreted, so an agent never adopts maps
+/// whose entries it would misread. 1: rings of per-service sizes (`ring_start`, `ring_size`).
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Default full-NAT source ports: above Linux's default ephemeral range (32768–60999), so NAT'd
 /// flows never collide with the node's own connections.
 pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
@@ -255,6 +263,9 @@ pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
+    /// [`LAYOUT_VERSION`] of the agent that created the maps: what their contents mean.
+    pub layout: u32,
+    pub _pad: u32,
     /// Idle time after which a UDP flow is re-balanced.
     pub udp_timeout_ns: u64,
     /// Source ports new full-NAT flows get (inclusive); 0 = not configured yet: no full NAT.
@@ -274,6 +285,8 @@ impl Settings {
             reply_max = reply_max.max(prev.nat_reply_port_max);
         }
         Self {
+            layout: LAYOUT_VERSION,
+            _pad: 0,
             udp_timeout_ns: udp_timeout_secs.saturating_mul(1_000_000_000),
             nat_port_min: min,
             nat_port_max: max,
@@ -315,10 +328,14 @@ pub struct NodeAddrKey {
     pub _pad2: u16,
 }
 
-/// Default limits (all configurable at load time).
-pub const DEFAULT_MAX_SERVICES: u32 = 1024;
-pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
-pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+/// Default limits (all configurable at load time): 10,000 apps of 3 tasks, each app with a
+/// service port and a VIP (20,000 services, 60,000 backend entries), with kernel map memory
+/// under 128 MiB on a 2-CPU node, flows included (README: memory). Per-CPU maps grow with the
+/// CPUs: ~2.6 MB per CPU at these limits.
+pub const DEFAULT_MAX_SERVICES: u32 = 32768;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
+/// Per flow table; ~760 B of kernel memory per flow across the six tables.
+pub const DEFAULT_MAX_FLOWS: u32 = 100_000;
 pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
 
 /// Key of `SOCK_REPLIES`: a local socket (by cookie) and the backend the socket hooks sent it to.
@@ -365,7 +382,7 @@ const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<NodeAddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

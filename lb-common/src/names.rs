@@ -43,8 +43,10 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 /// The flow-like maps, each sized by `--max-flows`.
 pub const FLOW_MAPS: [&str; 6] = [MAP_FLOWS, MAP_FLOWS4, MAP_REPLIES, MAP_REPLIES4, MAP_NAT_REPLIES, MAP_SOCK_REPLIES];
 
-/// Every map the agent pins under its pin directory.
+/// Every map the agent pins under its pin directory. Settings first: they carry the layout
+/// version, so maps of another layout are reported as that, not as a size that differs.
 pub const PINNED_MAPS: &[&str] = &[
+    MAP_SETTINGS,
     MAP_IFACE_STATS,
     MAP_SERVICES,
     MAP_SERVICE_NAMES,
@@ -62,8 +64,4 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_VERDICTS,
-    MAP_SETTINGS,
 ];
-
-/// Load-time constant of the kernel object (aya `override_global`): tied to the RINGS layout.
-pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";

@@ -5,27 +5,20 @@ use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
-    Global,
 };
 use lb_common::{
-    maglev::DEFAULT_RING_SIZE, reasons, ring_pool, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
+    reasons, ring_pool, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS,
 };
 
-/// Entries per Maglev ring (prime); set by the agent at load time.
-#[unsafe(no_mangle)]
-pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
 /// The agent's runtime settings (UDP idle timeout, NAT ports), one entry written by the agent
 /// before any program is attached or replaced.
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
-const RING_POOL: usize = match ring_pool::elements(ring_pool::rings(DEFAULT_MAX_SERVICES), DEFAULT_RING_SIZE) {
-    Some(elements) => elements as usize,
-    None => panic!("the default ring pool does not fit a BPF array"),
-};
+const RING_POOL: usize = ring_pool::elements(ring_pool::DEFAULT_RING_SLOTS) as usize;
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 
@@ -45,9 +38,10 @@ pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();
 /// This node's addresses, where service ports are served (value unused).
 #[btf_map]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, u32, 256> = HashMap::new();
-/// Pool of Maglev rings, RING_SIZE u32 backend ids each, two ids per u64 element (layout:
-/// lb_common::ring_pool); services point at one ring (`ring_index`). Memory-mappable: the agent sees the pool as one u32 array and writes a ring
-/// with one copy instead of one syscall per slot.
+/// Pool of Maglev rings of u32 backend ids, two ids per u64 element (layout:
+/// lb_common::ring_pool); a service points at its ring (`ring_start`, `ring_size`).
+/// Memory-mappable: the agent sees the pool as one u32 array and writes a ring with one copy
+/// instead of one syscall per slot.
 #[btf_map]
 pub static RINGS: Array<u64, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::new();
 /// Backends by id (id 0 unused).

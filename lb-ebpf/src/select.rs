@@ -13,7 +13,7 @@ use crate::{
     forward::{self, Route},
     mem,
     maps::{
-        BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, RING_SIZE, SCRATCH, SERVICES,
+        BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SCRATCH, SERVICES,
         SERVICE_PORTS, SETTINGS,
     },
     parse::Parsed,
@@ -253,9 +253,8 @@ pub fn ring_pick(svc: &ServiceInfo, flow_hash: u32, family: u8) -> Result<(u32, 
     if svc.active_backends == 0 {
         return Err(Reason::NoBackend);
     }
-    let ring_size = RING_SIZE.load();
-    let entry = hash::ring_slot(flow_hash, ring_size);
-    let backend_id = ring_entry(ring_pool::slot(svc.ring_index, ring_size, entry))?;
+    let entry = hash::ring_slot(flow_hash, svc.ring_size);
+    let backend_id = ring_entry(ring_pool::slot(svc.ring_start, entry))?;
     let backend = BACKENDS.get(backend_id).ok_or(Reason::BadBackend)?;
     if backend_id == 0 || backend.state != BACKEND_ACTIVE || backend.family != family {
         return Err(Reason::BadBackend);

@@ -129,9 +129,11 @@ pub struct RunArgs {
     /// at /run/lb/cgroup2 if the machine has no cgroup v2 mount).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
-    /// Entries per Maglev ring (prime). Memory: (max-services + 64) × ring-size × 4 bytes.
-    #[arg(long, default_value_t = lb_common::maglev::DEFAULT_RING_SIZE, value_parser = parse::ring_size)]
-    pub ring_size: u32,
+    /// Slots of the pool every service's Maglev ring comes from (4 bytes each; whole chunks of
+    /// 65536). A service takes the smallest prime ring with 100 slots per backend (359 for 3
+    /// backends, at most 65521); the default holds 20,000 such services.
+    #[arg(long, default_value_t = lb_common::ring_pool::DEFAULT_RING_SLOTS, value_parser = parse::ring_slots)]
+    pub ring_slots: u32,
     /// Services (each address, port and protocol is one).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICES, value_parser = parse::count_at_least(1))]
     pub max_services: u32,
@@ -179,9 +181,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Status(args) => show_status(&args),
         Command::Vips(args) => {
-            let status = status::read(&args.pins.pin_dir)
-                .with_context(|| format!("no status for {} (has `lb run` run with this --pin-dir?)", args.pins.pin_dir.display()))?;
-            let vips = status.marathon.map(|m| m.named_vips).unwrap_or_default();
+            let vips = status::read_vips(&args.pins.pin_dir).with_context(|| {
+                format!("no named VIPs for {} (has `lb run --marathon` run with this --pin-dir?)", args.pins.pin_dir.display())
+            })?;
             report::print_vips(&vips, args.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
@@ -226,8 +228,10 @@ fn down(args: &DownArgs) -> Result<u8> {
     }
     let _lock = lock::PinDirLock::acquire(pin_dir)?;
     let removed = loader::tear_down(pin_dir)?;
-    // The agent's last status describes what was just removed.
-    let _ = std::fs::remove_file(status::path_for(pin_dir));
+    // The agent's last status and VIP table describe what was just removed.
+    for file in [status::path_for(pin_dir), status::vips_path_for(pin_dir)] {
+        let _ = std::fs::remove_file(file);
+    }
     println!("removed {removed} pins under {}", pin_dir.display());
     Ok(0)
 }

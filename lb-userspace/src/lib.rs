@@ -10,6 +10,7 @@ pub mod neighbours;
 pub mod node_addrs;
 pub mod preflight;
 pub mod reconcile;
+pub mod ring_alloc;
 pub mod report;
 pub mod services_file;
 pub mod status;

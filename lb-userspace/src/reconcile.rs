@@ -1,8 +1,8 @@
 //! Desired services → the maps, writing only what changed, in an order where no packet sees a
 //! half-updated service:
 //! 1. backend entries that will take flows are written (new ones, or draining → active);
-//! 2. a new ring is written into a free ring of the pool, then the service entry is pointed at
-//!    it (one map update: the atomic swap);
+//! 2. a new ring (sized from the backends, `maglev::ring_size_for`) is written into a free ring
+//!    of the pool, then the service entry is pointed at it (one map update: the atomic swap);
 //! 3. only then are entries demoted (active → draining) or freed (removed backends).
 //!
 //! Rings and backend ids freed in one pass are not reused in that pass nor the next one, so a
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::{
     dataplane::{Dataplane, DataplaneError, Limits},
     model::{ip_bytes, Backend, Desired, Service, ServiceId},
+    ring_alloc::{Ring, RingAllocator},
 };
 
 /// What one pass did.
@@ -40,10 +41,12 @@ pub struct Report {
 /// maps hold.
 #[derive(Debug, Default)]
 pub struct Reconciler {
-    quarantined_rings: BTreeSet<u32>,
+    quarantined_rings: BTreeSet<Ring>,
     quarantined_backends: BTreeSet<u32>,
     /// None until a pass has read the maps, and again after a pass that failed.
     mirror: Option<Mirror>,
+    /// Services the last pass could not program (limits reached): retried by every pass.
+    unfit: BTreeSet<ServiceId>,
 }
 
 /// The maps as the last successful pass left them. The agent is the only writer (one agent per
@@ -68,12 +71,12 @@ struct Mirror {
 struct Allocator {
     limits: Limits,
     free_services: BTreeSet<u32>,
-    free_rings: BTreeSet<u32>,
+    rings: RingAllocator,
     free_backends: BTreeSet<u32>,
     backends: Vec<BackendInfo>,
     /// Service id → its backend entries (ids), as the pass started.
     members: HashMap<u32, Vec<u32>>,
-    freed_rings: BTreeSet<u32>,
+    freed_rings: BTreeSet<Ring>,
     freed_backends: BTreeSet<u32>,
 }
 
@@ -90,13 +93,25 @@ impl Allocator {
         self.free_services.insert(id);
     }
 
-    fn ring(&mut self) -> Result<u32, DataplaneError> {
-        self.free_rings.pop_first().ok_or(DataplaneError::Full { what: "rings", limit: self.limits.rings, flag: "--max-services" })
+    /// A free ring of `size` slots; None for size 0 (a service with no active backend has no
+    /// ring).
+    fn ring(&mut self, size: u32) -> Result<Option<Ring>, DataplaneError> {
+        if size == 0 {
+            return Ok(None);
+        }
+        let ring = self.rings.allocate(size).ok_or(DataplaneError::Full {
+            what: "ring slots",
+            limit: self.limits.ring_slots,
+            flag: "--ring-slots",
+        })?;
+        Ok(Some(ring))
     }
 
     /// A ring no longer live: reusable from the pass after next (see the module comment).
-    fn free_ring(&mut self, ring: u32) {
-        self.freed_rings.insert(ring);
+    fn free_ring(&mut self, info: &ServiceInfo) {
+        if let Some(ring) = ring_of(info) {
+            self.freed_rings.insert(ring);
+        }
     }
 
     fn backend_ids(&mut self, count: usize) -> Result<Vec<u32>, DataplaneError> {
@@ -125,10 +140,16 @@ impl Allocator {
 impl Reconciler {
     /// The allocator for maps holding `current` and `backends` (read from the kernel); what the
     /// previous pass freed stays out of the free lists.
-    fn allocator_from_maps(&self, limits: Limits, current: &BTreeMap<ServiceKey, ServiceInfo>, backends: Vec<BackendInfo>) -> Allocator {
+    fn allocator_from_maps(
+        &self,
+        limits: Limits,
+        current: &BTreeMap<ServiceKey, ServiceInfo>,
+        backends: Vec<BackendInfo>,
+    ) -> Result<Allocator, DataplaneError> {
         let used_services: BTreeSet<u32> = current.values().map(|i| i.service_id).collect();
-        let used_rings: BTreeSet<u32> =
-            current.values().map(|i| i.ring_index).chain(self.quarantined_rings.iter().copied()).collect();
+        let used_rings = current.values().filter_map(ring_of).chain(self.quarantined_rings.iter().copied());
+        let rings = RingAllocator::new(limits.ring_slots, used_rings)
+            .map_err(|err| DataplaneError::Layout { name: lb_common::names::MAP_SERVICES, detail: err.to_string() })?;
         let mut members: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut free_backends = BTreeSet::new();
         for (id, b) in backends.iter().enumerate().skip(1) {
@@ -139,83 +160,139 @@ impl Reconciler {
                 free_backends.insert(id);
             }
         }
-        Allocator {
+        Ok(Allocator {
             limits,
             free_services: (0..limits.max_services).filter(|id| !used_services.contains(id)).collect(),
-            free_rings: (0..limits.rings).filter(|r| !used_rings.contains(r)).collect(),
+            rings,
             free_backends,
             backends,
             members,
             freed_rings: BTreeSet::new(),
             freed_backends: BTreeSet::new(),
-        }
+        })
     }
 
     /// Makes the maps equal to `desired`.
     pub fn apply(&mut self, desired: &Desired, dp: &mut dyn Dataplane) -> Result<Report, DataplaneError> {
+        self.apply_changes(desired, None, dp)
+    }
+
+    /// Makes the maps equal to `desired` when the caller knows that only the services in
+    /// `changed` can differ from the previous pass's (None: any may): a pass then costs work in
+    /// proportion to the change, not to the cluster. Services that did not fit before are
+    /// retried in every pass. Without a mirror of the maps (first pass, or after a failed one)
+    /// every service is compared.
+    pub fn apply_changes(
+        &mut self,
+        desired: &Desired,
+        changed: Option<&BTreeSet<ServiceId>>,
+        dp: &mut dyn Dataplane,
+    ) -> Result<Report, DataplaneError> {
         let limits = dp.limits()?;
         // Taken: a pass that fails part-way leaves no mirror, and the next one reads the maps.
-        let (mut current, mut alloc, mut programmed) = match self.mirror.take() {
-            Some(mirror) => (mirror.services, mirror.alloc, mirror.programmed),
+        let (mut pass, changed) = match self.mirror.take() {
+            Some(mirror) => (Pass { maps: mirror, report: Report::default() }, changed),
             None => {
-                let current: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
-                let alloc = self.allocator_from_maps(limits, &current, dp.backends()?);
-                (current, alloc, BTreeMap::new())
+                let services: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
+                let alloc = self.allocator_from_maps(limits, &services, dp.backends()?)?;
+                (Pass { maps: Mirror { services, alloc, programmed: BTreeMap::new() }, report: Report::default() }, None)
             }
         };
-        let mut report = Report::default();
-        for service in desired.values() {
-            let key = service.id.key();
-            let outcome = match current.get(&key) {
-                Some(_) if programmed.get(&key) == Some(service) => {
-                    report.unchanged += 1;
-                    continue;
-                }
-                None => add(service, &key, dp, &mut alloc).inspect(|_| report.added += 1),
-                Some(info) => update(service, &key, info, dp, &mut alloc).map(|(changed, info)| {
-                    if changed {
-                        report.updated += 1
-                    } else {
-                        report.unchanged += 1
+        match changed {
+            Some(changed) => {
+                let mut ids: BTreeSet<ServiceId> = std::mem::take(&mut self.unfit);
+                ids.extend(changed);
+                for id in ids {
+                    let key = id.key();
+                    match desired.get(&id) {
+                        Some(service) => self.program(service, &mut pass, dp)?,
+                        None => pass.remove(&key, dp)?,
                     }
-                    info
-                }),
-            };
-            match outcome {
-                Ok(info) => {
-                    current.insert(key, info);
-                    programmed.insert(key, service.clone());
                 }
-                Err(err @ DataplaneError::Full { .. }) => {
-                    warn!(service = %service.id, name = %service.name, "not programmed: {err}");
-                    report.failed.push(format!("{} ({}): {err}", service.id, service.name));
+            }
+            None => {
+                self.unfit.clear();
+                for service in desired.values() {
+                    self.program(service, &mut pass, dp)?;
                 }
-                Err(other) => return Err(other),
+                let wanted = |key: &ServiceKey| ServiceId::from_key(key).is_some_and(|id| desired.contains_key(&id));
+                let unwanted: Vec<ServiceKey> = pass.maps.services.keys().filter(|k| !wanted(k)).copied().collect();
+                for key in &unwanted {
+                    pass.remove(key, dp)?;
+                }
             }
         }
-        let wanted = |key: &ServiceKey| ServiceId::from_key(key).is_some_and(|id| desired.contains_key(&id));
-        let unwanted: Vec<(ServiceKey, ServiceInfo)> = current.iter().filter(|(k, _)| !wanted(k)).map(|(k, i)| (*k, *i)).collect();
-        for (key, info) in &unwanted {
-            remove(key, info, dp, &mut alloc)?;
-            current.remove(key);
-            programmed.remove(key);
-            report.removed += 1;
-        }
-        if report.added + report.removed > 0 || programmed.is_empty() {
-            sync_service_ports(current.keys(), dp)?;
+        let Pass { maps: mut mirror, report } = pass;
+        if report.added + report.removed > 0 || mirror.programmed.is_empty() {
+            sync_service_ports(mirror.services.keys(), dp)?;
         }
         // What the previous pass freed is reusable from the next pass on; what this one freed
         // waits one more pass.
+        for ring in std::mem::take(&mut self.quarantined_rings) {
+            mirror.alloc.rings.free(ring);
+        }
         // (extend, not append: append rebuilds the whole tree.)
-        alloc.free_rings.extend(std::mem::take(&mut self.quarantined_rings));
-        alloc.free_backends.extend(std::mem::take(&mut self.quarantined_backends));
-        self.quarantined_rings = std::mem::take(&mut alloc.freed_rings);
-        self.quarantined_backends = std::mem::take(&mut alloc.freed_backends);
-        self.mirror = Some(Mirror { services: current, alloc, programmed });
+        mirror.alloc.free_backends.extend(std::mem::take(&mut self.quarantined_backends));
+        self.quarantined_rings = std::mem::take(&mut mirror.alloc.freed_rings);
+        self.quarantined_backends = std::mem::take(&mut mirror.alloc.freed_backends);
+        self.mirror = Some(mirror);
         if report.added + report.updated + report.removed > 0 {
             info!(added = report.added, updated = report.updated, removed = report.removed, unchanged = report.unchanged, "services applied");
         }
         Ok(report)
+    }
+
+    /// Brings one desired service into the maps (unless they hold it as desired already); one
+    /// that does not fit is reported, remembered for the next pass, and leaves no trace.
+    fn program(&mut self, service: &Service, pass: &mut Pass, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+        let key = service.id.key();
+        let maps = &mut pass.maps;
+        let outcome = match maps.services.get(&key) {
+            Some(_) if maps.programmed.get(&key) == Some(service) => {
+                pass.report.unchanged += 1;
+                return Ok(());
+            }
+            None => add(service, &key, dp, &mut maps.alloc).inspect(|_| pass.report.added += 1),
+            Some(info) => update(service, &key, info, dp, &mut maps.alloc).map(|(changed, info)| {
+                if changed {
+                    pass.report.updated += 1
+                } else {
+                    pass.report.unchanged += 1
+                }
+                info
+            }),
+        };
+        match outcome {
+            Ok(info) => {
+                maps.services.insert(key, info);
+                maps.programmed.insert(key, service.clone());
+                Ok(())
+            }
+            Err(err @ DataplaneError::Full { .. }) => {
+                warn!(service = %service.id, name = %service.name, "not programmed: {err}");
+                pass.report.failed.push(format!("{} ({}): {err}", service.id, service.name));
+                self.unfit.insert(service.id);
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+}
+
+/// One reconciler pass: the maps as it goes, and what it did.
+struct Pass {
+    maps: Mirror,
+    report: Report,
+}
+
+impl Pass {
+    fn remove(&mut self, key: &ServiceKey, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+        if let Some(info) = self.maps.services.remove(key) {
+            remove(key, &info, dp, &mut self.maps.alloc)?;
+            self.maps.programmed.remove(key);
+            self.report.removed += 1;
+        }
+        Ok(())
     }
 }
 
@@ -228,8 +305,18 @@ fn backend_info(b: &Backend, service_id: u32, generation: u32) -> BackendInfo {
     BackendInfo { addr, port: b.port, family, state: state_for(b.weight), generation, service_id, weight: b.weight }
 }
 
-/// The ring for these (id, backend) members; members must be sorted by address and port.
-pub fn build_ring(members: &[(u32, Backend)], ring_size: u32) -> Vec<u32> {
+/// A service's live ring, if it has one.
+fn ring_of(info: &ServiceInfo) -> Option<Ring> {
+    (info.ring_size != 0).then_some(Ring { start: info.ring_start, size: info.ring_size })
+}
+
+/// The ring for these (id, backend) members, of the size their weights call for (empty when
+/// none takes flows); members must be sorted by address and port.
+pub fn build_ring(members: &[(u32, Backend)]) -> Vec<u32> {
+    let ring_size = maglev::ring_size_for(members.iter().map(|(_, b)| b.weight));
+    if ring_size == 0 {
+        return Vec::new();
+    }
     let ring_members: Vec<RingMember> = members
         .iter()
         .map(|(id, b)| {
@@ -242,6 +329,16 @@ pub fn build_ring(members: &[(u32, Backend)], ring_size: u32) -> Vec<u32> {
     let mut next = vec![0; ring_members.len()];
     maglev::populate(&ring_members, &mut ring, &mut next);
     ring
+}
+
+/// Writes `ring` into `slot` (none for an empty ring) and returns the service entry that
+/// points at it.
+fn place_ring(service_id: u32, slot: Option<Ring>, ring: &[u32], active_backends: u32, dp: &mut dyn Dataplane) -> Result<ServiceInfo, DataplaneError> {
+    let Some(slot) = slot else {
+        return Ok(ServiceInfo { service_id, ring_start: 0, ring_size: 0, active_backends });
+    };
+    dp.write_ring(slot.start, ring)?;
+    Ok(ServiceInfo { service_id, ring_start: slot.start, ring_size: slot.size, active_backends })
 }
 
 fn active_count(members: &[(u32, Backend)]) -> u32 {
@@ -259,8 +356,10 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
             return Err(err);
         }
     };
-    let ring_index = match alloc.ring() {
-        Ok(ring) => ring,
+    let members: Vec<(u32, Backend)> = ids.iter().copied().zip(service.backends.iter().copied()).collect();
+    let ring = build_ring(&members);
+    let slot = match alloc.ring(ring.len() as u32) {
+        Ok(slot) => slot,
         Err(err) => {
             alloc.release_service_id(service_id);
             alloc.free_backends.extend(ids);
@@ -268,7 +367,6 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
         }
     };
     dp.set_service_name(service_id, &service.name)?;
-    let members: Vec<(u32, Backend)> = ids.iter().copied().zip(service.backends.iter().copied()).collect();
     for (id, backend) in &members {
         let generation = alloc.backends[*id as usize].generation.wrapping_add(1);
         let info = backend_info(backend, service_id, generation);
@@ -276,8 +374,7 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
         alloc.backends[*id as usize] = info;
     }
     alloc.members.insert(service_id, ids);
-    dp.write_ring(ring_index, &build_ring(&members, alloc.limits.ring_size))?;
-    let info = ServiceInfo { service_id, ring_index, active_backends: active_count(&members), _pad: 0 };
+    let info = place_ring(service_id, slot, &ring, active_count(&members), dp)?;
     dp.set_service(key, &info)?;
     Ok(info)
 }
@@ -339,14 +436,17 @@ fn update(
     }
 
     // 2. Swap in the new ring if it differs.
-    let ring = build_ring(&members, alloc.limits.ring_size);
+    let ring = build_ring(&members);
     let active = active_count(&members);
-    if ring != dp.read_ring(info.ring_index)? || active != info.active_backends {
-        let ring_index = alloc.ring()?;
-        dp.write_ring(ring_index, &ring)?;
-        let swapped = ServiceInfo { service_id: sid, ring_index, active_backends: active, _pad: 0 };
+    let live = match ring_of(&info) {
+        Some(live) => dp.read_ring(live.start, live.size)?,
+        None => Vec::new(),
+    };
+    if ring != live || active != info.active_backends {
+        let slot = alloc.ring(ring.len() as u32)?;
+        let swapped = place_ring(sid, slot, &ring, active, dp)?;
         dp.set_service(key, &swapped)?;
-        alloc.free_ring(info.ring_index);
+        alloc.free_ring(&info);
         info = swapped;
         changed = true;
     }
@@ -391,7 +491,7 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
     dp.set_service_name(info.service_id, "")?;
     dp.reset_service_stats(info.service_id)?;
     alloc.members.remove(&info.service_id);
-    alloc.free_ring(info.ring_index);
+    alloc.free_ring(info);
     alloc.release_service_id(info.service_id);
     Ok(())
 }
@@ -451,7 +551,8 @@ mod tests {
     use super::*;
     use crate::{dataplane::fake::FakeDataplane, services_file};
 
-    const RING: u32 = 251;
+    /// Two chunks: enough for these tests, and a ring of each of two sizes fills it.
+    const RING: u32 = 2 * lb_common::ring_pool::CHUNK_SLOTS;
 
     fn desired(json: &str) -> Desired {
         services_file::parse(json, "test.json").unwrap()
@@ -466,8 +567,7 @@ mod tests {
     }
 
     fn live_ring(dp: &FakeDataplane) -> Vec<u32> {
-        let info = dp.services.values().next().unwrap();
-        dp.rings[info.ring_index as usize].clone()
+        dp.ring(dp.services.values().next().unwrap()).to_vec()
     }
 
     fn id_of(dp: &FakeDataplane, port: u16) -> u32 {
@@ -546,10 +646,10 @@ mod tests {
         let mut r = Reconciler::default();
         r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1), ("10.1.0.3", 31003, 1)]), &mut dp).unwrap();
         let gone = id_of(&dp, 31003);
-        let old_ring = dp.services.values().next().unwrap().ring_index;
+        let old_ring = dp.services.values().next().unwrap().ring_start;
         r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
         assert_eq!(dp.backends[gone as usize].state, BACKEND_UNUSED);
-        assert_ne!(dp.services.values().next().unwrap().ring_index, old_ring, "a new ring was swapped in");
+        assert_ne!(dp.services.values().next().unwrap().ring_start, old_ring, "a new ring was swapped in");
         // Only 3 usable ids (1..=3) and the freed one is quarantined for one more pass: a new
         // backend does not fit yet, is reported, and the service keeps its two backends.
         let three = web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1), ("10.1.0.4", 31004, 1)]);
@@ -575,6 +675,84 @@ mod tests {
         assert_eq!(report.failed.len(), 1);
         assert!(report.failed[0].contains("big") && report.failed[0].contains("--max-backends"), "{report:?}");
         assert_eq!(dp.services.len(), 1);
+    }
+
+    #[test]
+    fn rings_are_sized_from_the_active_backends() {
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        let mut r = Reconciler::default();
+        let three = [("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1), ("10.1.0.3", 31003, 1)];
+        r.apply(&web(&three), &mut dp).unwrap();
+        let info = *dp.services.values().next().unwrap();
+        assert_eq!(info.ring_size, 359);
+        // A fourth backend needs a larger size: a ring of another chunk, the old one freed.
+        let mut four = three.to_vec();
+        four.push(("10.1.0.4", 31004, 1));
+        r.apply(&web(&four), &mut dp).unwrap();
+        let grown = *dp.services.values().next().unwrap();
+        assert_eq!(grown.ring_size, 421);
+        assert_eq!(grown.ring_start, lb_common::ring_pool::CHUNK_SLOTS, "another size, another chunk");
+        assert_eq!(live_ring(&dp).iter().collect::<BTreeSet<_>>().len(), 4);
+        // Draining every backend leaves no ring at all: no new flow, established ones stay.
+        let drained: Vec<_> = four.iter().map(|&(a, p, _)| (a, p, 0)).collect();
+        r.apply(&web(&drained), &mut dp).unwrap();
+        let none = *dp.services.values().next().unwrap();
+        assert_eq!((none.ring_size, none.active_backends), (0, 0));
+        assert!(dp.backends.iter().filter(|b| b.state == BACKEND_DRAINING).count() == 4);
+    }
+
+    #[test]
+    fn a_full_ring_pool_is_reported_with_its_flag_and_frees_make_room() {
+        let mut r = Reconciler::default();
+        // 700 backends take the largest ring, one chunk each: two services fill the pool.
+        let big = |name: &str, net: u8| {
+            let list: Vec<String> =
+                (0..700u32).map(|i| format!(r#"{{"address":"10.{net}.{}.{}","port":1}}"#, i / 256, i % 256)).collect();
+            format!(r#"{{"name":"{name}","address":"10.0.0.{net}","port":80,"backends":[{}]}}"#, list.join(","))
+        };
+        let mut dp = FakeDataplane::new(8, 4096, RING);
+        let two = desired(&format!(r#"{{"services":[{},{}]}}"#, big("a", 1), big("b", 2)));
+        assert!(r.apply(&two, &mut dp).unwrap().failed.is_empty());
+        let three = desired(&format!(r#"{{"services":[{},{},{}]}}"#, big("a", 1), big("b", 2), big("c", 3)));
+        let report = r.apply(&three, &mut dp).unwrap();
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(report.failed[0].contains("(c)") && report.failed[0].contains("--ring-slots"), "{report:?}");
+        assert_eq!(dp.backends.iter().filter(|b| b.state != BACKEND_UNUSED).count(), 1400, "c left no backend behind");
+        let one_and_c = desired(&format!(r#"{{"services":[{},{}]}}"#, big("a", 1), big("c", 3)));
+        // b's ring is reusable from the pass after the one that freed it (see the module
+        // comment), then c fits.
+        assert_eq!(r.apply(&one_and_c, &mut dp).unwrap().failed.len(), 1);
+        assert_eq!(r.apply(&one_and_c, &mut dp).unwrap().failed.len(), 1);
+        let report = r.apply(&one_and_c, &mut dp).unwrap();
+        assert!(report.failed.is_empty() && dp.services.len() == 2, "{report:?}");
+    }
+
+    #[test]
+    fn a_pass_given_the_changed_services_compares_only_those_and_retries_the_unfit() {
+        let one = |name: &str, addr: &str, weight: u32| {
+            format!(r#"{{"name":"{name}","address":"{addr}","port":80,"backends":[{{"address":"10.1.0.1","port":1,"weight":{weight}}}]}}"#)
+        };
+        let state = |services: &[String]| desired(&format!(r#"{{"services":[{}]}}"#, services.join(",")));
+        // Two backend ids: a and b fit, c does not.
+        let mut dp = FakeDataplane::new(8, 3, RING);
+        let mut r = Reconciler::default();
+        let first = state(&[one("a", "10.0.0.1", 1), one("b", "10.0.0.2", 1), one("c", "10.0.0.3", 1)]);
+        assert_eq!(r.apply(&first, &mut dp).unwrap().failed.len(), 1);
+        // a and b change, but only a is said to: b is not looked at.
+        let second = state(&[one("a", "10.0.0.1", 2), one("b", "10.0.0.2", 2), one("c", "10.0.0.3", 1)]);
+        let a = ServiceId::from_key(&first.values().next().unwrap().id.key()).unwrap();
+        let report = r.apply_changes(&second, Some(&BTreeSet::from([a])), &mut dp).unwrap();
+        assert_eq!((report.updated, report.failed.len()), (1, 1), "a updated, c retried: {report:?}");
+        let weights: Vec<u32> = dp.backends.iter().filter(|b| b.state != BACKEND_UNUSED).map(|b| b.weight).collect();
+        assert_eq!(weights, [2, 1], "b keeps weight 1 until it is named");
+        // a goes away (named as changed): its id frees up for c, retried without being named.
+        let third = state(&[one("b", "10.0.0.2", 2), one("c", "10.0.0.3", 1)]);
+        let report = r.apply_changes(&third, Some(&BTreeSet::from([a])), &mut dp).unwrap();
+        assert_eq!(report.removed, 1, "{report:?}");
+        r.apply_changes(&third, Some(&BTreeSet::new()), &mut dp).unwrap();
+        let report = r.apply_changes(&third, Some(&BTreeSet::new()), &mut dp).unwrap();
+        assert_eq!((report.added, report.failed.len()), (1, 0), "c fits once a's id is out of quarantine: {report:?}");
+        assert_eq!(dp.services.len(), 2);
     }
 
     #[test]

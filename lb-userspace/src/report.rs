@@ -338,7 +338,7 @@ mod tests {
     use crate::{dataplane::fake::FakeDataplane, reconcile::Reconciler, services_file};
 
     fn programmed() -> FakeDataplane {
-        let mut dp = FakeDataplane::new(8, 32, 251);
+        let mut dp = FakeDataplane::new(8, 32, lb_common::ring_pool::CHUNK_SLOTS);
         let desired = services_file::parse(
             r#"{"services":[
               {"name":"web","address":"10.0.0.1","port":80,"backends":[

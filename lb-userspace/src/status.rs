@@ -1,6 +1,7 @@
-//! What the agent reports about itself (`lb status`, `lb vips`): a JSON file under /run/lb,
-//! one per pin directory, rewritten whenever it changes. It stays after the agent stops, like
-//! the maps: the last word of the last agent.
+//! What the agent reports about itself (`lb status`, `lb vips`): JSON files under /run/lb, one
+//! status and one named-VIP table per pin directory, each rewritten whenever it changes (the
+//! VIP table, which grows with the cluster, only when an allocation changes, not with every
+//! event). They stay after the agent stops, like the maps: the last word of the last agent.
 
 use std::{
     collections::BTreeMap,
@@ -70,8 +71,9 @@ pub struct MarathonStatus {
     /// Single apps read for events that did not carry what the model needs.
     #[serde(default)]
     pub app_reads: u64,
-    /// Named VIPs → their addresses.
-    pub named_vips: BTreeMap<String, String>,
+    /// Named VIPs allocated (the table: `lb vips`).
+    #[serde(default)]
+    pub named_vips: usize,
 }
 
 /// What `lb status` shows: whether an agent holds the pin directory, the settings in force,
@@ -135,16 +137,37 @@ pub fn pin_dir_key(pin_dir: &Path) -> String {
     resolved.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
+/// The named-VIP table of an agent using `pin_dir`.
+pub fn vips_path_for(pin_dir: &Path) -> PathBuf {
+    Path::new(STATUS_DIR).join(format!("{}.vips.json", pin_dir_key(pin_dir)))
+}
+
 /// Writes `status` atomically (write + rename): readers see the old or the new file, whole.
 pub fn write(status: &AgentStatus) -> std::io::Result<()> {
-    let path = path_for(Path::new(&status.pin_dir));
-    std::fs::create_dir_all(STATUS_DIR)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
-    std::fs::rename(tmp, path)
+    write_json(&path_for(Path::new(&status.pin_dir)), status)
 }
 
 pub fn read(pin_dir: &Path) -> std::io::Result<AgentStatus> {
-    let text = std::fs::read_to_string(path_for(pin_dir))?;
+    read_json(&path_for(pin_dir))
+}
+
+/// Writes the named-VIP table (name → address) atomically.
+pub fn write_vips(pin_dir: &Path, vips: &BTreeMap<String, String>) -> std::io::Result<()> {
+    write_json(&vips_path_for(pin_dir), vips)
+}
+
+pub fn read_vips(pin_dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
+    read_json(&vips_path_for(pin_dir))
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    std::fs::create_dir_all(STATUS_DIR)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(tmp, path)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
+    let text = std::fs::read_to_string(path)?;
     serde_json::from_str(&text).map_err(std::io::Error::other)
 }

@@ -53,7 +53,7 @@ impl PinDir {
 }
 
 /// (link id, id of the program it runs) of the link pinned at `pin`, read with bpftool.
-pub fn link_ids(pin: &Path) -> (u64, u64) {
+fn link_ids(pin: &Path) -> (u64, u64) {
     let show = Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(pin).output().unwrap();
     let link: serde_json::Value =
         serde_json::from_slice(&show.stdout).unwrap_or_else(|e| panic!("bpftool on {}: {e}", pin.display()));

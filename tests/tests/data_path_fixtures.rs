@@ -278,13 +278,13 @@ fn the_kernel_picks_the_backend_the_userspace_ring_says_on(hook: Hook) {
     f.apply(&json, &[NODE]).unwrap();
     let maps = f.maps();
     let (_, info) = maps.services().unwrap()[0];
-    let ring = maps.read_ring(info.ring_index).unwrap();
+    assert_eq!(info.ring_size, lb_common::maglev::ring_size_for([1; 7].into_iter()), "7 backends, 100 slots each");
+    let ring = maps.read_ring(info.ring_start, info.ring_size).unwrap();
     let backends = maps.backends().unwrap();
-    let limits = maps.limits().unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for port in 20000..20200u16 {
         let src = lb_common::v4_bytes([10, 201, 0, 1]);
-        let slot = hash::ring_slot(hash::flow_hash(&src, port, 6), limits.ring_size);
+        let slot = hash::ring_slot(hash::flow_hash(&src, port, 6), info.ring_size);
         let expected = backends[ring[slot as usize] as usize];
         let (verdict, out) = f.run_packet(&tcp((client(), port), (v4(10, 0, 0, 50), 80), SYN, b"")).unwrap();
         assert_eq!(verdict, expected_verdict(hook, XDP_PASS));

@@ -83,7 +83,7 @@ impl Cluster {
             "--services", &self.file.arg(),
             "--node-ip", "10.201.0.2",
             "--node-ip", "fd00:201::2",
-            "--ring-size", "4093",
+            "--ring-slots", "262144",
             "--max-services", "64",
             "--cgroup", &self.cgroup.arg(),
             "--ingress-hook", self.hook,
@@ -173,7 +173,7 @@ fn bpftool_prints_service_and_backend_maps_with_field_names() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let services = dump("services");
-    for field in ["\"addr\"", "\"port\": 80", "\"proto\": 6", "\"service_id\"", "\"ring_index\"", "\"active_backends\": 1"] {
+    for field in ["\"addr\"", "\"port\": 80", "\"proto\": 6", "\"service_id\"", "\"ring_start\"", "\"ring_size\": 127", "\"active_backends\": 1"] {
         assert!(services.contains(field), "services dump lacks {field}:\n{services}");
     }
     let backends = dump("backends");

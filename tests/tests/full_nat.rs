@@ -35,7 +35,7 @@ impl Setup {
             "--pin-dir", &pins,
             "--services", &file,
             "--node-ip", "10.202.0.2",
-            "--ring-size", "4093",
+            "--ring-slots", "262144",
             "--max-services", "16",
             "--ingress-hook", hook,
         ];

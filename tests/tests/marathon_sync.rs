@@ -68,7 +68,7 @@ impl Cluster {
         let (pin_arg, cgroup_arg) = (pins.arg(), cgroup.arg());
         let mut args = vec![
             "--iface", &topo.uplink, "--pin-dir", &pin_arg, "--cgroup", &cgroup_arg,
-            "--node-ip", "10.201.0.2", "--ring-size", "4093", "--max-services", "64", "--resync", "3600",
+            "--node-ip", "10.201.0.2", "--ring-slots", "262144", "--max-services", "64", "--resync", "3600",
         ];
         let marathon_arg = ["--marathon".to_string(), url];
         if !extra_args.contains(&"--marathon") {

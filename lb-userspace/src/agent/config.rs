@@ -33,8 +33,6 @@ pub enum ConfigError {
     ServicesFile(#[from] ServicesFileError),
     #[error("--nat-ports {min}-{max} overlaps this node's ephemeral ports {eph_min}-{eph_max} (net.ipv4.ip_local_port_range): full-NAT flows would collide with the node's own connections; pick a range outside it")]
     NatPortsOverlapEphemeral { min: u16, max: u16, eph_min: u16, eph_max: u16 },
-    #[error("--max-services {max_services} × --ring-size {ring_size} is too large for one ring pool; lower either")]
-    RingPoolTooLarge { max_services: u32, ring_size: u32 },
     #[error(transparent)]
     PinnedMaps(#[from] crate::dataplane::loader::PinnedMapsError),
 }
@@ -70,7 +68,7 @@ impl AgentConfig {
         if args.services.is_none() && args.marathon.is_empty() {
             return Err(ConfigError::NoSource);
         }
-        let limits = limits(args)?;
+        let limits = limits(args);
         let marathon = marathon(args)?;
         preflight::require_pin_dir(&args.pins.pin_dir)?;
         let uplinks = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<Vec<_>, _>>()?;
@@ -104,20 +102,15 @@ impl AgentConfig {
     }
 }
 
-fn limits(args: &RunArgs) -> Result<LoadLimits, ConfigError> {
-    let limits = LoadLimits {
-        ring_size: args.ring_size,
+fn limits(args: &RunArgs) -> LoadLimits {
+    LoadLimits {
+        ring_slots: args.ring_slots,
         max_services: args.max_services,
         max_backends: args.max_backends,
         max_flows: args.max_flows,
         udp_timeout_secs: args.udp_timeout,
         nat_ports: args.nat_ports,
-    };
-    let rings = lb_common::ring_pool::rings(limits.max_services);
-    if lb_common::ring_pool::elements(rings, limits.ring_size).is_none() {
-        return Err(ConfigError::RingPoolTooLarge { max_services: limits.max_services, ring_size: limits.ring_size });
     }
-    Ok(limits)
 }
 
 fn marathon(args: &RunArgs) -> Result<Option<MarathonConfig>, ConfigError> {
@@ -167,8 +160,8 @@ pub enum ValueError {
     Scheme(String),
     #[error("expected USER:PASSWORD")]
     NotCredentials,
-    #[error("{0} is not a prime ≥ 7 (e.g. 4093, 16381, 65537)")]
-    NotAPrime(u32),
+    #[error("{0:?} is not a whole number of 65536-slot chunks up to 4294901760 (e.g. 8388608 = 32 MiB)")]
+    NotChunks(String),
     #[error("{0:?} is not a whole number ≥ {1}")]
     TooSmall(String, u64),
 }
@@ -204,13 +197,13 @@ pub fn credentials(text: &str) -> Result<Auth, ValueError> {
     }
 }
 
-/// `--ring-size`: a prime, so every Maglev permutation visits every slot.
-pub fn ring_size(text: &str) -> Result<u32, ValueError> {
-    let size = at_least(text, 7)? as u32;
-    if !lb_common::maglev::is_prime(size) {
-        return Err(ValueError::NotAPrime(size));
+/// `--ring-slots`: whole chunks of the ring pool (lb_common::ring_pool), addressable by a u32.
+pub fn ring_slots(text: &str) -> Result<u32, ValueError> {
+    let chunk = lb_common::ring_pool::CHUNK_SLOTS;
+    match text.trim().parse::<u32>() {
+        Ok(slots) if slots >= chunk && slots.is_multiple_of(chunk) => Ok(slots),
+        _ => Err(ValueError::NotChunks(text.to_owned())),
     }
-    Ok(size)
 }
 
 /// A u32 count that must be at least `min` (`--max-services` etc.).
@@ -256,9 +249,11 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(ring_size("16381"), Ok(16381));
-        assert_eq!(ring_size("16383"), Err(ValueError::NotAPrime(16383)));
-        assert_eq!(ring_size("5"), Err(ValueError::TooSmall("5".into(), 7)));
+        assert_eq!(ring_slots("8388608"), Ok(8_388_608));
+        assert_eq!(ring_slots("4294901760"), Ok(65535 * 65536));
+        for bad in ["0", "65535", "100000", "4294967296", "-65536", "lots"] {
+            assert_eq!(ring_slots(bad), Err(ValueError::NotChunks(bad.into())), "{bad}");
+        }
         assert_eq!(count_at_least(2)("1"), Err(ValueError::TooSmall("1".into(), 2)));
         assert_eq!(count_at_least(1)("4294967296"), Err(ValueError::TooSmall("4294967296".into(), 1)));
         assert_eq!(seconds("0"), Err(ValueError::TooSmall("0".into(), 1)));

@@ -24,7 +24,7 @@ use crate::{
         model::parse_apps,
         watch::Signal,
     },
-    model::Desired,
+    model::{Desired, ServiceId},
     neighbours::NeighbourResolver,
     node_addrs,
     reconcile::{self, Reconciler},
@@ -46,6 +46,8 @@ pub struct Agent<D: Dataplane> {
     neighbours: Option<NeighbourResolver>,
     /// Whether to write the status file (the host tests do not).
     write_status_file: bool,
+    /// The translator's VIP epoch last written to the named-VIP table.
+    vips_published: Option<u64>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -60,6 +62,7 @@ impl<D: Dataplane> Agent<D> {
             status,
             neighbours: None,
             write_status_file: true,
+            vips_published: None,
         }
     }
 
@@ -72,6 +75,12 @@ impl<D: Dataplane> Agent<D> {
     /// Marathon has answered once); service ports inside the NAT range are left out with an
     /// error naming them.
     pub fn apply(&mut self, marathon: Option<&Desired>) -> Result<()> {
+        self.apply_changes(marathon, None)
+    }
+
+    /// [`Agent::apply`] when only Marathon's services in `changed` can differ from the last
+    /// apply (None: any may).
+    fn apply_changes(&mut self, marathon: Option<&Desired>, changed: Option<&BTreeSet<ServiceId>>) -> Result<()> {
         let addrs = if self.node_ips.is_empty() {
             node_addrs::discover().context("listing this node's addresses")?
         } else {
@@ -87,7 +96,7 @@ impl<D: Dataplane> Agent<D> {
         for service in &excluded {
             error!(service = %service.id, name = %service.name, "service port is inside --nat-ports {min}-{max}: not programmed");
         }
-        let report = self.reconciler.apply(&desired, &mut self.dataplane)?;
+        let report = self.reconciler.apply_changes(&desired, changed, &mut self.dataplane)?;
         for failure in &report.failed {
             error!("{failure}");
         }
@@ -233,13 +242,25 @@ impl<D: Dataplane> Agent<D> {
         status.skipped_apps = skipped_apps;
         status.skipped_tasks = skipped.values().map(Vec::len).sum();
         status.skipped = skipped;
-        status.named_vips = m.translator.named_vips().iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        status.named_vips = m.translator.named_vips().len();
         status.event_stream = m.watch.connected_to().map(str::to_owned);
         // The VIP names are published before the maps serve them, so `lb vips` never lags.
-        self.write_status();
+        self.publish_vips(m);
         m.answered = true;
-        if let Err(err) = self.apply(Some(m.translator.desired())) {
+        if let Err(err) = self.apply_changes(Some(m.translator.desired()), m.translator.changed()) {
             error!("applying Marathon's services: {err:#}");
+        }
+    }
+
+    /// Writes the named-VIP table when the allocation changed since the last write.
+    fn publish_vips(&mut self, m: &MarathonSource) {
+        if !self.write_status_file || self.vips_published == Some(m.translator.vips_epoch()) {
+            return;
+        }
+        let vips = m.translator.named_vips().iter().map(|(name, ip)| (name.clone(), ip.to_string())).collect();
+        match status::write_vips(Path::new(&self.status.pin_dir), &vips) {
+            Ok(()) => self.vips_published = Some(m.translator.vips_epoch()),
+            Err(err) => warn!("writing the named-VIP table: {err}"),
         }
     }
 
@@ -416,7 +437,7 @@ mod tests {
 
     fn agent(static_services: Desired) -> Agent<FakeDataplane> {
         let mut agent = Agent::new(
-            FakeDataplane::new(16, 64, 13),
+            FakeDataplane::new(16, 64, lb_common::ring_pool::CHUNK_SLOTS),
             vec!["10.0.0.1".parse().unwrap()],
             (61000, 65535),
             Vec::new(),
@@ -434,7 +455,7 @@ mod tests {
             .services
             .iter()
             .map(|(key, info)| {
-                let ring = &dp.rings[info.ring_index as usize];
+                let ring = dp.ring(info);
                 let backend = dp.backends[ring[0] as usize];
                 let addr = crate::model::bytes_ip(&backend.addr, backend.family).unwrap();
                 (key.port, dp.names[&info.service_id].clone(), addr.to_string())

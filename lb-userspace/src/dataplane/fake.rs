@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    reasons, ring_pool, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
+    reasons, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
     TrafficCounters,
 };
 
@@ -20,7 +20,8 @@ pub struct FakeDataplane {
     pub services: BTreeMap<ServiceKey, ServiceInfo>,
     pub names: BTreeMap<u32, String>,
     pub backends: Vec<BackendInfo>,
-    pub rings: Vec<Vec<u32>>,
+    /// The ring pool, one entry per slot.
+    pub pool: Vec<u32>,
     pub node_addrs: Vec<NodeAddrKey>,
     pub flows: Vec<(FlowKey, FlowInfo)>,
     pub uplinks: Vec<u32>,
@@ -30,11 +31,10 @@ pub struct FakeDataplane {
 }
 
 impl FakeDataplane {
-    /// A fake with small limits (rings of `ring_size` slots).
-    pub fn new(max_services: u32, max_backends: u32, ring_size: u32) -> Self {
-        let rings = ring_pool::rings(max_services);
+    /// A fake with small limits.
+    pub fn new(max_services: u32, max_backends: u32, ring_slots: u32) -> Self {
         Self {
-            limits: Limits { ring_size, max_services, rings, max_backends },
+            limits: Limits { ring_slots, max_services, max_backends },
             iface_counters: BTreeMap::new(),
             verdicts: vec![0; reasons::COUNT as usize],
             service_stats: BTreeMap::new(),
@@ -42,13 +42,18 @@ impl FakeDataplane {
             services: BTreeMap::new(),
             names: BTreeMap::new(),
             backends: vec![BackendInfo::default(); max_backends as usize],
-            rings: vec![vec![0; ring_size as usize]; rings as usize],
+            pool: vec![0; ring_slots as usize],
             node_addrs: Vec::new(),
             flows: Vec::new(),
             uplinks: Vec::new(),
             service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
             log: Vec::new(),
         }
+    }
+
+    /// The live ring of a service.
+    pub fn ring(&self, info: &ServiceInfo) -> &[u32] {
+        &self.pool[info.ring_start as usize..][..info.ring_size as usize]
     }
 }
 
@@ -98,7 +103,7 @@ impl Dataplane for FakeDataplane {
     }
 
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
-        self.log.push(format!("service {} port {} -> ring {}", info.service_id, key.port, info.ring_index));
+        self.log.push(format!("service {} port {} -> ring {}", info.service_id, key.port, info.ring_start));
         self.services.insert(*key, *info);
         Ok(())
     }
@@ -128,14 +133,14 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<()> {
-        self.log.push(format!("ring {index}"));
-        self.rings[index as usize] = ring.to_vec();
+    fn write_ring(&mut self, start: u32, ring: &[u32]) -> Result<()> {
+        self.log.push(format!("ring {start}"));
+        self.pool[start as usize..][..ring.len()].copy_from_slice(ring);
         Ok(())
     }
 
-    fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
-        Ok(self.rings[index as usize].clone())
+    fn read_ring(&self, start: u32, size: u32) -> Result<Vec<u32>> {
+        Ok(self.pool[start as usize..][..size as usize].to_vec())
     }
 
     fn service_port_words(&self) -> Result<Vec<u64>> {

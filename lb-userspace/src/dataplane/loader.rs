@@ -99,7 +99,8 @@ pub enum IngressHook {
 /// Map sizes and timeouts fixed when the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadLimits {
-    pub ring_size: u32,
+    /// Slots of the ring pool (a multiple of `ring_pool::CHUNK_SLOTS`).
+    pub ring_slots: u32,
     pub max_services: u32,
     pub max_backends: u32,
     pub max_flows: u32,
@@ -111,7 +112,7 @@ pub struct LoadLimits {
 impl Default for LoadLimits {
     fn default() -> Self {
         Self {
-            ring_size: lb_common::maglev::DEFAULT_RING_SIZE,
+            ring_slots: ring_pool::DEFAULT_RING_SLOTS,
             max_services: lb_common::DEFAULT_MAX_SERVICES,
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
@@ -335,9 +336,7 @@ fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, changes: &mut Changes
 
 /// Entries each sized map gets for `limits`, with the flag that sets it.
 fn map_sizes(limits: &LoadLimits) -> Vec<(&'static str, u32, &'static str)> {
-    // Validated by the agent's configuration (AgentConfig): the pool fits its map.
-    let ring_elements = ring_pool::elements(ring_pool::rings(limits.max_services), limits.ring_size).unwrap_or(u32::MAX);
-    let mut sizes = vec![(names::MAP_RINGS, ring_elements, "--max-services × --ring-size")];
+    let mut sizes = vec![(names::MAP_RINGS, ring_pool::elements(limits.ring_slots), "--ring-slots")];
     for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
         sizes.push((map, limits.max_services, "--max-services"));
     }
@@ -387,6 +386,28 @@ pub fn check_pinned_maps(pin_dir: &Path, limits: &LoadLimits) -> Result<(), Pinn
             }
             _ => {}
         }
+        if map == names::MAP_SETTINGS {
+            check_layout_version(pin_dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses maps whose contents another layout version wrote (same sizes, other meaning).
+fn check_layout_version(pin_dir: &Path) -> Result<(), PinnedMapsError> {
+    let map = names::MAP_SETTINGS;
+    let settings = pinned_settings(pin_dir)
+        .and_then(|m| m.get(&0, 0))
+        .map_err(|source| PinnedMapsError::Read { map, pin_dir: pin_dir.to_owned(), source })?;
+    // All zero: created by a start that failed before writing them; nothing to misread.
+    if settings != Settings::default() && settings.layout != lb_common::LAYOUT_VERSION {
+        let show = |v: u32| format!("contents of layout {v}");
+        return Err(PinnedMapsError::Layout {
+            map,
+            pin_dir: pin_dir.to_owned(),
+            pinned: show(settings.layout),
+            expected: show(lb_common::LAYOUT_VERSION),
+        });
     }
     Ok(())
 }
@@ -406,7 +427,6 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
     for (map, entries, _) in map_sizes(limits) {
         loader.map_max_entries(map, entries);
     }
-    loader.override_global(names::GLOBAL_RING_SIZE, &limits.ring_size, true);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     write_settings(&mut ebpf, limits)?;
     Ok(ebpf)

@@ -29,10 +29,10 @@ pub enum DataplaneError {
     },
     #[error("map {name}: {detail}")]
     Layout { name: &'static str, detail: String },
-    #[error("map {name}: mapping ring {ring} into memory (maps created without BPF_F_MMAPABLE?)")]
+    #[error("map {name}: mapping the ring at slot {ring_start} into memory (maps created without BPF_F_MMAPABLE?)")]
     Mmap {
         name: &'static str,
-        ring: u32,
+        ring_start: u32,
         #[source]
         source: std::io::Error,
     },
@@ -43,10 +43,9 @@ pub enum DataplaneError {
 /// Sizes the maps were created with (read back from the kernel, so every process agrees).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    pub ring_size: u32,
+    /// Slots of the ring pool.
+    pub ring_slots: u32,
     pub max_services: u32,
-    /// Rings in the pool (max_services + spares).
-    pub rings: u32,
     pub max_backends: u32,
 }
 
@@ -89,9 +88,10 @@ pub trait Dataplane {
     fn backends(&self) -> Result<Vec<BackendInfo>, DataplaneError>;
     fn set_backend(&mut self, backend_id: u32, info: &BackendInfo) -> Result<(), DataplaneError>;
 
-    /// Writes ring `index` of the pool (exactly `limits().ring_size` entries).
-    fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<(), DataplaneError>;
-    fn read_ring(&self, index: u32) -> Result<Vec<u32>, DataplaneError>;
+    /// Writes `ring` into the pool's slots from `start`.
+    fn write_ring(&mut self, start: u32, ring: &[u32]) -> Result<(), DataplaneError>;
+    /// The `size` slots of the pool from `start`.
+    fn read_ring(&self, start: u32, size: u32) -> Result<Vec<u32>, DataplaneError>;
 
     /// The SERVICE_PORTS bitmap, all `SERVICE_PORT_WORDS` words.
     fn service_port_words(&self) -> Result<Vec<u64>, DataplaneError>;

@@ -131,14 +131,16 @@ impl PinnedMaps {
     }
 
     fn read_limits(&self) -> Result<Limits> {
-        let max_services = self.max_entries(names::MAP_SERVICES)?;
-        let rings = ring_pool::rings(max_services);
-        let elements = self.max_entries(names::MAP_RINGS)?;
-        let ring_size = ring_pool::ring_size(elements, rings).ok_or_else(|| DataplaneError::Layout {
+        let slots = ring_pool::slots(self.max_entries(names::MAP_RINGS)?);
+        let ring_slots = u32::try_from(slots).map_err(|_| DataplaneError::Layout {
             name: names::MAP_RINGS,
-            detail: format!("{elements} elements is not a pool of {rings} rings"),
+            detail: format!("{slots} slots do not fit the 32-bit ring_start"),
         })?;
-        Ok(Limits { ring_size, max_services, rings, max_backends: self.max_entries(names::MAP_BACKENDS)? })
+        Ok(Limits {
+            ring_slots,
+            max_services: self.max_entries(names::MAP_SERVICES)?,
+            max_backends: self.max_entries(names::MAP_BACKENDS)?,
+        })
     }
 
     fn sum_traffic(&self, name: &'static str, index: u32) -> Result<TrafficCounters> {
@@ -272,31 +274,25 @@ impl Dataplane for PinnedMaps {
         self.array_mut::<BackendInfo>(name)?.set(backend_id, info, 0).map_err(map_err(name))
     }
 
-    fn write_ring(&mut self, index: u32, ring: &[u32]) -> Result<()> {
+    fn write_ring(&mut self, start: u32, ring: &[u32]) -> Result<()> {
         let limits = self.limits()?;
-        if ring.len() != limits.ring_size as usize {
-            return Err(DataplaneError::Layout {
-                name: names::MAP_RINGS,
-                detail: format!("ring of {} entries, maps have {}", ring.len(), limits.ring_size),
-            });
-        }
-        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, index)?;
-        // SAFETY: the window maps ring_size writable, u32-aligned slots and `ring` has exactly
-        // ring_size entries (checked above); `ring` is this process's memory and the window a
-        // fresh mapping, so they do not overlap. The kernel reads these slots only once a
-        // service points at this ring, which happens after this copy.
+        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, start, ring.len())?;
+        // SAFETY: the window maps ring.len() writable, u32-aligned slots; `ring` is this
+        // process's memory and the window a fresh mapping, so they do not overlap. The kernel
+        // reads these slots only once a service points at this ring, which happens after this
+        // copy.
         unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), window.ring, ring.len()) };
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
-    fn read_ring(&self, index: u32) -> Result<Vec<u32>> {
+    fn read_ring(&self, start: u32, size: u32) -> Result<Vec<u32>> {
         let limits = self.limits()?;
-        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, index)?;
-        // SAFETY: the window maps the ring's ring_size slots, readable and u32-aligned (a ring
-        // starts at a multiple of 4 bytes into a page-aligned mapping), and stays mapped until
-        // `window` drops after the copy. The kernel never writes rings.
-        Ok(unsafe { std::slice::from_raw_parts(window.ring, limits.ring_size as usize) }.to_vec())
+        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, start, size as usize)?;
+        // SAFETY: the window maps `size` readable slots, u32-aligned (a ring starts at a
+        // multiple of 4 bytes into a page-aligned mapping), and stays mapped until `window`
+        // drops after the copy. The kernel never writes rings.
+        Ok(unsafe { std::slice::from_raw_parts(window.ring, size as usize) }.to_vec())
     }
 
     fn service_port_words(&self) -> Result<Vec<u64>> {
@@ -355,7 +351,7 @@ impl Dataplane for PinnedMaps {
     }
 }
 
-/// One ring of the RINGS array mapped into this process (BPF_F_MMAPABLE): it is written with one
+/// One ring of the RINGS pool mapped into this process (BPF_F_MMAPABLE): it is written with one
 /// copy instead of one syscall per slot. Only the pages of that ring are mapped, and only while
 /// it is written, so a full sync of thousands of services does not grow the agent's memory.
 struct RingWindow {
@@ -365,14 +361,17 @@ struct RingWindow {
 }
 
 impl RingWindow {
-    fn open(map: &MapData, limits: &Limits, index: u32) -> Result<Self> {
+    fn open(map: &MapData, limits: &Limits, ring_start: u32, size: usize) -> Result<Self> {
         let name = names::MAP_RINGS;
-        // The maps were checked to hold exactly `limits.rings` rings (read_limits), so a ring
-        // index in range is a byte range inside the pool.
-        if index >= limits.rings {
-            return Err(DataplaneError::Layout { name, detail: format!("ring {index} is out of range ({} rings)", limits.rings) });
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        // limits.ring_slots is the pool's size as the kernel reports it (read_limits).
+        if size == 0 || ring_start as u64 + size as u64 > limits.ring_slots as u64 {
+            return Err(DataplaneError::Layout {
+                name,
+                detail: format!("ring of {size} slots at slot {ring_start} is outside the pool of {} slots", limits.ring_slots),
+            });
         }
-        let bytes = ring_pool::ring_bytes(index, limits.ring_size);
+        let bytes = ring_pool::ring_bytes(ring_start, size);
         let (start, end) = (bytes.start as usize, bytes.end as usize);
         // SAFETY: sysconf has no memory-safety preconditions; _SC_PAGESIZE is always defined.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -392,7 +391,7 @@ impl RingWindow {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap { name, ring: index, source: std::io::Error::last_os_error() });
+            return Err(DataplaneError::Mmap { name, ring_start, source: std::io::Error::last_os_error() });
         }
         // SAFETY: start - offset < len, so the result points inside the mapping just created.
         let ring = unsafe { base.cast::<u8>().add(start - offset).cast::<u32>() };

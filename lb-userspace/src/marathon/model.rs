@@ -41,17 +41,13 @@ pub struct HealthMemory {
     verdicts: HashMap<String, bool>,
 }
 
-/// The desired services of one Marathon state, and what could not be used.
-#[derive(Debug, Default)]
-pub struct Translation {
-    pub desired: Desired,
-    /// (app id, why) for apps that were skipped whole.
-    pub app_errors: Vec<(String, String)>,
-    /// Tasks, ports or labels that were skipped: (app id, what and why). Named VIPs that did
-    /// not fit are listed under the VIP's name.
-    pub warnings: Vec<(String, String)>,
-    /// Named VIP → address.
-    pub named_vips: BTreeMap<String, IpAddr>,
+/// What translating one app produces. The named VIPs are borrowed: every app reads the same
+/// cluster-wide allocation (cloning it per app made a 10,000-app sync quadratic).
+struct AppTranslation<'a> {
+    desired: Desired,
+    /// Tasks, ports or labels that were skipped: (app id, what and why).
+    warnings: Vec<(String, String)>,
+    named_vips: &'a BTreeMap<String, IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,8 +158,12 @@ pub struct Translator {
     contributors: BTreeMap<ServiceId, BTreeSet<String>>,
     desired: Desired,
     named_vips: BTreeMap<String, IpAddr>,
+    /// Bumped whenever `named_vips` changes, so readers copy it only then.
+    vips_epoch: u64,
     /// Named VIPs that did not fit `--vip-cidr`.
     vip_warnings: Vec<(String, String)>,
+    /// The services the last update re-merged; None after a rebuild (any may have changed).
+    changed: Option<BTreeSet<ServiceId>>,
 }
 
 impl Translator {
@@ -194,6 +194,7 @@ impl Translator {
         self.desired.clear();
         let ids: Vec<ServiceId> = self.contributors.keys().copied().collect();
         self.merge(ids);
+        self.changed = None;
     }
 
     /// Re-translates the apps `changed` names (those `apps` no longer has are dropped).
@@ -243,15 +244,27 @@ impl Translator {
             }
             self.parts.insert(id.clone(), part);
         }
-        self.merge(touched);
+        self.merge(touched.iter().copied());
+        self.changed = Some(touched);
     }
 
     pub fn desired(&self) -> &Desired {
         &self.desired
     }
 
+    /// The services whose desired state the last update may have changed; None after a
+    /// rebuild, where any may have.
+    pub fn changed(&self) -> Option<&BTreeSet<ServiceId>> {
+        self.changed.as_ref()
+    }
+
     pub fn named_vips(&self) -> &BTreeMap<String, IpAddr> {
         &self.named_vips
+    }
+
+    /// Changes whenever the named VIPs do.
+    pub fn vips_epoch(&self) -> u64 {
+        self.vips_epoch
     }
 
     /// (app id, why) for apps skipped whole.
@@ -265,21 +278,25 @@ impl Translator {
     }
 
     fn allocate(&mut self, names: &BTreeSet<String>, vips: &VipRange) {
-        self.named_vips.clear();
+        let mut named_vips = BTreeMap::new();
         self.vip_warnings.clear();
         let names: Vec<String> = names.iter().cloned().collect();
         for (name, ip) in vip::allocate(&names, vips) {
             match ip {
                 Some(ip) => {
-                    self.named_vips.insert(name, ip);
+                    named_vips.insert(name, ip);
                 }
                 None => self.vip_warnings.push((name.clone(), format!("named VIP {name}: --vip-cidr is full"))),
             }
         }
+        if named_vips != self.named_vips {
+            self.named_vips = named_vips;
+            self.vips_epoch += 1;
+        }
     }
 
     fn translate_one(&self, app: &App, resolver: &mut dyn Resolver, health: &mut HealthMemory) -> AppPart {
-        let mut out = Translation { named_vips: self.named_vips.clone(), ..Translation::default() };
+        let mut out = AppTranslation { desired: Desired::new(), warnings: Vec::new(), named_vips: &self.named_vips };
         let mut tasks = BTreeSet::new();
         let error = translate_app(app, resolver, health, &mut out, &mut tasks).err().map(|e| e.to_string());
         AppPart {
@@ -350,7 +367,7 @@ fn translate_app(
     app: &App,
     resolver: &mut dyn Resolver,
     health: &mut HealthMemory,
-    out: &mut Translation,
+    out: &mut AppTranslation,
     seen_tasks: &mut BTreeSet<String>,
 ) -> Result<(), AppSkip> {
     if app.id.is_empty() {
@@ -488,7 +505,7 @@ fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
 
 /// The services one port asks for, with their names: its service port (`<app>:<index>`) on
 /// the node addresses, for both address families, and each VIP label (named by its value).
-fn service_ids(app: &App, port: &AppPort, out: &mut Translation) -> Vec<(ServiceId, String)> {
+fn service_ids(app: &App, port: &AppPort, out: &mut AppTranslation) -> Vec<(ServiceId, String)> {
     let mut ids = Vec::new();
     for &proto in &port.protocols {
         if let Some(service_port) = port.service_port {

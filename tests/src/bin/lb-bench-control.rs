@@ -1,7 +1,8 @@
 //! `cargo xtask bench`, control plane: how fast Marathon changes reach the maps on a loaded
 //! cluster, what each costs, and what a full sync costs. The agent runs as in production
 //! (`lb run --marathon`) in a throw-away namespace against the Marathon-compatible test
-//! server, which sends the events a real Marathon sends. Per cluster size (apps × 3 tasks):
+//! server, which sends the events a real Marathon sends. Per cluster size (apps × 3 tasks, each
+//! app with a service port and a named VIP: two services):
 //!
 //! - full sync: the agent's own measure (request to last map write, logged as `synced from
 //!   Marathon`), its peak RSS (VmHWM) and the kernel memory of the pinned maps (fdinfo memlock);
@@ -66,21 +67,40 @@ fn task(app: usize, i: usize, port: u16) -> TaskSpec {
     }
 }
 
+/// An app of 3 tasks with a service port and a named VIP (two services), as marathon-lb users
+/// label them.
 fn app(i: usize) -> AppSpec {
     let mut app = AppSpec::new(&format!("/bench/app-{i}"), 10000 + (i % 50000) as u16);
+    app.labels.insert("VIP_0".into(), format!("/bench/app-{i}:80"));
     app.tasks = (0..3).map(|t| task(i, t, 31000 + t as u16)).collect();
     app
 }
 
-/// `lb run --marathon` with limits for `services`, in `ns`.
-fn start_agent(ns: &Netns, cgroup: &TestCgroup, pins: &PinDir, marathon: &str, services: usize) -> Result<Agent> {
-    let max_services = services.next_power_of_two().max(64);
-    let (max_services, max_backends) = (max_services.to_string(), (max_services * 4).to_string());
-    let args = [
+/// Apps the default limits are meant to hold (lb_common::DEFAULT_MAX_SERVICES).
+const DEFAULT_LIMITS_APPS: usize = 10_000;
+
+/// `lb run --marathon` in `ns`: with the default limits up to [`DEFAULT_LIMITS_APPS`], so the
+/// figures are those of an agent as installed, and limits scaled to the cluster above.
+fn start_agent(ns: &Netns, cgroup: &TestCgroup, pins: &PinDir, marathon: &str, apps: usize) -> Result<Agent> {
+    let mut args: Vec<String> = [
         "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg(), "--marathon", marathon, "--resync", "3600",
-        "--max-services", &max_services, "--max-backends", &max_backends, "--ring-size", "4093",
-    ];
-    Agent::start(ns, &args)
+    ]
+    .map(String::from)
+    .to_vec();
+    if apps > DEFAULT_LIMITS_APPS {
+        let services = apps * 2 + 64;
+        let chunk = lb_common::ring_pool::CHUNK_SLOTS as usize;
+        // 3-backend rings, and a quarter more for rings being swapped.
+        let ring_slots = (services * lb_common::maglev::ring_size_for([1; 3].into_iter()) as usize * 5 / 4).div_ceil(chunk) * chunk;
+        for (flag, value) in [
+            ("--max-services", services.next_power_of_two()),
+            ("--max-backends", (services * 3).next_power_of_two()),
+            ("--ring-slots", ring_slots),
+        ] {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    Agent::start(ns, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The agent's peak resident memory (VmHWM), in KiB.
@@ -158,7 +178,7 @@ impl RingProbe {
     fn serves(&self, port: u16, backend_port: u16) -> Result<bool> {
         let key = ServiceId { addr: ServiceAddr::NodePort { v6: false }, port, proto: Proto::Tcp }.key();
         let Ok(info) = self.services.get(&key, 0) else { return Ok(false) };
-        let mut ids = self.maps.read_ring(info.ring_index)?;
+        let mut ids = self.maps.read_ring(info.ring_start, info.ring_size)?;
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
@@ -176,7 +196,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     let marathon = MarathonServer::start(Some(&ns), Duration::from_secs(1))?;
     marathon.set_apps((0..apps).map(app).collect());
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new()?);
-    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), apps * 2 + 64)?;
+    let agent = start_agent(&ns, &cgroup, &pins, &marathon.url(), apps)?;
     let line = agent.wait_log("synced from Marathon", Duration::from_secs(600))?;
     eprintln!("{apps} apps: {line}");
     let sync_ms: f64 = line
@@ -193,7 +213,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     }
     let rss_kib = peak_rss_kib(&agent)?;
     let services = PinnedMaps::new(pins.path()).services()?.len();
-    ensure!(services >= apps, "only {services} of {apps} services programmed");
+    ensure!(services == apps * 2, "{services} of {} services programmed", apps * 2);
     let map_bytes = pinned_map_bytes(&pins)?;
 
     let probe = RingProbe::new(&pins)?;

@@ -30,6 +30,19 @@ fn vips() -> VipRange {
     "11.0.0.0/8".parse::<VipRange>().unwrap()
 }
 
+/// The desired services of one Marathon state, and what could not be used.
+#[derive(Debug, Default)]
+struct Translation {
+    desired: Desired,
+    /// (app id, why) for apps that were skipped whole.
+    app_errors: Vec<(String, String)>,
+    /// Tasks, ports or labels that were skipped: (app id, what and why). Named VIPs that did
+    /// not fit are listed under the VIP's name.
+    warnings: Vec<(String, String)>,
+    /// Named VIP → address.
+    named_vips: BTreeMap<String, IpAddr>,
+}
+
 /// Every app translated from scratch, as one [`Translation`] (`parse_errors` first).
 fn translate<'a>(
     parsed: impl Iterator<Item = &'a App> + Clone,

@@ -107,7 +107,7 @@ pub struct Backend {
 }
 
 /// The desired state of one service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Service {
     pub id: ServiceId,
     pub name: String,

@@ -91,7 +91,7 @@ pub struct Case {
 
 /// Small maps: fixtures need a handful of services, and tests run in parallel.
 pub const FIXTURE_LIMITS: LoadLimits = LoadLimits {
-    ring_slots: lb_common::ring_pool::CHUNK_SLOTS,
+    ring_slots: 8 * lb_common::ring_pool::CHUNK_SLOTS,
     max_services: 32,
     max_backends: 256,
     max_flows: 4096,

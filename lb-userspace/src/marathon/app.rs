@@ -2,9 +2,7 @@
 //! every shape real servers send (1.4 and 1.5+ networking, null values, strings where objects
 //! are usual) deserialises; what an app means is decided in `model.rs`.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
+use serde::{de::IgnoredAny, Deserialize};
 use serde_json::Value;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -20,8 +18,10 @@ pub struct App {
     pub port_definitions: Option<Vec<PortDefinition>>,
     /// ≤1.4 service ports of host/bridge apps.
     pub ports: Option<Vec<Option<u32>>>,
-    pub health_checks: Option<Vec<Value>>,
-    pub deployments: Option<Vec<Value>>,
+    /// Only whether there are any matters (checked apps wait for health results).
+    pub health_checks: Option<Vec<IgnoredAny>>,
+    /// Only whether there are any matters (a deployment is under way).
+    pub deployments: Option<Vec<IgnoredAny>>,
     pub tasks: Option<Vec<Task>>,
 }
 
@@ -42,7 +42,7 @@ pub struct Discovery {
 pub struct DiscoveryPort {
     pub number: Option<u32>,
     pub protocol: Option<String>,
-    pub labels: Option<BTreeMap<String, Value>>,
+    pub labels: Labels,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -68,7 +68,7 @@ pub struct PortMapping {
     pub host_port: Option<u32>,
     pub service_port: Option<u32>,
     pub protocol: Option<String>,
-    pub labels: Option<BTreeMap<String, Value>>,
+    pub labels: Labels,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -82,7 +82,7 @@ pub struct Network {
 pub struct PortDefinition {
     pub port: Option<u32>,
     pub protocol: Option<String>,
-    pub labels: Option<BTreeMap<String, Value>>,
+    pub labels: Labels,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -94,7 +94,10 @@ pub struct Task {
     pub ip_addresses: Option<Vec<TaskIp>>,
     pub state: Option<String>,
     pub version: Option<String>,
-    pub health_check_results: Option<Vec<HealthResult>>,
+    /// `healthCheckResults` as the one thing balancing reads: whether every result says alive.
+    /// None without results (absent, null or empty).
+    #[serde(rename = "healthCheckResults", deserialize_with = "all_alive")]
+    pub all_alive: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -103,17 +106,74 @@ pub struct TaskIp {
     pub ip_address: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct HealthResult {
-    pub alive: Option<bool>,
+#[derive(Deserialize)]
+struct HealthResult {
+    #[serde(default)]
+    alive: Option<bool>,
 }
 
-/// The string values of a label map (Marathon labels are strings; anything else is ignored).
-pub fn string_labels(labels: &Option<BTreeMap<String, Value>>) -> Vec<(String, String)> {
-    labels
-        .iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-        .collect()
+/// `healthCheckResults` → whether every result is alive (None when there are none), so a task
+/// keeps one flag instead of a list.
+fn all_alive<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    let results: Option<Vec<HealthResult>> = Option::deserialize(deserializer)?;
+    Ok(results.filter(|r| !r.is_empty()).map(|r| r.iter().all(|r| r.alive == Some(true))))
+}
+
+/// A label map's string entries, in key order (Marathon labels are strings; anything else is
+/// ignored). A list, not a map: most ports have one label or none, and a map's first entry
+/// costs a whole tree node (~600 bytes here, times every port of a 10,000-app cluster).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Labels(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Labels;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of labels")
+            }
+
+            fn visit_unit<E>(self) -> Result<Labels, E> {
+                Ok(Labels::default())
+            }
+
+            fn visit_none<E>(self) -> Result<Labels, E> {
+                Ok(Labels::default())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+                let mut labels = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if let Value::String(value) = value {
+                        labels.push((key, value));
+                    }
+                }
+                // A repeated key: the last one wins, as in a map.
+                labels.reverse();
+                labels.sort_by(|a, b| a.0.cmp(&b.0));
+                labels.dedup_by(|later, kept| later.0 == kept.0);
+                Ok(Labels(labels))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_keep_string_values_in_key_order() {
+        let port: PortDefinition =
+            serde_json::from_str(r#"{"labels":{"VIP_1":"/b:80","n":3,"VIP_0":"/x:80","o":{"x":"y"},"e":"","VIP_0":"/a:80"}}"#).unwrap();
+        let keys: Vec<(&str, &str)> = port.labels.0.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(keys, [("VIP_0", "/a:80"), ("VIP_1", "/b:80"), ("e", "")]);
+        for empty in [r#"{"labels":null}"#, r#"{}"#, r#"{"labels":{}}"#] {
+            assert_eq!(serde_json::from_str::<PortDefinition>(empty).unwrap().labels, Labels::default(), "{empty}");
+        }
+        assert!(serde_json::from_str::<PortDefinition>(r#"{"labels":"x"}"#).is_err(), "labels that are not a map are an error");
+    }
 }

@@ -147,7 +147,7 @@ impl StatusUpdate {
             ip_addresses: self.ip_addresses,
             state: self.task_status,
             version: self.version,
-            health_check_results: None,
+            all_alive: None,
         }
     }
 }

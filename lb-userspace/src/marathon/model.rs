@@ -15,13 +15,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
     net::IpAddr,
 };
 
 use serde_json::value::RawValue;
 
 use super::{
-    app::{string_labels, App, Task},
+    app::{App, Task},
     vip::{self, VipRange, VipTarget},
 };
 use crate::{
@@ -38,7 +39,22 @@ pub trait Resolver {
 /// a new leader that has not run the checks yet) do not take healthy backends away.
 #[derive(Debug, Default)]
 pub struct HealthMemory {
-    verdicts: HashMap<String, bool>,
+    verdicts: HashMap<TaskKey, bool>,
+}
+
+/// A task id as 64 bits. The health memory and each app's task list keep these rather than
+/// copies of the ids (Marathon's are ~60 bytes; two ids of a 30,000-task cluster share a key
+/// with probability ~10^-11, and then only share a remembered health verdict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct TaskKey(u64);
+
+impl TaskKey {
+    fn of(id: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        id.hash(&mut hasher);
+        Self(hasher.finish())
+    }
 }
 
 /// What translating one app produces. The named VIPs are borrowed: every app reads the same
@@ -58,12 +74,12 @@ enum NetMode {
 }
 
 /// One port of an app.
-struct AppPort {
+struct AppPort<'a> {
     index: usize,
     service_port: Option<u16>,
     protocols: Vec<Proto>,
     container_port: Option<u16>,
-    labels: Vec<(String, String)>,
+    labels: &'a [(String, String)],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +136,14 @@ pub fn parse_apps_each(body: &[u8], mut each: impl FnMut(Result<App, (String, St
     for app in raw {
         let mut fields = serde_json::Deserializer::from_str(app.get());
         match serde_path_to_error::deserialize::<_, App>(&mut fields) {
-            Ok(parsed) => each(Ok(parsed)),
+            Ok(mut parsed) => {
+                // A parsed list has room to grow (4 tasks' room for 3); the model keeps every
+                // app of the cluster, so it keeps exactly what it holds.
+                if let Some(tasks) = parsed.tasks.as_mut() {
+                    tasks.shrink_to_fit();
+                }
+                each(Ok(parsed))
+            }
             // "portDefinitions: invalid type: string …": the field, then what is wrong with it.
             Err(err) => {
                 #[derive(serde::Deserialize)]
@@ -143,8 +166,9 @@ struct AppPart {
     services: Vec<Service>,
     warnings: Vec<(String, String)>,
     error: Option<String>,
-    tasks: Vec<String>,
-    vip_names: BTreeSet<String>,
+    tasks: Vec<TaskKey>,
+    /// Sorted, without repeats.
+    vip_names: Vec<String>,
 }
 
 /// The translation of every app, kept so that a change to a few apps re-translates only those
@@ -153,9 +177,12 @@ struct AppPart {
 /// names, so a change to that set re-translates everything (rare: a label added or removed).
 #[derive(Debug, Default)]
 pub struct Translator {
-    parts: BTreeMap<String, AppPart>,
+    /// By app id; the ids are shared with `contributors` (one allocation per app, not per
+    /// service).
+    parts: BTreeMap<Arc<str>, AppPart>,
     /// Service → the apps contributing to it (usually one; apps may share a VIP).
-    contributors: BTreeMap<ServiceId, BTreeSet<String>>,
+    /// (Sorted lists: almost always one app, where a set would cost a tree node per service.)
+    contributors: BTreeMap<ServiceId, Vec<Arc<str>>>,
     desired: Desired,
     named_vips: BTreeMap<String, IpAddr>,
     /// Bumped whenever `named_vips` changes, so readers copy it only then.
@@ -181,14 +208,14 @@ impl Translator {
         self.parts.clear();
         for app in apps {
             let part = self.translate_one(app, resolver, health);
-            seen_tasks.extend(part.tasks.iter().cloned());
-            self.parts.insert(app.id.clone(), part);
+            seen_tasks.extend(part.tasks.iter().copied());
+            self.parts.insert(Arc::from(app.id.as_str()), part);
         }
         health.verdicts.retain(|task, _| seen_tasks.contains(task));
         self.contributors.clear();
         for (app, part) in &self.parts {
             for service in &part.services {
-                self.contributors.entry(service.id).or_default().insert(app.clone());
+                add_contributor(self.contributors.entry(service.id).or_default(), app);
             }
         }
         self.desired.clear();
@@ -210,13 +237,13 @@ impl Translator {
         // Only when a changed app's named VIPs differ can the set of names (and so every
         // allocation) differ; only then is the whole set compared.
         let names_touched = changed.iter().any(|id| {
-            let old = self.parts.get(id).map(|p| &p.vip_names);
+            let old = self.parts.get(id.as_str()).map(|p| &p.vip_names);
             let new = find(id).map(vip_names).unwrap_or_default();
             old.map_or(!new.is_empty(), |old| *old != new)
         });
         if names_touched {
             let mut names: BTreeSet<String> =
-                self.parts.iter().filter(|(id, _)| !changed.contains(*id)).flat_map(|(_, p)| p.vip_names.iter().cloned()).collect();
+                self.parts.iter().filter(|(id, _)| !changed.contains(&***id)).flat_map(|(_, p)| p.vip_names.iter().cloned()).collect();
             names.extend(changed.iter().filter_map(|id| find(id)).flat_map(vip_names));
             if names != self.named_vips.keys().cloned().chain(self.vip_warnings.iter().map(|(n, _)| n.clone())).collect() {
                 return self.rebuild(apps, resolver, health, vips);
@@ -224,25 +251,26 @@ impl Translator {
         }
         let mut touched = BTreeSet::new();
         for id in changed {
-            if let Some(old) = self.parts.remove(id) {
+            if let Some(old) = self.parts.remove(id.as_str()) {
                 for service in &old.services {
                     touched.insert(service.id);
                     if let Some(apps) = self.contributors.get_mut(&service.id) {
-                        apps.remove(id);
+                        apps.retain(|app| **app != **id);
                     }
                 }
-                let kept: BTreeSet<&String> = find(id).into_iter().flat_map(|a| a.tasks.iter().flatten().map(|t| &t.id)).collect();
+                let kept: BTreeSet<TaskKey> = find(id).into_iter().flat_map(|a| a.tasks.iter().flatten().map(|t| TaskKey::of(&t.id))).collect();
                 for task in old.tasks.iter().filter(|t| !kept.contains(t)) {
                     health.verdicts.remove(task);
                 }
             }
             let Some(app) = find(id) else { continue };
             let part = self.translate_one(app, resolver, health);
+            let app_id: Arc<str> = Arc::from(id.as_str());
             for service in &part.services {
                 touched.insert(service.id);
-                self.contributors.entry(service.id).or_default().insert(id.clone());
+                add_contributor(self.contributors.entry(service.id).or_default(), &app_id);
             }
-            self.parts.insert(id.clone(), part);
+            self.parts.insert(app_id, part);
         }
         self.merge(touched.iter().copied());
         self.changed = Some(touched);
@@ -269,7 +297,7 @@ impl Translator {
 
     /// (app id, why) for apps skipped whole.
     pub fn app_errors(&self) -> impl Iterator<Item = (String, String)> + '_ {
-        self.parts.iter().filter_map(|(id, p)| p.error.clone().map(|e| (id.clone(), e)))
+        self.parts.iter().filter_map(|(id, p)| p.error.clone().map(|e| (id.to_string(), e)))
     }
 
     /// (app id, what and why) for skipped tasks, ports and labels; full VIP ranges by name.
@@ -341,18 +369,29 @@ impl Translator {
     }
 }
 
-/// The named VIPs an app's labels ask for.
-fn vip_names(app: &App) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+/// Adds `app` to a service's sorted contributor list.
+fn add_contributor(apps: &mut Vec<Arc<str>>, app: &Arc<str>) {
+    if let Err(at) = apps.binary_search(app) {
+        // Almost always the only one: room for exactly one, not the four a push reserves.
+        apps.reserve_exact(1);
+        apps.insert(at, app.clone());
+    }
+}
+
+/// The named VIPs an app's labels ask for, sorted, without repeats.
+fn vip_names(app: &App) -> Vec<String> {
+    let mut names = Vec::new();
     for port in app_ports(app, network_mode(app)) {
-        for (key, value) in &port.labels {
+        for (key, value) in port.labels {
             if let Some(Ok(label)) = vip::parse_label(key, value) {
                 if let VipTarget::Named(name) = label.target {
-                    names.insert(name);
+                    names.push(name);
                 }
             }
         }
     }
+    names.sort();
+    names.dedup();
     names
 }
 
@@ -368,7 +407,7 @@ fn translate_app(
     resolver: &mut dyn Resolver,
     health: &mut HealthMemory,
     out: &mut AppTranslation,
-    seen_tasks: &mut BTreeSet<String>,
+    seen_tasks: &mut BTreeSet<TaskKey>,
 ) -> Result<(), AppSkip> {
     if app.id.is_empty() {
         return Err(AppSkip::NoId);
@@ -378,7 +417,7 @@ fn translate_app(
     let tasks = app.tasks.as_deref().unwrap_or_default();
     let has_checks = app.health_checks.as_ref().is_some_and(|c| !c.is_empty());
     let mut liveness: Vec<Liveness> = tasks.iter().map(|t| task_liveness(t, has_checks, health)).collect();
-    seen_tasks.extend(tasks.iter().map(|t| t.id.clone()));
+    seen_tasks.extend(tasks.iter().map(|t| TaskKey::of(&t.id)));
     demote_replaced(app, tasks, &mut liveness);
 
     for port in &ports {
@@ -441,7 +480,7 @@ fn port16(p: Option<u32>) -> Option<u16> {
 }
 
 /// The app's ports in order, from whichever fields its networking mode uses.
-fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
+fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort<'_>> {
     let container = app.container.as_ref();
     let mappings = container
         .and_then(|c| c.docker.as_ref().and_then(|d| d.port_mappings.as_ref()).filter(|m| !m.is_empty()))
@@ -455,7 +494,7 @@ fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
                 service_port: port16(m.service_port),
                 protocols: protocols(m.protocol.as_deref()),
                 container_port: port16(m.container_port),
-                labels: string_labels(&m.labels),
+                labels: &m.labels.0,
             })
             .collect(),
         (NetMode::Container, _) => {
@@ -470,7 +509,7 @@ fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
                     service_port: None,
                     protocols: protocols(p.protocol.as_deref()),
                     container_port: port16(p.number),
-                    labels: string_labels(&p.labels),
+                    labels: &p.labels.0,
                 })
                 .collect()
         }
@@ -483,7 +522,7 @@ fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
                     service_port: port16(d.port),
                     protocols: protocols(d.protocol.as_deref()),
                     container_port: None,
-                    labels: string_labels(&d.labels),
+                    labels: &d.labels.0,
                 })
                 .collect(),
             None => app
@@ -496,7 +535,7 @@ fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort> {
                     service_port: port16(*p),
                     protocols: vec![Proto::Tcp],
                     container_port: None,
-                    labels: Vec::new(),
+                    labels: &[],
                 })
                 .collect(),
         },
@@ -514,7 +553,7 @@ fn service_ids(app: &App, port: &AppPort, out: &mut AppTranslation) -> Vec<(Serv
                 ids.push((id, format!("{}:{}", app.id, port.index)));
             }
         }
-        for (key, value) in &port.labels {
+        for (key, value) in port.labels {
             match vip::parse_label(key, value) {
                 None => {}
                 Some(Err(why)) => out.warnings.push((app.id.clone(), format!("port {}: {why}", port.index))),
@@ -544,18 +583,16 @@ fn task_liveness(task: &Task, has_checks: bool, health: &mut HealthMemory) -> Li
     if !has_checks || state != Liveness::Active {
         return state;
     }
-    let results = task.health_check_results.as_deref().unwrap_or_default();
-    let verdict = if results.is_empty() {
+    let key = TaskKey::of(&task.id);
+    let Some(verdict) = task.all_alive else {
         // No results: keep the last verdict; a task never seen healthy is not a backend yet.
-        match health.verdicts.get(&task.id) {
-            Some(true) => return Liveness::Active,
-            Some(false) => return Liveness::Draining,
-            None => return Liveness::Excluded,
-        }
-    } else {
-        results.iter().all(|r| r.alive == Some(true))
+        return match health.verdicts.get(&key) {
+            Some(true) => Liveness::Active,
+            Some(false) => Liveness::Draining,
+            None => Liveness::Excluded,
+        };
     };
-    health.verdicts.insert(task.id.clone(), verdict);
+    health.verdicts.insert(key, verdict);
     if verdict { Liveness::Active } else { Liveness::Draining }
 }
 

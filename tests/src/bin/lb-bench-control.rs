@@ -259,8 +259,10 @@ fn main() -> Result<()> {
     let mut md = format!(
         "\n## Control plane (Marathon → maps)\n\n\
          `lb run --marathon` against the Marathon-compatible test server (which sends the events a real \
-         Marathon sends), in a throw-away namespace; apps × 3 tasks; {n} events per size (one task's port \
-         changes; timed until the new backend is in the service's ring).\n\n\
+         Marathon sends), in a throw-away namespace; apps × 3 tasks, each app with a service port and a \
+         named VIP (two services); the default limits up to {DEFAULT_LIMITS_APPS} apps, scaled limits above; \
+         {n} events per size (one task's port changes; timed until the new backend is in the service's \
+         ring).\n\n\
          | apps | services | full sync | peak RSS | kernel map memory | event → maps p50 | p99 (max) | `GET /v2/apps` per event | agent CPU s per 1,000 events |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         n = cfg.events

@@ -29,6 +29,10 @@ pub struct PinnedMaps {
     /// kept: one BPF_OBJ_GET per map for the life of this value, not one per call.
     opened: [OnceCell<Map>; names::PINNED_MAPS.len()],
     limits: OnceCell<Limits>,
+    /// The pool chunk rings were last written to, kept mapped: a full sync writes thousands of
+    /// rings chunk by chunk (the allocator fills the lowest chunk first), and a mapping per ring
+    /// cost a fifth of a 10,000-app sync. At most one chunk (256 KiB) stays mapped.
+    ring_chunk: Option<(u32, RingWindow)>,
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -46,7 +50,12 @@ fn is_permission_error(err: &MapError) -> bool {
 
 impl PinnedMaps {
     pub fn new(pin_dir: &Path) -> Self {
-        Self { pin_dir: pin_dir.to_owned(), opened: std::array::from_fn(|_| OnceCell::new()), limits: OnceCell::new() }
+        Self {
+            pin_dir: pin_dir.to_owned(),
+            opened: std::array::from_fn(|_| OnceCell::new()),
+            limits: OnceCell::new(),
+            ring_chunk: None,
+        }
     }
 
     /// Position of `name` in `opened`.
@@ -276,23 +285,30 @@ impl Dataplane for PinnedMaps {
 
     fn write_ring(&mut self, start: u32, ring: &[u32]) -> Result<()> {
         let limits = self.limits()?;
-        let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, start, ring.len())?;
-        // SAFETY: the window maps ring.len() writable, u32-aligned slots; `ring` is this
-        // process's memory and the window a fresh mapping, so they do not overlap. The kernel
-        // reads these slots only once a service points at this ring, which happens after this
-        // copy.
-        unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), window.ring, ring.len()) };
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let chunk = start / ring_pool::CHUNK_SLOTS;
+        let chunk_start = chunk * ring_pool::CHUNK_SLOTS;
+        let in_chunk = (start - chunk_start) as usize + ring.len() <= ring_pool::CHUNK_SLOTS as usize
+            && chunk_start as u64 + ring_pool::CHUNK_SLOTS as u64 <= limits.ring_slots as u64;
+        if !in_chunk {
+            let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, start, ring.len())?;
+            window.write(start, ring);
+            return Ok(());
+        }
+        if self.ring_chunk.as_ref().is_none_or(|(mapped, _)| *mapped != chunk) {
+            // The previous chunk is unmapped first: never two chunks mapped at once.
+            self.ring_chunk = None;
+            let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, chunk_start, ring_pool::CHUNK_SLOTS as usize)?;
+            self.ring_chunk = Some((chunk, window));
+        }
+        let (_, window) = self.ring_chunk.as_ref().expect("mapped just above");
+        window.write(start, ring);
         Ok(())
     }
 
     fn read_ring(&self, start: u32, size: u32) -> Result<Vec<u32>> {
         let limits = self.limits()?;
         let window = RingWindow::open(self.data(names::MAP_RINGS)?, &limits, start, size as usize)?;
-        // SAFETY: the window maps `size` readable slots, u32-aligned (a ring starts at a
-        // multiple of 4 bytes into a page-aligned mapping), and stays mapped until `window`
-        // drops after the copy. The kernel never writes rings.
-        Ok(unsafe { std::slice::from_raw_parts(window.ring, size as usize) }.to_vec())
+        Ok(window.read(start, size as usize))
     }
 
     fn service_port_words(&self) -> Result<Vec<u64>> {
@@ -351,13 +367,16 @@ impl Dataplane for PinnedMaps {
     }
 }
 
-/// One ring of the RINGS pool mapped into this process (BPF_F_MMAPABLE): it is written with one
-/// copy instead of one syscall per slot. Only the pages of that ring are mapped, and only while
-/// it is written, so a full sync of thousands of services does not grow the agent's memory.
+/// Slots of the RINGS pool mapped into this process (BPF_F_MMAPABLE): a ring is written with one
+/// copy instead of one syscall per slot. Only the pages of a ring or a chunk are mapped, so a
+/// full sync of thousands of services does not grow the agent's memory.
 struct RingWindow {
     base: *mut libc::c_void,
     len: usize,
-    ring: *mut u32,
+    /// Slot `first` of the pool, and how many slots from it are mapped.
+    slots: *mut u32,
+    first: u32,
+    count: u32,
 }
 
 impl RingWindow {
@@ -394,8 +413,33 @@ impl RingWindow {
             return Err(DataplaneError::Mmap { name, ring_start, source: std::io::Error::last_os_error() });
         }
         // SAFETY: start - offset < len, so the result points inside the mapping just created.
-        let ring = unsafe { base.cast::<u8>().add(start - offset).cast::<u32>() };
-        Ok(Self { base, len, ring })
+        let slots = unsafe { base.cast::<u8>().add(start - offset).cast::<u32>() };
+        Ok(Self { base, len, slots, first: ring_start, count: size })
+    }
+
+    /// Where slots `start..start + len` are, which must lie within the window.
+    fn at(&self, start: u32, len: usize) -> *mut u32 {
+        assert!(start >= self.first && (start - self.first) as usize + len <= self.count as usize, "slots outside the window");
+        // SAFETY: in bounds of the mapped slots (asserted above).
+        unsafe { self.slots.add((start - self.first) as usize) }
+    }
+
+    fn write(&self, start: u32, ring: &[u32]) {
+        let to = self.at(start, ring.len());
+        // SAFETY: `to` points at ring.len() writable, u32-aligned mapped slots (at() checks the
+        // bounds; a slot is 4 bytes into a page-aligned mapping); `ring` is this process's
+        // heap memory, not the mapping, so they do not overlap. The kernel reads these slots
+        // only once a service points at this ring, which happens after this copy.
+        unsafe { std::ptr::copy_nonoverlapping(ring.as_ptr(), to, ring.len()) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn read(&self, start: u32, len: usize) -> Vec<u32> {
+        let from = self.at(start, len);
+        // SAFETY: `from` points at len readable, u32-aligned mapped slots (at() checks the
+        // bounds) that stay mapped while `self` lives, which outlasts the copy. The kernel
+        // never writes rings.
+        unsafe { std::slice::from_raw_parts(from, len) }.to_vec()
     }
 }
 

@@ -18,7 +18,7 @@ use lb_common::{
     maglev::{self, RingMember},
     BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_UNUSED,
 };
-use tracing::{info, warn};
+use tracing::{error, info};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, Limits},
@@ -198,22 +198,23 @@ impl Reconciler {
                 (Pass { maps: Mirror { services, alloc, programmed: BTreeMap::new() }, report: Report::default() }, None)
             }
         };
+        // Reported when they stop fitting, not again by every pass that retries them.
+        let was_unfit = std::mem::take(&mut self.unfit);
         match changed {
             Some(changed) => {
-                let mut ids: BTreeSet<ServiceId> = std::mem::take(&mut self.unfit);
+                let mut ids = was_unfit.clone();
                 ids.extend(changed);
                 for id in ids {
                     let key = id.key();
                     match desired.get(&id) {
-                        Some(service) => self.program(service, &mut pass, dp)?,
+                        Some(service) => self.program(service, &mut pass, &was_unfit, dp)?,
                         None => pass.remove(&key, dp)?,
                     }
                 }
             }
             None => {
-                self.unfit.clear();
                 for service in desired.values() {
-                    self.program(service, &mut pass, dp)?;
+                    self.program(service, &mut pass, &was_unfit, dp)?;
                 }
                 let wanted = |key: &ServiceKey| ServiceId::from_key(key).is_some_and(|id| desired.contains_key(&id));
                 let unwanted: Vec<ServiceKey> = pass.maps.services.keys().filter(|k| !wanted(k)).copied().collect();
@@ -244,7 +245,7 @@ impl Reconciler {
 
     /// Brings one desired service into the maps (unless they hold it as desired already); one
     /// that does not fit is reported, remembered for the next pass, and leaves no trace.
-    fn program(&mut self, service: &Service, pass: &mut Pass, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    fn program(&mut self, service: &Service, pass: &mut Pass, was_unfit: &BTreeSet<ServiceId>, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
         let key = service.id.key();
         let maps = &mut pass.maps;
         let outcome = match maps.services.get(&key) {
@@ -269,7 +270,9 @@ impl Reconciler {
                 Ok(())
             }
             Err(err @ DataplaneError::Full { .. }) => {
-                warn!(service = %service.id, name = %service.name, "not programmed: {err}");
+                if !was_unfit.contains(&service.id) {
+                    error!(service = %service.id, name = %service.name, "not programmed: {err}");
+                }
                 pass.report.failed.push(format!("{} ({}): {err}", service.id, service.name));
                 self.unfit.insert(service.id);
                 Ok(())

@@ -21,6 +21,10 @@ pub struct AgentStatus {
     /// Seconds since the epoch of the last change of this status.
     pub updated: u64,
     pub services: usize,
+    /// Services that could not be programmed (a limit is reached: which, and the flag that
+    /// raises it), by address and name; every other service is.
+    #[serde(default)]
+    pub not_programmed: Vec<String>,
     /// The uplinks as the agent sees them in its own network namespace.
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,

@@ -137,6 +137,31 @@ fn status_tells_a_running_agent_from_a_dead_one() {
 }
 
 #[test]
+fn a_service_beyond_the_limits_is_named_in_status_and_the_others_are_served() {
+    let topo = ClientNode::new().unwrap();
+    let pins = PinDir::new();
+    let two = r#"{"services":[
+        {"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.1.0.5","port":31005}]},
+        {"name":"api","address":"10.0.0.2","port":80,"backends":[{"address":"10.1.0.6","port":31006}]}]}"#;
+    let file = TempFile::new(two).unwrap();
+    let args = ["--iface", topo.node_if.as_str(), "--pin-dir", &pins.arg(), "--services", &file.arg(), "--max-services", "1"];
+    let _agent = Agent::start(&topo.node, &args).unwrap();
+    let (code, view) = status(&pins);
+    assert_eq!(code, Some(0), "{view}");
+    let not_programmed = view["not_programmed"].as_array().unwrap();
+    assert_eq!(not_programmed.len(), 1, "{view}");
+    let why = not_programmed[0].as_str().unwrap();
+    // Services are programmed in address order: web (10.0.0.1) fits, api does not.
+    assert!(why.contains("10.0.0.2:80/tcp (api)") && why.contains("--max-services"), "{why}");
+    assert_eq!(view["services"], 1, "what the maps serve: {view}");
+    let human = lb(None, &["status", "--pin-dir", &pins.arg()]).unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("NOT PROGRAMMED: 1 services"), "{human:?}");
+    let served = lb(None, &["services", "--json", "--pin-dir", &pins.arg()]).unwrap();
+    let served: Value = serde_json::from_slice(&served.stdout).unwrap();
+    assert_eq!(served.as_array().map(Vec::len), Some(1), "{served}");
+}
+
+#[test]
 fn down_refuses_a_running_agent_unless_forced() {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();

@@ -97,9 +97,7 @@ impl<D: Dataplane> Agent<D> {
             error!(service = %service.id, name = %service.name, "service port is inside --nat-ports {min}-{max}: not programmed");
         }
         let report = self.reconciler.apply_changes(&desired, changed, &mut self.dataplane)?;
-        for failure in &report.failed {
-            error!("{failure}");
-        }
+        self.status.not_programmed = report.failed;
         // Only full NAT forwards in XDP/TC to a next hop the kernel must have resolved, and
         // full NAT only goes out of uplinks.
         if let Some(resolver) = self.neighbours.as_mut().filter(|_| !self.uplinks.is_empty()) {

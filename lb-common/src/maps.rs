@@ -331,7 +331,7 @@ pub struct NodeAddrKey {
 /// Default limits (all configurable at load time): 10,000 apps of 3 tasks, each app with a
 /// service port and a VIP (20,000 services, 60,000 backend entries), with kernel map memory
 /// under 128 MiB on a 2-CPU node, flows included (README: memory). Per-CPU maps grow with the
-/// CPUs: ~2.6 MB per CPU at these limits.
+/// CPUs: ~2.4 MiB per CPU at these limits.
 pub const DEFAULT_MAX_SERVICES: u32 = 32768;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
 /// Per flow table; ~760 B of kernel memory per flow across the six tables.

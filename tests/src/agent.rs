@@ -72,6 +72,10 @@ impl Drop for PinDir {
             let _ = Command::new(lb_bin()).args(["down", "--force", "--pin-dir"]).arg(&self.path).output();
             let _ = std::fs::remove_dir_all(&self.path);
         }
+        // An agent that never pinned anything (a refused start) may still have reported.
+        for file in [lb::status::path_for(&self.path), lb::status::vips_path_for(&self.path)] {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

@@ -180,6 +180,9 @@ pub struct Translator {
     /// By app id; the ids are shared with `contributors` (one allocation per app, not per
     /// service).
     parts: BTreeMap<Arc<str>, AppPart>,
+    /// Apps whose part has an error or warnings: what the status lists, found without a walk
+    /// over every app at every event.
+    flagged: BTreeSet<Arc<str>>,
     /// Service → the apps contributing to it (usually one; apps may share a VIP).
     /// (Sorted lists: almost always one app, where a set would cost a tree node per service.)
     contributors: BTreeMap<ServiceId, Vec<Arc<str>>>,
@@ -206,10 +209,11 @@ impl Translator {
         self.allocate(&names, vips);
         let mut seen_tasks = BTreeSet::new();
         self.parts.clear();
+        self.flagged.clear();
         for app in apps {
             let part = self.translate_one(app, resolver, health);
             seen_tasks.extend(part.tasks.iter().copied());
-            self.parts.insert(Arc::from(app.id.as_str()), part);
+            self.insert_part(Arc::from(app.id.as_str()), part);
         }
         health.verdicts.retain(|task, _| seen_tasks.contains(task));
         self.contributors.clear();
@@ -251,7 +255,7 @@ impl Translator {
         }
         let mut touched = BTreeSet::new();
         for id in changed {
-            if let Some(old) = self.parts.remove(id.as_str()) {
+            if let Some(old) = self.remove_part(id) {
                 for service in &old.services {
                     touched.insert(service.id);
                     if let Some(apps) = self.contributors.get_mut(&service.id) {
@@ -270,7 +274,7 @@ impl Translator {
                 touched.insert(service.id);
                 add_contributor(self.contributors.entry(service.id).or_default(), &app_id);
             }
-            self.parts.insert(app_id, part);
+            self.insert_part(app_id, part);
         }
         self.merge(touched.iter().copied());
         self.changed = Some(touched);
@@ -297,12 +301,25 @@ impl Translator {
 
     /// (app id, why) for apps skipped whole.
     pub fn app_errors(&self) -> impl Iterator<Item = (String, String)> + '_ {
-        self.parts.iter().filter_map(|(id, p)| p.error.clone().map(|e| (id.to_string(), e)))
+        self.flagged.iter().filter_map(|id| self.parts.get(id)?.error.clone().map(|e| (id.to_string(), e)))
     }
 
     /// (app id, what and why) for skipped tasks, ports and labels; full VIP ranges by name.
     pub fn warnings(&self) -> impl Iterator<Item = &(String, String)> + '_ {
-        self.vip_warnings.iter().chain(self.parts.values().flat_map(|p| p.warnings.iter()))
+        let parts = self.flagged.iter().filter_map(|id| self.parts.get(id));
+        self.vip_warnings.iter().chain(parts.flat_map(|p| p.warnings.iter()))
+    }
+
+    fn insert_part(&mut self, id: Arc<str>, part: AppPart) {
+        if part.error.is_some() || !part.warnings.is_empty() {
+            self.flagged.insert(id.clone());
+        }
+        self.parts.insert(id, part);
+    }
+
+    fn remove_part(&mut self, id: &str) -> Option<AppPart> {
+        self.flagged.remove(id);
+        self.parts.remove(id)
     }
 
     fn allocate(&mut self, names: &BTreeSet<String>, vips: &VipRange) {

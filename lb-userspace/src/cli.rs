@@ -1,9 +1,9 @@
 //! Command line of `lb`: argument definitions and dispatch. The agent itself is in `agent/`.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     agent::{self, config as parse, lock, AgentConfig},
@@ -12,6 +12,7 @@ use crate::{
         pinned::{pin_name, PinnedMaps},
         Dataplane as _, DEFAULT_PIN_DIR,
     },
+    config_file::{self, ConfigFileError},
     marathon::{client::Auth, vip::VipRange},
     preflight, report, status,
 };
@@ -51,6 +52,11 @@ pub enum Command {
     Vips(ReadArgs),
     /// Detach every program and remove every pin under the pin directory.
     Down(DownArgs),
+    /// Shell completion script for lb (e.g. `lb completions bash > /etc/bash_completion.d/lb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +95,14 @@ pub struct FlowArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// TOML file of flags: keys are the long flag names (`max-flows = 200000`, `iface =
+    /// ["eth0"]`); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (flags, --config file, interfaces, pinned maps) and exit: 0 if
+    /// it is valid, 64 if not. Nothing is loaded or attached.
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub pins: PinArgs,
     /// Uplink to balance on (ingress) and to restore replies on (TC egress); repeat for several.
@@ -152,9 +166,40 @@ pub struct RunArgs {
     pub nat_ports: (u16, u16),
 }
 
+/// Why a command line was refused before anything ran.
+#[derive(Debug)]
+pub enum ParseError {
+    Clap(clap::Error),
+    ConfigFile(ConfigFileError),
+}
+
+/// Parses `args` (argv): with `lb run --config FILE`, the file's flags go before the command
+/// line's, leaving out those the command line gives itself.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, ParseError> {
+    let matches = Cli::command().try_get_matches_from(&args).map_err(ParseError::Clap)?;
+    let config = matches.subcommand_matches("run").and_then(|run| Some((run, run.get_one::<PathBuf>("config")?)));
+    let Some((given, path)) = config else {
+        return Cli::from_arg_matches(&matches).map_err(ParseError::Clap);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ParseError::ConfigFile(ConfigFileError::Read { path: path.display().to_string(), why: e.to_string() }))?;
+    let run = Cli::command().find_subcommand("run").expect("lb has a run command").clone();
+    let from_file = config_file::flags(path, &text, &run, given).map_err(ParseError::ConfigFile)?;
+    let after_run = args.iter().position(|a| a == "run").expect("the run command matched") + 1;
+    let mut merged = args;
+    merged.splice(after_run..after_run, from_file);
+    let matches = Cli::command().try_get_matches_from(merged).map_err(ParseError::Clap)?;
+    Cli::from_arg_matches(&matches).map_err(ParseError::Clap)
+}
+
 /// Runs a parsed command line; Ok is the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Command::Run(args) if args.check => {
+            AgentConfig::from_args(&args)?;
+            println!("configuration OK");
+            Ok(0)
+        }
         Command::Run(args) => {
             preflight::require_privileges()?;
             let config = AgentConfig::from_args(&args)?;
@@ -188,6 +233,12 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Down(args) => down(&args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+            Ok(0)
+        }
     }
 }
 
@@ -245,6 +296,12 @@ enum DownError {
 }
 
 /// The exit code for an error: 64 for configuration and usage, 77 for privileges, else 1.
+/// Whether `err` is the reader of our output going away (`lb services | head`): not a failure
+/// of lb's, so no message and exit 0.
+pub fn output_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if matches!(cause.downcast_ref(), Some(preflight::PreflightError::NotPrivileged)) {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod config_file;
 pub mod dataplane;
 pub mod marathon;
 pub mod model;

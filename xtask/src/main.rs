@@ -1,6 +1,7 @@
 //! `cargo xtask <build|test|demo|run>`: every command first makes sure this machine has what the
 //! project needs (installing it idempotently and saying so), then does its job.
 
+mod install;
 mod prereqs;
 
 use std::{
@@ -17,6 +18,11 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo              install prerequisites, build, show the data path working in network namespaces
   run -- ARGS...    install prerequisites, build, run `lb run ARGS...` on this node
   bench [-- ARGS]   install prerequisites, build (release), measure; writes docs/benchmarks.{md,json}
+  install [--root DIR] [--binary PATH]
+                    build (release) and install lb, its systemd unit, a default /etc/lb/lb.toml
+                    (never overwritten), completions; under DIR (default /)
+  uninstall [--root DIR]
+                    remove what install added (an edited lb.toml is kept)
   setup             only install/check prerequisites";
 
 fn main() -> ExitCode {
@@ -73,6 +79,19 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
+        "install" => {
+            let options = install::Options::parse(&rest)?;
+            let binary = match options.binary {
+                Some(binary) => binary,
+                None => {
+                    prereqs::ensure_all()?;
+                    build_release()?;
+                    workspace_root().join("target/release/lb")
+                }
+            };
+            install::install(&options.root, &binary)
+        }
+        "uninstall" => install::uninstall(&install::Options::parse(&rest)?.root),
         "run" => {
             prereqs::ensure_all()?;
             build_release()?;

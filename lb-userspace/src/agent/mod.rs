@@ -61,6 +61,7 @@ pub fn start(config: AgentConfig) -> Result<()> {
     served?;
     drop(loaded);
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
 }
 

@@ -298,6 +298,10 @@ impl<D: Dataplane> Agent<D> {
         }
         println!("ready");
         std::io::stdout().flush()?;
+        // systemd (Type=notify): started means programmed. Without NOTIFY_SOCKET this does nothing.
+        if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            warn!("telling systemd the agent is ready: {err}");
+        }
 
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         let mut seen = services.and_then(sources::modified);

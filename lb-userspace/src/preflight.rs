@@ -201,6 +201,23 @@ fn fs_type(path: &Path) -> std::io::Result<i64> {
     Ok(stat.f_type as i64)
 }
 
+/// What the node's IP forwarding settings break, one line each: a backend that is not on this
+/// node and not behind an `--iface` uplink is reached by destination NAT through the stack,
+/// which then has to forward the packet; with forwarding off the stack drops it after the
+/// program counted `fwd_local`.
+pub fn forwarding_warnings() -> Vec<String> {
+    let settings = [("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"), ("net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding")];
+    settings
+        .iter()
+        .filter(|(_, path)| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0"))
+        .map(|(name, _)| {
+            format!(
+                "{name}=0: backends on other nodes that are not behind an --iface uplink get no traffic (the stack drops what the program counted as fwd_local); sysctl -w {name}=1"
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

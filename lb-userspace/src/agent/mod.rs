@@ -9,7 +9,7 @@ mod run;
 mod sources;
 
 use anyhow::{Context as _, Result};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{AgentConfig, ConfigError};
 
@@ -29,6 +29,9 @@ pub fn start(config: AgentConfig) -> Result<()> {
     init_logging();
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
+    for warning in crate::preflight::forwarding_warnings() {
+        warn!("{warning}");
+    }
 
     // Netlink sockets belong to the namespace they are opened in: this one is the agent's.
     let neighbours = NeighbourResolver::new()?;

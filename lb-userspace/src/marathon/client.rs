@@ -10,19 +10,25 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("{url}")]
+    #[error("{}", without_query(url))]
     Transport { url: String, source: reqwest::Error },
-    #[error("{url}: HTTP {status}")]
+    #[error("{}: HTTP {status}", without_query(url))]
     Status { url: String, status: StatusCode },
-    #[error("{url}: more than {MAX_REDIRECTS} redirects")]
+    #[error("{}: more than {MAX_REDIRECTS} redirects", without_query(url))]
     Redirects { url: String },
-    #[error("{url}: reading the body")]
+    #[error("{}: reading the body", without_query(url))]
     Body { url: String, source: reqwest::Error },
     #[error("no Marathon URL answered: {0}")]
     AllFailed(String),
 }
 
 const MAX_REDIRECTS: usize = 3;
+
+/// A request URL as errors show it: the query (the event stream's lists a dozen event types)
+/// makes a warning unreadable and says nothing about what failed.
+fn without_query(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
+}
 
 /// How the agent authenticates to Marathon.
 #[derive(Clone, Debug, Default)]
@@ -105,7 +111,7 @@ impl MarathonClient {
             if let Some(t) = timeout {
                 request = request.timeout(t);
             }
-            let response = request.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+            let response = request.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source: source.without_url() })?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
@@ -136,7 +142,7 @@ impl MarathonClient {
             let url = format!("{}/v2/apps?embed=apps.tasks&embed=apps.deployments", self.urls[i]);
             let result = async {
                 let response = self.get(url.clone(), "application/json", Some(self.timeout)).await?;
-                response.bytes().await.map_err(|source| ClientError::Body { url: url.clone(), source })
+                response.bytes().await.map_err(|source| ClientError::Body { url: url.clone(), source: source.without_url() })
             }
             .await;
             match result {
@@ -156,7 +162,7 @@ impl MarathonClient {
         let id = id.trim_start_matches('/');
         let url = format!("{}/v2/apps/{id}?embed=app.tasks&embed=app.deployments", self.urls[self.preferred]);
         match self.get(url.clone(), "application/json", Some(self.timeout)).await {
-            Ok(response) => Ok(Some(response.bytes().await.map_err(|source| ClientError::Body { url, source })?)),
+            Ok(response) => Ok(Some(response.bytes().await.map_err(|source| ClientError::Body { url, source: source.without_url() })?)),
             Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(err) => Err(err),
         }

@@ -40,7 +40,7 @@ pub enum Command {
     /// Programs stay attached and maps pinned after exit; `lb down` removes them.
     Run(Box<RunArgs>),
     /// Services and their backends, read from the pinned maps.
-    Services(ReadArgs),
+    Services(ServicesArgs),
     /// Entries of the flow table (connections pinned to backends).
     Flows(FlowArgs),
     /// Counters: per outcome, per service, per interface.
@@ -85,12 +85,24 @@ pub struct ReadArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Only this service: its name, or ADDRESS:PORT as listed (`10.0.0.1:80`, `[fd00::1]:80`,
+    /// `0.0.0.0:10001` for a service port).
+    pub service: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct FlowArgs {
     #[command(flatten)]
     pub read: ReadArgs,
-    /// Show at most this many flows.
+    /// Read at most this many flow-table entries (--service filters those).
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// Only flows pinned to backends of this service (name or ADDRESS:PORT, as `lb services`).
+    #[arg(long)]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,12 +219,18 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Services(args) => {
-            let services = report::services(&PinnedMaps::new(&args.pins.pin_dir))?;
-            report::print_services(&services, args.json, &mut std::io::stdout().lock())?;
+            let services = report::services(&PinnedMaps::new(&args.read.pins.pin_dir))?;
+            let services = report::select(services, args.service.as_deref())?;
+            report::print_services(&services, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
         Command::Flows(args) => {
-            let flows = report::flows(&PinnedMaps::new(&args.read.pins.pin_dir), args.limit)?;
+            let maps = PinnedMaps::new(&args.read.pins.pin_dir);
+            let only = match args.service.as_deref() {
+                Some(selector) => Some(report::select(report::services(&maps)?, Some(selector))?.iter().map(|s| s.id).collect::<Vec<_>>()),
+                None => None,
+            };
+            let flows = report::flows(&maps, args.limit, only.as_deref())?;
             report::print_flows(&flows, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }

@@ -104,6 +104,24 @@ fn bracket(addr: &str) -> String {
     if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() }
 }
 
+impl ServiceView {
+    /// Whether `selector` names this service: its name, or its `address:port` as `lb services`
+    /// prints it (`10.0.0.1:80`, `[fd00::1]:80`, `0.0.0.0:10001` for a service port).
+    pub fn is(&self, selector: &str) -> bool {
+        self.name == selector || format!("{}:{}", bracket(&self.address), self.port) == selector
+    }
+}
+
+/// The services `selector` names (all of them without one); an error when it names none.
+pub fn select(services: Vec<ServiceView>, selector: Option<&str>) -> Result<Vec<ServiceView>> {
+    let Some(selector) = selector else { return Ok(services) };
+    let chosen: Vec<ServiceView> = services.into_iter().filter(|s| s.is(selector)).collect();
+    if chosen.is_empty() {
+        anyhow::bail!("no service is named or listens on {selector:?} (`lb services` lists them)");
+    }
+    Ok(chosen)
+}
+
 /// One flow-table entry.
 #[derive(Debug, Serialize)]
 pub struct FlowView {
@@ -117,17 +135,29 @@ pub struct FlowView {
     pub backend_port: Option<u16>,
     /// Full NAT: the source port this node uses towards the backend (null for local backends).
     pub nat_port: Option<u16>,
+    /// TCP: seconds since the flow's first packet (when it was pinned).
+    pub age_secs: Option<u64>,
+    /// UDP: seconds since its last packet (it re-balances after `--udp-timeout`).
+    pub idle_secs: Option<u64>,
 }
 
-pub fn flows(dp: &dyn Dataplane, limit: usize) -> Result<Vec<FlowView>> {
+/// Up to `limit` flows, those of the services `only` holds (by service id) when given.
+pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>) -> Result<Vec<FlowView>> {
     let backends = dp.backends()?;
+    let now = monotonic_ns();
     let mut out = Vec::new();
     for (key, info) in dp.flows(limit)? {
         let (Some(client), Some(service)) = (bytes_ip(&key.src, key.family), bytes_ip(&key.dst, key.family)) else { continue };
-        let backend = backends
+        let pinned = backends
             .get(info.backend_id as usize)
-            .filter(|b| b.state != BACKEND_UNUSED && b.generation == info.backend_generation)
-            .and_then(|b| Some((bytes_ip(&b.addr, b.family)?, b.port)));
+            .filter(|b| b.state != BACKEND_UNUSED && b.generation == info.backend_generation);
+        if only.is_some_and(|ids| !pinned.is_some_and(|b| ids.contains(&b.service_id))) {
+            continue;
+        }
+        let backend = pinned.and_then(|b| Some((bytes_ip(&b.addr, b.family)?, b.port)));
+        // The programs stamp TCP flows once (when pinned) and UDP flows on every packet.
+        let since = now.saturating_sub(info.last_seen_ns) / 1_000_000_000;
+        let udp = key.proto == lb_common::PROTO_UDP;
         out.push(FlowView {
             client: client.to_string(),
             client_port: key.sport,
@@ -137,9 +167,19 @@ pub fn flows(dp: &dyn Dataplane, limit: usize) -> Result<Vec<FlowView>> {
             backend: backend.map(|(ip, _)| ip.to_string()),
             backend_port: backend.map(|(_, port)| port),
             nat_port: (info.kind == lb_common::FLOW_NAT).then_some(info.nat_port),
+            age_secs: (!udp).then_some(since),
+            idle_secs: udp.then_some(since),
         });
     }
     Ok(out)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn print_flows(flows: &[FlowView], json: bool, out: &mut impl Write) -> Result<()> {
@@ -148,19 +188,25 @@ pub fn print_flows(flows: &[FlowView], json: bool, out: &mut impl Write) -> Resu
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<5} {:<44} {:<44} {:<44}", "PROTO", "CLIENT", "SERVICE", "BACKEND")?;
+    writeln!(out, "{:<5} {:<44} {:<44} {:<44} {:>12}", "PROTO", "CLIENT", "SERVICE", "BACKEND", "AGE/IDLE")?;
     for f in flows {
         let backend = match (&f.backend, f.backend_port) {
             (Some(a), Some(p)) => format!("{}:{p}", bracket(a)),
             _ => "(gone)".into(),
         };
+        let time = match (f.age_secs, f.idle_secs) {
+            (Some(age), _) => format!("{age} s"),
+            (_, Some(idle)) => format!("idle {idle} s"),
+            _ => "-".into(),
+        };
         writeln!(
             out,
-            "{:<5} {:<44} {:<44} {:<44}",
+            "{:<5} {:<44} {:<44} {:<44} {:>12}",
             f.protocol,
             format!("{}:{}", bracket(&f.client), f.client_port),
             format!("{}:{}", bracket(&f.service), f.service_port),
-            backend
+            backend,
+            time
         )?;
     }
     Ok(())
@@ -381,6 +427,41 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 4, "{text}");
         assert!(text.contains("[fd00::7]:53"), "{text}");
+    }
+
+    #[test]
+    fn one_service_is_chosen_by_name_or_as_listed() {
+        let all = || services(&programmed()).unwrap();
+        for selector in ["web", "10.0.0.1:80"] {
+            let chosen = select(all(), Some(selector)).unwrap();
+            assert_eq!(chosen.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["web"], "{selector}");
+        }
+        assert_eq!(select(all(), Some("[::]:10053")).unwrap()[0].name, "dns");
+        assert_eq!(select(all(), None).unwrap().len(), 2);
+        let none = select(all(), Some("10.0.0.1:81")).unwrap_err().to_string();
+        assert!(none.contains("10.0.0.1:81") && none.contains("lb services"), "{none}");
+    }
+
+    #[test]
+    fn flows_show_tcp_age_and_udp_idle_time_and_filter_by_service() {
+        let mut dp = programmed();
+        let web = services(&dp).unwrap().into_iter().find(|s| s.name == "web").unwrap();
+        let dns = services(&dp).unwrap().into_iter().find(|s| s.name == "dns").unwrap();
+        let backend_of = |svc: &ServiceView| svc.backends.iter().find(|b| b.state == "active").unwrap().id;
+        let flow = |proto, backend: u32, seconds_ago: u64| {
+            let key = lb_common::FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto, family: 4, _pad: 0 };
+            let generation = dp.backends[backend as usize].generation;
+            let info = lb_common::FlowInfo { backend_id: backend, backend_generation: generation, last_seen_ns: monotonic_ns() - seconds_ago * 1_000_000_000, ..Default::default() };
+            (key, info)
+        };
+        let flows_in = vec![flow(lb_common::PROTO_TCP, backend_of(&web), 30), flow(lb_common::PROTO_UDP, backend_of(&dns), 7)];
+        dp.flows = flows_in;
+        let all = flows(&dp, 10, None).unwrap();
+        assert_eq!((all[0].age_secs, all[0].idle_secs), (Some(30), None));
+        assert_eq!((all[1].age_secs, all[1].idle_secs), (None, Some(7)));
+        let only_web = flows(&dp, 10, Some(&[web.id])).unwrap();
+        assert_eq!(only_web.len(), 1);
+        assert_eq!(only_web[0].backend_port, Some(31005));
     }
 
     #[test]

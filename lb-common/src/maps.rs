@@ -159,6 +159,21 @@ impl FlowKey4 {
     }
 }
 
+impl FlowKey {
+    /// The same IPv4 connection as a `FlowKey4` (the key of `FLOWS4`).
+    pub fn narrow(&self) -> FlowKey4 {
+        FlowKey4 {
+            src: [self.src[0], self.src[1], self.src[2], self.src[3]],
+            dst: [self.dst[0], self.dst[1], self.dst[2], self.dst[3]],
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+}
+
 /// Key of `FLOWS` and `REPLIES` (IPv6 connections), and of `NAT_REPLIES`: a connection as the
 /// packet carries it.
 #[repr(C)]

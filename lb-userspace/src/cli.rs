@@ -50,6 +50,9 @@ pub enum Command {
     Status(ReadArgs),
     /// Named VIPs and the addresses they were given.
     Vips(ReadArgs),
+    /// Which backend a connection gets: the flow table's if it is established, else the one the
+    /// service's Maglev ring gives its first packet (same hash and ring as the programs).
+    Explain(ExplainArgs),
     /// Detach every program and remove every pin under the pin directory.
     Down(DownArgs),
     /// Shell completion script for lb (e.g. `lb completions bash > /etc/bash_completion.d/lb`).
@@ -82,6 +85,20 @@ pub struct ReadArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// tcp or udp.
+    #[arg(value_parser = parse::protocol)]
+    pub protocol: crate::model::Proto,
+    /// The client's ADDRESS:PORT ([ADDRESS]:PORT for IPv6).
+    pub client: std::net::SocketAddr,
+    /// The service's ADDRESS:PORT as clients connect to it (a VIP, or a node address for a
+    /// service port).
+    pub service: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,8 +173,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
     /// Slots of the pool every service's Maglev ring comes from (4 bytes each; whole chunks of
-    /// 65536). A service takes the smallest prime ring with 100 slots per backend (359 for 3
-    /// backends, at most 65521); the default holds 20,000 such services.
+    /// 65536, each holding rings of one size: at least one chunk per ring size in use). A
+    /// service takes the smallest prime ring with 100 slots per backend (359 for 3 backends, at
+    /// most 65521); the default holds 20,000 such services.
     #[arg(long, default_value_t = lb_common::ring_pool::DEFAULT_RING_SLOTS, value_parser = parse::ring_slots)]
     pub ring_slots: u32,
     /// Services (each address, port and protocol is one).
@@ -248,6 +266,11 @@ pub fn run(cli: Cli) -> Result<u8> {
                 format!("no named VIPs for {} (has `lb run --marathon` run with this --pin-dir?)", args.pins.pin_dir.display())
             })?;
             report::print_vips(&vips, args.json, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        Command::Explain(args) => {
+            let explained = crate::explain::explain(&PinnedMaps::new(&args.read.pins.pin_dir), args.protocol, args.client, args.service)?;
+            crate::explain::print(&explained, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
         Command::Down(args) => down(&args),

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod config_file;
 pub mod dataplane;
+pub mod explain;
 pub mod marathon;
 pub mod model;
 pub mod neighbours;

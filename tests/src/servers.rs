@@ -125,7 +125,11 @@ pub fn udp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
 
 /// Connects to `addr` and returns the stream and the name of the backend that greeted it.
 pub fn connect_and_greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    greeting(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?)
+}
+
+/// The stream and the first line its backend sends (its name).
+fn greeting(mut stream: TcpStream) -> std::io::Result<(TcpStream, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut name = Vec::new();
     let mut byte = [0u8; 1];
@@ -133,6 +137,16 @@ pub fn connect_and_greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String
         name.push(byte[0]);
     }
     Ok((stream, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Connects to `addr` from the local address `from` (a chosen source port) and reads the
+/// backend's greeting.
+pub fn connect_from_and_greet(from: SocketAddr, addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&from.into())?;
+    socket.connect_timeout(&addr.into(), Duration::from_secs(3))?;
+    greeting(socket.into())
 }
 
 /// Opens `count` connections to `addr` from `ns`, one after the other, and counts which backend

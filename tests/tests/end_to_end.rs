@@ -11,7 +11,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
     netns::LbTopology,
-    servers::{backend_spread, connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, connect_from_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
 };
 
 const VIP: &str = "10.0.0.1";
@@ -421,4 +421,33 @@ fn an_invalid_services_file_at_start_is_refused_naming_service_and_field() {
     assert!(!out.status.success());
     assert!(stderr.contains(r#"service 0 ("web"): backends[0].port: 0 is not a port"#), "{stderr}");
     assert!(!pins.path().exists(), "nothing may be pinned");
+}
+
+/// `lb explain tcp CLIENT SERVICE --json` for this cluster's maps.
+fn explain(cluster: &Cluster, client: SocketAddr, service: SocketAddr) -> serde_json::Value {
+    let out = lb_ok(None, &["explain", "--json", "--pin-dir", &cluster.pins.arg(), "tcp", &client.to_string(), &service.to_string()]).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn explain_names_the_backend_that_real_connections_reach() {
+    let cluster = Cluster::new(3);
+    let name_of = |address: &serde_json::Value| {
+        let ip: std::net::IpAddr = address.as_str().unwrap().parse().unwrap();
+        format!("backend-{}", (0..3).find(|&i| LbTopology::backend_ip(i) == ip).unwrap())
+    };
+    let mut reached = BTreeMap::new();
+    for port in 43000..43050u16 {
+        let from = SocketAddr::new(cluster.topo.client_ip, port);
+        let before = explain(&cluster, from, vip(80));
+        assert_eq!((&before["flow"], &before["service_name"]), (&"new".into(), &"web".into()), "{before}");
+        let expected = name_of(&before["backend"]["address"]);
+        let (stream, name) = cluster.topo.client.run(move || connect_from_and_greet(from, vip(80))).unwrap().unwrap();
+        assert_eq!(name, expected, "source port {port}: {before}");
+        let after = explain(&cluster, from, vip(80));
+        assert_eq!((&after["flow"], &after["backend"]), (&"existing".into(), &before["backend"]), "{after}");
+        drop(stream);
+        *reached.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(reached.len(), 3, "50 source ports spread over every backend: {reached:?}");
 }

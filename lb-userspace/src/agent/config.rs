@@ -164,6 +164,17 @@ pub enum ValueError {
     NotChunks(String),
     #[error("{0:?} is not a whole number ≥ {1}")]
     TooSmall(String, u64),
+    #[error("{0:?} is not a protocol: tcp or udp")]
+    NotAProtocol(String),
+}
+
+/// A protocol argument: tcp or udp.
+pub fn protocol(text: &str) -> Result<crate::model::Proto, ValueError> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(crate::model::Proto::Tcp),
+        "udp" => Ok(crate::model::Proto::Udp),
+        _ => Err(ValueError::NotAProtocol(text.to_owned())),
+    }
 }
 
 /// `--nat-ports MIN-MAX`.

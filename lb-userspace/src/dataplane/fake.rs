@@ -188,4 +188,8 @@ impl Dataplane for FakeDataplane {
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
         Ok(self.flows.iter().take(limit).copied().collect())
     }
+
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
+        Ok(self.flows.iter().find(|(k, _)| k == key).map(|(_, info)| *info))
+    }
 }

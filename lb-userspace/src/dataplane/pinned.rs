@@ -365,6 +365,19 @@ impl Dataplane for PinnedMaps {
         flows.extend(hash_entries(&v6, names::MAP_FLOWS, limit - flows.len())?);
         Ok(flows)
     }
+
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
+        let found = if key.family == lb_common::FAMILY_V4 {
+            self.hash::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?.get(&key.narrow(), 0)
+        } else {
+            self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?.get(key, 0)
+        };
+        match found {
+            Ok(info) => Ok(Some(info)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { name: if key.family == lb_common::FAMILY_V4 { names::MAP_FLOWS4 } else { names::MAP_FLOWS }, source }),
+        }
+    }
 }
 
 /// Slots of the RINGS pool mapped into this process (BPF_F_MMAPABLE): a ring is written with one

@@ -1,0 +1,210 @@
+//! `lb explain PROTO CLIENT SERVICE`: which backend a connection gets, decided the way the
+//! programs decide it (lb-ebpf/src/select.rs), from the pinned maps: an established flow's
+//! pinned backend first; otherwise the service (the address's own, else the service port when
+//! the address is one of the node's), and the backend in its ring's slot for the client's hash.
+
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+};
+
+use anyhow::{bail, Result};
+use lb_common::{hash, ring_pool, BackendInfo, FlowKey, NodeAddrKey, ServiceKey, BACKEND_ACTIVE, BACKEND_UNUSED};
+use serde::Serialize;
+
+use crate::{
+    dataplane::Dataplane,
+    model::{bytes_ip, ip_bytes, Proto},
+};
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub protocol: Proto,
+    pub client: SocketAddr,
+    pub service: SocketAddr,
+    /// The programmed service the packet matches, if any.
+    pub service_name: Option<String>,
+    /// `existing`: the flow table pins this connection; `new`: a first packet would be balanced
+    /// now; `none`: no service (the packet is passed untouched) or no active backend (refused).
+    pub flow: &'static str,
+    /// Where the connection goes (the pinned backend of an existing flow).
+    pub backend: Option<BackendAddr>,
+    /// Where a new connection with this tuple would go: Maglev's pick.
+    pub new_flow_backend: Option<BackendAddr>,
+    /// The slot of the service's ring Maglev's pick is in, and the ring's size.
+    pub ring_slot: Option<u32>,
+    pub ring_size: Option<u32>,
+    /// Why there is no backend, when there is none.
+    pub reason: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
+pub struct BackendAddr {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+fn addr_of(b: &BackendInfo) -> Option<BackendAddr> {
+    Some(BackendAddr { address: bytes_ip(&b.addr, b.family)?, port: b.port })
+}
+
+pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service: SocketAddr) -> Result<Explanation> {
+    if client.is_ipv4() != service.is_ipv4() {
+        bail!("{client} and {service} are of different address families");
+    }
+    let (src, family) = ip_bytes(client.ip());
+    let (dst, _) = ip_bytes(service.ip());
+    let proto = protocol.number();
+    let backends = dp.backends()?;
+    let mut out = Explanation {
+        protocol,
+        client,
+        service,
+        service_name: None,
+        flow: "none",
+        backend: None,
+        new_flow_backend: None,
+        ring_slot: None,
+        ring_size: None,
+        reason: None,
+    };
+    let flow_key = FlowKey { src, dst, sport: client.port(), dport: service.port(), proto, family, _pad: 0 };
+    let pinned = dp
+        .flow(&flow_key)?
+        .and_then(|flow| backends.get(flow.backend_id as usize).filter(|b| b.state != BACKEND_UNUSED && b.generation == flow.backend_generation));
+    if let Some(backend) = pinned {
+        out.flow = "existing";
+        out.backend = addr_of(backend);
+    }
+    let services = dp.services()?;
+    let find = |addr: [u8; 16]| services.iter().find(|(k, _)| *k == ServiceKey { addr, port: service.port(), proto, family }).map(|(_, i)| *i);
+    let node = NodeAddrKey { addr: dst, family, _pad: 0, _pad2: 0 };
+    let info = match find(dst) {
+        Some(info) => Some(info),
+        None if dp.node_addrs()?.contains(&node) => find([0; 16]),
+        None => None,
+    };
+    let Some(info) = info else {
+        out.reason.get_or_insert("not a service: passed to the stack untouched");
+        return Ok(out);
+    };
+    out.service_name = Some(dp.service_name(info.service_id)?);
+    if info.active_backends == 0 || info.ring_size == 0 {
+        if pinned.is_none() {
+            out.reason = Some("no active backend: a new connection is refused");
+        }
+        return Ok(out);
+    }
+    let slot = hash::ring_slot(hash::flow_hash(&src, client.port(), proto), info.ring_size);
+    let ring = dp.read_ring(ring_pool::slot(info.ring_start, 0), info.ring_size)?;
+    let picked = backends.get(ring[slot as usize] as usize).filter(|b| b.state == BACKEND_ACTIVE && b.family == family);
+    out.new_flow_backend = picked.and_then(addr_of);
+    out.ring_slot = Some(slot);
+    out.ring_size = Some(info.ring_size);
+    if pinned.is_none() {
+        out.flow = "new";
+        out.backend = out.new_flow_backend;
+    }
+    Ok(out)
+}
+
+pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, e)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let show = |b: &BackendAddr| SocketAddr::new(b.address, b.port).to_string();
+    let name = e.service_name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+    write!(out, "{} {} → {}{name}: ", e.protocol.as_str(), e.client, e.service)?;
+    match (e.flow, &e.backend, &e.new_flow_backend) {
+        ("existing", Some(b), Some(new)) if b != new => {
+            writeln!(out, "existing flow pinned to {} (a new flow would get {})", show(b), show(new))?
+        }
+        ("existing", Some(b), _) => writeln!(out, "existing flow pinned to {}", show(b))?,
+        ("new", Some(b), _) => writeln!(
+            out,
+            "new flow → {} (Maglev slot {} of {})",
+            show(b),
+            e.ring_slot.unwrap_or_default(),
+            e.ring_size.unwrap_or_default()
+        )?,
+        _ => writeln!(out, "{}", e.reason.unwrap_or("no backend"))?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::fake::FakeDataplane, reconcile::Reconciler, services_file};
+
+    fn programmed() -> FakeDataplane {
+        // A chunk per ring size in use (359 and 127).
+        let mut dp = FakeDataplane::new(8, 32, 2 * lb_common::ring_pool::CHUNK_SLOTS);
+        let desired = services_file::parse(
+            r#"{"services":[
+              {"name":"web","address":"10.0.0.1","port":80,"backends":[
+                {"address":"10.1.0.5","port":31005},{"address":"10.1.0.6","port":31006},{"address":"10.1.0.7","port":31007}]},
+              {"name":"app","port":10000,"backends":[{"address":"10.1.0.8","port":31008}]},
+              {"name":"empty","address":"10.0.0.2","port":80,"backends":[{"address":"10.1.0.9","port":1,"weight":0}]}]}"#,
+            "t.json",
+        )
+        .unwrap();
+        Reconciler::default().apply(&desired, &mut dp).unwrap();
+        crate::reconcile::sync_node_addrs(&["10.201.0.2".parse().unwrap()], &mut dp).unwrap();
+        dp
+    }
+
+    fn at(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_new_flow_gets_the_backend_of_its_ring_slot() {
+        let dp = programmed();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap();
+        assert_eq!((e.flow, e.service_name.as_deref(), e.ring_size), ("new", Some("web"), Some(359)));
+        let info = dp.services.values().find(|i| dp.names[&i.service_id] == "web").unwrap();
+        let expected = dp.backends[dp.ring(info)[e.ring_slot.unwrap() as usize] as usize];
+        assert_eq!(e.backend, Some(BackendAddr { address: bytes_ip(&expected.addr, 4).unwrap(), port: expected.port }));
+        // Different source ports spread over the backends.
+        let seen: std::collections::BTreeSet<u16> = (40000..40100)
+            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80")).unwrap())
+            .map(|e| e.backend.unwrap().port)
+            .collect();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn an_existing_flow_wins_over_the_ring() {
+        let mut dp = programmed();
+        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap();
+        let elsewhere = (1..dp.backends.len() as u32)
+            .find(|&id| dp.backends[id as usize].state == BACKEND_ACTIVE && Some(dp.backends[id as usize].port) != fresh.backend.map(|b| b.port) && dp.backends[id as usize].port != 31008)
+            .unwrap();
+        let key = FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto: 6, family: 4, _pad: 0 };
+        let info = lb_common::FlowInfo { backend_id: elsewhere, backend_generation: dp.backends[elsewhere as usize].generation, ..Default::default() };
+        dp.flows.push((key, info));
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap();
+        assert_eq!(e.flow, "existing");
+        assert_eq!(e.backend.unwrap().port, dp.backends[elsewhere as usize].port);
+        assert_eq!(e.new_flow_backend, fresh.backend, "and says where a new one would go");
+        let mut text = Vec::new();
+        print(&e, false, &mut text).unwrap();
+        assert!(String::from_utf8(text).unwrap().contains("a new flow would get"));
+    }
+
+    #[test]
+    fn service_ports_count_only_on_node_addresses_and_empty_services_refuse() {
+        let dp = programmed();
+        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000")).unwrap().backend.unwrap().port, 31008);
+        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000")).unwrap();
+        assert_eq!((elsewhere.flow, elsewhere.backend), ("none", None));
+        assert!(elsewhere.reason.unwrap().starts_with("not a service"));
+        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80")).unwrap();
+        assert_eq!((empty.flow, empty.service_name.as_deref()), ("none", Some("empty")));
+        assert!(empty.reason.unwrap().starts_with("no active backend"));
+        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap().reason.unwrap().starts_with("not a service"));
+    }
+}

@@ -190,6 +190,13 @@ pub struct RunArgs {
     /// Seconds of silence after which a UDP flow may move to another backend.
     #[arg(long, default_value_t = lb_common::DEFAULT_UDP_TIMEOUT_SECS, value_parser = parse::seconds)]
     pub udp_timeout: u64,
+    /// Where Prometheus metrics (/metrics) and the status page (/) are served: ADDR:PORT, or
+    /// `off`. A non-loopback address needs --metrics-listen-public.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9097", value_parser = parse::listen)]
+    pub metrics_listen: parse::Listen,
+    /// Allow --metrics-listen on an address other hosts can reach.
+    #[arg(long)]
+    pub metrics_listen_public: bool,
     /// Source ports for full NAT towards backends on other nodes (MIN-MAX). Must not overlap
     /// the node's ephemeral ports (net.ipv4.ip_local_port_range) nor any service port.
     #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = parse::port_range)]

@@ -7,6 +7,7 @@ pub mod config_file;
 pub mod dataplane;
 pub mod explain;
 pub mod marathon;
+pub mod metrics;
 pub mod model;
 pub mod neighbours;
 pub mod node_addrs;

@@ -100,7 +100,8 @@ pub fn print_services(services: &[ServiceView], json: bool, out: &mut impl Write
     Ok(())
 }
 
-fn bracket(addr: &str) -> String {
+/// An address as it goes before `:port` (IPv6 in brackets).
+pub(crate) fn bracket(addr: &str) -> String {
     if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() }
 }
 

@@ -52,6 +52,9 @@ pub struct MarathonStatus {
     /// Why the last sync failed, while it keeps failing (the last good state stays programmed).
     pub last_error: Option<String>,
     pub failures_in_a_row: u64,
+    /// Failed syncs since the start.
+    #[serde(default)]
+    pub failures: u64,
     pub apps: usize,
     /// `ok`, `degraded` (some apps' definitions or tasks could not be used: the last good
     /// definitions stay programmed) or `failing` (Marathon does not answer).

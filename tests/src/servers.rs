@@ -173,3 +173,18 @@ pub fn echo_round_trip(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<(
     }
     Ok(())
 }
+
+/// `GET path` from `addr` over HTTP/1.0 in `ns`: (status code, body).
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    ns.run(move || -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP header in {response:?}"))?;
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
+        Ok((status, body.to_string()))
+    })?
+}

@@ -11,7 +11,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
     netns::LbTopology,
-    servers::{backend_spread, connect_and_greet, connect_from_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, connect_from_and_greet, echo_round_trip, http_get, tcp_echo, udp_echo, Server},
 };
 
 const VIP: &str = "10.0.0.1";
@@ -450,4 +450,47 @@ fn explain_names_the_backend_that_real_connections_reach() {
         *reached.entry(name).or_insert(0) += 1;
     }
     assert_eq!(reached.len(), 3, "50 source ports spread over every backend: {reached:?}");
+}
+
+/// The value of the Prometheus series `series` (name and labels exactly as exposed).
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_move_with_real_traffic_and_the_status_page_lists_the_services() {
+    let cluster = Cluster::new(3);
+    let at: SocketAddr = "127.0.0.1:9097".parse().unwrap();
+    let scrape = || {
+        let (status, text) = http_get(&cluster.topo.node, at, "/metrics").unwrap();
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    let web = r#"{service="web",address="10.0.0.1:80",protocol="tcp"}"#;
+    let before = scrape();
+    let spread = spread(&cluster, vip(80), 30);
+    let after = scrape();
+    assert_eq!(metric(&after, &format!("lb_service_new_flows_total{web}")) - metric(&before, &format!("lb_service_new_flows_total{web}")), 30);
+    assert!(metric(&after, "lb_packets_total{outcome=\"fwd_local\"}") >= metric(&before, "lb_packets_total{outcome=\"fwd_local\"}") + 30 * 3);
+    // Per backend, the new flows are the connections each greeted.
+    for (i, (name, count)) in spread.iter().enumerate() {
+        assert_eq!(name, &format!("backend-{i}"));
+        let series = format!("lb_backend_new_flows_total{{service=\"web\",address=\"10.0.0.1:80\",protocol=\"tcp\",backend=\"{}:{BACKEND_PORT}\"}}", LbTopology::backend_ip(i));
+        assert_eq!(metric(&after, &series) - metric(&before, &series), *count as u64, "{series}");
+    }
+    assert_eq!(metric(&after, "lb_backends{state=\"active\"}"), 12, "3 backends in each of 4 services");
+    assert_eq!(metric(&after, "lb_flow_table_capacity{table=\"flows4\"}"), lb_common::DEFAULT_MAX_FLOWS as u64);
+    assert!(metric(&after, "lb_flow_table_entries{table=\"flows4\"}") >= 30);
+
+    let (status, page) = http_get(&cluster.topo.node, at, "/").unwrap();
+    assert_eq!(status, 200);
+    for needle in ["10.0.0.1:80", "web", "dns", "[fd00::80]:80", "backend", "fwd_local", "refresh"] {
+        assert!(page.contains(needle), "status page lacks {needle}:\n{page}");
+    }
+    assert_eq!(http_get(&cluster.topo.node, at, "/nothing").unwrap().0, 404);
 }

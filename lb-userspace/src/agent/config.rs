@@ -35,6 +35,10 @@ pub enum ConfigError {
     NatPortsOverlapEphemeral { min: u16, max: u16, eph_min: u16, eph_max: u16 },
     #[error(transparent)]
     PinnedMaps(#[from] crate::dataplane::loader::PinnedMapsError),
+    #[error("--metrics-listen {0} is not a loopback address: the metrics and status page would be open to the network; add --metrics-listen-public if that is intended")]
+    MetricsNotLoopback(std::net::SocketAddr),
+    #[error("--metrics-listen {addr}: {why}; pick another address or port, or --metrics-listen off")]
+    MetricsBind { addr: std::net::SocketAddr, why: String },
 }
 
 /// Where Marathon is and how to talk to it.
@@ -59,6 +63,8 @@ pub struct AgentConfig {
     pub marathon: Option<MarathonConfig>,
     /// Explicit node addresses (empty: discover them).
     pub node_ips: Vec<IpAddr>,
+    /// Where `/metrics` and the status page are served (None: `--metrics-listen off`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -70,6 +76,10 @@ impl AgentConfig {
         }
         let limits = limits(args);
         let marathon = marathon(args)?;
+        let metrics = args.metrics_listen.0;
+        if let Some(addr) = metrics.filter(|a| !a.ip().is_loopback() && !args.metrics_listen_public) {
+            return Err(ConfigError::MetricsNotLoopback(addr));
+        }
         preflight::require_pin_dir(&args.pins.pin_dir)?;
         let uplinks = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<Vec<_>, _>>()?;
         if let Some((eph_min, eph_max)) = preflight::ephemeral_ports() {
@@ -94,7 +104,15 @@ impl AgentConfig {
             limits,
             ingress_hook: args.ingress_hook,
         };
-        Ok(Self { plan, uplinks, services_file: args.services.clone(), static_services, marathon, node_ips: args.node_ips.clone() })
+        Ok(Self {
+            plan,
+            uplinks,
+            services_file: args.services.clone(),
+            static_services,
+            marathon,
+            node_ips: args.node_ips.clone(),
+            metrics,
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -166,6 +184,19 @@ pub enum ValueError {
     TooSmall(String, u64),
     #[error("{0:?} is not a protocol: tcp or udp")]
     NotAProtocol(String),
+    #[error("{0:?} is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6) or off")]
+    NotAListenAddress(String),
+}
+
+/// `--metrics-listen`: ADDR:PORT, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+pub fn listen(text: &str) -> Result<Listen, ValueError> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse().map(|a| Listen(Some(a))).map_err(|_| ValueError::NotAListenAddress(text.to_owned()))
 }
 
 /// A protocol argument: tcp or udp.

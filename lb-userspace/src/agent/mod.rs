@@ -26,6 +26,8 @@ pub fn start(config: AgentConfig) -> Result<()> {
     let _lock = lock::PinDirLock::acquire(config.pin_dir())?;
     loader::check_pinned_maps(config.pin_dir(), &config.plan.limits).map_err(ConfigError::from)?;
     let marathon = config.marathon.as_ref().map(sources::MarathonSource::new).transpose().context("building the HTTP client")?;
+    // Bound before the kernel is touched: a taken port fails the start with nothing changed.
+    let metrics_listener = config.metrics.map(bind_metrics).transpose()?;
     init_logging();
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
@@ -58,6 +60,14 @@ pub fn start(config: AgentConfig) -> Result<()> {
     )
     .with_neighbours(neighbours);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(listener) = metrics_listener {
+        let shared = crate::metrics::Shared::new(config.plan.pin_dir.clone(), agent.status.clone());
+        agent = agent.with_metrics(shared.clone());
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
+        runtime.spawn(crate::metrics::serve(listener, shared));
+    }
     let served = runtime.block_on(agent.serve(config.services_file.as_deref(), marathon));
     // A host-name lookup still blocked in the resolver must not hold up the exit.
     runtime.shutdown_background();
@@ -66,6 +76,13 @@ pub fn start(config: AgentConfig) -> Result<()> {
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, ConfigError> {
+    let bind_error = |e: std::io::Error| ConfigError::MetricsBind { addr, why: e.to_string() };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok(listener)
 }
 
 fn init_logging() {

@@ -6,6 +6,7 @@ use std::{
     io::Write as _,
     net::IpAddr,
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,6 +25,7 @@ use crate::{
         model::parse_apps,
         watch::Signal,
     },
+    metrics,
     model::{Desired, ServiceId},
     neighbours::NeighbourResolver,
     node_addrs,
@@ -48,6 +50,8 @@ pub struct Agent<D: Dataplane> {
     write_status_file: bool,
     /// The translator's VIP epoch last written to the named-VIP table.
     vips_published: Option<u64>,
+    /// What the metrics listener reads (None: `--metrics-listen off`, and the host tests).
+    metrics: Option<Arc<metrics::Shared>>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -63,11 +67,17 @@ impl<D: Dataplane> Agent<D> {
             neighbours: None,
             write_status_file: true,
             vips_published: None,
+            metrics: None,
         }
     }
 
     pub fn with_neighbours(mut self, resolver: NeighbourResolver) -> Self {
         self.neighbours = Some(resolver);
+        self
+    }
+
+    pub fn with_metrics(mut self, shared: Arc<metrics::Shared>) -> Self {
+        self.metrics = Some(shared);
         self
     }
 
@@ -114,10 +124,15 @@ impl<D: Dataplane> Agent<D> {
     }
 
     fn write_status(&mut self) {
+        self.status.updated = status::now();
+        if let Some(shared) = &self.metrics {
+            if let Ok(mut snapshot) = shared.status.lock() {
+                *snapshot = self.status.clone();
+            }
+        }
         if !self.write_status_file {
             return;
         }
-        self.status.updated = status::now();
         if let Err(err) = status::write(&self.status) {
             warn!("writing the status file: {err}");
         }
@@ -199,6 +214,9 @@ impl<D: Dataplane> Agent<D> {
         status.events_applied += events.len() as u64;
         status.app_reads += delta.refresh.len() as u64;
         self.program_model(m);
+        if let Some(shared) = &self.metrics {
+            shared.event_to_maps.observe(started.elapsed().as_secs_f64());
+        }
         debug!(events = events.len(), apps_read = delta.refresh.len(), elapsed_ms = started.elapsed().as_millis() as u64, "events applied");
     }
 
@@ -268,6 +286,7 @@ impl<D: Dataplane> Agent<D> {
         status.state = "failing".into();
         status.last_error = Some(why);
         status.failures_in_a_row += 1;
+        status.failures += 1;
         status.event_stream = m.watch.connected_to().map(str::to_owned);
         self.write_status();
     }

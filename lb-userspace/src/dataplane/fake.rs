@@ -189,6 +189,10 @@ impl Dataplane for FakeDataplane {
         Ok(self.flows.iter().take(limit).copied().collect())
     }
 
+    fn flow_table_fill(&self) -> Result<Vec<(&'static str, u32, u32)>> {
+        Ok(vec![(lb_common::names::MAP_FLOWS4, self.flows.len() as u32, 4096)])
+    }
+
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
         Ok(self.flows.iter().find(|(k, _)| k == key).map(|(_, info)| *info))
     }

@@ -108,6 +108,8 @@ pub trait Dataplane {
 
     /// Entries of the flow table (at most `limit`).
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>, DataplaneError>;
+    /// (map name, entries, capacity) of each flow-like table.
+    fn flow_table_fill(&self) -> Result<Vec<(&'static str, u32, u32)>, DataplaneError>;
     /// The flow-table entry of one connection, if there is one.
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>, DataplaneError>;
 }

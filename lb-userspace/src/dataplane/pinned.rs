@@ -12,8 +12,8 @@ use aya::{
     sys::SyscallError,
 };
 use lb_common::{
-    names, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
-    ServiceName, TrafficCounters, SERVICE_NAME_LEN,
+    names, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NatReply, NodeAddrKey, ReplyInfo, ServiceInfo,
+    ServiceKey, ServiceName, SockKey, TrafficCounters, SERVICE_NAME_LEN,
 };
 
 use super::{Dataplane, DataplaneError, IfaceStat, Limits};
@@ -133,6 +133,11 @@ impl PinnedMaps {
 
     fn per_cpu_array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<PerCpuArray<&mut MapData, V>> {
         PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    /// Keys in a hash map: one syscall per key (BPF has no element count for LRU maps).
+    fn count<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<u32> {
+        Ok(self.hash::<K, V>(name)?.keys().take_while(|key| key.is_ok()).count() as u32)
     }
 
     fn max_entries(&self, name: &'static str) -> Result<u32> {
@@ -364,6 +369,22 @@ impl Dataplane for PinnedMaps {
         let v6 = self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?;
         flows.extend(hash_entries(&v6, names::MAP_FLOWS, limit - flows.len())?);
         Ok(flows)
+    }
+
+    fn flow_table_fill(&self) -> Result<Vec<(&'static str, u32, u32)>> {
+        let mut out = Vec::new();
+        for name in names::FLOW_MAPS {
+            let entries = match name {
+                names::MAP_FLOWS4 => self.count::<FlowKey4, FlowInfo>(name)?,
+                names::MAP_REPLIES4 => self.count::<FlowKey4, ReplyInfo>(name)?,
+                names::MAP_FLOWS => self.count::<FlowKey, FlowInfo>(name)?,
+                names::MAP_REPLIES => self.count::<FlowKey, ReplyInfo>(name)?,
+                names::MAP_NAT_REPLIES => self.count::<FlowKey, NatReply>(name)?,
+                _ => self.count::<SockKey, ReplyInfo>(name)?,
+            };
+            out.push((name, entries, self.max_entries(name)?));
+        }
+        Ok(out)
     }
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {

@@ -1,0 +1,328 @@
+//! The agent's HTTP listener (`--metrics-listen`, default 127.0.0.1:9097): Prometheus text on
+//! `/metrics` and a status page on `/`. Kernel counters are read from the pinned maps at scrape
+//! time (per-CPU values summed); the agent's own figures come from the snapshot of its status it
+//! leaves here at every change. Every metric is documented in docs/operations.md.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    fmt::Write as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, Request, Response, StatusCode};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::ConstCounter,
+        gauge::ConstGauge,
+        histogram::{exponential_buckets, Histogram},
+        MetricType,
+    },
+    registry::Registry,
+};
+use tracing::warn;
+
+use crate::{
+    dataplane::{pinned::PinnedMaps, Dataplane},
+    report::{self, bracket, Stats},
+    status::AgentStatus,
+};
+
+/// What the agent shares with the listener.
+#[derive(Debug)]
+pub struct Shared {
+    pin_dir: PathBuf,
+    /// The agent's last status (updated whenever it changes).
+    pub status: Mutex<AgentStatus>,
+    /// Seconds from a burst of Marathon events reaching the agent to the maps holding it.
+    pub event_to_maps: Histogram,
+    /// The last status-page render's counters, for per-second rates.
+    last_page: Mutex<Option<(Instant, Stats)>>,
+}
+
+impl Shared {
+    pub fn new(pin_dir: PathBuf, status: AgentStatus) -> Arc<Self> {
+        Arc::new(Self {
+            pin_dir,
+            status: Mutex::new(status),
+            event_to_maps: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            last_page: Mutex::new(None),
+        })
+    }
+}
+
+/// Serves `/metrics` and `/` on `listener` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut registry = Registry::default();
+    registry.register(
+        "lb_marathon_event_to_maps_seconds",
+        "Seconds from a burst of Marathon events reaching the agent to the maps holding the change",
+        shared.event_to_maps.clone(),
+    );
+    registry.register_collector(Box::new(Collected(shared.clone())));
+    let registry = Arc::new(registry);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                warn!("metrics listener: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (registry, shared) = (registry.clone(), shared.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = respond(request.uri().path(), &registry, &shared);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = connection.await;
+        });
+    }
+}
+
+fn respond(path: &str, registry: &Registry, shared: &Shared) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding the metrics failed\n".into()),
+            }
+        }
+        "/" => match page(shared) {
+            Ok(html) => (StatusCode::OK, "text/html; charset=utf-8", html),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("reading the maps: {err:#}\n")),
+        },
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: /metrics and / are served\n".into()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The metrics read at scrape time.
+#[derive(Debug)]
+struct Collected(Arc<Shared>);
+
+type Labels = Vec<(&'static str, String)>;
+
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in series {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(value: u64) -> ConstCounter<u64> {
+    ConstCounter::new(value)
+}
+
+fn gauge(value: i64) -> ConstGauge<i64> {
+    ConstGauge::new(value)
+}
+
+impl Collector for Collected {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let maps = PinnedMaps::new(&self.0.pin_dir);
+        let status = self.0.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let e = &mut encoder;
+        let hooks = status.uplinks.iter().map(|u| u.ingress_hook.name()).collect::<Vec<_>>().join(",");
+        let build = vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("kernel", kernel_release()), ("ingress_hook", hooks)];
+        family(e, "lb_build_info", "The agent's version, the kernel it runs on, the ingress hook of its uplinks", MetricType::Gauge, [(build, gauge(1))])?;
+        // A scrape that cannot read the maps still answers with what it has.
+        if let Ok(stats) = report::stats(&maps) {
+            dataplane_metrics(e, &stats)?;
+        }
+        if let Ok(fill) = maps.flow_table_fill() {
+            let tables = || fill.iter().map(|t| vec![("table", t.0.to_ascii_lowercase())]);
+            family(e, "lb_flow_table_entries", "Entries in each flow table", MetricType::Gauge, tables().zip(fill.iter().map(|t| gauge(t.1 as i64))))?;
+            family(e, "lb_flow_table_capacity", "Capacity of each flow table (--max-flows)", MetricType::Gauge, tables().zip(fill.iter().map(|t| gauge(t.2 as i64))))?;
+        }
+        family(
+            e,
+            "lb_services_not_programmed",
+            "Services that do not fit the limits (lb status lists them)",
+            MetricType::Gauge,
+            [(vec![], gauge(status.not_programmed.len() as i64))],
+        )?;
+        if let Some(m) = &status.marathon {
+            let none = || Vec::<(&'static str, String)>::new();
+            family(e, "lb_marathon_events_applied", "Marathon events applied as changes to single apps", MetricType::Counter, [(none(), counter(m.events_applied))])?;
+            family(e, "lb_marathon_relists", "Full re-reads of every app", MetricType::Counter, [(none(), counter(m.relists))])?;
+            family(e, "lb_marathon_failures", "Marathon syncs that failed (the last programmed state stays)", MetricType::Counter, [(none(), counter(m.failures))])?;
+            family(
+                e,
+                "lb_marathon_last_sync_timestamp_seconds",
+                "When the agent last synced with Marathon (Unix time; 0 = never)",
+                MetricType::Gauge,
+                [(none(), gauge(m.last_sync.unwrap_or(0) as i64))],
+            )?;
+            family(e, "lb_marathon_apps", "Apps Marathon has", MetricType::Gauge, [(none(), gauge(m.apps as i64))])?;
+            family(e, "lb_marathon_skipped_apps", "Apps whose latest definition could not be used", MetricType::Gauge, [(none(), gauge(m.skipped_apps.len() as i64))])?;
+        }
+        Ok(())
+    }
+}
+
+fn dataplane_metrics(e: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std::fmt::Error> {
+    let outcomes = stats.verdicts.iter().map(|(name, n)| (vec![("outcome", name.to_string())], counter(*n)));
+    family(e, "lb_packets", "Packets per outcome (forwards and every other verdict), all hooks", MetricType::Counter, outcomes)?;
+    let iface = |i: &crate::dataplane::IfaceStat| {
+        let name = crate::preflight::interface_name(i.ifindex).unwrap_or_else(|| i.ifindex.to_string());
+        vec![("interface", name), ("hook", i.hook.name().to_string())]
+    };
+    family(e, "lb_interface_packets", "Packets seen per interface and hook", MetricType::Counter, stats.interfaces.iter().map(|i| (iface(i), counter(i.packets))))?;
+    family(e, "lb_interface_bytes", "Bytes seen per interface and hook", MetricType::Counter, stats.interfaces.iter().map(|i| (iface(i), counter(i.bytes))))?;
+    let service = |s: &report::ServiceStats| {
+        vec![("service", s.name.clone()), ("address", format!("{}:{}", bracket(&s.address), s.port)), ("protocol", s.protocol.as_str().into())]
+    };
+    let per_service = |f: fn(&report::ServiceStats) -> u64| stats.services.iter().map(move |s| (service(s), counter(f(s))));
+    family(e, "lb_service_packets", "Packets balanced per service", MetricType::Counter, per_service(|s| s.packets))?;
+    family(e, "lb_service_bytes", "Bytes balanced per service", MetricType::Counter, per_service(|s| s.bytes))?;
+    family(e, "lb_service_new_flows", "New flows per service", MetricType::Counter, per_service(|s| s.new_flows))?;
+    let backends = || stats.services.iter().flat_map(|s| s.backends.iter().map(move |b| (s, b)));
+    let backend = |s: &report::ServiceStats, b: &report::BackendStats| {
+        let mut labels = service(s);
+        labels.push(("backend", format!("{}:{}", bracket(&b.address), b.port)));
+        labels
+    };
+    family(e, "lb_backend_packets", "Packets per backend", MetricType::Counter, backends().map(|(s, b)| (backend(s, b), counter(b.packets))))?;
+    family(e, "lb_backend_bytes", "Bytes per backend", MetricType::Counter, backends().map(|(s, b)| (backend(s, b), counter(b.bytes))))?;
+    family(e, "lb_backend_new_flows", "New flows per backend", MetricType::Counter, backends().map(|(s, b)| (backend(s, b), counter(b.new_flows))))?;
+    let with_backends = stats.services.iter().filter(|s| s.backends.iter().any(|b| b.state == "active")).count();
+    let services = [("with_active_backends", with_backends), ("without_active_backends", stats.services.len() - with_backends)];
+    family(e, "lb_services", "Programmed services by state", MetricType::Gauge, services.map(|(state, n)| (vec![("state", state.to_string())], gauge(n as i64))))?;
+    let mut by_state: BTreeMap<&str, i64> = BTreeMap::from([("active", 0), ("draining", 0)]);
+    for (_, b) in backends() {
+        *by_state.entry(b.state).or_default() += 1;
+    }
+    family(e, "lb_backends", "Backend entries by state", MetricType::Gauge, by_state.into_iter().map(|(state, n)| (vec![("state", state.to_string())], gauge(n))))?;
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Escapes text for HTML (service names come from Marathon labels and app ids).
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The status page: one server-rendered HTML page that reloads itself every 5 s; rates are
+/// per second since the previous render.
+fn page(shared: &Shared) -> anyhow::Result<String> {
+    let stats = report::stats(&PinnedMaps::new(&shared.pin_dir))?;
+    let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut last = shared.last_page.lock().map_err(|_| anyhow::anyhow!("status page state poisoned"))?;
+    let now = Instant::now();
+    let previous = last.as_ref().filter(|(at, _)| now.duration_since(*at) >= Duration::from_millis(500));
+    let rate = |now_value: u64, before: Option<u64>, seconds: f64| match before {
+        Some(before) if seconds > 0.0 => format!("{:.1}", now_value.saturating_sub(before) as f64 / seconds),
+        _ => "–".to_string(),
+    };
+    let seconds = previous.map_or(0.0, |(at, _)| now.duration_since(*at).as_secs_f64());
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>lb on {host}</title><style>\
+         body{{font-family:sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+         th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:#eee}}\
+         td.n{{text-align:right;font-variant-numeric:tabular-nums}}.active{{color:#070}}.draining{{color:#a60}}\
+         .bad{{color:#b00;font-weight:bold}}</style></head><body>\
+         <h1>lb on {host}</h1><p>agent pid {pid}, pin dir {pin_dir}; refreshes every 5 s</p>",
+        host = escape(&hostname()),
+        pid = status.pid,
+        pin_dir = escape(&status.pin_dir),
+    );
+    marathon_section(&mut html, &status);
+    let _ = write!(html, "<h2>Services</h2><table><tr><th>service</th><th>protocol</th><th>name</th><th>backend</th><th>weight</th><th>state</th><th>packets/s</th><th>new flows/s</th></tr>");
+    for s in &stats.services {
+        let before = previous.and_then(|(_, p)| p.services.iter().find(|o| o.name == s.name && o.port == s.port && o.address == s.address));
+        let address = escape(&format!("{}:{}", bracket(&s.address), s.port));
+        let _ = write!(
+            html,
+            "<tr><td><b>{address}</b></td><td>{}</td><td>{}</td><td></td><td></td><td>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            s.protocol.as_str(),
+            escape(&s.name),
+            if s.backends.iter().any(|b| b.state == "active") { "<span class=active>serving</span>" } else { "<span class=bad>no active backend</span>" },
+            rate(s.packets, before.map(|b| b.packets), seconds),
+            rate(s.new_flows, before.map(|b| b.new_flows), seconds),
+        );
+        for b in &s.backends {
+            let old = before.and_then(|p| p.backends.iter().find(|o| o.address == b.address && o.port == b.port));
+            let _ = write!(
+                html,
+                "<tr><td></td><td></td><td></td><td>{}</td><td class=n></td><td class={}>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+                escape(&format!("{}:{}", bracket(&b.address), b.port)),
+                b.state,
+                b.state,
+                rate(b.packets, old.map(|o| o.packets), seconds),
+                rate(b.new_flows, old.map(|o| o.new_flows), seconds),
+            );
+        }
+    }
+    html.push_str("</table><h2>Packets by outcome</h2><table><tr><th>outcome</th><th>packets</th><th>per second</th></tr>");
+    for (name, n) in stats.verdicts.iter().filter(|(_, n)| **n > 0) {
+        let before = previous.and_then(|(_, p)| p.verdicts.get(name).copied());
+        let _ = write!(html, "<tr><td>{name}</td><td class=n>{n}</td><td class=n>{}</td></tr>", rate(*n, before, seconds));
+    }
+    html.push_str("</table></body></html>\n");
+    *last = Some((now, stats));
+    Ok(html)
+}
+
+fn marathon_section(html: &mut String, status: &AgentStatus) {
+    let Some(m) = &status.marathon else {
+        html.push_str("<p>Marathon: not configured</p>");
+        return;
+    };
+    let state = match (&m.last_error, m.state.as_str()) {
+        (Some(err), _) => format!("<span class=bad>FAILING</span> ({} in a row): {}", m.failures_in_a_row, escape(err)),
+        (None, "degraded") => "<span class=bad>DEGRADED</span>".to_string(),
+        _ => "<span class=active>ok</span>".to_string(),
+    };
+    let ago = |t: Option<u64>| t.map_or("never".to_string(), |t| format!("{} s ago", crate::status::now().saturating_sub(t)));
+    let _ = write!(
+        html,
+        "<h2>Marathon</h2><table><tr><th>state</th><td>{state}</td></tr><tr><th>answering</th><td>{}</td></tr>\
+         <tr><th>event stream</th><td>{}</td></tr><tr><th>last sync</th><td>{}</td></tr>\
+         <tr><th>apps</th><td>{} ({} skipped)</td></tr><tr><th>events applied / re-lists</th><td>{} / {}</td></tr></table>",
+        escape(&m.current),
+        escape(m.event_stream.as_deref().unwrap_or("not connected")),
+        ago(m.last_sync),
+        m.apps,
+        m.skipped_apps.len(),
+        m.events_applied,
+        m.relists,
+    );
+    for (app, why) in &m.skipped_apps {
+        let _ = write!(html, "<p class=bad>{}: {}</p>", escape(app), escape(why));
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}

@@ -275,8 +275,9 @@ fn page(shared: &Shared) -> anyhow::Result<String> {
             let old = before.and_then(|p| p.backends.iter().find(|o| o.address == b.address && o.port == b.port));
             let _ = write!(
                 html,
-                "<tr><td></td><td></td><td></td><td>{}</td><td class=n></td><td class={}>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+                "<tr><td></td><td></td><td></td><td>{}</td><td class=n>{}</td><td class={}>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
                 escape(&format!("{}:{}", bracket(&b.address), b.port)),
+                b.weight,
                 b.state,
                 b.state,
                 rate(b.packets, old.map(|o| o.packets), seconds),

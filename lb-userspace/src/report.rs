@@ -238,6 +238,7 @@ pub struct ServiceStats {
 pub struct BackendStats {
     pub address: String,
     pub port: u16,
+    pub weight: u32,
     pub state: &'static str,
     pub packets: u64,
     pub bytes: u64,
@@ -256,6 +257,7 @@ pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
             backends.push(BackendStats {
                 address: b.address.clone(),
                 port: b.port,
+                weight: b.weight,
                 state: b.state,
                 packets: c.packets,
                 bytes: c.bytes,

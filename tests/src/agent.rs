@@ -79,6 +79,29 @@ impl Drop for PinDir {
     }
 }
 
+/// A directory with a unique name under the temp directory, removed with its contents on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&path).expect("creating a directory under the temp directory");
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// A file with a unique name under the temp directory, removed on drop.
 pub struct TempFile {
     path: PathBuf,

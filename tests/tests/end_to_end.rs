@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{lb_ok, wait_for_services, Agent, PinDir, TempFile, TestCgroup},
+    agent::{lb_ok, wait_for_services, Agent, PinDir, TempDir, TempFile, TestCgroup},
     netns::LbTopology,
     servers::{backend_spread, connect_and_greet, connect_from_and_greet, echo_round_trip, http_get, tcp_echo, udp_echo, Server},
 };
@@ -493,4 +493,26 @@ fn metrics_move_with_real_traffic_and_the_status_page_lists_the_services() {
         assert!(page.contains(needle), "status page lacks {needle}:\n{page}");
     }
     assert_eq!(http_get(&cluster.topo.node, at, "/nothing").unwrap().0, 404);
+}
+
+#[test]
+fn the_status_page_renders_in_a_headless_browser() {
+    let cluster = Cluster::new(2);
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = TempDir::new("lb-chromium-");
+    let out = cluster
+        .topo
+        .node
+        .command("timeout")
+        .args(["60", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,900"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("http://127.0.0.1:9097/")
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered page, kept at {}", shot.display());
 }

@@ -7,28 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use lb_tests::agent::lb_bin;
-
-/// A unique directory under the temp directory, removed on drop.
-struct TempRoot(PathBuf);
-
-impl TempRoot {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!("lb-root-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
+use lb_tests::agent::{lb_bin, TempDir};
 
 /// The xtask binary `cargo xtask` built (it runs the tests).
 fn xtask(args: &[&str]) -> Output {
@@ -58,12 +37,12 @@ fn files_under(root: &Path) -> Vec<String> {
 
 #[test]
 fn install_verify_reinstall_and_uninstall_into_a_root() {
-    let root = TempRoot::new();
-    let dir = root.0.to_str().unwrap();
+    let root = TempDir::new("lb-root-");
+    let dir = root.path().to_str().unwrap();
     let binary = lb_bin();
     xtask(&["install", "--root", dir, "--binary", binary.to_str().unwrap()]);
     assert_eq!(
-        files_under(&root.0),
+        files_under(root.path()),
         [
             "etc/lb/lb.toml",
             "etc/systemd/system/lb.service",
@@ -75,22 +54,22 @@ fn install_verify_reinstall_and_uninstall_into_a_root() {
 
     // systemd-analyze needs what the unit names inside the root (the units it depends on, the
     // ExecReload command); it exits 0 even on warnings, so its output must be empty too.
-    let units = root.0.join("usr/lib/systemd");
+    let units = root.path().join("usr/lib/systemd");
     std::fs::create_dir_all(&units).unwrap();
-    std::fs::create_dir_all(root.0.join("bin")).unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
     let copied = Command::new("cp").arg("-r").arg("/lib/systemd/system").arg(&units).status().unwrap();
     assert!(copied.success());
-    std::fs::copy("/bin/kill", root.0.join("bin/kill")).unwrap();
+    std::fs::copy("/bin/kill", root.path().join("bin/kill")).unwrap();
     let verify = Command::new("systemd-analyze").args(["verify", &format!("--root={dir}"), "/etc/systemd/system/lb.service"]).output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
     assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
-    std::fs::remove_dir_all(root.0.join("usr/lib")).unwrap();
-    std::fs::remove_dir_all(root.0.join("bin")).unwrap();
+    std::fs::remove_dir_all(root.path().join("usr/lib")).unwrap();
+    std::fs::remove_dir_all(root.path().join("bin")).unwrap();
 
     // The default configuration: every key it mentions is a real flag with a valid value (the
     // commented lines uncommented), and as installed it only lacks a source.
-    let installed_lb = root.0.join("usr/local/bin/lb");
-    let config = root.0.join("etc/lb/lb.toml");
+    let installed_lb = root.path().join("usr/local/bin/lb");
+    let config = root.path().join("etc/lb/lb.toml");
     let check = |path: &Path| Command::new(&installed_lb).arg("run").arg("--config").arg(path).arg("--check").output().unwrap();
     let as_installed = check(&config);
     assert_eq!(as_installed.status.code(), Some(64), "{as_installed:?}");
@@ -103,7 +82,7 @@ fn install_verify_reinstall_and_uninstall_into_a_root() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(uncommented.lines().count() >= 10, "{uncommented}");
-    let full = root.0.join("full.toml");
+    let full = root.path().join("full.toml");
     std::fs::write(&full, &uncommented).unwrap();
     let valid = check(&full);
     let stderr = String::from_utf8_lossy(&valid.stderr);
@@ -116,9 +95,9 @@ fn install_verify_reinstall_and_uninstall_into_a_root() {
     assert!(std::fs::read_to_string(&config).unwrap().ends_with("max-flows = 5000\n"));
     std::fs::remove_file(&full).unwrap();
     xtask(&["uninstall", "--root", dir]);
-    assert_eq!(files_under(&root.0), ["etc/lb/lb.toml"]);
+    assert_eq!(files_under(root.path()), ["etc/lb/lb.toml"]);
     // The default one, unedited, goes too.
     std::fs::write(&config, &text).unwrap();
     xtask(&["uninstall", "--root", dir]);
-    assert_eq!(files_under(&root.0), Vec::<String>::new());
+    assert_eq!(files_under(root.path()), Vec::<String>::new());
 }

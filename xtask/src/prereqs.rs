@@ -14,7 +14,8 @@ use crate::step;
 /// Debian packages the build and the tests need.
 /// rustc-web/cargo-web/rust-web-src: a compiler whose std source matches it, to build `core` for the
 /// BPF target; llvm-22-dev: the LLVM bpf-linker links against; bpftool/iproute2/ethtool/tcpdump:
-/// inspection and the network-namespace tests; util-linux: nsenter/setpriv.
+/// inspection and the network-namespace tests; util-linux: nsenter/setpriv; chromium: the test
+/// that renders the status page headless; systemd: `systemd-analyze verify` of the unit.
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -25,6 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "tcpdump",
     "util-linux",
+    "chromium",
+    "systemd",
 ];
 
 /// Debian packages only the benchmarks need: the load generators and the peers they are

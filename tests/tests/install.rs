@@ -3,7 +3,7 @@
 //! real flags and survives a reinstall once edited, and uninstall leaves nothing of ours.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 

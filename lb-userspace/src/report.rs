@@ -62,8 +62,12 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
             }
         }
     }
+    let services = dp.services()?;
+    // Ids are handed out lowest first: the names up to the highest in use are one short read.
+    let ids = services.iter().map(|(_, i)| i.service_id + 1).max().unwrap_or(0);
+    let names = dp.service_names(ids)?;
     let mut out = Vec::new();
-    for (key, info) in dp.services()? {
+    for (key, info) in services {
         let Some(id) = ServiceId::from_key(&key) else { continue };
         let mut backends = by_service.remove(&info.service_id).unwrap_or_default();
         backends.sort_by_key(|b| (b.address.parse::<IpAddr>().ok(), b.port));
@@ -71,7 +75,7 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
             address: service_address(&id),
             port: id.port,
             protocol: id.proto,
-            name: dp.service_name(info.service_id)?,
+            name: names.get(info.service_id as usize).cloned().unwrap_or_default(),
             backends,
             id: info.service_id,
         }));
@@ -248,12 +252,16 @@ pub struct BackendStats {
 pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     let verdicts = dp.verdicts()?;
     let verdicts = Reason::ALL.iter().zip(verdicts).map(|(reason, n)| (reason.name(), n)).collect();
+    let views = self::services(dp)?;
+    let service_ids = views.iter().map(|v| v.id + 1).max().unwrap_or(0);
+    let backend_ids = views.iter().flat_map(|v| v.backends.iter().map(|b| b.id + 1)).max().unwrap_or(0);
+    let (service_stats, backend_stats) = (dp.service_stats(service_ids)?, dp.backend_stats(backend_ids)?);
     let mut services = Vec::new();
-    for view in self::services(dp)? {
-        let total = dp.service_stats(view.id)?;
+    for view in views {
+        let total = service_stats.get(view.id as usize).copied().unwrap_or_default();
         let mut backends = Vec::new();
         for b in &view.backends {
-            let c = dp.backend_stats(b.id)?;
+            let c = backend_stats.get(b.id as usize).copied().unwrap_or_default();
             backends.push(BackendStats {
                 address: b.address.clone(),
                 port: b.port,

@@ -80,12 +80,12 @@ impl Dataplane for FakeDataplane {
         Ok(self.verdicts.clone())
     }
 
-    fn service_stats(&self, service_id: u32) -> Result<TrafficCounters> {
-        Ok(self.service_stats.get(&service_id).copied().unwrap_or_default())
+    fn service_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>> {
+        Ok((0..ids.min(self.limits.max_services)).map(|id| self.service_stats.get(&id).copied().unwrap_or_default()).collect())
     }
 
-    fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters> {
-        Ok(self.backend_stats.get(&backend_id).copied().unwrap_or_default())
+    fn backend_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>> {
+        Ok((0..ids.min(self.limits.max_backends)).map(|id| self.backend_stats.get(&id).copied().unwrap_or_default()).collect())
     }
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
@@ -116,6 +116,10 @@ impl Dataplane for FakeDataplane {
 
     fn service_name(&self, service_id: u32) -> Result<String> {
         Ok(self.names.get(&service_id).cloned().unwrap_or_default())
+    }
+
+    fn service_names(&self, ids: u32) -> Result<Vec<String>> {
+        Ok((0..ids.min(self.limits.max_services)).map(|id| self.names.get(&id).cloned().unwrap_or_default()).collect())
     }
 
     fn set_service_name(&mut self, service_id: u32, name: &str) -> Result<()> {

@@ -3,6 +3,7 @@
 //! kernel swaps the program of an XDP, TCX or cgroup link atomically: the hook is never empty,
 //! so no packet or connect() goes unbalanced while a new agent takes over.
 
+use super::sys::bpf;
 use std::{
     ffi::CString,
     io,
@@ -69,18 +70,6 @@ pub enum LinkTarget {
     Cgroup(u64),
     /// A network interface, by index (in the caller's network namespace).
     Interface(u32),
-}
-
-/// One bpf(2) call with `attr` as its attribute block. Returns the syscall's result.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, exclusively borrowed repr(C) prefix of `union bpf_attr` for
-    // `cmd`, and the size passed is exactly its size, so the kernel reads and writes only it.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
 }
 
 /// A new file descriptor number from the kernel, owned from here on.

@@ -5,6 +5,7 @@ pub mod fake;
 pub mod link;
 pub mod loader;
 pub mod pinned;
+mod sys;
 
 use std::path::PathBuf;
 
@@ -29,10 +30,10 @@ pub enum DataplaneError {
     },
     #[error("map {name}: {detail}")]
     Layout { name: &'static str, detail: String },
-    #[error("map {name}: mapping the ring at slot {ring_start} into memory (maps created without BPF_F_MMAPABLE?)")]
+    #[error("map {name}: mapping {what} into memory (maps created without BPF_F_MMAPABLE?)")]
     Mmap {
         name: &'static str,
-        ring_start: u32,
+        what: String,
         #[source]
         source: std::io::Error,
     },
@@ -72,8 +73,11 @@ pub trait Dataplane {
     fn iface_stats(&self) -> Result<Vec<IfaceStat>, DataplaneError>;
     /// Packets per outcome, indexed by `lb_common::Reason as usize`.
     fn verdicts(&self) -> Result<Vec<u64>, DataplaneError>;
-    fn service_stats(&self, service_id: u32) -> Result<TrafficCounters, DataplaneError>;
-    fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters, DataplaneError>;
+    /// The counters of services `0..ids`, indexed by service id (read as one batch: callers
+    /// pass one more than the highest id they need, not the map's size).
+    fn service_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>, DataplaneError>;
+    /// The counters of backends `0..ids`, indexed by backend id.
+    fn backend_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>, DataplaneError>;
     /// Zeroes a service's counters (its id is being given to a new service).
     fn reset_service_stats(&mut self, service_id: u32) -> Result<(), DataplaneError>;
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), DataplaneError>;
@@ -82,6 +86,8 @@ pub trait Dataplane {
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
     fn service_name(&self, service_id: u32) -> Result<String, DataplaneError>;
+    /// The names of service slots `0..ids`, indexed by service id ("" for an unused slot).
+    fn service_names(&self, ids: u32) -> Result<Vec<String>, DataplaneError>;
     fn set_service_name(&mut self, service_id: u32, name: &str) -> Result<(), DataplaneError>;
 
     /// Every backend entry, used or not is told by its `state`; index = backend id.

@@ -127,10 +127,6 @@ impl PinnedMaps {
         Array::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
-    fn per_cpu_array<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, V>> {
-        PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))
-    }
-
     fn per_cpu_array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<PerCpuArray<&mut MapData, V>> {
         PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
@@ -157,15 +153,31 @@ impl PinnedMaps {
         })
     }
 
-    fn sum_traffic(&self, name: &'static str, index: u32) -> Result<TrafficCounters> {
-        let values = self.per_cpu_array::<TrafficCounters>(name)?.get(&index, 0).map_err(map_err(name))?;
-        let mut total = TrafficCounters::default();
-        values.iter().for_each(|v| total.add(v));
-        Ok(total)
+    /// Elements `0..count` of array map `name` (at most all of them; a per-CPU one: every CPU's
+    /// value of each element in turn), in batches.
+    fn read_first<V: aya::Pod + Default>(&self, name: &'static str, per_cpu: bool, count: u32) -> Result<Vec<V>> {
+        let copies = if per_cpu { cpus(name)? } else { 1 };
+        let entries = self.max_entries(name)?.min(count);
+        super::sys::read_array(self.data(name)?.fd().as_fd(), entries, copies)
+            .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })
+    }
+
+    /// Elements `0..count` of per-CPU array `name`, each one's CPU values folded by `add`.
+    fn read_summed<V: aya::Pod + Default>(&self, name: &'static str, count: u32, add: impl Fn(&mut V, &V)) -> Result<Vec<V>> {
+        let cpus = cpus(name)?;
+        let values = self.read_first::<V>(name, true, count)?;
+        Ok(values
+            .chunks(cpus)
+            .map(|per_cpu| {
+                let mut total = V::default();
+                per_cpu.iter().for_each(|v| add(&mut total, v));
+                total
+            })
+            .collect())
     }
 
     fn reset_traffic(&mut self, name: &'static str, index: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map { name, source: MapError::from(e) })?;
+        let cpus = cpus(name)?;
         let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
             .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
         self.per_cpu_array_mut::<TrafficCounters>(name)?.set(index, zeros, 0).map_err(map_err(name))
@@ -204,33 +216,28 @@ impl Dataplane for PinnedMaps {
     }
 
     fn iface_stats(&self) -> Result<Vec<IfaceStat>> {
-        let name = names::MAP_IFACE_STATS;
-        let map = self.per_cpu_array::<IfaceCounters>(name)?;
-        let mut stats = Vec::new();
-        for (slot, per_cpu) in map.iter().enumerate() {
-            let per_cpu = per_cpu.map_err(map_err(name))?;
-            let mut total = IfaceCounters::default();
-            per_cpu.iter().for_each(|c| total.add(c));
-            if total != IfaceCounters::default() {
+        let totals = self.read_summed::<IfaceCounters>(names::MAP_IFACE_STATS, u32::MAX, IfaceCounters::add)?;
+        Ok(totals
+            .into_iter()
+            .enumerate()
+            .filter(|(_, total)| *total != IfaceCounters::default())
+            .map(|(slot, total)| {
                 let (ifindex, hook) = lb_common::iface_of_slot(slot as u32);
-                stats.push(IfaceStat::new(ifindex, hook, total));
-            }
-        }
-        Ok(stats)
+                IfaceStat::new(ifindex, hook, total)
+            })
+            .collect())
     }
 
     fn verdicts(&self) -> Result<Vec<u64>> {
-        let name = names::MAP_VERDICTS;
-        let map = self.per_cpu_array::<u64>(name)?;
-        map.iter().map(|v| v.map(|per_cpu| per_cpu.iter().sum()).map_err(map_err(name))).collect()
+        self.read_summed::<u64>(names::MAP_VERDICTS, u32::MAX, |total, v| *total = total.wrapping_add(*v))
     }
 
-    fn service_stats(&self, service_id: u32) -> Result<TrafficCounters> {
-        self.sum_traffic(names::MAP_SERVICE_STATS, service_id)
+    fn service_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>> {
+        self.read_summed(names::MAP_SERVICE_STATS, ids, TrafficCounters::add)
     }
 
-    fn backend_stats(&self, backend_id: u32) -> Result<TrafficCounters> {
-        self.sum_traffic(names::MAP_BACKEND_STATS, backend_id)
+    fn backend_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>> {
+        self.read_summed(names::MAP_BACKEND_STATS, ids, TrafficCounters::add)
     }
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
@@ -261,9 +268,11 @@ impl Dataplane for PinnedMaps {
 
     fn service_name(&self, service_id: u32) -> Result<String> {
         let name = names::MAP_SERVICE_NAMES;
-        let raw = self.array::<ServiceName>(name)?.get(&service_id, 0).map_err(map_err(name))?;
-        let len = raw.name.iter().position(|&b| b == 0).unwrap_or(SERVICE_NAME_LEN);
-        Ok(String::from_utf8_lossy(&raw.name[..len]).into_owned())
+        Ok(name_text(&self.array::<ServiceName>(name)?.get(&service_id, 0).map_err(map_err(name))?))
+    }
+
+    fn service_names(&self, ids: u32) -> Result<Vec<String>> {
+        Ok(self.read_first::<ServiceName>(names::MAP_SERVICE_NAMES, false, ids)?.iter().map(name_text).collect())
     }
 
     fn set_service_name(&mut self, service_id: u32, text: &str) -> Result<()> {
@@ -280,7 +289,8 @@ impl Dataplane for PinnedMaps {
 
     fn backends(&self) -> Result<Vec<BackendInfo>> {
         let name = names::MAP_BACKENDS;
-        self.array::<BackendInfo>(name)?.iter().map(|v| v.map_err(map_err(name))).collect()
+        super::sys::read_mapped(self.data(name)?.fd().as_fd(), self.max_entries(name)?)
+            .map_err(|source| DataplaneError::Mmap { name, what: "the backends".into(), source })
     }
 
     fn set_backend(&mut self, backend_id: u32, info: &BackendInfo) -> Result<()> {
@@ -401,6 +411,17 @@ impl Dataplane for PinnedMaps {
     }
 }
 
+/// A stored name as text (NUL-padded UTF-8).
+fn name_text(raw: &ServiceName) -> String {
+    let len = raw.name.iter().position(|&b| b == 0).unwrap_or(SERVICE_NAME_LEN);
+    String::from_utf8_lossy(&raw.name[..len]).into_owned()
+}
+
+/// Possible CPUs: the values a per-CPU map holds per element.
+fn cpus(name: &'static str) -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map { name, source: MapError::from(e) })
+}
+
 /// Slots of the RINGS pool mapped into this process (BPF_F_MMAPABLE): a ring is written with one
 /// copy instead of one syscall per slot. Only the pages of a ring or a chunk are mapped, so a
 /// full sync of thousands of services does not grow the agent's memory.
@@ -444,7 +465,8 @@ impl RingWindow {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap { name, ring_start, source: std::io::Error::last_os_error() });
+            let what = format!("the ring at slot {ring_start}");
+            return Err(DataplaneError::Mmap { name, what, source: std::io::Error::last_os_error() });
         }
         // SAFETY: start - offset < len, so the result points inside the mapping just created.
         let slots = unsafe { base.cast::<u8>().add(start - offset).cast::<u32>() };

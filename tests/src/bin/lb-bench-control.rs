@@ -140,6 +140,20 @@ fn pinned_map_bytes(pins: &PinDir) -> Result<u64> {
     Ok(total)
 }
 
+/// Median time of 9 scrapes of the agent's /metrics (its default listener, in `ns`).
+fn scrape_ms(ns: &Netns) -> Result<f64> {
+    let at = "127.0.0.1:9097".parse()?;
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let started = Instant::now();
+        let (status, body) = lb_tests::servers::http_get(ns, at, "/metrics")?;
+        ensure!(status == 200 && body.contains("lb_service_packets_total"), "a scrape answered {status}");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(percentile(&times, 0.5))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -156,6 +170,8 @@ struct Row {
     max: f64,
     lists_per_event: f64,
     cpu_per_1000: f64,
+    /// Median of 9 scrapes of /metrics (every per-CPU counter read at scrape time).
+    scrape_ms: f64,
 }
 
 /// Whether the service on node port `port` has a backend on `backend_port` in its ring.
@@ -215,6 +231,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     let services = PinnedMaps::new(pins.path()).services()?.len();
     ensure!(services == apps * 2, "{services} of {} services programmed", apps * 2);
     let map_bytes = pinned_map_bytes(&pins)?;
+    let scrape_ms = scrape_ms(&ns)?;
 
     let probe = RingProbe::new(&pins)?;
     let (lists_before, cpu_before) = (marathon.list_requests(), cpu_seconds(&agent)?);
@@ -245,6 +262,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
         max: samples[samples.len() - 1],
         lists_per_event,
         cpu_per_1000,
+        scrape_ms,
     })
 }
 
@@ -263,13 +281,13 @@ fn main() -> Result<()> {
          named VIP (two services); the default limits up to {DEFAULT_LIMITS_APPS} apps, scaled limits above; \
          {n} events per size (one task's port changes; timed until the new backend is in the service's \
          ring).\n\n\
-         | apps | services | full sync | peak RSS | kernel map memory | event → maps p50 | p99 (max) | `GET /v2/apps` per event | agent CPU s per 1,000 events |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | apps | services | full sync | peak RSS | kernel map memory | event → maps p50 | p99 (max) | `GET /v2/apps` per event | agent CPU s per 1,000 events | `/metrics` scrape |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         n = cfg.events
     );
     for r in &rows {
         md += &format!(
-            "| {} | {} | {:.0} ms | {:.1} MiB | {:.0} MiB | {:.2} ms | {:.2} ms ({:.2}) | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.0} ms | {:.1} MiB | {:.0} MiB | {:.2} ms | {:.2} ms ({:.2}) | {:.2} | {:.2} | {:.1} ms |\n",
             r.apps,
             r.services,
             r.sync_ms,
@@ -279,7 +297,8 @@ fn main() -> Result<()> {
             r.p99,
             r.max,
             r.lists_per_event,
-            r.cpu_per_1000
+            r.cpu_per_1000,
+            r.scrape_ms
         );
     }
     print!("{md}");
@@ -289,7 +308,8 @@ fn main() -> Result<()> {
             json!({"apps": r.apps, "tasks_per_app": 3, "services": r.services, "full_sync_ms": r.sync_ms,
                 "peak_rss_kib": r.rss_kib, "pinned_map_bytes": r.map_bytes,
                 "event_to_maps_ms": {"events": cfg.events, "p50": r.p50, "p99": r.p99, "max": r.max},
-                "list_requests_per_event": r.lists_per_event, "cpu_seconds_per_1000_events": r.cpu_per_1000})
+                "list_requests_per_event": r.lists_per_event, "cpu_seconds_per_1000_events": r.cpu_per_1000,
+                "metrics_scrape_ms": r.scrape_ms})
         })
         .collect();
     if let Some(path) = &cfg.json {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
@@ -80,12 +80,21 @@ fn main() -> Result<()> {
     show(&connections(&topo, 300)?);
 
     println!("\n== Marathon kills the task on backend-0: TASK_KILLING (draining, open connections stay) …");
-    let mut held = topo.client.run(|| connect_and_greet("10.0.0.1:80".parse().unwrap()))??;
+    // Held open across the kill: a connection to the very task that is killed.
+    let mut held = topo.client.run(|| -> Result<_> {
+        for _ in 0..100 {
+            let (stream, name) = connect_and_greet("10.0.0.1:80".parse().unwrap())?;
+            if name == "backend-0" {
+                return Ok((stream, name));
+            }
+        }
+        bail!("100 connections never reached backend-0")
+    })??;
     marathon.update("/shop/web", |a| a.tasks[0].state = "TASK_KILLING".into());
     wait_for_services(&pins, |j| j.to_string().contains("draining"))?;
     show(&connections(&topo, 200)?);
     lb_tests::servers::echo_round_trip(&mut held.0, b"still here")?;
-    println!("   a connection opened before the kill (to {}) still works", held.1);
+    println!("   a connection opened before the kill to the killed task ({}) still works", held.1);
     println!("   … then the task is gone");
     marathon.update("/shop/web", |a| {
         a.tasks.remove(0);

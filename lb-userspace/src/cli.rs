@@ -347,7 +347,11 @@ enum DownError {
 /// Whether `err` is the reader of our output going away (`lb services | head`): not a failure
 /// of lb's, so no message and exit 0.
 pub fn output_closed(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+            || c.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind) == pipe
+    })
 }
 
 pub fn exit_code(err: &anyhow::Error) -> u8 {

@@ -516,3 +516,21 @@ fn the_status_page_renders_in_a_headless_browser() {
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered page, kept at {}", shot.display());
 }
+
+#[test]
+fn output_closed_early_is_not_an_error() {
+    let cluster = Cluster::new(1);
+    for args in [&["services"][..], &["services", "--json"], &["stats", "--json"], &["flows"]] {
+        let mut child = std::process::Command::new(lb_tests::agent::lb_bin())
+            .args(args)
+            .args(["--pin-dir", &cluster.pins.arg()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before lb writes a byte, as `lb … | head -0` would.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "lb {args:?}: {out:?}");
+    }
+}

@@ -249,8 +249,8 @@ impl Dataplane for PinnedMaps {
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>> {
-        let map = self.hash::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
-        hash_entries(&map, names::MAP_SERVICES, usize::MAX)
+        let name = names::MAP_SERVICES;
+        super::sys::read_hash(self.data(name)?.fd().as_fd(), usize::MAX).map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })
     }
 
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {

@@ -40,14 +40,27 @@ struct BatchAttr {
 /// each element comes as that many consecutive values; else 1. `V`'s size must be the map's
 /// value size, a multiple of 8 (the kernel's per-CPU stride).
 pub(super) fn read_array<V: aya::Pod + Default>(map: BorrowedFd<'_>, entries: u32, copies: usize) -> io::Result<Vec<V>> {
-    use std::os::fd::AsRawFd as _;
     assert!(std::mem::size_of::<V>().is_multiple_of(8), "per-CPU values are 8-byte strided");
-    let mut out: Vec<V> = Vec::with_capacity(entries as usize * copies);
+    Ok(lookup_batch::<u32, V>(map, entries as usize, copies)?.1)
+}
+
+/// Up to `limit` entries of a hash map (LRU included), read in batches as [`read_array`]. `K`
+/// and `V` must be the map's key and value, whose sizes are the kernel's strides here.
+pub(super) fn read_hash<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_>, limit: usize) -> io::Result<Vec<(K, V)>> {
+    let (keys, values) = lookup_batch::<K, V>(map, limit, 1)?;
+    Ok(keys.into_iter().zip(values).collect())
+}
+
+/// Up to `limit` (key, `copies` values) elements of a map, BATCH per call; the batch cursor is
+/// a u32 for arrays (an index) and hash maps (a bucket).
+fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_>, limit: usize, copies: usize) -> io::Result<(Vec<K>, Vec<V>)> {
+    use std::os::fd::AsRawFd as _;
+    let (mut all_keys, mut all_values) = (Vec::new(), Vec::new());
     let (mut position, mut next) = (0u32, 0u32);
     let mut first = true;
-    while out.len() < entries as usize * copies {
-        let count = BATCH.min(entries - (out.len() / copies) as u32);
-        let mut keys = vec![0u32; count as usize];
+    while all_keys.len() < limit {
+        let count = BATCH.min((limit - all_keys.len()).min(u32::MAX as usize) as u32);
+        let mut keys = vec![K::default(); count as usize];
         let mut values = vec![V::default(); count as usize * copies];
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &position as *const u32 as u64 },
@@ -65,15 +78,17 @@ pub(super) fn read_array<V: aya::Pod + Default>(map: BorrowedFd<'_>, entries: u3
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
         };
+        keys.truncate(attr.count as usize);
         values.truncate(attr.count as usize * copies);
-        out.extend(values);
+        all_keys.extend(keys);
+        all_values.extend(values);
         if done || attr.count == 0 {
             break;
         }
         position = next;
         first = false;
     }
-    Ok(out)
+    Ok((all_keys, all_values))
 }
 
 /// The `entries` elements of a BPF_F_MMAPABLE array map, copied out of a read-only mapping

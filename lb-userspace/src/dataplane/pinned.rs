@@ -131,9 +131,14 @@ impl PinnedMaps {
         PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
-    /// Keys in a hash map: one syscall per key (BPF has no element count for LRU maps).
-    fn count<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<u32> {
-        Ok(self.hash::<K, V>(name)?.keys().take_while(|key| key.is_ok()).count() as u32)
+    /// Up to `limit` entries of hash map `name`, in batches.
+    fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(&self, name: &'static str, limit: usize) -> Result<Vec<(K, V)>> {
+        super::sys::read_hash(self.data(name)?.fd().as_fd(), limit).map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })
+    }
+
+    /// Entries in a hash map (BPF keeps no element count for LRU maps: they are read).
+    fn count<K: aya::Pod + Default, V: aya::Pod + Default>(&self, name: &'static str) -> Result<u32> {
+        Ok(self.entries::<K, V>(name, usize::MAX)?.len() as u32)
     }
 
     fn max_entries(&self, name: &'static str) -> Result<u32> {
@@ -184,27 +189,6 @@ impl PinnedMaps {
     }
 }
 
-fn hash_entries<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<&MapData, K, V>,
-    name: &'static str,
-    limit: usize,
-) -> Result<Vec<(K, V)>> {
-    // A key deleted between listing and lookup is skipped: the maps change under a live agent.
-    let mut out = Vec::new();
-    for key in map.keys() {
-        if out.len() >= limit {
-            break;
-        }
-        let key = key.map_err(map_err(name))?;
-        match map.get(&key, 0) {
-            Ok(value) => out.push((key, value)),
-            Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(map_err(name)(e)),
-        }
-    }
-    Ok(out)
-}
-
 impl Dataplane for PinnedMaps {
     fn limits(&self) -> Result<Limits> {
         // Fixed when the maps were created: read once.
@@ -249,8 +233,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>> {
-        let name = names::MAP_SERVICES;
-        super::sys::read_hash(self.data(name)?.fd().as_fd(), usize::MAX).map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })
+        self.entries(names::MAP_SERVICES, usize::MAX)
     }
 
     fn set_service(&mut self, key: &ServiceKey, info: &ServiceInfo) -> Result<()> {
@@ -337,8 +320,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {
-        let map = self.hash::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
-        Ok(hash_entries(&map, names::MAP_NODE_ADDRS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+        Ok(self.entries::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
     }
 
     fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
@@ -355,8 +337,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn uplinks(&self) -> Result<Vec<u32>> {
-        let map = self.hash::<u32, u32>(names::MAP_UPLINKS)?;
-        Ok(hash_entries(&map, names::MAP_UPLINKS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+        Ok(self.entries::<u32, u32>(names::MAP_UPLINKS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
     }
 
     fn add_uplink(&mut self, ifindex: u32) -> Result<()> {
@@ -373,11 +354,9 @@ impl Dataplane for PinnedMaps {
     }
 
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
-        let v4 = self.hash::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?;
-        let mut flows: Vec<(FlowKey, FlowInfo)> =
-            hash_entries(&v4, names::MAP_FLOWS4, limit)?.into_iter().map(|(k, v)| (k.widen(), v)).collect();
-        let v6 = self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?;
-        flows.extend(hash_entries(&v6, names::MAP_FLOWS, limit - flows.len())?);
+        let v4 = self.entries::<FlowKey4, FlowInfo>(names::MAP_FLOWS4, limit)?;
+        let mut flows: Vec<(FlowKey, FlowInfo)> = v4.into_iter().map(|(k, v)| (k.widen(), v)).collect();
+        flows.extend(self.entries::<FlowKey, FlowInfo>(names::MAP_FLOWS, limit - flows.len())?);
         Ok(flows)
     }
 

@@ -59,7 +59,9 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_
     let (mut position, mut next) = (0u32, 0u32);
     let mut first = true;
     while all_keys.len() < limit {
-        let count = BATCH.min((limit - all_keys.len()).min(u32::MAX as usize) as u32);
+        // Always a whole batch: a hash map refuses (ENOSPC) a count smaller than the bucket it
+        // is at; the surplus is cut off below.
+        let count = BATCH;
         let mut keys = vec![K::default(); count as usize];
         let mut values = vec![V::default(); count as usize * copies];
         let mut attr = BatchAttr {
@@ -88,6 +90,8 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_
         position = next;
         first = false;
     }
+    all_keys.truncate(limit);
+    all_values.truncate(limit.saturating_mul(copies));
     Ok((all_keys, all_values))
 }
 

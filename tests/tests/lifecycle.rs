@@ -29,6 +29,8 @@ fn bad_configuration_of_every_kind_exits_64_and_pins_nothing() {
     let cgroup = TestCgroup::new().unwrap();
     let file = TempFile::new(SERVICES).unwrap();
     let bad_file = TempFile::new(r#"{"services":[{"name":"web","port":"80"}]}"#).unwrap();
+    let bad_config = TempFile::new("# lb.toml\nmax_flows = 5000\n").unwrap();
+    let bad_value = TempFile::new("max-flows = \"lots\"\n").unwrap();
     let (pin, cg, svc) = (pins.arg(), cgroup.arg(), file.arg());
     let base = ["--iface", topo.node_if.as_str(), "--pin-dir", &pin, "--cgroup", &cg];
     let cases: &[(&[&str], &str)] = &[
@@ -43,6 +45,10 @@ fn bad_configuration_of_every_kind_exits_64_and_pins_nothing() {
         (&["--services", &svc, "--iface", "nosuch0"], "unknown interface \"nosuch0\""),
         (&["--services", &bad_file.arg()], "service 0 (\"web\"): port"),
         (&[], "nothing to balance"),
+        (&["--services", &svc, "--metrics-listen", "0.0.0.0:9097"], "--metrics-listen-public"),
+        (&["--services", &svc, "--metrics-listen", "9097"], "ADDRESS:PORT"),
+        (&["--config", &bad_config.arg()], ":2: unknown key \"max_flows\""),
+        (&["--config", &bad_value.arg()], ":1: max-flows: invalid value 'lots'"),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["run"];
@@ -56,6 +62,13 @@ fn bad_configuration_of_every_kind_exits_64_and_pins_nothing() {
     assert_config_error(&out, "bpffs mount itself", pins.path());
     let out = lb(Some(&topo.node), &["run", "--services", &svc, "--pin-dir", &pin, "--cgroup", "/tmp"]).unwrap();
     assert_config_error(&out, "not a cgroup v2 directory", pins.path());
+    // The metrics port is taken in the agent's namespace: refused before anything is loaded.
+    let _taken = topo.node.run(|| std::net::TcpListener::bind("127.0.0.1:9097")).unwrap().unwrap();
+    let mut args = vec!["run"];
+    args.extend(base);
+    args.extend(["--services", &svc]);
+    let out = lb(Some(&topo.node), &args).unwrap();
+    assert_config_error(&out, "--metrics-listen 127.0.0.1:9097: Address already in use", pins.path());
 }
 
 #[test]

@@ -335,6 +335,12 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     }
     let serving = if view.running { "" } else { " (kept by the kernel, not updated while no agent runs)" };
     writeln!(out, "services {}{serving}  last agent report {}", status.services, ago(status.updated))?;
+    for warning in &status.warnings {
+        writeln!(out, "WARNING: {warning}")?;
+    }
+    if let Some(at) = status.metrics_listen.as_deref().filter(|_| view.running) {
+        writeln!(out, "metrics: http://{at}/metrics  status page: http://{at}/")?;
+    }
     if !status.not_programmed.is_empty() {
         writeln!(out, "NOT PROGRAMMED: {} services (limits reached)", status.not_programmed.len())?;
         for failure in &status.not_programmed {

@@ -25,6 +25,12 @@ pub struct AgentStatus {
     /// raises it), by address and name; every other service is.
     #[serde(default)]
     pub not_programmed: Vec<String>,
+    /// Where /metrics and the status page are served (None: `--metrics-listen off`).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// What the node's settings break (e.g. IP forwarding off), one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The uplinks as the agent sees them in its own network namespace.
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,

@@ -135,6 +135,12 @@ fn status_tells_a_running_agent_from_a_dead_one() {
     assert_eq!(running["running"], true, "{running}");
     assert_eq!(running["pid"], agent.pid(), "{running}");
     assert_eq!(running["settings"]["nat_ports"], "61000-65535", "{running}");
+    assert_eq!(running["metrics_listen"], "127.0.0.1:9097", "{running}");
+    // The node namespace's forwarding setting is reported as the agent found it.
+    let forwarding = topo.node.command("sysctl").args(["-n", "net.ipv4.ip_forward"]).output().unwrap();
+    let off = String::from_utf8_lossy(&forwarding.stdout).trim() == "0";
+    let warned = running["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().starts_with("net.ipv4.ip_forward=0"));
+    assert_eq!(warned, off, "{running}");
 
     // Killed without a chance to clean up, as by the OOM killer.
     let pid = agent.pid();

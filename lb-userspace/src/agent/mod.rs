@@ -31,7 +31,8 @@ pub fn start(config: AgentConfig) -> Result<()> {
     init_logging();
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
-    for warning in crate::preflight::forwarding_warnings() {
+    let warnings = crate::preflight::forwarding_warnings();
+    for warning in &warnings {
         warn!("{warning}");
     }
 
@@ -48,6 +49,8 @@ pub fn start(config: AgentConfig) -> Result<()> {
             .zip(&config.uplinks)
             .map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: *hook })
             .collect(),
+        metrics_listen: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        warnings,
         ..AgentStatus::default()
     };
     let mut agent = run::Agent::new(

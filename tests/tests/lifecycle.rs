@@ -205,54 +205,56 @@ fn status(pins: &PinDir) -> (Option<i32>, Value) {
     (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
 }
 
-#[test]
-fn a_pinned_map_of_another_layout_is_refused_naming_lb_down() {
+/// `lb run` over a pin directory holding only the map `pin`, made by the `bpftool` commands
+/// `make` gives it the path for: refused with exit 64, stderr holding every one of `needles`,
+/// and nothing more pinned.
+fn refused_over_a_foreign_pin(pin: &str, make: impl Fn(&str) -> Vec<Vec<String>>, needles: &[&str]) {
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
     let cgroup = TestCgroup::new().unwrap();
     let file = TempFile::new(SERVICES).unwrap();
-    // What an older version left: a VERDICTS map counting fewer outcomes.
     std::fs::create_dir(pins.path()).unwrap();
-    let verdicts = pins.path().join("verdicts");
-    let made = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&verdicts)
-        .args(["type", "percpu_array", "key", "4", "value", "8", "entries", "7", "name", "VERDICTS"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let path = pins.path().join(pin);
+    for args in make(path.to_str().unwrap()) {
+        let made = std::process::Command::new("bpftool").args(&args).output().unwrap();
+        assert!(made.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+    }
     let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", &file.arg(), "--cgroup", &cgroup.arg()]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("VERDICTS") && stderr.contains("7 entries") && stderr.contains("lb down"), "{stderr}");
+    assert!(needles.iter().all(|n| stderr.contains(n)), "{needles:?} in {stderr}");
     let left: Vec<_> = std::fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, ["verdicts"], "a refused start pinned more");
+    assert_eq!(left, [pin], "a refused start pinned more");
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_naming_lb_down() {
+    // What an older version left: a VERDICTS map counting fewer outcomes.
+    refused_over_a_foreign_pin(
+        "verdicts",
+        |path| vec![words(&format!("map create {path} type percpu_array key 4 value 8 entries 7 name VERDICTS"))],
+        &["VERDICTS", "7 entries", "lb down"],
+    );
 }
 
 #[test]
 fn maps_of_another_layout_version_are_refused_naming_lb_down() {
-    let topo = ClientNode::new().unwrap();
-    let pins = PinDir::new();
-    let cgroup = TestCgroup::new().unwrap();
-    let file = TempFile::new(SERVICES).unwrap();
     // Maps of the same sizes whose contents a future layout (99) wrote.
-    std::fs::create_dir(pins.path()).unwrap();
-    let settings = pins.path().join("settings");
-    let bpftool = |args: &[&str]| {
-        let out = std::process::Command::new("bpftool").args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    let path = settings.to_str().unwrap();
-    bpftool(&["map", "create", path, "type", "array", "key", "4", "value", "24", "entries", "1", "name", "SETTINGS"]);
-    let mut update = vec!["map", "update", "pinned", path, "key", "0", "0", "0", "0", "value", "99"];
-    update.extend(["0"; 23]);
-    bpftool(&update);
-    let out = lb(Some(&topo.node), &["run", "--iface", &topo.node_if, "--pin-dir", &pins.arg(), "--services", &file.arg(), "--cgroup", &cgroup.arg()]).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("SETTINGS") && stderr.contains("layout 99") && stderr.contains("lb down"), "{stderr}");
-    let left: Vec<_> = std::fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, ["settings"], "a refused start pinned more");
+    let value_99 = format!("99{}", " 0".repeat(23));
+    refused_over_a_foreign_pin(
+        "settings",
+        |path| {
+            vec![
+                words(&format!("map create {path} type array key 4 value 24 entries 1 name SETTINGS")),
+                words(&format!("map update pinned {path} key 0 0 0 0 value {value_99}")),
+            ]
+        },
+        &["SETTINGS", "layout 99", "lb down"],
+    );
 }
 
 #[test]

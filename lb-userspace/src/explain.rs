@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use lb_common::{hash, ring_pool, BackendInfo, FlowKey, NodeAddrKey, ServiceKey, BACKEND_ACTIVE, BACKEND_UNUSED};
+use lb_common::{hash, BackendInfo, FlowKey, NodeAddrKey, ServiceKey, BACKEND_ACTIVE, BACKEND_UNUSED};
 use serde::Serialize;
 
 use crate::{
@@ -96,7 +96,7 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         return Ok(out);
     }
     let slot = hash::ring_slot(hash::flow_hash(&src, client.port(), proto), info.ring_size);
-    let ring = dp.read_ring(ring_pool::slot(info.ring_start, 0), info.ring_size)?;
+    let ring = dp.read_ring(info.ring_start, info.ring_size)?;
     let picked = backends.get(ring[slot as usize] as usize).filter(|b| b.state == BACKEND_ACTIVE && b.family == family);
     out.new_flow_backend = picked.and_then(addr_of);
     out.ring_slot = Some(slot);

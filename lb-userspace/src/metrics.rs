@@ -37,7 +37,8 @@ use crate::{
 /// What the agent shares with the listener.
 #[derive(Debug)]
 pub struct Shared {
-    pin_dir: PathBuf,
+    /// The pinned maps, opened once for every scrape and page (each map at first use).
+    maps: Mutex<PinnedMaps>,
     /// The agent's last status (updated whenever it changes).
     pub status: Mutex<AgentStatus>,
     /// Seconds from a burst of Marathon events reaching the agent to the maps holding it.
@@ -49,7 +50,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(pin_dir: PathBuf, status: AgentStatus) -> Arc<Self> {
         Arc::new(Self {
-            pin_dir,
+            maps: Mutex::new(PinnedMaps::new(&pin_dir)),
             status: Mutex::new(status),
             event_to_maps: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             last_page: Mutex::new(None),
@@ -144,14 +145,15 @@ fn gauge(value: i64) -> ConstGauge<i64> {
 
 impl Collector for Collected {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let maps = PinnedMaps::new(&self.0.pin_dir);
+        let Ok(maps) = self.0.maps.lock() else { return Ok(()) };
+        let maps = &*maps;
         let status = self.0.status.lock().map(|s| s.clone()).unwrap_or_default();
         let e = &mut encoder;
         let hooks = status.uplinks.iter().map(|u| u.ingress_hook.name()).collect::<Vec<_>>().join(",");
         let build = vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("kernel", kernel_release()), ("ingress_hook", hooks)];
         family(e, "lb_build_info", "The agent's version, the kernel it runs on, the ingress hook of its uplinks", MetricType::Gauge, [(build, gauge(1))])?;
         // A scrape that cannot read the maps still answers with what it has.
-        if let Ok(stats) = report::stats(&maps) {
+        if let Ok(stats) = report::stats(maps) {
             dataplane_metrics(e, &stats)?;
         }
         if let Ok(fill) = maps.flow_table_fill() {
@@ -233,7 +235,7 @@ fn escape(text: &str) -> String {
 /// The status page: one server-rendered HTML page that reloads itself every 5 s; rates are
 /// per second since the previous render.
 fn page(shared: &Shared) -> anyhow::Result<String> {
-    let stats = report::stats(&PinnedMaps::new(&shared.pin_dir))?;
+    let stats = report::stats(&*shared.maps.lock().map_err(|_| anyhow::anyhow!("the maps' lock is poisoned"))?)?;
     let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
     let mut last = shared.last_page.lock().map_err(|_| anyhow::anyhow!("status page state poisoned"))?;
     let now = Instant::now();

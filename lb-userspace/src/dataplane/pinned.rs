@@ -48,6 +48,12 @@ fn is_permission_error(err: &MapError) -> bool {
         if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
 }
 
+impl std::fmt::Debug for PinnedMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedMaps").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
+    }
+}
+
 impl PinnedMaps {
     pub fn new(pin_dir: &Path) -> Self {
         Self {
@@ -412,6 +418,11 @@ struct RingWindow {
     first: u32,
     count: u32,
 }
+
+// SAFETY: the window is a shared mapping of a BPF map owned by this process, valid from any
+// thread until it is unmapped in drop; the pointers are only dereferenced through &self/&mut self
+// of the PinnedMaps that owns the window, so moving it to another thread races with nothing.
+unsafe impl Send for RingWindow {}
 
 impl RingWindow {
     fn open(map: &MapData, limits: &Limits, ring_start: u32, size: usize) -> Result<Self> {

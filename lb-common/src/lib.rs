@@ -13,6 +13,7 @@ pub mod maglev;
 pub mod maps;
 pub mod names;
 pub mod reasons;
+pub mod refusal;
 pub mod ring_pool;
 
 pub use hook::Hook;

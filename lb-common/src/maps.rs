@@ -247,10 +247,10 @@ pub struct FibParams {
     pub dmac: [u8; 6],
 }
 
-/// Value of the per-CPU `SCRATCH` map: the XDP program's large temporaries (map keys and values
-/// under construction), kept off the 512-byte BPF stack.
+/// Value of the per-CPU `SCRATCH` map: the ingress programs' large temporaries (map keys and
+/// values under construction, a refusal frame), kept off the 512-byte BPF stack.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scratch {
     pub flow_key: FlowKey,
     pub flow_key4: FlowKey4,
@@ -259,7 +259,12 @@ pub struct Scratch {
     pub flow: FlowInfo,
     pub reply: ReplyInfo,
     pub nat_reply: NatReply,
+    /// A refusal (lb_common::refusal) built before it replaces the frame: room for the longest.
+    pub refusal: [u8; REFUSAL_ROOM],
 }
+
+/// `Scratch::refusal`'s size: the longest refusal (ICMPv6), rounded up to whole words.
+pub const REFUSAL_ROOM: usize = crate::refusal::ICMP6_LEN.next_multiple_of(8);
 
 /// Version of what the pinned maps' contents mean, beyond their sizes (which are checked
 /// against the object): bumped whenever a field is reinterpreted, so an agent never adopts maps
@@ -391,7 +396,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
-const _: () = assert!(core::mem::size_of::<Scratch>() == 216);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 216 + REFUSAL_ROOM);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);

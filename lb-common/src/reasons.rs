@@ -15,7 +15,8 @@ pub enum Reason {
     NotService = 2,
     /// Not IPv4/IPv6, or not TCP/UDP: passed untouched.
     NotIpTcpUdp = 3,
-    /// Addressed to a service with no live backend: dropped.
+    /// A new flow for a service with no active backend that may not be answered (a TCP reset, a
+    /// broadcast or multicast source) or whose answer could not be built: dropped.
     NoBackend = 4,
     /// Truncated or inconsistent headers: passed to the stack, which drops or answers them.
     Malformed = 5,
@@ -56,6 +57,10 @@ pub enum Reason {
     /// An IPv4-options or IPv6-extension-header packet leaving on TC egress: passed as it is, so
     /// such a reply of a local backend keeps the backend's address.
     EgressIpOptions = 21,
+    /// A new flow for a service with no active backend, refused at once: a TCP reset or an ICMP
+    /// port unreachable sent back (uplinks), or connect()/sendmsg() failing with ECONNREFUSED
+    /// (local sockets).
+    NoBackendRejected = 22,
 }
 
 /// Number of `VERDICTS` slots.
@@ -63,7 +68,7 @@ pub const COUNT: u32 = Reason::ALL.len() as u32;
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::FwdLocal,
         Reason::ReplyRewritten,
         Reason::NotService,
@@ -86,6 +91,7 @@ impl Reason {
         Reason::EgressMalformed,
         Reason::EgressFragment,
         Reason::EgressIpOptions,
+        Reason::NoBackendRejected,
     ];
 
     /// The reason counted in `VERDICTS` slot `index`, if there is one.
@@ -118,6 +124,7 @@ impl Reason {
             Reason::EgressMalformed => "egress_malformed",
             Reason::EgressFragment => "egress_fragment",
             Reason::EgressIpOptions => "egress_ip_options",
+            Reason::NoBackendRejected => "no_backend_rejected",
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::{
     forward::{self, Route},
     frame::Frame,
     parse::{self, Parsed},
+    refuse,
     rewrite::Nat,
     select, stats,
 };
@@ -41,6 +42,9 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
             let Some(service) = select::service(&packet) else {
                 return not_for_a_service(frame, ingress, &packet);
             };
+            if service.active_backends == 0 {
+                return refuse::new_flow(frame, ingress, &packet);
+            }
             select::new_flow(frame.ctx_ptr(), ingress, &packet, &service)?
         }
     };

@@ -4,8 +4,8 @@
 //! uplinks avoids the copy native XDP makes of every multi-buffer or GRO frame).
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect,
+    bindings::{xdp_action, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -29,6 +29,8 @@ pub trait Frame {
     /// Rewrites addresses, ports and (for a hop) the TTL, with checksums.
     fn nat(&self, p: &Parsed, to: &rewrite::Nat) -> Result<(), Reason>;
     fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason>;
+    /// Makes the frame exactly `bytes` (a refusal built in its place).
+    fn replace<const N: usize>(&self, bytes: &[u8; N]) -> Result<(), Reason>;
     /// The action that transmits the frame out of `egress`.
     fn send(&self, ingress: u32, egress: u32) -> u32;
 }
@@ -65,6 +67,24 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason> {
         rewrite::set_macs(self.data(), self.data_end(), smac, dmac)
+    }
+
+    #[inline(always)]
+    fn replace<const N: usize>(&self, bytes: &[u8; N]) -> Result<(), Reason> {
+        let delta = N as i32 - self.frame_len() as i32;
+        // SAFETY: ctx is this program's xdp_md; the helper moves data_end within the buffer's
+        // tailroom or fails, and data/data_end are re-read below.
+        if delta != 0 && unsafe { bpf_xdp_adjust_tail(self.ctx.cast(), delta) } != 0 {
+            return Err(Reason::RewriteFailed);
+        }
+        let (start, end) = self.window();
+        if start + N > end || end - start != N {
+            return Err(Reason::RewriteFailed);
+        }
+        // SAFETY: N bytes of packet memory, bounds-checked above, writable in XDP; `bytes` is
+        // elsewhere (a map value); byte copies need no alignment.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), start as *mut u8, N) };
+        Ok(())
     }
 
     #[inline(always)]
@@ -112,6 +132,16 @@ impl Frame for TcContext {
     #[inline(always)]
     fn set_macs(&self, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<(), Reason> {
         rewrite::set_macs_skb(self, smac, dmac)
+    }
+
+    #[inline(always)]
+    fn replace<const N: usize>(&self, bytes: &[u8; N]) -> Result<(), Reason> {
+        // SAFETY: ctx is this program's __sk_buff; the helper trims or zero-extends the skb.
+        if unsafe { bpf_skb_change_tail(self.skb.skb.cast(), N as u32, 0) } != 0 {
+            return Err(Reason::RewriteFailed);
+        }
+        // A received skb with CHECKSUM_COMPLETE keeps a sum that matches the new bytes.
+        self.store(0, bytes, BPF_F_RECOMPUTE_CSUM as u64).map_err(|_| Reason::RewriteFailed)
     }
 
     #[inline(always)]

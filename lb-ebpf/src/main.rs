@@ -9,6 +9,7 @@ mod frame;
 mod maps;
 mod mem;
 mod parse;
+mod refuse;
 mod rewrite;
 mod runtime;
 mod select;

@@ -58,6 +58,17 @@ fn bytes<const N: usize>(start: usize, end: usize, off: usize) -> Result<[u8; N]
     Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
 }
 
+/// The `N` bytes at `off` of the window [start, end), in place.
+#[inline(always)]
+pub fn view<const N: usize>(start: usize, end: usize, off: usize) -> Result<&'static [u8; N], Reason> {
+    if start + off + N > end {
+        return Err(Reason::Malformed);
+    }
+    // SAFETY: bounds checked above; [u8; N] has no alignment requirement; the reference is used
+    // before anything moves or resizes the packet.
+    Ok(unsafe { &*((start + off) as *const [u8; N]) })
+}
+
 #[inline(always)]
 fn u8_at(start: usize, end: usize, off: usize) -> Result<u8, Reason> {
     bytes::<1>(start, end, off).map(|b| b[0])

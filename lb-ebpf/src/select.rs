@@ -100,7 +100,7 @@ fn flow_key(p: &Parsed) -> FlowKey {
 
 /// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
 #[inline(always)]
-fn scratch() -> Result<&'static mut Scratch, Reason> {
+pub fn scratch() -> Result<&'static mut Scratch, Reason> {
     let ptr = SCRATCH.get_ptr_mut(0).ok_or(Reason::FlowTableFull)?;
     // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
     Ok(unsafe { &mut *ptr })

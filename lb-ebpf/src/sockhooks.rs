@@ -1,7 +1,11 @@
 //! cgroup socket hooks for local clients: connect()/sendmsg() to a service go straight to a
 //! backend (no per-packet NAT at all); getpeername()/recvmsg() show the service address again.
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+    EbpfContext,
+};
 use lb_common::{hash, Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{maps::SOCK_REPLIES, rewrite, select, stats};
@@ -11,6 +15,8 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+/// What a denied connect()/sendmsg() to an empty service fails with, as a refused connection.
+const ECONNREFUSED: i32 = 111;
 
 /// An address as the hook sees it (user_ip4/user_ip6 + user_port).
 struct SockAddr {
@@ -121,8 +127,16 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
             }
             ALLOW
         }
+        Err(Reason::NoBackend) => {
+            // No active backend: fail the call at once, as a refused connection, instead of a
+            // connect that hangs.
+            // SAFETY: plain helper call; sets the error a denied call returns.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            stats::count_verdict(Reason::NoBackendRejected);
+            DENY
+        }
         Err(reason) => {
-            // No live backend: fail the call at once (EPERM) instead of a connect that hangs.
+            // A torn ring: fail the call (EPERM) rather than send it anywhere else.
             stats::count_verdict(reason);
             DENY
         }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -74,6 +74,41 @@ pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16), flags: TcpFlags, payload: &[u
     out
 }
 
+/// A TCP reset from the node back to the client (Ethernet addresses swapped), window 0, as a
+/// refused connection gets it: `ack` = Some(n) for RST|ACK, None for a bare RST.
+pub fn tcp_reset(src: (IpAddr, u16), dst: (IpAddr, u16), seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let mut builder = reply_builder(src.0, dst.0).tcp(src.1, dst.1, seq, 0).rst();
+    if let Some(ack) = ack {
+        builder = builder.ack(ack);
+    }
+    let mut out = Vec::with_capacity(builder.size(0));
+    builder.write(&mut out, &[]).expect("writing TCP reset");
+    out
+}
+
+/// An ICMP (IPv4) or ICMPv6 port unreachable from the node back to the client, quoting `quote`.
+pub fn port_unreachable(src: IpAddr, dst: IpAddr, quote: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let ip = reply_builder(src, dst);
+    if src.is_ipv4() {
+        let builder = ip.icmpv4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port));
+        builder.write(&mut out, quote).expect("writing ICMP");
+    } else {
+        let builder = ip.icmpv6(Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port));
+        builder.write(&mut out, quote).expect("writing ICMPv6");
+    }
+    out
+}
+
+fn reply_builder(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let eth = PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed address families {src} → {dst}"),
+    }
+}
+
 pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
@@ -124,6 +159,11 @@ pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
                     let ok = u.checksum == 0 || u.calc_checksum_ipv4(ip, payload).map(|c| c == u.checksum).unwrap_or(false);
                     put("udp.checksum_ok", ok.to_string());
                 }
+                Some(TransportHeader::Icmpv4(i)) => {
+                    put("icmp.type", format!("{:?}", i.icmp_type));
+                    put("icmp.checksum", format!("{:#06x}", i.checksum));
+                    put("icmp.checksum_ok", (i.icmp_type.calc_checksum(payload) == i.checksum).to_string());
+                }
                 _ => {}
             }
         }
@@ -143,6 +183,12 @@ pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
                     describe_udp(&mut put, u);
                     let ok = u.calc_checksum_ipv6(ip, payload).map(|c| c == u.checksum);
                     put("udp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+                }
+                Some(TransportHeader::Icmpv6(i)) => {
+                    put("icmpv6.type", format!("{:?}", i.icmp_type));
+                    put("icmpv6.checksum", format!("{:#06x}", i.checksum));
+                    let ok = i.icmp_type.calc_checksum(ip.source, ip.destination, payload).map(|c| c == i.checksum);
+                    put("icmpv6.checksum_ok", ok.unwrap_or(false).to_string());
                 }
                 _ => {}
             }

@@ -8,7 +8,7 @@ use lb::dataplane::Dataplane;
 use lb_common::{hash, Hook};
 use lb_tests::{
     fixture::{expected_verdict, Case, Fixture, INGRESS_HOOKS, XDP_DROP, XDP_PASS, XDP_TX},
-    packet::{tcp, udp, v4, v6, TcpFlags, ACK, FIN_ACK, SYN},
+    packet::{port_unreachable, tcp, tcp_reset, udp, v4, v6, TcpFlags, ACK, FIN_ACK, SYN},
 };
 
 const NODE: &str = "10.201.0.2";
@@ -25,7 +25,10 @@ const SERVICES: &str = r#"{"services":[
    "backends":[{"address":"10.1.0.7","port":31701}]},
   {"name":"web6","address":"fd00::80","port":80,"protocol":"tcp",
    "backends":[{"address":"fd00:1::5","port":31005}]},
-  {"name":"empty","address":"10.0.0.9","port":80,"protocol":"tcp","backends":[]}
+  {"name":"empty","address":"10.0.0.9","port":80,"protocol":"tcp","backends":[]},
+  {"name":"empty-udp","address":"10.0.0.9","port":53,"protocol":"udp","backends":[]},
+  {"name":"empty6","address":"fd00::99","port":80,"protocol":"tcp","backends":[]},
+  {"name":"empty6-udp","address":"fd00::99","port":53,"protocol":"udp","backends":[]}
 ]}"#;
 
 fn client() -> std::net::IpAddr {
@@ -131,7 +134,6 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
     let other_port = tcp((client(), 40000), (v4(10, 0, 0, 1), 81), SYN, b"");
     let service_port_elsewhere = tcp((client(), 40000), (v4(10, 99, 0, 1), 10000), SYN, b"");
     let udp_to_tcp_service = udp((client(), 40000), (v4(10, 0, 0, 1), 80), b"x");
-    let no_backend = tcp((client(), 40000), (v4(10, 0, 0, 9), 80), SYN, b"");
 
     let full = tcp((client(), 40000), (v4(10, 0, 0, 1), 80), SYN, b"");
     let truncated_ip = full[..14 + 12].to_vec();
@@ -163,7 +165,6 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
         passed("port that is not a service", other_port, "not_service"),
         passed("service port on an address that is not the node's", service_port_elsewhere, "not_service"),
         passed("udp to a tcp-only service", udp_to_tcp_service, "not_service"),
-        dropped("service without backends", no_backend, "no_backend"),
         passed("tcp header truncated", truncated_tcp, "malformed"),
         passed("udp header truncated", truncated_udp, "malformed"),
         passed("tcp data offset below 5", bad_tcp_offset, "malformed"),
@@ -180,6 +181,47 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
         cases.push(passed("ipv6 header truncated", truncated_ipv6, "malformed"));
     }
     f.run_table(&cases);
+}
+
+/// A new flow for a service without an active backend is refused at once, back out of the
+/// interface it came in on: TCP with a reset (RFC 9293's rules for a segment that belongs to no
+/// connection), UDP with an ICMP/ICMPv6 port unreachable quoting the IP and UDP headers. What
+/// may not be answered (a reset, a multicast source) is dropped.
+#[test]
+fn new_flows_to_an_empty_service_are_refused() {
+    for hook in INGRESS_HOOKS {
+        new_flows_to_an_empty_service_are_refused_on(hook);
+    }
+}
+
+fn new_flows_to_an_empty_service_are_refused_on(hook: Hook) {
+    let mut f = fixture(hook);
+    let (empty, empty6, client6) = (v4(10, 0, 0, 9), v6("fd00::99"), v6("fd00:201::1"));
+    let syn = tcp((client(), 40000), (empty, 80), SYN, b"");
+    let data = tcp((client(), 40001), (empty, 80), ACK, b"GET /");
+    let fin = tcp((client(), 40002), (empty, 80), TcpFlags { fin: true, ..TcpFlags::default() }, b"abc");
+    let rst = tcp((client(), 40003), (empty, 80), TcpFlags { rst: true, ..TcpFlags::default() }, b"");
+    let multicast_source = tcp((v4(224, 0, 0, 1), 40004), (empty, 80), SYN, b"");
+    let dgram = udp((client(), 5353), (empty, 53), b"query");
+    let syn6 = tcp((client6, 40005), (empty6, 80), SYN, b"");
+    let dgram6 = udp((client6, 5354), (empty6, 53), b"query6");
+    // tcp() sends seq 1000 and, with ACK, ack 2000.
+    f.run_table(&[
+        refused("syn: rst|ack of seq + 1", syn, tcp_reset((empty, 80), (client(), 40000), 0, Some(1001))),
+        refused("segment with ack: rst at its ack", data, tcp_reset((empty, 80), (client(), 40001), 2000, None)),
+        refused("fin with data: ack counts both", fin, tcp_reset((empty, 80), (client(), 40002), 0, Some(1004))),
+        refused("udp: icmp port unreachable", dgram.clone(), port_unreachable(empty, client(), &dgram[14..14 + 28])),
+        refused("ipv6 syn", syn6, tcp_reset((empty6, 80), (client6, 40005), 0, Some(1001))),
+        refused("ipv6 udp: icmpv6 port unreachable", dgram6.clone(), port_unreachable(empty6, client6, &dgram6[14..14 + 48])),
+        dropped("a reset is never answered", rst, "no_backend"),
+        dropped("a multicast source is never answered", multicast_source, "no_backend"),
+    ]);
+}
+
+fn refused(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
+    let mut counters = xdp_iface(input.len());
+    counters.push(("verdict.no_backend_rejected".to_string(), 1));
+    Case { name, input, verdict: XDP_TX, output, counters }
 }
 
 /// TC egress sees every packet the node sends on an uplink. What is not a reply to a balanced

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -72,9 +72,21 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn replace<const N: usize>(&self, bytes: &[u8; N]) -> Result<(), Reason> {
         let delta = N as i32 - self.frame_len() as i32;
-        // SAFETY: ctx is this program's xdp_md; the helper moves data_end within the buffer's
-        // tailroom or fails, and data/data_end are re-read below.
-        if delta != 0 && unsafe { bpf_xdp_adjust_tail(self.ctx.cast(), delta) } != 0 {
+        // The whole frame is rewritten, so it may grow at either end: at the head, where every
+        // XDP driver reserves XDP_PACKET_HEADROOM, rather than at the tail, which a veth's frame
+        // built from a tight skb does not have. It shrinks at the tail.
+        // SAFETY: ctx is this program's xdp_md; the helpers move data/data_end within the buffer
+        // or fail, and data/data_end are re-read below.
+        let moved = unsafe {
+            if delta > 0 {
+                bpf_xdp_adjust_head(self.ctx.cast(), -delta)
+            } else if delta < 0 {
+                bpf_xdp_adjust_tail(self.ctx.cast(), delta)
+            } else {
+                0
+            }
+        };
+        if moved != 0 {
             return Err(Reason::RewriteFailed);
         }
         let (start, end) = self.window();

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -313,6 +313,60 @@ fn draining_backend_keeps_its_connections_and_gets_no_new_ones() {
     let per_backend = spread(&cluster, vip(80), 60);
     assert!(!per_backend.contains_key("backend-1"), "{per_backend:?}");
     drop(conns);
+}
+
+/// A service whose only backend drains keeps that backend's connections but refuses new ones at
+/// once (TCP and UDP, IPv4 and IPv6, from the network and from local sockets), and once the
+/// backend is gone its connection is reset instead of hanging.
+#[test]
+fn an_empty_service_refuses_new_connections_at_once() {
+    for hook in HOOKS {
+        an_empty_service_refuses_new_connections_at_once_on(hook);
+    }
+}
+
+fn an_empty_service_refuses_new_connections_at_once_on(hook: &'static str) {
+    let cluster = Cluster::with_hook(1, hook);
+    // Refusals leave with XDP_TX, which a veth delivers only while its peer runs XDP (as a NIC's
+    // wire would take them): a pass-only program on the client's end.
+    let client_if = cluster.topo.client_if.clone();
+    let _client_xdp = cluster.topo.client.run(move || lb::dataplane::loader::attach_xdp_pass(&client_if)).unwrap().unwrap();
+    let mut conns = open(&cluster, 1);
+    cluster.set_backends(&[(0, 0)]);
+    let vip6 = SocketAddr::new(VIP6.parse().unwrap(), 80);
+    let refusals = cluster
+        .topo
+        .client
+        .run(move || {
+            // A dropped SYN would time out; a refused one fails well within the timeout.
+            let tcp = |addr| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).map(drop).map_err(|e| e.kind());
+            let udp = || -> std::io::Result<usize> {
+                let sock = UdpSocket::bind("0.0.0.0:0")?;
+                sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+                sock.connect(vip(53))?;
+                sock.send(b"query")?;
+                // The port unreachable comes back as ECONNREFUSED on a connected socket.
+                sock.recv(&mut [0u8; 64])
+            };
+            (tcp(vip(80)), tcp(vip6), udp().map_err(|e| e.kind()))
+        })
+        .unwrap();
+    let stats = || -> serde_json::Value {
+        serde_json::from_str(&lb_ok(None, &["stats", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap()).unwrap()
+    };
+    let refused = Err(std::io::ErrorKind::ConnectionRefused);
+    let verdicts = &stats()["verdicts"];
+    assert_eq!(refusals, (refused, refused, refused.map(|()| 0usize)), "tcp, tcp over IPv6, udp ({hook}): {verdicts}");
+    let local = probe(&cluster, true, "tcp", "10.0.0.1:80", 1).unwrap_err();
+    assert!(local.contains("refused"), "local connect: {local}");
+    let verdicts = &stats()["verdicts"];
+    assert_eq!(verdicts["no_backend_rejected"], 4, "{verdicts}");
+
+    conns = all_alive(conns, None);
+    cluster.set_backends(&[]);
+    let (mut stream, _) = conns.pop().unwrap();
+    let gone = echo_round_trip(&mut stream, b"after removal").unwrap_err();
+    assert_eq!(gone.kind(), std::io::ErrorKind::ConnectionReset, "{gone}");
 }
 
 #[test]

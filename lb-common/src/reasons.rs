@@ -63,8 +63,13 @@ pub enum Reason {
     NoBackendRejected = 22,
 }
 
-/// Number of `VERDICTS` slots.
+/// Number of outcomes.
 pub const COUNT: u32 = Reason::ALL.len() as u32;
+
+/// Number of `VERDICTS` slots: room for outcomes added later, so an upgrade that counts a new
+/// one still adopts the pinned counters (a map of another size would need `lb down`).
+pub const SLOTS: u32 = 64;
+const _: () = assert!(COUNT <= SLOTS);
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).

@@ -83,4 +83,4 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters, MAX_SERVICES> = PerCpuArr
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters, MAX_BACKENDS> = PerCpuArray::new();
 /// Packets per outcome (slot = lb_common::Reason as u32), per CPU.
 #[btf_map]
-pub static VERDICTS: PerCpuArray<u64, { reasons::COUNT as usize }> = PerCpuArray::new();
+pub static VERDICTS: PerCpuArray<u64, { reasons::SLOTS as usize }> = PerCpuArray::new();

@@ -201,6 +201,22 @@ pub struct RunArgs {
     /// the node's ephemeral ports (net.ipv4.ip_local_port_range) nor any service port.
     #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = parse::port_range)]
     pub nat_ports: (u16, u16),
+    /// Serve the HTTP path (marathon-lb's HAPROXY_{n}_VHOST/PATH labels) in plain HTTP on
+    /// ADDR:PORT. Off unless given.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "HTTP path")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Serve the HTTP path over TLS on ADDR:PORT (needs --ssl-certs).
+    #[arg(long, value_name = "ADDR:PORT", requires = "ssl_certs", help_heading = "HTTP path")]
+    pub https_listen: Option<std::net::SocketAddr>,
+    /// Directory of PEM files, each a certificate chain and its key; SNI picks by the
+    /// certificates' names, default.pem (else the first file) answers the rest. Re-read on
+    /// change and on SIGHUP.
+    #[arg(long, value_name = "DIR", requires = "https_listen", help_heading = "HTTP path")]
+    pub ssl_certs: Option<PathBuf>,
+    /// Serve apps whose HAPROXY_GROUP (or HAPROXY_{n}_GROUP) is NAME on the HTTP path;
+    /// repeatable; `*` serves every group.
+    #[arg(long = "group", value_name = "NAME", default_value = "external", help_heading = "HTTP path")]
+    pub groups: Vec<String>,
 }
 
 /// Why a command line was refused before anything ran.

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config_file;
 pub mod dataplane;
 pub mod explain;
+pub mod http;
 pub mod marathon;
 pub mod metrics;
 pub mod model;

@@ -59,8 +59,11 @@ impl Shared {
 }
 
 /// Serves `/metrics` and `/` on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http: Option<Arc<crate::http::metrics::Metrics>>) {
     let mut registry = Registry::default();
+    if let Some(http) = http {
+        http.register(&mut registry);
+    }
     registry.register(
         "lb_marathon_event_to_maps_seconds",
         "Seconds from a burst of Marathon events reaching the agent to the maps holding the change",

@@ -46,6 +46,8 @@ pub struct AppSpec {
     pub service_port: u16,
     pub protocol: String,
     pub labels: BTreeMap<String, String>,
+    /// App labels (marathon-lb's `HAPROXY_*`).
+    pub app_labels: BTreeMap<String, String>,
     pub health_checked: bool,
     pub tasks: Vec<TaskSpec>,
     /// Served with `"portDefinitions": "garbage"`, a definition no Marathon would send.
@@ -59,6 +61,7 @@ impl AppSpec {
             service_port,
             protocol: "tcp".into(),
             labels: BTreeMap::new(),
+            app_labels: BTreeMap::new(),
             health_checked: true,
             tasks: Vec::new(),
             malformed: false,
@@ -86,8 +89,8 @@ impl AppSpec {
             return vec![json!({"eventType": "app_terminated_event", "timestamp": "2026-01-01T00:00:00.000Z", "appId": self.id})];
         };
         let mut events = Vec::new();
-        if (&self.service_port, &self.protocol, &self.labels, self.health_checked, self.malformed)
-            != (&new.service_port, &new.protocol, &new.labels, new.health_checked, new.malformed)
+        if (&self.service_port, &self.protocol, &self.labels, &self.app_labels, self.health_checked, self.malformed)
+            != (&new.service_port, &new.protocol, &new.labels, &new.app_labels, new.health_checked, new.malformed)
         {
             events.push(api_post(new));
         }
@@ -138,6 +141,7 @@ impl AppSpec {
         json!({
             "id": self.id, "instances": self.tasks.len(), "version": "2026-01-01T00:00:00.000Z",
             "networks": [{"mode": "host"}],
+            "labels": self.app_labels,
             "portDefinitions": port_definitions,
             "healthChecks": health_checks, "deployments": [], "tasks": tasks,
         })

@@ -36,8 +36,14 @@ impl Drop for Server {
 /// A TCP server on `addr` inside `ns`. Each connection gets `<name>\n` at once, then every
 /// byte it sends is echoed back until it closes.
 pub fn tcp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
-    let stop = Arc::new(AtomicBool::new(false));
     let name = format!("{name}\n");
+    tcp_server(ns, addr, move |conn, stop| serve_echo(conn, &name, stop))
+}
+
+/// A TCP server on `addr` inside `ns` running `handle` on a thread per connection.
+fn tcp_server(ns: &Netns, addr: SocketAddr, handle: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static) -> Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = Arc::new(handle);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = ns.spawn({
         let stop = stop.clone();
@@ -55,9 +61,8 @@ pub fn tcp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let name = name.clone();
-                        let stop = stop.clone();
-                        workers.push(std::thread::spawn(move || serve_echo(conn, &name, &stop)));
+                        let (handle, stop) = (handle.clone(), stop.clone());
+                        workers.push(std::thread::spawn(move || handle(conn, &stop)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -71,10 +76,77 @@ pub fn tcp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
     Ok(Server { stop, thread: Some(thread) })
 }
 
+/// An HTTP/1.1 server on `addr` inside `ns` (keep-alive, Content-Length bodies). Every request
+/// is answered with JSON: `{"backend": name, "method", "path", "headers": {name: value, …}}`
+/// (repeated headers joined with ", "). `/slow/<ms>` answers after that many milliseconds. A
+/// request with `Upgrade` is answered 101, after which the connection echoes every byte.
+pub fn http_backend(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
+    let name = name.to_string();
+    tcp_server(ns, addr, move |conn, stop| serve_http(conn, &name, stop))
+}
+
+fn serve_http(conn: TcpStream, name: &str, stop: &AtomicBool) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    while let Some((method, path, headers)) = read_head(&mut reader, stop) {
+        let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+            return;
+        }
+        if headers.contains_key("upgrade") {
+            let _ = writer.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+            let buffered = reader.buffer().to_vec();
+            let _ = writer.write_all(&buffered);
+            serve_echo(writer, "", stop);
+            return;
+        }
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let reply = serde_json::json!({"backend": name, "method": method, "path": path, "headers": headers}).to_string();
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
+        if writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(reply.as_bytes())).is_err() {
+            return;
+        }
+    }
+}
+
+/// (method, path, headers by lower-case name) of the next request, None at the end.
+fn read_head(reader: &mut impl std::io::BufRead, stop: &AtomicBool) -> Option<(String, String, BTreeMap<String, String>)> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) if line == "\r\n" && !lines.is_empty() => break,
+            Ok(_) if line.ends_with('\n') => lines.push(std::mem::take(&mut line).trim_end().to_string()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+    let mut request_line = lines[0].split(' ');
+    let (method, path) = (request_line.next()?.to_string(), request_line.next()?.to_string());
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for header in &lines[1..] {
+        let (name, value) = header.split_once(':')?;
+        let value = value.trim().to_string();
+        headers.entry(name.trim().to_ascii_lowercase()).and_modify(|v| *v = format!("{v}, {value}")).or_insert(value);
+    }
+    Some((method, path, headers))
+}
+
 fn serve_echo(mut conn: TcpStream, name: &str, stop: &AtomicBool) {
     conn.set_nonblocking(false).unwrap();
     conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    if conn.write_all(name.as_bytes()).is_err() {
+    if !name.is_empty() && conn.write_all(name.as_bytes()).is_err() {
         return;
     }
     let mut buf = vec![0u8; 64 * 1024];

@@ -28,6 +28,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "chromium",
     "systemd",
+    "curl",
+    "openssl",
 ];
 
 /// Debian packages only the benchmarks need: the load generators and the peers they are

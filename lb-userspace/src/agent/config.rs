@@ -39,6 +39,10 @@ pub enum ConfigError {
     MetricsNotLoopback(std::net::SocketAddr),
     #[error("--metrics-listen {addr}: {why}; pick another address or port, or --metrics-listen off")]
     MetricsBind { addr: std::net::SocketAddr, why: String },
+    #[error(transparent)]
+    Certificates(#[from] crate::http::tls::CertError),
+    #[error("HTTP path: cannot listen on {addr}: {why}; pick another address or port")]
+    HttpBind { addr: std::net::SocketAddr, why: String },
 }
 
 /// Where Marathon is and how to talk to it.
@@ -49,6 +53,20 @@ pub struct MarathonConfig {
     pub timeout: Duration,
     pub resync: Duration,
     pub vips: VipRange,
+}
+
+/// The HTTP path's flags, with the certificates read (a directory that does not read whole is
+/// refused before anything starts).
+fn http_config(args: &RunArgs) -> Result<Option<crate::http::HttpConfig>, ConfigError> {
+    if args.http_listen.is_none() && args.https_listen.is_none() {
+        return Ok(None);
+    }
+    let https = match (args.https_listen, &args.ssl_certs) {
+        (Some(addr), Some(dir)) => Some((addr, dir.clone(), crate::http::tls::CertSet::load(dir)?)),
+        _ => None,
+    };
+    let groups = crate::http::routes::Groups(args.groups.clone());
+    Ok(Some(crate::http::HttpConfig { http: args.http_listen, https, groups }))
 }
 
 /// Everything `lb run` needs, checked.
@@ -65,6 +83,8 @@ pub struct AgentConfig {
     pub node_ips: Vec<IpAddr>,
     /// Where `/metrics` and the status page are served (None: `--metrics-listen off`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The HTTP path, when a listener is given.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 impl AgentConfig {
@@ -97,6 +117,7 @@ impl AgentConfig {
             Some(path) => services_file::load(path)?,
             None => Desired::new(),
         };
+        let http = http_config(args)?;
         let plan = AttachPlan {
             pin_dir: args.pins.pin_dir.clone(),
             ifaces: args.ifaces.clone(),
@@ -112,6 +133,7 @@ impl AgentConfig {
             marathon,
             node_ips: args.node_ips.clone(),
             metrics,
+            http,
         })
     }
 

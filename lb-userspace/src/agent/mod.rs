@@ -8,6 +8,8 @@ mod policy;
 mod run;
 mod sources;
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
@@ -22,12 +24,18 @@ use crate::{
 
 /// Runs the agent until SIGINT/SIGTERM. Errors that are the configuration's are returned as
 /// [`ConfigError`] (exit code 64) and leave the kernel untouched.
-pub fn start(config: AgentConfig) -> Result<()> {
+pub fn start(mut config: AgentConfig) -> Result<()> {
     let _lock = lock::PinDirLock::acquire(config.pin_dir())?;
     loader::check_pinned_maps(config.pin_dir(), &config.plan.limits).map_err(ConfigError::from)?;
     let marathon = config.marathon.as_ref().map(sources::MarathonSource::new).transpose().context("building the HTTP client")?;
     // Bound before the kernel is touched: a taken port fails the start with nothing changed.
     let metrics_listener = config.metrics.map(bind_metrics).transpose()?;
+    let http_listeners = config
+        .http
+        .take()
+        .map(|http| http.bind())
+        .transpose()
+        .map_err(|(addr, e)| ConfigError::HttpBind { addr, why: e.to_string() })?;
     init_logging();
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
@@ -62,14 +70,23 @@ pub fn start(config: AgentConfig) -> Result<()> {
         status,
     )
     .with_neighbours(neighbours);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The agent's own work is one task; requests on the HTTP path use every core.
+    let runtime = match http_listeners {
+        Some(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        None => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+    };
+    let http_metrics = http_listeners.as_ref().map(|_| Arc::new(crate::http::metrics::Metrics::default()));
+    if let (Some(bound), Some(metrics)) = (http_listeners, &http_metrics) {
+        let _guard = runtime.enter();
+        agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
+    }
     if let Some(listener) = metrics_listener {
         let shared = crate::metrics::Shared::new(config.plan.pin_dir.clone(), agent.status.clone());
         agent = agent.with_metrics(shared.clone());
         let _guard = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
-        runtime.spawn(crate::metrics::serve(listener, shared));
+        runtime.spawn(crate::metrics::serve(listener, shared, http_metrics));
     }
     let served = runtime.block_on(agent.serve(config.services_file.as_deref(), marathon));
     // A host-name lookup still blocked in the resolver must not hold up the exit.

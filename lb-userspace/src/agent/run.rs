@@ -52,6 +52,8 @@ pub struct Agent<D: Dataplane> {
     vips_published: Option<u64>,
     /// What the metrics listener reads (None: `--metrics-listen off`, and the host tests).
     metrics: Option<Arc<metrics::Shared>>,
+    /// The HTTP path, given every change Marathon's apps make (None: no HTTP listener).
+    http: Option<crate::http::HttpPath>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -68,7 +70,13 @@ impl<D: Dataplane> Agent<D> {
             write_status_file: true,
             vips_published: None,
             metrics: None,
+            http: None,
         }
+    }
+
+    pub fn with_http(mut self, http: crate::http::HttpPath) -> Self {
+        self.http = Some(http);
+        self
     }
 
     pub fn with_neighbours(mut self, resolver: NeighbourResolver) -> Self {
@@ -265,6 +273,10 @@ impl<D: Dataplane> Agent<D> {
         m.answered = true;
         if let Err(err) = self.apply_changes(Some(m.translator.desired()), m.translator.changed()) {
             error!("applying Marathon's services: {err:#}");
+        }
+        // After the maps: the HTTP path's backends are the ones the L4 path already serves.
+        if let Some(http) = &self.http {
+            http.update(m.translator.http_ports(), m.translator.desired());
         }
     }
 

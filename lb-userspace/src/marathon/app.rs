@@ -23,6 +23,16 @@ pub struct App {
     /// Only whether there are any matters (a deployment is under way).
     pub deployments: Option<Vec<IgnoredAny>>,
     pub tasks: Option<Vec<Task>>,
+    /// App labels marathon-lb reads (`HAPROXY_*`): the HTTP path's routing. Others are dropped.
+    #[serde(deserialize_with = "haproxy_labels")]
+    pub labels: Labels,
+}
+
+fn haproxy_labels<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Labels, D::Error> {
+    let mut labels = Labels::deserialize(deserializer)?;
+    labels.0.retain(|(key, _)| key.starts_with("HAPROXY_"));
+    labels.0.shrink_to_fit();
+    Ok(labels)
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

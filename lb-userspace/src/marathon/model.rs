@@ -26,6 +26,7 @@ use super::{
     vip::{self, VipRange, VipTarget},
 };
 use crate::{
+    http::{self, labels::HttpPort},
     model::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId},
     services_file,
 };
@@ -164,6 +165,8 @@ pub fn parse_apps_each(body: &[u8], mut each: impl FnMut(Result<App, (String, St
 #[derive(Debug, Default)]
 struct AppPart {
     services: Vec<Service>,
+    /// Ports the HTTP path routes (marathon-lb's labels).
+    http: Vec<HttpPort>,
     warnings: Vec<(String, String)>,
     error: Option<String>,
     tasks: Vec<TaskKey>,
@@ -194,6 +197,8 @@ pub struct Translator {
     vip_warnings: Vec<(String, String)>,
     /// The services the last update re-merged; None after a rebuild (any may have changed).
     changed: Option<BTreeSet<ServiceId>>,
+    /// Apps with ports the HTTP path routes: the route table is built from these alone.
+    http_apps: BTreeSet<Arc<str>>,
 }
 
 impl Translator {
@@ -210,6 +215,7 @@ impl Translator {
         let mut seen_tasks = BTreeSet::new();
         self.parts.clear();
         self.flagged.clear();
+        self.http_apps.clear();
         for app in apps {
             let part = self.translate_one(app, resolver, health);
             seen_tasks.extend(part.tasks.iter().copied());
@@ -310,15 +316,24 @@ impl Translator {
         self.vip_warnings.iter().chain(parts.flat_map(|p| p.warnings.iter()))
     }
 
+    /// (app id, port) of every app port the HTTP path routes.
+    pub fn http_ports(&self) -> impl Iterator<Item = (&str, &HttpPort)> + '_ {
+        self.http_apps.iter().filter_map(|id| self.parts.get(id).map(|p| (&**id, p))).flat_map(|(id, p)| p.http.iter().map(move |port| (id, port)))
+    }
+
     fn insert_part(&mut self, id: Arc<str>, part: AppPart) {
         if part.error.is_some() || !part.warnings.is_empty() {
             self.flagged.insert(id.clone());
+        }
+        if !part.http.is_empty() {
+            self.http_apps.insert(id.clone());
         }
         self.parts.insert(id, part);
     }
 
     fn remove_part(&mut self, id: &str) -> Option<AppPart> {
         self.flagged.remove(id);
+        self.http_apps.remove(id);
         self.parts.remove(id)
     }
 
@@ -344,8 +359,10 @@ impl Translator {
         let mut out = AppTranslation { desired: Desired::new(), warnings: Vec::new(), named_vips: &self.named_vips };
         let mut tasks = BTreeSet::new();
         let error = translate_app(app, resolver, health, &mut out, &mut tasks).err().map(|e| e.to_string());
+        let http = if error.is_none() { http_ports(app, &mut out.warnings) } else { Vec::new() };
         AppPart {
             services: out.desired.into_values().collect(),
+            http,
             warnings: out.warnings,
             error,
             tasks: tasks.into_iter().collect(),
@@ -410,6 +427,24 @@ fn vip_names(app: &App) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The app's ports the HTTP path routes; a port whose labels cannot be read is left out, with
+/// the reason among the app's warnings.
+fn http_ports(app: &App, warnings: &mut Vec<(String, String)>) -> Vec<HttpPort> {
+    let mut out = Vec::new();
+    if !app.labels.0.iter().any(|(key, _)| key.starts_with("HAPROXY_")) {
+        return out;
+    }
+    for port in app_ports(app, network_mode(app)) {
+        let Some(service_port) = port.service_port.filter(|_| port.protocols.contains(&Proto::Tcp)) else { continue };
+        match http::labels::port(&app.labels.0, port.index, service_port) {
+            Ok(Some(http)) => out.push(http),
+            Ok(None) => {}
+            Err(err) => warnings.push((app.id.clone(), format!("port {}: not on the HTTP path: {err}", port.index))),
+        }
+    }
+    out
 }
 
 /// Why a whole app is skipped.

@@ -22,6 +22,8 @@ use serde_json::Value;
 
 const WEB_PORT: u16 = 31000;
 const API_PORT: u16 = 31001;
+/// A task port nothing listens on.
+const DEAD_PORT: u16 = 31009;
 const HTTP: &str = "10.201.0.2:8080";
 const HTTPS: &str = "10.201.0.2:8443";
 
@@ -64,6 +66,18 @@ fn apps() -> Vec<AppSpec> {
                 ("HAPROXY_0_REDIRECT_TO_HTTPS", "true"),
                 ("HAPROXY_0_USE_HSTS", "true"),
             ],
+        ),
+        app(
+            "/flaky",
+            10005,
+            &[(0, API_PORT), (2, DEAD_PORT)],
+            &[("HAPROXY_GROUP", "external"), ("HAPROXY_0_VHOST", "flaky.example.com")],
+        ),
+        app(
+            "/private",
+            10006,
+            &[(0, API_PORT)],
+            &[("HAPROXY_GROUP", "external"), ("HAPROXY_0_VHOST", "private.example.com"), ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.99.0.0/16")],
         ),
         app(
             "/sticky",
@@ -228,6 +242,15 @@ fn tls_picks_the_certificate_by_sni_and_speaks_http2() {
         assert_eq!(json["headers"]["x-forwarded-proto"], "https");
         assert_eq!(json["headers"]["host"], format!("{name}:8443"));
     }
+    // A renewed certificate is picked up from the directory without a restart.
+    let renewed = TempDir::new("lb-http-renewed");
+    self_signed(renewed.path(), "a.example");
+    std::fs::copy(renewed.path().join("a.example.pem"), c.certs.path().join("a.example.pem")).unwrap();
+    let trust = renewed.path().join("a.example.crt");
+    c.wait_for(
+        |c| c.curl(&["--cacert", trust.to_str().unwrap(), "--resolve", "a.example:8443:10.201.0.2", "https://a.example:8443/"]).0 == 200,
+        "the renewed certificate to be served",
+    );
     // The other name's certificate does not verify for this one: SNI really chose.
     let wrong = c.certs.path().join("b.example.crt");
     let (status, _, _) = c.curl(&["--cacert", wrong.to_str().unwrap(), "--resolve", "a.example:8443:10.201.0.2", "https://a.example:8443/"]);
@@ -318,4 +341,35 @@ fn read_until_blank_line(s: &mut TcpStream) -> std::io::Result<String> {
         head.push(byte[0]);
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+#[test]
+fn retries_acls_limits_and_metrics() {
+    let c = Cluster::new();
+    let answered: BTreeSet<String> = (0..10).map(|_| c.backend("flaky.example.com", "/")).collect();
+    assert_eq!(answered, BTreeSet::from(["api-0".into()]), "a GET to a task that refuses connections is retried on another");
+    let (status, body, _) = c.curl(&["-X", "POST", "--data", "x", "-H", "Host: flaky.example.com", &format!("http://{HTTP}/")]);
+    assert!(status == 200 || (status == 502 && body == "the backend could not be reached\n"), "a POST is never repeated: {status} {body}");
+
+    assert_eq!(c.get("private.example.com", "/").0, 403, "the client is outside the app's allowed networks");
+
+    let big = format!("X-Big: {}", "a".repeat(80 * 1024));
+    assert_eq!(c.curl(&["-H", "Host: web.example.com", "-H", &big, &format!("http://{HTTP}/")]).0, 431, "request head over 64 KiB");
+
+    // Connections that never send a request hold nothing: others are answered meanwhile.
+    let idle: Vec<TcpStream> = c.topo.client.run(|| (0..50).map(|_| TcpStream::connect(HTTP).unwrap()).collect()).unwrap();
+    assert_eq!(c.get("web.example.com", "/").0, 200, "a request while 50 connections sit idle");
+    drop(idle);
+
+    let metrics = c.topo.node.command("curl").args(["-s", "http://127.0.0.1:9097/metrics"]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let flaky_ok = format!(r#"lb_http_requests_total{{route="/flaky:0",class="2xx"}} {}"#, 10 + usize::from(status == 200));
+    for needle in [
+        flaky_ok.as_str(),
+        r#"lb_http_requests_total{route="/private:0",class="4xx"} 1"#,
+        "lb_http_upstream_seconds_count",
+        "lb_http_connections ",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in:\n{}", metrics.lines().filter(|l| l.starts_with("lb_http")).collect::<Vec<_>>().join("\n"));
+    }
 }

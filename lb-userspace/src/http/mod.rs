@@ -153,8 +153,8 @@ async fn connection(stream: TcpStream, inbound: Inbound, proxy: Arc<Proxy>, tls:
     metrics.connections.dec();
 }
 
-/// Re-reads the certificates on SIGHUP and when the directory changes; a directory that does
-/// not read whole keeps the certificates in use.
+/// Re-reads the certificates on SIGHUP and when the directory's files change; a directory that
+/// does not read whole keeps the certificates in use (and is tried again at its next change).
 async fn watch_certificates(certs: Arc<Certs>, dir: PathBuf) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
@@ -163,6 +163,7 @@ async fn watch_certificates(certs: Arc<Certs>, dir: PathBuf) {
             None
         }
     };
+    let mut seen = certs.current().files().clone();
     let mut poll = tokio::time::interval(CERT_POLL);
     loop {
         let signalled = async {
@@ -174,16 +175,15 @@ async fn watch_certificates(certs: Arc<Certs>, dir: PathBuf) {
         tokio::select! {
             _ = signalled => {}
             _ = poll.tick() => {
-                if !certs.current().changed(&dir) {
+                let now = tls::listing(&dir);
+                if now == seen {
                     continue;
                 }
+                seen = now;
             }
         }
-        let loaded = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || CertSet::load(&dir)).await
-        };
-        match loaded {
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || CertSet::load(&dir)).await {
             Ok(Ok(set)) => {
                 info!(certificates = ?set, "certificates re-read");
                 certs.replace(set);

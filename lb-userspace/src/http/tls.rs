@@ -36,8 +36,16 @@ pub enum CertError {
 pub struct CertSet {
     by_name: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
-    /// (file, modification time) of what was read: a change is noticed by comparing.
-    files: Vec<(PathBuf, Option<SystemTime>)>,
+    /// What was read: a change is noticed by comparing with [`listing`].
+    files: Files,
+}
+
+/// (file, modification time) of the `*.pem` files of a directory, sorted.
+pub type Files = Vec<(PathBuf, Option<SystemTime>)>;
+
+/// The directory's `*.pem` files now (empty if it cannot be read).
+pub fn listing(dir: &Path) -> Files {
+    pem_files(dir).unwrap_or_default()
 }
 
 impl fmt::Debug for CertSet {
@@ -71,9 +79,9 @@ impl CertSet {
         Ok(Self { by_name, default, files })
     }
 
-    /// Whether `dir` now differs from what was read (files added, removed or modified).
-    pub fn changed(&self, dir: &Path) -> bool {
-        pem_files(dir).map(|now| now != self.files).unwrap_or(false)
+    /// The files read, with their modification times.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     /// The certificate for an SNI name (None: the default).
@@ -128,7 +136,7 @@ fn provider() -> CryptoProvider {
 }
 
 /// The `*.pem` files of `dir`, sorted, with their modification times.
-fn pem_files(dir: &Path) -> Result<Vec<(PathBuf, Option<SystemTime>)>, CertError> {
+fn pem_files(dir: &Path) -> Result<Files, CertError> {
     let read_err = |source| CertError::ReadDir { dir: dir.to_owned(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_err)? {

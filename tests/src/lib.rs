@@ -2,6 +2,7 @@
 //! cleaning up after itself on every exit path (Drop runs on panics too).
 
 pub mod agent;
+pub mod bench;
 pub mod bench_report;
 pub mod fixture;
 pub mod marathon_server;

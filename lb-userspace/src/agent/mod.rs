@@ -70,11 +70,7 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
         status,
     )
     .with_neighbours(neighbours);
-    // The agent's own work is one task; requests on the HTTP path use every core.
-    let runtime = match http_listeners {
-        Some(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
-        None => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let http_metrics = http_listeners.as_ref().map(|_| Arc::new(crate::http::metrics::Metrics::default()));
     if let (Some(bound), Some(metrics)) = (http_listeners, &http_metrics) {
         let _guard = runtime.enter();

@@ -23,29 +23,51 @@ pub struct Metrics {
     requests: Family<Vec<(String, String)>, Counter>,
     upstream_seconds: Histogram,
     pub connections: Gauge,
+    /// Requests answered before a route was found.
+    pub unrouted: StatusCounters,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let requests = Family::default();
+        let unrouted = StatusCounters::of(&requests, NO_ROUTE);
         Self {
-            requests: Family::default(),
+            requests,
             // 0.5 ms … ~8 s.
             upstream_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             connections: Gauge::default(),
+            unrouted,
         }
     }
 }
 
+/// One route's request counters by status class (1xx … 5xx), looked up once when the route is
+/// built rather than per request.
+#[derive(Clone, Debug)]
+pub struct StatusCounters([Counter; 5]);
+
+impl StatusCounters {
+    fn of(family: &Family<Vec<(String, String)>, Counter>, route: &str) -> Self {
+        Self(std::array::from_fn(|i| {
+            family.get_or_create(&vec![("route".to_owned(), route.to_owned()), ("class".to_owned(), format!("{}xx", i + 1))]).clone()
+        }))
+    }
+
+    pub fn count(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize;
+        self.0[class - 1].inc();
+    }
+}
+
 impl Metrics {
-    /// Counts a request answered with `status` on `route` ("" before any route was found);
-    /// `upstream` is how long the backend took, when one was asked.
-    pub fn observe(&self, route: &str, status: StatusCode, upstream: Option<Duration>) {
-        let route = if route.is_empty() { NO_ROUTE } else { route };
-        let class = format!("{}xx", status.as_u16() / 100);
-        self.requests.get_or_create(&vec![("route".to_owned(), route.to_owned()), ("class".to_owned(), class)]).inc();
-        if let Some(elapsed) = upstream {
-            self.upstream_seconds.observe(elapsed.as_secs_f64());
-        }
+    /// The counters of `route`.
+    pub fn route(&self, route: &str) -> StatusCounters {
+        StatusCounters::of(&self.requests, route)
+    }
+
+    /// How long a backend took to answer.
+    pub fn upstream(&self, elapsed: Duration) {
+        self.upstream_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub fn register(&self, registry: &mut Registry) {

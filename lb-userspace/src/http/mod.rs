@@ -54,21 +54,21 @@ pub struct HttpConfig {
     pub groups: Groups,
 }
 
-/// The listeners, bound before the kernel is touched (a taken port fails the start cleanly).
+/// The listeners, bound before the kernel is touched (a taken port fails the start cleanly):
+/// one socket per worker thread on each address (SO_REUSEPORT), so the kernel spreads
+/// connections over the workers and a connection's requests, its backend connections and their
+/// wakeups stay on one thread, as in HAProxy's threads.
 pub struct Bound {
-    http: Option<std::net::TcpListener>,
-    https: Option<(std::net::TcpListener, PathBuf, CertSet)>,
+    http: Vec<std::net::TcpListener>,
+    https: Option<(Vec<std::net::TcpListener>, PathBuf, CertSet)>,
     groups: Groups,
 }
 
 impl HttpConfig {
     pub fn bind(self) -> Result<Bound, (SocketAddr, std::io::Error)> {
-        let listen = |addr: SocketAddr| -> Result<std::net::TcpListener, (SocketAddr, std::io::Error)> {
-            let listener = std::net::TcpListener::bind(addr).map_err(|e| (addr, e))?;
-            listener.set_nonblocking(true).map_err(|e| (addr, e))?;
-            Ok(listener)
-        };
-        let http = self.http.map(listen).transpose()?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let listen = |addr: SocketAddr| (0..workers).map(|_| reuse_port_listener(addr).map_err(|e| (addr, e))).collect::<Result<Vec<_>, _>>();
+        let http = self.http.map(listen).transpose()?.unwrap_or_default();
         let https = match self.https {
             Some((addr, dir, certs)) => Some((listen(addr)?, dir, certs)),
             None => None,
@@ -77,38 +77,84 @@ impl HttpConfig {
     }
 }
 
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// The running HTTP path: the agent hands it every new desired state.
 pub struct HttpPath {
-    proxy: Arc<Proxy>,
+    routes: Arc<Routes>,
     groups: Groups,
+    metrics: Arc<Metrics>,
 }
 
 impl HttpPath {
-    /// Starts serving on the current tokio runtime.
+    /// Starts one worker thread per listener socket (each with its own runtime and backend
+    /// connection pool) and, on the calling runtime, the certificate watcher.
     pub fn start(bound: Bound, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let proxy = Proxy::new(metrics);
-        if let Some(listener) = bound.http {
-            let listener = TcpListener::from_std(listener)?;
+        let routes = Arc::new(Routes::default());
+        let (https, tls) = match bound.https {
+            Some((listeners, dir, set)) => {
+                let certs = Certs::new(set);
+                info!(address = %listeners[0].local_addr()?, certificates = %dir.display(), "HTTPS path listening");
+                let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()));
+                tokio::spawn(watch_certificates(certs, dir));
+                (listeners, Some(acceptor))
+            }
+            None => (Vec::new(), None),
+        };
+        if let Some(listener) = bound.http.first() {
             info!(address = %listener.local_addr()?, "HTTP path listening");
-            tokio::spawn(accept(listener, proxy.clone(), None));
         }
-        if let Some((listener, dir, set)) = bound.https {
-            let listener = TcpListener::from_std(listener)?;
-            let certs = Certs::new(set);
-            info!(address = %listener.local_addr()?, certificates = %dir.display(), "HTTPS path listening");
-            let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()));
-            tokio::spawn(accept(listener, proxy.clone(), Some(acceptor)));
-            tokio::spawn(watch_certificates(certs, dir));
+        let workers = bound.http.len().max(https.len());
+        let mut http = bound.http.into_iter();
+        let mut https = https.into_iter();
+        for worker in 0..workers {
+            let (plain, secure) = (http.next(), https.next().map(|l| (l, tls.clone().expect("an acceptor with HTTPS listeners"))));
+            let proxy = Proxy::new(routes.clone(), metrics.clone());
+            std::thread::Builder::new().name(format!("lb-http-{worker}")).spawn(move || run_worker(plain, secure, proxy))?;
         }
-        Ok(Self { proxy, groups: bound.groups })
+        Ok(Self { routes, groups: bound.groups, metrics })
     }
 
     /// Rebuilds the route table from the app ports and the desired services, and swaps it in.
     pub fn update<'a>(&self, ports: impl Iterator<Item = (&'a str, &'a HttpPort)>, desired: &Desired) {
-        let previous = self.proxy.routes.load();
-        let table = RouteTable::build(ports, desired, &self.groups, &previous);
-        self.proxy.routes.store(Arc::new(table));
+        let previous = self.routes.load();
+        let table = RouteTable::build(ports, desired, &self.groups, &previous, &self.metrics);
+        self.routes.store(Arc::new(table));
     }
+}
+
+/// The current route table, shared by every worker.
+pub type Routes = arc_swap::ArcSwap<RouteTable>;
+
+/// A worker: its listeners' connections, on a runtime of its own, until the process ends.
+fn run_worker(plain: Option<std::net::TcpListener>, secure: Option<(std::net::TcpListener, TlsAcceptor)>, proxy: Arc<Proxy>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return warn!("HTTP worker not started: {err}"),
+    };
+    runtime.block_on(async move {
+        if let Some(listener) = plain.map(TcpListener::from_std).transpose().unwrap_or_else(|e| { warn!("HTTP listener: {e}"); None }) {
+            tokio::spawn(accept(listener, proxy.clone(), None));
+        }
+        if let Some((listener, acceptor)) = secure {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(accept(listener, proxy.clone(), Some(acceptor)));
+                }
+                Err(err) => warn!("HTTPS listener: {err}"),
+            }
+        }
+        std::future::pending::<()>().await
+    });
 }
 
 async fn accept(listener: TcpListener, proxy: Arc<Proxy>, tls: Option<TlsAcceptor>) {

@@ -17,6 +17,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     header::{self, HeaderMap, HeaderName, HeaderValue},
+    http::uri::PathAndQuery,
     upgrade::OnUpgrade,
     Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -28,7 +29,8 @@ use tracing::debug;
 
 use super::{
     metrics::Metrics,
-    routes::{canonical, Backend, BackendState, Route, RouteTable},
+    routes::{canonical, Backend, BackendState, Route},
+    Routes,
 };
 
 /// The body type of everything the path sends, either way.
@@ -54,15 +56,15 @@ pub struct Inbound {
     pub tls: bool,
 }
 
-/// The request path's shared state.
+/// A worker's request path: the shared route table, the worker's own backend connection pool.
 pub struct Proxy {
-    pub routes: arc_swap::ArcSwap<RouteTable>,
+    routes: Arc<Routes>,
     client: Client<HttpConnector, ProxyBody>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -72,7 +74,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(IDLE_PER_BACKEND)
             .build(connector);
-        Arc::new(Self { routes: arc_swap::ArcSwap::from_pointee(RouteTable::default()), client, metrics })
+        Arc::new(Self { routes, client, metrics })
     }
 
     /// Answers one request.
@@ -92,7 +94,8 @@ impl Proxy {
         }
         let started = Instant::now();
         let response = self.forward(route, request, &host, inbound).await;
-        self.metrics.observe(&route.name, response.status(), Some(started.elapsed()));
+        route.requests.count(response.status());
+        self.metrics.upstream(started.elapsed());
         response
     }
 
@@ -106,18 +109,19 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>();
         let upgrade = client_upgrade.is_some() && wants_upgrade(&parts.headers);
-        let headers = upstream_headers(&parts.headers, host, inbound, upgrade);
+        let headers = upstream_headers(std::mem::take(&mut parts.headers), host, inbound, upgrade);
         if upgrade {
             return tunnel(backend, parts.method, parts.uri, headers, client_upgrade).await;
         }
-        let repeatable = is_idempotent(&parts.method) && body.is_end_stream();
-        let mut result = self.send(backend, &parts.method, &parts.uri, &headers, body.boxed()).await;
+        // Only a request without a body can be sent again (the body is gone with the first try).
+        let again = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| headers.clone());
+        let mut result = self.send(backend, &parts.method, &parts.uri, headers, body.boxed()).await;
         let mut chosen = backend;
-        if let Err(Failure::Connect(_)) = &result {
-            if let Some(other) = repeatable.then(|| route.pick(None, Some(backend.addr))).flatten() {
+        if let (Err(Failure::Connect(_)), Some(headers)) = (&result, again) {
+            if let Some(other) = route.pick(None, Some(backend.addr)) {
                 debug!(route = route.name, failed = %backend.addr, retry = %other.addr, "backend unreachable: retrying");
                 chosen = other;
-                result = self.send(other, &parts.method, &parts.uri, &headers, empty()).await;
+                result = self.send(other, &parts.method, &parts.uri, headers, empty()).await;
             }
         }
         let mut response = match result {
@@ -142,12 +146,12 @@ impl Proxy {
     }
 
     /// One attempt at one backend; the backend counts as busy until the response body ends.
-    async fn send(&self, backend: &Backend, method: &Method, uri: &Uri, headers: &HeaderMap, body: ProxyBody) -> Result<Response<ProxyBody>, Failure> {
+    async fn send(&self, backend: &Backend, method: &Method, uri: &Uri, headers: HeaderMap, body: ProxyBody) -> Result<Response<ProxyBody>, Failure> {
         let mut request = Request::new(body);
         *request.method_mut() = method.clone();
-        *request.uri_mut() = backend_uri(backend.addr, uri).map_err(|e| Failure::Other(e.to_string()))?;
+        *request.uri_mut() = backend_uri(&backend.state, uri).map_err(|e| Failure::Other(e.to_string()))?;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers.clone();
+        *request.headers_mut() = headers;
         let busy = InFlight::new(backend.state.clone());
         let response = match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(request)).await {
             Err(_) => return Err(Failure::Timeout),
@@ -169,7 +173,7 @@ impl Proxy {
 
     /// An answer of the path's own, counted.
     fn own(&self, route: Option<&Arc<Route>>, status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-        self.metrics.observe(route.map_or("", |r| r.name.as_str()), status, None);
+        route.map_or(&self.metrics.unrouted, |r| &r.requests).count(status);
         plain(status, text)
     }
 }
@@ -291,8 +295,7 @@ fn is_idempotent(method: &Method) -> bool {
 /// Headers for the backend: the client's without hop-by-hop ones (an upgrade keeps its
 /// `Connection: upgrade` and `Upgrade`), Host kept (set from :authority for HTTP/2), and the
 /// forwarding headers appended.
-fn upstream_headers(client: &HeaderMap, host: &str, inbound: Inbound, upgrade: bool) -> HeaderMap {
-    let mut headers = client.clone();
+fn upstream_headers(mut headers: HeaderMap, host: &str, inbound: Inbound, upgrade: bool) -> HeaderMap {
     let upgrade_to = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut headers);
     if let (true, Some(to)) = (upgrade, upgrade_to) {
@@ -366,9 +369,12 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 }
 
 /// `http://backend/path?query`: the pool keys connections by the backend's address.
-fn backend_uri(addr: SocketAddr, uri: &Uri) -> Result<Uri, hyper::http::Error> {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder().scheme("http").authority(addr.to_string()).path_and_query(path).build()
+fn backend_uri(backend: &BackendState, uri: &Uri) -> Result<Uri, hyper::http::uri::InvalidUriParts> {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(backend.authority.clone());
+    parts.path_and_query = Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts)
 }
 
 pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
@@ -399,7 +405,7 @@ mod tests {
         client.insert(HeaderName::from_static("x-private"), HeaderValue::from_static("secret"));
         client.insert(HeaderName::from_static("keep-alive"), HeaderValue::from_static("timeout=5"));
         client.insert(header::TE, HeaderValue::from_static("trailers"));
-        let h = upstream_headers(&client, "web.example.com", inbound("[::ffff:10.0.0.7]:5000"), false);
+        let h = upstream_headers(client, "web.example.com", inbound("[::ffff:10.0.0.7]:5000"), false);
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.0.0.7");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_PORT], "80");
@@ -416,7 +422,7 @@ mod tests {
         client.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         client.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&client));
-        let h = upstream_headers(&client, "a.example", inbound("10.0.0.7:5000"), true);
+        let h = upstream_headers(client.clone(), "a.example", inbound("10.0.0.7:5000"), true);
         assert_eq!((h[header::CONNECTION].to_str().unwrap(), h[header::UPGRADE].to_str().unwrap()), ("upgrade", "websocket"));
     }
 

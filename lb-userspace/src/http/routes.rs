@@ -12,9 +12,13 @@ use std::{
     },
 };
 
+use hyper::http::uri::Authority;
 use ipnet::IpNet;
 
-use super::labels::{host_without_port, Balance, HttpPort};
+use super::{
+    labels::{host_without_port, Balance, HttpPort},
+    metrics::{Metrics, StatusCounters},
+};
 use crate::model::{Desired, Proto, ServiceAddr, ServiceId};
 
 /// Which apps this node's HTTP path serves (`--group`; `*` = all).
@@ -44,6 +48,8 @@ pub struct BackendState {
     pub in_flight: AtomicUsize,
     /// The sticky cookie's value naming this backend: the same on every node.
     pub cookie: String,
+    /// `address:port` as a request URI's authority (the pool keys connections by it).
+    pub authority: Authority,
 }
 
 /// One app port's route.
@@ -57,8 +63,11 @@ pub struct Route {
     pub balance: Balance,
     pub allowed: Vec<IpNet>,
     pub backends: Vec<Backend>,
+    /// Indexes of the backends taking new requests.
+    active: Vec<usize>,
     next: AtomicUsize,
     path: String,
+    pub requests: StatusCounters,
 }
 
 impl Route {
@@ -79,13 +88,15 @@ impl Route {
             }
         }
         match self.balance {
-            Balance::RoundRobin => {
-                let candidates: Vec<&Backend> = self.backends.iter().filter(usable).collect();
-                if candidates.is_empty() {
-                    return None;
-                }
+            Balance::RoundRobin if except.is_none() => {
                 let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                Some(candidates[turn % candidates.len()])
+                let index = *self.active.get(turn % self.active.len().max(1))?;
+                Some(&self.backends[index])
+            }
+            Balance::RoundRobin => {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                let n = self.backends.len().max(1);
+                (0..self.backends.len()).map(|i| &self.backends[(turn + i) % n]).find(usable)
             }
             Balance::LeastConn => {
                 // Ties go round robin, so idle backends share a burst.
@@ -111,18 +122,28 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table of `ports` ((app id, port) pairs) served to `groups`, with backends from
     /// `desired`; backend state is carried over from `previous`.
-    pub fn build<'a>(ports: impl Iterator<Item = (&'a str, &'a HttpPort)>, desired: &Desired, groups: &Groups, previous: &RouteTable) -> Self {
+    pub fn build<'a>(
+        ports: impl Iterator<Item = (&'a str, &'a HttpPort)>,
+        desired: &Desired,
+        groups: &Groups,
+        previous: &RouteTable,
+        metrics: &Metrics,
+    ) -> Self {
         let mut states: HashMap<SocketAddr, Arc<BackendState>> = previous.backend_states();
         let mut table = RouteTable::default();
         for (app, port) in ports.filter(|(_, p)| groups.serves(p.group.as_deref())) {
+            let name = format!("{app}:{}", port.index);
+            let backends = backends(desired, port.service_port, &mut states);
             let route = Arc::new(Route {
-                name: format!("{app}:{}", port.index),
+                requests: metrics.route(&name),
+                name,
                 redirect_to_https: port.redirect_to_https,
                 hsts: port.hsts,
                 sticky: port.sticky,
                 balance: port.balance,
                 allowed: port.allowed.clone(),
-                backends: backends(desired, port.service_port, &mut states),
+                active: (0..backends.len()).filter(|&i| backends[i].active).collect(),
+                backends,
                 next: AtomicUsize::new(0),
                 path: port.path.clone(),
             });
@@ -145,10 +166,16 @@ impl RouteTable {
     /// and `path`: the host's longest matching prefix, else a `*.domain` entry's, else a route
     /// for any host.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        let host = host_without_port(host).trim_end_matches('.').to_ascii_lowercase();
+        let host = host_without_port(host).trim_end_matches('.');
+        // Host names usually arrive in lower case: no copy then.
+        let host: std::borrow::Cow<str> =
+            if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
+        let host = host.as_ref();
+        if let Some(route) = self.hosts.get(host).and_then(|routes| longest_prefix(routes, path)) {
+            return Some(route);
+        }
         let wildcard = host.split_once('.').and_then(|(_, domain)| self.hosts.get(&format!("*.{domain}")));
-        let exact = self.hosts.get(&host).and_then(|routes| longest_prefix(routes, path));
-        exact.or_else(|| wildcard.and_then(|routes| longest_prefix(routes, path))).or_else(|| longest_prefix(&self.any_host, path))
+        wildcard.and_then(|routes| longest_prefix(routes, path)).or_else(|| longest_prefix(&self.any_host, path))
     }
 
     /// Every route once (for metrics and the status).
@@ -175,13 +202,20 @@ fn backends(desired: &Desired, port: u16, states: &mut HashMap<SocketAddr, Arc<B
         .flat_map(|service| &service.backends)
         .map(|b| {
             let addr = SocketAddr::new(b.addr, b.port);
-            let state = states.entry(addr).or_insert_with(|| Arc::new(BackendState { in_flight: AtomicUsize::new(0), cookie: cookie_for(addr) })).clone();
+            let state = states.entry(addr).or_insert_with(|| Arc::new(BackendState::new(addr))).clone();
             Backend { addr, active: b.weight > 0, state }
         })
         .collect();
     out.sort_by_key(|b| b.addr);
     out.dedup_by_key(|b| b.addr);
     out
+}
+
+impl BackendState {
+    fn new(addr: SocketAddr) -> Self {
+        let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
+        Self { in_flight: AtomicUsize::new(0), cookie: cookie_for(addr), authority }
+    }
 }
 
 /// A backend's sticky-cookie value: a hash of its address, so every node names it alike and the
@@ -242,7 +276,7 @@ mod tests {
         let ports = [port(0, 10000, &["web.example.com"], "/"), port(0, 10001, &["web.example.com"], "/api"), port(0, 10002, &[], "/static")];
         let apps = [("/web", &ports[0]), ("/api", &ports[1]), ("/static", &ports[2])];
         let d = desired(&[(10000, &[("10.0.0.1", 1)]), (10001, &[("10.0.0.2", 1)]), (10002, &[("10.0.0.3", 1)])]);
-        let table = RouteTable::build(apps.into_iter(), &d, &external(), &RouteTable::default());
+        let table = RouteTable::build(apps.into_iter(), &d, &external(), &RouteTable::default(), &Metrics::default());
         let name = |host: &str, path: &str| table.find(host, path).map(|r| r.name.clone());
         assert_eq!(name("WEB.example.com:8080", "/api/v1"), Some("/api:0".into()));
         assert_eq!(name("web.example.com", "/index.html"), Some("/web:0".into()));
@@ -255,9 +289,9 @@ mod tests {
         let mut internal = port(0, 10000, &["a.example"], "/");
         internal.group = Some("internal".into());
         let d = desired(&[(10000, &[("10.0.0.1", 1)])]);
-        let table = RouteTable::build([("/a", &internal)].into_iter(), &d, &external(), &RouteTable::default());
+        let table = RouteTable::build([("/a", &internal)].into_iter(), &d, &external(), &RouteTable::default(), &Metrics::default());
         assert!(table.find("a.example", "/").is_none());
-        let all = RouteTable::build([("/a", &internal)].into_iter(), &d, &Groups(vec!["*".into()]), &RouteTable::default());
+        let all = RouteTable::build([("/a", &internal)].into_iter(), &d, &Groups(vec!["*".into()]), &RouteTable::default(), &Metrics::default());
         assert!(all.find("a.example", "/").is_some());
     }
 
@@ -265,7 +299,7 @@ mod tests {
     fn round_robin_skips_draining_backends_and_sticky_falls_back() {
         let p = port(0, 10000, &["a.example"], "/");
         let d = desired(&[(10000, &[("10.0.0.1", 1), ("10.0.0.2", 0), ("10.0.0.3", 1)])]);
-        let table = RouteTable::build([("/a", &p)].into_iter(), &d, &external(), &RouteTable::default());
+        let table = RouteTable::build([("/a", &p)].into_iter(), &d, &external(), &RouteTable::default(), &Metrics::default());
         let route = table.find("a.example", "/").unwrap();
         let picks: Vec<String> = (0..4).map(|_| route.pick(None, None).unwrap().addr.ip().to_string()).collect();
         assert_eq!(picks, ["10.0.0.1", "10.0.0.3", "10.0.0.1", "10.0.0.3"]);
@@ -280,9 +314,9 @@ mod tests {
     fn backend_state_survives_a_rebuild() {
         let p = port(0, 10000, &["a.example"], "/");
         let d = desired(&[(10000, &[("10.0.0.1", 1)])]);
-        let first = RouteTable::build([("/a", &p)].into_iter(), &d, &external(), &RouteTable::default());
+        let first = RouteTable::build([("/a", &p)].into_iter(), &d, &external(), &RouteTable::default(), &Metrics::default());
         first.find("a.example", "/").unwrap().backends[0].state.in_flight.fetch_add(1, Ordering::Relaxed);
-        let second = RouteTable::build([("/a", &p)].into_iter(), &d, &external(), &first);
+        let second = RouteTable::build([("/a", &p)].into_iter(), &d, &external(), &first, &Metrics::default());
         assert_eq!(second.find("a.example", "/").unwrap().backends[0].state.in_flight.load(Ordering::Relaxed), 1);
     }
 }

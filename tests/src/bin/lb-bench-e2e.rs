@@ -10,12 +10,13 @@
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::{
+    bench::{self, busy_cpu_seconds, median, nginx, output, range, spawn, NGINX_PORT as HTTP},
     bench_report,
     agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
     netns::{LbTopology, Netns},
@@ -23,7 +24,6 @@ use lb_tests::{
 };
 use serde_json::{json, Value};
 
-const HTTP: u16 = 8080;
 const IPERF: u16 = 5201;
 /// `direct+xdp` is the direct path with the balancer loaded (XDP and TC on the node's uplink,
 /// every packet a miss): it separates what attaching XDP to a veth costs from what the
@@ -91,38 +91,6 @@ impl Drop for NftTable<'_> {
     }
 }
 
-/// A background process, stopped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut cmd: Command) -> Result<Proc> {
-    Ok(Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {cmd:?}"))?))
-}
-
-fn output(mut cmd: Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Busy CPU time of the whole machine so far, in seconds (from /proc/stat).
-fn busy_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let fields: Vec<f64> = stat.lines().next().context("empty /proc/stat")?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    let total: f64 = fields.iter().take(8).sum();
-    let idle = fields[3] + fields[4];
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((total - idle) / hz)
-}
-
 /// One mode's way in: where clients connect and from where.
 struct Target {
     http: String,
@@ -154,18 +122,8 @@ impl Bench<'_> {
             cmd.args(["-H", "Connection: close"]);
         }
         cmd.arg(format!("http://{}/", t.http));
-        let before = busy_cpu_seconds()?;
-        let text = output(cmd)?;
-        let cpu = busy_cpu_seconds()? - before;
-        let rps: f64 = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
-        let errors = text.lines().any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-        ensure!(!errors || close, "wrk saw errors:\n{text}");
-        let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| ms(v.trim())).unwrap_or(f64::NAN);
-        Ok((rps, p99, cpu / (rps * self.seconds as f64)))
+        let run = bench::wrk(cmd, close)?;
+        Ok((run.requests_per_second, run.p99_ms, run.cpu_per_request))
     }
 
     /// (Gbit/s, CPU seconds per GB) with iperf3 and `streams` parallel streams.
@@ -180,34 +138,6 @@ impl Bench<'_> {
         let bytes = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(1.0);
         Ok((bps / 1e9, cpu / (bytes / 1e9)))
     }
-}
-
-fn ms(text: &str) -> f64 {
-    let (num, unit) = text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-fn nginx(ns: &Netns, ip: &str, name: &str, dir: &Path) -> Result<Proc> {
-    let conf = dir.join(format!("nginx-{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1; daemon off; pid {dir}/nginx-{name}.pid; error_log stderr;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-               server {{ listen {ip}:{HTTP} reuseport; location / {{ return 200 \"{name}\\n\"; }} }} }}\n",
-            dir = dir.display()
-        ),
-    )?;
-    let mut cmd = ns.command("nginx");
-    cmd.args(["-c", conf.to_str().unwrap(), "-e", "stderr"]);
-    spawn(cmd)
 }
 
 fn main() -> Result<()> {
@@ -335,16 +265,6 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     }
     drop(procs);
     report(cfg, &samples)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
 }
 
 fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> Result<()> {

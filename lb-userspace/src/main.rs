@@ -11,9 +11,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(ParseError::Clap(err)) => {
-            // One line (clap's first), no usage block: what is wrong and with which flag.
+            // One line, no usage block: what is wrong and with which flag (clap's first paragraph:
+            // a missing argument is named on the lines after the first).
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            let paragraph: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let first = paragraph.join(" ");
+            let first = first.trim_start_matches("error: ");
             eprintln!("lb: error: {first} (see lb --help)");
             return ExitCode::from(cli::exit::USAGE);
         }

@@ -32,3 +32,13 @@ fn end_to_end_benchmark_smoke() {
         assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
     }
 }
+
+#[test]
+fn http_benchmark_smoke() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-http")).arg("--smoke").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for metric in ["keep-alive requests/s", "new TLS connections/s", "CPU µs per keep-alive request", "| haproxy | lb |"] {
+        assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
+    }
+}

@@ -341,6 +341,9 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     if let Some(at) = status.metrics_listen.as_deref().filter(|_| view.running) {
         writeln!(out, "metrics: http://{at}/metrics  status page: http://{at}/")?;
     }
+    if let Some(http) = status.http.as_ref().filter(|_| view.running) {
+        writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
+    }
     if !status.not_programmed.is_empty() {
         writeln!(out, "NOT PROGRAMMED: {} services (limits reached)", status.not_programmed.len())?;
         for failure in &status.not_programmed {

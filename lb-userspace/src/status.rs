@@ -35,6 +35,17 @@ pub struct AgentStatus {
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,
     pub marathon: Option<MarathonStatus>,
+    /// The HTTP path, when it listens.
+    #[serde(default)]
+    pub http: Option<HttpStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpStatus {
+    /// `http://ADDR:PORT` and `https://ADDR:PORT` listeners.
+    pub listen: Vec<String>,
+    /// App ports routed (each with its hosts and path).
+    pub routes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, PinDir, TempDir, TestCgroup},
+    agent::{lb_ok, Agent, PinDir, TempDir, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
     servers::{http_backend, Server},
@@ -92,7 +92,7 @@ struct Cluster {
     topo: LbTopology,
     marathon: MarathonServer,
     certs: TempDir,
-    _pins: PinDir,
+    pins: PinDir,
     _cgroup: TestCgroup,
     _agent: Agent,
     _servers: Vec<Server>,
@@ -121,7 +121,7 @@ impl Cluster {
             "--http-listen", HTTP, "--https-listen", HTTPS, "--ssl-certs", &certs_arg, "--group", "external",
         ];
         let agent = Agent::start(&topo.node, &args).unwrap();
-        let cluster = Self { topo, marathon, certs, _pins: pins, _cgroup: cgroup, _agent: agent, _servers: servers };
+        let cluster = Self { topo, marathon, certs, pins, _cgroup: cgroup, _agent: agent, _servers: servers };
         cluster.wait_for(|c| c.get("web.example.com", "/").0 == 200, "the web vhost to be served");
         cluster
     }
@@ -205,6 +205,9 @@ fn vhosts_paths_groups_and_forwarding_headers() {
     assert_eq!(headers["forwarded"], "for=10.201.0.1;host=\"web.example.com\";proto=http");
     assert_eq!(headers["host"], "web.example.com");
     assert!(headers.get("x-secret").is_none(), "a header named by Connection is hop-by-hop: {headers}");
+
+    let status = lb_ok(None, &["status", "--pin-dir", &c.pins.arg()]).unwrap();
+    assert!(status.contains(&format!("HTTP path: 6 routes on http://{HTTP}, https://{HTTPS}")), "{status}");
 
     let (status, _, head) = c.curl(&["-H", "Host: a.example", &format!("http://{HTTP}/login?next=%2F")]);
     assert_eq!(status, 301);

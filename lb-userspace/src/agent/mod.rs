@@ -30,6 +30,7 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
     let marathon = config.marathon.as_ref().map(sources::MarathonSource::new).transpose().context("building the HTTP client")?;
     // Bound before the kernel is touched: a taken port fails the start with nothing changed.
     let metrics_listener = config.metrics.map(bind_metrics).transpose()?;
+    let http_listen = config.http.as_ref().map(|http| crate::status::HttpStatus { listen: http.listen(), routes: 0 });
     let http_listeners = config
         .http
         .take()
@@ -59,6 +60,7 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
             .collect(),
         metrics_listen: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         warnings,
+        http: http_listen,
         ..AgentStatus::default()
     };
     let mut agent = run::Agent::new(

@@ -276,7 +276,11 @@ impl<D: Dataplane> Agent<D> {
         }
         // After the maps: the HTTP path's backends are the ones the L4 path already serves.
         if let Some(http) = &self.http {
-            http.update(m.translator.http_ports(), m.translator.desired());
+            let routes = http.update(m.translator.http_ports(), m.translator.desired());
+            if let Some(status) = self.status.http.as_mut().filter(|s| s.routes != routes) {
+                status.routes = routes;
+                self.write_status();
+            }
         }
     }
 

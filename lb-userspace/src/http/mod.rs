@@ -65,6 +65,12 @@ pub struct Bound {
 }
 
 impl HttpConfig {
+    /// The listeners as `lb status` shows them.
+    pub fn listen(&self) -> Vec<String> {
+        let http = self.http.iter().map(|a| format!("http://{a}"));
+        http.chain(self.https.iter().map(|(a, _, _)| format!("https://{a}"))).collect()
+    }
+
     pub fn bind(self) -> Result<Bound, (SocketAddr, std::io::Error)> {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let listen = |addr: SocketAddr| (0..workers).map(|_| reuse_port_listener(addr).map_err(|e| (addr, e))).collect::<Result<Vec<_>, _>>();
@@ -124,11 +130,14 @@ impl HttpPath {
         Ok(Self { routes, groups: bound.groups, metrics })
     }
 
-    /// Rebuilds the route table from the app ports and the desired services, and swaps it in.
-    pub fn update<'a>(&self, ports: impl Iterator<Item = (&'a str, &'a HttpPort)>, desired: &Desired) {
+    /// Rebuilds the route table from the app ports and the desired services, and swaps it in;
+    /// returns how many routes it has.
+    pub fn update<'a>(&self, ports: impl Iterator<Item = (&'a str, &'a HttpPort)>, desired: &Desired) -> usize {
         let previous = self.routes.load();
         let table = RouteTable::build(ports, desired, &self.groups, &previous, &self.metrics);
+        let routes = table.routes().count();
         self.routes.store(Arc::new(table));
+        routes
     }
 }
 

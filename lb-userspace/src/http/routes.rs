@@ -130,12 +130,14 @@ impl RouteTable {
         metrics: &Metrics,
     ) -> Self {
         let mut states: HashMap<SocketAddr, Arc<BackendState>> = previous.backend_states();
+        // Counters are looked up in the registry once per route, not at every rebuild.
+        let counters: HashMap<&str, &StatusCounters> = previous.routes().map(|r| (r.name.as_str(), &r.requests)).collect();
         let mut table = RouteTable::default();
         for (app, port) in ports.filter(|(_, p)| groups.serves(p.group.as_deref())) {
             let name = format!("{app}:{}", port.index);
             let backends = backends(desired, port.service_port, &mut states);
             let route = Arc::new(Route {
-                requests: metrics.route(&name),
+                requests: counters.get(name.as_str()).map_or_else(|| metrics.route(&name), |c| (*c).clone()),
                 name,
                 redirect_to_https: port.redirect_to_https,
                 hsts: port.hsts,

@@ -471,13 +471,23 @@ pub fn attach_xdp_pass(iface: &str) -> Result<Ebpf, LoaderError> {
     Ok(ebpf)
 }
 
-/// The pass-only XDP program, loaded but not attached: the floor the benchmarks measure the
-/// balancer against with BPF_PROG_TEST_RUN.
-pub fn load_xdp_pass() -> Result<Ebpf, LoaderError> {
+/// The pass-only program of an ingress hook, loaded but not attached, and its name: the floor
+/// the benchmarks measure the balancer against with BPF_PROG_TEST_RUN.
+pub fn load_pass(hook: Hook) -> Result<(Ebpf, &'static str), LoaderError> {
     let mut ebpf = Ebpf::load(XDP_PASS_OBJECT)?;
-    let prog: &mut Xdp = program(&mut ebpf, "lb_xdp_pass")?;
-    prog.load().map_err(|source| LoaderError::Program { name: "lb_xdp_pass", source })?;
-    Ok(ebpf)
+    let name = match hook {
+        Hook::XdpIngress => {
+            program::<Xdp>(&mut ebpf, "lb_xdp_pass")?.load().map_err(|source| LoaderError::Program { name: "lb_xdp_pass", source })?;
+            "lb_xdp_pass"
+        }
+        Hook::TcIngress | Hook::TcEgress => {
+            program::<SchedClassifier>(&mut ebpf, "lb_tc_pass")?
+                .load()
+                .map_err(|source| LoaderError::Program { name: "lb_tc_pass", source })?;
+            "lb_tc_pass"
+        }
+    };
+    Ok((ebpf, name))
 }
 
 /// The program `name` of a loaded object, as its concrete type (`Xdp`, `SchedClassifier`, …).

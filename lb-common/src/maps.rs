@@ -338,6 +338,27 @@ pub fn service_port_bit(port: u16, proto: u8) -> (u32, u64) {
     (base + (port as u32 >> 6), 1u64 << (port & 63))
 }
 
+/// Words of the `SERVICE_ADDRS` filter: bits for hashes of the addresses services are served
+/// on (VIPs and node addresses), 63 per word. A packet to a service port whose destination's
+/// bit is clear is for no service: one array lookup instead of the flow, service and
+/// node-address lookups. Bits are shared by hash collisions (harmless: such a packet takes the
+/// full path).
+pub const SERVICE_ADDR_WORDS: u32 = 1024;
+
+/// Bit 0 of every `SERVICE_ADDRS` word: set once the agent has written the whole filter, so the
+/// word a packet looks up also says whether to trust it. While clear (maps made by an agent
+/// without the filter) the programs do not filter.
+pub const SERVICE_ADDRS_COMPLETE: u64 = 1;
+
+/// The `SERVICE_ADDRS` word and bit of an address (never bit 0).
+#[inline(always)]
+pub fn service_addr_bit(addr: &[u8; 16], family: u8) -> (u32, u64) {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let mixed = word(0) ^ word(4).rotate_left(8) ^ word(8).rotate_left(16) ^ word(12).rotate_left(24) ^ family as u32;
+    let h = crate::hash::mix32(mixed);
+    (h % SERVICE_ADDR_WORDS, 1u64 << (1 + (h / SERVICE_ADDR_WORDS) % 63))
+}
+
 /// Key of `NODE_ADDRS`: an address of this node, where service ports are served.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -469,6 +490,17 @@ mod tests {
             assert_eq!(iface_of_slot(slot), (7, hook));
         }
         assert_eq!(iface_slot(MAX_COUNTED_IFINDEX, Hook::TcEgress), None);
+    }
+
+    #[test]
+    fn service_addr_bits_stay_off_the_complete_flag() {
+        for last in 0..=255u8 {
+            let (word, bit) = service_addr_bit(&crate::v4_bytes([10, 0, 0, last]), FAMILY_V4);
+            assert!(word < SERVICE_ADDR_WORDS);
+            assert_ne!(bit, SERVICE_ADDRS_COMPLETE, "10.0.0.{last}");
+        }
+        let v4 = service_addr_bit(&crate::v4_bytes([10, 0, 0, 1]), FAMILY_V4);
+        assert_ne!(v4, service_addr_bit(&crate::v4_bytes([10, 0, 0, 2]), FAMILY_V4));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_NAMES: &str = "SERVICE_NAMES";
 pub const MAP_SERVICE_PORTS: &str = "SERVICE_PORTS";
+pub const MAP_SERVICE_ADDRS: &str = "SERVICE_ADDRS";
 pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS";
 pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
@@ -51,6 +52,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SERVICES,
     MAP_SERVICE_NAMES,
     MAP_SERVICE_PORTS,
+    MAP_SERVICE_ADDRS,
     MAP_NODE_ADDRS,
     MAP_RINGS,
     MAP_BACKENDS,

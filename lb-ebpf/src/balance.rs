@@ -32,7 +32,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     frame.prepare()?;
     let (start, end) = frame.window();
     let packet = parse::parse(start, end, frame.frame_len())?;
-    if !select::service_port_used(&packet) {
+    if !select::service_port_used(&packet) || !select::service_addr_possible(&packet) {
         return not_for_a_service(frame, ingress, &packet);
     }
     // Established connections first: one flow lookup, no service lookup.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     reasons, ring_pool, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_PORT_WORDS,
+    DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_ADDR_WORDS, SERVICE_PORT_WORDS,
 };
 
 /// The agent's runtime settings (UDP idle timeout, NAT ports), one entry written by the agent
@@ -32,6 +32,9 @@ pub static SERVICES: HashMap<ServiceKey, ServiceInfo, MAX_SERVICES> = HashMap::n
 /// packets that are not for a service (lb_common::service_port_bit).
 #[btf_map]
 pub static SERVICE_PORTS: Array<u64, { SERVICE_PORT_WORDS as usize }> = Array::new();
+/// Addresses services are served on, hashed to one bit each (lb_common::service_addr_bit).
+#[btf_map]
+pub static SERVICE_ADDRS: Array<u64, { SERVICE_ADDR_WORDS as usize }> = Array::new();
 /// Names of services by id (agent metadata for the CLI and restarts; not read by programs).
 #[btf_map]
 pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();

@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     hash, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
-    service_port_bit, Reason, BACKEND_ACTIVE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
+    service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
     mem,
     maps::{
         BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SCRATCH, SERVICES,
-        SERVICE_PORTS, SETTINGS,
+        SERVICE_ADDRS, SERVICE_PORTS, SETTINGS,
     },
     parse::Parsed,
 };
@@ -40,6 +40,16 @@ pub struct Target {
 #[inline(always)]
 pub fn service_port_used(p: &Parsed) -> bool {
     port_used(p.dport, p.proto)
+}
+
+/// Whether the packet's destination may be an address a service is served on (a VIP or a node
+/// address): false means no flow or service can match, whatever the port. Checked after
+/// `service_port_used`, before the flow lookup (a flow's key has the address the client used).
+#[inline(always)]
+pub fn service_addr_possible(p: &Parsed) -> bool {
+    let (word, bit) = service_addr_bit(&p.dst, p.family);
+    // A filter the agent has not completed (maps made before it existed) proves nothing.
+    SERVICE_ADDRS.get(word).is_none_or(|w| *w & SERVICE_ADDRS_COMPLETE == 0 || *w & bit != 0)
 }
 
 #[inline(always)]

@@ -21,7 +21,7 @@ use lb_common::{
 use tracing::{error, info};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, Limits},
+    dataplane::{Bitmap, Dataplane, DataplaneError, Limits},
     model::{ip_bytes, Backend, Desired, Service, ServiceId},
     ring_alloc::{Ring, RingAllocator},
 };
@@ -226,6 +226,7 @@ impl Reconciler {
         let Pass { maps: mut mirror, report } = pass;
         if report.added + report.removed > 0 || mirror.programmed.is_empty() {
             sync_service_ports(mirror.services.keys(), dp)?;
+            sync_service_addrs(mirror.services.keys(), dp)?;
         }
         // What the previous pass freed is reusable from the next pass on; what this one freed
         // waits one more pass.
@@ -513,15 +514,33 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
 /// are written, so a new service becomes reachable once complete and a removed one stops
 /// matching after its entry is gone.
 fn sync_service_ports<'a>(services: impl Iterator<Item = &'a ServiceKey>, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
-    let mut wanted = vec![0u64; lb_common::SERVICE_PORT_WORDS as usize];
+    let mut wanted = vec![0u64; Bitmap::ServicePorts.words()];
     for key in services {
         let (word, bit) = lb_common::service_port_bit(key.port, key.proto);
         wanted[word as usize] |= bit;
     }
-    let current = dp.service_port_words()?;
+    write_bitmap(Bitmap::ServicePorts, &wanted, dp)
+}
+
+/// Makes the SERVICE_ADDRS filter hold exactly the programmed VIPs and this node's addresses
+/// (where service ports are served), marked complete. Like the ports, after the services are
+/// written.
+fn sync_service_addrs<'a>(services: impl Iterator<Item = &'a ServiceKey>, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let mut wanted = vec![lb_common::SERVICE_ADDRS_COMPLETE; Bitmap::ServiceAddrs.words()];
+    let vips = services.filter(|k| k.addr != [0; 16]).map(|k| (k.addr, k.family));
+    for (addr, family) in vips.chain(dp.node_addrs()?.into_iter().map(|n| (n.addr, n.family))) {
+        let (word, bit) = lb_common::service_addr_bit(&addr, family);
+        wanted[word as usize] |= bit;
+    }
+    write_bitmap(Bitmap::ServiceAddrs, &wanted, dp)
+}
+
+/// Writes the words of `bitmap` that differ from `wanted`.
+fn write_bitmap(bitmap: Bitmap, wanted: &[u64], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let current = dp.bitmap_words(bitmap)?;
     for (index, (want, have)) in wanted.iter().zip(current.iter()).enumerate() {
         if want != have {
-            dp.set_service_port_word(index as u32, *want)?;
+            dp.set_bitmap_word(bitmap, index as u32, *want)?;
         }
     }
     Ok(())
@@ -537,8 +556,19 @@ pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), D
         })
         .collect();
     let current: BTreeSet<NodeAddrKey> = dp.node_addrs()?.into_iter().collect();
-    for addr in wanted.difference(&current) {
+    let added: Vec<&NodeAddrKey> = wanted.difference(&current).collect();
+    for addr in &added {
         dp.add_node_addr(addr)?;
+    }
+    // A new address passes the filter at once; a removed one's bit stays until the filter is
+    // next rewritten whole (a stale bit only sends packets down the full path).
+    if !added.is_empty() {
+        let mut words = dp.bitmap_words(Bitmap::ServiceAddrs)?;
+        for addr in added {
+            let (word, bit) = lb_common::service_addr_bit(&addr.addr, addr.family);
+            words[word as usize] |= bit;
+        }
+        write_bitmap(Bitmap::ServiceAddrs, &words, dp)?;
     }
     for addr in current.difference(&wanted) {
         dp.remove_node_addr(addr)?;
@@ -618,9 +648,14 @@ mod tests {
         let report = Reconciler::default().apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
         assert_eq!(report.added, 1);
         let order: Vec<&str> = dp.log.iter().map(|l| l.split(' ').next().unwrap()).collect();
-        assert_eq!(order, ["backend", "backend", "ring", "service", "ports"]);
+        // The filter's first write marks every word complete, with the VIP's bit.
+        assert_eq!(order[..5], ["backend", "backend", "ring", "service", "ports"]);
+        assert!(order[5..].iter().all(|w| *w == "addrs") && order.len() > 5, "{order:?}");
         let (word, bit) = lb_common::service_port_bit(80, lb_common::PROTO_TCP);
         assert_eq!(dp.service_ports[word as usize], bit, "port 80/tcp marked after the service is complete");
+        let (word, bit) = lb_common::service_addr_bit(&lb_common::v4_bytes([10, 0, 0, 1]), lb_common::FAMILY_V4);
+        assert_ne!(dp.service_addrs[word as usize] & bit, 0, "the VIP passes the address filter");
+        assert!(dp.service_addrs.iter().all(|w| w & lb_common::SERVICE_ADDRS_COMPLETE != 0), "and the filter is complete");
         let ring = live_ring(&dp);
         assert!(ring.iter().all(|&id| id == id_of(&dp, 31001) || id == id_of(&dp, 31002)));
         assert_eq!(dp.names[&0], "web");
@@ -777,8 +812,10 @@ mod tests {
         let report = r.apply(&Desired::new(), &mut dp).unwrap();
         assert_eq!(report.removed, 1);
         assert!(dp.log[0].starts_with("remove service"));
-        assert!(dp.log.last().unwrap().starts_with("ports"), "the port bit clears last: {:?}", dp.log);
+        let last_service_write = dp.log.iter().rposition(|w| !w.starts_with("ports") && !w.starts_with("addrs")).unwrap();
+        assert!(dp.log[last_service_write + 1..].iter().any(|w| w.starts_with("ports")), "the port bit clears last: {:?}", dp.log);
         assert!(dp.service_ports.iter().all(|&w| w == 0));
+        assert!(dp.service_addrs.iter().all(|&w| w == lb_common::SERVICE_ADDRS_COMPLETE), "only the complete flags are left");
         assert!(dp.services.is_empty());
         assert!(dp.backends.iter().all(|b| b.state == BACKEND_UNUSED));
     }

@@ -4,7 +4,7 @@
 //! so the program's incremental checksum updates are checked byte for byte) and every counter
 //! that must move.
 
-use lb::dataplane::Dataplane;
+use lb::dataplane::{Bitmap, Dataplane};
 use lb_common::{hash, Hook};
 use lb_tests::{
     fixture::{expected_verdict, Case, Fixture, INGRESS_HOOKS, XDP_DROP, XDP_PASS, XDP_TX},
@@ -181,6 +181,38 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
         cases.push(passed("ipv6 header truncated", truncated_ipv6, "malformed"));
     }
     f.run_table(&cases);
+}
+
+/// The address filter in front of the flow and service lookups: a service port at an address
+/// that is neither a VIP nor the node's is turned away by it; an address the node gains later
+/// passes at once; maps whose filter was never completed (made before it existed) are not
+/// filtered at all.
+#[test]
+fn the_address_filter_turns_away_only_what_no_service_can_match() {
+    for hook in INGRESS_HOOKS {
+        the_address_filter_turns_away_only_what_no_service_can_match_on(hook);
+    }
+}
+
+fn the_address_filter_turns_away_only_what_no_service_can_match_on(hook: Hook) {
+    let mut f = fixture(hook);
+    let new_node_addr = tcp((client(), 40010), (v4(10, 202, 0, 9), 10000), SYN, b"");
+    f.run_table(&[passed("service port at an address the node does not have", new_node_addr.clone(), "not_service")]);
+
+    let mut maps = f.maps();
+    let addrs: Vec<std::net::IpAddr> = [NODE, NODE6, "127.0.0.1", "10.202.0.9"].iter().map(|a| a.parse().unwrap()).collect();
+    lb::reconcile::sync_node_addrs(&addrs, &mut maps).unwrap();
+    let out = tcp((client(), 40010), (v4(10, 1, 0, 7), 31700), SYN, b"");
+    f.run_table(&[forwarded("the same once the node has the address", new_node_addr, out, "app-port", "10.1.0.7:31700", true)]);
+
+    // With the VIP's bit cleared, its traffic is turned away: the filter is consulted…
+    let (word, _) = lb_common::service_addr_bit(&lb_common::v4_bytes([10, 0, 0, 1]), lb_common::FAMILY_V4);
+    maps.set_bitmap_word(Bitmap::ServiceAddrs, word, lb_common::SERVICE_ADDRS_COMPLETE).unwrap();
+    let (syn, syn_out) = web(SYN, b"");
+    f.run_table(&[passed("a VIP whose bit is clear", syn.clone(), "not_service")]);
+    // …unless its word is not marked complete.
+    maps.set_bitmap_word(Bitmap::ServiceAddrs, word, 0).unwrap();
+    f.run_table(&[forwarded("an incomplete filter is not consulted", syn, syn_out, "web", "10.1.0.5:31005", true)]);
 }
 
 /// A new flow for a service without an active backend is refused at once, back out of the

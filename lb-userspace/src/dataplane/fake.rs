@@ -7,7 +7,7 @@ use lb_common::{
     TrafficCounters,
 };
 
-use super::{Dataplane, DataplaneError, IfaceStat, Limits};
+use super::{Bitmap, Dataplane, DataplaneError, IfaceStat, Limits};
 
 #[derive(Debug)]
 pub struct FakeDataplane {
@@ -26,6 +26,7 @@ pub struct FakeDataplane {
     pub flows: Vec<(FlowKey, FlowInfo)>,
     pub uplinks: Vec<u32>,
     pub service_ports: Vec<u64>,
+    pub service_addrs: Vec<u64>,
     /// Every write, in order, for tests of write ordering.
     pub log: Vec<String>,
 }
@@ -47,6 +48,7 @@ impl FakeDataplane {
             flows: Vec::new(),
             uplinks: Vec::new(),
             service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
+            service_addrs: vec![0; lb_common::SERVICE_ADDR_WORDS as usize],
             log: Vec::new(),
         }
     }
@@ -147,13 +149,25 @@ impl Dataplane for FakeDataplane {
         Ok(self.pool[start as usize..][..size as usize].to_vec())
     }
 
-    fn service_port_words(&self) -> Result<Vec<u64>> {
-        Ok(self.service_ports.clone())
+    fn bitmap_words(&self, bitmap: Bitmap) -> Result<Vec<u64>> {
+        Ok(match bitmap {
+            Bitmap::ServicePorts => self.service_ports.clone(),
+            Bitmap::ServiceAddrs => self.service_addrs.clone(),
+        })
     }
 
-    fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<()> {
-        self.log.push(format!("ports {index}"));
-        self.service_ports[index as usize] = word;
+    fn set_bitmap_word(&mut self, bitmap: Bitmap, index: u32, word: u64) -> Result<()> {
+        let words = match bitmap {
+            Bitmap::ServicePorts => {
+                self.log.push(format!("ports {index}"));
+                &mut self.service_ports
+            }
+            Bitmap::ServiceAddrs => {
+                self.log.push(format!("addrs {index}"));
+                &mut self.service_addrs
+            }
+        };
+        words[index as usize] = word;
         Ok(())
     }
 

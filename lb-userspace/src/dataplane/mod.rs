@@ -66,6 +66,31 @@ impl IfaceStat {
 }
 
 /// Map I/O of the data path. Reads return every CPU's counters summed.
+/// The bitmaps the programs consult before any hash lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bitmap {
+    /// (protocol, port) pairs some service uses (lb_common::service_port_bit).
+    ServicePorts,
+    /// Addresses services are served on (lb_common::service_addr_bit).
+    ServiceAddrs,
+}
+
+impl Bitmap {
+    pub fn map(self) -> &'static str {
+        match self {
+            Bitmap::ServicePorts => lb_common::names::MAP_SERVICE_PORTS,
+            Bitmap::ServiceAddrs => lb_common::names::MAP_SERVICE_ADDRS,
+        }
+    }
+
+    pub fn words(self) -> usize {
+        match self {
+            Bitmap::ServicePorts => lb_common::SERVICE_PORT_WORDS as usize,
+            Bitmap::ServiceAddrs => lb_common::SERVICE_ADDR_WORDS as usize,
+        }
+    }
+}
+
 pub trait Dataplane {
     fn limits(&self) -> Result<Limits, DataplaneError>;
 
@@ -99,9 +124,9 @@ pub trait Dataplane {
     /// The `size` slots of the pool from `start`.
     fn read_ring(&self, start: u32, size: u32) -> Result<Vec<u32>, DataplaneError>;
 
-    /// The SERVICE_PORTS bitmap, all `SERVICE_PORT_WORDS` words.
-    fn service_port_words(&self) -> Result<Vec<u64>, DataplaneError>;
-    fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<(), DataplaneError>;
+    /// All words of one of the programs' bitmaps.
+    fn bitmap_words(&self, bitmap: Bitmap) -> Result<Vec<u64>, DataplaneError>;
+    fn set_bitmap_word(&mut self, bitmap: Bitmap, index: u32, word: u64) -> Result<(), DataplaneError>;
 
     fn node_addrs(&self) -> Result<Vec<NodeAddrKey>, DataplaneError>;
     fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;

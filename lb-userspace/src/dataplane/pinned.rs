@@ -16,7 +16,7 @@ use lb_common::{
     ServiceKey, ServiceName, SockKey, TrafficCounters, SERVICE_NAME_LEN,
 };
 
-use super::{Dataplane, DataplaneError, IfaceStat, Limits};
+use super::{Bitmap, Dataplane, DataplaneError, IfaceStat, Limits};
 
 /// File name of a map's pin: the kernel symbol in lower case (`IFACE_STATS` → `iface_stats`).
 pub fn pin_name(map: &str) -> String {
@@ -315,13 +315,13 @@ impl Dataplane for PinnedMaps {
         Ok(window.read(start, size as usize))
     }
 
-    fn service_port_words(&self) -> Result<Vec<u64>> {
-        let name = names::MAP_SERVICE_PORTS;
+    fn bitmap_words(&self, bitmap: Bitmap) -> Result<Vec<u64>> {
+        let name = bitmap.map();
         self.array::<u64>(name)?.iter().map(|v| v.map_err(map_err(name))).collect()
     }
 
-    fn set_service_port_word(&mut self, index: u32, word: u64) -> Result<()> {
-        let name = names::MAP_SERVICE_PORTS;
+    fn set_bitmap_word(&mut self, bitmap: Bitmap, index: u32, word: u64) -> Result<()> {
+        let name = bitmap.map();
         self.array_mut::<u64>(name)?.set(index, word, 0).map_err(map_err(name))
     }
 

@@ -92,26 +92,37 @@ fn v4_in_16(octets: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, Reason> {
     let l3 = ETH_LEN;
-    let (family, proto, src, dst, ttl, l4) = match be16(start, end, 12)? {
+    let (family, proto, src, dst, ttl, l4, ip_end) = match be16(start, end, 12)? {
         ETH_P_IP => parse_ipv4(start, end, frame_len, l3)?,
         ETH_P_IPV6 => parse_ipv6(start, end, frame_len, l3)?,
         _ => return Err(Reason::NotIpTcpUdp),
     };
     let header_len = if proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
-    if start + l4 + header_len > end {
+    // The L4 header must lie inside the IP packet, not in bytes trailing it.
+    if start + l4 + header_len > end || l4 + header_len > ip_end {
         return Err(Reason::Malformed);
     }
     let sport = be16(start, end, l4)?;
     let dport = be16(start, end, l4 + 2)?;
-    if proto == PROTO_TCP && u8_at(start, end, l4 + 12)? >> 4 < 5 {
-        // TCP data offset below the minimal header.
-        return Err(Reason::Malformed);
+    if proto == PROTO_TCP {
+        // The data offset covers at least the fixed header and ends inside the packet.
+        let data_offset = (u8_at(start, end, l4 + 12)? >> 4) as usize * 4;
+        if data_offset < TCP_LEN || l4 + data_offset > ip_end {
+            return Err(Reason::Malformed);
+        }
+    } else {
+        // The UDP length covers at least its header and ends inside the packet.
+        let udp_len = be16(start, end, l4 + 4)? as usize;
+        if udp_len < UDP_LEN || l4 + udp_len > ip_end {
+            return Err(Reason::Malformed);
+        }
     }
     Ok(Parsed { family, proto, l3, l4, src, dst, sport, dport, ttl })
 }
 
-/// (family, protocol, source, destination, TTL, L4 offset) of an IP header at `l3`.
-type IpFields = (u8, u8, [u8; 16], [u8; 16], u8, usize);
+/// (family, protocol, source, destination, TTL, L4 offset, offset where the IP packet ends) of
+/// an IP header at `l3`.
+type IpFields = (u8, u8, [u8; 16], [u8; 16], u8, usize, usize);
 
 #[inline(always)]
 fn parse_ipv4(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<IpFields, Reason> {
@@ -138,7 +149,7 @@ fn parse_ipv4(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<I
     let ttl = u8_at(start, end, l3 + 8)?;
     let src = v4_in_16(bytes::<4>(start, end, l3 + IPV4_SRC_OFF)?);
     let dst = v4_in_16(bytes::<4>(start, end, l3 + IPV4_DST_OFF)?);
-    Ok((FAMILY_V4, proto, src, dst, ttl, l3 + IPV4_LEN))
+    Ok((FAMILY_V4, proto, src, dst, ttl, l3 + IPV4_LEN, l3 + total_len))
 }
 
 #[inline(always)]
@@ -163,5 +174,5 @@ fn parse_ipv6(start: usize, end: usize, frame_len: usize, l3: usize) -> Result<I
     let ttl = u8_at(start, end, l3 + 7)?;
     let src = bytes::<16>(start, end, l3 + IPV6_SRC_OFF)?;
     let dst = bytes::<16>(start, end, l3 + IPV6_DST_OFF)?;
-    Ok((FAMILY_V6, next, src, dst, ttl, l3 + IPV6_LEN))
+    Ok((FAMILY_V6, next, src, dst, ttl, l3 + IPV6_LEN, l3 + IPV6_LEN + payload_len))
 }

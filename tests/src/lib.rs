@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod bench_report;
 pub mod fixture;
+pub mod fuzz;
 pub mod marathon_server;
 pub mod netns;
 pub mod packet;

@@ -144,6 +144,12 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
     let truncated_ipv6 = full6[..14 + 30].to_vec();
     let mut bad_tcp_offset = full.clone();
     bad_tcp_offset[14 + 20 + 12] = 0x40; // data offset 4 words < 5
+    let mut tcp_offset_past_packet = full.clone();
+    tcp_offset_past_packet[14 + 20 + 12] = 0xf0; // 60 bytes of header in a 20-byte segment
+    let mut udp_length_past_packet = full_udp.clone();
+    udp_length_past_packet[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes());
+    let mut ipv6_payload_short = udp((v6("fd00:201::1"), 1), (v6("fd00::80"), 80), b"x");
+    ipv6_payload_short[14 + 4..14 + 6].copy_from_slice(&1u16.to_be_bytes()); // 1 byte: not even the UDP header
 
     let mut options = full.clone();
     // IHL 6 with 4 bytes of NOP options inserted after the 20-byte header.
@@ -168,6 +174,9 @@ fn traffic_that_is_not_balanced_gets_a_named_verdict_on(hook: Hook) {
         passed("tcp header truncated", truncated_tcp, "malformed"),
         passed("udp header truncated", truncated_udp, "malformed"),
         passed("tcp data offset below 5", bad_tcp_offset, "malformed"),
+        passed("tcp data offset past the end of the packet", tcp_offset_past_packet, "malformed"),
+        passed("udp length past the end of the packet", udp_length_past_packet, "malformed"),
+        passed("ipv6 payload shorter than the udp header", ipv6_payload_short, "malformed"),
         passed("ipv4 options", options, "ip_options"),
         passed("first ipv4 fragment", fragment, "fragment"),
         passed("later ipv4 fragment", later_fragment, "fragment"),

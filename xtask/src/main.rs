@@ -18,6 +18,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo              install prerequisites, build, show the data path working in network namespaces
   run -- ARGS...    install prerequisites, build, run `lb run ARGS...` on this node
   bench [-- ARGS]   install prerequisites, build (release), measure; writes docs/benchmarks.{md,json}
+  fuzz [--seed N] [--cases N] [--hook xdp|tc|both]
+                    generated and mutated frames through the ingress programs, checked frame by
+                    frame; violations are printed and saved under tests/corpus/
   install [--root DIR] [--binary PATH]
                     build (release) and install lb, its systemd unit, a default /etc/lb/lb.toml
                     (never overwritten), completions; under DIR (default /)
@@ -83,6 +86,14 @@ fn real_main() -> Result<()> {
                 cargo(&args, &release_env())?;
             }
             Ok(())
+        }
+        "fuzz" => {
+            prereqs::ensure_all()?;
+            step("fuzzing the ingress programs");
+            // The debug profile: the frames run in the kernel, and a release build takes minutes.
+            let mut args = vec!["run", "--quiet", "-p", "lb-tests", "--bin", "lb-fuzz", "--"];
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args, &[])
         }
         "install" => {
             let options = install::Options::parse(&rest)?;

@@ -99,6 +99,23 @@ impl Reason {
         Reason::NoBackendRejected,
     ];
 
+    /// Whether the ingress programs drop a packet with this outcome: traffic for a service that
+    /// cannot be served correctly is dropped, never mis-forwarded; everything else that is not
+    /// forwarded (not ours, malformed, TTL 1…) goes on untouched.
+    #[inline(always)]
+    pub const fn drops(self) -> bool {
+        matches!(
+            self,
+            Reason::NoBackend
+                | Reason::FlowTableFull
+                | Reason::BadBackend
+                | Reason::RewriteFailed
+                | Reason::FibFailure
+                | Reason::FibNoNeigh
+                | Reason::NatPortsExhausted
+        )
+    }
+
     /// The reason counted in `VERDICTS` slot `index`, if there is one.
     pub fn from_index(index: u32) -> Option<Reason> {
         Self::ALL.get(index as usize).copied()

@@ -19,7 +19,7 @@ use crate::{
 pub fn run<F: Frame>(frame: &F, ingress: u32) -> u32 {
     let (reason, action) = match balance(frame, ingress) {
         Ok(forwarded) => forwarded,
-        Err(reason) if refused(reason) => (reason, F::DROP),
+        Err(reason) if reason.drops() => (reason, F::DROP),
         Err(reason) => (reason, F::PASS),
     };
     stats::count_verdict(reason);
@@ -99,20 +99,4 @@ fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route
     frame.nat(packet, to)?;
     frame.set_macs(smac, dmac)?;
     Ok(frame.send(ingress, *ifindex))
-}
-
-/// Traffic for a service that cannot be served correctly is dropped, never mis-forwarded;
-/// everything else that is not forwarded (not ours, malformed, TTL 1…) goes on untouched.
-#[inline(always)]
-fn refused(reason: Reason) -> bool {
-    matches!(
-        reason,
-        Reason::NoBackend
-            | Reason::FlowTableFull
-            | Reason::BadBackend
-            | Reason::RewriteFailed
-            | Reason::FibFailure
-            | Reason::FibNoNeigh
-            | Reason::NatPortsExhausted
-    )
 }

@@ -219,20 +219,6 @@ fn mutate(rng: &mut Rng, mut frame: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-/// Outcomes under which a frame is dropped.
-fn drops(reason: Reason) -> bool {
-    matches!(
-        reason,
-        Reason::NoBackend
-            | Reason::FlowTableFull
-            | Reason::BadBackend
-            | Reason::RewriteFailed
-            | Reason::FibFailure
-            | Reason::FibNoNeigh
-            | Reason::NatPortsExhausted
-    )
-}
-
 #[allow(clippy::too_many_arguments)]
 fn check(
     hook: Hook,
@@ -258,7 +244,7 @@ fn check(
         Reason::FwdLocal | Reason::NotService | Reason::NotIpTcpUdp | Reason::Malformed | Reason::Fragment | Reason::IpOptions | Reason::TtlExceeded => action(XDP_PASS),
         Reason::NoBackendRejected => action(XDP_TX),
         Reason::FwdNat | Reason::NatReply => return Err(format!("{reason:?}: no full-NAT backend is configured")),
-        r if drops(r) => action(XDP_DROP),
+        r if r.drops() => action(XDP_DROP),
         r => return Err(format!("outcome {r:?} cannot come from an ingress hook")),
     };
     let redirect = action(XDP_REDIRECT);

@@ -1,0 +1,113 @@
+//! Property tests of the agent's parsers: SSE framing does not depend on how the stream is cut,
+//! VIP labels and Marathon app lists of any shape never panic the agent, and one malformed app
+//! never changes another app's services.
+
+use lb::marathon::{client::SseParser, model, vip};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn sse_stream() -> impl Strategy<Value = String> {
+    let event = ("[a-z_]{1,20}", prop::collection::vec("[ -~]{0,40}", 1..4), any::<bool>(), any::<bool>());
+    prop::collection::vec(event, 1..8).prop_map(|events| {
+        let mut text = String::new();
+        for (name, data, crlf, heartbeat) in events {
+            let end = if crlf { "\r\n" } else { "\n" };
+            if heartbeat {
+                text.push_str(end);
+            }
+            text.push_str(&format!("event: {name}{end}"));
+            for line in data {
+                text.push_str(&format!("data: {line}{end}"));
+            }
+            text.push_str(end);
+        }
+        text
+    })
+}
+
+/// Any JSON value (small).
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        "[ -~]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![Just("id".to_string()), Just("tasks".to_string()), Just("portDefinitions".to_string()), Just("labels".to_string()), Just("ports".to_string()), "[a-zA-Z]{1,8}"],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A well-formed app with one service port and one task.
+fn good_app(i: usize) -> Value {
+    json!({
+        "id": format!("/good{i}"), "portDefinitions": [{"port": 10000 + i, "protocol": "tcp"}],
+        "tasks": [{"id": format!("good{i}.1"), "host": "10.1.0.1", "ports": [31000 + i], "state": "TASK_RUNNING"}]
+    })
+}
+
+struct NoDns;
+
+impl model::Resolver for NoDns {
+    fn resolve(&mut self, host: &str) -> Option<std::net::IpAddr> {
+        host.parse().ok()
+    }
+}
+
+fn services_of(body: &Value) -> Vec<(String, String)> {
+    let parsed = model::parse_apps(body.to_string().as_bytes()).expect("an apps response");
+    let mut translator = model::Translator::default();
+    let mut health = model::HealthMemory::default();
+    let range: vip::VipRange = "10.250.0.0/16".parse().unwrap();
+    translator.rebuild(parsed.0.iter(), &mut NoDns, &mut health, &range);
+    translator.desired().values().map(|s| (s.id.to_string(), format!("{:?}", s.backends))).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Cutting a stream into any chunks yields the events feeding it whole does.
+    #[test]
+    fn sse_events_do_not_depend_on_chunking(stream in sse_stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12)) {
+        let bytes = stream.as_bytes();
+        let whole = SseParser::default().feed(bytes);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        points.sort();
+        let mut parser = SseParser::default();
+        let mut chunked = Vec::new();
+        let mut from = 0;
+        for at in points.into_iter().chain([bytes.len()]) {
+            chunked.extend(parser.feed(&bytes[from..at]));
+            from = at;
+        }
+        prop_assert_eq!(chunked, whole);
+    }
+
+    /// VIP labels of any text are parsed or refused, never a panic.
+    #[test]
+    fn vip_labels_never_panic(key in "(VIP|vip)?[ -~]{0,20}", value in "[ -~]{0,40}") {
+        let _ = vip::parse_label(&key, &value);
+    }
+
+    /// An app list with an app of any shape among good ones: no panic, and the good apps'
+    /// services are exactly what they are without it.
+    #[test]
+    fn a_malformed_app_never_changes_another(bad in json_value(), at in 0usize..3) {
+        let good: Vec<Value> = (0..3).map(good_app).collect();
+        let mut with_bad = good.clone();
+        with_bad.insert(at, bad);
+        let alone = services_of(&json!({"apps": good}));
+        let mixed: Vec<(String, String)> = services_of(&json!({"apps": with_bad}));
+        let good_ports: Vec<String> = (0..3).map(|i| format!(":{}/tcp", 10000 + i)).collect();
+        let mixed_good: Vec<(String, String)> = mixed.into_iter().filter(|(id, _)| good_ports.iter().any(|p| id.ends_with(p))).collect();
+        prop_assert_eq!(mixed_good, alone);
+    }
+}

@@ -2,7 +2,10 @@
 //! VIP labels and Marathon app lists of any shape never panic the agent, and one malformed app
 //! never changes another app's services.
 
-use lb::marathon::{client::SseParser, model, vip};
+use lb::{
+    marathon::{client::SseParser, model, vip},
+    services_file,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -44,6 +47,28 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// Values a services file's fields plausibly hold, right and wrong.
+fn field_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        prop::sample::select(vec!["10.0.0.1", "fd00::1", "10.0.0.300", "", "web", "tcp", "udp", "udp,tcp", "icmp"]).prop_map(|s| json!(s)),
+        prop::sample::select(vec![0i64, 1, 80, 65535, 65536, -1, 1000, 1001]).prop_map(|n| json!(n)),
+        json_value(),
+    ]
+}
+
+/// A JSON object with (mostly) a services file's keys.
+fn object_of(keys: Vec<&'static str>, value: BoxedStrategy<Value>) -> impl Strategy<Value = Value> {
+    let key = prop_oneof![prop::sample::select(keys).prop_map(str::to_owned), "[a-z]{1,6}"];
+    prop::collection::btree_map(key, value, 0..6).prop_map(|m| Value::Object(m.into_iter().collect()))
+}
+
+fn service_value() -> impl Strategy<Value = Value> {
+    let backend = object_of(vec!["address", "port", "weight"], field_value().boxed());
+    let backends = prop::collection::vec(backend, 0..4).prop_map(Value::Array);
+    let value = prop_oneof![field_value(), backends].boxed();
+    object_of(vec!["name", "address", "port", "protocol", "backends"], value)
 }
 
 /// A well-formed app with one service port and one task.
@@ -89,6 +114,24 @@ proptest! {
             from = at;
         }
         prop_assert_eq!(chunked, whole);
+    }
+
+    /// A services file of any JSON shape (services of any fields) is read or refused with an
+    /// error naming the file, never a panic; what is read has unique, sorted backends.
+    #[test]
+    fn services_files_of_any_shape_never_panic(services in prop::collection::vec(service_value(), 0..4)) {
+        let text = json!({"services": services}).to_string();
+        match services_file::parse(&text, "prop.json") {
+            Ok(desired) => {
+                for service in desired.values() {
+                    let mut sorted = service.backends.clone();
+                    sorted.sort();
+                    sorted.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+                    prop_assert_eq!(&sorted, &service.backends);
+                }
+            }
+            Err(err) => prop_assert!(err.to_string().contains("prop.json"), "{}", err),
+        }
     }
 
     /// VIP labels of any text are parsed or refused, never a panic.

@@ -566,9 +566,11 @@ pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), D
         let mut words = dp.bitmap_words(Bitmap::ServiceAddrs)?;
         for addr in added {
             let (word, bit) = lb_common::service_addr_bit(&addr.addr, addr.family);
-            words[word as usize] |= bit;
+            if words[word as usize] & bit == 0 {
+                words[word as usize] |= bit;
+                dp.set_bitmap_word(Bitmap::ServiceAddrs, word, words[word as usize])?;
+            }
         }
-        write_bitmap(Bitmap::ServiceAddrs, &words, dp)?;
     }
     for addr in current.difference(&wanted) {
         dp.remove_node_addr(addr)?;

@@ -41,12 +41,10 @@ const SERVICES: &str = r#"{"services":[
 ]}"#;
 const NODE_ADDRS: [&str; 3] = ["10.201.0.2", "fd00:201::2", "127.0.0.1"];
 
-/// Where each service's traffic may go: every backend address:port of the file.
-fn backends() -> BTreeSet<SocketAddr> {
-    ["10.1.0.5:31005", "10.1.0.6:31006", "10.1.0.6:31053", "10.1.0.7:31700", "[fd00:1::5]:31005", "10.1.0.8:31008"]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect()
+/// Where each service's traffic may go: every backend address:port of the service set.
+fn backends() -> Result<BTreeSet<SocketAddr>> {
+    let services = lb::services_file::parse(SERVICES, "fuzz services")?;
+    Ok(services.values().flat_map(|s| &s.backends).map(|b| SocketAddr::new(b.addr, b.port)).collect())
 }
 
 /// One frame the oracles rejected.
@@ -100,7 +98,7 @@ impl Harness {
         let mut fixture = Fixture::load_hook(hook)?;
         fixture.apply(SERVICES, &NODE_ADDRS)?;
         let maps = fixture.maps();
-        Ok(Self { hook, fixture, maps, backends: backends() })
+        Ok(Self { hook, fixture, maps, backends: backends()? })
     }
 
     /// Frames shorter than this the kernel refuses to test-run (EINVAL before the program runs):

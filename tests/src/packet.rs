@@ -20,8 +20,9 @@ pub const SYN: TcpFlags = TcpFlags { syn: true, ack: false, fin: false, rst: fal
 pub const ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: false, rst: false };
 pub const FIN_ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: true, rst: false };
 
-fn ip_builder(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let eth = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+/// Ethernet (from `src_mac` to `dst_mac`) and IP headers, TTL / hop limit 64.
+fn ip_builder(src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
@@ -48,7 +49,7 @@ pub fn reframed(frame: &[u8], src_mac: [u8; 6], dst_mac: [u8; 6], ttl: u8) -> Ve
 
 /// An Ethernet/IP/UDP frame with valid checksums.
 pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Vec<u8> {
-    let builder = ip_builder(src.0, dst.0).udp(src.1, dst.1);
+    let builder = ip_builder(CLIENT_MAC, NODE_MAC, src.0, dst.0).udp(src.1, dst.1);
     let mut out = Vec::with_capacity(builder.size(payload.len()));
     builder.write(&mut out, payload).expect("writing UDP packet");
     out
@@ -56,7 +57,7 @@ pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Vec<u8> {
 
 /// An Ethernet/IP/TCP frame with valid checksums.
 pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16), flags: TcpFlags, payload: &[u8]) -> Vec<u8> {
-    let mut builder = ip_builder(src.0, dst.0).tcp(src.1, dst.1, 1000, 64240);
+    let mut builder = ip_builder(CLIENT_MAC, NODE_MAC, src.0, dst.0).tcp(src.1, dst.1, 1000, 64240);
     if flags.syn {
         builder = builder.syn();
     }
@@ -77,7 +78,7 @@ pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16), flags: TcpFlags, payload: &[u
 /// A TCP reset from the node back to the client (Ethernet addresses swapped), window 0, as a
 /// refused connection gets it: `ack` = Some(n) for RST|ACK, None for a bare RST.
 pub fn tcp_reset(src: (IpAddr, u16), dst: (IpAddr, u16), seq: u32, ack: Option<u32>) -> Vec<u8> {
-    let mut builder = reply_builder(src.0, dst.0).tcp(src.1, dst.1, seq, 0).rst();
+    let mut builder = ip_builder(NODE_MAC, CLIENT_MAC, src.0, dst.0).tcp(src.1, dst.1, seq, 0).rst();
     if let Some(ack) = ack {
         builder = builder.ack(ack);
     }
@@ -89,7 +90,7 @@ pub fn tcp_reset(src: (IpAddr, u16), dst: (IpAddr, u16), seq: u32, ack: Option<u
 /// An ICMP (IPv4) or ICMPv6 port unreachable from the node back to the client, quoting `quote`.
 pub fn port_unreachable(src: IpAddr, dst: IpAddr, quote: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let ip = reply_builder(src, dst);
+    let ip = ip_builder(NODE_MAC, CLIENT_MAC, src, dst);
     if src.is_ipv4() {
         let builder = ip.icmpv4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port));
         builder.write(&mut out, quote).expect("writing ICMP");
@@ -98,15 +99,6 @@ pub fn port_unreachable(src: IpAddr, dst: IpAddr, quote: &[u8]) -> Vec<u8> {
         builder.write(&mut out, quote).expect("writing ICMPv6");
     }
     out
-}
-
-fn reply_builder(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let eth = PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed address families {src} → {dst}"),
-    }
 }
 
 pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {

@@ -7,13 +7,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::{lb_ok, Agent, PinDir, TempDir, TestCgroup},
+    certs::self_signed,
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
     servers::{http_backend, Server},
@@ -111,7 +110,7 @@ impl Cluster {
         marathon.set_apps(apps());
         let certs = TempDir::new("lb-http-certs");
         for name in ["a.example", "b.example"] {
-            self_signed(certs.path(), name);
+            self_signed(certs.path(), name).unwrap();
         }
         let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
         let (pin_arg, cgroup_arg, url, certs_arg) = (pins.arg(), cgroup.arg(), marathon.url(), certs.path().display().to_string());
@@ -161,25 +160,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// A self-signed certificate for `name` (SAN) with its key, as `<dir>/<name>.pem`; the
-/// certificate alone as `<dir>/<name>.crt` (the client's trust anchor).
-fn self_signed(dir: &Path, name: &str) {
-    let (pem, crt, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "openssl: {}", String::from_utf8_lossy(&status.stderr));
-    let joined = [std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap()].concat();
-    std::fs::write(pem, joined).unwrap();
-    std::fs::remove_file(key).unwrap();
 }
 
 #[test]
@@ -247,7 +227,7 @@ fn tls_picks_the_certificate_by_sni_and_speaks_http2() {
     }
     // A renewed certificate is picked up from the directory without a restart.
     let renewed = TempDir::new("lb-http-renewed");
-    self_signed(renewed.path(), "a.example");
+    self_signed(renewed.path(), "a.example").unwrap();
     std::fs::copy(renewed.path().join("a.example.pem"), c.certs.path().join("a.example.pem")).unwrap();
     let trust = renewed.path().join("a.example.crt");
     c.wait_for(

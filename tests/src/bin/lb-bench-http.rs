@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use lb_tests::{
     agent::{Agent, PinDir, TestCgroup},
     bench::{self, median, nginx, output, range, spawn, Proc, NGINX_PORT},
-    bench_report,
+    bench_report, certs,
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
     unique_name,
@@ -62,22 +62,6 @@ fn main() -> Result<()> {
     result
 }
 
-/// A self-signed certificate for HOST with its key, in one PEM file (both proxies read that).
-fn certificate(dir: &Path) -> Result<()> {
-    let (crt, key) = (dir.join("web.crt"), dir.join("web.key"));
-    let mut cmd = std::process::Command::new("openssl");
-    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={HOST}"), "-addext", &format!("subjectAltName=DNS:{HOST}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt);
-    output(cmd)?;
-    std::fs::create_dir_all(dir.join("certs"))?;
-    std::fs::write(dir.join("certs/web.pem"), [std::fs::read(&crt)?, std::fs::read(&key)?].concat())?;
-    Ok(())
-}
-
 /// HAProxy in mode http with the route the agent serves from the app's labels. Threads: one
 /// per CPU (HAProxy's default), as the agent's runtime has.
 fn haproxy(topo: &LbTopology, dir: &Path) -> Result<Proc> {
@@ -90,7 +74,7 @@ fn haproxy(topo: &LbTopology, dir: &Path) -> Result<Proc> {
              timeout connect 5s\n timeout client 60s\n timeout server 60s\n\
              frontend web\n bind {HTTP}\n bind {HTTPS} ssl crt {pem} alpn h2,http/1.1\n\
              acl web hdr(host) -i {HOST}\n use_backend webs if web\nbackend webs\n balance roundrobin\n{servers}",
-            pem = dir.join("certs/web.pem").display()
+            pem = dir.join(format!("certs/{HOST}.pem")).display()
         ),
     )?;
     let mut check = topo.node.command("haproxy");
@@ -144,7 +128,7 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     let topo = LbTopology::new(3)?;
     let _backends: Vec<Proc> =
         (0..3).map(|i| nginx(&topo.backends[i], &LbTopology::backend_ip(i).to_string(), &format!("backend-{i}"), dir)).collect::<Result<_>>()?;
-    certificate(dir)?;
+    certs::self_signed(&dir.join("certs"), HOST)?;
     let marathon = MarathonServer::start(Some(&topo.node), Duration::from_secs(10))?;
     marathon.set_apps(vec![web_app()]);
     let cgroup = TestCgroup::new()?;

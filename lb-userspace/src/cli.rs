@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// Seconds a Marathon request may take.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse::seconds)]
     pub marathon_timeout: u64,
+    /// Seconds the event stream may go without a complete event or heartbeat (Marathon sends
+    /// one every 10 s) before it is reopened and the apps re-read.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse::seconds)]
+    pub event_stall: u64,
     /// Address of this node where service ports are served; repeat for several. Default: every
     /// address of every interface. 127.0.0.1 and ::1 are always included.
     #[arg(long = "node-ip", value_name = "ADDR")]

@@ -99,21 +99,23 @@ fn services_of(body: &Value) -> Vec<(String, String)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Cutting a stream into any chunks yields the events feeding it whole does.
+    /// Cutting a stream into any chunks yields the events (and frame ends) feeding it whole does.
     #[test]
     fn sse_events_do_not_depend_on_chunking(stream in sse_stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12)) {
         let bytes = stream.as_bytes();
-        let whole = SseParser::default().feed(bytes);
+        let mut one_piece = SseParser::default();
+        let whole = one_piece.feed(bytes).unwrap();
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
         points.sort();
         let mut parser = SseParser::default();
         let mut chunked = Vec::new();
         let mut from = 0;
         for at in points.into_iter().chain([bytes.len()]) {
-            chunked.extend(parser.feed(&bytes[from..at]));
+            chunked.extend(parser.feed(&bytes[from..at]).unwrap());
             from = at;
         }
         prop_assert_eq!(chunked, whole);
+        prop_assert_eq!(parser.frames_ended(), one_piece.frames_ended());
     }
 
     /// A services file of any JSON shape (services of any fields) is read or refused with an

@@ -51,6 +51,7 @@ pub struct MarathonConfig {
     pub urls: Vec<String>,
     pub auth: Auth,
     pub timeout: Duration,
+    pub event_stall: Duration,
     pub resync: Duration,
     pub vips: VipRange,
 }
@@ -180,6 +181,7 @@ fn marathon(args: &RunArgs) -> Result<Option<MarathonConfig>, ConfigError> {
         urls,
         auth,
         timeout: Duration::from_secs(args.marathon_timeout),
+        event_stall: Duration::from_secs(args.event_stall),
         resync: Duration::from_secs(args.resync),
         vips: args.vip_cidr,
     }))

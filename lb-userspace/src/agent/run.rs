@@ -7,14 +7,14 @@ use std::{
     net::IpAddr,
     path::Path,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    policy::{self, Backoff},
+    policy::{self, RelistPacing},
     sources::{self, MarathonSource},
 };
 use crate::{
@@ -163,7 +163,7 @@ impl<D: Dataplane> Agent<D> {
     /// result. On failure nothing changes (the last good state stays programmed) and the status
     /// says why.
     pub async fn relist(&mut self, m: &mut MarathonSource, why: &str) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let status = self.status.marathon.get_or_insert_with(MarathonStatus::default);
         status.urls = m.client.urls().to_vec();
         status.relists += 1;
@@ -189,16 +189,16 @@ impl<D: Dataplane> Agent<D> {
     }
 
     /// Applies a burst of events to the model (re-reading single apps where an event lacks what
-    /// the model needs) and programs the result; a full re-list when the model cannot be
-    /// trusted.
-    pub async fn apply_events(&mut self, m: &mut MarathonSource, events: &[SseEvent]) {
-        let started = std::time::Instant::now();
+    /// the model needs) and programs the result. Returns why a full re-list is needed instead,
+    /// when the model cannot be trusted.
+    pub async fn apply_events(&mut self, m: &mut MarathonSource, events: &[SseEvent]) -> Option<String> {
+        let started = Instant::now();
         let mut delta = Delta::of(events);
         if let Some(why) = delta.relist.take() {
-            return self.relist(m, &why).await;
+            return Some(why);
         }
         if delta.is_empty() {
-            return;
+            return None;
         }
         for id in &delta.remove {
             m.model.remove(id);
@@ -210,7 +210,7 @@ impl<D: Dataplane> Agent<D> {
         }
         for id in &delta.refresh {
             if let Err(why) = self.read_app(m, id).await {
-                return self.relist(m, &format!("reading {id} alone failed ({why})")).await;
+                return Some(format!("reading {id} alone failed ({why})"));
             }
         }
         let mut changed: BTreeSet<String> = delta.refresh.iter().chain(&delta.remove).cloned().collect();
@@ -226,6 +226,7 @@ impl<D: Dataplane> Agent<D> {
             shared.event_to_maps.observe(started.elapsed().as_secs_f64());
         }
         debug!(events = events.len(), apps_read = delta.refresh.len(), elapsed_ms = started.elapsed().as_millis() as u64, "events applied");
+        None
     }
 
     /// Reads one app into the model (gone from Marathon: dropped).
@@ -342,9 +343,10 @@ impl<D: Dataplane> Agent<D> {
         let mut seen = services.and_then(sources::modified);
         let resync_every = marathon.as_ref().map_or(Duration::from_secs(3600), |m| m.resync);
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
-        // A failed sync is retried with backoff, separately from the periodic re-read.
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut backoff = Backoff::default();
+        let mut pacing = RelistPacing::default();
+        if marathon.is_some() {
+            pacing.ran(Instant::now(), self.marathon_failing());
+        }
         loop {
             let event = async {
                 match marathon.as_mut() {
@@ -352,13 +354,15 @@ impl<D: Dataplane> Agent<D> {
                     None => std::future::pending().await,
                 }
             };
-            let retry = async {
-                match retry_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
+            let due_at = pacing.due();
+            let due = async {
+                match due_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
             let mut work = None;
+            let mut paced = |why: &str| pacing.ask(Instant::now(), why).then(|| MarathonWork::Relist(why.to_owned()));
             tokio::select! {
                 _ = stop.signalled() => return Ok(()),
                 _ = hup.recv() => {
@@ -368,7 +372,7 @@ impl<D: Dataplane> Agent<D> {
                         self.reload(path, marathon_services(&marathon));
                     }
                     if marathon.is_some() {
-                        work = Some(MarathonWork::Relist("SIGHUP"));
+                        work = Some(MarathonWork::Relist("SIGHUP".to_owned()));
                     }
                 }
                 _ = poll.tick() => {
@@ -382,31 +386,29 @@ impl<D: Dataplane> Agent<D> {
                     }
                 }
                 signal = event => {
-                    work = Some(match signal {
-                        Signal::Events(events) => MarathonWork::Events(events),
-                        Signal::Relist => MarathonWork::Relist("the event stream (re)connected: events have no replay"),
-                        Signal::Lost => MarathonWork::Relist("the event stream is lost"),
-                    });
+                    work = match signal {
+                        Signal::Events(events) => Some(MarathonWork::Events(events)),
+                        Signal::Relist => paced("the event stream (re)connected: events have no replay"),
+                        Signal::Lost => paced("the event stream is lost"),
+                    };
                 }
-                _ = resync.tick() => if marathon.is_some() { work = Some(MarathonWork::Relist("--resync interval")) },
-                _ = retry => work = Some(MarathonWork::Relist("retrying after a failure")),
+                _ = resync.tick() => if marathon.is_some() { work = paced("--resync interval") },
+                _ = due => work = pacing.take_due().map(MarathonWork::Relist),
             }
             let (Some(m), Some(work)) = (marathon.as_mut(), work) else { continue };
             // Signals stay answered while Marathon or DNS is slow: the work is dropped.
-            let done = async {
-                match &work {
-                    MarathonWork::Relist(why) => self.relist(m, why).await,
-                    MarathonWork::Events(events) => self.apply_events(m, events).await,
-                }
+            let relist = match work {
+                MarathonWork::Relist(why) => Some(why),
+                MarathonWork::Events(events) => match stop.unless_stopped(self.apply_events(m, &events)).await {
+                    None => return Ok(()),
+                    Some(follow_up) => follow_up.filter(|why| pacing.ask(Instant::now(), why)),
+                },
             };
-            if stop.unless_stopped(done).await.is_none() {
-                return Ok(());
-            }
-            if self.marathon_failing() {
-                retry_at = Some(tokio::time::Instant::now() + backoff.failed());
-            } else {
-                retry_at = None;
-                backoff.succeeded();
+            if let Some(why) = relist {
+                if stop.unless_stopped(self.relist(m, &why)).await.is_none() {
+                    return Ok(());
+                }
+                pacing.ran(Instant::now(), self.marathon_failing());
             }
         }
     }
@@ -451,7 +453,7 @@ fn marathon_services(marathon: &Option<MarathonSource>) -> Option<&Desired> {
 
 /// What the Marathon source asks for after one wake-up.
 enum MarathonWork {
-    Relist(&'static str),
+    Relist(String),
     Events(Vec<SseEvent>),
 }
 

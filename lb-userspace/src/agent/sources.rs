@@ -17,9 +17,6 @@ use crate::marathon::{
     watch::{DnsCache, EventWatch},
 };
 
-/// A stream with no byte for this long is reconnected (Marathon sends a heartbeat every 10 s).
-const STREAM_STALL: Duration = Duration::from_secs(30);
-
 /// Marathon client, event watch and translation state.
 pub struct MarathonSource {
     pub client: MarathonClient,
@@ -40,7 +37,7 @@ impl MarathonSource {
     pub fn new(config: &MarathonConfig) -> Result<Self, reqwest::Error> {
         Ok(Self {
             client: MarathonClient::new(config.urls.clone(), config.auth.clone(), config.timeout)?,
-            watch: EventWatch::new(STREAM_STALL),
+            watch: EventWatch::new(config.event_stall),
             health: HealthMemory::default(),
             dns: DnsCache::default(),
             vips: config.vips,

@@ -188,6 +188,16 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// The largest event frame the parser holds (bytes since the last blank line). Marathon's
+/// biggest events carry one app definition (`api_post_event`), kilobytes to a few hundred; a
+/// stream that sends more without a frame end is broken, and holding it would grow the agent
+/// without bound.
+pub const MAX_FRAME: usize = 8 << 20;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("an event frame over {} MiB without an end", MAX_FRAME >> 20)]
+pub struct FrameTooLarge;
+
 /// Incremental parser of a `text/event-stream` body (CRLF or LF line ends; a blank line
 /// without data — Marathon's heartbeat — dispatches nothing).
 #[derive(Debug, Default)]
@@ -195,13 +205,22 @@ pub struct SseParser {
     line: Vec<u8>,
     event: Option<String>,
     data: Vec<String>,
+    /// Bytes of the frame being read (its lines so far and the current line).
+    frame_bytes: usize,
+    /// Frames ended (blank lines: events and heartbeats), the stream's sign of life.
+    frames_ended: u64,
 }
 
 impl SseParser {
-    /// Feeds bytes; returns the events they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    /// Feeds bytes; returns the events they complete, or an error once a frame outgrows
+    /// [`MAX_FRAME`] (the parser is then spent: the stream must be dropped).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, FrameTooLarge> {
         let mut out = Vec::new();
         for &b in bytes {
+            self.frame_bytes += 1;
+            if self.frame_bytes > MAX_FRAME {
+                return Err(FrameTooLarge);
+            }
             if b != b'\n' {
                 self.line.push(b);
                 continue;
@@ -217,6 +236,8 @@ impl SseParser {
                     out.push(SseEvent { event, data });
                 }
                 self.event = None;
+                self.frame_bytes = 0;
+                self.frames_ended += 1;
             } else if let Some(v) = line.strip_prefix("event:") {
                 self.event = Some(v.trim().to_owned());
             } else if let Some(v) = line.strip_prefix("data:") {
@@ -224,7 +245,12 @@ impl SseParser {
             }
             // Comments (":…"), ids and retry fields are ignored.
         }
-        out
+        Ok(out)
+    }
+
+    /// Frames (events and heartbeats) ended so far.
+    pub fn frames_ended(&self) -> u64 {
+        self.frames_ended
     }
 }
 
@@ -251,7 +277,7 @@ mod tests {
         // Fed in awkward pieces, as TCP delivers them.
         let mut events = Vec::new();
         for chunk in wire.as_bytes().chunks(3) {
-            events.extend(p.feed(chunk));
+            events.extend(p.feed(chunk).unwrap());
         }
         assert_eq!(events, [SseEvent { event: "status_update_event".into(), data: "{\"eventType\":\"status_update_event\"}".into() }]);
     }
@@ -259,10 +285,22 @@ mod tests {
     #[test]
     fn the_fixture_streams_parse() {
         let mut p = SseParser::default();
-        let events = p.feed(fixture("marathon/raml-examples/events-stream.marathon-raml.txt").as_bytes());
+        let events = p.feed(fixture("marathon/raml-examples/events-stream.marathon-raml.txt").as_bytes()).unwrap();
         assert!(events.iter().any(|e| e.event == "status_update_event"), "{events:?}");
         let mut p = SseParser::default();
-        let events = p.feed((fixture("marathon/legacy-docs/events-stream.data-only.marathon-legacy-docs.txt") + "\n\n").as_bytes());
+        let events = p.feed((fixture("marathon/legacy-docs/events-stream.data-only.marathon-legacy-docs.txt") + "\n\n").as_bytes()).unwrap();
         assert!(!events.is_empty() && events.iter().all(|e| !e.event.is_empty()), "data-only events get their type from the JSON: {events:?}");
+    }
+
+    #[test]
+    fn heartbeats_count_as_frames_and_an_endless_frame_is_refused() {
+        let mut p = SseParser::default();
+        assert_eq!(p.feed(b"\r\n\r\nevent: x\r\n").unwrap(), []);
+        assert_eq!(p.frames_ended(), 2, "two heartbeats; the open frame is not counted");
+        let mut p = SseParser::default();
+        let line = vec![b'x'; 1 << 20];
+        let fed: Vec<_> = (0..MAX_FRAME >> 20).map(|_| p.feed(&line)).collect();
+        assert!(fed.iter().all(Result::is_ok), "exactly MAX_FRAME bytes are held");
+        assert_eq!(p.feed(b"x"), Err(FrameTooLarge));
     }
 }

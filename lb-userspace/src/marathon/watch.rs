@@ -1,7 +1,8 @@
 //! The event stream as a source of "re-read the apps" signals: connects (round robin over the
 //! URLs), asks for a full re-list after every (re)connect since events have no replay, turns
 //! relevant events into a change signal (a burst becomes one), detects a stalled stream (no
-//! byte, heartbeats included, for `stall`) and reconnects with backoff.
+//! complete event or heartbeat for `stall`: a stream trickling bytes is as dead as a silent one)
+//! and reconnects with backoff, reset only once a stream has proved alive.
 
 use std::{collections::HashMap, net::IpAddr, pin::Pin, time::Duration};
 
@@ -11,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{
     app::App,
-    client::{MarathonClient, SseEvent, SseParser, RELEVANT_EVENTS},
+    client::{FrameTooLarge, MarathonClient, SseEvent, SseParser, RELEVANT_EVENTS},
     model::Resolver,
 };
 
@@ -36,6 +37,8 @@ pub struct EventWatch {
     retry_at: Instant,
     backoff: Duration,
     stall: Duration,
+    /// When the stream is declared stalled unless a frame ends first.
+    alive_until: Instant,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -43,7 +46,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl EventWatch {
     pub fn new(stall: Duration) -> Self {
-        Self { stream: None, parser: SseParser::default(), connected_to: None, retry_at: Instant::now(), backoff: MIN_BACKOFF, stall }
+        let now = Instant::now();
+        Self { stream: None, parser: SseParser::default(), connected_to: None, retry_at: now, backoff: MIN_BACKOFF, stall, alive_until: now }
     }
 
     /// The URL the stream is connected to, if it is.
@@ -65,29 +69,29 @@ impl EventWatch {
     pub async fn next(&mut self, client: &mut MarathonClient) -> Signal {
         loop {
             let Some(stream) = self.stream.as_mut() else {
-                tokio::time::sleep_until(self.retry_at).await;
-                match client.events().await {
-                    Ok((url, response)) => {
-                        info!(url, "event stream connected");
-                        self.stream = Some(Box::pin(response.bytes_stream()));
-                        self.connected_to = Some(url);
-                        self.backoff = MIN_BACKOFF;
-                        return Signal::Relist;
-                    }
-                    Err(err) => {
-                        warn!("event stream: {}", crate::error_chain(&err));
-                        self.retry_at = Instant::now() + self.backoff;
-                        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                        return Signal::Lost;
-                    }
-                }
+                return self.connect(client).await;
             };
-            match tokio::time::timeout(self.stall, stream.next()).await {
+            match tokio::time::timeout_at(self.alive_until, stream.next()).await {
                 Ok(Some(Ok(bytes))) => {
-                    let mut events = relevant_in(&mut self.parser, &bytes);
+                    let frames_before = self.parser.frames_ended();
+                    let mut fed = relevant_in(&mut self.parser, &bytes);
                     // Take whatever else has already arrived, so a burst is handled at once.
-                    while let Some(Some(Ok(more))) = stream.next().now_or_never() {
-                        events.extend(relevant_in(&mut self.parser, &more));
+                    while let (Ok(_), Some(Some(Ok(more)))) = (&fed, stream.next().now_or_never()) {
+                        fed = fed.and_then(|mut events| {
+                            events.extend(relevant_in(&mut self.parser, &more)?);
+                            Ok(events)
+                        });
+                    }
+                    let events = match fed {
+                        Ok(events) => events,
+                        Err(too_large) => {
+                            self.disconnect(&format!("sent {too_large}"));
+                            return Signal::Lost;
+                        }
+                    };
+                    if self.parser.frames_ended() != frames_before {
+                        self.alive_until = Instant::now() + self.stall;
+                        self.backoff = MIN_BACKOFF;
                     }
                     if !events.is_empty() {
                         return Signal::Events(events);
@@ -102,18 +106,38 @@ impl EventWatch {
                     return Signal::Lost;
                 }
                 Err(_) => {
-                    self.disconnect(&format!("stalled (nothing for {} s)", self.stall.as_secs()));
+                    self.disconnect(&format!("stalled (no event or heartbeat for {} s)", self.stall.as_secs()));
                     return Signal::Lost;
                 }
             }
         }
     }
 
+    /// Opens the stream once the backoff allows. The backoff is not reset here: a stream that
+    /// opens but never delivers a frame must not be reopened at full speed.
+    async fn connect(&mut self, client: &mut MarathonClient) -> Signal {
+        tokio::time::sleep_until(self.retry_at).await;
+        match client.events().await {
+            Ok((url, response)) => {
+                info!(url, "event stream connected");
+                self.stream = Some(Box::pin(response.bytes_stream()));
+                self.connected_to = Some(url);
+                self.alive_until = Instant::now() + self.stall;
+                Signal::Relist
+            }
+            Err(err) => {
+                warn!("event stream: {}", crate::error_chain(&err));
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                Signal::Lost
+            }
+        }
+    }
 }
 
 /// The events `bytes` complete that can change the services.
-fn relevant_in(parser: &mut SseParser, bytes: &[u8]) -> Vec<SseEvent> {
-    parser.feed(bytes).into_iter().filter(|e| e.event.is_empty() || RELEVANT_EVENTS.contains(&e.event.as_str())).collect()
+fn relevant_in(parser: &mut SseParser, bytes: &[u8]) -> Result<Vec<SseEvent>, FrameTooLarge> {
+    Ok(parser.feed(bytes)?.into_iter().filter(|e| e.event.is_empty() || RELEVANT_EVENTS.contains(&e.event.as_str())).collect())
 }
 
 /// Host names resolved ahead of a translation (asynchronously, with a timeout) and cached.
@@ -185,28 +209,62 @@ mod tests {
     use super::*;
     use crate::marathon::client::Auth;
 
-    /// An event stream that sends its first event and then goes silent (no heartbeats), as a
-    /// half-dead connection does. Returns its URL and a connection counter.
-    fn silent_stream_server() -> (String, Arc<AtomicUsize>) {
+    /// An event stream that sends `head` at once, then `tail` byte by byte every 50 ms, then
+    /// nothing. Returns its URL and a connection counter.
+    fn stream_server(head: &'static [u8], tail: &'static [u8]) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
         std::thread::spawn(move || {
-            let mut open = Vec::new();
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
                 counter.fetch_add(1, Ordering::SeqCst);
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n\
-                      event: event_stream_attached\r\ndata: {\"eventType\":\"event_stream_attached\"}\r\n\r\n",
-                );
-                open.push(stream);
+                std::thread::spawn(move || {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+                    let _ = stream.write_all(head);
+                    for byte in tail {
+                        std::thread::sleep(Duration::from_millis(50));
+                        if stream.write_all(&[*byte]).is_err() {
+                            return;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(3600));
+                });
             }
         });
         (url, connections)
+    }
+
+    /// A half-dead connection: the first event, then silence (no heartbeats).
+    fn silent_stream_server() -> (String, Arc<AtomicUsize>) {
+        stream_server(b"event: event_stream_attached\r\ndata: {\"eventType\":\"event_stream_attached\"}\r\n\r\n", b"")
+    }
+
+    #[tokio::test]
+    async fn a_trickling_stream_is_as_stalled_as_a_silent_one() {
+        // A byte every 50 ms, but never a frame end within the 300 ms the stream is given.
+        let (url, connections) = stream_server(b"", b"event: event_stream_attached\r\ndata: {}\r\n\r\n");
+        let mut client = MarathonClient::new(vec![url], Auth::None, Duration::from_secs(2)).unwrap();
+        let mut watch = EventWatch::new(Duration::from_millis(300));
+        let mut lost_at = Vec::new();
+        let mut reopened_after = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(watch.next(&mut client).await, Signal::Relist);
+            let opened = Instant::now();
+            if let Some(lost) = lost_at.last() {
+                reopened_after.push(opened - *lost);
+            }
+            assert_eq!(watch.next(&mut client).await, Signal::Lost, "bytes without a frame end are no sign of life");
+            let waited = opened.elapsed();
+            assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(1), "{waited:?}");
+            lost_at.push(Instant::now());
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        // Streams that never delivered a frame are reopened ever more slowly (200 ms, then 400 ms).
+        assert!(reopened_after[0] >= Duration::from_millis(200) && reopened_after[1] >= Duration::from_millis(400), "{reopened_after:?}");
     }
 
     #[tokio::test]

@@ -317,6 +317,22 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
     }
 
+    /// Kills the agent (SIGKILL: no cleanup of any kind) and reaps it.
+    pub fn kill(mut self) -> Result<std::process::ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// The agent's resident set now and at its peak (VmRSS, VmHWM), in KiB.
+    pub fn rss_kib(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in /proc status"))?;
+            Ok(line.split_whitespace().nth(1).context("malformed /proc status")?.parse()?)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// Stops the agent (SIGTERM) and returns its exit status.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         // SAFETY: signalling our own child.

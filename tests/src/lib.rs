@@ -7,6 +7,7 @@ pub mod bench_report;
 pub mod certs;
 pub mod fixture;
 pub mod fuzz;
+pub mod marathon_cluster;
 pub mod marathon_server;
 pub mod netns;
 pub mod packet;

@@ -168,6 +168,8 @@ struct Behaviour {
     events_redirect: Option<String>,
     /// Required `Authorization` header value.
     authorization: Option<String>,
+    /// `/v2/apps` bodies and event streams are sent one byte per this interval (slowloris).
+    trickle: Option<Duration>,
 }
 
 struct Shared {
@@ -179,6 +181,8 @@ struct Shared {
     events: broadcast::Sender<String>,
     /// `GET /v2/apps` (the full list) requests answered.
     list_requests: std::sync::atomic::AtomicU64,
+    /// Requests received, answered or refused.
+    requests: std::sync::atomic::AtomicU64,
     /// Bumped to cut every open event stream.
     generation: Mutex<u64>,
     heartbeat: Duration,
@@ -202,6 +206,7 @@ impl MarathonServer {
             behaviour: Mutex::new(Behaviour::default()),
             events,
             list_requests: std::sync::atomic::AtomicU64::new(0),
+            requests: std::sync::atomic::AtomicU64::new(0),
             generation: Mutex::new(0),
             heartbeat,
         });
@@ -237,6 +242,11 @@ impl MarathonServer {
     /// `GET /v2/apps` (full list) requests answered so far.
     pub fn list_requests(&self) -> u64 {
         self.shared.list_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests received so far (lists, single apps, event streams), answered or refused.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Replaces every app and sends the events Marathon would: `api_post_event` for new or
@@ -316,6 +326,17 @@ impl MarathonServer {
         self.shared.behaviour.lock().unwrap().authorization = value;
     }
 
+    /// Sends `/v2/apps` bodies and event streams opened from now on one byte per `every`
+    /// (None: at once).
+    pub fn set_trickle(&self, every: Option<Duration>) {
+        self.shared.behaviour.lock().unwrap().trickle = every;
+    }
+
+    /// Sends `text` as it is to every open event stream (garbage, half frames).
+    pub fn send_raw(&self, text: &str) {
+        let _ = self.shared.events.send(text.to_owned());
+    }
+
     /// Closes every open event stream (as a leader change does).
     pub fn cut_streams(&self) {
         *self.shared.generation.lock().unwrap() += 1;
@@ -335,6 +356,7 @@ impl Drop for MarathonServer {
 }
 
 fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    shared.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let behaviour = shared.behaviour.lock().unwrap().clone();
     if behaviour.outage {
         return Some((StatusCode::SERVICE_UNAVAILABLE, "outage").into_response());
@@ -359,7 +381,30 @@ async fn apps(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         .unwrap()
         .get_or_insert_with(|| list_body(&shared.apps.lock().unwrap()))
         .clone();
+    let trickle = shared.behaviour.lock().unwrap().trickle;
+    let body = match trickle {
+        Some(every) => Body::from_stream(trickled(futures_util::stream::iter([Ok::<_, Infallible>(body)]), every)),
+        None => Body::from(body),
+    };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `stream`'s bytes one at a time, `every` apart.
+fn trickled<T: AsRef<[u8]> + Send + 'static>(
+    stream: impl futures_util::Stream<Item = Result<T, Infallible>> + Send + Unpin + 'static,
+    every: Duration,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, Infallible>> + Send + 'static {
+    use futures_util::StreamExt as _;
+    let state = (stream, std::collections::VecDeque::<u8>::new());
+    futures_util::stream::unfold(state, move |(mut stream, mut pending)| async move {
+        while pending.is_empty() {
+            let Ok(chunk) = stream.next().await?;
+            pending.extend(chunk.as_ref());
+        }
+        tokio::time::sleep(every).await;
+        let byte = pending.pop_front()?;
+        Some((Ok(axum::body::Bytes::copy_from_slice(&[byte])), (stream, pending)))
+    })
 }
 
 /// The body of `GET /v2/apps` for `apps`.
@@ -393,6 +438,7 @@ async fn events_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     let generation = *shared.generation.lock().unwrap();
+    let trickle = shared.behaviour.lock().unwrap().trickle;
     let receiver = shared.events.subscribe();
     let attached = format!(
         "event: event_stream_attached\r\ndata: {}\r\n\r\n",
@@ -416,8 +462,9 @@ async fn events_stream(State(shared): State<Arc<Shared>>, headers: HeaderMap, ur
             }
         }
     });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream;charset=UTF-8")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    let body = match trickle {
+        Some(every) => Body::from_stream(trickled(Box::pin(stream), every)),
+        None => Body::from_stream(stream),
+    };
+    Response::builder().header(header::CONTENT_TYPE, "text/event-stream;charset=UTF-8").body(body).unwrap()
 }

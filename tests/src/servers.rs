@@ -260,3 +260,64 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String
         Ok((status, body.to_string()))
     })?
 }
+
+/// New connections opened to an address from a namespace at a steady pace until stopped: what
+/// a client sees while something else (a fault, churn) happens.
+pub struct ConnectionProber {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<ProbeReport>>,
+}
+
+/// What a [`ConnectionProber`] saw.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    pub ok: usize,
+    pub failed: usize,
+    /// The first failures' errors.
+    pub errors: Vec<String>,
+    /// Connections per backend name.
+    pub per_backend: BTreeMap<String, usize>,
+}
+
+impl ConnectionProber {
+    /// Connects to `addr` from `ns` every `every` (each connection greeted, then closed).
+    pub fn start(ns: &Netns, addr: SocketAddr, every: Duration) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = ns.spawn(move || {
+            let mut report = ProbeReport::default();
+            while !stopping.load(Ordering::SeqCst) {
+                match connect_and_greet(addr) {
+                    Ok((_, name)) => {
+                        report.ok += 1;
+                        *report.per_backend.entry(name).or_default() += 1;
+                    }
+                    Err(err) => {
+                        report.failed += 1;
+                        if report.errors.len() < 5 {
+                            report.errors.push(err.to_string());
+                        }
+                    }
+                }
+                std::thread::sleep(every);
+            }
+            report
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    /// Stops probing and returns what was seen.
+    pub fn finish(mut self) -> ProbeReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().expect("prober thread")
+    }
+}
+
+impl Drop for ConnectionProber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

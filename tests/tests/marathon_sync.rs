@@ -2,121 +2,15 @@
 //! scale-up, task kills, health flips and VIP labels; an outage changes nothing; a dead event
 //! stream is reconnected; credentials and a standby's redirect are honoured.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use lb_tests::{
-    agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
-    marathon_server::{AppSpec, MarathonServer, TaskSpec},
-    netns::LbTopology,
-    servers::{backend_spread, connect_and_greet, tcp_echo, Server},
+    agent::{lb_ok, wait_for_services},
+    marathon_cluster::{small_app, task, web, MarathonCluster as Cluster, Urls},
+    marathon_server::{AppSpec, TaskSpec},
+    servers::connect_and_greet,
 };
 use serde_json::Value;
-
-const PORT: u16 = 31000;
-
-fn task(i: usize, alive: bool) -> TaskSpec {
-    TaskSpec {
-        id: format!("web.task-{i}"),
-        host: LbTopology::backend_ip(i).to_string(),
-        port: PORT,
-        state: "TASK_RUNNING".into(),
-        alive: Some(alive),
-    }
-}
-
-fn web(tasks: &[usize]) -> AppSpec {
-    let mut app = AppSpec::new("/web", 10000);
-    app.labels.insert("VIP_0".into(), "10.0.0.1:80".into());
-    app.tasks = tasks.iter().map(|&i| task(i, true)).collect();
-    app
-}
-
-struct Cluster {
-    topo: LbTopology,
-    marathon: MarathonServer,
-    /// A standby the agent is pointed at: it serves the same apps and redirects /v2/events.
-    standby: Option<MarathonServer>,
-    pins: PinDir,
-    _cgroup: TestCgroup,
-    _agent: Agent,
-    _servers: Vec<Server>,
-}
-
-impl Cluster {
-    fn new(extra_args: &[&str]) -> Self {
-        Self::build(extra_args, |_| {}, false)
-    }
-
-    fn build(extra_args: &[&str], setup: impl Fn(&MarathonServer), with_standby: bool) -> Self {
-        let topo = LbTopology::new(3).unwrap();
-        let servers = (0..3)
-            .map(|i| tcp_echo(&topo.backends[i], SocketAddr::new(LbTopology::backend_ip(i), PORT), &format!("backend-{i}")).unwrap())
-            .collect();
-        let marathon = MarathonServer::start(Some(&topo.node), Duration::from_millis(500)).unwrap();
-        marathon.set_apps(vec![web(&[0, 1])]);
-        setup(&marathon);
-        let standby = with_standby.then(|| {
-            let standby = MarathonServer::start(Some(&topo.node), Duration::from_millis(500)).unwrap();
-            standby.set_apps(vec![web(&[0, 1])]);
-            setup(&standby);
-            standby.redirect_events_to(Some(marathon.url()));
-            standby
-        });
-        let pins = PinDir::new();
-        let cgroup = TestCgroup::new().unwrap();
-        let url = standby.as_ref().unwrap_or(&marathon).url();
-        let (pin_arg, cgroup_arg) = (pins.arg(), cgroup.arg());
-        let mut args = vec![
-            "--iface", &topo.uplink, "--pin-dir", &pin_arg, "--cgroup", &cgroup_arg,
-            "--node-ip", "10.201.0.2", "--ring-slots", "262144", "--max-services", "64", "--resync", "3600",
-        ];
-        let marathon_arg = ["--marathon".to_string(), url];
-        if !extra_args.contains(&"--marathon") {
-            args.extend(marathon_arg.iter().map(String::as_str));
-        }
-        args.extend_from_slice(extra_args);
-        let agent = Agent::start(&topo.node, &args).unwrap();
-        Self { topo, marathon, standby, pins, _cgroup: cgroup, _agent: agent, _servers: servers }
-    }
-
-    fn services(&self) -> Value {
-        serde_json::from_str(&lb_ok(None, &["services", "--json", "--pin-dir", &self.pins.arg()]).unwrap()).unwrap()
-    }
-
-    /// Waits until the VIP service has exactly these (backend index, state) pairs.
-    fn wait_backends(&self, want: &[(usize, &str)]) {
-        let want: Vec<(String, String)> = want.iter().map(|(i, s)| (LbTopology::backend_ip(*i).to_string(), s.to_string())).collect();
-        wait_for_services(&self.pins, |json| {
-            json.as_array().unwrap().iter().filter(|s| s["address"] == "10.0.0.1").all(|s| {
-                let have: Vec<(String, String)> = s["backends"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|b| (b["address"].as_str().unwrap().to_string(), b["state"].as_str().unwrap().to_string()))
-                    .collect();
-                have == want
-            }) && json.as_array().unwrap().iter().any(|s| s["address"] == "10.0.0.1")
-        })
-        .unwrap();
-    }
-
-    fn spread(&self, count: usize) -> BTreeMap<String, usize> {
-        backend_spread(&self.topo.client, "10.0.0.1:80".parse().unwrap(), count).unwrap()
-    }
-
-    /// Polls `lb status --json` until `pred` holds (at most 10 s).
-    fn wait_status(&self, pred: impl Fn(&Value) -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !pred(&self.status()) {
-            assert!(std::time::Instant::now() < deadline, "status never reached the expected state: {}", self.status());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &self.pins.arg()]).unwrap()).unwrap()
-    }
-}
 
 #[test]
 fn traffic_follows_scale_up_task_kill_and_health_flip() {
@@ -210,7 +104,7 @@ fn a_dead_event_stream_is_reconnected_and_relisted() {
 fn basic_auth_and_a_standby_redirect_are_honoured() {
     // The agent knows only the standby; its event stream is redirected (302) to the leader,
     // and both want credentials, which must survive the redirect.
-    let c = Cluster::build(&["--marathon-credentials", "ops:s3cret"], |m| m.require_authorization(Some("Basic b3BzOnMzY3JldA==".into())), true);
+    let c = Cluster::build(&["--marathon-credentials", "ops:s3cret"], |m| m.require_authorization(Some("Basic b3BzOnMzY3JldA==".into())), Urls::Standby);
     c.wait_backends(&[(0, "active"), (1, "active")]);
     c.wait_status(|s| s["marathon"]["event_stream"].is_string());
     // A change announced only on the leader's stream reaches the agent.
@@ -223,7 +117,7 @@ fn basic_auth_and_a_standby_redirect_are_honoured() {
 
 #[test]
 fn a_dcos_token_is_sent_and_a_refused_one_shows_in_status() {
-    let c = Cluster::build(&["--marathon-token", "abc.def"], |m| m.require_authorization(Some("token=abc.def".into())), false);
+    let c = Cluster::build(&["--marathon-token", "abc.def"], |m| m.require_authorization(Some("token=abc.def".into())), Urls::Leader);
     c.wait_backends(&[(0, "active"), (1, "active")]);
     // The token is revoked: the agent keeps the services and says why.
     c.marathon.require_authorization(Some("token=other".into()));
@@ -232,17 +126,10 @@ fn a_dcos_token_is_sent_and_a_refused_one_shows_in_status() {
     assert_eq!(c.spread(20).len(), 2);
 }
 
-/// An app of one task on backend `backend`, on service port `port`.
-fn small_app(id: &str, port: u16, backend: usize) -> AppSpec {
-    let mut app = AppSpec::new(id, port);
-    app.tasks = vec![TaskSpec { id: format!("{}.task-{backend}", id.trim_start_matches('/')), ..task(backend, true) }];
-    app
-}
-
 #[test]
 fn a_burst_of_scale_events_on_50_apps_is_applied_without_relisting() {
     let apps: Vec<AppSpec> = (0..50).map(|i| small_app(&format!("/burst/app-{i}"), 10100 + i as u16, i % 3)).collect();
-    let c = Cluster::build(&[], |m| m.set_apps([vec![web(&[0, 1])], apps.clone()].concat()), false);
+    let c = Cluster::build(&[], |m| m.set_apps([vec![web(&[0, 1])], apps.clone()].concat()), Urls::Leader);
     c.wait_backends(&[(0, "active"), (1, "active")]);
     wait_for_services(&c.pins, |j| j.as_array().unwrap().iter().filter(|s| s["name"].as_str().unwrap().starts_with("/burst/")).count() == 50).unwrap();
     c.wait_status(|s| s["marathon"]["event_stream"].is_string());

@@ -103,16 +103,6 @@ fn start_agent(ns: &Netns, cgroup: &TestCgroup, pins: &PinDir, marathon: &str, a
     Agent::start(ns, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// The agent's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(agent: &Agent) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")
-}
-
 /// The agent's CPU time (user + system), in seconds.
 fn cpu_seconds(agent: &Agent) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()))?;
@@ -227,7 +217,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
         ensure!(connected.elapsed() < Duration::from_secs(60), "the agent never connected to the event stream");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rss_kib = peak_rss_kib(&agent)?;
+    let rss_kib = agent.rss_kib()?.1;
     let services = PinnedMaps::new(pins.path()).services()?.len();
     ensure!(services == apps * 2, "{services} of {} services programmed", apps * 2);
     let map_bytes = pinned_map_bytes(&pins)?;

@@ -11,6 +11,7 @@ pub mod hash;
 mod hook;
 pub mod maglev;
 pub mod maps;
+pub mod nat_state;
 pub mod names;
 pub mod reasons;
 pub mod refusal;

@@ -221,7 +221,9 @@ pub struct NatReply {
     pub service_addr: [u8; 16],
     pub client_port: u16,
     pub service_port: u16,
-    pub _pad: u32,
+    /// When the mapping last carried a packet and whether its connection closed: see
+    /// [`crate::nat_state`] (the agent frees the NAT port once this says so).
+    pub state: u32,
 }
 
 /// `struct bpf_fib_lookup` (include/uapi/linux/bpf.h), the value of the per-CPU `FIB_SCRATCH`

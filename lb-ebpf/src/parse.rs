@@ -38,6 +38,8 @@ pub struct Parsed {
     pub dport: u16,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// TCP header flags (0 for UDP): full NAT frees a mapping once its connection closes.
+    pub tcp_flags: u8,
 }
 
 impl Parsed {
@@ -104,12 +106,14 @@ pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, Reaso
     }
     let sport = be16(start, end, l4)?;
     let dport = be16(start, end, l4 + 2)?;
+    let mut tcp_flags = 0;
     if proto == PROTO_TCP {
         // The data offset covers at least the fixed header and ends inside the packet.
         let data_offset = (u8_at(start, end, l4 + 12)? >> 4) as usize * 4;
         if data_offset < TCP_LEN || l4 + data_offset > ip_end {
             return Err(Reason::Malformed);
         }
+        tcp_flags = u8_at(start, end, l4 + 13)?;
     } else {
         // The UDP length covers at least its header and ends inside the packet.
         let udp_len = be16(start, end, l4 + 4)? as usize;
@@ -117,7 +121,7 @@ pub fn parse(start: usize, end: usize, frame_len: usize) -> Result<Parsed, Reaso
             return Err(Reason::Malformed);
         }
     }
-    Ok(Parsed { family, proto, l3, l4, src, dst, sport, dport, ttl })
+    Ok(Parsed { family, proto, l3, l4, src, dst, sport, dport, ttl, tcp_flags })
 }
 
 /// (family, protocol, source, destination, TTL, L4 offset, offset where the IP packet ends) of

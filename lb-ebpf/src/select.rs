@@ -5,7 +5,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
+    hash, nat_state, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
     service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
 };
 
@@ -208,7 +208,7 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
         Route::Uplink { src, .. } => {
             s.flow.kind = FLOW_NAT;
             s.flow.nat_addr = src;
-            s.flow.nat_port = nat_port(p, backend, s)?;
+            s.flow.nat_port = nat_port(p, backend, s, now)?;
         }
     }
     let pinned = if p.family == FAMILY_V4 {
@@ -222,9 +222,10 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
 }
 
-/// Probes for a free NAT source port towards `backend` and claims it with the reply mapping.
+/// Probes for a free NAT source port towards `backend` and claims it with the reply mapping
+/// (freed by the agent once the connection has closed or idled out, see `nat_state`).
 #[inline(always)]
-fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, Reason> {
+fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch, now: u64) -> Result<u16, Reason> {
     let settings = settings().ok_or(Reason::NatPortsExhausted)?;
     let min = settings.nat_port_min as u32;
     if min == 0 {
@@ -236,6 +237,7 @@ fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<u16, R
     s.nat_reply.service_addr = p.dst;
     s.nat_reply.client_port = p.sport;
     s.nat_reply.service_port = p.dport;
+    s.nat_reply.state = nat_state::after_packet(0, now, p.tcp_flags, false);
     let start = hash::flow_hash(&p.src, p.sport, p.proto);
     s.reply_key = FlowKey {
         src: backend.addr,
@@ -295,7 +297,8 @@ pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
     }
 }
 
-/// How to send a full-NAT backend's reply back to its client, if this is one.
+/// How to send a full-NAT backend's reply back to its client, if this is one. The mapping is
+/// stamped with the time and any close the reply carries.
 #[inline(always)]
 pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
     let settings = settings()?;
@@ -304,8 +307,38 @@ pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
     }
     let s = scratch().ok()?;
     s.flow_key = flow_key(p);
-    // SAFETY: the reference is used only during this program run (the caller copies the fields it
-    // rewrites), and the kernel keeps the element allocated until the run ends (RCU); a concurrent
-    // update of the key writes the same connection's values.
-    unsafe { NAT_REPLIES.get(&s.flow_key) }
+    let reply = NAT_REPLIES.get_ptr_mut(&s.flow_key)?;
+    // SAFETY: a non-null pointer into the map's element, which the kernel keeps allocated until
+    // this run ends (RCU); the caller only reads it during the run. Another CPU stamping the same
+    // mapping races only on the plain `state` word.
+    let reply = unsafe { &mut *reply };
+    stamp(reply, p.tcp_flags, true);
+    Some(reply)
+}
+
+/// A full-NAT client's FIN or reset: marks its mapping closed (the agent frees the port after the
+/// linger `nat_state` gives it).
+#[inline(always)]
+pub fn nat_closing(p: &Parsed, backend: &BackendInfo, flow: &FlowInfo) {
+    let Ok(s) = scratch() else { return };
+    s.reply_key = FlowKey {
+        src: backend.addr,
+        dst: flow.nat_addr,
+        sport: backend.port,
+        dport: flow.nat_port,
+        proto: p.proto,
+        family: p.family,
+        _pad: 0,
+    };
+    if let Some(reply) = NAT_REPLIES.get_ptr_mut(&s.reply_key) {
+        // SAFETY: as in `nat_reply`.
+        stamp(unsafe { &mut *reply }, p.tcp_flags, false);
+    }
+}
+
+#[inline(always)]
+fn stamp(reply: &mut NatReply, tcp_flags: u8, from_backend: bool) {
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    reply.state = nat_state::after_packet(reply.state, now, tcp_flags, from_backend);
 }

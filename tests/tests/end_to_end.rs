@@ -11,7 +11,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TempDir, TempFile, TestCgroup},
     netns::LbTopology,
-    servers::{backend_spread, connect_and_greet, connect_from_and_greet, echo_round_trip, http_get, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, connect_from_and_greet, echo_round_trip, http_get, tcp_echo, udp_echo, ConnectionProber, Server},
 };
 
 const VIP: &str = "10.0.0.1";
@@ -50,6 +50,8 @@ struct Cluster {
     agent: Option<Agent>,
     /// `--ingress-hook` of the agent.
     hook: &'static str,
+    /// Flags added to the agent's.
+    extra_args: Vec<&'static str>,
     _servers: Vec<Server>,
 }
 
@@ -62,6 +64,10 @@ impl Cluster {
     }
 
     fn with_hook(backends: usize, hook: &'static str) -> Self {
+        Self::with_args(backends, hook, &[])
+    }
+
+    fn with_args(backends: usize, hook: &'static str, extra_args: &[&'static str]) -> Self {
         let topo = LbTopology::new(backends).unwrap();
         let mut servers = Vec::new();
         for i in 0..backends {
@@ -71,7 +77,7 @@ impl Cluster {
         let all: Vec<(usize, u32)> = (0..backends).map(|i| (i, 1)).collect();
         let file = TempFile::new(&services(&all)).unwrap();
         let cgroup = TestCgroup::new().unwrap();
-        let mut cluster = Self { topo, pins, cgroup, file, agent: None, hook, _servers: servers };
+        let mut cluster = Self { topo, pins, cgroup, file, agent: None, hook, extra_args: extra_args.to_vec(), _servers: servers };
         cluster.start_agent();
         cluster
     }
@@ -88,6 +94,7 @@ impl Cluster {
             "--cgroup", &self.cgroup.arg(),
             "--ingress-hook", self.hook,
         ];
+        let args: Vec<&str> = args.into_iter().chain(self.extra_args.iter().copied()).collect();
         self.agent = Some(Agent::start(&self.topo.node, &args).unwrap());
     }
 
@@ -391,6 +398,55 @@ fn restarting_the_agent_during_a_transfer_drops_nothing() {
     assert!(status.success());
     cluster.start_agent();
     assert_eq!(transfer.join().expect("transfer"), 10 * 1024 * 1024);
+}
+
+#[test]
+fn an_agent_killed_under_load_and_restarted_breaks_no_connection() {
+    let mut cluster = Cluster::new(3);
+    let conns = open(&cluster, 30);
+    let (mut stream, name) = open(&cluster, 1).pop().unwrap();
+    let transfer = std::thread::spawn(move || {
+        let chunk = vec![0xa5; 64 * 1024];
+        for _ in 0..320 {
+            echo_round_trip(&mut stream, &chunk).unwrap_or_else(|e| panic!("transfer to {name} broke: {e}"));
+        }
+    });
+    let prober = ConnectionProber::start(&cluster.topo.client, vip(80), Duration::from_millis(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = cluster.agent.take().unwrap().kill().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed), Some(libc::SIGKILL));
+    // No agent: the pinned programs and maps go on balancing.
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_agent();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = prober.finish();
+    assert!(report.failed == 0 && report.ok > 50 && report.per_backend.len() == 3, "{report:?}");
+    transfer.join().expect("the transfer ran through the kill and the restart");
+    all_alive(conns, None);
+}
+
+#[test]
+fn a_full_flow_table_evicts_flows_that_re_pin_to_their_backend() {
+    // 1,024 entries per table, 3,000 connections held: most flows are evicted while open.
+    const MAX_FLOWS: usize = 1024;
+    const CONNECTIONS: usize = 3000;
+    let cluster = Cluster::with_args(3, "auto", &["--max-flows", "1024"]);
+    let conns = open(&cluster, CONNECTIONS);
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, name) in &conns {
+        *per_backend.entry(name.clone()).or_default() += 1;
+    }
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    // Every connection, evicted or not, still reaches the backend that greeted it, twice over.
+    let conns = all_alive(all_alive(conns, None), None);
+    let flows: serde_json::Value = serde_json::from_str(&lb_ok(None, &["flows", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap()).unwrap();
+    let flows = flows.as_array().unwrap().len();
+    assert!(flows <= MAX_FLOWS, "{flows} flows in a {MAX_FLOWS}-entry table");
+    let stats: serde_json::Value = serde_json::from_str(&lb_ok(None, &["stats", "--json", "--pin-dir", &cluster.pins.arg()]).unwrap()).unwrap();
+    let web = stats["services"].as_array().unwrap().iter().find(|s| s["name"] == "web").unwrap();
+    // Re-pinned flows count as new flows: more than the connections opened.
+    assert!(web["new_flows"].as_u64().unwrap() as usize > CONNECTIONS, "{web}");
+    drop(conns);
 }
 
 #[test]

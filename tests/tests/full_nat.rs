@@ -192,3 +192,58 @@ fn assert_same_links_new_programs(before: &BTreeMap<String, (u64, u64)>, after: 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Up to `count` connections to `addr` from `ns`, each given `timeout` to connect and greet:
+/// (the connections made, how many failed).
+fn try_connect(ns: &lb_tests::netns::Netns, addr: SocketAddr, count: usize, timeout: Duration) -> (Vec<std::net::TcpStream>, usize) {
+    ns.run(move || {
+        let mut made = Vec::new();
+        for _ in 0..count {
+            let greeted = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut stream| {
+                stream.set_read_timeout(Some(timeout))?;
+                let mut greeting = [0u8; 64];
+                std::io::Read::read(&mut stream, &mut greeting)?;
+                Ok(stream)
+            });
+            if let Ok(stream) = greeted {
+                made.push(stream);
+            }
+        }
+        let failed = count - made.len();
+        (made, failed)
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_exhausted_nat_port_range_refuses_new_flows_and_closed_connections_free_their_ports() {
+    for hook in ["xdp", "tc"] {
+        nat_ports_exhausted_and_freed(hook);
+    }
+}
+
+fn nat_ports_exhausted_and_freed(hook: &str) {
+    // Four NAT ports towards the one backend: four connections at a time.
+    let s = setup_with(1, hook, &["--nat-ports", "61000-61003"]);
+    let vip: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let (held, failed) = try_connect(&s.topo.client, vip, 12, Duration::from_millis(300));
+    assert_eq!((held.len(), failed), (4, 8), "{hook}: four ports, twelve connections");
+    let exhausted = verdicts(&s)["nat_ports_exhausted"].as_u64().unwrap();
+    assert!(exhausted >= 8, "{hook}: every refused SYN is counted: {exhausted}");
+    let held: Vec<_> = held.into_iter().map(|stream| (stream, "remote-0".to_string())).collect();
+    for (mut stream, name) in held.iter().map(|(s, n)| (s.try_clone().unwrap(), n)) {
+        echo_round_trip(&mut stream, b"still here").unwrap_or_else(|e| panic!("{hook}: a held connection to {name} broke: {e}"));
+    }
+    // The held connections close: their ports are free again after the linger and a sweep.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (again, _) = try_connect(&s.topo.client, vip, 4, Duration::from_millis(300));
+        if again.len() == 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{hook}: closed connections never freed their NAT ports ({} of 4 connect)", again.len());
+        drop(again);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -40,6 +40,7 @@ fn bad_configuration_of_every_kind_exits_64_and_pins_nothing() {
         (&["--marathon", "http://marathon:8080", "--marathon-credentials", "u:p", "--marathon-token", "t"], "not both"),
         (&["--services", &svc, "--ring-slots", "100000"], "65536-slot chunks"),
         (&["--services", &svc, "--max-backends", "1"], "--max-backends"),
+        (&["--services", &svc, "--max-flows", "64"], "batches of 128"),
         (&["--services", &svc, "--nat-ports", "65000-61000"], "MIN must not exceed MAX"),
         (&["--services", &svc, "--nat-ports", "40000-41000"], "ephemeral ports"),
         (&["--services", &svc, "--iface", "nosuch0"], "unknown interface \"nosuch0\""),

@@ -31,6 +31,8 @@ pub enum ConfigError {
     Preflight(#[from] PreflightError),
     #[error(transparent)]
     ServicesFile(#[from] ServicesFileError),
+    #[error("--max-flows {given} is below {min} on this machine's {cpus} CPUs: the kernel's LRU tables hand each CPU free entries in batches of {LRU_BATCH}, and a smaller table evicts connections while they are in use; give at least {min}")]
+    FlowTableTooSmall { given: u32, min: u64, cpus: usize },
     #[error("--nat-ports {min}-{max} overlaps this node's ephemeral ports {eph_min}-{eph_max} (net.ipv4.ip_local_port_range): full-NAT flows would collide with the node's own connections; pick a range outside it")]
     NatPortsOverlapEphemeral { min: u16, max: u16, eph_min: u16, eph_max: u16 },
     #[error(transparent)]
@@ -96,6 +98,7 @@ impl AgentConfig {
             return Err(ConfigError::NoSource);
         }
         let limits = limits(args);
+        require_lru_batches(limits.max_flows)?;
         let marathon = marathon(args)?;
         let metrics = args.metrics_listen.0;
         if let Some(addr) = metrics.filter(|a| !a.ip().is_loopback() && !args.metrics_listen_public) {
@@ -141,6 +144,20 @@ impl AgentConfig {
     pub fn pin_dir(&self) -> &Path {
         &self.plan.pin_dir
     }
+}
+
+/// Free entries a CPU takes from a shared LRU table at once (`LOCAL_FREE_TARGET` in the
+/// kernel's bpf_lru_list.c). Measured here: 64-entry tables on 2 CPUs broke held connections
+/// on overflow; 256 and more evicted only the least recently used ones.
+const LRU_BATCH: u64 = 128;
+
+fn require_lru_batches(max_flows: u32) -> Result<(), ConfigError> {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1));
+    let min = LRU_BATCH * cpus as u64;
+    if u64::from(max_flows) < min {
+        return Err(ConfigError::FlowTableTooSmall { given: max_flows, min, cpus });
+    }
+    Ok(())
 }
 
 fn limits(args: &RunArgs) -> LoadLimits {

@@ -71,7 +71,8 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
         config.static_services,
         status,
     )
-    .with_neighbours(neighbours);
+    .with_neighbours(neighbours)
+    .with_udp_timeout(config.plan.limits.udp_timeout_secs);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let http_metrics = http_listeners.as_ref().map(|_| Arc::new(crate::http::metrics::Metrics::default()));
     if let (Some(bound), Some(metrics)) = (http_listeners, &http_metrics) {

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use lb_common::{nat_state, FlowKey, NatReply};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -40,6 +41,8 @@ pub struct Agent<D: Dataplane> {
     /// Explicit node addresses (empty: every address of the node).
     node_ips: Vec<IpAddr>,
     nat_ports: (u16, u16),
+    /// `--udp-timeout`: UDP full-NAT mappings idle this long are freed.
+    udp_timeout_ns: u64,
     uplinks: Vec<u32>,
     static_services: Desired,
     pub status: AgentStatus,
@@ -63,6 +66,7 @@ impl<D: Dataplane> Agent<D> {
             reconciler: Reconciler::default(),
             node_ips,
             nat_ports,
+            udp_timeout_ns: lb_common::DEFAULT_UDP_TIMEOUT_SECS * 1_000_000_000,
             uplinks,
             static_services,
             status,
@@ -71,6 +75,23 @@ impl<D: Dataplane> Agent<D> {
             vips_published: None,
             metrics: None,
             http: None,
+        }
+    }
+
+    pub fn with_udp_timeout(mut self, secs: u64) -> Self {
+        self.udp_timeout_ns = secs.saturating_mul(1_000_000_000);
+        self
+    }
+
+    /// Frees full-NAT mappings whose connections closed or idled out, so their ports can be
+    /// taken again (the programs only stamp them: see `nat_state`).
+    fn expire_nat_mappings(&mut self) {
+        let (now, udp_timeout) = (crate::report::monotonic_ns(), self.udp_timeout_ns);
+        let mut expired = |key: &FlowKey, reply: &NatReply| nat_state::expired(reply.state, now, key.proto, udp_timeout);
+        match self.dataplane.expire_nat_mappings(&mut expired) {
+            Ok(0) => {}
+            Ok(freed) => debug!(freed, "full-NAT mappings expired"),
+            Err(err) => warn!("expiring full-NAT mappings: {err}"),
         }
     }
 
@@ -340,6 +361,8 @@ impl<D: Dataplane> Agent<D> {
         }
 
         let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut nat_sweep = tokio::time::interval(NAT_SWEEP_EVERY);
+        nat_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = services.and_then(sources::modified);
         let resync_every = marathon.as_ref().map_or(Duration::from_secs(3600), |m| m.resync);
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
@@ -392,6 +415,7 @@ impl<D: Dataplane> Agent<D> {
                         Signal::Lost => paced("the event stream is lost"),
                     };
                 }
+                _ = nat_sweep.tick() => self.expire_nat_mappings(),
                 _ = resync.tick() => if marathon.is_some() { work = paced("--resync interval") },
                 _ = due => work = pacing.take_due().map(MarathonWork::Relist),
             }
@@ -451,6 +475,10 @@ fn marathon_services(marathon: &Option<MarathonSource>) -> Option<&Desired> {
     marathon.as_ref().filter(|m| m.answered).map(|m| m.translator.desired())
 }
 
+/// How often closed and idle full-NAT mappings are freed: a closed connection's port is free
+/// again at most this long after its linger (`nat_state::CLOSED_LINGER`).
+const NAT_SWEEP_EVERY: Duration = Duration::from_secs(2);
+
 /// What the Marathon source asks for after one wake-up.
 enum MarathonWork {
     Relist(String),
@@ -460,6 +488,7 @@ enum MarathonWork {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::FlowInfo;
     use crate::{
         dataplane::fake::FakeDataplane,
         model::{Backend, Proto, Service, ServiceAddr, ServiceId},
@@ -485,6 +514,38 @@ mod tests {
         );
         agent.write_status_file = false;
         agent
+    }
+
+    /// A full-NAT mapping towards backend 10.1.0.1:31000 from NAT port `port`, for client port
+    /// `port` too, stamped `state`, and its client's flow pinned to it.
+    fn nat_mapping(dp: &mut FakeDataplane, port: u16, state: u32) {
+        let v4 = |a: [u8; 4]| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a);
+            addr
+        };
+        let key = FlowKey { src: v4([10, 1, 0, 1]), dst: v4([10, 0, 0, 9]), sport: 31000, dport: port, proto: lb_common::PROTO_TCP, family: lb_common::FAMILY_V4, _pad: 0 };
+        let reply = NatReply { client_addr: v4([192, 0, 2, 7]), service_addr: v4([10, 0, 0, 1]), client_port: port, service_port: 80, state };
+        let flow = FlowInfo { kind: lb_common::FLOW_NAT, nat_port: port, nat_addr: key.dst, ..FlowInfo::default() };
+        dp.flows.push((nat_state::client_flow(&key, &reply), flow));
+        dp.nat_replies.push((key, reply));
+    }
+
+    #[test]
+    fn closed_and_idle_nat_mappings_are_freed_with_their_flows_and_open_ones_kept() {
+        let mut agent = agent(Desired::new());
+        let now = crate::report::monotonic_ns();
+        let unit = 1u64 << nat_state::CLOCK_SHIFT;
+        let dp = &mut agent.dataplane;
+        nat_mapping(dp, 61000, nat_state::after_packet(0, now, 0x10, true));
+        nat_mapping(dp, 61001, nat_state::after_packet(0, now - 10 * unit, nat_state::TCP_FIN, false));
+        nat_mapping(dp, 61002, nat_state::after_packet(0, now - 10 * unit, nat_state::TCP_FIN, true));
+        nat_mapping(dp, 61003, nat_state::after_packet(0, now - (nat_state::TCP_IDLE as u64 + 5) * unit, 0x10, true));
+        agent.expire_nat_mappings();
+        let ports = |v: &[(FlowKey, NatReply)]| v.iter().map(|(k, _)| k.dport).collect::<Vec<_>>();
+        assert_eq!(ports(&agent.dataplane.nat_replies), [61000, 61002], "open, and in the backend's TIME_WAIT, stay");
+        let flow_ports: Vec<u16> = agent.dataplane.flows.iter().map(|(_, f)| f.nat_port).collect();
+        assert_eq!(flow_ports, [61000, 61002], "the freed mappings' flows go with them");
     }
 
     /// (port, name, first backend) of every programmed service.

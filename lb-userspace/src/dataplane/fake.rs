@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    reasons, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey,
+    reasons, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey,
     TrafficCounters,
 };
 
@@ -24,6 +24,8 @@ pub struct FakeDataplane {
     pub pool: Vec<u32>,
     pub node_addrs: Vec<NodeAddrKey>,
     pub flows: Vec<(FlowKey, FlowInfo)>,
+    /// Full-NAT mappings, keyed by the backend's reply.
+    pub nat_replies: Vec<(FlowKey, NatReply)>,
     pub uplinks: Vec<u32>,
     pub service_ports: Vec<u64>,
     pub service_addrs: Vec<u64>,
@@ -46,6 +48,7 @@ impl FakeDataplane {
             pool: vec![0; ring_slots as usize],
             node_addrs: Vec::new(),
             flows: Vec::new(),
+            nat_replies: Vec::new(),
             uplinks: Vec::new(),
             service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
             service_addrs: vec![0; lb_common::SERVICE_ADDR_WORDS as usize],
@@ -209,6 +212,16 @@ impl Dataplane for FakeDataplane {
 
     fn flow_table_fill(&self) -> Result<Vec<(&'static str, u32, u32)>> {
         Ok(vec![(lb_common::names::MAP_FLOWS4, self.flows.len() as u32, 4096)])
+    }
+
+    fn expire_nat_mappings(&mut self, expired: &mut dyn FnMut(&FlowKey, &NatReply) -> bool) -> Result<usize> {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.nat_replies.drain(..).partition(|(k, v)| expired(k, v));
+        self.nat_replies = kept;
+        for (key, reply) in &gone {
+            let client = lb_common::nat_state::client_flow(key, reply);
+            self.flows.retain(|(k, f)| !(k == &client && lb_common::nat_state::flow_uses(f, key)));
+        }
+        Ok(gone.len())
     }
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {

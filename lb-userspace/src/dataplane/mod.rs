@@ -9,7 +9,7 @@ mod sys;
 
 use std::path::PathBuf;
 
-use lb_common::{BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters};
+use lb_common::{BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -91,6 +91,10 @@ impl Bitmap {
     }
 }
 
+/// NAT mappings freed per [`Dataplane::expire_nat_mappings`] call at most: bounds the memory of
+/// one sweep (the rest wait for the next).
+pub const MAX_EXPIRED_PER_CALL: usize = 16384;
+
 pub trait Dataplane {
     fn limits(&self) -> Result<Limits, DataplaneError>;
 
@@ -143,6 +147,10 @@ pub trait Dataplane {
     fn flow_table_fill(&self) -> Result<Vec<(&'static str, u32, u32)>, DataplaneError>;
     /// The flow-table entry of one connection, if there is one.
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>, DataplaneError>;
+    /// Frees the full-NAT mappings `expired` picks (keyed by the backend's reply), with the flow
+    /// entries still pointing at them, so their NAT ports can be taken again. At most
+    /// `MAX_EXPIRED_PER_CALL` per call. Returns how many were freed.
+    fn expire_nat_mappings(&mut self, expired: &mut dyn FnMut(&FlowKey, &NatReply) -> bool) -> Result<usize, DataplaneError>;
 }
 
 #[cfg(test)]

@@ -248,11 +248,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let mut map = self.hash_mut::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?;
-        match map.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::MAP_SERVICES)(e)),
-        }
+        ignore_missing(self.hash_mut::<ServiceKey, ServiceInfo>(names::MAP_SERVICES)?.remove(key), names::MAP_SERVICES)
     }
 
     fn service_name(&self, service_id: u32) -> Result<String> {
@@ -335,11 +331,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
-        let mut map = self.hash_mut::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
-        match map.remove(addr) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::MAP_NODE_ADDRS)(e)),
-        }
+        ignore_missing(self.hash_mut::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?.remove(addr), names::MAP_NODE_ADDRS)
     }
 
     fn uplinks(&self) -> Result<Vec<u32>> {
@@ -352,11 +344,7 @@ impl Dataplane for PinnedMaps {
     }
 
     fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {
-        let mut map = self.hash_mut::<u32, u32>(names::MAP_UPLINKS)?;
-        match map.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::MAP_UPLINKS)(e)),
-        }
+        ignore_missing(self.hash_mut::<u32, u32>(names::MAP_UPLINKS)?.remove(&ifindex), names::MAP_UPLINKS)
     }
 
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
@@ -382,6 +370,24 @@ impl Dataplane for PinnedMaps {
         Ok(out)
     }
 
+    fn expire_nat_mappings(&mut self, expired: &mut dyn FnMut(&FlowKey, &NatReply) -> bool) -> Result<usize> {
+        let name = names::MAP_NAT_REPLIES;
+        let mut found: Vec<(FlowKey, NatReply)> = Vec::new();
+        super::sys::for_each_hash_batch::<FlowKey, NatReply>(self.data(name)?.fd().as_fd(), |keys, values| {
+            found.extend(keys.iter().zip(values).filter(|(k, v)| expired(k, v)).map(|(k, v)| (*k, *v)));
+            found.len() < super::MAX_EXPIRED_PER_CALL
+        })
+        .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
+        found.truncate(super::MAX_EXPIRED_PER_CALL);
+        for (key, reply) in &found {
+            // The flow first: a packet of it meanwhile re-pins (new port) instead of using a
+            // mapping that is gone.
+            self.forget_flow_using(key, reply)?;
+            ignore_missing(self.hash_mut::<FlowKey, NatReply>(name)?.remove(key), name)?;
+        }
+        Ok(found.len())
+    }
+
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
         let found = if key.family == lb_common::FAMILY_V4 {
             self.hash::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?.get(&key.narrow(), 0)
@@ -393,6 +399,30 @@ impl Dataplane for PinnedMaps {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(DataplaneError::Map { name: if key.family == lb_common::FAMILY_V4 { names::MAP_FLOWS4 } else { names::MAP_FLOWS }, source }),
         }
+    }
+}
+
+impl PinnedMaps {
+    /// Removes the client's flow entry of a NAT mapping if it still sends through it.
+    fn forget_flow_using(&mut self, key: &FlowKey, reply: &NatReply) -> Result<()> {
+        let flow_key = lb_common::nat_state::client_flow(key, reply);
+        let Some(flow) = self.flow(&flow_key)? else { return Ok(()) };
+        if !lb_common::nat_state::flow_uses(&flow, key) {
+            return Ok(());
+        }
+        if flow_key.family == lb_common::FAMILY_V4 {
+            ignore_missing(self.hash_mut::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?.remove(&flow_key.narrow()), names::MAP_FLOWS4)
+        } else {
+            ignore_missing(self.hash_mut::<FlowKey, FlowInfo>(names::MAP_FLOWS)?.remove(&flow_key), names::MAP_FLOWS)
+        }
+    }
+}
+
+/// A removal that found nothing (the kernel evicted or removed the entry first) is done.
+fn ignore_missing(removed: std::result::Result<(), MapError>, name: &'static str) -> Result<()> {
+    match removed {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
     }
 }
 

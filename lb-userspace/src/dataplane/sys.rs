@@ -54,22 +54,45 @@ pub(super) fn read_hash<K: aya::Pod + Default, V: aya::Pod + Default>(map: Borro
 /// Up to `limit` (key, `copies` values) elements of a map, BATCH per call; the batch cursor is
 /// a u32 for arrays (an index) and hash maps (a bucket).
 fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_>, limit: usize, copies: usize) -> io::Result<(Vec<K>, Vec<V>)> {
-    use std::os::fd::AsRawFd as _;
     let (mut all_keys, mut all_values) = (Vec::new(), Vec::new());
+    for_each_batch::<K, V>(map, copies, |keys, values| {
+        all_keys.extend_from_slice(keys);
+        all_values.extend_from_slice(values);
+        all_keys.len() < limit
+    })?;
+    all_keys.truncate(limit);
+    all_values.truncate(limit.saturating_mul(copies));
+    Ok((all_keys, all_values))
+}
+
+/// Every element of a hash map in batches of BATCH, handed to `each` one batch at a time (so a
+/// whole table is never held at once), until `each` returns false.
+pub(super) fn for_each_hash_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    each: impl FnMut(&[K], &[V]) -> bool,
+) -> io::Result<()> {
+    for_each_batch(map, 1, each)
+}
+
+fn for_each_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    copies: usize,
+    mut each: impl FnMut(&[K], &[V]) -> bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
     let (mut position, mut next) = (0u32, 0u32);
     let mut first = true;
-    while all_keys.len() < limit {
-        // Always a whole batch: a hash map refuses (ENOSPC) a count smaller than the bucket it
-        // is at; the surplus is cut off below.
-        let count = BATCH;
-        let mut keys = vec![K::default(); count as usize];
-        let mut values = vec![V::default(); count as usize * copies];
+    // Always a whole batch: a hash map refuses (ENOSPC) a count smaller than the bucket it is
+    // at; callers cut any surplus.
+    let mut keys = vec![K::default(); BATCH as usize];
+    let mut values = vec![V::default(); BATCH as usize * copies];
+    loop {
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &position as *const u32 as u64 },
             out_batch: &mut next as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count,
+            count: BATCH,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -80,19 +103,13 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
         };
-        keys.truncate(attr.count as usize);
-        values.truncate(attr.count as usize * copies);
-        all_keys.extend(keys);
-        all_values.extend(values);
-        if done || attr.count == 0 {
-            break;
+        let n = attr.count as usize;
+        if !each(&keys[..n], &values[..n * copies]) || done || n == 0 {
+            return Ok(());
         }
         position = next;
         first = false;
     }
-    all_keys.truncate(limit);
-    all_values.truncate(limit.saturating_mul(copies));
-    Ok((all_keys, all_values))
 }
 
 /// The `entries` elements of a BPF_F_MMAPABLE array map, copied out of a read-only mapping

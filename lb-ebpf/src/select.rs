@@ -206,6 +206,11 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
             remembered.map_err(|_| Reason::FlowTableFull)?;
         }
         Route::Uplink { src, .. } => {
+            // Checked before anything is claimed: a forward the TTL forbids must not pin a flow
+            // or take a NAT port (the fuzzer found both).
+            if p.ttl <= 1 {
+                return Err(Reason::TtlExceeded);
+            }
             s.flow.kind = FLOW_NAT;
             s.flow.nat_addr = src;
             s.flow.nat_port = nat_port(p, backend, s, now)?;

@@ -173,6 +173,11 @@ impl Reconciler {
     }
 
     /// Makes the maps equal to `desired`.
+    /// Ring slots the allocator has handed out (live rings and those waiting to be reused).
+    pub fn ring_slots_in_use(&self) -> u64 {
+        self.mirror.as_ref().map_or(0, |m| m.alloc.rings.used_slots())
+    }
+
     pub fn apply(&mut self, desired: &Desired, dp: &mut dyn Dataplane) -> Result<Report, DataplaneError> {
         self.apply_changes(desired, None, dp)
     }

@@ -106,6 +106,12 @@ impl RingAllocator {
         }
     }
 
+    /// Slots of the rings handed out and not given back: a leak shows as more than the live
+    /// rings (and those waiting to be reused) hold.
+    pub fn used_slots(&self) -> u64 {
+        self.sizes.iter().map(|(size, class)| u64::from(*size) * class.used.values().map(|&n| u64::from(n)).sum::<u64>()).sum()
+    }
+
     /// Slots not in any chunk: what rings of a size not in use yet can get.
     pub fn free_chunk_slots(&self) -> u64 {
         self.free_chunks.len() as u64 * CHUNK_SLOTS as u64
@@ -122,6 +128,19 @@ impl SizeClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_slots_follow_allocations_and_frees() {
+        let mut alloc = RingAllocator::new(4 * CHUNK_SLOTS, [Ring { start: 0, size: 359 }]).unwrap();
+        assert_eq!(alloc.used_slots(), 359);
+        let a = alloc.allocate(421).unwrap();
+        let b = alloc.allocate(359).unwrap();
+        assert_eq!(alloc.used_slots(), 359 * 2 + 421);
+        alloc.free(a);
+        alloc.free(b);
+        alloc.free(b);
+        assert_eq!(alloc.used_slots(), 359, "a double free gives nothing back twice");
+    }
 
     const POOL: u32 = 4 * CHUNK_SLOTS;
 

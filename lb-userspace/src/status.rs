@@ -21,6 +21,10 @@ pub struct AgentStatus {
     /// Seconds since the epoch of the last change of this status.
     pub updated: u64,
     pub services: usize,
+    /// Ring-pool slots the agent has handed out (live rings, and freed ones waiting one pass
+    /// before reuse): once changes settle, the live rings' sizes summed.
+    #[serde(default)]
+    pub ring_slots_in_use: u64,
     /// Services that could not be programmed (a limit is reached: which, and the flag that
     /// raises it), by address and name; every other service is.
     #[serde(default)]

@@ -1,5 +1,7 @@
 //! Seeded packet fuzzing through the real ingress programs (BPF_PROG_TEST_RUN) against a loaded
-//! service set: valid frames of every kind, then mutated (truncated at any byte, header fields
+//! service set (local and full-NAT backends; the program runs in a namespace of its own whose
+//! uplink has the remote backend's neighbour resolved): valid frames of every kind, backends'
+//! replies to full-NAT flows made earlier in the run among them, then mutated (truncated at any byte, header fields
 //! set to odd values, VLAN tags, zero UDP checksums, TTL 0/1, IPv6 extension headers, random
 //! bytes). Every frame is checked against oracles that hold whatever the input:
 //! - the program returns a verdict its hook defines (never XDP_ABORTED), and exactly one outcome
@@ -7,8 +9,9 @@
 //! - a drop is one of the outcomes that drop, a transmit one of those that transmit;
 //! - a frame that is passed without being balanced leaves unchanged;
 //! - a forwarded frame re-parses, goes to a configured backend of the service its destination
-//!   names with the client's source kept, and its checksums are valid exactly when the input's
-//!   were (incremental updates neither repair nor break them);
+//!   names with the client's source kept (full NAT: from the uplink's address and a NAT port),
+//!   and its checksums are valid exactly when the input's were (incremental updates neither
+//!   repair nor break them); a full-NAT reply goes back from a full-NAT service;
 //! - a refusal is a well-formed reset or ICMP error, with valid checksums, back to the source;
 //! - no flow is pinned for a frame that was not forwarded.
 //!
@@ -17,15 +20,17 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
+    sync::mpsc,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb::dataplane::Dataplane;
 use lb_common::{FlowKey, Hook, Reason};
 
 use crate::{
     fixture::{expected_verdict, Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    netns::Netns,
     packet::{tcp, udp, v4, v6, TcpFlags, ACK, SYN},
 };
 
@@ -37,8 +42,12 @@ const SERVICES: &str = r#"{"services":[
   {"name":"web6","address":"fd00::80","port":80,"protocol":"tcp","backends":[{"address":"fd00:1::5","port":31005}]},
   {"name":"draining","address":"10.0.0.3","port":80,"protocol":"tcp","backends":[{"address":"10.1.0.8","port":31008,"weight":0}]},
   {"name":"empty","address":"10.0.0.9","port":80,"protocol":"tcp","backends":[]},
-  {"name":"empty6-udp","address":"fd00::99","port":53,"protocol":"udp","backends":[]}
+  {"name":"empty6-udp","address":"fd00::99","port":53,"protocol":"udp","backends":[]},
+  {"name":"remote","address":"10.0.0.4","port":80,"protocol":"tcp,udp","backends":[{"address":"10.202.0.10","port":31010}]}
 ]}"#;
+/// The uplink's address (full NAT's source) and the remote backend's (behind the uplink).
+const UPLINK_ADDR: &str = "10.202.0.2";
+const REMOTE_BACKEND: &str = "10.202.0.10";
 const NODE_ADDRS: [&str; 3] = ["10.201.0.2", "fd00:201::2", "127.0.0.1"];
 
 /// Where each service's traffic may go: every backend address:port of the service set.
@@ -63,6 +72,8 @@ pub struct Report {
     /// header): TC only.
     pub not_runnable: u32,
     pub violations: Vec<Violation>,
+    /// Frames per outcome counted (what the run covered).
+    pub outcomes: std::collections::BTreeMap<&'static str, u32>,
 }
 
 /// xorshift64*: small, seedable, good enough to pick mutations.
@@ -85,20 +96,58 @@ impl Rng {
     }
 }
 
-/// The program of one hook, loaded with the service set, and what the oracles need.
+/// The program of one hook, loaded with the service set in a namespace of its own (its worker
+/// thread lives there: route lookups are made in the caller's namespace), and what the oracles
+/// need.
 pub struct Harness {
     hook: Hook,
-    fixture: Fixture,
+    frames: Option<mpsc::Sender<Vec<u8>>>,
+    results: mpsc::Receiver<Result<(u32, Vec<u8>)>>,
+    worker: Option<std::thread::JoinHandle<()>>,
     maps: lb::dataplane::pinned::PinnedMaps,
     backends: BTreeSet<SocketAddr>,
+    /// Frames per outcome counted so far.
+    outcomes: std::collections::BTreeMap<&'static str, u32>,
+    /// Where the last full-NAT forward went (backend, NAT source, protocol), for a reply to it.
+    last_nat: Option<(SocketAddr, SocketAddr, u8)>,
+    _ns: Netns,
 }
 
 impl Harness {
     pub fn new(hook: Hook) -> Result<Self> {
-        let mut fixture = Fixture::load_hook(hook)?;
-        fixture.apply(SERVICES, &NODE_ADDRS)?;
-        let maps = fixture.maps();
-        Ok(Self { hook, fixture, maps, backends: backends()? })
+        let ns = Netns::new("lbfz")?;
+        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])?;
+        ns.ip(&["link", "set", "up0p", "up"])?;
+        ns.addr("up0", &format!("{UPLINK_ADDR}/24"))?;
+        ns.ip(&["neigh", "add", REMOTE_BACKEND, "lladdr", "02:aa:00:00:00:10", "dev", "up0", "nud", "permanent"])?;
+        // The clients (10.100.0.0/16) are behind a router on the uplink: replies go back there.
+        ns.ip(&["neigh", "add", "10.202.0.1", "lladdr", "02:aa:00:00:00:01", "dev", "up0", "nud", "permanent"])?;
+        ns.route("10.100.0.0/16", "10.202.0.1".parse()?)?;
+        // The route lookup answers "forwarding disabled" otherwise, and full NAT never happens.
+        let forwarding = ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).status()?;
+        anyhow::ensure!(forwarding.success(), "enabling IPv4 forwarding in the fuzz namespace");
+        let (frames, frame_rx) = mpsc::channel::<Vec<u8>>();
+        let (result_tx, results) = mpsc::channel();
+        let (maps_tx, maps_rx) = mpsc::channel();
+        let worker = ns.spawn(move || {
+            let loaded = (|| -> Result<Fixture> {
+                let mut fixture = Fixture::load_hook(hook)?;
+                fixture.apply(SERVICES, &NODE_ADDRS)?;
+                fixture.arrive_on(lb::preflight::interface_index("up0")?)?;
+                Ok(fixture)
+            })();
+            let mut fixture = match loaded {
+                Ok(fixture) => fixture,
+                Err(err) => return drop(maps_tx.send(Err(err))),
+            };
+            let _ = maps_tx.send(Ok(fixture.pins.path().to_path_buf()));
+            for frame in frame_rx {
+                let _ = result_tx.send(fixture.run_packet(&frame));
+            }
+        })?;
+        let pins = maps_rx.recv().context("the fuzz worker ended")??;
+        let maps = lb::dataplane::pinned::PinnedMaps::new(&pins);
+        Ok(Self { hook, frames: Some(frames), results, worker: Some(worker), maps, backends: backends()?, outcomes: Default::default(), last_nat: None, _ns: ns })
     }
 
     /// Frames shorter than this the kernel refuses to test-run (EINVAL before the program runs):
@@ -111,13 +160,33 @@ impl Harness {
     /// oracles' verdict.
     pub fn case(&mut self, frame: &[u8]) -> Result<Option<Result<(), String>>> {
         let before = self.maps.verdicts()?;
-        let (verdict, output) = match self.fixture.run_packet(frame) {
+        self.frames.as_ref().context("harness stopped")?.send(frame.to_vec())?;
+        let (verdict, output) = match self.results.recv()? {
             Ok(ran) => ran,
             Err(_) if frame.len() < self.shortest_runnable() => return Ok(None),
             Err(err) => return Err(err.context(format!("a {}-byte frame", frame.len()))),
         };
         let after = self.maps.verdicts()?;
-        Ok(Some(check(self.hook, frame, verdict, &output, &before, &after, &self.backends, &self.maps)))
+        for (reason, _) in Reason::ALL.iter().zip(before.iter().zip(&after)).filter(|(_, (b, a))| a != b) {
+            *self.outcomes.entry(reason.name()).or_default() += 1;
+        }
+        let checked = check(self.hook, frame, verdict, &output, &before, &after, &self.backends, &self.maps);
+        if checked.is_ok() {
+            if let Some((nat_src, backend, proto)) = tuple(&output).filter(|(src, _, _)| src.ip().to_string() == UPLINK_ADDR) {
+                self.last_nat = Some((backend, nat_src, proto));
+            }
+        }
+        Ok(Some(checked))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // The worker ends with its channel; its fixture unpins before the namespace goes.
+        self.frames = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -127,7 +196,7 @@ pub fn run(seed: u64, cases: u32, hook: Hook) -> Result<Report> {
     let mut rng = Rng::new(seed);
     let mut report = Report::default();
     for case in 0..cases {
-        let base = base_frame(&mut rng, case);
+        let base = base_frame(&mut rng, case, harness.last_nat);
         let frame = mutate(&mut rng, base);
         match harness.case(&frame).map_err(|e| e.context(format!("case {case}")))? {
             None => report.not_runnable += 1,
@@ -138,19 +207,28 @@ pub fn run(seed: u64, cases: u32, hook: Hook) -> Result<Report> {
             }
         }
     }
+    report.outcomes = std::mem::take(&mut harness.outcomes);
     Ok(report)
 }
 
 /// A valid frame of one of the kinds the service set can see, from a source unique to the case
-/// (so a flow found afterwards was made by this frame).
-fn base_frame(rng: &mut Rng, case: u32) -> Vec<u8> {
+/// (so a flow found afterwards was made by this frame), or a backend's reply to the last
+/// full-NAT forward (`last_nat`: backend, NAT source, protocol).
+fn base_frame(rng: &mut Rng, case: u32, last_nat: Option<(SocketAddr, SocketAddr, u8)>) -> Vec<u8> {
     let sport = 1024 + (case % 60000) as u16;
     let src4 = v4(10, 100 + (case / 60000) as u8, 0, 1);
     let src6 = v6(&format!("fd00:9::{:x}", 1 + case / 60000));
     let flags = [SYN, ACK, TcpFlags { fin: true, ack: true, ..TcpFlags::default() }, TcpFlags { rst: true, ..TcpFlags::default() }];
     let flag = flags[rng.below(flags.len())];
     let payload: Vec<u8> = (0..rng.below(40)).map(|_| rng.next() as u8).collect();
-    match rng.below(10) {
+    match rng.below(13) {
+        10 => tcp((src4, sport), (v4(10, 0, 0, 4), 80), flag, &payload),
+        11 => udp((src4, sport), (v4(10, 0, 0, 4), 80), &payload),
+        12 => match last_nat {
+            Some((backend, nat, 6)) => tcp((backend.ip(), backend.port()), (nat.ip(), nat.port()), ACK, &payload),
+            Some((backend, nat, _)) => udp((backend.ip(), backend.port()), (nat.ip(), nat.port()), &payload),
+            None => tcp((src4, sport), (v4(10, 0, 0, 4), 80), SYN, &payload),
+        },
         0 => tcp((src4, sport), (v4(10, 0, 0, 1), 80), flag, &payload),
         1 => udp((src4, sport), (v4(10, 0, 0, 2), 53), &payload),
         2 => tcp((src4, sport), (v4(10, 201, 0, 2), 10000), flag, &payload),
@@ -240,17 +318,19 @@ fn check(
     let action = |xdp: u32| expected_verdict(hook, xdp);
     let allowed = match reason {
         Reason::FwdLocal | Reason::NotService | Reason::NotIpTcpUdp | Reason::Malformed | Reason::Fragment | Reason::IpOptions | Reason::TtlExceeded => action(XDP_PASS),
-        Reason::NoBackendRejected => action(XDP_TX),
-        Reason::FwdNat | Reason::NatReply => return Err(format!("{reason:?}: no full-NAT backend is configured")),
+        Reason::NoBackendRejected | Reason::FwdNat | Reason::NatReply => action(XDP_TX),
         r if r.drops() => action(XDP_DROP),
         r => return Err(format!("outcome {r:?} cannot come from an ingress hook")),
     };
     let redirect = action(XDP_REDIRECT);
-    if verdict != allowed && !(reason == Reason::NoBackendRejected && verdict == redirect) {
+    let transmits = matches!(reason, Reason::NoBackendRejected | Reason::FwdNat | Reason::NatReply);
+    if verdict != allowed && !(transmits && verdict == redirect) {
         return Err(format!("{reason:?} with verdict {verdict}"));
     }
     match reason {
         Reason::FwdLocal => check_forward(input, output, backends),
+        Reason::FwdNat => check_nat_forward(input, output, backends),
+        Reason::NatReply => check_nat_reply(input, output),
         Reason::NoBackendRejected => check_refusal(input, output),
         _ if verdict == action(XDP_PASS) && output != input => Err(format!("{reason:?}: passed, but the frame was changed")),
         _ => check_no_flow(input, maps),
@@ -288,6 +368,34 @@ fn check_forward(input: &[u8], output: &[u8], backends: &BTreeSet<SocketAddr>) -
     }
     if !backends.contains(&out_dst) {
         return Err(format!("forwarded to {out_dst}, which is no configured backend"));
+    }
+    if checksums_valid(input) != checksums_valid(output) {
+        return Err(format!("checksums valid before: {}, after: {}", checksums_valid(input), checksums_valid(output)));
+    }
+    Ok(())
+}
+
+fn check_nat_forward(input: &[u8], output: &[u8], backends: &BTreeSet<SocketAddr>) -> Result<(), String> {
+    let (_, _, proto) = tuple(input).ok_or("forwarded a frame that does not parse")?;
+    let (out_src, out_dst, out_proto) = tuple(output).ok_or("the forwarded frame does not parse")?;
+    let nat_ports = lb_common::DEFAULT_NAT_PORT_MIN..=lb_common::DEFAULT_NAT_PORT_MAX;
+    if out_proto != proto || out_src.ip().to_string() != UPLINK_ADDR || !nat_ports.contains(&out_src.port()) {
+        return Err(format!("full NAT from {out_src}, not from {UPLINK_ADDR} and a NAT port"));
+    }
+    if out_dst.ip().to_string() != REMOTE_BACKEND || !backends.contains(&out_dst) {
+        return Err(format!("full NAT to {out_dst}, which is not the remote backend"));
+    }
+    if checksums_valid(input) != checksums_valid(output) {
+        return Err(format!("checksums valid before: {}, after: {}", checksums_valid(input), checksums_valid(output)));
+    }
+    Ok(())
+}
+
+fn check_nat_reply(input: &[u8], output: &[u8]) -> Result<(), String> {
+    let (_, _, proto) = tuple(input).ok_or("rewrote a reply that does not parse")?;
+    let (out_src, _, out_proto) = tuple(output).ok_or("the rewritten reply does not parse")?;
+    if out_proto != proto || out_src.ip().to_string() != "10.0.0.4" || out_src.port() != 80 {
+        return Err(format!("a full-NAT reply from {out_src}, not from the service 10.0.0.4:80"));
     }
     if checksums_valid(input) != checksums_valid(output) {
         return Err(format!("checksums valid before: {}, after: {}", checksums_valid(input), checksums_valid(output)));

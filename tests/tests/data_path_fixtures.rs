@@ -441,11 +441,21 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
         low_ttl[14 + 8] = 1;
         let mut low_ttl_counters = iface(low_ttl.len());
         low_ttl_counters.push(("verdict.ttl_exceeded".to_string(), 1));
+        let mut dying_syn = tcp((client, 40001), (v4(10, 0, 0, 1), 80), SYN, b"");
+        dying_syn[14 + 8] = 1;
+        let mut dying_counters = iface(dying_syn.len());
+        dying_counters.push(("verdict.ttl_exceeded".to_string(), 1));
         f.run_table(&[
+            Case { name: "syn with TTL 1 to a remote backend: to the stack, nothing claimed", output: dying_syn.clone(), input: dying_syn, verdict: XDP_PASS, counters: dying_counters },
             Case { name: "syn to a remote backend: full NAT, sent back out", input: syn, verdict: XDP_TX, output: syn_out, counters },
             Case { name: "the backend's reply: back to the client from the VIP", input: reply, verdict: XDP_TX, output: reply_out, counters: reply_counters },
             Case { name: "reply with TTL 1 goes to the stack", output: low_ttl.clone(), input: low_ttl, verdict: XDP_PASS, counters: low_ttl_counters },
         ]);
+        // The dying SYN pinned no flow (and so took no NAT port): found by the fuzzer.
+        let (client_addr, family) = lb::model::ip_bytes(client);
+        let (vip, _) = lb::model::ip_bytes(v4(10, 0, 0, 1));
+        let key = lb_common::FlowKey { src: client_addr, dst: vip, sport: 40001, dport: 80, proto: 6, family, _pad: 0 };
+        assert_eq!(f.maps().flow(&key).unwrap(), None, "{hook}: a SYN that was not forwarded pinned a flow");
     })
     .unwrap();
 }

@@ -21,6 +21,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   fuzz [--seed N] [--cases N] [--hook xdp|tc|both]
                     generated and mutated frames through the ingress programs, checked frame by
                     frame; violations are printed and saved under tests/corpus/
+  soak [--minutes N] [--apps N] [--rate CHANGES_PER_S] [--seed N] [--json FILE]
+                    churn a Marathon of 1,000 apps at >= 20 events/s under live connections
+                    (default 2 minutes); fails if the agent grows, leaks or breaks anything
   install [--root DIR] [--binary PATH]
                     build (release) and install lb, its systemd unit, a default /etc/lb/lb.toml
                     (never overwritten), completions; under DIR (default /)
@@ -92,6 +95,15 @@ fn real_main() -> Result<()> {
             step("fuzzing the ingress programs");
             // The debug profile: the frames run in the kernel, and a release build takes minutes.
             let mut args = vec!["run", "--quiet", "-p", "lb-tests", "--bin", "lb-fuzz", "--"];
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args, &[])
+        }
+        "soak" => {
+            prereqs::ensure_all()?;
+            step("building lb for the soak");
+            cargo(&["build", "-p", "lb-userspace"], &[])?;
+            step("churning Marathon under live connections");
+            let mut args = vec!["run", "--quiet", "-p", "lb-tests", "--bin", "lb-soak", "--"];
             args.extend(rest.iter().map(String::as_str));
             cargo(&args, &[])
         }

@@ -148,6 +148,7 @@ impl<D: Dataplane> Agent<D> {
             }
         }
         self.status.services = desired.len();
+        self.status.ring_slots_in_use = self.reconciler.ring_slots_in_use();
         self.write_status();
         Ok(())
     }

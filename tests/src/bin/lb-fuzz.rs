@@ -51,6 +51,8 @@ fn run() -> Result<bool> {
             report.not_runnable,
             started.elapsed().as_secs_f64()
         );
+        let outcomes: Vec<String> = report.outcomes.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        println!("  outcomes: {}", outcomes.join(", "));
         for violation in &report.violations {
             println!("{}", fuzz::describe(seed, hook, violation));
             let file = corpus.join(format!("{hook}-{seed}-{}.hex", violation.case));

@@ -257,11 +257,29 @@ fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch, now: u64) -> Res
         // Odd strides from a per-client start: different clients spread, retries do not repeat.
         let port = min + hash::ring_slot(start.wrapping_add(attempt.wrapping_mul(7919)), span);
         s.reply_key.dport = port as u16;
-        if NAT_REPLIES.insert(&s.reply_key, &s.nat_reply, BPF_NOEXIST as u64).is_ok() {
+        if NAT_REPLIES.insert(&s.reply_key, &s.nat_reply, BPF_NOEXIST as u64).is_ok() || reclaim(&s.reply_key, &s.nat_reply) {
             return Ok(port as u16);
         }
     }
     Err(Reason::NatPortsExhausted)
+}
+
+/// Whether the mapping under `key` is already this connection's: its flow entry was evicted
+/// (LRU) while the mapping stayed. It keeps its port, so the backend still sees the same
+/// connection, and the mapping is stamped as the new one would have been.
+#[inline(always)]
+fn reclaim(key: &FlowKey, want: &NatReply) -> bool {
+    let Some(have) = NAT_REPLIES.get_ptr_mut(key) else { return false };
+    // SAFETY: a non-null pointer into the map's element, kept allocated until this run ends (RCU).
+    let have = unsafe { &mut *have };
+    let same = have.client_port == want.client_port
+        && have.service_port == want.service_port
+        && mem::eq16(&have.client_addr, &want.client_addr)
+        && mem::eq16(&have.service_addr, &want.service_addr);
+    if same {
+        have.state = want.state;
+    }
+    same
 }
 
 /// The active backend the service's ring assigns to `flow_hash`.

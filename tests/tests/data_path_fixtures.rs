@@ -456,6 +456,19 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
         let (vip, _) = lb::model::ip_bytes(v4(10, 0, 0, 1));
         let key = lb_common::FlowKey { src: client_addr, dst: vip, sport: 40001, dport: 80, proto: 6, family, _pad: 0 };
         assert_eq!(f.maps().flow(&key).unwrap(), None, "{hook}: a SYN that was not forwarded pinned a flow");
+
+        // The connection's flow entry is evicted (a full table) while its NAT mapping stays: its
+        // next segment is pinned again with the same NAT port, so the backend sees the same
+        // connection.
+        let flow4 = lb_common::FlowKey4 { src: [10, 202, 0, 1], dst: [10, 0, 0, 1], sport: 40000, dport: 80, proto: 6, _pad: 0, _pad2: 0 };
+        let pinned = aya::maps::MapData::from_pin(f.pins.path().join("flows4")).unwrap();
+        let mut flows: aya::maps::HashMap<_, lb_common::FlowKey4, lb_common::FlowInfo> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(pinned)).unwrap();
+        flows.remove(&flow4).unwrap();
+        let data = tcp((client, 40000), (v4(10, 0, 0, 1), 80), ACK, b"more");
+        let (verdict, out) = f.run_packet(&data).unwrap();
+        let same_port = reframed(&tcp((v4(10, 202, 0, 2), nat_port), (v4(10, 202, 0, 10), 31000), ACK, b"more"), UP_MAC, BACKEND_MAC, 63);
+        assert_eq!(verdict, lb_tests::fixture::expected_verdict(hook, XDP_TX), "{hook}");
+        assert!(out == same_port, "{hook}: the re-pinned connection left from another port: {:?}", lb_tests::fixture::packet_diff(&same_port, &out));
     })
     .unwrap();
 }

@@ -317,24 +317,40 @@ fn window(samples: &[Sample], from: f64, to: f64) -> Vec<&Sample> {
     samples.iter().filter(|s| s.at >= from && s.at < to).collect()
 }
 
-fn main() -> Result<()> {
-    let cfg = parse_args()?;
-    let run = start(&cfg)?;
-    wait_initial(&run, &cfg)?;
+fn main() -> std::process::ExitCode {
+    let cfg = match parse_args() {
+        Ok(cfg) => cfg,
+        Err(err) => {
+            eprintln!("lb-soak: {err:#}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    match soak(&cfg) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lb-soak: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn soak(cfg: &Config) -> Result<()> {
+    let run = start(cfg)?;
+    wait_initial(&run, cfg)?;
     let maps = PinnedMaps::new(run.pins.path());
     let start_entries = sample(&run.agent, &maps, 0.0)?.entries;
     let vip: SocketAddr = VIP.parse()?;
     let mut conns = run.topo.client.run(move || (0..LONG_LIVED).map(|_| connect_and_greet(vip)).collect::<std::io::Result<Vec<_>>>())??;
     let prober = ConnectionProber::start(&run.topo.client, vip, Duration::from_millis(20))?;
     let histogram_before = event_to_maps(&run.topo)?;
-    let churned = churn_phase(&run, &cfg, &mut conns)?;
+    let churned = churn_phase(&run, cfg, &mut conns)?;
     let histogram_after = event_to_maps(&run.topo)?;
     let probes = prober.finish();
     let mut broken = churned.broken;
     check_long_lived(&mut conns, &mut broken);
 
     // Back to the start: every app as it was.
-    run.marathon.set_apps(initial_apps(&cfg));
+    run.marathon.set_apps(initial_apps(cfg));
     wait_for_services(&run.pins, |j| j.as_array().is_some_and(|a| a.len() == cfg.apps + 2))?;
     let (leaked_backends, leaked_ring_slots) = leaks(&run)?;
     let end_entries = sample(&run.agent, &maps, 0.0)?.entries;

@@ -16,6 +16,12 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// TCP header flags the programs read or write.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Counter slots per interface, one per hook.
 pub const HOOKS_PER_IFACE: u32 = Hook::ALL.len() as u32;
 

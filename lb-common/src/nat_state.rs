@@ -9,7 +9,7 @@
 //! bpf_ktime_get_ns reads it; wraps after ~36 years), bit 30 [`BACKEND_CLOSED`], bit 31
 //! [`CLOSED`].
 
-use crate::{FlowInfo, FlowKey, NatReply, FLOW_NAT, PROTO_UDP};
+use crate::{FlowInfo, FlowKey, NatReply, FLOW_NAT, PROTO_UDP, TCP_FIN, TCP_RST};
 
 /// The clock's unit: 2^30 ns, so the programs take the time with one shift.
 pub const CLOCK_SHIFT: u32 = 30;
@@ -27,10 +27,6 @@ pub const TIME_WAIT_LINGER: u32 = 60;
 /// Units an open TCP connection may be idle before its mapping is freed (15 min, as IPVS's
 /// default for established TCP; marathon-lb's HAProxy closed idle connections after 50 s).
 pub const TCP_IDLE: u32 = 840;
-
-/// TCP header flags this module reads.
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_RST: u8 = 0x04;
 
 /// The clock reading of `now_ns`.
 #[inline(always)]
@@ -94,11 +90,9 @@ pub fn flow_uses(flow: &FlowInfo, key: &FlowKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PROTO_TCP;
+    use crate::{PROTO_TCP, TCP_ACK as ACK, TCP_SYN as SYN};
 
     const UNIT: u64 = 1 << CLOCK_SHIFT;
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
 
     fn expired_tcp(state: u32, units_later: u64, since: u64) -> bool {
         expired(state, since + units_later * UNIT, PROTO_TCP, 0)

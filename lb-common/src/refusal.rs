@@ -14,7 +14,7 @@
 //! longer than the smallest datagram that provokes it, so a spoofed source gains little by
 //! reflecting off a VIP.
 
-use crate::csum;
+use crate::{csum, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const ETH_LEN: usize = 14;
 const ETH_SRC: usize = 6;
@@ -25,13 +25,8 @@ const TCP_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 const ICMP_LEN: usize = 8;
 const TTL: u8 = 64;
-const PROTO_TCP: u8 = 6;
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMPV6_DEST_UNREACH: u8 = 1;

@@ -3,7 +3,7 @@
 //! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT
 //! and leave at once; replies of full-NAT flows go back to their clients.
 
-use lb_common::{nat_state, Reason, NatReply, FLOW_NAT};
+use lb_common::{Reason, NatReply, FLOW_NAT, TCP_FIN, TCP_RST};
 
 use crate::{
     forward::{self, Route},
@@ -53,7 +53,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     if target.flow.kind == FLOW_NAT {
         let route = uplink_route(frame, ingress, &packet, &backend.addr)?;
         let flow = target.flow;
-        if packet.tcp_flags & (nat_state::TCP_FIN | nat_state::TCP_RST) != 0 && !target.new_flow {
+        if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !target.new_flow {
             select::nat_closing(&packet, backend, flow);
         }
         let to = Nat { src: &flow.nat_addr, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };

@@ -244,15 +244,7 @@ fn nat_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch, now: u64) -> Res
     s.nat_reply.service_port = p.dport;
     s.nat_reply.state = nat_state::after_packet(0, now, p.tcp_flags, false);
     let start = hash::flow_hash(&p.src, p.sport, p.proto);
-    s.reply_key = FlowKey {
-        src: backend.addr,
-        dst: s.flow.nat_addr,
-        sport: backend.port,
-        dport: 0,
-        proto: p.proto,
-        family: p.family,
-        _pad: 0,
-    };
+    s.reply_key = nat_key(p, backend, &s.flow.nat_addr, 0);
     for attempt in 0..4u32 {
         // Odd strides from a per-client start: different clients spread, retries do not repeat.
         let port = min + hash::ring_slot(start.wrapping_add(attempt.wrapping_mul(7919)), span);
@@ -344,19 +336,17 @@ pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
 #[inline(always)]
 pub fn nat_closing(p: &Parsed, backend: &BackendInfo, flow: &FlowInfo) {
     let Ok(s) = scratch() else { return };
-    s.reply_key = FlowKey {
-        src: backend.addr,
-        dst: flow.nat_addr,
-        sport: backend.port,
-        dport: flow.nat_port,
-        proto: p.proto,
-        family: p.family,
-        _pad: 0,
-    };
+    s.reply_key = nat_key(p, backend, &flow.nat_addr, flow.nat_port);
     if let Some(reply) = NAT_REPLIES.get_ptr_mut(&s.reply_key) {
         // SAFETY: as in `nat_reply`.
         stamp(unsafe { &mut *reply }, p.tcp_flags, false);
     }
+}
+
+/// The key of a full-NAT mapping: the backend's reply to `nat_addr`:`nat_port`.
+#[inline(always)]
+fn nat_key(p: &Parsed, backend: &BackendInfo, nat_addr: &[u8; 16], nat_port: u16) -> FlowKey {
+    FlowKey { src: backend.addr, dst: *nat_addr, sport: backend.port, dport: nat_port, proto: p.proto, family: p.family, _pad: 0 }
 }
 
 #[inline(always)]

@@ -2,6 +2,7 @@
 //! reads the pinned maps back for the CLI.
 
 pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod config_file;
 pub mod dataplane;

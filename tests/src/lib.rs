@@ -11,6 +11,7 @@ pub mod marathon_cluster;
 pub mod marathon_server;
 pub mod netns;
 pub mod packet;
+pub mod rng;
 pub mod servers;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -355,6 +355,8 @@ impl Drop for MarathonServer {
     }
 }
 
+/// Counts a request and answers it instead of its handler when the behaviour says so (an
+/// outage, missing credentials). Every handler calls it first.
 fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     shared.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let behaviour = shared.behaviour.lock().unwrap().clone();

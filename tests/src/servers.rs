@@ -197,12 +197,19 @@ pub fn udp_echo(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Server> {
 
 /// Connects to `addr` and returns the stream and the name of the backend that greeted it.
 pub fn connect_and_greet(addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
-    greeting(TcpStream::connect_timeout(&addr, Duration::from_secs(3))?)
+    connect_and_greet_within(addr, GREETING_TIMEOUT)
 }
 
-/// The stream and the first line its backend sends (its name).
-fn greeting(mut stream: TcpStream) -> std::io::Result<(TcpStream, String)> {
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+/// As [`connect_and_greet`], giving the connect and the greeting `timeout` each.
+pub fn connect_and_greet_within(addr: SocketAddr, timeout: Duration) -> std::io::Result<(TcpStream, String)> {
+    greeting(TcpStream::connect_timeout(&addr, timeout)?, timeout)
+}
+
+const GREETING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The stream and the first line its backend sends (its name), read within `timeout`.
+fn greeting(mut stream: TcpStream, timeout: Duration) -> std::io::Result<(TcpStream, String)> {
+    stream.set_read_timeout(Some(timeout))?;
     let mut name = Vec::new();
     let mut byte = [0u8; 1];
     while stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
@@ -217,8 +224,8 @@ pub fn connect_from_and_greet(from: SocketAddr, addr: SocketAddr) -> std::io::Re
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&from.into())?;
-    socket.connect_timeout(&addr.into(), Duration::from_secs(3))?;
-    greeting(socket.into())
+    socket.connect_timeout(&addr.into(), GREETING_TIMEOUT)?;
+    greeting(socket.into(), GREETING_TIMEOUT)
 }
 
 /// Opens `count` connections to `addr` from `ns`, one after the other, and counts which backend

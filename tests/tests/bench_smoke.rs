@@ -1,11 +1,17 @@
-//! Keeps `cargo xtask bench` working: both benchmarks in seconds-long smoke modes (the checks
+//! Keeps `cargo xtask bench` working: every benchmark in a seconds-long smoke mode (the checks
 //! they make still prove each figure measured what it is named after).
+
+/// What `binary --smoke` printed; it must have succeeded.
+fn smoke(binary: &str) -> String {
+    let out = std::process::Command::new(binary).arg("--smoke").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
 
 #[test]
 fn packet_benchmark_smoke() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench")).arg("--smoke").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = smoke(env!("CARGO_BIN_EXE_lb-bench"));
     for row in ["XDP_PASS only (floor)", "not a service (miss)", "established TCP flow", "new TCP flow"] {
         assert!(stdout.contains(row), "missing {row:?}:\n{stdout}");
     }
@@ -13,9 +19,7 @@ fn packet_benchmark_smoke() {
 
 #[test]
 fn control_plane_benchmark_smoke() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-control")).arg("--smoke").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = smoke(env!("CARGO_BIN_EXE_lb-bench-control"));
     for column in ["full sync", "event → maps p50", "`GET /v2/apps` per event", "agent CPU s per 1,000 events"] {
         assert!(stdout.contains(column), "missing {column:?}:\n{stdout}");
     }
@@ -24,9 +28,7 @@ fn control_plane_benchmark_smoke() {
 
 #[test]
 fn end_to_end_benchmark_smoke() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-e2e")).arg("--smoke").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = smoke(env!("CARGO_BIN_EXE_lb-bench-e2e"));
     assert!(stdout.contains("| xdp | tc | sockhook |"), "every mode runs:\n{stdout}");
     for metric in ["keep-alive requests/s", "new connections/s", "iperf3 4 streams", "CPU µs per keep-alive request"] {
         assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
@@ -35,9 +37,7 @@ fn end_to_end_benchmark_smoke() {
 
 #[test]
 fn http_benchmark_smoke() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-bench-http")).arg("--smoke").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = smoke(env!("CARGO_BIN_EXE_lb-bench-http"));
     for metric in ["keep-alive requests/s", "new TLS connections/s", "CPU µs per keep-alive request", "| haproxy | lb |"] {
         assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
     }

@@ -11,7 +11,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
     netns::NatTopology,
-    servers::{backend_spread, connect_and_greet, echo_round_trip, tcp_echo, udp_echo, Server},
+    servers::{backend_spread, connect_and_greet, connect_and_greet_within, echo_round_trip, tcp_echo, udp_echo, Server},
 };
 
 const PORT: u16 = 31000;
@@ -199,13 +199,7 @@ fn try_connect(ns: &lb_tests::netns::Netns, addr: SocketAddr, count: usize, time
     ns.run(move || {
         let mut made = Vec::new();
         for _ in 0..count {
-            let greeted = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut stream| {
-                stream.set_read_timeout(Some(timeout))?;
-                let mut greeting = [0u8; 64];
-                std::io::Read::read(&mut stream, &mut greeting)?;
-                Ok(stream)
-            });
-            if let Ok(stream) = greeted {
+            if let Ok((stream, _)) = connect_and_greet_within(addr, timeout) {
                 made.push(stream);
             }
         }

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::model::{Desired, Service, ServiceAddr, ServiceId};
+use crate::{
+    backoff::Backoff,
+    model::{Desired, Service, ServiceAddr, ServiceId},
+};
 
 /// The services file's services plus Marathon's; Marathon's definition wins a clash (it is the
 /// cluster's source of truth, the file a local complement). Returns the clashing ids too. With
@@ -44,48 +47,27 @@ fn in_nat_range(id: &ServiceId, min: u16, max: u16) -> bool {
     matches!(id.addr, ServiceAddr::NodePort { .. }) && (min..=max).contains(&id.port)
 }
 
-/// Delays between retries of a failing Marathon: doubling from `FIRST` up to `MAX`, back to
-/// `FIRST` after a success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(500);
-    pub const MAX: Duration = Duration::from_secs(30);
-
-    /// The delay before the next retry; the one after is twice as long (at most `MAX`).
-    pub fn failed(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-
-    pub fn succeeded(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
 /// When full re-reads of Marathon run. One asked for within `MIN_GAP` of the end of the last
 /// waits for the gap to pass, and asks meanwhile merge into it: a stream sending garbage or a
 /// leader flapping every second then costs one list per gap, not one per event or reconnect.
 /// A failed re-read is retried after the backoff. (The operator's SIGHUP is not paced.)
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelistPacing {
     last_end: Option<Instant>,
     due: Option<(Instant, String)>,
     backoff: Backoff,
 }
 
+impl Default for RelistPacing {
+    fn default() -> Self {
+        Self { last_end: None, due: None, backoff: Backoff::starting_at(Self::FIRST_RETRY) }
+    }
+}
+
 impl RelistPacing {
     pub const MIN_GAP: Duration = Duration::from_secs(1);
+    /// The first retry after a failed re-read (then doubling, see [`Backoff`]).
+    pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 
     /// Whether a re-read asked for at `now` runs at once; if not, it is scheduled.
     pub fn ask(&mut self, now: Instant, why: &str) -> bool {
@@ -139,19 +121,10 @@ mod tests {
         assert_eq!(pacing.take_due().as_deref(), Some("stream lost"));
         assert!(pacing.ask(ms(1000), "after the gap"));
         pacing.ran(ms(1000), true);
-        assert_eq!(pacing.due(), Some(ms(1000) + Backoff::FIRST), "a failure is retried after the backoff");
+        assert_eq!(pacing.due(), Some(ms(1000) + RelistPacing::FIRST_RETRY), "a failure is retried after the backoff");
         assert!(!pacing.ask(ms(1200), "an event"), "within the gap");
         assert_eq!(pacing.due(), Some(ms(1500)), "the retry is not pushed back");
         pacing.ran(ms(1500), false);
         assert_eq!(pacing.due(), None, "a success answers everything scheduled");
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_ceiling_and_resets() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<u64> = (0..9).map(|_| backoff.failed().as_millis() as u64).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        backoff.succeeded();
-        assert_eq!(backoff.failed(), Backoff::FIRST);
     }
 }

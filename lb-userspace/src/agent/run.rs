@@ -520,11 +520,7 @@ mod tests {
     /// A full-NAT mapping towards backend 10.1.0.1:31000 from NAT port `port`, for client port
     /// `port` too, stamped `state`, and its client's flow pinned to it.
     fn nat_mapping(dp: &mut FakeDataplane, port: u16, state: u32) {
-        let v4 = |a: [u8; 4]| {
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&a);
-            addr
-        };
+        let v4 = lb_common::v4_bytes;
         let key = FlowKey { src: v4([10, 1, 0, 1]), dst: v4([10, 0, 0, 9]), sport: 31000, dport: port, proto: lb_common::PROTO_TCP, family: lb_common::FAMILY_V4, _pad: 0 };
         let reply = NatReply { client_addr: v4([192, 0, 2, 7]), service_addr: v4([10, 0, 0, 1]), client_port: port, service_port: 80, state };
         let flow = FlowInfo { kind: lb_common::FLOW_NAT, nat_port: port, nat_addr: key.dst, ..FlowInfo::default() };
@@ -538,10 +534,10 @@ mod tests {
         let now = crate::report::monotonic_ns();
         let unit = 1u64 << nat_state::CLOCK_SHIFT;
         let dp = &mut agent.dataplane;
-        nat_mapping(dp, 61000, nat_state::after_packet(0, now, 0x10, true));
-        nat_mapping(dp, 61001, nat_state::after_packet(0, now - 10 * unit, nat_state::TCP_FIN, false));
-        nat_mapping(dp, 61002, nat_state::after_packet(0, now - 10 * unit, nat_state::TCP_FIN, true));
-        nat_mapping(dp, 61003, nat_state::after_packet(0, now - (nat_state::TCP_IDLE as u64 + 5) * unit, 0x10, true));
+        nat_mapping(dp, 61000, nat_state::after_packet(0, now, lb_common::TCP_ACK, true));
+        nat_mapping(dp, 61001, nat_state::after_packet(0, now - 10 * unit, lb_common::TCP_FIN, false));
+        nat_mapping(dp, 61002, nat_state::after_packet(0, now - 10 * unit, lb_common::TCP_FIN, true));
+        nat_mapping(dp, 61003, nat_state::after_packet(0, now - (nat_state::TCP_IDLE as u64 + 5) * unit, lb_common::TCP_ACK, true));
         agent.expire_nat_mappings();
         let ports = |v: &[(FlowKey, NatReply)]| v.iter().map(|(k, _)| k.dport).collect::<Vec<_>>();
         assert_eq!(ports(&agent.dataplane.nat_replies), [61000, 61002], "open, and in the backend's TIME_WAIT, stay");

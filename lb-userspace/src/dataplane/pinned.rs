@@ -373,7 +373,7 @@ impl Dataplane for PinnedMaps {
     fn expire_nat_mappings(&mut self, expired: &mut dyn FnMut(&FlowKey, &NatReply) -> bool) -> Result<usize> {
         let name = names::MAP_NAT_REPLIES;
         let mut found: Vec<(FlowKey, NatReply)> = Vec::new();
-        super::sys::for_each_hash_batch::<FlowKey, NatReply>(self.data(name)?.fd().as_fd(), |keys, values| {
+        super::sys::for_each_batch::<FlowKey, NatReply>(self.data(name)?.fd().as_fd(), 1, |keys, values| {
             found.extend(keys.iter().zip(values).filter(|(k, v)| expired(k, v)).map(|(k, v)| (*k, *v)));
             found.len() < super::MAX_EXPIRED_PER_CALL
         })

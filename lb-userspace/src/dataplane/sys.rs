@@ -65,16 +65,10 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd<'_
     Ok((all_keys, all_values))
 }
 
-/// Every element of a hash map in batches of BATCH, handed to `each` one batch at a time (so a
-/// whole table is never held at once), until `each` returns false.
-pub(super) fn for_each_hash_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
-    map: BorrowedFd<'_>,
-    each: impl FnMut(&[K], &[V]) -> bool,
-) -> io::Result<()> {
-    for_each_batch(map, 1, each)
-}
-
-fn for_each_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+/// Every element of a map in batches of BATCH (keys, and `copies` values per key as in
+/// [`read_array`]), handed to `each` one batch at a time (so a whole table is never held at
+/// once), until `each` returns false.
+pub(super) fn for_each_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     copies: usize,
     mut each: impl FnMut(&[K], &[V]) -> bool,

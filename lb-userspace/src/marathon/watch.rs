@@ -15,6 +15,7 @@ use super::{
     client::{FrameTooLarge, MarathonClient, SseEvent, SseParser, RELEVANT_EVENTS},
     model::Resolver,
 };
+use crate::backoff::Backoff;
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>>>>;
 
@@ -35,19 +36,19 @@ pub struct EventWatch {
     parser: SseParser,
     connected_to: Option<String>,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     stall: Duration,
     /// When the stream is declared stalled unless a frame ends first.
     alive_until: Instant,
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The first delay before reopening the stream (then doubling, see [`Backoff`]).
+const FIRST_REOPEN: Duration = Duration::from_millis(200);
 
 impl EventWatch {
     pub fn new(stall: Duration) -> Self {
         let now = Instant::now();
-        Self { stream: None, parser: SseParser::default(), connected_to: None, retry_at: now, backoff: MIN_BACKOFF, stall, alive_until: now }
+        Self { stream: None, parser: SseParser::default(), connected_to: None, retry_at: now, backoff: Backoff::starting_at(FIRST_REOPEN), stall, alive_until: now }
     }
 
     /// The URL the stream is connected to, if it is.
@@ -61,8 +62,7 @@ impl EventWatch {
         }
         self.stream = None;
         self.parser = SseParser::default();
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Instant::now() + self.backoff.failed();
     }
 
     /// Waits for the next reason to re-read the apps.
@@ -74,15 +74,7 @@ impl EventWatch {
             match tokio::time::timeout_at(self.alive_until, stream.next()).await {
                 Ok(Some(Ok(bytes))) => {
                     let frames_before = self.parser.frames_ended();
-                    let mut fed = relevant_in(&mut self.parser, &bytes);
-                    // Take whatever else has already arrived, so a burst is handled at once.
-                    while let (Ok(_), Some(Some(Ok(more)))) = (&fed, stream.next().now_or_never()) {
-                        fed = fed.and_then(|mut events| {
-                            events.extend(relevant_in(&mut self.parser, &more)?);
-                            Ok(events)
-                        });
-                    }
-                    let events = match fed {
+                    let events = match burst(stream, &mut self.parser, &bytes) {
                         Ok(events) => events,
                         Err(too_large) => {
                             self.disconnect(&format!("sent {too_large}"));
@@ -91,7 +83,7 @@ impl EventWatch {
                     };
                     if self.parser.frames_ended() != frames_before {
                         self.alive_until = Instant::now() + self.stall;
-                        self.backoff = MIN_BACKOFF;
+                        self.backoff.succeeded();
                     }
                     if !events.is_empty() {
                         return Signal::Events(events);
@@ -127,12 +119,21 @@ impl EventWatch {
             }
             Err(err) => {
                 warn!("event stream: {}", crate::error_chain(&err));
-                self.retry_at = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.retry_at = Instant::now() + self.backoff.failed();
                 Signal::Lost
             }
         }
     }
+}
+
+/// The relevant events `first` and whatever else has already arrived complete (a burst is
+/// handled at once).
+fn burst(stream: &mut ByteStream, parser: &mut SseParser, first: &[u8]) -> Result<Vec<SseEvent>, FrameTooLarge> {
+    let mut events = relevant_in(parser, first)?;
+    while let Some(Some(Ok(more))) = stream.next().now_or_never() {
+        events.extend(relevant_in(parser, &more)?);
+    }
+    Ok(events)
 }
 
 /// The events `bytes` complete that can change the services.

@@ -21,6 +21,7 @@ use lb_tests::{
     agent::{lb_ok, wait_for_services, Agent, PinDir, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::LbTopology,
+    rng::Rng,
     servers::{connect_and_greet, echo_round_trip, http_get, tcp_echo, ConnectionProber, Server},
 };
 use serde_json::{json, Value};
@@ -79,18 +80,6 @@ fn churn_app(i: usize) -> AppSpec {
 
 fn churn_task(app: usize, serial: usize) -> TaskSpec {
     task(format!("soak_app-{app}.task-{serial}"), format!("10.{}.{}.{}", 100 + app / 65536, (app / 256) % 256, app % 256), 32000 + serial as u16)
-}
-
-/// A deterministic generator (xorshift64*), so a seed replays the same churn.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
 }
 
 /// One churn step on app `i`: scale up or down, kill a task (it drains, then goes), flip a
@@ -246,7 +235,7 @@ struct Churned {
 
 fn churn_phase(run: &Run, cfg: &Config, conns: &mut [(TcpStream, String)]) -> Result<Churned> {
     let maps = PinnedMaps::new(run.pins.path());
-    let mut rng = Rng(cfg.seed.max(1));
+    let mut rng = Rng::new(cfg.seed);
     let mut serial = 100;
     let mut out = Churned::default();
     let started = Instant::now();

@@ -23,3 +23,12 @@ pub fn unique_name(prefix: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{:x}{n:x}", std::process::id() & 0xffff)
 }
+
+/// The command line of a test binary (benchmarks, fuzzer, soak), parsed by clap. A usage error
+/// is printed and exits 64 (EX_USAGE, as `lb` does); `--help` prints and exits 0.
+pub fn command_line<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|err| {
+        let _ = err.print();
+        std::process::exit(if err.use_stderr() { 64 } else { 0 });
+    })
+}

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb::{
     dataplane::{pinned::PinnedMaps, Dataplane},
@@ -30,31 +30,21 @@ use lb_tests::{
 };
 use serde_json::json;
 
+/// Options of `cargo xtask bench`'s control-plane benchmark.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lb-bench-control", args_override_self = true)]
 struct Config {
+    /// Task changes timed per cluster size.
+    #[arg(long, default_value_t = 200, default_value_if("smoke", "true", "5"))]
     events: usize,
+    /// Cluster sizes (apps), comma-separated.
+    #[arg(long = "apps", value_name = "APPS", value_delimiter = ',', default_values_t = [1_000, 10_000, 30_000], default_value_if("smoke", "true", "50"))]
     sizes: Vec<usize>,
-    json: Option<String>,
-    markdown: Option<String>,
-}
-
-fn parse_args() -> Result<Config> {
-    let mut c = Config { events: 200, sizes: vec![1_000, 10_000, 30_000], json: None, markdown: None };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--events" => c.events = value()?.parse()?,
-            "--apps" => c.sizes = value()?.split(',').map(|n| n.trim().parse()).collect::<Result<_, _>>()?,
-            "--json" => c.json = Some(value()?),
-            "--markdown" => c.markdown = Some(value()?),
-            "--smoke" => {
-                c.events = 5;
-                c.sizes = vec![50];
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(c)
+    #[command(flatten)]
+    report: bench_report::ReportFiles,
+    /// Five events on 50 apps: the suite's check that the benchmark still works.
+    #[arg(long)]
+    smoke: bool,
 }
 
 fn task(app: usize, i: usize, port: u16) -> TaskSpec {
@@ -257,7 +247,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
 }
 
 fn main() -> Result<()> {
-    let cfg = parse_args()?;
+    let cfg: Config = lb_tests::command_line();
     let mut rows = Vec::new();
     for &apps in &cfg.sizes {
         let row = measure(&cfg, apps)?;
@@ -302,10 +292,10 @@ fn main() -> Result<()> {
                 "metrics_scrape_ms": r.scrape_ms})
         })
         .collect();
-    if let Some(path) = &cfg.json {
+    if let Some(path) = &cfg.report.json {
         bench_report::add_json_section(path, "control_plane", json!(doc))?;
     }
-    if let Some(path) = &cfg.markdown {
+    if let Some(path) = &cfg.report.markdown {
         bench_report::append_markdown(path, &md)?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use lb_tests::{
     bench::{self, busy_cpu_seconds, median, nginx, output, range, spawn, NGINX_PORT as HTTP},
     bench_report,
@@ -30,47 +30,33 @@ const IPERF: u16 = 5201;
 /// balancing itself costs.
 const MODES: [&str; 7] = ["direct", "direct+xdp", "nftables", "haproxy", "xdp", "tc", "sockhook"];
 
+/// Options of `cargo xtask bench`'s end-to-end benchmark.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lb-bench-e2e", args_override_self = true)]
 struct Config {
+    /// Interleaved rounds (each runs every mode).
+    #[arg(long, default_value_t = 3, default_value_if("smoke", "true", "1"))]
     rounds: usize,
+    /// Seconds each wrk or iperf3 run lasts.
+    #[arg(long, default_value_t = 5, default_value_if("smoke", "true", "1"))]
     seconds: u32,
-    json: Option<String>,
-    markdown: Option<String>,
-    /// The modes to run (all by default; `--modes direct,tc` for a focused look).
+    #[command(flatten)]
+    report: bench_report::ReportFiles,
+    /// The modes to run, comma-separated (all by default; `--modes direct,tc` for a focused
+    /// look); they run in the order of the full list.
+    #[arg(long, value_delimiter = ',', value_parser = mode, default_values_t = MODES)]
     modes: Vec<&'static str>,
-    /// Transmit checksum offload and TSO/GSO on the veths (`--offloads on`); off by default.
+    /// Transmit checksum offload and TSO/GSO on the veths (`on` or `off`).
+    #[arg(long, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, default_value = "off")]
     offloads: bool,
+    /// One round of one second: the suite's check that the benchmark still works.
+    #[arg(long)]
+    smoke: bool,
 }
 
-fn parse_args() -> Result<Config> {
-    let mut c = Config { rounds: 3, seconds: 5, json: None, markdown: None, modes: MODES.to_vec(), offloads: false };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rounds" => c.rounds = value()?.parse()?,
-            "--seconds" => c.seconds = value()?.parse()?,
-            "--json" => c.json = Some(value()?),
-            "--markdown" => c.markdown = Some(value()?),
-            "--modes" => {
-                let wanted = value()?;
-                c.modes = MODES.iter().copied().filter(|m| wanted.split(',').any(|w| w == *m)).collect();
-                ensure!(c.modes.len() == wanted.split(',').count(), "--modes: choose from {}", MODES.join(","));
-            }
-            "--offloads" => {
-                c.offloads = match value()?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => bail!("--offloads {other}: on or off"),
-                }
-            }
-            "--smoke" => {
-                c.rounds = 1;
-                c.seconds = 1;
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(c)
+/// A mode of [`MODES`], by name.
+fn mode(name: &str) -> Result<&'static str> {
+    MODES.into_iter().find(|m| *m == name).with_context(|| format!("{name}: choose from {}", MODES.join(",")))
 }
 
 /// The benchmark's nftables table in a namespace, deleted on drop.
@@ -141,7 +127,10 @@ impl Bench<'_> {
 }
 
 fn main() -> Result<()> {
-    let cfg = parse_args()?;
+    let mut cfg: Config = lb_tests::command_line();
+    // Columns in the full list's order, whatever order they were asked in.
+    cfg.modes.sort_by_key(|m| MODES.iter().position(|x| x == m));
+    cfg.modes.dedup();
     let dir = std::env::temp_dir().join(unique_name("lb-bench-e2e-"));
     std::fs::create_dir_all(&dir)?;
     let result = run(&cfg, &dir);
@@ -306,11 +295,11 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
         json_doc.insert(metric.to_string(), json!({"median": med, "rounds": by_mode}));
     }
     print!("{md}");
-    if let Some(path) = &cfg.json {
+    if let Some(path) = &cfg.report.json {
         let section = if cfg.offloads { "end_to_end_offloads_on" } else { "end_to_end" };
         bench_report::add_json_section(path, section, json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "offloads": cfg.offloads, "metrics": json_doc}))?;
     }
-    if let Some(path) = &cfg.markdown {
+    if let Some(path) = &cfg.report.markdown {
         bench_report::append_markdown(path, &md)?;
     }
     Ok(())

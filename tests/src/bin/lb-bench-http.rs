@@ -26,35 +26,25 @@ const HTTPS: &str = "10.201.0.2:9443";
 /// The agent's request counter for the route, as /metrics shows it.
 const ROUTE_OK: &str = r#"lb_http_requests_total{route="/web:0",class="2xx"} "#;
 
+/// Options of `cargo xtask bench`'s HTTP-path benchmark.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lb-bench-http", args_override_self = true)]
 struct Config {
+    /// Interleaved rounds (each runs both peers).
+    #[arg(long, default_value_t = 3, default_value_if("smoke", "true", "1"))]
     rounds: usize,
+    /// Seconds each wrk run lasts.
+    #[arg(long, default_value_t = 5, default_value_if("smoke", "true", "1"))]
     seconds: u32,
-    json: Option<String>,
-    markdown: Option<String>,
-}
-
-fn parse_args() -> Result<Config> {
-    let mut c = Config { rounds: 3, seconds: 5, json: None, markdown: None };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rounds" => c.rounds = value()?.parse()?,
-            "--seconds" => c.seconds = value()?.parse()?,
-            "--json" => c.json = Some(value()?),
-            "--markdown" => c.markdown = Some(value()?),
-            "--smoke" => {
-                c.rounds = 1;
-                c.seconds = 1;
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(c)
+    #[command(flatten)]
+    report: bench_report::ReportFiles,
+    /// One round of one second: the suite's check that the benchmark still works.
+    #[arg(long)]
+    smoke: bool,
 }
 
 fn main() -> Result<()> {
-    let cfg = parse_args()?;
+    let cfg: Config = lb_tests::command_line();
     let dir = std::env::temp_dir().join(unique_name("lb-bench-http-"));
     std::fs::create_dir_all(&dir)?;
     let result = run(&cfg, &dir);
@@ -206,10 +196,10 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
         json_doc.insert(metric.to_string(), json!({"median": med, "rounds": by_mode}));
     }
     print!("{md}");
-    if let Some(path) = &cfg.json {
+    if let Some(path) = &cfg.report.json {
         bench_report::add_json_section(path, "http_path", json!({"rounds": cfg.rounds, "seconds": cfg.seconds, "metrics": json_doc}))?;
     }
-    if let Some(path) = &cfg.markdown {
+    if let Some(path) = &cfg.report.markdown {
         bench_report::append_markdown(path, &md)?;
     }
     Ok(())

@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{bail, ensure, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb::dataplane::loader::{self, LoadLimits};
 use lb_common::Hook;
@@ -21,44 +21,35 @@ use lb_tests::{
 };
 use serde_json::json;
 
+/// Options of `cargo xtask bench`'s per-packet benchmark.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lb-bench", args_override_self = true)]
 struct Config {
-    rounds: usize,
+    /// Interleaved rounds.
+    #[arg(long, default_value_t = 15, default_value_if("smoke", "true", "1"), value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Calls of one repetition per program and round.
+    #[arg(long, default_value_t = 20_000, default_value_if("smoke", "true", "200"), value_parser = clap::value_parser!(u32).range(1..))]
     calls: u32,
-    json: Option<String>,
-    markdown: Option<String>,
-    /// One scenario alone, nothing written: a target for `perf record`.
+    #[command(flatten)]
+    report: lb_tests::bench_report::ReportFiles,
+    /// Only run SCENE on one hook (xdp by default) for a profiler, e.g. `new@tc`.
+    #[arg(long, value_name = "SCENE[@xdp|tc]", value_parser = profile)]
     profile: Option<(Scene, Hook)>,
+    /// One round of 200 calls: the suite's check that the benchmark still works.
+    #[arg(long)]
+    smoke: bool,
 }
 
-fn parse_args() -> Result<Config> {
-    let mut c = Config { rounds: 15, calls: 20_000, json: None, markdown: None, profile: None };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rounds" => c.rounds = value()?.parse()?,
-            "--calls" => c.calls = value()?.parse()?,
-            "--json" => c.json = Some(value()?),
-            "--markdown" => c.markdown = Some(value()?),
-            "--profile" => {
-                let wanted = value()?;
-                let (scene, hook) = wanted.split_once('@').unwrap_or((&wanted, "xdp"));
-                let scene = Scene::ALL.into_iter().find(|s| s.key() == scene);
-                let hook = INGRESS_HOOKS.into_iter().find(|h| h.name().starts_with(hook));
-                let (Some(scene), Some(hook)) = (scene, hook) else {
-                    bail!("--profile SCENE[@xdp|tc], SCENE one of {}", Scene::ALL.map(Scene::key).join(", "));
-                };
-                c.profile = Some((scene, hook));
-            }
-            "--smoke" => {
-                c.rounds = 1;
-                c.calls = 200;
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    ensure!(c.rounds >= 1 && c.calls >= 1, "rounds and calls must be ≥ 1");
-    Ok(c)
+/// `--profile SCENE[@xdp|tc]`.
+fn profile(text: &str) -> Result<(Scene, Hook)> {
+    let (scene, hook) = text.split_once('@').unwrap_or((text, "xdp"));
+    let scene = Scene::ALL.into_iter().find(|s| s.key() == scene);
+    let hook = INGRESS_HOOKS.into_iter().find(|h| h.name().starts_with(hook));
+    let (Some(scene), Some(hook)) = (scene, hook) else {
+        bail!("SCENE[@xdp|tc], SCENE one of {}", Scene::ALL.map(Scene::key).join(", "));
+    };
+    Ok((scene, hook))
 }
 
 /// What a scenario sends.
@@ -221,13 +212,13 @@ fn figure(mut samples: Vec<f64>) -> Figure {
 }
 
 fn main() -> Result<()> {
-    let cfg = parse_args()?;
+    let cfg: Config = lb_tests::command_line();
     pin_to_cpu0();
-    let max_flows = (cfg.rounds as u32 * cfg.calls + 1024).next_power_of_two();
+    let max_flows = (cfg.rounds * cfg.calls + 1024).next_power_of_two();
     let probe = Scene::NotService.frame(0);
     if let Some((scene, hook)) = cfg.profile {
         let mut bench = Bench::new(scene, hook, max_flows)?;
-        let mean = bench.mean(cfg.calls * cfg.rounds as u32)?;
+        let mean = bench.mean(cfg.calls * cfg.rounds)?;
         println!("{} on {hook}: {mean:.1} ns/packet including the per-call floor", scene.name());
         return Ok(());
     }
@@ -266,10 +257,10 @@ fn report(cfg: &Config, floors: &[(Hook, Floor, Vec<f64>)], benches: &[(Hook, Be
     }
     print!("{md}");
     let doc = json!({"rounds": cfg.rounds, "calls": cfg.calls, "per_packet": json_rows});
-    if let Some(path) = &cfg.json {
+    if let Some(path) = &cfg.report.json {
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
     }
-    if let Some(path) = &cfg.markdown {
+    if let Some(path) = &cfg.report.markdown {
         std::fs::write(
             path,
             format!(

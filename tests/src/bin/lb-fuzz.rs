@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 use lb_common::Hook;
 use lb_tests::{fixture::INGRESS_HOOKS, fuzz};
 
@@ -20,25 +20,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Options of `cargo xtask fuzz`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lb-fuzz")]
+struct Config {
+    /// Seed of the generator: the same seed makes the same frames.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Frames per hook.
+    #[arg(long, default_value_t = 20_000)]
+    cases: u32,
+    /// The ingress programs to run them through.
+    #[arg(long, value_enum, default_value_t = Hooks::Both)]
+    hook: Hooks,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Hooks {
+    Xdp,
+    Tc,
+    Both,
+}
+
 fn run() -> Result<bool> {
-    let (mut seed, mut cases, mut hooks) = (1u64, 20_000u32, INGRESS_HOOKS.to_vec());
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--seed" => seed = value()?.parse().context("--seed: a whole number")?,
-            "--cases" => cases = value()?.parse().context("--cases: a whole number")?,
-            "--hook" => {
-                hooks = match value()?.as_str() {
-                    "xdp" => vec![Hook::XdpIngress],
-                    "tc" => vec![Hook::TcIngress],
-                    "both" => INGRESS_HOOKS.to_vec(),
-                    other => bail!("--hook {other}: xdp, tc or both"),
-                }
-            }
-            other => bail!("unknown argument {other} (--seed N, --cases N, --hook xdp|tc|both)"),
-        }
-    }
+    let Config { seed, cases, hook } = lb_tests::command_line();
+    let hooks = match hook {
+        Hooks::Xdp => vec![Hook::XdpIngress],
+        Hooks::Tc => vec![Hook::TcIngress],
+        Hooks::Both => INGRESS_HOOKS.to_vec(),
+    };
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let mut clean = true;
     for hook in hooks {

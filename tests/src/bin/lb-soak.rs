@@ -26,32 +26,25 @@ use lb_tests::{
 };
 use serde_json::{json, Value};
 
+/// Options of `cargo xtask soak`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lb-soak")]
 struct Config {
+    /// How long to churn (at least 1: the first and last minutes are compared).
+    #[arg(long, default_value_t = 2.0)]
     minutes: f64,
+    /// Apps churned.
+    #[arg(long, default_value_t = 1000)]
     apps: usize,
+    /// App changes per second (each one or more Marathon events).
+    #[arg(long, value_name = "CHANGES_PER_S", default_value_t = 25.0)]
     rate: f64,
+    /// Seed of the churn: the same seed makes the same changes.
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// JSON file the report goes into.
+    #[arg(long, value_name = "FILE")]
     json: Option<String>,
-}
-
-fn parse_args() -> Result<Config> {
-    let mut c = Config { minutes: 2.0, apps: 1000, rate: 25.0, seed: 1, json: None };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--minutes" => c.minutes = value()?.parse()?,
-            "--apps" => c.apps = value()?.parse()?,
-            "--rate" => c.rate = value()?.parse()?,
-            "--seed" => c.seed = value()?.parse()?,
-            "--json" => c.json = Some(value()?),
-            other => bail!("unknown argument {other}\nusage: lb-soak [--minutes N] [--apps N] [--rate CHANGES_PER_S] [--seed N] [--json FILE]"),
-        }
-    }
-    if !(c.minutes >= 1.0 && c.apps >= 1 && c.rate > 0.0) {
-        bail!("--minutes must be at least 1, --apps at least 1, --rate above 0");
-    }
-    Ok(c)
 }
 
 const STABLE: &str = "/soak/stable";
@@ -307,13 +300,11 @@ fn window(samples: &[Sample], from: f64, to: f64) -> Vec<&Sample> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cfg = match parse_args() {
-        Ok(cfg) => cfg,
-        Err(err) => {
-            eprintln!("lb-soak: {err:#}");
-            return std::process::ExitCode::from(64);
-        }
-    };
+    let cfg: Config = lb_tests::command_line();
+    if !(cfg.minutes >= 1.0 && cfg.apps >= 1 && cfg.rate > 0.0) {
+        eprintln!("lb-soak: --minutes must be at least 1, --apps at least 1, --rate above 0");
+        return std::process::ExitCode::from(64);
+    }
     match soak(&cfg) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -151,6 +151,20 @@ pub struct FlowKey4 {
 }
 
 impl FlowKey4 {
+    /// The key of a client-keyed entry of `FLOWS4`: the client's address and port alone, which a
+    /// reply carries as its destination, so one entry serves both directions (no reply entry
+    /// per flow). The client's other simultaneous connections from that address and port are
+    /// keyed by the whole tuple (and have reply entries).
+    #[inline(always)]
+    pub fn client(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        FlowKey4 { src: addr, dst: [0; 4], sport: port, dport: 0, proto, _pad: 0, _pad2: 0 }
+    }
+
+    /// Whether this is a client key (no destination port: every connection has one).
+    pub fn is_client_key(&self) -> bool {
+        self.dport == 0
+    }
+
     /// The same connection as a `FlowKey` (addresses in the first 4 bytes, family 4).
     pub fn widen(&self) -> FlowKey {
         FlowKey {
@@ -207,9 +221,54 @@ pub struct FlowInfo {
     pub _pad: u8,
     /// Full NAT only: the source port this node uses towards the backend.
     pub nat_port: u16,
-    pub _pad2: u32,
-    /// Full NAT only: the node address used as the source towards the backend.
+    /// A client-keyed IPv4 entry (`FlowKey4::client`): the service port the client connected
+    /// to. 0 in a connection-keyed entry (no service port is 0).
+    pub service_port: u16,
+    pub _pad2: u16,
+    /// Full NAT only: the node address used as the source towards the backend. IPv4 addresses
+    /// take bytes 0..4; a client-keyed IPv4 entry keeps its service address in bytes 4..8.
     pub nat_addr: [u8; 16],
+}
+
+impl FlowInfo {
+    /// Marks a client-keyed IPv4 entry with the service (address, port) its connection is to.
+    #[inline(always)]
+    pub fn set_v4_service(&mut self, addr: &[u8; 16], port: u16) {
+        self.nat_addr[4] = addr[0];
+        self.nat_addr[5] = addr[1];
+        self.nat_addr[6] = addr[2];
+        self.nat_addr[7] = addr[3];
+        self.service_port = port;
+    }
+
+    /// Whether this client-keyed IPv4 entry is the connection to (`addr`, `port`) (the client's
+    /// address and port are its key): its other connections are keyed by the whole tuple.
+    #[inline(always)]
+    pub fn is_v4_connection_to(&self, addr: &[u8; 16], port: u16) -> bool {
+        self.service_port == port
+            && self.nat_addr[4] == addr[0]
+            && self.nat_addr[5] == addr[1]
+            && self.nat_addr[6] == addr[2]
+            && self.nat_addr[7] == addr[3]
+    }
+
+    /// The service (address, port) of a client-keyed IPv4 entry, if this is one.
+    #[inline(always)]
+    pub fn v4_service(&self) -> Option<([u8; 4], u16)> {
+        let a = &self.nat_addr;
+        (self.service_port != 0).then_some(([a[4], a[5], a[6], a[7]], self.service_port))
+    }
+
+    /// The full-NAT source address of an entry of `family` (an IPv4 one without the service
+    /// address a client-keyed entry keeps beside it).
+    #[inline(always)]
+    pub fn nat_source(&self, family: u8) -> [u8; 16] {
+        if family == FAMILY_V4 {
+            v4_bytes([self.nat_addr[0], self.nat_addr[1], self.nat_addr[2], self.nat_addr[3]])
+        } else {
+            self.nat_addr
+        }
+    }
 }
 
 /// `FlowInfo::kind`: the backend is reached through this node's stack (destination NAT only,
@@ -277,7 +336,11 @@ pub const REFUSAL_ROOM: usize = crate::refusal::ICMP6_LEN.next_multiple_of(8);
 /// Version of what the pinned maps' contents mean, beyond their sizes (which are checked
 /// against the object): bumped whenever a field is reinterpreted, so an agent never adopts maps
 /// whose entries it would misread. 1: rings of per-service sizes (`ring_start`, `ring_size`).
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: client-keyed IPv4 flows (`FlowKey4::client`), which agents of layout 1 would not find.
+pub const LAYOUT_VERSION: u32 = 2;
+/// Earlier layouts this one reads as they are: layout 1's IPv4 flows are all connection-keyed,
+/// which the programs still look up once `TUPLE_FLOWS4` says such entries may exist.
+pub const ADOPTABLE_LAYOUTS: [u32; 2] = [1, LAYOUT_VERSION];
 
 /// Default full-NAT source ports: above Linux's default ephemeral range (32768–60999), so NAT'd
 /// flows never collide with the node's own connections.

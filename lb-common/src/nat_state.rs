@@ -84,7 +84,7 @@ pub fn client_flow(key: &FlowKey, reply: &NatReply) -> FlowKey {
 /// Whether `flow` sends through the mapping under `key` (it may since have been re-pinned to
 /// another port or backend, whose mapping must stay).
 pub fn flow_uses(flow: &FlowInfo, key: &FlowKey) -> bool {
-    flow.kind == FLOW_NAT && flow.nat_port == key.dport && flow.nat_addr == key.dst
+    flow.kind == FLOW_NAT && flow.nat_port == key.dport && flow.nat_source(key.family) == key.dst
 }
 
 #[cfg(test)]

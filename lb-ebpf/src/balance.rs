@@ -37,15 +37,15 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     }
     // Established connections first: one flow lookup, no service lookup.
     let target = match select::established(&packet) {
-        Some(target) => target,
-        None => {
+        Ok(target) => target,
+        Err(slot) => {
             let Some(service) = select::service(&packet) else {
                 return not_for_a_service(frame, ingress, &packet);
             };
             if service.active_backends == 0 {
                 return refuse::new_flow(frame, ingress, &packet);
             }
-            select::new_flow(frame.ctx_ptr(), ingress, &packet, &service)?
+            select::new_flow(frame.ctx_ptr(), ingress, &packet, &service, slot)?
         }
     };
     let len = frame.frame_len() as u64;

@@ -54,9 +54,17 @@ pub static BACKENDS: Array<BackendInfo, MAX_BACKENDS, { BPF_F_MMAPABLE as usize 
 /// IPv6 connection (as the client sent it) → the backend it is pinned to.
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowInfo, MAX_FLOWS> = LruHashMap::new();
-/// IPv4 connection (as the client sent it) → the backend it is pinned to (a 16-byte key).
+/// IPv4 connection → the backend it is pinned to (a 16-byte key). Keyed by the client's address
+/// and port alone (`FlowKey4::client`) when that client endpoint has no other connection, which
+/// replies find without an entry of their own; else by the whole connection.
 #[btf_map]
 pub static FLOWS4: LruHashMap<FlowKey4, FlowInfo, MAX_FLOWS> = LruHashMap::new();
+/// Non-zero once `FLOWS4` may hold connection-keyed entries (a client address and port with
+/// two connections at once, or flows of layout 1): only then do the programs look them and
+/// `REPLIES4` up, so a flow or reply that misses its client key costs one lookup, not two.
+/// Set by the programs (and by an agent adopting layout-1 maps), never cleared.
+#[btf_map]
+pub static TUPLE_FLOWS4: Array<u32, 1> = Array::new();
 /// Reply direction (backend → client) → the service address to restore as the source.
 #[btf_map]
 pub static REPLIES: LruHashMap<FlowKey, ReplyInfo, MAX_FLOWS> = LruHashMap::new();

@@ -5,8 +5,9 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, nat_state, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey, Settings,
-    service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT, PROTO_UDP,
+    hash, nat_state, ring_pool, v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
+    Settings, service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT,
+    PROTO_UDP,
 };
 
 use crate::{
@@ -14,7 +15,7 @@ use crate::{
     mem,
     maps::{
         BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SCRATCH, SERVICES,
-        SERVICE_ADDRS, SERVICE_PORTS, SETTINGS,
+        SERVICE_ADDRS, SERVICE_PORTS, SETTINGS, TUPLE_FLOWS4,
     },
     parse::Parsed,
 };
@@ -103,6 +104,32 @@ fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
     [addr[0], addr[1], addr[2], addr[3]]
 }
 
+/// The client key of an IPv4 packet from the client (`FlowKey4::client`).
+#[inline(always)]
+fn client_key4(p: &Parsed) -> FlowKey4 {
+    FlowKey4::client(v4_of(&p.src), p.sport, p.proto)
+}
+
+/// Whether `FLOWS4` may hold connection-keyed entries (see `TUPLE_FLOWS4`).
+#[inline(always)]
+fn tuple_flows4_exist() -> bool {
+    TUPLE_FLOWS4.get(0).is_some_and(|used| *used != 0)
+}
+
+/// Records that a connection-keyed IPv4 entry exists from now on.
+#[inline(always)]
+fn note_tuple_flow4() {
+    if let Some(used) = TUPLE_FLOWS4.get_ptr_mut(0) {
+        // SAFETY: an array element, allocated as long as the map; every writer stores 1, and
+        // reading first keeps the cache line shared once it is set.
+        unsafe {
+            if *used == 0 {
+                *used = 1;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: 0 }
@@ -116,29 +143,76 @@ pub fn scratch() -> Result<&'static mut Scratch, Reason> {
     Ok(unsafe { &mut *ptr })
 }
 
+/// How a connection without a live pinned flow gets its entry: an IPv4 one by its client's
+/// address and port when no other live connection holds that key (one entry for both
+/// directions), else, and for IPv6, by its whole tuple with a reply entry beside it.
+#[derive(Clone, Copy)]
+pub enum FlowSlot {
+    /// No entry under the client key.
+    ClientFree,
+    /// The client key holds this connection's entry whose backend is gone, or another
+    /// connection's that has ended (backend gone, UDP idle): overwritten.
+    ClientStale,
+    /// Keyed by the whole tuple.
+    Tuple,
+}
+
 /// The pinned backend of an established connection, looked up before the service: a flow is
 /// only ever created for a service, and its backend entry names the service it belongs to (a
-/// removed service's backends are marked unused, which ends its flows here too).
+/// removed service's backends are marked unused, which ends its flows here too). Without one,
+/// how the new flow is to be keyed.
 #[inline(always)]
-pub fn established(p: &Parsed) -> Option<Target> {
-    let s = scratch().ok()?;
-    let flow = if p.family == FAMILY_V4 {
-        s.flow_key4 = flow_key4(p);
-        FLOWS4.get_ptr_mut(&s.flow_key4)?
-    } else {
+pub fn established(p: &Parsed) -> Result<Target, FlowSlot> {
+    let s = scratch().map_err(|_| FlowSlot::Tuple)?;
+    if p.family != FAMILY_V4 {
         s.flow_key = flow_key(p);
-        FLOWS.get_ptr_mut(&s.flow_key)?
+        let flow = FLOWS.get_ptr_mut(&s.flow_key).ok_or(FlowSlot::Tuple)?;
+        // SAFETY: flow is the non-null pointer get_ptr_mut returned into the flow table's
+        // element, which the kernel keeps allocated for this program run (RCU); another CPU
+        // updating the same flow races only on plain scalars, never on memory safety.
+        return pinned(p, unsafe { &mut *flow }).ok_or(FlowSlot::Tuple);
+    }
+    s.flow_key4 = client_key4(p);
+    let slot = match FLOWS4.get_ptr_mut(&s.flow_key4) {
+        None => FlowSlot::ClientFree,
+        Some(flow) => {
+            // SAFETY: as above.
+            let flow = unsafe { &mut *flow };
+            if flow.is_v4_connection_to(&p.dst, p.dport) {
+                return pinned(p, flow).ok_or(FlowSlot::ClientStale);
+            }
+            if live_backend(p, flow).is_some() {
+                FlowSlot::Tuple
+            } else {
+                FlowSlot::ClientStale
+            }
+        }
     };
-    // SAFETY: flow is the non-null pointer get_ptr_mut returned into the flow table's element,
-    // which the kernel keeps allocated for this program run (RCU); another CPU updating the same
-    // flow races only on plain scalars, never on memory safety.
-    pinned(p, unsafe { &mut *flow })
+    if !tuple_flows4_exist() {
+        return Err(slot);
+    }
+    s.flow_key4 = flow_key4(p);
+    let flow = FLOWS4.get_ptr_mut(&s.flow_key4).ok_or(slot)?;
+    // SAFETY: as above.
+    pinned(p, unsafe { &mut *flow }).ok_or(slot)
 }
 
 /// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
 /// out. Draining backends keep their flows.
 #[inline(always)]
 fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
+    let backend = live_backend(p, flow)?;
+    if p.proto == PROTO_UDP {
+        // SAFETY: a helper without arguments or preconditions.
+        flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
+}
+
+/// The backend of a flow that has not ended: its backend id still names the same backend, and a
+/// UDP flow has not idled out.
+#[inline(always)]
+fn live_backend(p: &Parsed, flow: &FlowInfo) -> Option<&'static BackendInfo> {
     let backend = BACKENDS.get(flow.backend_id)?;
     if backend.state == BACKEND_UNUSED || backend.generation != flow.backend_generation {
         return None;
@@ -147,26 +221,24 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
         // Only UDP flows idle out, so only they pay for the clock.
         // SAFETY: a helper without arguments or preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        let timeout = settings()?.udp_timeout_ns;
-        if now.wrapping_sub(flow.last_seen_ns) > timeout {
+        if now.wrapping_sub(flow.last_seen_ns) > settings()?.udp_timeout_ns {
             return None;
         }
-        flow.last_seen_ns = now;
     }
-    Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
+    Some(backend)
 }
 
 /// A backend for a connection to `svc` that has no live pinned flow.
 #[inline(always)]
-pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo) -> Result<Target, Reason> {
+pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, slot: FlowSlot) -> Result<Target, Reason> {
     let s = scratch()?;
-    pick(ctx, ingress, p, svc, s)
+    pick(ctx, ingress, p, svc, slot, s)
 }
 
-/// A new flow: Maglev slot → backend → how to reach it → pin the flow and remember how to
-/// rewrite its replies.
+/// A new flow: Maglev slot → backend → how to reach it → pin the flow (and, unless its entry is
+/// keyed by the client, remember how to rewrite its replies).
 #[inline(always)]
-fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, s: &'static mut Scratch) -> Result<Target, Reason> {
+fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, slot: FlowSlot, s: &'static mut Scratch) -> Result<Target, Reason> {
     let (backend_id, backend) = ring_pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -175,36 +247,10 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
     s.flow.last_seen_ns = now;
     s.flow.kind = FLOW_LOCAL;
     s.flow.nat_port = 0;
+    s.flow.service_port = 0;
     mem::zero16(&mut s.flow.nat_addr);
     match forward::lookup(ctx, ingress, p.family, p.proto, &backend.addr)? {
-        Route::Local => {
-            s.reply.service_addr = p.dst;
-            s.reply.service_port = p.dport;
-            let remembered = if p.family == FAMILY_V4 {
-                s.reply_key4 = FlowKey4 {
-                    src: v4_of(&backend.addr),
-                    dst: v4_of(&p.src),
-                    sport: backend.port,
-                    dport: p.sport,
-                    proto: p.proto,
-                    _pad: 0,
-                    _pad2: 0,
-                };
-                REPLIES4.insert(&s.reply_key4, &s.reply, 0)
-            } else {
-                s.reply_key = FlowKey {
-                    src: backend.addr,
-                    dst: p.src,
-                    sport: backend.port,
-                    dport: p.sport,
-                    proto: p.proto,
-                    family: p.family,
-                    _pad: 0,
-                };
-                REPLIES.insert(&s.reply_key, &s.reply, 0)
-            };
-            remembered.map_err(|_| Reason::FlowTableFull)?;
-        }
+        Route::Local => {}
         Route::Uplink { src, .. } => {
             // Checked before anything is claimed: a forward the TTL forbids must not pin a flow
             // or take a NAT port (the fuzzer found both).
@@ -216,15 +262,65 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
             s.flow.nat_port = nat_port(p, backend, s, now)?;
         }
     }
+    if !pin_by_client(p, slot, s) {
+        pin_by_tuple(p, s)?;
+        if s.flow.kind == FLOW_LOCAL {
+            remember_reply(p, backend, s)?;
+        }
+    }
+    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
+}
+
+/// Pins an IPv4 flow under its client key if `slot` allows; false if it is to be keyed by its
+/// tuple (IPv6, a live connection holding the key, or another CPU taking it meanwhile).
+#[inline(always)]
+fn pin_by_client(p: &Parsed, slot: FlowSlot, s: &mut Scratch) -> bool {
+    let flags = match slot {
+        FlowSlot::Tuple => return false,
+        FlowSlot::ClientFree => BPF_NOEXIST as u64,
+        FlowSlot::ClientStale => 0,
+    };
+    if p.family != FAMILY_V4 {
+        return false;
+    }
+    s.flow.set_v4_service(&p.dst, p.dport);
+    s.flow_key4 = client_key4(p);
+    if FLOWS4.insert(&s.flow_key4, &s.flow, flags).is_ok() {
+        return true;
+    }
+    s.flow.service_port = 0;
+    s.flow.nat_addr = s.flow.nat_source(p.family);
+    false
+}
+
+/// Pins a flow under its whole tuple.
+#[inline(always)]
+fn pin_by_tuple(p: &Parsed, s: &mut Scratch) -> Result<(), Reason> {
     let pinned = if p.family == FAMILY_V4 {
+        note_tuple_flow4();
         s.flow_key4 = flow_key4(p);
         FLOWS4.insert(&s.flow_key4, &s.flow, 0)
     } else {
         s.flow_key = flow_key(p);
         FLOWS.insert(&s.flow_key, &s.flow, 0)
     };
-    pinned.map_err(|_| Reason::FlowTableFull)?;
-    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
+    pinned.map_err(|_| Reason::FlowTableFull)
+}
+
+/// The reply entry of a tuple-keyed local flow: the backend's replies to the client get the
+/// service address back as their source.
+#[inline(always)]
+fn remember_reply(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<(), Reason> {
+    s.reply.service_addr = p.dst;
+    s.reply.service_port = p.dport;
+    let remembered = if p.family == FAMILY_V4 {
+        s.reply_key4 = FlowKey4 { src: v4_of(&backend.addr), dst: v4_of(&p.src), sport: backend.port, dport: p.sport, proto: p.proto, _pad: 0, _pad2: 0 };
+        REPLIES4.insert(&s.reply_key4, &s.reply, 0)
+    } else {
+        s.reply_key = FlowKey { src: backend.addr, dst: p.src, sport: backend.port, dport: p.sport, proto: p.proto, family: p.family, _pad: 0 };
+        REPLIES.insert(&s.reply_key, &s.reply, 0)
+    };
+    remembered.map_err(|_| Reason::FlowTableFull)
 }
 
 /// Probes for a free NAT source port towards `backend` and claims it with the reply mapping
@@ -300,6 +396,12 @@ fn ring_entry(slot: u32) -> Result<u32, Reason> {
 #[inline(always)]
 pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
     if p.family == FAMILY_V4 {
+        if let Some(reply) = client_keyed_reply(p) {
+            return Some(reply);
+        }
+        if !tuple_flows4_exist() {
+            return None;
+        }
         // SAFETY: the reference is used only during this program run (the caller copies the fields
         // it rewrites), and the kernel keeps the element allocated until the run ends (RCU); a
         // concurrent update of the key writes the same connection's values.
@@ -310,6 +412,25 @@ pub fn reply(p: &Parsed) -> Option<&'static ReplyInfo> {
         // concurrent update of the key writes the same connection's values.
         unsafe { REPLIES.get(flow_key(p)) }
     }
+}
+
+/// The service address of an IPv4 reply whose connection is keyed by its client (the reply's
+/// destination): only if it comes from the backend that connection is pinned to, so the task's
+/// replies to clients that reach it directly keep its own address.
+#[inline(always)]
+fn client_keyed_reply(p: &Parsed) -> Option<&'static ReplyInfo> {
+    let s = scratch().ok()?;
+    s.flow_key4 = FlowKey4::client(v4_of(&p.dst), p.dport, p.proto);
+    // SAFETY: read during this run only; the kernel keeps the element allocated until it ends.
+    let flow = unsafe { FLOWS4.get(&s.flow_key4) }?;
+    let (service_addr, service_port) = flow.v4_service()?;
+    let backend = BACKENDS.get(flow.backend_id)?;
+    if flow.kind != FLOW_LOCAL || backend.port != p.sport || v4_of(&backend.addr) != v4_of(&p.src) {
+        return None;
+    }
+    s.reply.service_addr = v4_bytes(service_addr);
+    s.reply.service_port = service_port;
+    Some(&s.reply)
 }
 
 /// How to send a full-NAT backend's reply back to its client, if this is one. The mapping is
@@ -336,7 +457,7 @@ pub fn nat_reply(p: &Parsed) -> Option<&'static NatReply> {
 #[inline(always)]
 pub fn nat_closing(p: &Parsed, backend: &BackendInfo, flow: &FlowInfo) {
     let Ok(s) = scratch() else { return };
-    s.reply_key = nat_key(p, backend, &flow.nat_addr, flow.nat_port);
+    s.reply_key = nat_key(p, backend, &flow.nat_source(p.family), flow.nat_port);
     if let Some(reply) = NAT_REPLIES.get_ptr_mut(&s.reply_key) {
         // SAFETY: as in `nat_reply`.
         stamp(unsafe { &mut *reply }, p.tcp_flags, false);

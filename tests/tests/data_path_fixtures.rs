@@ -460,7 +460,8 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
         // The connection's flow entry is evicted (a full table) while its NAT mapping stays: its
         // next segment is pinned again with the same NAT port, so the backend sees the same
         // connection.
-        let flow4 = lb_common::FlowKey4 { src: [10, 202, 0, 1], dst: [10, 0, 0, 1], sport: 40000, dport: 80, proto: 6, _pad: 0, _pad2: 0 };
+        // (The client's only connection: keyed by its address and port.)
+        let flow4 = lb_common::FlowKey4::client([10, 202, 0, 1], 40000, 6);
         let pinned = aya::maps::MapData::from_pin(f.pins.path().join("flows4")).unwrap();
         let mut flows: aya::maps::HashMap<_, lb_common::FlowKey4, lb_common::FlowInfo> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(pinned)).unwrap();
         flows.remove(&flow4).unwrap();

@@ -400,7 +400,7 @@ fn check_layout_version(pin_dir: &Path) -> Result<(), PinnedMapsError> {
         .and_then(|m| m.get(&0, 0))
         .map_err(|source| PinnedMapsError::Read { map, pin_dir: pin_dir.to_owned(), source })?;
     // All zero: created by a start that failed before writing them; nothing to misread.
-    if settings != Settings::default() && settings.layout != lb_common::LAYOUT_VERSION {
+    if settings != Settings::default() && !lb_common::ADOPTABLE_LAYOUTS.contains(&settings.layout) {
         let show = |v: u32| format!("contents of layout {v}");
         return Err(PinnedMapsError::Layout {
             map,
@@ -444,7 +444,21 @@ fn write_settings(ebpf: &mut Ebpf, limits: &LoadLimits) -> Result<(), LoaderErro
     let mut settings = settings_map(ebpf)?;
     let previous = settings.get(&0, 0).ok();
     let new = Settings::new(limits.udp_timeout_secs, limits.nat_ports, previous.as_ref());
-    settings.set(0, new, 0).map_err(|source| LoaderError::Settings { map, source })
+    settings.set(0, new, 0).map_err(|source| LoaderError::Settings { map, source })?;
+    if previous.is_some_and(|p| p != Settings::default() && p.layout < 2) {
+        // Maps of layout 1 (whose programs may still run until replaced) key every IPv4 flow by
+        // its whole tuple, with reply entries: the new programs must look those up too.
+        note_tuple_flows4(ebpf)?;
+    }
+    Ok(())
+}
+
+/// Sets `TUPLE_FLOWS4`: connection-keyed IPv4 flows and reply entries may exist.
+fn note_tuple_flows4(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let map = names::MAP_TUPLE_FLOWS4;
+    let data = ebpf.map_mut(map).ok_or(LoaderError::Settings { map, source: aya::maps::MapError::InvalidName { name: map.into() } })?;
+    let mut flag: Array<&mut MapData, u32> = Array::try_from(data).map_err(|source| LoaderError::Settings { map, source })?;
+    flag.set(0, 1, 0).map_err(|source| LoaderError::Settings { map, source })
 }
 
 /// The settings in force under `pin_dir`, if its maps exist.

@@ -349,7 +349,7 @@ impl Dataplane for PinnedMaps {
 
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>> {
         let v4 = self.entries::<FlowKey4, FlowInfo>(names::MAP_FLOWS4, limit)?;
-        let mut flows: Vec<(FlowKey, FlowInfo)> = v4.into_iter().map(|(k, v)| (k.widen(), v)).collect();
+        let mut flows: Vec<(FlowKey, FlowInfo)> = v4.into_iter().map(|(k, v)| (connection_of(&k, &v), v)).collect();
         flows.extend(self.entries::<FlowKey, FlowInfo>(names::MAP_FLOWS, limit - flows.len())?);
         Ok(flows)
     }
@@ -389,31 +389,57 @@ impl Dataplane for PinnedMaps {
     }
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
-        let found = if key.family == lb_common::FAMILY_V4 {
-            self.hash::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?.get(&key.narrow(), 0)
-        } else {
-            self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?.get(key, 0)
-        };
-        match found {
-            Ok(info) => Ok(Some(info)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { name: if key.family == lb_common::FAMILY_V4 { names::MAP_FLOWS4 } else { names::MAP_FLOWS }, source }),
-        }
+        Ok(self.flow_entry(key)?.map(|(_, info)| info))
     }
 }
 
+/// The connection a `FLOWS4` entry pins, as the client sent it: a client-keyed entry keeps the
+/// service it connected to in its value.
+fn connection_of(key: &FlowKey4, info: &FlowInfo) -> FlowKey {
+    let mut connection = key.widen();
+    if let (true, Some((addr, port))) = (key.is_client_key(), info.v4_service()) {
+        connection.dst = lb_common::v4_bytes(addr);
+        connection.dport = port;
+    }
+    connection
+}
+
 impl PinnedMaps {
+    /// The entry pinning the connection `key` (as the client sent it): an IPv4 connection's
+    /// under its client key if that entry is this connection's, else under its whole tuple.
+    /// Returns the map key (widened) with the value.
+    fn flow_entry(&self, key: &FlowKey) -> Result<Option<(FlowKey, FlowInfo)>> {
+        let lookup = |name, found: std::result::Result<FlowInfo, MapError>| match found {
+            Ok(info) => Ok(Some(info)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        };
+        if key.family != lb_common::FAMILY_V4 {
+            let found = lookup(names::MAP_FLOWS, self.hash::<FlowKey, FlowInfo>(names::MAP_FLOWS)?.get(key, 0))?;
+            return Ok(found.map(|info| (*key, info)));
+        }
+        let flows = self.hash::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?;
+        let narrow = key.narrow();
+        let client = FlowKey4::client(narrow.src, narrow.sport, narrow.proto);
+        if let Some(info) = lookup(names::MAP_FLOWS4, flows.get(&client, 0))? {
+            if info.is_v4_connection_to(&key.dst, key.dport) {
+                return Ok(Some((client.widen(), info)));
+            }
+        }
+        Ok(lookup(names::MAP_FLOWS4, flows.get(&narrow, 0))?.map(|info| (*key, info)))
+    }
+
     /// Removes the client's flow entry of a NAT mapping if it still sends through it.
     fn forget_flow_using(&mut self, key: &FlowKey, reply: &NatReply) -> Result<()> {
         let flow_key = lb_common::nat_state::client_flow(key, reply);
-        let Some(flow) = self.flow(&flow_key)? else { return Ok(()) };
+        let Some((entry_key, flow)) = self.flow_entry(&flow_key)? else { return Ok(()) };
         if !lb_common::nat_state::flow_uses(&flow, key) {
             return Ok(());
         }
         if flow_key.family == lb_common::FAMILY_V4 {
-            ignore_missing(self.hash_mut::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?.remove(&flow_key.narrow()), names::MAP_FLOWS4)
+            ignore_missing(self.hash_mut::<FlowKey4, FlowInfo>(names::MAP_FLOWS4)?.remove(&entry_key.narrow()), names::MAP_FLOWS4)
         } else {
-            ignore_missing(self.hash_mut::<FlowKey, FlowInfo>(names::MAP_FLOWS)?.remove(&flow_key), names::MAP_FLOWS)
+            ignore_missing(self.hash_mut::<FlowKey, FlowInfo>(names::MAP_FLOWS)?.remove(&entry_key), names::MAP_FLOWS)
         }
     }
 }

@@ -36,6 +36,9 @@ struct Config {
     /// Only run SCENE on one hook (xdp by default) for a profiler, e.g. `new@tc`.
     #[arg(long, value_name = "SCENE[@xdp|tc]", value_parser = profile)]
     profile: Option<(Scene, Hook)>,
+    /// Entries per flow table (default: every new flow of the run fits, so none is evicted).
+    #[arg(long)]
+    max_flows: Option<u32>,
     /// One round of 200 calls: the suite's check that the benchmark still works.
     #[arg(long)]
     smoke: bool,
@@ -214,7 +217,7 @@ fn figure(mut samples: Vec<f64>) -> Figure {
 fn main() -> Result<()> {
     let cfg: Config = lb_tests::command_line();
     pin_to_cpu0();
-    let max_flows = (cfg.rounds * cfg.calls + 1024).next_power_of_two();
+    let max_flows = cfg.max_flows.unwrap_or((cfg.rounds * cfg.calls + 1024).next_power_of_two());
     let probe = Scene::NotService.frame(0);
     if let Some((scene, hook)) = cfg.profile {
         let mut bench = Bench::new(scene, hook, max_flows)?;

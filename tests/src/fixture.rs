@@ -132,6 +132,25 @@ impl Fixture {
         Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), ingress: None })
     }
 
+    /// Runs packets through `hook`'s program from now on, on the same maps (e.g. TC egress for
+    /// the replies of the flows the ingress program pinned).
+    pub fn switch_to(&mut self, hook: Hook) -> Result<()> {
+        let name = program(hook);
+        let loaded = match hook {
+            Hook::XdpIngress => loader::program::<Xdp>(&mut self.ebpf, name)?.fd().is_ok(),
+            Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(&mut self.ebpf, name)?.fd().is_ok(),
+        };
+        if !loaded {
+            match hook {
+                Hook::XdpIngress => loader::program::<Xdp>(&mut self.ebpf, name)?.load(),
+                Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(&mut self.ebpf, name)?.load(),
+            }
+            .with_context(|| format!("loading {name}"))?;
+        }
+        self.hook = hook;
+        Ok(())
+    }
+
     /// Programs the services of a services-file text and this node's addresses, as `lb run` does.
     pub fn apply(&mut self, services_json: &str, node_addrs: &[&str]) -> Result<()> {
         let desired = services_file::parse(services_json, "fixture")?;

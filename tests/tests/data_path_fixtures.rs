@@ -269,6 +269,64 @@ fn refused(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
 /// flow passes uncounted; a packet whose headers it does not look up (so a local backend's reply
 /// among them would leave with the backend's address) passes and is counted under its own name.
 #[test]
+fn a_client_endpoint_with_two_connections_keeps_both() {
+    for hook in INGRESS_HOOKS {
+        a_client_endpoint_with_two_connections_keeps_both_on(hook);
+    }
+}
+
+/// A connection is keyed by its client's address and port, which its replies carry: while that
+/// connection lives, a second one from the same address and port (to another service) is keyed
+/// by its whole tuple with a reply entry. Both keep their backend, both get their service
+/// address back on replies, and a backend's packets to the client that belong to neither (the
+/// task reached directly) leave untouched.
+fn a_client_endpoint_with_two_connections_keeps_both_on(hook: Hook) {
+    let mut f = fixture(hook);
+    let to_port = |flags, payload: &[u8]| tcp((client(), 40000), (v4(10, 201, 0, 2), 10000), flags, payload);
+    let to_port_out = |flags, payload: &[u8]| tcp((client(), 40000), (v4(10, 1, 0, 7), 31700), flags, payload);
+    let (syn, syn_out) = web(SYN, b"");
+    let (ack, ack_out) = web(ACK, b"to web");
+    f.run_table(&[
+        forwarded("syn to the vip: keyed by the client", syn, syn_out, "web", "10.1.0.5:31005", true),
+        forwarded("syn from the same address and port to a service port", to_port(SYN, b""), to_port_out(SYN, b""), "app-port", "10.1.0.7:31700", true),
+        forwarded("the first connection's data", ack, ack_out, "web", "10.1.0.5:31005", false),
+        forwarded("the second connection's data", to_port(ACK, b"to app"), to_port_out(ACK, b"to app"), "app-port", "10.1.0.7:31700", false),
+    ]);
+    let maps = f.maps();
+    for (dst, dport, backend) in [(v4(10, 0, 0, 1), 80, [10, 1, 0, 5]), (v4(10, 201, 0, 2), 10000, [10, 1, 0, 7])] {
+        let (client_addr, family) = lb::model::ip_bytes(client());
+        let (dst, _) = lb::model::ip_bytes(dst);
+        let key = lb_common::FlowKey { src: client_addr, dst, sport: 40000, dport, proto: 6, family, _pad: 0 };
+        let flow = maps.flow(&key).unwrap().unwrap_or_else(|| panic!("{hook}: no flow for {key:?}"));
+        let pinned = maps.backends().unwrap()[flow.backend_id as usize];
+        assert_eq!(pinned.addr[..4], backend, "{hook}: {key:?}");
+    }
+
+    f.switch_to(Hook::TcEgress).unwrap();
+    let restored = |name, input: Vec<u8>, output: Vec<u8>| {
+        let mut counters = xdp_iface(input.len());
+        counters.push(("verdict.reply_rewritten".to_string(), 1));
+        Case { name, input, verdict: XDP_PASS, output, counters }
+    };
+    let untouched = |name, input: Vec<u8>| Case { name, output: input.clone(), counters: xdp_iface(input.len()), input, verdict: XDP_PASS };
+    f.run_table(&[
+        restored(
+            "the vip's backend replies",
+            tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"from web"),
+            tcp((v4(10, 0, 0, 1), 80), (client(), 40000), ACK, b"from web"),
+        ),
+        restored(
+            "the service port's backend replies",
+            tcp((v4(10, 1, 0, 7), 31700), (client(), 40000), ACK, b"from app"),
+            tcp((v4(10, 201, 0, 2), 10000), (client(), 40000), ACK, b"from app"),
+        ),
+        untouched("the vip's backend to another port of the client", tcp((v4(10, 1, 0, 5), 31005), (client(), 40001), ACK, b"direct")),
+        untouched("another task to the client's port", tcp((v4(10, 1, 0, 6), 31005), (client(), 40000), ACK, b"direct")),
+        untouched("the vip's backend from another port", tcp((v4(10, 1, 0, 5), 31006), (client(), 40000), ACK, b"direct")),
+    ]);
+}
+
+#[test]
 fn tc_egress_counts_the_packets_it_cannot_restore() {
     let mut f = fixture(Hook::TcEgress);
     let own = tcp((v4(10, 201, 0, 2), 22), (client(), 50000), ACK, b"ssh");
@@ -498,4 +556,44 @@ fn udp_flows_time_out_and_rebalance_on(hook: Hook) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (_, out) = f.run_packet(&query).unwrap();
     assert_eq!(out[14 + 16..14 + 20], other, "after the idle timeout the flow is re-balanced");
+}
+
+#[test]
+fn flows_written_by_layout_1_keep_working_after_an_upgrade() {
+    for hook in INGRESS_HOOKS {
+        flows_written_by_layout_1_keep_working_after_an_upgrade_on(hook);
+    }
+}
+
+/// Maps of layout 1 key every IPv4 flow by its whole tuple and keep a reply entry per local
+/// flow. An agent of this layout adopting them must still find those flows (not re-pin them as
+/// new) and restore their replies.
+fn flows_written_by_layout_1_keep_working_after_an_upgrade_on(hook: Hook) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let mut f = fixture(hook);
+    let pin = |name: &str| MapData::from_pin(f.pins.path().join(name)).unwrap();
+    let mut settings: Array<_, lb_common::Settings> = Array::try_from(Map::Array(pin("settings"))).unwrap();
+    let layout_1 = lb_common::Settings { layout: 1, ..settings.get(&0, 0).unwrap() };
+    settings.set(0, layout_1, 0).unwrap();
+    let backend_id = f.maps().backends().unwrap().iter().position(|b| b.addr[..4] == [10, 1, 0, 5] && b.port == 31005).unwrap() as u32;
+    let backend = f.maps().backends().unwrap()[backend_id as usize];
+    let mut flows: HashMap<_, lb_common::FlowKey4, lb_common::FlowInfo> = HashMap::try_from(Map::LruHashMap(pin("flows4"))).unwrap();
+    let tuple = lb_common::FlowKey4 { src: [10, 201, 0, 1], dst: [10, 0, 0, 1], sport: 40000, dport: 80, proto: 6, _pad: 0, _pad2: 0 };
+    let flow = lb_common::FlowInfo { backend_id, backend_generation: backend.generation, ..Default::default() };
+    flows.insert(tuple, flow, 0).unwrap();
+    let mut replies: HashMap<_, lb_common::FlowKey4, lb_common::ReplyInfo> = HashMap::try_from(Map::LruHashMap(pin("replies4"))).unwrap();
+    let reply_key = lb_common::FlowKey4 { src: [10, 1, 0, 5], dst: [10, 201, 0, 1], sport: 31005, dport: 40000, proto: 6, _pad: 0, _pad2: 0 };
+    let reply = lb_common::ReplyInfo { service_addr: lb_common::v4_bytes([10, 0, 0, 1]), service_port: 80, ..Default::default() };
+    replies.insert(reply_key, reply, 0).unwrap();
+
+    // The upgrade: this version's agent loads the same pins (its programs replace the old ones).
+    let _adopted = lb::dataplane::loader::load_object(f.pins.path(), &lb_tests::fixture::FIXTURE_LIMITS).unwrap();
+    let (ack, ack_out) = web(ACK, b"after the upgrade");
+    f.run_table(&[forwarded("a layout-1 flow's data: found, not new", ack, ack_out, "web", "10.1.0.5:31005", false)]);
+    f.switch_to(Hook::TcEgress).unwrap();
+    let input = tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply");
+    let mut counters = xdp_iface(input.len());
+    counters.push(("verdict.reply_rewritten".to_string(), 1));
+    let output = tcp((v4(10, 0, 0, 1), 80), (client(), 40000), ACK, b"reply");
+    f.run_table(&[Case { name: "its reply: restored from the layout-1 reply entry", input, verdict: XDP_PASS, output, counters }]);
 }

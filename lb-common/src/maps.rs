@@ -291,6 +291,33 @@ pub struct NatReply {
     pub state: u32,
 }
 
+/// Value of `ROUTES` (by backend id): the route to a backend as the last FIB lookup found it.
+/// New flows and full-NAT packets re-use it for `ROUTE_TTL_NS` instead of a lookup each (a
+/// FIB lookup was ~120 ns of a new flow's cost, docs/performance.md §5), so a route or
+/// neighbour change reaches them within that time; an unresolved neighbour is never cached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedRoute {
+    /// When it was looked up (bpf_ktime_get_ns); 0: never.
+    pub looked_up_ns: u64,
+    /// The generation of the backend id it was looked up for: an id given to another backend
+    /// does not find it.
+    pub generation: u32,
+    /// The interface the looked-up packet arrived on (an input of the lookup).
+    pub ingress: u32,
+    /// 0: through this node's stack (`Route::Local`); else the uplink the route leaves by.
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// The source address the route gives (full NAT's source).
+    pub src: [u8; 16],
+}
+
+/// How long a `CachedRoute` is used: short enough that a changed route or next hop is followed
+/// within a tenth of a second (also with no agent running), long enough that a connection storm
+/// to a backend pays one lookup per tenth of a second instead of one per connection.
+pub const ROUTE_TTL_NS: u64 = 100_000_000;
+
 /// `struct bpf_fib_lookup` (include/uapi/linux/bpf.h), the value of the per-CPU `FIB_SCRATCH`
 /// map: the route lookup's parameters live there instead of on the 512-byte BPF stack.
 #[repr(C)]
@@ -488,6 +515,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+const _: () = assert!(core::mem::size_of::<CachedRoute>() == 48);
 const _: () = assert!(core::mem::size_of::<Scratch>() == 216 + REFUSAL_ROOM);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);

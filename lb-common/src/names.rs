@@ -41,6 +41,7 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_VERDICTS: &str = "VERDICTS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_TUPLE_FLOWS4: &str = "TUPLE_FLOWS4";
+pub const MAP_ROUTES: &str = "ROUTES";
 
 /// The flow-like maps, each sized by `--max-flows`.
 pub const FLOW_MAPS: [&str; 6] = [MAP_FLOWS, MAP_FLOWS4, MAP_REPLIES, MAP_REPLIES4, MAP_NAT_REPLIES, MAP_SOCK_REPLIES];
@@ -64,6 +65,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SOCK_REPLIES,
     MAP_NAT_REPLIES,
     MAP_TUPLE_FLOWS4,
+    MAP_ROUTES,
     MAP_UPLINKS,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,

@@ -3,6 +3,7 @@
 //! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT
 //! and leave at once; replies of full-NAT flows go back to their clients.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{Reason, NatReply, FLOW_NAT, TCP_FIN, TCP_RST};
 
 use crate::{
@@ -51,7 +52,11 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     let len = frame.frame_len() as u64;
     let backend = target.backend;
     if target.flow.kind == FLOW_NAT {
-        let route = uplink_route(frame, ingress, &packet, &backend.addr)?;
+        let route = uplink_route(&packet, || {
+            // SAFETY: a helper without arguments or preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, target.backend_id, backend, now)
+        })?;
         let flow = target.flow;
         if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !target.new_flow {
             select::nat_closing(&packet, backend, flow);
@@ -77,19 +82,19 @@ fn not_for_a_service<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Resu
 /// A full-NAT backend's reply: from the service, to the client, out towards the client.
 #[inline(always)]
 fn nat_reply<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, reply: &NatReply) -> Result<(Reason, u32), Reason> {
-    let route = uplink_route(frame, ingress, packet, &reply.client_addr)?;
+    let route = uplink_route(packet, || forward::lookup(frame.ctx_ptr(), ingress, packet.family, packet.proto, &reply.client_addr))?;
     let to = Nat { src: &reply.service_addr, sport: reply.service_port, dst: &reply.client_addr, dport: reply.client_port, hop: true };
     Ok((Reason::NatReply, route_out(frame, ingress, packet, &to, &route)?))
 }
 
-/// The route to `dst`, which must leave through an uplink (the NAT paths never hand off to the
-/// stack: it would see this node's own address as a forwarded packet's source).
+/// The route `route` finds, which must leave through an uplink (the NAT paths never hand off to
+/// the stack: it would see this node's own address as a forwarded packet's source).
 #[inline(always)]
-fn uplink_route<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, dst: &[u8; 16]) -> Result<Route, Reason> {
+fn uplink_route(packet: &Parsed, route: impl FnOnce() -> Result<Route, Reason>) -> Result<Route, Reason> {
     if packet.ttl <= 1 {
         return Err(Reason::TtlExceeded);
     }
-    match forward::lookup(frame.ctx_ptr(), ingress, packet.family, packet.proto, dst)? {
+    match route()? {
         Route::Local => Err(Reason::FibFailure),
         route => Ok(route),
     }

@@ -5,10 +5,10 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LOOKUP_SRC},
     helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
 };
-use lb_common::{Reason, FibParams, FAMILY_V4};
+use lb_common::{BackendInfo, Reason, FibParams, FAMILY_V4, ROUTE_TTL_NS};
 
 use crate::{
-    maps::{FIB_SCRATCH, UPLINKS},
+    maps::{FIB_SCRATCH, ROUTES, UPLINKS},
     mem,
 };
 
@@ -25,6 +25,46 @@ pub enum Route {
     Local,
     /// Out of an uplink, with the link-layer addresses and the source address to use.
     Uplink { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], src: [u8; 16] },
+}
+
+/// The route from `ingress` to backend `backend_id`: the cached one (lb_common::CachedRoute)
+/// while it is fresh and was found for this backend and ingress, else looked up and cached.
+#[inline(always)]
+pub fn to_backend(
+    ctx: *mut core::ffi::c_void,
+    ingress: u32,
+    proto: u8,
+    backend_id: u32,
+    backend: &BackendInfo,
+    now: u64,
+) -> Result<Route, Reason> {
+    let cached = ROUTES.get_ptr_mut(backend_id).ok_or(Reason::FibFailure)?;
+    // SAFETY: an array element, allocated as long as the map. CPUs refreshing the same entry at
+    // once write the same lookup's answer; one reading meanwhile may mix two answers only if the
+    // route changed in between, which costs that one packet.
+    let cached = unsafe { &mut *cached };
+    let fresh = cached.looked_up_ns != 0 && now.wrapping_sub(cached.looked_up_ns) < ROUTE_TTL_NS;
+    if fresh && cached.generation == backend.generation && cached.ingress == ingress {
+        return Ok(match cached.ifindex {
+            0 => Route::Local,
+            ifindex => Route::Uplink { ifindex, smac: cached.smac, dmac: cached.dmac, src: cached.src },
+        });
+    }
+    // An unresolved neighbour is an error here: not cached, looked up again by the next packet.
+    let route = lookup(ctx, ingress, backend.family, proto, &backend.addr)?;
+    cached.generation = backend.generation;
+    cached.ingress = ingress;
+    match &route {
+        Route::Local => cached.ifindex = 0,
+        Route::Uplink { ifindex, smac, dmac, src } => {
+            cached.ifindex = *ifindex;
+            cached.smac = *smac;
+            cached.dmac = *dmac;
+            cached.src = *src;
+        }
+    }
+    cached.looked_up_ns = now;
+    Ok(route)
 }
 
 /// Looks up the route from `ingress` to `dst` (of `family`), as the stack would forward it.

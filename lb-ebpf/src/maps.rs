@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    reasons, ring_pool, BackendInfo, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
+    reasons, ring_pool, BackendInfo, CachedRoute, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_ADDR_WORDS, SERVICE_PORT_WORDS,
 };
@@ -77,6 +77,10 @@ pub static SOCK_REPLIES: LruHashMap<SockKey, ReplyInfo, MAX_FLOWS> = LruHashMap:
 /// Full-NAT replies: (backend → node address, NAT port) → the client and service to restore.
 #[btf_map]
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply, MAX_FLOWS> = LruHashMap::new();
+/// The route to each backend (by backend id) as last looked up, re-used for a short while
+/// (lb_common::CachedRoute).
+#[btf_map]
+pub static ROUTES: Array<CachedRoute, MAX_BACKENDS> = Array::new();
 /// The uplinks (ifindex → 1): a backend routed out of one of these is on another node.
 #[btf_map]
 pub static UPLINKS: HashMap<u32, u32, 64> = HashMap::new();

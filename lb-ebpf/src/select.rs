@@ -249,7 +249,7 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
     s.flow.nat_port = 0;
     s.flow.service_port = 0;
     mem::zero16(&mut s.flow.nat_addr);
-    match forward::lookup(ctx, ingress, p.family, p.proto, &backend.addr)? {
+    match forward::to_backend(ctx, ingress, p.proto, backend_id, backend, now)? {
         Route::Local => {}
         Route::Uplink { src, .. } => {
             // Checked before anything is claimed: a forward the TTL forbids must not pin a flow
@@ -262,7 +262,7 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
             s.flow.nat_port = nat_port(p, backend, s, now)?;
         }
     }
-    if !pin_by_client(p, slot, s) {
+    if !pin_by_client(p, slot, backend, s) {
         pin_by_tuple(p, s)?;
         if s.flow.kind == FLOW_LOCAL {
             remember_reply(p, backend, s)?;
@@ -274,15 +274,15 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
 /// Pins an IPv4 flow under its client key if `slot` allows; false if it is to be keyed by its
 /// tuple (IPv6, a live connection holding the key, or another CPU taking it meanwhile).
 #[inline(always)]
-fn pin_by_client(p: &Parsed, slot: FlowSlot, s: &mut Scratch) -> bool {
-    let flags = match slot {
-        FlowSlot::Tuple => return false,
-        FlowSlot::ClientFree => BPF_NOEXIST as u64,
-        FlowSlot::ClientStale => 0,
-    };
+fn pin_by_client(p: &Parsed, slot: FlowSlot, backend: &BackendInfo, s: &mut Scratch) -> bool {
     if p.family != FAMILY_V4 {
         return false;
     }
+    let flags = match slot {
+        FlowSlot::Tuple if !holder_has_ended(p, backend, s) => return false,
+        FlowSlot::Tuple | FlowSlot::ClientStale => 0,
+        FlowSlot::ClientFree => BPF_NOEXIST as u64,
+    };
     s.flow.set_v4_service(&p.dst, p.dport);
     s.flow_key4 = client_key4(p);
     if FLOWS4.insert(&s.flow_key4, &s.flow, flags).is_ok() {
@@ -291,6 +291,23 @@ fn pin_by_client(p: &Parsed, slot: FlowSlot, s: &mut Scratch) -> bool {
     s.flow.service_port = 0;
     s.flow.nat_addr = s.flow.nat_source(p.family);
     false
+}
+
+/// Whether the connection holding the client key (alive as far as its entry tells) has in fact
+/// ended because the new local flow reaches the same backend address and port: the backend
+/// cannot hold two connections from one client address and port, and that one's replies would
+/// otherwise be taken for the new one's (the entry of the newest connection must win, as a
+/// reply entry written last does).
+#[inline(always)]
+fn holder_has_ended(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> bool {
+    if s.flow.kind != FLOW_LOCAL {
+        return false;
+    }
+    s.flow_key4 = client_key4(p);
+    // SAFETY: read during this run only; the kernel keeps the element allocated until it ends.
+    let Some(holder) = (unsafe { FLOWS4.get(&s.flow_key4) }) else { return true };
+    let Some(held) = BACKENDS.get(holder.backend_id) else { return true };
+    holder.kind == FLOW_LOCAL && held.port == backend.port && mem::eq16(&held.addr, &backend.addr)
 }
 
 /// Pins a flow under its whole tuple.

@@ -247,7 +247,8 @@ impl Fixture {
 
 /// Every counter the data path keeps, flattened to `map{key}.field` → value (summed over CPUs),
 /// read through the agent's own map adapter.
-/// Names: `verdict.<reason>`, `service{<name>}.<field>`, `backend{<addr>:<port>}.<field>`,
+/// Names: `verdict.<reason>`, `service{<name>}.<field>`, `backend{<addr>:<port>}.<field>` (summed
+/// over the services the address and port serve),
 /// `iface_stats{ifindex=…,hook=…}.<field>`.
 pub fn counter_snapshot(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
     let maps = PinnedMaps::new(pins.path());
@@ -262,7 +263,8 @@ pub fn counter_snapshot(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
         }
         for b in &s.backends {
             for (field, n) in [("packets", b.packets), ("bytes", b.bytes), ("new_flows", b.new_flows)] {
-                snapshot.insert(format!("backend{{{}:{}}}.{field}", b.address, b.port), n);
+                // A task in two services has an entry in each: its counters are their sum.
+                *snapshot.entry(format!("backend{{{}:{}}}.{field}", b.address, b.port)).or_insert(0) += n;
             }
         }
     }

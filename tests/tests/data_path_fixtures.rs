@@ -327,6 +327,41 @@ fn a_client_endpoint_with_two_connections_keeps_both_on(hook: Hook) {
 }
 
 #[test]
+fn a_client_port_reused_for_another_service_of_the_same_task_gets_its_replies() {
+    for hook in INGRESS_HOOKS {
+        a_client_port_reused_for_another_service_of_the_same_task_gets_its_replies_on(hook);
+    }
+}
+
+/// A client that reuses its address and port for another service whose pick is the same task
+/// address and port: its first connection has ended (the task cannot hold both), so the new one
+/// takes the client key, and the task's replies get the new service's address, not the old
+/// one's (found by the end-to-end spread test, whose client reuses ports across services).
+fn a_client_port_reused_for_another_service_of_the_same_task_gets_its_replies_on(hook: Hook) {
+    let mut f = Fixture::load_hook(hook).unwrap();
+    f.apply(
+        r#"{"services":[
+          {"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.1.0.5","port":31005}]},
+          {"name":"web-port","port":10080,"backends":[{"address":"10.1.0.5","port":31005}]}]}"#,
+        &[NODE],
+    )
+    .unwrap();
+    let to_port = |flags, payload: &[u8]| tcp((client(), 40000), (v4(10, 201, 0, 2), 10080), flags, payload);
+    let (syn, syn_out) = web(SYN, b"");
+    f.run_table(&[
+        forwarded("syn to the vip", syn, syn_out, "web", "10.1.0.5:31005", true),
+        forwarded("later, the same port to the service port", to_port(SYN, b""), web(SYN, b"").1, "web-port", "10.1.0.5:31005", true),
+        forwarded("its data", to_port(ACK, b"x"), web(ACK, b"x").1, "web-port", "10.1.0.5:31005", false),
+    ]);
+    f.switch_to(Hook::TcEgress).unwrap();
+    let input = tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply");
+    let mut counters = xdp_iface(input.len());
+    counters.push(("verdict.reply_rewritten".to_string(), 1));
+    let output = tcp((v4(10, 201, 0, 2), 10080), (client(), 40000), ACK, b"reply");
+    f.run_table(&[Case { name: "the task's reply: from the service port", input, verdict: XDP_PASS, output, counters }]);
+}
+
+#[test]
 fn tc_egress_counts_the_packets_it_cannot_restore() {
     let mut f = fixture(Hook::TcEgress);
     let own = tcp((v4(10, 201, 0, 2), 22), (client(), 50000), ACK, b"ssh");
@@ -596,4 +631,54 @@ fn flows_written_by_layout_1_keep_working_after_an_upgrade_on(hook: Hook) {
     counters.push(("verdict.reply_rewritten".to_string(), 1));
     let output = tcp((v4(10, 0, 0, 1), 80), (client(), 40000), ACK, b"reply");
     f.run_table(&[Case { name: "its reply: restored from the layout-1 reply entry", input, verdict: XDP_PASS, output, counters }]);
+}
+
+#[test]
+fn new_flows_and_full_nat_follow_a_route_change() {
+    for hook in INGRESS_HOOKS {
+        new_flows_and_full_nat_follow_a_route_change_on(hook);
+    }
+}
+
+/// The route to a backend is looked up once per `ROUTE_TTL_NS` and re-used meanwhile: after a
+/// route change, new flows and established full-NAT flows take the new next hop, and a backend
+/// that became one of this node's addresses is reached through the stack.
+fn new_flows_and_full_nat_follow_a_route_change_on(hook: Hook) {
+    use lb_tests::netns::Netns;
+    let ns = Netns::new("lbr").unwrap();
+    ns.ip(&["link", "add", "up0", "address", "02:aa:00:00:00:02", "type", "veth", "peer", "name", "up0p"]).unwrap();
+    ns.ip(&["link", "set", "up0p", "up"]).unwrap();
+    ns.addr("up0", "10.202.0.2/24").unwrap();
+    for (router, mac) in [("10.202.0.10", "02:aa:00:00:00:10"), ("10.202.0.20", "02:aa:00:00:00:20")] {
+        ns.ip(&["neigh", "add", router, "lladdr", mac, "dev", "up0", "nud", "permanent"]).unwrap();
+    }
+    ns.ip(&["route", "add", "10.99.0.1/32", "via", "10.202.0.10"]).unwrap();
+    ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
+    let ns_name = ns.name().to_owned();
+    ns.run(move || {
+        let uplink = lb::preflight::interface_index("up0").unwrap();
+        let mut f = Fixture::load_hook(hook).unwrap();
+        f.apply(r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.99.0.1","port":31000}]}]}"#, &["10.202.0.2"])
+            .unwrap();
+        f.arrive_on(uplink).unwrap();
+        let mut send = |port: u16, flags| {
+            let (verdict, out) = f.run_packet(&tcp((v4(10, 202, 0, 1), port), (v4(10, 0, 0, 1), 80), flags, b"")).unwrap();
+            (verdict, out[..6].to_vec(), out[14 + 16..14 + 20].to_vec())
+        };
+        let via = |router: u8| vec![0x02, 0xaa, 0, 0, 0, router];
+        let tx = expected_verdict(hook, XDP_TX);
+        assert_eq!(send(40000, SYN), (tx, via(0x10), vec![10, 99, 0, 1]), "{hook}: first flow via the first router");
+        assert_eq!(send(40001, SYN), (tx, via(0x10), vec![10, 99, 0, 1]), "{hook}: second flow, the same route");
+
+        lb_tests::netns::ip(&["-n", &ns_name, "route", "replace", "10.99.0.1/32", "via", "10.202.0.20"]).unwrap();
+        std::thread::sleep(std::time::Duration::from_nanos(lb_common::ROUTE_TTL_NS) * 3 / 2);
+        assert_eq!(send(40002, SYN), (tx, via(0x20), vec![10, 99, 0, 1]), "{hook}: a new flow after the change");
+        assert_eq!(send(40000, ACK), (tx, via(0x20), vec![10, 99, 0, 1]), "{hook}: an established full-NAT flow after the change");
+
+        lb_tests::netns::ip(&["-n", &ns_name, "addr", "add", "10.99.0.1/32", "dev", "lo"]).unwrap();
+        std::thread::sleep(std::time::Duration::from_nanos(lb_common::ROUTE_TTL_NS) * 3 / 2);
+        let (verdict, _, dst) = send(40003, SYN);
+        assert_eq!((verdict, dst), (expected_verdict(hook, XDP_PASS), vec![10, 99, 0, 1]), "{hook}: now a local address: to the stack");
+    })
+    .unwrap();
 }

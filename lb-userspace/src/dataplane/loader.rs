@@ -340,7 +340,7 @@ fn map_sizes(limits: &LoadLimits) -> Vec<(&'static str, u32, &'static str)> {
     for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
         sizes.push((map, limits.max_services, "--max-services"));
     }
-    for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS] {
+    for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS, names::MAP_ROUTES] {
         sizes.push((map, limits.max_backends, "--max-backends"));
     }
     for map in names::FLOW_MAPS {

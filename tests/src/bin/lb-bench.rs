@@ -61,18 +61,27 @@ enum Scene {
     EstablishedTcp,
     EstablishedUdp,
     NewTcp,
+    /// The same in flow tables of `SMALL_TABLE` entries, which stay in the CPU's caches: the
+    /// size of Katran's fallback LRU (1,000 entries), which a BPF_PROG_TEST_RUN comparison of
+    /// its program without its userspace (per-CPU tables) measures.
+    NewTcpSmallTable,
     ServicePortMiss,
     NotService,
 }
 
+/// Entries per flow table of `Scene::NewTcpSmallTable`.
+const SMALL_TABLE: u32 = 1024;
+
 impl Scene {
-    const ALL: [Scene; 5] = [Scene::EstablishedTcp, Scene::EstablishedUdp, Scene::NewTcp, Scene::ServicePortMiss, Scene::NotService];
+    const ALL: [Scene; 6] =
+        [Scene::EstablishedTcp, Scene::EstablishedUdp, Scene::NewTcp, Scene::NewTcpSmallTable, Scene::ServicePortMiss, Scene::NotService];
 
     fn name(self) -> &'static str {
         match self {
             Scene::EstablishedTcp => "established TCP flow",
             Scene::EstablishedUdp => "established UDP flow",
             Scene::NewTcp => "new TCP flow (SYN, a new source each call)",
+            Scene::NewTcpSmallTable => "new TCP flow, 1,024-entry flow tables",
             Scene::ServicePortMiss => "service port at a non-service address (miss)",
             Scene::NotService => "not a service (miss)",
         }
@@ -83,6 +92,7 @@ impl Scene {
             Scene::EstablishedTcp => "tcp",
             Scene::EstablishedUdp => "udp",
             Scene::NewTcp => "new",
+            Scene::NewTcpSmallTable => "new-small",
             Scene::ServicePortMiss => "port-miss",
             Scene::NotService => "miss",
         }
@@ -93,7 +103,7 @@ impl Scene {
         match self {
             Scene::EstablishedTcp => tcp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 80), ACK, &[0u8; 6]),
             Scene::EstablishedUdp => udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 2), 53), &[0u8; 18]),
-            Scene::NewTcp => tcp((v4(10, 100 + (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8), 1024 + (n & 0xff) as u16), (v4(10, 0, 0, 1), 80), SYN, b""),
+            Scene::NewTcp | Scene::NewTcpSmallTable => tcp((v4(10, 100 + (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8), 1024 + (n & 0xff) as u16), (v4(10, 0, 0, 1), 80), SYN, b""),
             Scene::ServicePortMiss => tcp((v4(10, 9, 0, 1), 40000), (v4(10, 99, 0, 1), 10000), SYN, b""),
             Scene::NotService => udp((v4(10, 9, 0, 1), 5000), (v4(10, 9, 0, 2), 9999), &[0u8; 18]),
         }
@@ -101,7 +111,7 @@ impl Scene {
 
     fn verdict(self) -> &'static str {
         match self {
-            Scene::EstablishedTcp | Scene::EstablishedUdp | Scene::NewTcp => "fwd_local",
+            Scene::EstablishedTcp | Scene::EstablishedUdp | Scene::NewTcp | Scene::NewTcpSmallTable => "fwd_local",
             Scene::ServicePortMiss | Scene::NotService => "not_service",
         }
     }
@@ -173,6 +183,7 @@ struct Bench {
 
 impl Bench {
     fn new(scene: Scene, hook: Hook, max_flows: u32) -> Result<Self> {
+        let max_flows = if scene == Scene::NewTcpSmallTable { SMALL_TABLE } else { max_flows };
         let mut fixture = Fixture::load_with(hook, LoadLimits { max_services: 8, max_flows, ..LoadLimits::default() })?;
         fixture.apply(&services(), &["10.201.0.2"])?;
         if matches!(scene, Scene::EstablishedTcp | Scene::EstablishedUdp) {
@@ -195,7 +206,7 @@ impl Bench {
         let verdict = deltas.get(&format!("verdict.{}", self.scene.verdict())).copied().unwrap_or(0);
         ensure!(verdict == calls as u64, "{name}: {verdict} of {calls} calls counted as {}: {deltas:?}", self.scene.verdict());
         let new_flows: u64 = deltas.iter().filter(|(k, _)| k.starts_with("service{") && k.ends_with(".new_flows")).map(|(_, n)| n).sum();
-        let expected = if self.scene == Scene::NewTcp { calls as u64 } else { 0 };
+        let expected = if matches!(self.scene, Scene::NewTcp | Scene::NewTcpSmallTable) { calls as u64 } else { 0 };
         ensure!(new_flows == expected, "{name}: {new_flows} new flows in {calls} calls, expected {expected}: {deltas:?}");
         Ok(total / calls as f64)
     }

@@ -245,11 +245,7 @@ impl FlowInfo {
     /// address and port are its key): its other connections are keyed by the whole tuple.
     #[inline(always)]
     pub fn is_v4_connection_to(&self, addr: &[u8; 16], port: u16) -> bool {
-        self.service_port == port
-            && self.nat_addr[4] == addr[0]
-            && self.nat_addr[5] == addr[1]
-            && self.nat_addr[6] == addr[2]
-            && self.nat_addr[7] == addr[3]
+        self.v4_service() == Some(([addr[0], addr[1], addr[2], addr[3]], port))
     }
 
     /// The service (address, port) of a client-keyed IPv4 entry, if this is one.
@@ -368,6 +364,8 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// Earlier layouts this one reads as they are: layout 1's IPv4 flows are all connection-keyed,
 /// which the programs still look up once `TUPLE_FLOWS4` says such entries may exist.
 pub const ADOPTABLE_LAYOUTS: [u32; 2] = [1, LAYOUT_VERSION];
+/// The first layout whose IPv4 flows are keyed by their client (`FlowKey4::client`).
+pub const CLIENT_KEYED_LAYOUT: u32 = 2;
 
 /// Default full-NAT source ports: above Linux's default ephemeral range (32768–60999), so NAT'd
 /// flows never collide with the node's own connections.

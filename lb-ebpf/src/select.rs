@@ -153,7 +153,10 @@ pub enum FlowSlot {
     /// The client key holds this connection's entry whose backend is gone, or another
     /// connection's that has ended (backend gone, UDP idle): overwritten.
     ClientStale,
-    /// Keyed by the whole tuple.
+    /// The client key holds another connection's live entry, pinned to `backend` (`local`:
+    /// reached through this node's stack).
+    ClientHeld { backend: &'static BackendInfo, local: bool },
+    /// Keyed by the whole tuple (IPv6).
     Tuple,
 }
 
@@ -181,10 +184,9 @@ pub fn established(p: &Parsed) -> Result<Target, FlowSlot> {
             if flow.is_v4_connection_to(&p.dst, p.dport) {
                 return pinned(p, flow).ok_or(FlowSlot::ClientStale);
             }
-            if live_backend(p, flow).is_some() {
-                FlowSlot::Tuple
-            } else {
-                FlowSlot::ClientStale
+            match live_backend(p, flow) {
+                Some(backend) => FlowSlot::ClientHeld { backend, local: flow.kind == FLOW_LOCAL },
+                None => FlowSlot::ClientStale,
             }
         }
     };
@@ -275,12 +277,12 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
 /// tuple (IPv6, a live connection holding the key, or another CPU taking it meanwhile).
 #[inline(always)]
 fn pin_by_client(p: &Parsed, slot: FlowSlot, backend: &BackendInfo, s: &mut Scratch) -> bool {
-    if p.family != FAMILY_V4 {
-        return false;
-    }
     let flags = match slot {
-        FlowSlot::Tuple if !holder_has_ended(p, backend, s) => return false,
-        FlowSlot::Tuple | FlowSlot::ClientStale => 0,
+        FlowSlot::Tuple => return false,
+        FlowSlot::ClientHeld { backend: held, local } if !(local && s.flow.kind == FLOW_LOCAL && same_task(held, backend)) => {
+            return false;
+        }
+        FlowSlot::ClientHeld { .. } | FlowSlot::ClientStale => 0,
         FlowSlot::ClientFree => BPF_NOEXIST as u64,
     };
     s.flow.set_v4_service(&p.dst, p.dport);
@@ -293,21 +295,14 @@ fn pin_by_client(p: &Parsed, slot: FlowSlot, backend: &BackendInfo, s: &mut Scra
     false
 }
 
-/// Whether the connection holding the client key (alive as far as its entry tells) has in fact
-/// ended because the new local flow reaches the same backend address and port: the backend
-/// cannot hold two connections from one client address and port, and that one's replies would
-/// otherwise be taken for the new one's (the entry of the newest connection must win, as a
-/// reply entry written last does).
+/// Whether two backend entries are the same task address and port. A local connection holding
+/// the client key (alive as far as its entry tells) whose task is the new local flow's has in
+/// fact ended: the task cannot hold two connections from one client address and port, and
+/// that one's entry would restore the new one's replies with its service (the newest
+/// connection's entry must win, as a reply entry written last does).
 #[inline(always)]
-fn holder_has_ended(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> bool {
-    if s.flow.kind != FLOW_LOCAL {
-        return false;
-    }
-    s.flow_key4 = client_key4(p);
-    // SAFETY: read during this run only; the kernel keeps the element allocated until it ends.
-    let Some(holder) = (unsafe { FLOWS4.get(&s.flow_key4) }) else { return true };
-    let Some(held) = BACKENDS.get(holder.backend_id) else { return true };
-    holder.kind == FLOW_LOCAL && held.port == backend.port && mem::eq16(&held.addr, &backend.addr)
+fn same_task(a: &BackendInfo, b: &BackendInfo) -> bool {
+    a.port == b.port && mem::eq16(&a.addr, &b.addr)
 }
 
 /// Pins a flow under its whole tuple.

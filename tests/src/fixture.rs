@@ -124,29 +124,14 @@ impl Fixture {
     pub fn load_with(hook: Hook, limits: LoadLimits) -> Result<Self> {
         let pins = PinDir::new();
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
-        match hook {
-            Hook::XdpIngress => loader::program::<Xdp>(&mut ebpf, program(hook))?.load(),
-            Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(&mut ebpf, program(hook))?.load(),
-        }
-        .with_context(|| format!("loading {}", program(hook)))?;
+        load_program(&mut ebpf, hook)?;
         Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), ingress: None })
     }
 
     /// Runs packets through `hook`'s program from now on, on the same maps (e.g. TC egress for
     /// the replies of the flows the ingress program pinned).
     pub fn switch_to(&mut self, hook: Hook) -> Result<()> {
-        let name = program(hook);
-        let loaded = match hook {
-            Hook::XdpIngress => loader::program::<Xdp>(&mut self.ebpf, name)?.fd().is_ok(),
-            Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(&mut self.ebpf, name)?.fd().is_ok(),
-        };
-        if !loaded {
-            match hook {
-                Hook::XdpIngress => loader::program::<Xdp>(&mut self.ebpf, name)?.load(),
-                Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(&mut self.ebpf, name)?.load(),
-            }
-            .with_context(|| format!("loading {name}"))?;
-        }
+        load_program(&mut self.ebpf, hook)?;
         self.hook = hook;
         Ok(())
     }
@@ -242,6 +227,19 @@ impl Fixture {
             self.hook,
             failures.join("\n")
         );
+    }
+}
+
+/// Loads `hook`'s program of the object, unless it is loaded already.
+fn load_program(ebpf: &mut Ebpf, hook: Hook) -> Result<()> {
+    let name = program(hook);
+    let loaded = match hook {
+        Hook::XdpIngress => loader::program::<Xdp>(ebpf, name)?.load(),
+        Hook::TcIngress | Hook::TcEgress => loader::program::<SchedClassifier>(ebpf, name)?.load(),
+    };
+    match loaded {
+        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("loading {name}")),
     }
 }
 

@@ -75,6 +75,18 @@ fn passed(name: &'static str, input: Vec<u8>, reason: &str) -> Case {
     Case { name, output: input.clone(), input, verdict: XDP_PASS, counters }
 }
 
+/// A TC egress case: a reply whose source becomes the service's again.
+fn restored(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
+    let mut counters = xdp_iface(input.len());
+    counters.push(("verdict.reply_rewritten".to_string(), 1));
+    Case { name, input, verdict: XDP_PASS, output, counters }
+}
+
+/// A TC egress case: a packet that is no reply to a balanced flow, passed as it is, no verdict.
+fn untouched(name: &'static str, input: Vec<u8>) -> Case {
+    Case { name, output: input.clone(), counters: xdp_iface(input.len()), input, verdict: XDP_PASS }
+}
+
 fn dropped(name: &'static str, input: Vec<u8>, reason: &str) -> Case {
     let mut counters = xdp_iface(input.len());
     counters.push((format!("verdict.{reason}"), 1));
@@ -303,12 +315,6 @@ fn a_client_endpoint_with_two_connections_keeps_both_on(hook: Hook) {
     }
 
     f.switch_to(Hook::TcEgress).unwrap();
-    let restored = |name, input: Vec<u8>, output: Vec<u8>| {
-        let mut counters = xdp_iface(input.len());
-        counters.push(("verdict.reply_rewritten".to_string(), 1));
-        Case { name, input, verdict: XDP_PASS, output, counters }
-    };
-    let untouched = |name, input: Vec<u8>| Case { name, output: input.clone(), counters: xdp_iface(input.len()), input, verdict: XDP_PASS };
     f.run_table(&[
         restored(
             "the vip's backend replies",
@@ -354,11 +360,11 @@ fn a_client_port_reused_for_another_service_of_the_same_task_gets_its_replies_on
         forwarded("its data", to_port(ACK, b"x"), web(ACK, b"x").1, "web-port", "10.1.0.5:31005", false),
     ]);
     f.switch_to(Hook::TcEgress).unwrap();
-    let input = tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply");
-    let mut counters = xdp_iface(input.len());
-    counters.push(("verdict.reply_rewritten".to_string(), 1));
-    let output = tcp((v4(10, 201, 0, 2), 10080), (client(), 40000), ACK, b"reply");
-    f.run_table(&[Case { name: "the task's reply: from the service port", input, verdict: XDP_PASS, output, counters }]);
+    f.run_table(&[restored(
+        "the task's reply: from the service port",
+        tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply"),
+        tcp((v4(10, 201, 0, 2), 10080), (client(), 40000), ACK, b"reply"),
+    )]);
 }
 
 #[test]
@@ -380,7 +386,6 @@ fn tc_egress_counts_the_packets_it_cannot_restore() {
     frag6[14 + 6] = 44; // next header: fragment
     let mut hop_by_hop6 = reply6;
     hop_by_hop6[14 + 6] = 0;
-    let untouched = |name, input: Vec<u8>| Case { name, output: input.clone(), counters: xdp_iface(input.len()), input, verdict: XDP_PASS };
     f.run_table(&[
         untouched("the node's own traffic", own),
         untouched("not ip", not_ip),
@@ -626,11 +631,11 @@ fn flows_written_by_layout_1_keep_working_after_an_upgrade_on(hook: Hook) {
     let (ack, ack_out) = web(ACK, b"after the upgrade");
     f.run_table(&[forwarded("a layout-1 flow's data: found, not new", ack, ack_out, "web", "10.1.0.5:31005", false)]);
     f.switch_to(Hook::TcEgress).unwrap();
-    let input = tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply");
-    let mut counters = xdp_iface(input.len());
-    counters.push(("verdict.reply_rewritten".to_string(), 1));
-    let output = tcp((v4(10, 0, 0, 1), 80), (client(), 40000), ACK, b"reply");
-    f.run_table(&[Case { name: "its reply: restored from the layout-1 reply entry", input, verdict: XDP_PASS, output, counters }]);
+    f.run_table(&[restored(
+        "its reply: restored from the layout-1 reply entry",
+        tcp((v4(10, 1, 0, 5), 31005), (client(), 40000), ACK, b"reply"),
+        tcp((v4(10, 0, 0, 1), 80), (client(), 40000), ACK, b"reply"),
+    )]);
 }
 
 #[test]

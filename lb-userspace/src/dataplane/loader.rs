@@ -432,8 +432,8 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
     Ok(ebpf)
 }
 
-fn settings_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Settings>, LoaderError> {
-    let map = names::MAP_SETTINGS;
+/// The loaded object's array map `map` (the settings and the flags the agent writes at load).
+fn array_map<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, map: &'static str) -> Result<Array<&'a mut MapData, V>, LoaderError> {
     let data = ebpf.map_mut(map).ok_or(LoaderError::Settings { map, source: aya::maps::MapError::InvalidName { name: map.into() } })?;
     Array::try_from(data).map_err(|source| LoaderError::Settings { map, source })
 }
@@ -441,11 +441,11 @@ fn settings_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Settings>, Loader
 /// Writes this start's settings; NAT replies stay recognised on the ports of earlier ranges.
 fn write_settings(ebpf: &mut Ebpf, limits: &LoadLimits) -> Result<(), LoaderError> {
     let map = names::MAP_SETTINGS;
-    let mut settings = settings_map(ebpf)?;
+    let mut settings = array_map::<Settings>(ebpf, map)?;
     let previous = settings.get(&0, 0).ok();
     let new = Settings::new(limits.udp_timeout_secs, limits.nat_ports, previous.as_ref());
     settings.set(0, new, 0).map_err(|source| LoaderError::Settings { map, source })?;
-    if previous.is_some_and(|p| p != Settings::default() && p.layout < 2) {
+    if previous.is_some_and(|p| p != Settings::default() && p.layout < lb_common::CLIENT_KEYED_LAYOUT) {
         // Maps of layout 1 (whose programs may still run until replaced) key every IPv4 flow by
         // its whole tuple, with reply entries: the new programs must look those up too.
         note_tuple_flows4(ebpf)?;
@@ -456,9 +456,7 @@ fn write_settings(ebpf: &mut Ebpf, limits: &LoadLimits) -> Result<(), LoaderErro
 /// Sets `TUPLE_FLOWS4`: connection-keyed IPv4 flows and reply entries may exist.
 fn note_tuple_flows4(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
     let map = names::MAP_TUPLE_FLOWS4;
-    let data = ebpf.map_mut(map).ok_or(LoaderError::Settings { map, source: aya::maps::MapError::InvalidName { name: map.into() } })?;
-    let mut flag: Array<&mut MapData, u32> = Array::try_from(data).map_err(|source| LoaderError::Settings { map, source })?;
-    flag.set(0, 1, 0).map_err(|source| LoaderError::Settings { map, source })
+    array_map::<u32>(ebpf, map)?.set(0, 1, 0).map_err(|source| LoaderError::Settings { map, source })
 }
 
 /// The settings in force under `pin_dir`, if its maps exist.

@@ -41,25 +41,6 @@ pub enum Auth {
     Token(String),
 }
 
-/// The event types after which the agent re-reads the apps.
-pub const RELEVANT_EVENTS: &[&str] = &[
-    "status_update_event",
-    "health_status_changed_event",
-    "instance_health_changed_event",
-    "instance_changed_event",
-    "api_post_event",
-    "app_terminated_event",
-    "deployment_success",
-    "deployment_failed",
-    "deployment_step_success",
-    "failed_health_check_event",
-    "unhealthy_instance_kill_event",
-    "unhealthy_task_kill_event",
-    "add_health_check_event",
-    "remove_health_check_event",
-    "group_change_success",
-];
-
 pub struct MarathonClient {
     urls: Vec<String>,
     http: reqwest::Client,
@@ -173,7 +154,7 @@ impl MarathonClient {
     pub async fn events(&mut self) -> Result<(String, reqwest::Response), ClientError> {
         let i = self.next_stream % self.urls.len();
         self.next_stream = (i + 1) % self.urls.len();
-        let filter: String = RELEVANT_EVENTS.iter().map(|e| format!("event_type={e}&")).collect();
+        let filter: String = super::events::subscribed().map(|e| format!("event_type={e}&")).collect();
         let url = format!("{}/v2/events?{filter}plan-format=light", self.urls[i]);
         let response = self.get(url, "text/event-stream", None).await?;
         Ok((self.urls[i].clone(), response))

@@ -34,6 +34,72 @@ pub struct Delta {
     pub relist: Option<String>,
 }
 
+/// What an event type does to the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handling {
+    /// `status_update_event`: the task's new state is in the event.
+    TaskStatus,
+    /// Re-read the app the JSON pointer names (health and instance events: instance ids are
+    /// not task ids).
+    AppNamedBy(&'static str),
+    /// `api_post_event`: re-read the app whose definition was posted.
+    AppDefinition,
+    /// The app no longer exists.
+    AppTerminated,
+    /// Re-read every app of the deployment's plan.
+    Deployment,
+    /// May change any app (a group change): re-read everything.
+    AnyApp,
+    /// Changes no service: not subscribed to.
+    Ignored,
+}
+
+/// Every event type the agent knows, and what it does with it. This one table drives both the
+/// subscription (the `event_type=` filter sent to Marathon, [`subscribed`]) and the handling
+/// ([`Delta::of`]), so the two cannot disagree.
+const EVENTS: &[(&str, Handling)] = &[
+    ("status_update_event", Handling::TaskStatus),
+    ("health_status_changed_event", Handling::AppNamedBy("/appId")),
+    ("failed_health_check_event", Handling::AppNamedBy("/appId")),
+    ("unhealthy_instance_kill_event", Handling::AppNamedBy("/appId")),
+    ("unhealthy_task_kill_event", Handling::AppNamedBy("/appId")),
+    ("add_health_check_event", Handling::AppNamedBy("/appId")),
+    ("remove_health_check_event", Handling::AppNamedBy("/appId")),
+    ("instance_health_changed_event", Handling::AppNamedBy("/runSpecId")),
+    ("instance_changed_event", Handling::AppNamedBy("/runSpecId")),
+    ("api_post_event", Handling::AppDefinition),
+    ("app_terminated_event", Handling::AppTerminated),
+    ("deployment_info", Handling::Deployment),
+    ("deployment_success", Handling::Deployment),
+    ("deployment_failed", Handling::Deployment),
+    ("deployment_step_success", Handling::Deployment),
+    ("deployment_step_failure", Handling::Deployment),
+    ("group_change_success", Handling::AnyApp),
+    ("event_stream_attached", Handling::Ignored),
+    ("event_stream_detached", Handling::Ignored),
+    ("framework_message_event", Handling::Ignored),
+    ("subscribe_event", Handling::Ignored),
+    ("unsubscribe_event", Handling::Ignored),
+    ("pod_created_event", Handling::Ignored),
+    ("pod_updated_event", Handling::Ignored),
+    ("pod_deleted_event", Handling::Ignored),
+];
+
+fn handling_of(event: &str) -> Option<Handling> {
+    EVENTS.iter().find(|(name, _)| *name == event).map(|(_, handling)| *handling)
+}
+
+/// The event types to subscribe to: every one that can change a service.
+pub fn subscribed() -> impl Iterator<Item = &'static str> {
+    EVENTS.iter().filter(|(_, handling)| *handling != Handling::Ignored).map(|(name, _)| *name)
+}
+
+/// Whether an event is one the agent handles. A stream without event names (Marathon < 0.11)
+/// sends everything: those are handled by their JSON's `eventType`.
+pub fn is_subscribed(event: &str) -> bool {
+    event.is_empty() || subscribed().any(|name| name == event)
+}
+
 /// Task states after which a task is gone for good (Marathon forgets it).
 const TERMINAL_STATES: &[&str] =
     &["TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE", "TASK_GONE_BY_OPERATOR"];
@@ -57,32 +123,28 @@ impl Delta {
             Ok(data) => data,
             Err(_) => return self.untrusted(format!("{} with a body that is not JSON", event.event)),
         };
-        let text = |field: &str| data.get(field).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-        match event.event.as_str() {
-            "status_update_event" => match serde_json::from_value::<StatusUpdate>(data.clone()) {
+        let text = |pointer: &str| data.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        let Some(handling) = handling_of(&event.event) else {
+            return self.untrusted(format!("event {:?} may change any app", event.event));
+        };
+        match handling {
+            Handling::TaskStatus => match serde_json::from_value::<StatusUpdate>(data.clone()) {
                 Ok(update) if !update.app_id.is_empty() && !update.task_id.is_empty() => self.task(update),
                 _ => self.untrusted("a status_update_event without appId or taskId".into()),
             },
-            // Health and instance events name an app (instance ids are not task ids): re-read it.
-            "health_status_changed_event" | "failed_health_check_event" | "unhealthy_instance_kill_event"
-            | "unhealthy_task_kill_event" | "add_health_check_event" | "remove_health_check_event" => {
-                self.refresh_app(text("appId"), &event.event)
-            }
-            "instance_health_changed_event" | "instance_changed_event" => self.refresh_app(text("runSpecId"), &event.event),
-            "api_post_event" => {
-                let id = data.pointer("/appDefinition/id").and_then(Value::as_str).map(str::to_owned);
-                let id = id.or_else(|| text("uri").and_then(|uri| uri.strip_prefix("/v2/apps").map(str::to_owned)));
+            Handling::AppNamedBy(pointer) => self.refresh_app(text(pointer), &event.event),
+            Handling::AppDefinition => {
+                let id = text("/appDefinition/id").or_else(|| text("/uri").and_then(|uri| uri.strip_prefix("/v2/apps").map(str::to_owned)));
                 self.refresh_app(id.filter(|id| id.starts_with('/') && id.len() > 1), &event.event)
             }
-            "app_terminated_event" => match text("appId") {
+            Handling::AppTerminated => match text("/appId") {
                 Some(id) => {
                     self.refresh.remove(&id);
                     self.remove.insert(id);
                 }
                 None => self.untrusted("an app_terminated_event without appId".into()),
             },
-            "deployment_info" | "deployment_success" | "deployment_failed" | "deployment_step_success"
-            | "deployment_step_failure" => {
+            Handling::Deployment => {
                 let apps = deployment_apps(&data);
                 if apps.is_empty() {
                     self.untrusted(format!("a {} without the apps of its plan", event.event));
@@ -91,9 +153,8 @@ impl Delta {
                     self.refresh_app(Some(app), &event.event);
                 }
             }
-            "event_stream_attached" | "event_stream_detached" | "framework_message_event" | "subscribe_event"
-            | "unsubscribe_event" | "pod_created_event" | "pod_updated_event" | "pod_deleted_event" => {}
-            other => self.untrusted(format!("event {other:?} may change any app")),
+            Handling::AnyApp => self.untrusted(format!("event {:?} may change any app", event.event)),
+            Handling::Ignored => {}
         }
     }
 
@@ -235,6 +296,35 @@ mod tests {
         assert!(Delta::of(&[garbage]).relist.is_some());
         let ignored = Delta::of(&[event("marathon/events/event_stream_attached.json")]);
         assert!(ignored.is_empty());
+    }
+
+    /// A body that names an app the way each handled event does.
+    fn minimal_body(event: &str) -> String {
+        match event {
+            "status_update_event" => r#"{"appId":"/a","taskId":"a.1","taskStatus":"TASK_RUNNING"}"#.into(),
+            "api_post_event" => r#"{"appDefinition":{"id":"/a"}}"#.into(),
+            e if e.starts_with("deployment_") => r#"{"plan":{"steps":[{"actions":[{"app":"/a"}]}]}}"#.into(),
+            _ => r#"{"appId":"/a","runSpecId":"/a"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn every_subscribed_event_is_handled_and_every_handled_one_subscribed() {
+        let subscribed: BTreeSet<&str> = subscribed().collect();
+        for (name, handling) in EVENTS {
+            assert_eq!(subscribed.contains(name), *handling != Handling::Ignored, "{name}");
+            let delta = Delta::of(&[SseEvent { event: (*name).into(), data: minimal_body(name) }]);
+            match handling {
+                Handling::Ignored => assert!(delta.is_empty(), "{name}: {delta:?}"),
+                Handling::AnyApp => assert!(delta.relist.as_deref().is_some_and(|r| r.contains(name)), "{name}"),
+                _ => assert!(delta.relist.is_none() && !delta.is_empty(), "{name} is subscribed but not handled: {delta:?}"),
+            }
+        }
+        // Each subscribed event reaches the handling through the stream's filter too.
+        assert!(subscribed.iter().all(|name| is_subscribed(name)));
+        assert!(!is_subscribed("pod_created_event") && !is_subscribed("some_future_event"));
+        let unknown = Delta::of(&[SseEvent { event: "some_future_event".into(), data: "{}".into() }]);
+        assert!(unknown.relist.is_some(), "an event nobody knows may change anything");
     }
 
     #[test]

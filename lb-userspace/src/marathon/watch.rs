@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::{
     app::App,
-    client::{FrameTooLarge, MarathonClient, SseEvent, SseParser, RELEVANT_EVENTS},
+    client::{FrameTooLarge, MarathonClient, SseEvent, SseParser},
+    events,
     model::Resolver,
 };
 use crate::backoff::Backoff;
@@ -138,7 +139,7 @@ fn burst(stream: &mut ByteStream, parser: &mut SseParser, first: &[u8]) -> Resul
 
 /// The events `bytes` complete that can change the services.
 fn relevant_in(parser: &mut SseParser, bytes: &[u8]) -> Result<Vec<SseEvent>, FrameTooLarge> {
-    Ok(parser.feed(bytes)?.into_iter().filter(|e| e.event.is_empty() || RELEVANT_EVENTS.contains(&e.event.as_str())).collect())
+    Ok(parser.feed(bytes)?.into_iter().filter(|e| events::is_subscribed(&e.event)).collect())
 }
 
 /// Host names resolved ahead of a translation (asynchronously, with a timeout) and cached.

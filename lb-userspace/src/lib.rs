@@ -2,22 +2,15 @@
 //! reads the pinned maps back for the CLI.
 
 pub mod agent;
-pub mod backoff;
 pub mod cli;
-pub mod config_file;
+pub mod commands;
+pub mod control;
 pub mod dataplane;
-pub mod explain;
+pub mod desired;
 pub mod http;
-pub mod marathon;
-pub mod metrics;
-pub mod model;
-pub mod neighbours;
-pub mod node_addrs;
-pub mod preflight;
-pub mod reconcile;
-pub mod ring_alloc;
-pub mod report;
-pub mod services_file;
+pub mod inspect;
+pub mod node;
+pub mod sources;
 pub mod status;
 
 /// An error and its causes on one line, outermost first (`reading x: No such file …`): what

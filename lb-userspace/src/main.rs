@@ -25,13 +25,13 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::exit::USAGE);
         }
     };
-    match cli::run(cli) {
+    match lb::commands::run(cli) {
         Ok(code) => ExitCode::from(code),
-        Err(err) if cli::output_closed(&err) => ExitCode::SUCCESS,
+        Err(err) if lb::commands::output_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, the whole cause chain: the operator should know what to fix.
             eprintln!("lb: error: {err:#}");
-            ExitCode::from(cli::exit_code(&err))
+            ExitCode::from(lb::commands::exit_code(&err))
         }
     }
 }

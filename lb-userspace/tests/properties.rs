@@ -3,8 +3,8 @@
 //! never changes another app's services.
 
 use lb::{
-    marathon::{client::SseParser, model, vip},
-    services_file,
+    sources::marathon::{app, client::SseParser, resolve, translate, vip},
+    sources::services_file,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -81,16 +81,16 @@ fn good_app(i: usize) -> Value {
 
 struct NoDns;
 
-impl model::Resolver for NoDns {
+impl resolve::Resolver for NoDns {
     fn resolve(&mut self, host: &str) -> Option<std::net::IpAddr> {
         host.parse().ok()
     }
 }
 
 fn services_of(body: &Value) -> Vec<(String, String)> {
-    let parsed = model::parse_apps(body.to_string().as_bytes()).expect("an apps response");
-    let mut translator = model::Translator::default();
-    let mut health = model::HealthMemory::default();
+    let parsed = app::parse_apps(body.to_string().as_bytes()).expect("an apps response");
+    let mut translator = translate::Translator::default();
+    let mut health = translate::HealthMemory::default();
     let range: vip::VipRange = "10.250.0.0/16".parse().unwrap();
     translator.rebuild(parsed.0.iter(), &mut NoDns, &mut health, &range);
     translator.desired().values().map(|s| (s.id.to_string(), format!("{:?}", s.backends))).collect()

@@ -161,7 +161,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> Result<Self> {
-        let root = lb::preflight::cgroup2_root()?;
+        let root = lb::node::preflight::cgroup2_root()?;
         let path = root.join(unique_name("lbt-cg"));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path })

@@ -14,8 +14,8 @@ use lb::{
         loader::{self, LoadLimits},
         pinned::PinnedMaps,
     },
-    reconcile::{self, Reconciler},
-    report, services_file,
+    control::reconcile::{self, Reconciler},
+    inspect::report, sources::services_file,
 };
 use lb_common::{names, Hook};
 

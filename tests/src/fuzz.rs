@@ -53,7 +53,7 @@ const NODE_ADDRS: [&str; 3] = ["10.201.0.2", "fd00:201::2", "127.0.0.1"];
 
 /// Where each service's traffic may go: every backend address:port of the service set.
 fn backends() -> Result<BTreeSet<SocketAddr>> {
-    let services = lb::services_file::parse(SERVICES, "fuzz services")?;
+    let services = lb::sources::services_file::parse(SERVICES, "fuzz services")?;
     Ok(services.values().flat_map(|s| &s.backends).map(|b| SocketAddr::new(b.addr, b.port)).collect())
 }
 
@@ -114,7 +114,7 @@ impl Harness {
             let loaded = (|| -> Result<Fixture> {
                 let mut fixture = Fixture::load_hook(hook)?;
                 fixture.apply(SERVICES, &NODE_ADDRS)?;
-                fixture.arrive_on(lb::preflight::interface_index("up0")?)?;
+                fixture.arrive_on(lb::node::preflight::interface_index("up0")?)?;
                 Ok(fixture)
             })();
             let mut fixture = match loaded {
@@ -406,8 +406,8 @@ fn check_refusal(input: &[u8], output: &[u8]) -> Result<(), String> {
 
 fn check_no_flow(input: &[u8], maps: &lb::dataplane::pinned::PinnedMaps) -> Result<(), String> {
     let Some((src, dst, proto)) = tuple(input) else { return Ok(()) };
-    let (src_addr, family) = lb::model::ip_bytes(src.ip());
-    let (dst_addr, _) = lb::model::ip_bytes(dst.ip());
+    let (src_addr, family) = lb::desired::ip_bytes(src.ip());
+    let (dst_addr, _) = lb::desired::ip_bytes(dst.ip());
     let key = FlowKey { src: src_addr, dst: dst_addr, sport: src.port(), dport: dst.port(), proto, family, _pad: 0 };
     match maps.flow(&key) {
         Ok(None) => Ok(()),

@@ -222,7 +222,7 @@ fn the_address_filter_turns_away_only_what_no_service_can_match_on(hook: Hook) {
 
     let mut maps = f.maps();
     let addrs: Vec<std::net::IpAddr> = [NODE, NODE6, "127.0.0.1", "10.202.0.9"].iter().map(|a| a.parse().unwrap()).collect();
-    lb::reconcile::sync_node_addrs(&addrs, &mut maps).unwrap();
+    lb::control::reconcile::sync_node_addrs(&addrs, &mut maps).unwrap();
     let out = tcp((client(), 40010), (v4(10, 1, 0, 7), 31700), SYN, b"");
     f.run_table(&[forwarded("the same once the node has the address", new_node_addr, out, "app-port", "10.1.0.7:31700", true)]);
 
@@ -306,8 +306,8 @@ fn a_client_endpoint_with_two_connections_keeps_both_on(hook: Hook) {
     ]);
     let maps = f.maps();
     for (dst, dport, backend) in [(v4(10, 0, 0, 1), 80, [10, 1, 0, 5]), (v4(10, 201, 0, 2), 10000, [10, 1, 0, 7])] {
-        let (client_addr, family) = lb::model::ip_bytes(client());
-        let (dst, _) = lb::model::ip_bytes(dst);
+        let (client_addr, family) = lb::desired::ip_bytes(client());
+        let (dst, _) = lb::desired::ip_bytes(dst);
         let key = lb_common::FlowKey { src: client_addr, dst, sport: 40000, dport, proto: 6, family, _pad: 0 };
         let flow = maps.flow(&key).unwrap().unwrap_or_else(|| panic!("{hook}: no flow for {key:?}"));
         let pinned = maps.backends().unwrap()[flow.backend_id as usize];
@@ -499,7 +499,7 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
     ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
 
     ns.run(move || {
-        let uplink = lb::preflight::interface_index("up0").unwrap();
+        let uplink = lb::node::preflight::interface_index("up0").unwrap();
         let mut f = Fixture::load_hook(hook).unwrap();
         f.apply(
             r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.202.0.10","port":31000}]}]}"#,
@@ -550,8 +550,8 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
             Case { name: "reply with TTL 1 goes to the stack", output: low_ttl.clone(), input: low_ttl, verdict: XDP_PASS, counters: low_ttl_counters },
         ]);
         // The dying SYN pinned no flow (and so took no NAT port): found by the fuzzer.
-        let (client_addr, family) = lb::model::ip_bytes(client);
-        let (vip, _) = lb::model::ip_bytes(v4(10, 0, 0, 1));
+        let (client_addr, family) = lb::desired::ip_bytes(client);
+        let (vip, _) = lb::desired::ip_bytes(v4(10, 0, 0, 1));
         let key = lb_common::FlowKey { src: client_addr, dst: vip, sport: 40001, dport: 80, proto: 6, family, _pad: 0 };
         assert_eq!(f.maps().flow(&key).unwrap(), None, "{hook}: a SYN that was not forwarded pinned a flow");
 
@@ -661,7 +661,7 @@ fn new_flows_and_full_nat_follow_a_route_change_on(hook: Hook) {
     ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
     let ns_name = ns.name().to_owned();
     ns.run(move || {
-        let uplink = lb::preflight::interface_index("up0").unwrap();
+        let uplink = lb::node::preflight::interface_index("up0").unwrap();
         let mut f = Fixture::load_hook(hook).unwrap();
         f.apply(r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.99.0.1","port":31000}]}]}"#, &["10.202.0.2"])
             .unwrap();

@@ -63,7 +63,7 @@ fn uplink_packets(topo: &ClientNode, pins: &PinDir) -> (u64, u64) {
     let stats = &stats["interfaces"];
     let ifindex = topo.node.run({
         let dev = topo.node_if.clone();
-        move || lb::preflight::interface_index(&dev).unwrap()
+        move || lb::node::preflight::interface_index(&dev).unwrap()
     });
     let ifindex = ifindex.unwrap();
     let get = |hook: &str| {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb::neighbours::NeighbourResolver;
+use lb::node::neighbours::NeighbourResolver;
 use lb_tests::netns::{veth, Netns};
 
 struct Topology {

@@ -15,10 +15,10 @@ use thiserror::Error;
 use crate::{
     cli::RunArgs,
     dataplane::loader::{AttachPlan, LoadLimits},
-    marathon::{client::Auth, vip::VipRange},
-    model::Desired,
-    preflight::{self, PreflightError},
-    services_file::{self, ServicesFileError},
+    sources::marathon::{self, client::Auth},
+    desired::Desired,
+    node::preflight::{self, PreflightError},
+    sources::services_file::{self, ServicesFileError},
 };
 
 #[derive(Debug, Error)]
@@ -47,17 +47,6 @@ pub enum ConfigError {
     HttpBind { addr: std::net::SocketAddr, why: String },
 }
 
-/// Where Marathon is and how to talk to it.
-#[derive(Clone, Debug)]
-pub struct MarathonConfig {
-    pub urls: Vec<String>,
-    pub auth: Auth,
-    pub timeout: Duration,
-    pub event_stall: Duration,
-    pub resync: Duration,
-    pub vips: VipRange,
-}
-
 /// The HTTP path's flags, with the certificates read (a directory that does not read whole is
 /// refused before anything starts).
 fn http_config(args: &RunArgs) -> Result<Option<crate::http::HttpConfig>, ConfigError> {
@@ -81,7 +70,7 @@ pub struct AgentConfig {
     pub services_file: Option<PathBuf>,
     /// The services file's contents at start.
     pub static_services: Desired,
-    pub marathon: Option<MarathonConfig>,
+    pub marathon: Option<marathon::Config>,
     /// Explicit node addresses (empty: discover them).
     pub node_ips: Vec<IpAddr>,
     /// Where `/metrics` and the status page are served (None: `--metrics-listen off`).
@@ -99,7 +88,7 @@ impl AgentConfig {
         }
         let limits = limits(args);
         require_lru_batches(limits.max_flows)?;
-        let marathon = marathon(args)?;
+        let marathon = marathon_config(args)?;
         let metrics = args.metrics_listen.0;
         if let Some(addr) = metrics.filter(|a| !a.ip().is_loopback() && !args.metrics_listen_public) {
             return Err(ConfigError::MetricsNotLoopback(addr));
@@ -171,7 +160,7 @@ fn limits(args: &RunArgs) -> LoadLimits {
     }
 }
 
-fn marathon(args: &RunArgs) -> Result<Option<MarathonConfig>, ConfigError> {
+fn marathon_config(args: &RunArgs) -> Result<Option<marathon::Config>, ConfigError> {
     if args.marathon.is_empty() {
         return Ok(None);
     }
@@ -194,7 +183,7 @@ fn marathon(args: &RunArgs) -> Result<Option<MarathonConfig>, ConfigError> {
         }
         urls.push(url.to_string());
     }
-    Ok(Some(MarathonConfig {
+    Ok(Some(marathon::Config {
         urls,
         auth,
         timeout: Duration::from_secs(args.marathon_timeout),
@@ -204,141 +193,3 @@ fn marathon(args: &RunArgs) -> Result<Option<MarathonConfig>, ConfigError> {
     }))
 }
 
-/// Why a flag's value does not parse (clap shows it after the flag's name).
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ValueError {
-    #[error("{0:?} is not MIN-MAX")]
-    NotARange(String),
-    #[error("{0:?} is not a port (1-65535)")]
-    NotAPort(String),
-    #[error("{min}-{max} is empty: MIN must not exceed MAX")]
-    EmptyRange { min: u16, max: u16 },
-    #[error("{0:?} is not a URL")]
-    NotAUrl(String),
-    #[error("{0:?}: only http and https are supported")]
-    Scheme(String),
-    #[error("expected USER:PASSWORD")]
-    NotCredentials,
-    #[error("{0:?} is not a whole number of 65536-slot chunks up to 4294901760 (e.g. 8388608 = 32 MiB)")]
-    NotChunks(String),
-    #[error("{0:?} is not a whole number ≥ {1}")]
-    TooSmall(String, u64),
-    #[error("{0:?} is not a protocol: tcp or udp")]
-    NotAProtocol(String),
-    #[error("{0:?} is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6) or off")]
-    NotAListenAddress(String),
-}
-
-/// `--metrics-listen`: ADDR:PORT, or `off`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listen(pub Option<std::net::SocketAddr>);
-
-pub fn listen(text: &str) -> Result<Listen, ValueError> {
-    if text == "off" {
-        return Ok(Listen(None));
-    }
-    text.parse().map(|a| Listen(Some(a))).map_err(|_| ValueError::NotAListenAddress(text.to_owned()))
-}
-
-/// A protocol argument: tcp or udp.
-pub fn protocol(text: &str) -> Result<crate::model::Proto, ValueError> {
-    match text.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(crate::model::Proto::Tcp),
-        "udp" => Ok(crate::model::Proto::Udp),
-        _ => Err(ValueError::NotAProtocol(text.to_owned())),
-    }
-}
-
-/// `--nat-ports MIN-MAX`.
-pub fn port_range(text: &str) -> Result<(u16, u16), ValueError> {
-    let (min, max) = text.split_once('-').ok_or_else(|| ValueError::NotARange(text.to_owned()))?;
-    let port = |p: &str| match p.trim().parse::<u16>() {
-        Ok(0) | Err(_) => Err(ValueError::NotAPort(p.trim().to_owned())),
-        Ok(port) => Ok(port),
-    };
-    let (min, max) = (port(min)?, port(max)?);
-    if min > max {
-        return Err(ValueError::EmptyRange { min, max });
-    }
-    Ok((min, max))
-}
-
-/// `--marathon URL`: http or https.
-pub fn marathon_url(text: &str) -> Result<reqwest::Url, ValueError> {
-    let url = reqwest::Url::parse(text).map_err(|_| ValueError::NotAUrl(text.to_owned()))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ValueError::Scheme(text.to_owned()));
-    }
-    Ok(url)
-}
-
-/// `--marathon-credentials USER:PASSWORD`.
-pub fn credentials(text: &str) -> Result<Auth, ValueError> {
-    match text.split_once(':') {
-        Some((user, password)) if !user.is_empty() => Ok(Auth::Basic { user: user.into(), password: password.into() }),
-        _ => Err(ValueError::NotCredentials),
-    }
-}
-
-/// `--ring-slots`: whole chunks of the ring pool (lb_common::ring_pool), addressable by a u32.
-pub fn ring_slots(text: &str) -> Result<u32, ValueError> {
-    let chunk = lb_common::ring_pool::CHUNK_SLOTS;
-    match text.trim().parse::<u32>() {
-        Ok(slots) if slots >= chunk && slots.is_multiple_of(chunk) => Ok(slots),
-        _ => Err(ValueError::NotChunks(text.to_owned())),
-    }
-}
-
-/// A u32 count that must be at least `min` (`--max-services` etc.).
-pub fn count_at_least(min: u64) -> impl Fn(&str) -> Result<u32, ValueError> + Clone {
-    move |text| at_least(text, min).and_then(|n| u32::try_from(n).map_err(|_| ValueError::TooSmall(text.to_owned(), min)))
-}
-
-/// Seconds, at least 1.
-pub fn seconds(text: &str) -> Result<u64, ValueError> {
-    at_least(text, 1)
-}
-
-fn at_least(text: &str, min: u64) -> Result<u64, ValueError> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(ValueError::TooSmall(text.to_owned(), min)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_ranges() {
-        assert_eq!(port_range("61000-65535"), Ok((61000, 65535)));
-        assert_eq!(port_range("80"), Err(ValueError::NotARange("80".into())));
-        assert_eq!(port_range("0-10"), Err(ValueError::NotAPort("0".into())));
-        assert_eq!(port_range("10-70000"), Err(ValueError::NotAPort("70000".into())));
-        assert_eq!(port_range("20-10"), Err(ValueError::EmptyRange { min: 20, max: 10 }));
-    }
-
-    #[test]
-    fn urls_and_credentials() {
-        assert!(marathon_url("http://marathon:8080").is_ok());
-        assert_eq!(marathon_url("marathon:8080"), Err(ValueError::Scheme("marathon:8080".into())));
-        assert_eq!(marathon_url("ftp://m"), Err(ValueError::Scheme("ftp://m".into())));
-        assert_eq!(marathon_url("not a url"), Err(ValueError::NotAUrl("not a url".into())));
-        assert!(matches!(credentials("u:p:q"), Ok(Auth::Basic { user, password }) if user == "u" && password == "p:q"));
-        assert_eq!(credentials("nocolon").unwrap_err(), ValueError::NotCredentials);
-        assert_eq!(credentials(":p").unwrap_err(), ValueError::NotCredentials);
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(ring_slots("8388608"), Ok(8_388_608));
-        assert_eq!(ring_slots("4294901760"), Ok(65535 * 65536));
-        for bad in ["0", "65535", "100000", "4294967296", "-65536", "lots"] {
-            assert_eq!(ring_slots(bad), Err(ValueError::NotChunks(bad.into())), "{bad}");
-        }
-        assert_eq!(count_at_least(2)("1"), Err(ValueError::TooSmall("1".into(), 2)));
-        assert_eq!(count_at_least(1)("4294967296"), Err(ValueError::TooSmall("4294967296".into(), 1)));
-        assert_eq!(seconds("0"), Err(ValueError::TooSmall("0".into(), 1)));
-    }
-}

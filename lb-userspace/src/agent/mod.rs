@@ -1,12 +1,12 @@
 //! `lb run`: the agent. [`config`] turns the flags into a validated [`AgentConfig`]; [`start`]
 //! takes the pin directory's lock, checks the pinned maps, brings the data path up (rolled back
-//! if it fails) and hands over to the run loop in [`run`].
+//! if it fails) and hands over to the run loop (`serve`), which drives the sources and the
+//! programming side (`program`).
 
 pub mod config;
 pub mod lock;
-mod policy;
-mod run;
-mod sources;
+mod program;
+mod serve;
 
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ pub use config::{AgentConfig, ConfigError};
 
 use crate::{
     dataplane::{loader, pinned::PinnedMaps},
-    neighbours::NeighbourResolver,
-    reconcile,
+    node::neighbours::NeighbourResolver,
+    control::reconcile,
     status::{AgentStatus, UplinkStatus},
 };
 
@@ -27,7 +27,7 @@ use crate::{
 pub fn start(mut config: AgentConfig) -> Result<()> {
     let _lock = lock::PinDirLock::acquire(config.pin_dir())?;
     loader::check_pinned_maps(config.pin_dir(), &config.plan.limits).map_err(ConfigError::from)?;
-    let marathon = config.marathon.as_ref().map(sources::MarathonSource::new).transpose().context("building the HTTP client")?;
+    let marathon = config.marathon.as_ref().map(crate::sources::marathon::Source::new).transpose().context("building the HTTP client")?;
     // Bound before the kernel is touched: a taken port fails the start with nothing changed.
     let metrics_listener = config.metrics.map(bind_metrics).transpose()?;
     let http_listen = config.http.as_ref().map(|http| crate::status::HttpStatus { listen: http.listen(), routes: 0 });
@@ -40,7 +40,7 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
     init_logging();
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
-    let warnings = crate::preflight::forwarding_warnings();
+    let warnings = crate::node::preflight::forwarding_warnings();
     for warning in &warnings {
         warn!("{warning}");
     }
@@ -63,7 +63,7 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
         http: http_listen,
         ..AgentStatus::default()
     };
-    let mut agent = run::Agent::new(
+    let mut agent = program::Agent::new(
         dataplane,
         config.node_ips.clone(),
         config.plan.limits.nat_ports,
@@ -80,14 +80,15 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
         agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
     }
     if let Some(listener) = metrics_listener {
-        let shared = crate::metrics::Shared::new(config.plan.pin_dir.clone(), agent.status.clone());
+        let shared = crate::inspect::metrics::Shared::new(config.plan.pin_dir.clone(), agent.status.clone());
         agent = agent.with_metrics(shared.clone());
         let _guard = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
-        runtime.spawn(crate::metrics::serve(listener, shared, http_metrics));
+        runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics));
     }
-    let served = runtime.block_on(agent.serve(config.services_file.as_deref(), marathon));
+    let file = config.services_file.clone().map(crate::sources::services_file::FileWatch::new);
+    let served = runtime.block_on(agent.serve(file, marathon));
     // A host-name lookup still blocked in the resolver must not hold up the exit.
     runtime.shutdown_background();
     served?;

@@ -30,7 +30,7 @@ use super::{
     link::{LinkTarget, PinnedLinkFd, ProgramById},
     pinned::pin_name,
 };
-use crate::preflight;
+use crate::node::preflight;
 
 /// The kernel object, built by build.rs and embedded so `lb` is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJ"));

@@ -36,7 +36,7 @@ use self::{
     routes::{Groups, RouteTable},
     tls::{CertSet, Certs},
 };
-use crate::model::Desired;
+use crate::desired::Desired;
 
 /// A client has this long to send a request's headers (and to finish a TLS handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

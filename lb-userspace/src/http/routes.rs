@@ -19,7 +19,7 @@ use super::{
     labels::{host_without_port, Balance, HttpPort},
     metrics::{Metrics, StatusCounters},
 };
-use crate::model::{Desired, Proto, ServiceAddr, ServiceId};
+use crate::desired::{Desired, Proto, ServiceAddr, ServiceId};
 
 /// Which apps this node's HTTP path serves (`--group`; `*` = all).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,7 +241,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Backend as ModelBackend, Service};
+    use crate::desired::{Backend as ModelBackend, Service};
 
     fn port(index: usize, service_port: u16, hosts: &[&str], path: &str) -> HttpPort {
         HttpPort {

@@ -19,7 +19,7 @@ use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb::{
     dataplane::{pinned::PinnedMaps, Dataplane},
-    model::{Proto, ServiceAddr, ServiceId},
+    desired::{Proto, ServiceAddr, ServiceId},
 };
 use lb_common::{BackendInfo, ServiceInfo, ServiceKey};
 use lb_tests::{

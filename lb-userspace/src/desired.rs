@@ -19,6 +19,22 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// `tcp`, `udp`, or both as Marathon writes it (`udp,tcp`).
+    pub fn list(text: &str) -> Result<Vec<Proto>, String> {
+        let mut protos = Vec::new();
+        for part in text.split(',') {
+            let proto = match part.trim().to_ascii_lowercase().as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => return Err(format!("{other:?} is not tcp, udp or udp,tcp")),
+            };
+            if !protos.contains(&proto) {
+                protos.push(proto);
+            }
+        }
+        Ok(protos)
+    }
+
     pub fn number(self) -> u8 {
         match self {
             Self::Tcp => PROTO_TCP,

@@ -19,22 +19,15 @@ use std::{
     net::IpAddr,
 };
 
-use serde_json::value::RawValue;
-
 use super::{
     app::{App, Task},
+    resolve::Resolver,
     vip::{self, VipRange, VipTarget},
 };
 use crate::{
     http::{self, labels::HttpPort},
-    model::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId},
-    services_file,
+    desired::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId},
 };
-
-/// Host name → address, with whatever caching the implementation does.
-pub trait Resolver {
-    fn resolve(&mut self, host: &str) -> Option<IpAddr>;
-}
 
 /// Last health verdict per task id, so that results missing for a moment (Marathon failover,
 /// a new leader that has not run the checks yet) do not take healthy backends away.
@@ -88,76 +81,6 @@ enum Liveness {
     Active,
     Draining,
     Excluded,
-}
-
-/// `/v2/apps` → `{"apps": [...]}`; `/v2/apps/{id}` → `{"app": {...}}`. Apps stay raw JSON until
-/// each is parsed on its own, so one malformed app is reported alone and a large cluster's
-/// response is never held as a tree of values.
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    apps: Option<Vec<&'a RawValue>>,
-    #[serde(borrow)]
-    app: Option<&'a RawValue>,
-}
-
-/// Why a response is not an apps response at all (single apps that do not parse are reported
-/// with [`ParsedApps`] instead).
-#[derive(Debug, thiserror::Error)]
-pub enum AppsResponseError {
-    #[error("not a Marathon apps response")]
-    NotJson(#[source] serde_json::Error),
-    #[error("not a Marathon apps response: neither an \"apps\" array nor an \"app\"")]
-    NoApps,
-}
-
-/// The apps of a response that parse, and (app id, why) for those that do not.
-pub type ParsedApps = (Vec<App>, Vec<(String, String)>);
-
-/// Apps of a `/v2/apps` (or `/v2/apps/{id}`) response.
-pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, AppsResponseError> {
-    let (mut apps, mut errors) = (Vec::new(), Vec::new());
-    parse_apps_each(body, |app| match app {
-        Ok(app) => apps.push(app),
-        Err(unparsed) => errors.push(unparsed),
-    })?;
-    Ok((apps, errors))
-}
-
-/// Hands each app of a response to `each` as it is parsed (or its id and why it does not
-/// parse), so a caller replacing a large model frees each old app as its successor arrives
-/// instead of holding two whole clusters at once.
-pub fn parse_apps_each(body: &[u8], mut each: impl FnMut(Result<App, (String, String)>)) -> Result<(), AppsResponseError> {
-    let envelope: Envelope = serde_json::from_slice(body).map_err(AppsResponseError::NotJson)?;
-    let raw = match (envelope.apps, envelope.app) {
-        (Some(apps), _) => apps,
-        (None, Some(app)) => vec![app],
-        (None, None) => return Err(AppsResponseError::NoApps),
-    };
-    for app in raw {
-        let mut fields = serde_json::Deserializer::from_str(app.get());
-        match serde_path_to_error::deserialize::<_, App>(&mut fields) {
-            Ok(mut parsed) => {
-                // A parsed list has room to grow (4 tasks' room for 3); the model keeps every
-                // app of the cluster, so it keeps exactly what it holds.
-                if let Some(tasks) = parsed.tasks.as_mut() {
-                    tasks.shrink_to_fit();
-                }
-                each(Ok(parsed))
-            }
-            // "portDefinitions: invalid type: string …": the field, then what is wrong with it.
-            Err(err) => {
-                #[derive(serde::Deserialize)]
-                struct Id {
-                    id: Option<String>,
-                }
-                let id = serde_json::from_str::<Id>(app.get()).ok().and_then(|i| i.id).unwrap_or_else(|| "(no id)".into());
-                let why = format!("{}: {}", err.path(), err.inner());
-                each(Err((id, why)));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What one app contributes: its services (with only its own backends), what was skipped,
@@ -524,7 +447,7 @@ fn network_mode(app: &App) -> NetMode {
 }
 
 fn protocols(text: Option<&str>) -> Vec<Proto> {
-    services_file::protocols(text.unwrap_or("tcp")).unwrap_or_default()
+    Proto::list(text.unwrap_or("tcp")).unwrap_or_default()
 }
 
 fn port16(p: Option<u32>) -> Option<u16> {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::Dataplane,
-    model::{bytes_ip, ip_bytes, Proto},
+    desired::{bytes_ip, ip_bytes, Proto},
 };
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -137,7 +137,7 @@ pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{dataplane::fake::FakeDataplane, reconcile::Reconciler, services_file};
+    use crate::{dataplane::fake::FakeDataplane, control::reconcile::Reconciler, sources::services_file};
 
     fn programmed() -> FakeDataplane {
         // A chunk per ring size in use (359 and 127).
@@ -152,7 +152,7 @@ mod tests {
         )
         .unwrap();
         Reconciler::default().apply(&desired, &mut dp).unwrap();
-        crate::reconcile::sync_node_addrs(&["10.201.0.2".parse().unwrap()], &mut dp).unwrap();
+        crate::control::reconcile::sync_node_addrs(&["10.201.0.2".parse().unwrap()], &mut dp).unwrap();
         dp
     }
 

@@ -22,8 +22,8 @@ use tracing::{error, info};
 
 use crate::{
     dataplane::{Bitmap, Dataplane, DataplaneError, Limits},
-    model::{ip_bytes, Backend, Desired, Service, ServiceId},
-    ring_alloc::{Ring, RingAllocator},
+    desired::{ip_bytes, Backend, Desired, Service, ServiceId},
+    control::ring_alloc::{Ring, RingAllocator},
 };
 
 /// What one pass did.
@@ -416,7 +416,7 @@ fn update(
     let current: BTreeMap<(IpAddr, u16), (u32, BackendInfo)> = alloc
         .members_of(sid)
         .into_iter()
-        .filter_map(|(id, b)| Some(((crate::model::bytes_ip(&b.addr, b.family)?, b.port), (id, b))))
+        .filter_map(|(id, b)| Some(((crate::desired::bytes_ip(&b.addr, b.family)?, b.port), (id, b))))
         .collect();
     let new_backends: Vec<&Backend> = service.backends.iter().filter(|b| !current.contains_key(&(b.addr, b.port))).collect();
     let new_ids = alloc.backend_ids(new_backends.len())?;
@@ -599,7 +599,7 @@ pub fn sync_uplinks(ifindexes: &[u32], dp: &mut dyn Dataplane) -> Result<(), Dat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{dataplane::fake::FakeDataplane, services_file};
+    use crate::{dataplane::fake::FakeDataplane, sources::services_file};
 
     /// Two chunks: enough for these tests, and a ring of each of two sizes fills it.
     const RING: u32 = 2 * lb_common::ring_pool::CHUNK_SLOTS;

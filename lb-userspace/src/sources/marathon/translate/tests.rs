@@ -7,6 +7,7 @@ use std::{
 use serde_json::{json, Value};
 
 use super::*;
+use crate::sources::marathon::app::parse_apps;
 
 struct FakeDns(HashMap<String, IpAddr>);
 

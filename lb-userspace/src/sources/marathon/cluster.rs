@@ -6,19 +6,18 @@
 use std::collections::BTreeMap;
 
 use super::{
-    app::App,
-    model::{parse_apps_each, AppsResponseError},
+    app::{parse_apps_each, App, AppsResponseError},
     events::{is_terminal, TaskUpdate},
 };
 
 #[derive(Debug, Default)]
-pub struct ClusterModel {
+pub struct Cluster {
     apps: BTreeMap<String, App>,
     /// App id → why its current definition is not used.
     degraded: BTreeMap<String, String>,
 }
 
-impl ClusterModel {
+impl Cluster {
     pub fn apps(&self) -> impl Iterator<Item = &App> + Clone {
         self.apps.values()
     }
@@ -129,7 +128,7 @@ impl ClusterModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::marathon::app::Task;
+    use crate::sources::marathon::app::Task;
 
     fn app(id: &str, tasks: &[(&str, &str)]) -> App {
         let tasks = tasks.iter().map(|(id, state)| Task { id: (*id).into(), state: Some((*state).into()), ..Task::default() }).collect();
@@ -155,14 +154,14 @@ mod tests {
         serde_json::to_vec(&serde_json::json!({ "apps": apps })).unwrap()
     }
 
-    fn task_states(model: &ClusterModel, id: &str) -> Vec<(String, String)> {
+    fn task_states(model: &Cluster, id: &str) -> Vec<(String, String)> {
         let app = model.apps().find(|a| a.id == id).unwrap();
         app.tasks.iter().flatten().map(|t| (t.id.clone(), t.state.clone().unwrap_or_default())).collect()
     }
 
     #[test]
     fn a_malformed_definition_keeps_the_last_good_one_until_a_good_one_comes() {
-        let mut model = ClusterModel::default();
+        let mut model = Cluster::default();
         model.replace_from(&body(&[("/a", Some(&[("a.1", "TASK_RUNNING")])), ("/b", Some(&[]))])).unwrap();
         let unparsed = model.replace_from(&body(&[("/a", None), ("/b", Some(&[]))])).unwrap();
         assert_eq!(unparsed.len(), 1);
@@ -186,7 +185,7 @@ mod tests {
 
     #[test]
     fn task_updates_add_change_and_drop_tasks() {
-        let mut model = ClusterModel::default();
+        let mut model = Cluster::default();
         model.replace_from(&body(&[("/a", Some(&[("a.1", "TASK_RUNNING")]))])).unwrap();
         assert!(model.apply_task(&update("/a", "a.2", "TASK_STAGING")));
         assert!(model.apply_task(&update("/a", "a.2", "TASK_RUNNING")));

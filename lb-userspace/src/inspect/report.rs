@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{
     dataplane::{Dataplane, IfaceStat},
-    model::{bytes_ip, Proto, ServiceAddr, ServiceId},
-    preflight,
+    desired::{bytes_ip, Proto, ServiceAddr, ServiceId},
+    node::preflight,
 };
 
 /// One element of `lb services --json` (DESIGN.md: address, port, protocol, name, backends).
@@ -149,7 +149,7 @@ pub struct FlowView {
 /// Up to `limit` flows, those of the services `only` holds (by service id) when given.
 pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>) -> Result<Vec<FlowView>> {
     let backends = dp.backends()?;
-    let now = monotonic_ns();
+    let now = crate::dataplane::monotonic_ns();
     let mut out = Vec::new();
     for (key, info) in dp.flows(limit)? {
         let (Some(client), Some(service)) = (bytes_ip(&key.src, key.family), bytes_ip(&key.dst, key.family)) else { continue };
@@ -161,7 +161,9 @@ pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>) -> Result<V
         }
         let backend = pinned.and_then(|b| Some((bytes_ip(&b.addr, b.family)?, b.port)));
         // The programs stamp TCP flows once (when pinned) and UDP flows on every packet.
-        let since = now.saturating_sub(info.last_seen_ns) / 1_000_000_000;
+        // Wrapping: on a machine up for less time than the test's made-up ages, a stamp "before
+        // boot" still reads as that long ago.
+        let since = now.wrapping_sub(info.last_seen_ns) / 1_000_000_000;
         let udp = key.proto == lb_common::PROTO_UDP;
         out.push(FlowView {
             client: client.to_string(),
@@ -177,14 +179,6 @@ pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>) -> Result<V
         });
     }
     Ok(out)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn print_flows(flows: &[FlowView], json: bool, out: &mut impl Write) -> Result<()> {
@@ -407,7 +401,7 @@ pub fn print_vips(vips: &std::collections::BTreeMap<String, String>, json: bool,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{dataplane::fake::FakeDataplane, reconcile::Reconciler, services_file};
+    use crate::{dataplane::fake::FakeDataplane, control::reconcile::Reconciler, sources::services_file};
 
     fn programmed() -> FakeDataplane {
         let mut dp = FakeDataplane::new(8, 32, lb_common::ring_pool::CHUNK_SLOTS);
@@ -471,7 +465,7 @@ mod tests {
         let flow = |proto, backend: u32, seconds_ago: u64| {
             let key = lb_common::FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto, family: 4, _pad: 0 };
             let generation = dp.backends[backend as usize].generation;
-            let info = lb_common::FlowInfo { backend_id: backend, backend_generation: generation, last_seen_ns: monotonic_ns() - seconds_ago * 1_000_000_000, ..Default::default() };
+            let info = lb_common::FlowInfo { backend_id: backend, backend_generation: generation, last_seen_ns: crate::dataplane::monotonic_ns().wrapping_sub(seconds_ago * 1_000_000_000), ..Default::default() };
             (key, info)
         };
         let flows_in = vec![flow(lb_common::PROTO_TCP, backend_of(&web), 30), flow(lb_common::PROTO_UDP, backend_of(&dns), 7)];

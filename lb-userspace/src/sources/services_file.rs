@@ -2,13 +2,19 @@
 //! `{"services":[{"name","address"?,"port","protocol","backends":[{"address","port","weight"?}]}]}`.
 //! Validation is complete before anything is programmed; an error names the service and field.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
 use lb_common::SERVICE_NAME_LEN;
 use serde_json::{Map, Value};
 use thiserror::Error;
+use tracing::warn;
 
-use crate::model::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId};
+use crate::desired::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId};
 
 #[derive(Debug, Error)]
 pub enum ServicesFileError {
@@ -237,7 +243,7 @@ fn describe(value: &Value) -> String {
 /// its backends.
 fn expand(spec: &ServiceSpec) -> Result<Vec<Service>, Invalid> {
     let port = spec.port;
-    let protos = protocols(&spec.protocol).map_err(|problem| Invalid::new("protocol", problem))?;
+    let protos = Proto::list(&spec.protocol).map_err(|problem| Invalid::new("protocol", problem))?;
     let vip = match &spec.address {
         Some(text) => Some(text.parse::<IpAddr>().map_err(|_| Invalid::new("address", format!("{text:?} is not an IP address")))?),
         None => None,
@@ -289,20 +295,52 @@ fn expand(spec: &ServiceSpec) -> Result<Vec<Service>, Invalid> {
     Ok(services)
 }
 
-/// `tcp`, `udp`, or both as Marathon writes it (`udp,tcp`).
-pub fn protocols(text: &str) -> Result<Vec<Proto>, String> {
-    let mut protos = Vec::new();
-    for part in text.split(',') {
-        let proto = match part.trim().to_ascii_lowercase().as_str() {
-            "tcp" => Proto::Tcp,
-            "udp" => Proto::Udp,
-            other => return Err(format!("{other:?} is not tcp, udp or udp,tcp")),
-        };
-        if !protos.contains(&proto) {
-            protos.push(proto);
+/// Notices changes to the services file by polling its modification time once a second
+/// (editors replace files, which inotify on the file itself would miss).
+pub struct FileWatch {
+    path: PathBuf,
+    seen: Option<SystemTime>,
+    poll: tokio::time::Interval,
+}
+
+impl FileWatch {
+    pub fn new(path: PathBuf) -> Self {
+        let seen = modified(&path);
+        Self { path, seen, poll: tokio::time::interval(Duration::from_secs(1)) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Completes once the file's modification time differs from the last seen. Cancel-safe.
+    pub async fn changed(&mut self) {
+        loop {
+            self.poll.tick().await;
+            let now = modified(&self.path);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
         }
     }
-    Ok(protos)
+
+    /// The file is being re-read for another reason (SIGHUP): its current version is seen.
+    pub fn mark_seen(&mut self) {
+        self.seen = modified(&self.path);
+    }
+}
+
+/// The services file's modification time, to notice changes by polling (editors replace files,
+/// which inotify on the file itself would miss).
+fn modified(path: &Path) -> Option<SystemTime> {
+    match std::fs::metadata(path).and_then(|m| m.modified()) {
+        Ok(t) => Some(t),
+        Err(err) => {
+            warn!("{}: {err}", path.display());
+            None
+        }
+    }
 }
 
 #[cfg(test)]

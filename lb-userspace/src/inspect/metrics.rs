@@ -30,7 +30,7 @@ use tracing::warn;
 
 use crate::{
     dataplane::{pinned::PinnedMaps, Dataplane},
-    report::{self, bracket, Stats},
+    inspect::report::{self, bracket, Stats},
     status::AgentStatus,
 };
 
@@ -194,7 +194,7 @@ fn dataplane_metrics(e: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std
     let outcomes = stats.verdicts.iter().map(|(name, n)| (vec![("outcome", name.to_string())], counter(*n)));
     family(e, "lb_packets", "Packets per outcome (forwards and every other verdict), all hooks", MetricType::Counter, outcomes)?;
     let iface = |i: &crate::dataplane::IfaceStat| {
-        let name = crate::preflight::interface_name(i.ifindex).unwrap_or_else(|| i.ifindex.to_string());
+        let name = crate::node::preflight::interface_name(i.ifindex).unwrap_or_else(|| i.ifindex.to_string());
         vec![("interface", name), ("hook", i.hook.name().to_string())]
     };
     family(e, "lb_interface_packets", "Packets seen per interface and hook", MetricType::Counter, stats.interfaces.iter().map(|i| (iface(i), counter(i.packets))))?;

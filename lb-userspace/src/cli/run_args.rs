@@ -1,0 +1,253 @@
+//! `lb run`'s flags and the value parsers that check their syntax (CIDRs, URLs, ranges,
+//! credentials, ring sizes); what depends on the machine is checked by
+//! `agent::config::AgentConfig::from_args`.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use thiserror::Error;
+
+use super::PinArgs;
+use crate::{
+    dataplane::loader::IngressHook,
+    sources::marathon::{client::Auth, vip::VipRange},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML file of flags: keys are the long flag names (`max-flows = 200000`, `iface =
+    /// ["eth0"]`); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (flags, --config file, interfaces, pinned maps) and exit: 0 if
+    /// it is valid, 64 if not. Nothing is loaded or attached.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Uplink to balance on (ingress) and to restore replies on (TC egress); repeat for several.
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// Program that balances on uplink ingress: `auto` = TC on veth, native XDP where the driver
+    /// has it, TC otherwise; `xdp` (native, else generic); `tc`.
+    #[arg(long, value_enum, default_value_t = IngressHook::Auto, value_name = "HOOK")]
+    pub ingress_hook: IngressHook,
+    /// Static services file (JSON, see README); reloaded on change and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub services: Option<PathBuf>,
+    /// Marathon URL (http or https, optionally with user:password@); repeat for several: REST
+    /// fails over between them, the event stream goes round them.
+    #[arg(long = "marathon", value_name = "URL", value_parser = marathon_url)]
+    pub marathon: Vec<reqwest::Url>,
+    /// HTTP basic credentials for Marathon (also LB_MARATHON_CREDENTIALS).
+    #[arg(long, value_name = "USER:PASSWORD", env = "LB_MARATHON_CREDENTIALS", hide_env_values = true, value_parser = credentials)]
+    pub marathon_credentials: Option<Auth>,
+    /// DC/OS token for Marathon, sent as `Authorization: token=…` (also LB_MARATHON_TOKEN).
+    #[arg(long, value_name = "TOKEN", env = "LB_MARATHON_TOKEN", hide_env_values = true)]
+    pub marathon_token: Option<String>,
+    /// Range named VIPs (`/web:80` labels) get addresses from, the same on every node.
+    #[arg(long, value_name = "CIDR", default_value = "11.0.0.0/8")]
+    pub vip_cidr: VipRange,
+    /// Seconds between full re-reads of Marathon's apps when no event asks for one.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = seconds)]
+    pub resync: u64,
+    /// Seconds a Marathon request may take.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    pub marathon_timeout: u64,
+    /// Seconds the event stream may go without a complete event or heartbeat (Marathon sends
+    /// one every 10 s) before it is reopened and the apps re-read.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
+    pub event_stall: u64,
+    /// Address of this node where service ports are served; repeat for several. Default: every
+    /// address of every interface. 127.0.0.1 and ::1 are always included.
+    #[arg(long = "node-ip", value_name = "ADDR")]
+    pub node_ips: Vec<IpAddr>,
+    /// cgroup v2 directory whose processes (and descendants') get the socket hooks: their
+    /// connections to services go straight to a backend. Default: the cgroup v2 root (mounted
+    /// at /run/lb/cgroup2 if the machine has no cgroup v2 mount).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Slots of the pool every service's Maglev ring comes from (4 bytes each; whole chunks of
+    /// 65536, each holding rings of one size: at least one chunk per ring size in use). A
+    /// service takes the smallest prime ring with 100 slots per backend (359 for 3 backends, at
+    /// most 65521); the default holds 20,000 such services.
+    #[arg(long, default_value_t = lb_common::ring_pool::DEFAULT_RING_SLOTS, value_parser = ring_slots)]
+    pub ring_slots: u32,
+    /// Services (each address, port and protocol is one).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICES, value_parser = count_at_least(1))]
+    pub max_services: u32,
+    /// Backend entries (one per service membership).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS, value_parser = count_at_least(2))]
+    pub max_backends: u32,
+    /// Flow-table entries (LRU), per address family (IPv4 and IPv6 flows have their own tables).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FLOWS, value_parser = count_at_least(1))]
+    pub max_flows: u32,
+    /// Seconds of silence after which a UDP flow may move to another backend.
+    #[arg(long, default_value_t = lb_common::DEFAULT_UDP_TIMEOUT_SECS, value_parser = seconds)]
+    pub udp_timeout: u64,
+    /// Where Prometheus metrics (/metrics) and the status page (/) are served: ADDR:PORT, or
+    /// `off`. A non-loopback address needs --metrics-listen-public.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9097", value_parser = listen)]
+    pub metrics_listen: Listen,
+    /// Allow --metrics-listen on an address other hosts can reach.
+    #[arg(long)]
+    pub metrics_listen_public: bool,
+    /// Source ports for full NAT towards backends on other nodes (MIN-MAX). Must not overlap
+    /// the node's ephemeral ports (net.ipv4.ip_local_port_range) nor any service port.
+    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = port_range)]
+    pub nat_ports: (u16, u16),
+    /// Serve the HTTP path (marathon-lb's HAPROXY_{n}_VHOST/PATH labels) in plain HTTP on
+    /// ADDR:PORT. Off unless given.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "HTTP path")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Serve the HTTP path over TLS on ADDR:PORT (needs --ssl-certs).
+    #[arg(long, value_name = "ADDR:PORT", requires = "ssl_certs", help_heading = "HTTP path")]
+    pub https_listen: Option<std::net::SocketAddr>,
+    /// Directory of PEM files, each a certificate chain and its key; SNI picks by the
+    /// certificates' names, default.pem (else the first file) answers the rest. Re-read on
+    /// change and on SIGHUP.
+    #[arg(long, value_name = "DIR", requires = "https_listen", help_heading = "HTTP path")]
+    pub ssl_certs: Option<PathBuf>,
+    /// Serve apps whose HAPROXY_GROUP (or HAPROXY_{n}_GROUP) is NAME on the HTTP path;
+    /// repeatable; `*` serves every group.
+    #[arg(long = "group", value_name = "NAME", default_value = "external", help_heading = "HTTP path")]
+    pub groups: Vec<String>,
+}
+
+/// Why a flag's value does not parse (clap shows it after the flag's name).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("{0:?} is not MIN-MAX")]
+    NotARange(String),
+    #[error("{0:?} is not a port (1-65535)")]
+    NotAPort(String),
+    #[error("{min}-{max} is empty: MIN must not exceed MAX")]
+    EmptyRange { min: u16, max: u16 },
+    #[error("{0:?} is not a URL")]
+    NotAUrl(String),
+    #[error("{0:?}: only http and https are supported")]
+    Scheme(String),
+    #[error("expected USER:PASSWORD")]
+    NotCredentials,
+    #[error("{0:?} is not a whole number of 65536-slot chunks up to 4294901760 (e.g. 8388608 = 32 MiB)")]
+    NotChunks(String),
+    #[error("{0:?} is not a whole number ≥ {1}")]
+    TooSmall(String, u64),
+    #[error("{0:?} is not a protocol: tcp or udp")]
+    NotAProtocol(String),
+    #[error("{0:?} is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6) or off")]
+    NotAListenAddress(String),
+}
+
+/// `--metrics-listen`: ADDR:PORT, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+pub fn listen(text: &str) -> Result<Listen, ValueError> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse().map(|a| Listen(Some(a))).map_err(|_| ValueError::NotAListenAddress(text.to_owned()))
+}
+
+/// A protocol argument: tcp or udp.
+pub fn protocol(text: &str) -> Result<crate::desired::Proto, ValueError> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(crate::desired::Proto::Tcp),
+        "udp" => Ok(crate::desired::Proto::Udp),
+        _ => Err(ValueError::NotAProtocol(text.to_owned())),
+    }
+}
+
+/// `--nat-ports MIN-MAX`.
+pub fn port_range(text: &str) -> Result<(u16, u16), ValueError> {
+    let (min, max) = text.split_once('-').ok_or_else(|| ValueError::NotARange(text.to_owned()))?;
+    let port = |p: &str| match p.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(ValueError::NotAPort(p.trim().to_owned())),
+        Ok(port) => Ok(port),
+    };
+    let (min, max) = (port(min)?, port(max)?);
+    if min > max {
+        return Err(ValueError::EmptyRange { min, max });
+    }
+    Ok((min, max))
+}
+
+/// `--marathon URL`: http or https.
+pub fn marathon_url(text: &str) -> Result<reqwest::Url, ValueError> {
+    let url = reqwest::Url::parse(text).map_err(|_| ValueError::NotAUrl(text.to_owned()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ValueError::Scheme(text.to_owned()));
+    }
+    Ok(url)
+}
+
+/// `--marathon-credentials USER:PASSWORD`.
+pub fn credentials(text: &str) -> Result<Auth, ValueError> {
+    match text.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok(Auth::Basic { user: user.into(), password: password.into() }),
+        _ => Err(ValueError::NotCredentials),
+    }
+}
+
+/// `--ring-slots`: whole chunks of the ring pool (lb_common::ring_pool), addressable by a u32.
+pub fn ring_slots(text: &str) -> Result<u32, ValueError> {
+    let chunk = lb_common::ring_pool::CHUNK_SLOTS;
+    match text.trim().parse::<u32>() {
+        Ok(slots) if slots >= chunk && slots.is_multiple_of(chunk) => Ok(slots),
+        _ => Err(ValueError::NotChunks(text.to_owned())),
+    }
+}
+
+/// A u32 count that must be at least `min` (`--max-services` etc.).
+pub fn count_at_least(min: u64) -> impl Fn(&str) -> Result<u32, ValueError> + Clone {
+    move |text| at_least(text, min).and_then(|n| u32::try_from(n).map_err(|_| ValueError::TooSmall(text.to_owned(), min)))
+}
+
+/// Seconds, at least 1.
+pub fn seconds(text: &str) -> Result<u64, ValueError> {
+    at_least(text, 1)
+}
+
+fn at_least(text: &str, min: u64) -> Result<u64, ValueError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(ValueError::TooSmall(text.to_owned(), min)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(port_range("61000-65535"), Ok((61000, 65535)));
+        assert_eq!(port_range("80"), Err(ValueError::NotARange("80".into())));
+        assert_eq!(port_range("0-10"), Err(ValueError::NotAPort("0".into())));
+        assert_eq!(port_range("10-70000"), Err(ValueError::NotAPort("70000".into())));
+        assert_eq!(port_range("20-10"), Err(ValueError::EmptyRange { min: 20, max: 10 }));
+    }
+
+    #[test]
+    fn urls_and_credentials() {
+        assert!(marathon_url("http://marathon:8080").is_ok());
+        assert_eq!(marathon_url("marathon:8080"), Err(ValueError::Scheme("marathon:8080".into())));
+        assert_eq!(marathon_url("ftp://m"), Err(ValueError::Scheme("ftp://m".into())));
+        assert_eq!(marathon_url("not a url"), Err(ValueError::NotAUrl("not a url".into())));
+        assert!(matches!(credentials("u:p:q"), Ok(Auth::Basic { user, password }) if user == "u" && password == "p:q"));
+        assert_eq!(credentials("nocolon").unwrap_err(), ValueError::NotCredentials);
+        assert_eq!(credentials(":p").unwrap_err(), ValueError::NotCredentials);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ring_slots("8388608"), Ok(8_388_608));
+        assert_eq!(ring_slots("4294901760"), Ok(65535 * 65536));
+        for bad in ["0", "65535", "100000", "4294967296", "-65536", "lots"] {
+            assert_eq!(ring_slots(bad), Err(ValueError::NotChunks(bad.into())), "{bad}");
+        }
+        assert_eq!(count_at_least(2)("1"), Err(ValueError::TooSmall("1".into(), 2)));
+        assert_eq!(count_at_least(1)("4294967296"), Err(ValueError::TooSmall("4294967296".into(), 1)));
+        assert_eq!(seconds("0"), Err(ValueError::TooSmall("0".into(), 1)));
+    }
+}

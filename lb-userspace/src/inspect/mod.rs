@@ -1,0 +1,6 @@
+//! Read-only views of the pinned maps and the agent's status: the `lb` tables (`report`),
+//! `lb explain` (`explain`), Prometheus metrics and the status page (`metrics`).
+
+pub mod explain;
+pub mod metrics;
+pub mod report;

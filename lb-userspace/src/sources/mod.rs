@@ -1,0 +1,4 @@
+//! Where services come from: Marathon and the static services file.
+
+pub mod marathon;
+pub mod services_file;

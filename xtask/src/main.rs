@@ -62,63 +62,21 @@ fn real_main() -> Result<()> {
             build_release()?;
             cargo(&["run", "--release", "--quiet", "-p", "lb-tests", "--bin", "lb-demo"], &release_env())
         }
-        "bench" => {
-            prereqs::ensure_all()?;
-            prereqs::ensure_bench()?;
-            build_release()?;
-            step("benchmarking (pinned to CPU 0; a few minutes)");
-            let docs = workspace_root().join("docs");
-            std::fs::create_dir_all(&docs)?;
-            let (json, md) = (docs.join("benchmarks.json"), docs.join("benchmarks.md"));
-            let outputs = ["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()];
-            // End to end twice: wire-like (offloads off, every mode) and with veth's TSO/GSO on,
-            // where XDP on a veth and TC ingress differ most.
-            let offloads_on: &[&str] = &["--offloads", "on", "--modes", "direct,nftables,haproxy,xdp,tc"];
-            let runs: [(&str, &[&str]); 5] = [
-                ("lb-bench", &[]),
-                ("lb-bench-control", &[]),
-                ("lb-bench-e2e", &[]),
-                ("lb-bench-e2e", offloads_on),
-                ("lb-bench-http", &[]),
-            ];
-            for (bench, extra) in runs {
-                let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bench, "--"];
-                args.extend(outputs);
-                args.extend(extra);
-                args.extend(rest.iter().map(String::as_str));
-                cargo(&args, &release_env())?;
-            }
-            Ok(())
-        }
+        "bench" => bench(&rest),
         "fuzz" => {
             prereqs::ensure_all()?;
             step("fuzzing the ingress programs");
             // The debug profile: the frames run in the kernel, and a release build takes minutes.
-            let mut args = vec!["run", "--quiet", "-p", "lb-tests", "--bin", "lb-fuzz", "--"];
-            args.extend(rest.iter().map(String::as_str));
-            cargo(&args, &[])
+            run_test_binary("lb-fuzz", &rest)
         }
         "soak" => {
             prereqs::ensure_all()?;
             step("building lb for the soak");
             cargo(&["build", "-p", "lb-userspace"], &[])?;
             step("churning Marathon under live connections");
-            let mut args = vec!["run", "--quiet", "-p", "lb-tests", "--bin", "lb-soak", "--"];
-            args.extend(rest.iter().map(String::as_str));
-            cargo(&args, &[])
+            run_test_binary("lb-soak", &rest)
         }
-        "install" => {
-            let options = install::Options::parse(&rest)?;
-            let binary = match options.binary {
-                Some(binary) => binary,
-                None => {
-                    prereqs::ensure_all()?;
-                    build_release()?;
-                    workspace_root().join("target/release/lb")
-                }
-            };
-            install::install(&options.root, &binary)
-        }
+        "install" => install(&rest),
         "uninstall" => install::uninstall(&install::Options::parse(&rest)?.root),
         "run" => {
             prereqs::ensure_all()?;
@@ -136,6 +94,57 @@ fn real_main() -> Result<()> {
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }
+}
+
+/// `cargo xtask install`: a given binary, or one built here.
+fn install(rest: &[String]) -> Result<()> {
+    let options = install::Options::parse(rest)?;
+    let binary = match options.binary {
+        Some(binary) => binary,
+        None => {
+            prereqs::ensure_all()?;
+            build_release()?;
+            workspace_root().join("target/release/lb")
+        }
+    };
+    install::install(&options.root, &binary)
+}
+
+/// One of lb-tests' binaries (debug profile) with `rest` as its arguments.
+fn run_test_binary(name: &str, rest: &[String]) -> Result<()> {
+    let mut args = vec!["run", "--quiet", "-p", "lb-tests", "--bin", name, "--"];
+    args.extend(rest.iter().map(String::as_str));
+    cargo(&args, &[])
+}
+
+/// `cargo xtask bench`: every benchmark, writing docs/benchmarks.{md,json}.
+fn bench(rest: &[String]) -> Result<()> {
+    prereqs::ensure_all()?;
+    prereqs::ensure_bench()?;
+    build_release()?;
+    step("benchmarking (pinned to CPU 0; a few minutes)");
+    let docs = workspace_root().join("docs");
+    std::fs::create_dir_all(&docs)?;
+    let (json, md) = (docs.join("benchmarks.json"), docs.join("benchmarks.md"));
+    let outputs = ["--json", json.to_str().unwrap(), "--markdown", md.to_str().unwrap()];
+    // End to end twice: wire-like (offloads off, every mode) and with veth's TSO/GSO on,
+    // where XDP on a veth and TC ingress differ most.
+    let offloads_on: &[&str] = &["--offloads", "on", "--modes", "direct,nftables,haproxy,xdp,tc"];
+    let runs: [(&str, &[&str]); 5] = [
+        ("lb-bench", &[]),
+        ("lb-bench-control", &[]),
+        ("lb-bench-e2e", &[]),
+        ("lb-bench-e2e", offloads_on),
+        ("lb-bench-http", &[]),
+    ];
+    for (bench, extra) in runs {
+        let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bench, "--"];
+        args.extend(outputs);
+        args.extend(extra);
+        args.extend(rest.iter().map(String::as_str));
+        cargo(&args, &release_env())?;
+    }
+    Ok(())
 }
 
 fn build_release() -> Result<()> {

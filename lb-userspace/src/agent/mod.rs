@@ -16,10 +16,11 @@ use tracing::{info, warn};
 pub use config::{AgentConfig, ConfigError};
 
 use crate::{
+    control::reconcile,
     dataplane::{loader, pinned::PinnedMaps},
     node::neighbours::NeighbourResolver,
-    control::reconcile,
-    status::{AgentStatus, UplinkStatus},
+    sources::{marathon::Source, services_file::FileWatch},
+    status::{AgentStatus, HttpStatus, UplinkStatus},
 };
 
 /// Runs the agent until SIGINT/SIGTERM. Errors that are the configuration's are returned as
@@ -27,67 +28,20 @@ use crate::{
 pub fn start(mut config: AgentConfig) -> Result<()> {
     let _lock = lock::PinDirLock::acquire(config.pin_dir())?;
     loader::check_pinned_maps(config.pin_dir(), &config.plan.limits).map_err(ConfigError::from)?;
-    let marathon = config.marathon.as_ref().map(crate::sources::marathon::Source::new).transpose().context("building the HTTP client")?;
+    // Timers, sockets and the HTTP path are made in the runtime's context.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let context = runtime.enter();
+    let marathon = config.marathon.as_ref().map(Source::new).transpose().context("building the HTTP client")?;
+    let file = config.services_file.clone().map(FileWatch::new);
     // Bound before the kernel is touched: a taken port fails the start with nothing changed.
-    let metrics_listener = config.metrics.map(bind_metrics).transpose()?;
-    let http_listen = config.http.as_ref().map(|http| crate::status::HttpStatus { listen: http.listen(), routes: 0 });
-    let http_listeners = config
-        .http
-        .take()
-        .map(|http| http.bind())
-        .transpose()
-        .map_err(|(addr, e)| ConfigError::HttpBind { addr, why: e.to_string() })?;
+    let listeners = Listeners::bind(&mut config)?;
     init_logging();
     let loaded = loader::bring_up(&config.plan)?;
     info!(pin_dir = %config.pin_dir().display(), ifaces = ?config.plan.ifaces, "data path up");
-    let warnings = crate::node::preflight::forwarding_warnings();
-    for warning in &warnings {
-        warn!("{warning}");
-    }
-
-    // Netlink sockets belong to the namespace they are opened in: this one is the agent's.
-    let neighbours = NeighbourResolver::new()?;
-    let mut dataplane = PinnedMaps::new(config.pin_dir());
-    reconcile::sync_uplinks(&config.uplinks, &mut dataplane)?;
-    let status = AgentStatus {
-        pid: std::process::id(),
-        pin_dir: config.pin_dir().display().to_string(),
-        uplinks: loaded
-            .ingress
-            .iter()
-            .zip(&config.uplinks)
-            .map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: *hook })
-            .collect(),
-        metrics_listen: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
-        warnings,
-        http: http_listen,
-        ..AgentStatus::default()
-    };
-    let mut agent = program::Agent::new(
-        dataplane,
-        config.node_ips.clone(),
-        config.plan.limits.nat_ports,
-        config.uplinks.clone(),
-        config.static_services,
-        status,
-    )
-    .with_neighbours(neighbours)
-    .with_udp_timeout(config.plan.limits.udp_timeout_secs);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let http_metrics = http_listeners.as_ref().map(|_| Arc::new(crate::http::metrics::Metrics::default()));
-    if let (Some(bound), Some(metrics)) = (http_listeners, &http_metrics) {
-        let _guard = runtime.enter();
-        agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
-    }
-    if let Some(listener) = metrics_listener {
-        let shared = crate::inspect::metrics::Shared::new(config.plan.pin_dir.clone(), agent.status.clone());
-        agent = agent.with_metrics(shared.clone());
-        let _guard = runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
-        runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics));
-    }
-    let file = config.services_file.clone().map(crate::sources::services_file::FileWatch::new);
+    let status = first_status(&config, &loaded, &listeners);
+    let agent = program(config, status)?;
+    let mut agent = listeners.serve(agent, &runtime)?;
+    drop(context);
     let served = runtime.block_on(agent.serve(file, marathon));
     // A host-name lookup still blocked in the resolver must not hold up the exit.
     runtime.shutdown_background();
@@ -96,6 +50,68 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+/// The sockets the agent serves on, bound before the kernel is touched.
+struct Listeners {
+    metrics: Option<std::net::TcpListener>,
+    http: Option<crate::http::Bound>,
+    http_listen: Option<HttpStatus>,
+}
+
+impl Listeners {
+    fn bind(config: &mut AgentConfig) -> Result<Self, ConfigError> {
+        let metrics = config.metrics.map(bind_metrics).transpose()?;
+        let http_listen = config.http.as_ref().map(|http| HttpStatus { listen: http.listen(), routes: 0 });
+        let http = config.http.take().map(|http| http.bind()).transpose();
+        let http = http.map_err(|(addr, e)| ConfigError::HttpBind { addr, why: e.to_string() })?;
+        Ok(Self { metrics, http, http_listen })
+    }
+
+    /// Starts the HTTP path and the metrics listener, and hands the agent what they read.
+    fn serve(self, mut agent: program::Agent<PinnedMaps>, runtime: &tokio::runtime::Runtime) -> Result<program::Agent<PinnedMaps>> {
+        let http_metrics = self.http.as_ref().map(|_| Arc::new(crate::http::metrics::Metrics::default()));
+        if let (Some(bound), Some(metrics)) = (self.http, &http_metrics) {
+            agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
+        }
+        if let Some(listener) = self.metrics {
+            let shared = crate::inspect::metrics::Shared::new(agent.status.pin_dir.clone().into(), agent.status.clone());
+            agent = agent.with_metrics(shared.clone());
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
+            runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics));
+        }
+        Ok(agent)
+    }
+}
+
+/// The status before the first sync: who, where, on which uplinks, with which warnings.
+fn first_status(config: &AgentConfig, loaded: &loader::Loaded, listeners: &Listeners) -> AgentStatus {
+    let warnings = crate::node::preflight::forwarding_warnings();
+    for warning in &warnings {
+        warn!("{warning}");
+    }
+    let uplinks = loaded.ingress.iter().zip(&config.uplinks);
+    AgentStatus {
+        pid: std::process::id(),
+        pin_dir: config.pin_dir().display().to_string(),
+        uplinks: uplinks.map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: *hook }).collect(),
+        metrics_listen: listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        warnings,
+        http: listeners.http_listen.clone(),
+        ..AgentStatus::default()
+    }
+}
+
+/// The programming side, on the pinned maps.
+fn program(config: AgentConfig, status: AgentStatus) -> Result<program::Agent<PinnedMaps>> {
+    // Netlink sockets belong to the namespace they are opened in: this one is the agent's.
+    let neighbours = NeighbourResolver::new()?;
+    let mut dataplane = PinnedMaps::new(config.pin_dir());
+    reconcile::sync_uplinks(&config.uplinks, &mut dataplane)?;
+    let limits = &config.plan.limits;
+    let agent = program::Agent::new(dataplane, config.node_ips, limits.nat_ports, config.uplinks, config.static_services, status);
+    Ok(agent.with_neighbours(neighbours).with_udp_timeout(limits.udp_timeout_secs))
 }
 
 fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, ConfigError> {

@@ -205,6 +205,30 @@ impl Reconciler {
         };
         // Reported when they stop fitting, not again by every pass that retries them.
         let was_unfit = std::mem::take(&mut self.unfit);
+        self.write_services(desired, changed, &mut pass, &was_unfit, dp)?;
+        let Pass { maps: mut mirror, report } = pass;
+        if report.added + report.removed > 0 || mirror.programmed.is_empty() {
+            sync_service_ports(mirror.services.keys(), dp)?;
+            sync_service_addrs(mirror.services.keys(), dp)?;
+        }
+        self.rotate_quarantine(&mut mirror.alloc);
+        self.mirror = Some(mirror);
+        if report.added + report.updated + report.removed > 0 {
+            info!(added = report.added, updated = report.updated, removed = report.removed, unchanged = report.unchanged, "services applied");
+        }
+        Ok(report)
+    }
+
+    /// Writes the services `changed` names (and those that did not fit before), or, without
+    /// it, every desired service, removing what is no longer desired.
+    fn write_services(
+        &mut self,
+        desired: &Desired,
+        changed: Option<&BTreeSet<ServiceId>>,
+        pass: &mut Pass,
+        was_unfit: &BTreeSet<ServiceId>,
+        dp: &mut dyn Dataplane,
+    ) -> Result<(), DataplaneError> {
         match changed {
             Some(changed) => {
                 let mut ids = was_unfit.clone();
@@ -212,14 +236,14 @@ impl Reconciler {
                 for id in ids {
                     let key = id.key();
                     match desired.get(&id) {
-                        Some(service) => self.program(service, &mut pass, &was_unfit, dp)?,
+                        Some(service) => self.program(service, pass, was_unfit, dp)?,
                         None => pass.remove(&key, dp)?,
                     }
                 }
             }
             None => {
                 for service in desired.values() {
-                    self.program(service, &mut pass, &was_unfit, dp)?;
+                    self.program(service, pass, was_unfit, dp)?;
                 }
                 let wanted = |key: &ServiceKey| ServiceId::from_key(key).is_some_and(|id| desired.contains_key(&id));
                 let unwanted: Vec<ServiceKey> = pass.maps.services.keys().filter(|k| !wanted(k)).copied().collect();
@@ -228,25 +252,19 @@ impl Reconciler {
                 }
             }
         }
-        let Pass { maps: mut mirror, report } = pass;
-        if report.added + report.removed > 0 || mirror.programmed.is_empty() {
-            sync_service_ports(mirror.services.keys(), dp)?;
-            sync_service_addrs(mirror.services.keys(), dp)?;
-        }
-        // What the previous pass freed is reusable from the next pass on; what this one freed
-        // waits one more pass.
+        Ok(())
+    }
+
+    /// What the previous pass freed is reusable from the next pass on; what this one freed
+    /// waits one more pass.
+    fn rotate_quarantine(&mut self, alloc: &mut Allocator) {
         for ring in std::mem::take(&mut self.quarantined_rings) {
-            mirror.alloc.rings.free(ring);
+            alloc.rings.free(ring);
         }
         // (extend, not append: append rebuilds the whole tree.)
-        mirror.alloc.free_backends.extend(std::mem::take(&mut self.quarantined_backends));
-        self.quarantined_rings = std::mem::take(&mut mirror.alloc.freed_rings);
-        self.quarantined_backends = std::mem::take(&mut mirror.alloc.freed_backends);
-        self.mirror = Some(mirror);
-        if report.added + report.updated + report.removed > 0 {
-            info!(added = report.added, updated = report.updated, removed = report.removed, unchanged = report.unchanged, "services applied");
-        }
-        Ok(report)
+        alloc.free_backends.extend(std::mem::take(&mut self.quarantined_backends));
+        self.quarantined_rings = std::mem::take(&mut alloc.freed_rings);
+        self.quarantined_backends = std::mem::take(&mut alloc.freed_backends);
     }
 
     /// Brings one desired service into the maps (unless they hold it as desired already); one
@@ -398,7 +416,9 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
     Ok(info)
 }
 
-/// Returns whether anything changed, and the service's entry as it is now.
+/// Returns whether anything changed, and the service's entry as it is now. The write order
+/// never lets a packet see a half-updated service: entries that take flows first, then the new
+/// ring, then demotions and frees.
 fn update(
     service: &Service,
     key: &ServiceKey,
@@ -407,7 +427,6 @@ fn update(
     alloc: &mut Allocator,
 ) -> Result<(bool, ServiceInfo), DataplaneError> {
     let sid = info.service_id;
-    let mut info = *info;
     let mut changed = false;
     if dp.service_name(sid)? != service.name {
         dp.set_service_name(sid, &service.name)?;
@@ -418,28 +437,46 @@ fn update(
         .into_iter()
         .filter_map(|(id, b)| Some(((crate::desired::bytes_ip(&b.addr, b.family)?, b.port), (id, b))))
         .collect();
-    let new_backends: Vec<&Backend> = service.backends.iter().filter(|b| !current.contains_key(&(b.addr, b.port))).collect();
-    let new_ids = alloc.backend_ids(new_backends.len())?;
-    let mut new_ids = new_ids.into_iter();
+    let admitted = admit_backends(service, sid, &current, dp, alloc)?;
+    let (swapped, info) = swap_ring(&admitted.members, key, info, dp, alloc)?;
+    let freed = demote_and_free(service, admitted.demotions, &current, dp, alloc)?;
+    Ok((changed || admitted.changed || swapped || freed, info))
+}
 
-    // 1. Entries that take flows: new backends, and existing ones whose weight or state changes
-    //    towards active. Demotions wait until the new ring is live.
-    let mut members = Vec::with_capacity(service.backends.len());
-    let mut demotions = Vec::new();
+/// What step 1 of [`update`] wrote, and what it left for step 3.
+struct Admitted {
+    members: Vec<(u32, Backend)>,
+    /// Backends going from active to draining: demoted once the new ring is live.
+    demotions: Vec<(u32, BackendInfo)>,
+    changed: bool,
+}
+
+/// Step 1: entries that take flows: new backends, and existing ones whose weight or state
+/// changes towards active. Demotions wait until the new ring is live.
+fn admit_backends(
+    service: &Service,
+    sid: u32,
+    current: &BTreeMap<(IpAddr, u16), (u32, BackendInfo)>,
+    dp: &mut dyn Dataplane,
+    alloc: &mut Allocator,
+) -> Result<Admitted, DataplaneError> {
+    let new_backends = service.backends.iter().filter(|b| !current.contains_key(&(b.addr, b.port))).count();
+    let mut new_ids = alloc.backend_ids(new_backends)?.into_iter();
+    let mut out = Admitted { members: Vec::with_capacity(service.backends.len()), demotions: Vec::new(), changed: false };
     for backend in &service.backends {
-        match current.get(&(backend.addr, backend.port)) {
+        let id = match current.get(&(backend.addr, backend.port)) {
             Some((id, old)) => {
                 let wanted = BackendInfo { weight: backend.weight, state: state_for(backend.weight), ..*old };
                 if wanted != *old {
                     if wanted.state == BACKEND_DRAINING && old.state == BACKEND_ACTIVE {
-                        demotions.push((*id, wanted));
+                        out.demotions.push((*id, wanted));
                     } else {
                         dp.set_backend(*id, &wanted)?;
                         alloc.backends[*id as usize] = wanted;
                     }
-                    changed = true;
+                    out.changed = true;
                 }
-                members.push((*id, *backend));
+                *id
             }
             None => {
                 let id = new_ids.next().expect("allocated one id per new backend");
@@ -448,41 +485,60 @@ fn update(
                 dp.set_backend(id, &entry)?;
                 alloc.backends[id as usize] = entry;
                 alloc.members.entry(sid).or_default().push(id);
-                members.push((id, *backend));
-                changed = true;
+                out.changed = true;
+                id
             }
-        }
+        };
+        out.members.push((id, *backend));
     }
+    Ok(out)
+}
 
-    // 2. Swap in the new ring if it differs.
-    let ring = build_ring(&members);
-    let active = active_count(&members);
-    let live = match ring_of(&info) {
+/// Step 2: swaps in the new ring if it differs from the live one.
+fn swap_ring(
+    members: &[(u32, Backend)],
+    key: &ServiceKey,
+    info: &ServiceInfo,
+    dp: &mut dyn Dataplane,
+    alloc: &mut Allocator,
+) -> Result<(bool, ServiceInfo), DataplaneError> {
+    let ring = build_ring(members);
+    let active = active_count(members);
+    let live = match ring_of(info) {
         Some(live) => dp.read_ring(live.start, live.size)?,
         None => Vec::new(),
     };
-    if ring != live || active != info.active_backends {
-        let slot = alloc.ring(ring.len() as u32)?;
-        let swapped = place_ring(sid, slot, &ring, active, dp)?;
-        dp.set_service(key, &swapped)?;
-        alloc.free_ring(&info);
-        info = swapped;
-        changed = true;
+    if ring == live && active == info.active_backends {
+        return Ok((false, *info));
     }
+    let slot = alloc.ring(ring.len() as u32)?;
+    let swapped = place_ring(info.service_id, slot, &ring, active, dp)?;
+    dp.set_service(key, &swapped)?;
+    alloc.free_ring(info);
+    Ok((true, swapped))
+}
 
-    // 3. Demote and free.
+/// Step 3: demotes, and frees the backends the service no longer has.
+fn demote_and_free(
+    service: &Service,
+    demotions: Vec<(u32, BackendInfo)>,
+    current: &BTreeMap<(IpAddr, u16), (u32, BackendInfo)>,
+    dp: &mut dyn Dataplane,
+    alloc: &mut Allocator,
+) -> Result<bool, DataplaneError> {
     for (id, entry) in demotions {
         dp.set_backend(id, &entry)?;
         alloc.backends[id as usize] = entry;
     }
     let wanted: BTreeSet<(IpAddr, u16)> = service.backends.iter().map(|b| (b.addr, b.port)).collect();
-    for (addr_port, (id, old)) in &current {
+    let mut freed = false;
+    for (addr_port, (id, old)) in current {
         if !wanted.contains(addr_port) {
             free_backend(*id, old, dp, alloc)?;
-            changed = true;
+            freed = true;
         }
     }
-    Ok((changed, info))
+    Ok(freed)
 }
 
 fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {

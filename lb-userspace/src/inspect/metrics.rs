@@ -235,37 +235,19 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// The status page: one server-rendered HTML page that reloads itself every 5 s; rates are
-/// per second since the previous render.
-fn page(shared: &Shared) -> anyhow::Result<String> {
-    let stats = report::stats(&*shared.maps.lock().map_err(|_| anyhow::anyhow!("the maps' lock is poisoned"))?)?;
-    let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut last = shared.last_page.lock().map_err(|_| anyhow::anyhow!("status page state poisoned"))?;
-    let now = Instant::now();
-    let previous = last.as_ref().filter(|(at, _)| now.duration_since(*at) >= Duration::from_millis(500));
-    let rate = |now_value: u64, before: Option<u64>, seconds: f64| match before {
+/// A counter's rate per second since the previous render ("–" without one).
+fn rate(now_value: u64, before: Option<u64>, seconds: f64) -> String {
+    match before {
         Some(before) if seconds > 0.0 => format!("{:.1}", now_value.saturating_sub(before) as f64 / seconds),
         _ => "–".to_string(),
-    };
-    let seconds = previous.map_or(0.0, |(at, _)| now.duration_since(*at).as_secs_f64());
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>lb on {host}</title><style>\
-         body{{font-family:sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
-         th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:#eee}}\
-         td.n{{text-align:right;font-variant-numeric:tabular-nums}}.active{{color:#070}}.draining{{color:#a60}}\
-         .bad{{color:#b00;font-weight:bold}}</style></head><body>\
-         <h1>lb on {host}</h1><p>agent pid {pid}, pin dir {pin_dir}; refreshes every 5 s</p>",
-        host = escape(&hostname()),
-        pid = status.pid,
-        pin_dir = escape(&status.pin_dir),
-    );
-    marathon_section(&mut html, &status);
+    }
+}
+
+/// The services table: each service, then its backends, with rates since `previous`.
+fn services_section(html: &mut String, stats: &report::Stats, previous: Option<&report::Stats>, seconds: f64) {
     let _ = write!(html, "<h2>Services</h2><table><tr><th>service</th><th>protocol</th><th>name</th><th>backend</th><th>weight</th><th>state</th><th>packets/s</th><th>new flows/s</th></tr>");
     for s in &stats.services {
-        let before = previous.and_then(|(_, p)| p.services.iter().find(|o| o.name == s.name && o.port == s.port && o.address == s.address));
+        let before = previous.and_then(|p| p.services.iter().find(|o| o.name == s.name && o.port == s.port && o.address == s.address));
         let address = escape(&format!("{}:{}", bracket(&s.address), s.port));
         let _ = write!(
             html,
@@ -290,6 +272,33 @@ fn page(shared: &Shared) -> anyhow::Result<String> {
             );
         }
     }
+}
+
+/// The status page: one server-rendered HTML page that reloads itself every 5 s; rates are
+/// per second since the previous render.
+fn page(shared: &Shared) -> anyhow::Result<String> {
+    let stats = report::stats(&*shared.maps.lock().map_err(|_| anyhow::anyhow!("the maps' lock is poisoned"))?)?;
+    let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut last = shared.last_page.lock().map_err(|_| anyhow::anyhow!("status page state poisoned"))?;
+    let now = Instant::now();
+    let previous = last.as_ref().filter(|(at, _)| now.duration_since(*at) >= Duration::from_millis(500));
+    let seconds = previous.map_or(0.0, |(at, _)| now.duration_since(*at).as_secs_f64());
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>lb on {host}</title><style>\
+         body{{font-family:sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+         th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}th{{background:#eee}}\
+         td.n{{text-align:right;font-variant-numeric:tabular-nums}}.active{{color:#070}}.draining{{color:#a60}}\
+         .bad{{color:#b00;font-weight:bold}}</style></head><body>\
+         <h1>lb on {host}</h1><p>agent pid {pid}, pin dir {pin_dir}; refreshes every 5 s</p>",
+        host = escape(&hostname()),
+        pid = status.pid,
+        pin_dir = escape(&status.pin_dir),
+    );
+    marathon_section(&mut html, &status);
+    services_section(&mut html, &stats, previous.map(|(_, p)| p), seconds);
     html.push_str("</table><h2>Packets by outcome</h2><table><tr><th>outcome</th><th>packets</th><th>per second</th></tr>");
     for (name, n) in stats.verdicts.iter().filter(|(_, n)| **n > 0) {
         let before = previous.and_then(|(_, p)| p.verdicts.get(name).copied());

@@ -354,10 +354,15 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     for u in &status.uplinks {
         writeln!(out, "uplink {} (ifindex {}): balancing in {}", u.name, u.ifindex, u.ingress_hook)?;
     }
-    let Some(m) = &status.marathon else {
-        writeln!(out, "marathon: not configured")?;
-        return Ok(());
-    };
+    match &status.marathon {
+        Some(m) => print_marathon_status(m, out),
+        None => Ok(writeln!(out, "marathon: not configured")?),
+    }
+}
+
+/// The Marathon part of `lb status`.
+fn print_marathon_status(m: &crate::status::MarathonStatus, out: &mut impl Write) -> Result<()> {
+    let ago = |t: u64| format!("{} s ago", crate::status::now().saturating_sub(t));
     writeln!(out, "marathon: {}", m.urls.join(", "))?;
     writeln!(out, "  answering:    {}", if m.current.is_empty() { "-" } else { &m.current })?;
     writeln!(out, "  event stream: {}", m.event_stream.as_deref().unwrap_or("not connected"))?;

@@ -11,7 +11,7 @@ use aya::{
 use anyhow::{Context as _, Result};
 use lb::{
     dataplane::{
-        loader::{self, LoadLimits},
+        loader::{self, LoadConfig, MapSizes, RuntimeSettings},
         pinned::PinnedMaps,
     },
     control::reconcile::{self, Reconciler},
@@ -90,13 +90,9 @@ pub struct Case {
 }
 
 /// Small maps: fixtures need a handful of services, and tests run in parallel.
-pub const FIXTURE_LIMITS: LoadLimits = LoadLimits {
-    ring_slots: 8 * lb_common::ring_pool::CHUNK_SLOTS,
-    max_services: 32,
-    max_backends: 256,
-    max_flows: 4096,
-    udp_timeout_secs: 120,
-    nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
+pub const FIXTURE_LIMITS: LoadConfig = LoadConfig {
+    sizes: MapSizes { ring_slots: 8 * lb_common::ring_pool::CHUNK_SLOTS, max_services: 32, max_backends: 256, max_flows: 4096 },
+    settings: RuntimeSettings { udp_timeout_secs: 120, nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX) },
 };
 
 /// A loaded uplink program with its maps pinned in a private pin directory, programmed
@@ -121,7 +117,7 @@ impl Fixture {
         Self::load_with(hook, FIXTURE_LIMITS)
     }
 
-    pub fn load_with(hook: Hook, limits: LoadLimits) -> Result<Self> {
+    pub fn load_with(hook: Hook, limits: LoadConfig) -> Result<Self> {
         let pins = PinDir::new();
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
         load_program(&mut ebpf, hook)?;

@@ -580,7 +580,11 @@ fn udp_flows_time_out_and_rebalance() {
 }
 
 fn udp_flows_time_out_and_rebalance_on(hook: Hook) {
-    let limits = lb::dataplane::loader::LoadLimits { udp_timeout_secs: 1, ..lb_tests::fixture::FIXTURE_LIMITS };
+    let fixture = lb_tests::fixture::FIXTURE_LIMITS;
+    let limits = lb::dataplane::loader::LoadConfig {
+        settings: lb::dataplane::loader::RuntimeSettings { udp_timeout_secs: 1, ..fixture.settings },
+        ..fixture
+    };
     let mut f = Fixture::load_with(hook, limits).unwrap();
     let two = r#"{"services":[{"name":"dns","address":"10.0.0.2","port":53,"protocol":"udp","backends":[
         {"address":"10.1.0.6","port":31053},{"address":"10.1.0.7","port":31053}]}]}"#;

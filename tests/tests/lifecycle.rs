@@ -260,7 +260,7 @@ fn maps_of_another_layout_version_are_refused_naming_lb_down() {
 
 #[test]
 fn a_restart_replaces_the_program_of_every_link_and_unloads_the_old_ones() {
-    use lb::dataplane::loader::{self, AttachPlan, IngressHook, LoadLimits};
+    use lb::dataplane::loader::{self, AttachPlan, IngressHook, LoadConfig, MapSizes};
     let topo = ClientNode::new().unwrap();
     let pins = PinDir::new();
     let cgroup = TestCgroup::new().unwrap();
@@ -268,7 +268,7 @@ fn a_restart_replaces_the_program_of_every_link_and_unloads_the_old_ones() {
         pin_dir: pins.path().to_owned(),
         ifaces: vec![topo.node_if.clone()],
         cgroup: cgroup.path().to_owned(),
-        limits: LoadLimits { max_services: 8, ..LoadLimits::default() },
+        load: LoadConfig { sizes: MapSizes { max_services: 8, ..MapSizes::default() }, ..LoadConfig::default() },
         ingress_hook: IngressHook::Tc,
     };
     let first = plan.clone();

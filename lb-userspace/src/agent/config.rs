@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::{
     cli::RunArgs,
-    dataplane::loader::{AttachPlan, LoadLimits},
+    dataplane::loader::{AttachPlan, LoadConfig, MapSizes, RuntimeSettings},
     sources::marathon::{self, client::Auth},
     desired::Desired,
     node::preflight::{self, PreflightError},
@@ -86,8 +86,8 @@ impl AgentConfig {
         if args.services.is_none() && args.marathon.is_empty() {
             return Err(ConfigError::NoSource);
         }
-        let limits = limits(args);
-        require_lru_batches(limits.max_flows)?;
+        let load = load_config(args);
+        require_lru_batches(load.sizes.max_flows)?;
         let marathon = marathon_config(args)?;
         let metrics = args.metrics_listen.0;
         if let Some(addr) = metrics.filter(|a| !a.ip().is_loopback() && !args.metrics_listen_public) {
@@ -96,7 +96,7 @@ impl AgentConfig {
         preflight::require_pin_dir(&args.pins.pin_dir)?;
         let uplinks = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<Vec<_>, _>>()?;
         if let Some((eph_min, eph_max)) = preflight::ephemeral_ports() {
-            let (min, max) = limits.nat_ports;
+            let (min, max) = load.settings.nat_ports;
             if min <= eph_max && eph_min <= max {
                 return Err(ConfigError::NatPortsOverlapEphemeral { min, max, eph_min, eph_max });
             }
@@ -115,7 +115,7 @@ impl AgentConfig {
             pin_dir: args.pins.pin_dir.clone(),
             ifaces: args.ifaces.clone(),
             cgroup,
-            limits,
+            load,
             ingress_hook: args.ingress_hook,
         };
         Ok(Self {
@@ -149,14 +149,15 @@ fn require_lru_batches(max_flows: u32) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn limits(args: &RunArgs) -> LoadLimits {
-    LoadLimits {
-        ring_slots: args.ring_slots,
-        max_services: args.max_services,
-        max_backends: args.max_backends,
-        max_flows: args.max_flows,
-        udp_timeout_secs: args.udp_timeout,
-        nat_ports: args.nat_ports,
+fn load_config(args: &RunArgs) -> LoadConfig {
+    LoadConfig {
+        sizes: MapSizes {
+            ring_slots: args.ring_slots,
+            max_services: args.max_services,
+            max_backends: args.max_backends,
+            max_flows: args.max_flows,
+        },
+        settings: RuntimeSettings { udp_timeout_secs: args.udp_timeout, nat_ports: args.nat_ports },
     }
 }
 

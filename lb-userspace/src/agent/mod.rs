@@ -27,7 +27,7 @@ use crate::{
 /// [`ConfigError`] (exit code 64) and leave the kernel untouched.
 pub fn start(mut config: AgentConfig) -> Result<()> {
     let _lock = lock::PinDirLock::acquire(config.pin_dir())?;
-    loader::check_pinned_maps(config.pin_dir(), &config.plan.limits).map_err(ConfigError::from)?;
+    loader::check_pinned_maps(config.pin_dir(), &config.plan.load.sizes).map_err(ConfigError::from)?;
     // Timers, sockets and the HTTP path are made in the runtime's context.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let context = runtime.enter();
@@ -109,9 +109,9 @@ fn program(config: AgentConfig, status: AgentStatus) -> Result<program::Agent<Pi
     let neighbours = NeighbourResolver::new()?;
     let mut dataplane = PinnedMaps::new(config.pin_dir());
     reconcile::sync_uplinks(&config.uplinks, &mut dataplane)?;
-    let limits = &config.plan.limits;
-    let agent = program::Agent::new(dataplane, config.node_ips, limits.nat_ports, config.uplinks, config.static_services, status);
-    Ok(agent.with_neighbours(neighbours).with_udp_timeout(limits.udp_timeout_secs))
+    let settings = &config.plan.load.settings;
+    let agent = program::Agent::new(dataplane, config.node_ips, settings.nat_ports, config.uplinks, config.static_services, status);
+    Ok(agent.with_neighbours(neighbours).with_udp_timeout(settings.udp_timeout_secs))
 }
 
 fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, ConfigError> {

@@ -21,7 +21,7 @@ use lb_common::{
 use tracing::{error, info};
 
 use crate::{
-    dataplane::{Bitmap, Dataplane, DataplaneError, Limits},
+    dataplane::{limits::Limit, Bitmap, Dataplane, DataplaneError, MapSizes},
     desired::{ip_bytes, Backend, Desired, Service, ServiceId},
     control::ring_alloc::{Ring, RingAllocator},
 };
@@ -69,7 +69,7 @@ struct Mirror {
 /// the membership index is maintained by every write that changes it.
 #[derive(Debug)]
 struct Allocator {
-    limits: Limits,
+    limits: MapSizes,
     free_services: BTreeSet<u32>,
     rings: RingAllocator,
     free_backends: BTreeSet<u32>,
@@ -85,7 +85,7 @@ impl Allocator {
         self.free_services.pop_first().ok_or(DataplaneError::Full {
             what: "service slots",
             limit: self.limits.max_services,
-            flag: "--max-services",
+            flag: Limit::Services.flag(),
         })
     }
 
@@ -102,7 +102,7 @@ impl Allocator {
         let ring = self.rings.allocate(size).ok_or(DataplaneError::Full {
             what: "ring slots",
             limit: self.limits.ring_slots,
-            flag: "--ring-slots",
+            flag: Limit::RingSlots.flag(),
         })?;
         Ok(Some(ring))
     }
@@ -119,7 +119,7 @@ impl Allocator {
             return Err(DataplaneError::Full {
                 what: "backend slots",
                 limit: self.limits.max_backends.saturating_sub(1),
-                flag: "--max-backends",
+                flag: Limit::Backends.flag(),
             });
         }
         Ok((0..count).filter_map(|_| self.free_backends.pop_first()).collect())
@@ -142,7 +142,7 @@ impl Reconciler {
     /// previous pass freed stays out of the free lists.
     fn allocator_from_maps(
         &self,
-        limits: Limits,
+        limits: MapSizes,
         current: &BTreeMap<ServiceKey, ServiceInfo>,
         backends: Vec<BackendInfo>,
     ) -> Result<Allocator, DataplaneError> {

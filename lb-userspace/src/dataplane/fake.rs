@@ -7,11 +7,11 @@ use lb_common::{
     TrafficCounters,
 };
 
-use super::{Bitmap, Dataplane, DataplaneError, IfaceStat, Limits};
+use super::{Bitmap, Dataplane, DataplaneError, IfaceStat, MapSizes};
 
 #[derive(Debug)]
 pub struct FakeDataplane {
-    pub limits: Limits,
+    pub limits: MapSizes,
     /// Per-CPU counters by (ifindex, hook), as the kernel would keep them.
     pub iface_counters: BTreeMap<(u32, Hook), Vec<IfaceCounters>>,
     pub verdicts: Vec<u64>,
@@ -37,7 +37,7 @@ impl FakeDataplane {
     /// A fake with small limits.
     pub fn new(max_services: u32, max_backends: u32, ring_slots: u32) -> Self {
         Self {
-            limits: Limits { ring_slots, max_services, max_backends },
+            limits: MapSizes { ring_slots, max_services, max_backends, max_flows: 1024 },
             iface_counters: BTreeMap::new(),
             verdicts: vec![0; reasons::COUNT as usize],
             service_stats: BTreeMap::new(),
@@ -65,7 +65,7 @@ impl FakeDataplane {
 type Result<T> = std::result::Result<T, DataplaneError>;
 
 impl Dataplane for FakeDataplane {
-    fn limits(&self) -> Result<Limits> {
+    fn limits(&self) -> Result<MapSizes> {
         Ok(self.limits)
     }
 

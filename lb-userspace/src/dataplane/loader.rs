@@ -22,11 +22,13 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use lb_common::{names, ring_pool, Hook, Settings};
+use lb_common::{names, Hook, Settings};
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use super::limits::{LoadConfig, MapSizes, RuntimeSettings};
 use super::{
+    limits::map_entries,
     link::{LinkTarget, PinnedLinkFd, ProgramById},
     pinned::pin_name,
 };
@@ -79,7 +81,7 @@ pub struct AttachPlan {
     pub ifaces: Vec<String>,
     /// cgroup v2 directory the socket hooks attach to (local clients in it and below).
     pub cgroup: PathBuf,
-    pub limits: LoadLimits,
+    pub load: LoadConfig,
     pub ingress_hook: IngressHook,
 }
 
@@ -94,32 +96,6 @@ pub enum IngressHook {
     Xdp,
     /// TC (TCX) ingress on the skb the stack built.
     Tc,
-}
-
-/// Map sizes and timeouts fixed when the maps are created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoadLimits {
-    /// Slots of the ring pool (a multiple of `ring_pool::CHUNK_SLOTS`).
-    pub ring_slots: u32,
-    pub max_services: u32,
-    pub max_backends: u32,
-    pub max_flows: u32,
-    pub udp_timeout_secs: u64,
-    /// Source ports of full NAT (inclusive).
-    pub nat_ports: (u16, u16),
-}
-
-impl Default for LoadLimits {
-    fn default() -> Self {
-        Self {
-            ring_slots: ring_pool::DEFAULT_RING_SLOTS,
-            max_services: lb_common::DEFAULT_MAX_SERVICES,
-            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
-            max_flows: lb_common::DEFAULT_MAX_FLOWS,
-            udp_timeout_secs: lb_common::DEFAULT_UDP_TIMEOUT_SECS,
-            nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
-        }
-    }
 }
 
 /// The loaded object. Dropping it closes the agent's file descriptors; the pins keep everything
@@ -157,7 +133,7 @@ fn bring_up_tracked(plan: &AttachPlan, changes: &mut Changes) -> Result<Loaded, 
             changes.files.push(path);
         }
     }
-    let mut ebpf = load_object(&plan.pin_dir, &plan.limits)?;
+    let mut ebpf = load_object(&plan.pin_dir, &plan.load)?;
 
     let mut ingress = Vec::new();
     for iface in &plan.ifaces {
@@ -334,27 +310,12 @@ fn attach_socket_hooks(ebpf: &mut Ebpf, plan: &AttachPlan, changes: &mut Changes
     Ok(())
 }
 
-/// Entries each sized map gets for `limits`, with the flag that sets it.
-fn map_sizes(limits: &LoadLimits) -> Vec<(&'static str, u32, &'static str)> {
-    let mut sizes = vec![(names::MAP_RINGS, ring_pool::elements(limits.ring_slots), "--ring-slots")];
-    for map in [names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS] {
-        sizes.push((map, limits.max_services, "--max-services"));
-    }
-    for map in [names::MAP_BACKENDS, names::MAP_BACKEND_STATS, names::MAP_ROUTES] {
-        sizes.push((map, limits.max_backends, "--max-backends"));
-    }
-    for map in names::FLOW_MAPS {
-        sizes.push((map, limits.max_flows, "--max-flows"));
-    }
-    sizes
-}
-
 /// Checks every map already pinned under `pin_dir` against what this binary would create for
 /// `limits`: same key and value sizes and flags (the layout the programs were built for) and
 /// the same number of entries. Reads only; nothing is changed.
-pub fn check_pinned_maps(pin_dir: &Path, limits: &LoadLimits) -> Result<(), PinnedMapsError> {
+pub fn check_pinned_maps(pin_dir: &Path, sizes: &MapSizes) -> Result<(), PinnedMapsError> {
     let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(PinnedMapsError::Object)?;
-    let sizes = map_sizes(limits);
+    let sizes: Vec<_> = map_entries(sizes).collect();
     for &map in names::PINNED_MAPS {
         let path = pin_dir.join(pin_name(map));
         if !path.exists() {
@@ -416,7 +377,7 @@ fn check_layout_version(pin_dir: &Path) -> Result<(), PinnedMapsError> {
 /// re-used (its contents kept), a missing one is created and pinned. Then the runtime settings
 /// (NAT ports, UDP timeout) are written, which the programs already attached from these maps
 /// follow at once. Programs are not loaded yet.
-pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderError> {
+pub fn load_object(pin_dir: &Path, load: &LoadConfig) -> Result<Ebpf, LoaderError> {
     fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io { path: pin_dir.to_owned(), source })?;
     let map_pins: Vec<(&str, PathBuf)> =
         names::PINNED_MAPS.iter().map(|&m| (m, pin_dir.join(pin_name(m)))).collect();
@@ -424,11 +385,11 @@ pub fn load_object(pin_dir: &Path, limits: &LoadLimits) -> Result<Ebpf, LoaderEr
     for (map, path) in &map_pins {
         loader.map_pin_path(map, path.as_path());
     }
-    for (map, entries, _) in map_sizes(limits) {
+    for (map, entries, _) in map_entries(&load.sizes) {
         loader.map_max_entries(map, entries);
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    write_settings(&mut ebpf, limits)?;
+    write_settings(&mut ebpf, &load.settings)?;
     Ok(ebpf)
 }
 
@@ -439,11 +400,11 @@ fn array_map<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, map: &'static str) -> Result<A
 }
 
 /// Writes this start's settings; NAT replies stay recognised on the ports of earlier ranges.
-fn write_settings(ebpf: &mut Ebpf, limits: &LoadLimits) -> Result<(), LoaderError> {
+fn write_settings(ebpf: &mut Ebpf, runtime: &RuntimeSettings) -> Result<(), LoaderError> {
     let map = names::MAP_SETTINGS;
     let mut settings = array_map::<Settings>(ebpf, map)?;
     let previous = settings.get(&0, 0).ok();
-    let new = Settings::new(limits.udp_timeout_secs, limits.nat_ports, previous.as_ref());
+    let new = Settings::new(runtime.udp_timeout_secs, runtime.nat_ports, previous.as_ref());
     settings.set(0, new, 0).map_err(|source| LoaderError::Settings { map, source })?;
     if previous.is_some_and(|p| p != Settings::default() && p.layout < lb_common::CLIENT_KEYED_LAYOUT) {
         // Maps of layout 1 (whose programs may still run until replaced) key every IPv4 flow by

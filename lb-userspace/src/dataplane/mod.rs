@@ -2,6 +2,7 @@
 //! [`Dataplane`] trait, so it is tested against [`fake::FakeDataplane`] without root.
 
 pub mod fake;
+pub mod limits;
 pub mod link;
 pub mod loader;
 pub mod pinned;
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 use lb_common::{BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters};
 use serde::Serialize;
 use thiserror::Error;
+
+pub use limits::MapSizes;
 
 /// Default pin directory of the agent's maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
@@ -41,14 +44,6 @@ pub enum DataplaneError {
     Full { what: &'static str, limit: u32, flag: &'static str },
 }
 
-/// Sizes the maps were created with (read back from the kernel, so every process agrees).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Slots of the ring pool.
-    pub ring_slots: u32,
-    pub max_services: u32,
-    pub max_backends: u32,
-}
 
 /// Packet counters of one (interface, hook), summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -96,7 +91,8 @@ impl Bitmap {
 pub const MAX_EXPIRED_PER_CALL: usize = 16384;
 
 pub trait Dataplane {
-    fn limits(&self) -> Result<Limits, DataplaneError>;
+    /// Sizes the maps were created with (read back from the kernel, so every process agrees).
+    fn limits(&self) -> Result<MapSizes, DataplaneError>;
 
     /// Per-interface counters, sorted by (ifindex, hook).
     fn iface_stats(&self) -> Result<Vec<IfaceStat>, DataplaneError>;

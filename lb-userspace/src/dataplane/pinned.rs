@@ -16,7 +16,7 @@ use lb_common::{
     ServiceKey, ServiceName, SockKey, TrafficCounters, SERVICE_NAME_LEN,
 };
 
-use super::{Bitmap, Dataplane, DataplaneError, IfaceStat, Limits};
+use super::{Bitmap, Dataplane, DataplaneError, IfaceStat, MapSizes};
 
 /// File name of a map's pin: the kernel symbol in lower case (`IFACE_STATS` → `iface_stats`).
 pub fn pin_name(map: &str) -> String {
@@ -28,7 +28,7 @@ pub struct PinnedMaps {
     /// The maps of `names::PINNED_MAPS`, in that order, each opened from its pin at first use and
     /// kept: one BPF_OBJ_GET per map for the life of this value, not one per call.
     opened: [OnceCell<Map>; names::PINNED_MAPS.len()],
-    limits: OnceCell<Limits>,
+    limits: OnceCell<MapSizes>,
     /// The pool chunk rings were last written to, kept mapped: a full sync writes thousands of
     /// rings chunk by chunk (the allocator fills the lowest chunk first), and a mapping per ring
     /// cost a fifth of a 10,000-app sync. At most one chunk (256 KiB) stays mapped.
@@ -151,16 +151,17 @@ impl PinnedMaps {
         Ok(self.data(name)?.info().map_err(map_err(name))?.max_entries())
     }
 
-    fn read_limits(&self) -> Result<Limits> {
+    fn read_limits(&self) -> Result<MapSizes> {
         let slots = ring_pool::slots(self.max_entries(names::MAP_RINGS)?);
         let ring_slots = u32::try_from(slots).map_err(|_| DataplaneError::Layout {
             name: names::MAP_RINGS,
             detail: format!("{slots} slots do not fit the 32-bit ring_start"),
         })?;
-        Ok(Limits {
+        Ok(MapSizes {
             ring_slots,
             max_services: self.max_entries(names::MAP_SERVICES)?,
             max_backends: self.max_entries(names::MAP_BACKENDS)?,
+            max_flows: self.max_entries(names::MAP_FLOWS4)?,
         })
     }
 
@@ -196,7 +197,7 @@ impl PinnedMaps {
 }
 
 impl Dataplane for PinnedMaps {
-    fn limits(&self) -> Result<Limits> {
+    fn limits(&self) -> Result<MapSizes> {
         // Fixed when the maps were created: read once.
         if let Some(limits) = self.limits.get() {
             return Ok(*limits);
@@ -481,7 +482,7 @@ struct RingWindow {
 unsafe impl Send for RingWindow {}
 
 impl RingWindow {
-    fn open(map: &MapData, limits: &Limits, ring_start: u32, size: usize) -> Result<Self> {
+    fn open(map: &MapData, limits: &MapSizes, ring_start: u32, size: usize) -> Result<Self> {
         let name = names::MAP_RINGS;
         let size = u32::try_from(size).unwrap_or(u32::MAX);
         // limits.ring_slots is the pool's size as the kernel reports it (read_limits).

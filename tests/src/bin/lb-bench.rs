@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, ensure, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use lb::dataplane::loader::{self, LoadLimits};
+use lb::dataplane::loader::{self, LoadConfig, MapSizes};
 use lb_common::Hook;
 use lb_tests::{
     fixture::{counter_deltas, counter_snapshot, expected_verdict, Fixture, INGRESS_HOOKS, XDP_PASS},
@@ -184,7 +184,7 @@ struct Bench {
 impl Bench {
     fn new(scene: Scene, hook: Hook, max_flows: u32) -> Result<Self> {
         let max_flows = if scene == Scene::NewTcpSmallTable { SMALL_TABLE } else { max_flows };
-        let mut fixture = Fixture::load_with(hook, LoadLimits { max_services: 8, max_flows, ..LoadLimits::default() })?;
+        let mut fixture = Fixture::load_with(hook, LoadConfig { sizes: MapSizes { max_services: 8, max_flows, ..MapSizes::default() }, ..LoadConfig::default() })?;
         fixture.apply(&services(), &["10.201.0.2"])?;
         if matches!(scene, Scene::EstablishedTcp | Scene::EstablishedUdp) {
             // The first call creates the flow; every measured call is a hit.

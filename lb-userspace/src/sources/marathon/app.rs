@@ -1,6 +1,6 @@
 //! Marathon's app and task JSON, as far as balancing needs it. Every field is optional and
 //! every shape real servers send (1.4 and 1.5+ networking, null values, strings where objects
-//! are usual) deserialises; what an app means is decided in `model.rs`.
+//! are usual) deserialises; what an app means is decided in `translate.rs`.
 
 use serde::{de::IgnoredAny, Deserialize};
 use serde_json::{value::RawValue, Value};

@@ -43,6 +43,10 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
             let Some(service) = select::service(&packet) else {
                 return not_for_a_service(frame, ingress, &packet);
             };
+            // Before any state is claimed (see Reason::ResetNoFlow).
+            if packet.tcp_flags & TCP_RST != 0 {
+                return Err(Reason::ResetNoFlow);
+            }
             if service.active_backends == 0 {
                 return refuse::new_flow(frame, ingress, &packet);
             }

@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     hash, nat_state, ring_pool, v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
-    Settings, service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT,
+    service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT,
     PROTO_UDP,
 };
 
@@ -14,17 +14,11 @@ use crate::{
     forward::{self, Route},
     mem,
     maps::{
-        BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SCRATCH, SERVICES,
-        SERVICE_ADDRS, SERVICE_PORTS, SETTINGS, TUPLE_FLOWS4,
+        scratch, settings, BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SERVICES,
+        SERVICE_ADDRS, SERVICE_PORTS, TUPLE_FLOWS4,
     },
     parse::Parsed,
 };
-
-/// The agent's runtime settings (an array's only entry: always present).
-#[inline(always)]
-fn settings() -> Option<&'static Settings> {
-    SETTINGS.get(0)
-}
 
 /// Where a packet goes.
 pub struct Target {
@@ -133,14 +127,6 @@ fn note_tuple_flow4() {
 #[inline(always)]
 fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: 0 }
-}
-
-/// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
-#[inline(always)]
-pub fn scratch() -> Result<&'static mut Scratch, Reason> {
-    let ptr = SCRATCH.get_ptr_mut(0).ok_or(Reason::FlowTableFull)?;
-    // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
-    Ok(unsafe { &mut *ptr })
 }
 
 /// How a connection without a live pinned flow gets its entry: an IPv4 one by its client's

@@ -27,7 +27,7 @@ pub struct Target {
     pub backend: &'static BackendInfo,
     pub new_flow: bool,
     /// The pinned flow: how the backend is reached (`kind`) and, for full NAT, from where.
-    pub flow: &'static FlowInfo,
+    pub flow: &'static mut FlowInfo,
 }
 
 /// Whether some service uses the packet's (protocol, destination port): one array lookup that
@@ -186,14 +186,11 @@ pub fn established(p: &Parsed) -> Result<Target, FlowSlot> {
 }
 
 /// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
-/// out. Draining backends keep their flows.
+/// out. Draining backends keep their flows. Nothing is written: a packet found here may still
+/// not be forwarded (see `forwarded`).
 #[inline(always)]
 fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     let backend = live_backend(p, flow)?;
-    if p.proto == PROTO_UDP {
-        // SAFETY: a helper without arguments or preconditions.
-        flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-    }
     Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
 }
 
@@ -256,7 +253,18 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
             remember_reply(p, backend, s)?;
         }
     }
-    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
+    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &mut s.flow })
+}
+
+/// Stamps an established UDP flow with the time of a packet being forwarded on it (its idle
+/// timeout runs from the last one). Called once the packet is known to be forwarded, so one
+/// that is not (TTL 1 towards an uplink) keeps nothing alive.
+#[inline(always)]
+pub fn forwarded(p: &Parsed, target: &mut Target) {
+    if p.proto == PROTO_UDP && !target.new_flow {
+        // SAFETY: a helper without arguments or preconditions.
+        target.flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    }
 }
 
 /// Pins an IPv4 flow under its client key if `slot` allows; false if it is to be keyed by its

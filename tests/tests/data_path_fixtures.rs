@@ -777,7 +777,7 @@ fn full_nat_claims_nothing_for_what_it_does_not_forward() {
 /// A forward out of an uplink needs a TTL above 1: with TTL 0 or 1 the packet goes to the stack
 /// (`ttl_exceeded`, which answers with ICMP time exceeded), decided before any flow entry or NAT
 /// port is claimed, for a new flow as for an established one (whose mapping is not stamped: a
-/// dying reset does not close it). A reset without a flow is dropped (`reset_no_flow`) and
+/// dying reset does not close it, a UDP flow's idle timer is not reset). A reset without a flow is dropped (`reset_no_flow`) and
 /// claims nothing either. The reset with TTL 0 to a full-NAT service is seed 663931354's case
 /// 10429; its flow there had been pinned by an earlier (mutated) frame of the same tuple.
 fn full_nat_claims_nothing_for_what_it_does_not_forward_on(hook: Hook) {
@@ -810,6 +810,13 @@ fn full_nat_claims_nothing_for_what_it_does_not_forward_on(hook: Hook) {
         ]);
         assert_eq!(nat_mappings(&f), opened, "{hook}: a reset that was not forwarded stamped the mapping");
         assert!(flow_of(&f, (client, 40010), (vip, 80), 6).is_some(), "{hook}: the connection lost its flow");
+
+        // A UDP flow's idle timer runs from its last forwarded packet, not from one that was not.
+        assert_eq!(f.run_packet(&to_dns(40011, 64)).unwrap().0, tx, "{hook}: the udp flow's first datagram");
+        let stamped = flow_of(&f, (client, 40011), (vip, 53), 17).expect("the udp flow").last_seen_ns;
+        f.run_table(&[pass("its datagram with TTL 1", to_dns(40011, 1), "ttl_exceeded")]);
+        let after = flow_of(&f, (client, 40011), (vip, 53), 17).expect("the udp flow").last_seen_ns;
+        assert_eq!(after, stamped, "{hook}: a datagram that was not forwarded kept the flow alive");
     })
     .unwrap();
 }

@@ -61,6 +61,12 @@ pub enum Reason {
     /// port unreachable sent back (uplinks), or connect()/sendmsg() failing with ECONNREFUSED
     /// (local sockets).
     NoBackendRejected = 22,
+    /// A TCP reset to a service that belongs to no pinned flow: dropped, nothing pinned. A reset
+    /// opens nothing, so it is no new flow: balancing it would pin a backend (and take a NAT
+    /// port) for a connection that, if it existed, is ending. It is late (its flow already
+    /// ended or was evicted) or forged; the stack would drop it too (no socket answers a reset),
+    /// and dropping it here names the reason in the counters.
+    ResetNoFlow = 23,
 }
 
 /// Number of outcomes.
@@ -73,7 +79,7 @@ const _: () = assert!(COUNT <= SLOTS);
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::FwdLocal,
         Reason::ReplyRewritten,
         Reason::NotService,
@@ -97,6 +103,7 @@ impl Reason {
         Reason::EgressFragment,
         Reason::EgressIpOptions,
         Reason::NoBackendRejected,
+        Reason::ResetNoFlow,
     ];
 
     /// Whether the ingress programs drop a packet with this outcome: traffic for a service that
@@ -113,6 +120,7 @@ impl Reason {
                 | Reason::FibFailure
                 | Reason::FibNoNeigh
                 | Reason::NatPortsExhausted
+                | Reason::ResetNoFlow
         )
     }
 
@@ -147,6 +155,7 @@ impl Reason {
             Reason::EgressFragment => "egress_fragment",
             Reason::EgressIpOptions => "egress_ip_options",
             Reason::NoBackendRejected => "no_backend_rejected",
+            Reason::ResetNoFlow => "reset_no_flow",
         }
     }
 }

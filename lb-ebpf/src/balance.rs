@@ -37,12 +37,16 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
         return not_for_a_service(frame, ingress, &packet);
     }
     // Established connections first: one flow lookup, no service lookup.
-    let target = match select::established(&packet) {
+    let mut target = match select::established(&packet) {
         Ok(target) => target,
         Err(slot) => {
             let Some(service) = select::service(&packet) else {
                 return not_for_a_service(frame, ingress, &packet);
             };
+            // Before any state is claimed (see Reason::ResetNoFlow).
+            if packet.tcp_flags & TCP_RST != 0 {
+                return Err(Reason::ResetNoFlow);
+            }
             if service.active_backends == 0 {
                 return refuse::new_flow(frame, ingress, &packet);
             }
@@ -57,7 +61,8 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
             let now = unsafe { bpf_ktime_get_ns() };
             forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, target.backend_id, backend, now)
         })?;
-        let flow = target.flow;
+        select::forwarded(&packet, &mut target);
+        let flow = &*target.flow;
         if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !target.new_flow {
             select::nat_closing(&packet, backend, flow);
         }
@@ -66,6 +71,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
         stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
         return Ok((Reason::FwdNat, action));
     }
+    select::forwarded(&packet, &mut target);
     let to = Nat { src: &packet.src, sport: packet.sport, dst: &backend.addr, dport: backend.port, hop: false };
     frame.nat(&packet, &to)?;
     stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);

@@ -99,3 +99,18 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, MAX_BACKENDS> = PerCpuArr
 /// Packets per outcome (slot = lb_common::Reason as u32), per CPU.
 #[btf_map]
 pub static VERDICTS: PerCpuArray<u64, { reasons::SLOTS as usize }> = PerCpuArray::new();
+
+/// The agent's runtime settings (an array's only entry: always present).
+#[inline(always)]
+pub fn settings() -> Option<&'static Settings> {
+    SETTINGS.get(0)
+}
+
+/// This CPU's scratch area (map keys and values are built there, not on the BPF stack); any
+/// stage may use it, one at a time.
+#[inline(always)]
+pub fn scratch() -> Result<&'static mut Scratch, lb_common::Reason> {
+    let ptr = SCRATCH.get_ptr_mut(0).ok_or(lb_common::Reason::FlowTableFull)?;
+    // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
+    Ok(unsafe { &mut *ptr })
+}

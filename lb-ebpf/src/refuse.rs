@@ -7,8 +7,8 @@ use lb_common::{refusal, Reason, FAMILY_V4, PROTO_TCP};
 
 use crate::{
     frame::Frame,
+    maps,
     parse::{self, Parsed},
-    select,
 };
 
 /// Answers a new flow to an empty service; `Err(NoBackend)` (dropped) when it may not be
@@ -18,7 +18,7 @@ use crate::{
 pub fn new_flow<F: Frame>(frame: &F, ingress: u32, p: &Parsed) -> Result<(Reason, u32), Reason> {
     let (start, end) = frame.window();
     // Built in the per-CPU scratch area (the longest is 110 bytes), then copied over the frame.
-    let room = &mut select::scratch()?.refusal;
+    let room = &mut maps::scratch()?.refusal;
     // The parser accepted only option-free IPv4 and extension-free IPv6 headers, so each view is
     // exactly Ethernet + IP + the fixed L4 header.
     macro_rules! refuse {

@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     hash, nat_state, ring_pool, v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
-    Settings, service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT,
+    service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT,
     PROTO_UDP,
 };
 
@@ -14,17 +14,11 @@ use crate::{
     forward::{self, Route},
     mem,
     maps::{
-        BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SCRATCH, SERVICES,
-        SERVICE_ADDRS, SERVICE_PORTS, SETTINGS, TUPLE_FLOWS4,
+        scratch, settings, BACKENDS, FLOWS, FLOWS4, NAT_REPLIES, NODE_ADDRS, REPLIES, REPLIES4, RINGS, SERVICES,
+        SERVICE_ADDRS, SERVICE_PORTS, TUPLE_FLOWS4,
     },
     parse::Parsed,
 };
-
-/// The agent's runtime settings (an array's only entry: always present).
-#[inline(always)]
-fn settings() -> Option<&'static Settings> {
-    SETTINGS.get(0)
-}
 
 /// Where a packet goes.
 pub struct Target {
@@ -33,7 +27,7 @@ pub struct Target {
     pub backend: &'static BackendInfo,
     pub new_flow: bool,
     /// The pinned flow: how the backend is reached (`kind`) and, for full NAT, from where.
-    pub flow: &'static FlowInfo,
+    pub flow: &'static mut FlowInfo,
 }
 
 /// Whether some service uses the packet's (protocol, destination port): one array lookup that
@@ -135,14 +129,6 @@ fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, proto: p.proto, family: p.family, _pad: 0 }
 }
 
-/// This CPU's scratch area (map keys and values are built there, not on the BPF stack).
-#[inline(always)]
-pub fn scratch() -> Result<&'static mut Scratch, Reason> {
-    let ptr = SCRATCH.get_ptr_mut(0).ok_or(Reason::FlowTableFull)?;
-    // SAFETY: a per-CPU map value; a program run on this CPU is its only user.
-    Ok(unsafe { &mut *ptr })
-}
-
 /// How a connection without a live pinned flow gets its entry: an IPv4 one by its client's
 /// address and port when no other live connection holds that key (one entry for both
 /// directions), else, and for IPv6, by its whole tuple with a reply entry beside it.
@@ -200,14 +186,11 @@ pub fn established(p: &Parsed) -> Result<Target, FlowSlot> {
 }
 
 /// The flow's pinned backend, if it still exists (same generation) and a UDP flow has not idled
-/// out. Draining backends keep their flows.
+/// out. Draining backends keep their flows. Nothing is written: a packet found here may still
+/// not be forwarded (see `forwarded`).
 #[inline(always)]
 fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     let backend = live_backend(p, flow)?;
-    if p.proto == PROTO_UDP {
-        // SAFETY: a helper without arguments or preconditions.
-        flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-    }
     Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
 }
 
@@ -270,7 +253,18 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
             remember_reply(p, backend, s)?;
         }
     }
-    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &s.flow })
+    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &mut s.flow })
+}
+
+/// Stamps an established UDP flow with the time of a packet being forwarded on it (its idle
+/// timeout runs from the last one). Called once the packet is known to be forwarded, so one
+/// that is not (TTL 1 towards an uplink) keeps nothing alive.
+#[inline(always)]
+pub fn forwarded(p: &Parsed, target: &mut Target) {
+    if p.proto == PROTO_UDP && !target.new_flow {
+        // SAFETY: a helper without arguments or preconditions.
+        target.flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    }
 }
 
 /// Pins an IPv4 flow under its client key if `slot` allows; false if it is to be keyed by its

@@ -8,7 +8,7 @@ use lb::dataplane::{Bitmap, Dataplane};
 use lb_common::{hash, Hook};
 use lb_tests::{
     fixture::{expected_verdict, Case, Fixture, INGRESS_HOOKS, XDP_DROP, XDP_PASS, XDP_TX},
-    packet::{port_unreachable, tcp, tcp_reset, udp, v4, v6, TcpFlags, ACK, FIN_ACK, SYN},
+    packet::{port_unreachable, reframed, tcp, tcp_reset, udp, v4, v6, TcpFlags, ACK, CLIENT_MAC, FIN_ACK, NODE_MAC, SYN},
 };
 
 const NODE: &str = "10.201.0.2";
@@ -266,9 +266,60 @@ fn new_flows_to_an_empty_service_are_refused_on(hook: Hook) {
         refused("udp: icmp port unreachable", dgram.clone(), port_unreachable(empty, client(), &dgram[14..14 + 28])),
         refused("ipv6 syn", syn6, tcp_reset((empty6, 80), (client6, 40005), 0, Some(1001))),
         refused("ipv6 udp: icmpv6 port unreachable", dgram6.clone(), port_unreachable(empty6, client6, &dgram6[14..14 + 48])),
-        dropped("a reset is never answered", rst, "no_backend"),
+        dropped("a reset is never answered (it belongs to no flow)", rst, "reset_no_flow"),
         dropped("a multicast source is never answered", multicast_source, "no_backend"),
     ]);
+}
+
+/// The flow entry pinning the connection `from` → `to` of `proto`, if any.
+fn flow_of(f: &Fixture, from: (std::net::IpAddr, u16), to: (std::net::IpAddr, u16), proto: u8) -> Option<lb_common::FlowInfo> {
+    let (src, family) = lb::desired::ip_bytes(from.0);
+    let (dst, _) = lb::desired::ip_bytes(to.0);
+    f.maps().flow(&lb_common::FlowKey { src, dst, sport: from.1, dport: to.1, proto, family, _pad: 0 }).unwrap()
+}
+
+const RST: TcpFlags = TcpFlags { rst: true, syn: false, ack: false, fin: false };
+
+/// The same frame with IPv4 TTL `ttl` (checksum recomputed).
+fn with_ttl(frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    reframed(&frame, CLIENT_MAC, NODE_MAC, ttl)
+}
+
+/// What is not forwarded claims nothing, on the path to backends behind this node's stack. A
+/// reset that belongs to no flow is no new flow: dropped (`reset_no_flow`), nothing pinned,
+/// while the reset of a pinned flow is forwarded like its other segments. TTL 0 or 1 does not
+/// stop destination NAT: the packet goes to this node's stack, which delivers it to a local
+/// task or, forwarding it, answers with ICMP time exceeded itself, exactly as without the
+/// balancer; so it is balanced and pinned like any other (the TTL is left as it came).
+#[test]
+fn the_local_path_pins_no_reset_without_a_flow_and_balances_low_ttls() {
+    for hook in INGRESS_HOOKS {
+        the_local_path_pins_no_reset_without_a_flow_and_balances_low_ttls_on(hook);
+    }
+}
+
+fn the_local_path_pins_no_reset_without_a_flow_and_balances_low_ttls_on(hook: Hook) {
+    let mut f = fixture(hook);
+    let (web_vip, node) = ((v4(10, 0, 0, 1), 80), (v4(10, 201, 0, 2), 10000));
+    let to_web = |port, flags, ttl| with_ttl(tcp((client(), port), web_vip, flags, b""), ttl);
+    let at_web = |port, flags, ttl| with_ttl(tcp((client(), port), (v4(10, 1, 0, 5), 31005), flags, b""), ttl);
+    let dns_ttl_0 = with_ttl(udp((client(), 40104), (v4(10, 0, 0, 2), 53), b"q"), 0);
+    let dns_ttl_0_out = with_ttl(udp((client(), 40104), (v4(10, 1, 0, 6), 31053), b"q"), 0);
+    let (syn, syn_out) = web(SYN, b"");
+    f.run_table(&[
+        dropped("a reset to a vip, no flow", to_web(40100, RST, 64), "reset_no_flow"),
+        dropped("a reset to a service port, no flow", tcp((client(), 40101), node, RST, b""), "reset_no_flow"),
+        forwarded("syn with TTL 0: to the stack", to_web(40102, SYN, 0), at_web(40102, SYN, 0), "web", "10.1.0.5:31005", true),
+        forwarded("syn with TTL 1: to the stack", to_web(40103, SYN, 1), at_web(40103, SYN, 1), "web", "10.1.0.5:31005", true),
+        forwarded("udp with TTL 0: to the stack", dns_ttl_0, dns_ttl_0_out, "dns", "10.1.0.6:31053", true),
+        forwarded("syn of a connection", syn, syn_out, "web", "10.1.0.5:31005", true),
+        forwarded("its reset: forwarded on its flow", to_web(40000, RST, 64), at_web(40000, RST, 64), "web", "10.1.0.5:31005", false),
+    ]);
+    assert_eq!(flow_of(&f, (client(), 40100), web_vip, 6), None, "{hook}: a reset without a flow pinned one");
+    assert_eq!(flow_of(&f, (client(), 40101), node, 6), None, "{hook}: a reset without a flow pinned one");
+    for port in [40102, 40103] {
+        assert!(flow_of(&f, (client(), port), web_vip, 6).is_some(), "{hook}: the TTL-{} syn was balanced but not pinned", port - 40102);
+    }
 }
 
 fn refused(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
@@ -306,12 +357,9 @@ fn a_client_endpoint_with_two_connections_keeps_both_on(hook: Hook) {
     ]);
     let maps = f.maps();
     for (dst, dport, backend) in [(v4(10, 0, 0, 1), 80, [10, 1, 0, 5]), (v4(10, 201, 0, 2), 10000, [10, 1, 0, 7])] {
-        let (client_addr, family) = lb::desired::ip_bytes(client());
-        let (dst, _) = lb::desired::ip_bytes(dst);
-        let key = lb_common::FlowKey { src: client_addr, dst, sport: 40000, dport, proto: 6, family, _pad: 0 };
-        let flow = maps.flow(&key).unwrap().unwrap_or_else(|| panic!("{hook}: no flow for {key:?}"));
+        let flow = flow_of(&f, (client(), 40000), (dst, dport), 6).unwrap_or_else(|| panic!("{hook}: no flow to {dst}:{dport}"));
         let pinned = maps.backends().unwrap()[flow.backend_id as usize];
-        assert_eq!(pinned.addr[..4], backend, "{hook}: {key:?}");
+        assert_eq!(pinned.addr[..4], backend, "{hook}: {dst}:{dport}");
     }
 
     f.switch_to(Hook::TcEgress).unwrap();
@@ -478,6 +526,74 @@ fn the_kernel_picks_the_backend_the_userspace_ring_says_on(hook: Hook) {
 
 /// Full NAT through BPF_PROG_TEST_RUN, inside a namespace with a veth uplink, addresses and
 /// permanent neighbours, so the FIB lookups have a known answer.
+/// The uplink's and the remote backend's link-layer addresses in `uplink_namespace`.
+const UP_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
+const BACKEND_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x10];
+/// The clients' router's, there.
+const ROUTER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+/// A TCP and a UDP service on the backend behind the uplink (full NAT).
+const REMOTE_WEB: &str = r#"{"services":[
+  {"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.202.0.10","port":31000}]},
+  {"name":"dns","address":"10.0.0.1","port":53,"protocol":"udp","backends":[{"address":"10.202.0.10","port":31053}]}]}"#;
+
+/// A namespace whose veth uplink `up0` (`UP_MAC`, 10.202.0.2/24) has permanent neighbours for
+/// the clients' router 10.202.0.1 and the backend 10.202.0.10 (`BACKEND_MAC`), IPv4 forwarding
+/// on: the programs' route lookups have a known answer.
+fn uplink_namespace(prefix: &str) -> lb_tests::netns::Netns {
+    let ns = lb_tests::netns::Netns::new(prefix).unwrap();
+    ns.ip(&["link", "add", "up0", "address", "02:aa:00:00:00:02", "type", "veth", "peer", "name", "up0p"]).unwrap();
+    ns.ip(&["link", "set", "up0p", "up"]).unwrap();
+    ns.addr("up0", "10.202.0.2/24").unwrap();
+    for (neighbour, mac) in [("10.202.0.10", "02:aa:00:00:00:10"), ("10.202.0.1", "02:aa:00:00:00:01")] {
+        ns.ip(&["neigh", "add", neighbour, "lladdr", mac, "dev", "up0", "nud", "permanent"]).unwrap();
+    }
+    ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
+    ns
+}
+
+/// `hook`'s program with `services` (node address 10.202.0.2), packets arriving on the uplink
+/// of `uplink_namespace` (whose thread this must run on); returns the fixture and the uplink.
+fn on_the_uplink(hook: Hook, services: &str) -> (Fixture, u32) {
+    let uplink = lb::node::preflight::interface_index("up0").unwrap();
+    let mut f = Fixture::load_hook(hook).unwrap();
+    f.apply(services, &["10.202.0.2"]).unwrap();
+    f.arrive_on(uplink).unwrap();
+    (f, uplink)
+}
+
+/// The NAT port the first probe of a new full-NAT flow from `client`:`port` takes.
+fn first_nat_port(client: [u8; 4], port: u16, proto: u8) -> u16 {
+    let span = (lb_common::DEFAULT_NAT_PORT_MAX - lb_common::DEFAULT_NAT_PORT_MIN) as u32 + 1;
+    lb_common::DEFAULT_NAT_PORT_MIN + hash::ring_slot(hash::flow_hash(&lb_common::v4_bytes(client), port, proto), span) as u16
+}
+
+/// The interface counters of one packet of `len` bytes arriving on `uplink`.
+fn uplink_iface(uplink: u32, len: usize) -> Vec<(String, u64)> {
+    vec![
+        (format!("iface_stats{{ifindex={uplink},hook={}}}.packets", Hook::XdpIngress), 1),
+        (format!("iface_stats{{ifindex={uplink},hook={}}}.bytes", Hook::XdpIngress), len as u64),
+    ]
+}
+
+/// A case on the uplink that is passed or dropped untouched with `reason`.
+fn unforwarded(name: &'static str, input: Vec<u8>, uplink: u32, verdict: u32, reason: &str) -> Case {
+    let mut counters = uplink_iface(uplink, input.len());
+    counters.push((format!("verdict.{reason}"), 1));
+    Case { name, output: input.clone(), input, verdict, counters }
+}
+
+/// Every full-NAT mapping, by its key.
+fn nat_mappings(f: &Fixture) -> Vec<(lb_common::FlowKey, lb_common::NatReply)> {
+    let mut seen = Vec::new();
+    f.maps()
+        .expire_nat_mappings(&mut |key, reply| {
+            seen.push((*key, *reply));
+            false
+        })
+        .unwrap();
+    seen
+}
+
 #[test]
 fn full_nat_forward_and_reply_byte_for_byte() {
     for hook in INGRESS_HOOKS {
@@ -486,39 +602,11 @@ fn full_nat_forward_and_reply_byte_for_byte() {
 }
 
 fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
-    use lb_tests::{netns::Netns, packet::reframed};
-    const UP_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
-    const CLIENT_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
-    const BACKEND_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x10];
-    let ns = Netns::new("lbf").unwrap();
-    ns.ip(&["link", "add", "up0", "address", "02:aa:00:00:00:02", "type", "veth", "peer", "name", "up0p"]).unwrap();
-    ns.ip(&["link", "set", "up0p", "up"]).unwrap();
-    ns.addr("up0", "10.202.0.2/24").unwrap();
-    ns.ip(&["neigh", "add", "10.202.0.10", "lladdr", "02:aa:00:00:00:10", "dev", "up0", "nud", "permanent"]).unwrap();
-    ns.ip(&["neigh", "add", "10.202.0.1", "lladdr", "02:aa:00:00:00:01", "dev", "up0", "nud", "permanent"]).unwrap();
-    ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
-
-    ns.run(move || {
-        let uplink = lb::node::preflight::interface_index("up0").unwrap();
-        let mut f = Fixture::load_hook(hook).unwrap();
-        f.apply(
-            r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.202.0.10","port":31000}]}]}"#,
-            &["10.202.0.2"],
-        )
-        .unwrap();
-        f.arrive_on(uplink).unwrap();
+    uplink_namespace("lbf").run(move || {
+        let (mut f, uplink) = on_the_uplink(hook, REMOTE_WEB);
         let client = v4(10, 202, 0, 1);
-        let nat_port = lb_common::DEFAULT_NAT_PORT_MIN
-            + hash::ring_slot(
-                hash::flow_hash(&lb_common::v4_bytes([10, 202, 0, 1]), 40000, 6),
-                (lb_common::DEFAULT_NAT_PORT_MAX - lb_common::DEFAULT_NAT_PORT_MIN) as u32 + 1,
-            ) as u16;
-        let iface = |len: usize| {
-            vec![
-                (format!("iface_stats{{ifindex={uplink},hook={}}}.packets", Hook::XdpIngress), 1),
-                (format!("iface_stats{{ifindex={uplink},hook={}}}.bytes", Hook::XdpIngress), len as u64),
-            ]
-        };
+        let nat_port = first_nat_port([10, 202, 0, 1], 40000, 6);
+        let iface = |len: usize| uplink_iface(uplink, len);
         let syn = tcp((client, 40000), (v4(10, 0, 0, 1), 80), SYN, b"");
         let syn_out = reframed(&tcp((v4(10, 202, 0, 2), nat_port), (v4(10, 202, 0, 10), 31000), SYN, b""), UP_MAC, BACKEND_MAC, 63);
         let mut counters = iface(syn.len());
@@ -532,7 +620,7 @@ fn full_nat_forward_and_reply_byte_for_byte_on(hook: Hook) {
             ("backend{10.202.0.10:31000}.new_flows".to_string(), 1),
         ]);
         let reply = tcp((v4(10, 202, 0, 10), 31000), (v4(10, 202, 0, 2), nat_port), ACK, b"hello");
-        let reply_out = reframed(&tcp((v4(10, 0, 0, 1), 80), (client, 40000), ACK, b"hello"), UP_MAC, CLIENT_MAC, 63);
+        let reply_out = reframed(&tcp((v4(10, 0, 0, 1), 80), (client, 40000), ACK, b"hello"), UP_MAC, ROUTER_MAC, 63);
         let mut reply_counters = iface(reply.len());
         reply_counters.push(("verdict.nat_reply".to_string(), 1));
         let mut low_ttl = tcp((v4(10, 202, 0, 10), 31000), (v4(10, 202, 0, 2), nat_port), ACK, b"x");
@@ -653,23 +741,14 @@ fn new_flows_and_full_nat_follow_a_route_change() {
 /// route change, new flows and established full-NAT flows take the new next hop, and a backend
 /// that became one of this node's addresses is reached through the stack.
 fn new_flows_and_full_nat_follow_a_route_change_on(hook: Hook) {
-    use lb_tests::netns::Netns;
-    let ns = Netns::new("lbr").unwrap();
-    ns.ip(&["link", "add", "up0", "address", "02:aa:00:00:00:02", "type", "veth", "peer", "name", "up0p"]).unwrap();
-    ns.ip(&["link", "set", "up0p", "up"]).unwrap();
-    ns.addr("up0", "10.202.0.2/24").unwrap();
-    for (router, mac) in [("10.202.0.10", "02:aa:00:00:00:10"), ("10.202.0.20", "02:aa:00:00:00:20")] {
-        ns.ip(&["neigh", "add", router, "lladdr", mac, "dev", "up0", "nud", "permanent"]).unwrap();
-    }
+    // Routers 10.202.0.10 and .20 on the uplink; the backend behind the first at first.
+    let ns = uplink_namespace("lbr");
+    ns.ip(&["neigh", "add", "10.202.0.20", "lladdr", "02:aa:00:00:00:20", "dev", "up0", "nud", "permanent"]).unwrap();
     ns.ip(&["route", "add", "10.99.0.1/32", "via", "10.202.0.10"]).unwrap();
-    ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output().unwrap();
     let ns_name = ns.name().to_owned();
     ns.run(move || {
-        let uplink = lb::node::preflight::interface_index("up0").unwrap();
-        let mut f = Fixture::load_hook(hook).unwrap();
-        f.apply(r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.99.0.1","port":31000}]}]}"#, &["10.202.0.2"])
-            .unwrap();
-        f.arrive_on(uplink).unwrap();
+        let (mut f, _) =
+            on_the_uplink(hook, r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[{"address":"10.99.0.1","port":31000}]}]}"#);
         let mut send = |port: u16, flags| {
             let (verdict, out) = f.run_packet(&tcp((v4(10, 202, 0, 1), port), (v4(10, 0, 0, 1), 80), flags, b"")).unwrap();
             (verdict, out[..6].to_vec(), out[14 + 16..14 + 20].to_vec())
@@ -688,6 +767,60 @@ fn new_flows_and_full_nat_follow_a_route_change_on(hook: Hook) {
         std::thread::sleep(std::time::Duration::from_nanos(lb_common::ROUTE_TTL_NS) * 3 / 2);
         let (verdict, _, dst) = send(40003, SYN);
         assert_eq!((verdict, dst), (expected_verdict(hook, XDP_PASS), vec![10, 99, 0, 1]), "{hook}: now a local address: to the stack");
+    })
+    .unwrap();
+}
+
+#[test]
+fn full_nat_claims_nothing_for_what_it_does_not_forward() {
+    for hook in INGRESS_HOOKS {
+        full_nat_claims_nothing_for_what_it_does_not_forward_on(hook);
+    }
+}
+
+/// A forward out of an uplink needs a TTL above 1: with TTL 0 or 1 the packet goes to the stack
+/// (`ttl_exceeded`, which answers with ICMP time exceeded), decided before any flow entry or NAT
+/// port is claimed, for a new flow as for an established one (whose mapping is not stamped: a
+/// dying reset does not close it, a UDP flow's idle timer is not reset). A reset without a flow is dropped (`reset_no_flow`) and
+/// claims nothing either. The reset with TTL 0 to a full-NAT service is seed 663931354's case
+/// 10429; its flow there had been pinned by an earlier (mutated) frame of the same tuple.
+fn full_nat_claims_nothing_for_what_it_does_not_forward_on(hook: Hook) {
+    uplink_namespace("lbt").run(move || {
+        let (mut f, uplink) = on_the_uplink(hook, REMOTE_WEB);
+        let (client, vip) = (v4(10, 202, 0, 1), v4(10, 0, 0, 1));
+        let to_web = |port, flags, ttl| with_ttl(tcp((client, port), (vip, 80), flags, b""), ttl);
+        let to_dns = |port, ttl| with_ttl(udp((client, port), (vip, 53), b"q"), ttl);
+        let pass = |name, input, reason| unforwarded(name, input, uplink, XDP_PASS, reason);
+        f.run_table(&[
+            unforwarded("a reset, no flow", to_web(40000, RST, 64), uplink, XDP_DROP, "reset_no_flow"),
+            unforwarded("a reset with TTL 0, no flow", to_web(40001, RST, 0), uplink, XDP_DROP, "reset_no_flow"),
+            pass("syn with TTL 0", to_web(40002, SYN, 0), "ttl_exceeded"),
+            pass("syn with TTL 1", to_web(40003, SYN, 1), "ttl_exceeded"),
+            pass("udp with TTL 0", to_dns(40004, 0), "ttl_exceeded"),
+            pass("udp with TTL 1", to_dns(40005, 1), "ttl_exceeded"),
+        ]);
+        for (port, proto, dport) in [(40000, 6, 80), (40001, 6, 80), (40002, 6, 80), (40003, 6, 80), (40004, 17, 53), (40005, 17, 53)] {
+            assert_eq!(flow_of(&f, (client, port), (vip, dport), proto), None, "{hook}: client port {port} got a flow");
+        }
+        assert_eq!(nat_mappings(&f), vec![], "{hook}: a packet that was not forwarded took a NAT port");
+
+        let tx = expected_verdict(hook, XDP_TX);
+        assert_eq!(f.run_packet(&to_web(40010, SYN, 64)).unwrap().0, tx, "{hook}: the connection's syn");
+        let opened = nat_mappings(&f);
+        assert_eq!(opened.len(), 1, "{hook}");
+        f.run_table(&[
+            pass("the connection's reset with TTL 0", to_web(40010, RST, 0), "ttl_exceeded"),
+            pass("its data with TTL 1", to_web(40010, ACK, 1), "ttl_exceeded"),
+        ]);
+        assert_eq!(nat_mappings(&f), opened, "{hook}: a reset that was not forwarded stamped the mapping");
+        assert!(flow_of(&f, (client, 40010), (vip, 80), 6).is_some(), "{hook}: the connection lost its flow");
+
+        // A UDP flow's idle timer runs from its last forwarded packet, not from one that was not.
+        assert_eq!(f.run_packet(&to_dns(40011, 64)).unwrap().0, tx, "{hook}: the udp flow's first datagram");
+        let stamped = flow_of(&f, (client, 40011), (vip, 53), 17).expect("the udp flow").last_seen_ns;
+        f.run_table(&[pass("its datagram with TTL 1", to_dns(40011, 1), "ttl_exceeded")]);
+        let after = flow_of(&f, (client, 40011), (vip, 53), 17).expect("the udp flow").last_seen_ns;
+        assert_eq!(after, stamped, "{hook}: a datagram that was not forwarded kept the flow alive");
     })
     .unwrap();
 }

@@ -8,6 +8,7 @@
 
 pub mod csum;
 pub mod hash;
+pub mod liveness;
 mod hook;
 pub mod maglev;
 pub mod maps;

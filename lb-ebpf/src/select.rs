@@ -5,7 +5,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    hash, nat_state, ring_pool, v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
+    hash, liveness::{self, UdpClock}, nat_state, ring_pool, v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, NatReply, NodeAddrKey, ReplyInfo, Scratch, ServiceInfo, ServiceKey,
     service_addr_bit, service_port_bit, Reason, BACKEND_ACTIVE, SERVICE_ADDRS_COMPLETE, BACKEND_UNUSED, FAMILY_V4, FLOW_LOCAL, FLOW_NAT,
     PROTO_UDP,
 };
@@ -199,18 +199,12 @@ fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
 #[inline(always)]
 fn live_backend(p: &Parsed, flow: &FlowInfo) -> Option<&'static BackendInfo> {
     let backend = BACKENDS.get(flow.backend_id)?;
-    if backend.state == BACKEND_UNUSED || backend.generation != flow.backend_generation {
-        return None;
-    }
-    if p.proto == PROTO_UDP {
-        // Only UDP flows idle out, so only they pay for the clock.
+    let clock = || {
         // SAFETY: a helper without arguments or preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if now.wrapping_sub(flow.last_seen_ns) > settings()?.udp_timeout_ns {
-            return None;
-        }
-    }
-    Some(backend)
+        let now_ns = unsafe { bpf_ktime_get_ns() };
+        Some(UdpClock { now_ns, timeout_ns: settings()?.udp_timeout_ns })
+    };
+    liveness::flow_alive(flow, backend, p.proto, clock).then_some(backend)
 }
 
 /// A backend for a connection to `svc` that has no live pinned flow.

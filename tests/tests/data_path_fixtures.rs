@@ -685,9 +685,19 @@ fn udp_flows_time_out_and_rebalance_on(hook: Hook) {
         .unwrap();
     let (_, out) = f.run_packet(&query).unwrap();
     assert_eq!(out[14 + 16..14 + 20], first[..], "a live UDP flow stays on its draining backend");
+    // `lb explain` decides as the programs do (lb_common::liveness), from the pinned settings.
+    let explain = |f: &Fixture| {
+        let clock = lb::inspect::explain::udp_clock(f.pins.path());
+        lb::inspect::explain::explain(&f.maps(), lb::desired::Proto::Udp, "10.201.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), clock).unwrap()
+    };
+    assert_eq!(explain(&f).flow, "existing", "{hook}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    let explained = explain(&f);
+    assert_eq!(explained.flow, "new", "{hook}: idle past --udp-timeout, explain says the flow is gone");
     let (_, out) = f.run_packet(&query).unwrap();
     assert_eq!(out[14 + 16..14 + 20], other, "after the idle timeout the flow is re-balanced");
+    let predicted = explained.backend.map(|b| b.address);
+    assert_eq!(predicted, Some(std::net::IpAddr::from(<[u8; 4]>::try_from(&out[14 + 16..14 + 20]).unwrap())), "{hook}: where explain said");
 }
 
 #[test]

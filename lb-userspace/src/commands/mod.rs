@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 Some(selector) => Some(report::select(report::services(&maps)?, Some(selector))?.iter().map(|s| s.id).collect::<Vec<_>>()),
                 None => None,
             };
-            let flows = report::flows(&maps, args.limit, only.as_deref())?;
+            let flows = report::flows(&maps, args.limit, only.as_deref(), explain::udp_clock(&args.read.pins.pin_dir))?;
             report::print_flows(&flows, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
@@ -63,7 +63,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Explain(args) => {
-            let explained = explain::explain(&PinnedMaps::new(&args.read.pins.pin_dir), args.protocol, args.client, args.service)?;
+            let pin_dir = &args.read.pins.pin_dir;
+            let explained = explain::explain(&PinnedMaps::new(pin_dir), args.protocol, args.client, args.service, explain::udp_clock(pin_dir))?;
             explain::print(&explained, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }

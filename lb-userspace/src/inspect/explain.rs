@@ -9,7 +9,11 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use lb_common::{hash, BackendInfo, FlowKey, NodeAddrKey, ServiceKey, BACKEND_ACTIVE, BACKEND_UNUSED};
+use lb_common::{
+    hash,
+    liveness::{self, UdpClock},
+    BackendInfo, FlowKey, NodeAddrKey, ServiceKey, BACKEND_ACTIVE,
+};
 use serde::Serialize;
 
 use crate::{
@@ -48,7 +52,9 @@ fn addr_of(b: &BackendInfo) -> Option<BackendAddr> {
     Some(BackendAddr { address: bytes_ip(&b.addr, b.family)?, port: b.port })
 }
 
-pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service: SocketAddr) -> Result<Explanation> {
+/// `udp_clock`: the programs' clock now and the pinned UDP timeout (see [`udp_clock`]), which decide
+/// whether a UDP flow has idled out, as they do in the programs.
+pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service: SocketAddr, udp_clock: Option<UdpClock>) -> Result<Explanation> {
     if client.is_ipv4() != service.is_ipv4() {
         bail!("{client} and {service} are of different address families");
     }
@@ -71,7 +77,7 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
     let flow_key = FlowKey { src, dst, sport: client.port(), dport: service.port(), proto, family, _pad: 0 };
     let pinned = dp
         .flow(&flow_key)?
-        .and_then(|flow| backends.get(flow.backend_id as usize).filter(|b| b.state != BACKEND_UNUSED && b.generation == flow.backend_generation));
+        .and_then(|flow| backends.get(flow.backend_id as usize).filter(|b| liveness::flow_alive(&flow, b, proto, || udp_clock)));
     if let Some(backend) = pinned {
         out.flow = "existing";
         out.backend = addr_of(backend);
@@ -106,6 +112,13 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         out.backend = out.new_flow_backend;
     }
     Ok(out)
+}
+
+/// The programs' clock now and the UDP timeout pinned under `pin_dir` (None: no settings
+/// pinned, so no UDP flow holds, as in the programs).
+pub fn udp_clock(pin_dir: &std::path::Path) -> Option<UdpClock> {
+    let settings = crate::dataplane::loader::read_settings(pin_dir)?;
+    Some(UdpClock { now_ns: crate::dataplane::monotonic_ns(), timeout_ns: settings.udp_timeout_ns })
 }
 
 pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
@@ -163,14 +176,14 @@ mod tests {
     #[test]
     fn a_new_flow_gets_the_backend_of_its_ring_slot() {
         let dp = programmed();
-        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
         assert_eq!((e.flow, e.service_name.as_deref(), e.ring_size), ("new", Some("web"), Some(359)));
         let info = dp.services.values().find(|i| dp.names[&i.service_id] == "web").unwrap();
         let expected = dp.backends[dp.ring(info)[e.ring_slot.unwrap() as usize] as usize];
         assert_eq!(e.backend, Some(BackendAddr { address: bytes_ip(&expected.addr, 4).unwrap(), port: expected.port }));
         // Different source ports spread over the backends.
         let seen: std::collections::BTreeSet<u16> = (40000..40100)
-            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80")).unwrap())
+            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80"), None).unwrap())
             .map(|e| e.backend.unwrap().port)
             .collect();
         assert_eq!(seen.len(), 3);
@@ -179,14 +192,14 @@ mod tests {
     #[test]
     fn an_existing_flow_wins_over_the_ring() {
         let mut dp = programmed();
-        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap();
+        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
         let elsewhere = (1..dp.backends.len() as u32)
             .find(|&id| dp.backends[id as usize].state == BACKEND_ACTIVE && Some(dp.backends[id as usize].port) != fresh.backend.map(|b| b.port) && dp.backends[id as usize].port != 31008)
             .unwrap();
         let key = FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto: 6, family: 4, _pad: 0 };
         let info = lb_common::FlowInfo { backend_id: elsewhere, backend_generation: dp.backends[elsewhere as usize].generation, ..Default::default() };
         dp.flows.push((key, info));
-        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
         assert_eq!(e.flow, "existing");
         assert_eq!(e.backend.unwrap().port, dp.backends[elsewhere as usize].port);
         assert_eq!(e.new_flow_backend, fresh.backend, "and says where a new one would go");
@@ -196,15 +209,36 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_flow_idle_past_the_timeout_is_gone_as_in_the_programs() {
+        let mut dp = programmed();
+        let dns = crate::sources::services_file::parse(
+            r#"{"services":[{"name":"dns","address":"10.0.0.3","port":53,"protocol":"udp","backends":[{"address":"10.1.0.9","port":31053}]}]}"#,
+            "t.json",
+        )
+        .unwrap();
+        Reconciler::default().apply(&dns, &mut dp).unwrap();
+        let id = (1..dp.backends.len()).find(|&id| dp.backends[id].port == 31053).unwrap();
+        let key = FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 3]), sport: 5353, dport: 53, proto: 17, family: 4, _pad: 0 };
+        let second = 1_000_000_000;
+        let info = lb_common::FlowInfo { backend_id: id as u32, backend_generation: dp.backends[id].generation, last_seen_ns: 100 * second, ..Default::default() };
+        dp.flows.push((key, info));
+        let at_time = |now: u64| Some(UdpClock { now_ns: now * second, timeout_ns: 30 * second });
+        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(129)).unwrap();
+        assert_eq!(e.flow, "existing", "idle 29 s of 30");
+        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(131)).unwrap();
+        assert_eq!(e.flow, "new", "idle 31 s of 30: the programs re-balance it");
+    }
+
+    #[test]
     fn service_ports_count_only_on_node_addresses_and_empty_services_refuse() {
         let dp = programmed();
-        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000")).unwrap().backend.unwrap().port, 31008);
-        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000")).unwrap();
+        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000"), None).unwrap().backend.unwrap().port, 31008);
+        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000"), None).unwrap();
         assert_eq!((elsewhere.flow, elsewhere.backend), ("none", None));
         assert!(elsewhere.reason.unwrap().starts_with("not a service"));
-        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80")).unwrap();
+        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80"), None).unwrap();
         assert_eq!((empty.flow, empty.service_name.as_deref()), ("none", Some("empty")));
         assert!(empty.reason.unwrap().starts_with("no active backend"));
-        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80")).unwrap().reason.unwrap().starts_with("not a service"));
+        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap().reason.unwrap().starts_with("not a service"));
     }
 }

@@ -147,7 +147,9 @@ pub struct FlowView {
 }
 
 /// Up to `limit` flows, those of the services `only` holds (by service id) when given.
-pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>) -> Result<Vec<FlowView>> {
+/// A flow that no longer holds its backend (gone, or a UDP flow idle past the timeout:
+/// `lb_common::liveness`, as the programs decide) is listed without one.
+pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>, udp_clock: Option<lb_common::liveness::UdpClock>) -> Result<Vec<FlowView>> {
     let backends = dp.backends()?;
     let now = crate::dataplane::monotonic_ns();
     let mut out = Vec::new();
@@ -155,7 +157,7 @@ pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>) -> Result<V
         let (Some(client), Some(service)) = (bytes_ip(&key.src, key.family), bytes_ip(&key.dst, key.family)) else { continue };
         let pinned = backends
             .get(info.backend_id as usize)
-            .filter(|b| b.state != BACKEND_UNUSED && b.generation == info.backend_generation);
+            .filter(|b| lb_common::liveness::flow_alive(&info, b, key.proto, || udp_clock));
         if only.is_some_and(|ids| !pinned.is_some_and(|b| ids.contains(&b.service_id))) {
             continue;
         }
@@ -475,10 +477,11 @@ mod tests {
         };
         let flows_in = vec![flow(lb_common::PROTO_TCP, backend_of(&web), 30), flow(lb_common::PROTO_UDP, backend_of(&dns), 7)];
         dp.flows = flows_in;
-        let all = flows(&dp, 10, None).unwrap();
+        let clock = Some(lb_common::liveness::UdpClock { now_ns: crate::dataplane::monotonic_ns(), timeout_ns: 120_000_000_000 });
+        let all = flows(&dp, 10, None, clock).unwrap();
         assert_eq!((all[0].age_secs, all[0].idle_secs), (Some(30), None));
         assert_eq!((all[1].age_secs, all[1].idle_secs), (None, Some(7)));
-        let only_web = flows(&dp, 10, Some(&[web.id])).unwrap();
+        let only_web = flows(&dp, 10, Some(&[web.id]), clock).unwrap();
         assert_eq!(only_web.len(), 1);
         assert_eq!(only_web[0].backend_port, Some(31005));
     }

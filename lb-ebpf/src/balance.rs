@@ -12,7 +12,7 @@ use crate::{
     parse::{self, Parsed},
     refuse,
     rewrite::Nat,
-    select, stats,
+    flow, nat, select, service, stats,
 };
 
 /// Balances one frame and counts its outcome; returns the hook's action.
@@ -33,14 +33,14 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     frame.prepare()?;
     let (start, end) = frame.window();
     let packet = parse::parse(start, end, frame.frame_len())?;
-    if !select::service_port_used(&packet) || !select::service_addr_possible(&packet) {
+    if !service::service_port_used(&packet) || !service::service_addr_possible(&packet) {
         return not_for_a_service(frame, ingress, &packet);
     }
     // Established connections first: one flow lookup, no service lookup.
-    let mut target = match select::established(&packet) {
-        Ok(target) => target,
-        Err(slot) => {
-            let Some(service) = select::service(&packet) else {
+    let mut target = match flow::established(&packet) {
+        flow::Established::Pinned(target) => target,
+        flow::Established::New(slot) => {
+            let Some(service) = service::service(&packet) else {
                 return not_for_a_service(frame, ingress, &packet);
             };
             // Before any state is claimed (see Reason::ResetNoFlow).
@@ -61,17 +61,17 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
             let now = unsafe { bpf_ktime_get_ns() };
             forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, target.backend_id, backend, now)
         })?;
-        select::forwarded(&packet, &mut target);
+        flow::forwarded(&packet, &mut target);
         let flow = &*target.flow;
         if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !target.new_flow {
-            select::nat_closing(&packet, backend, flow);
+            nat::closing(&packet, backend, flow);
         }
         let to = Nat { src: &flow.nat_addr, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };
         let action = route_out(frame, ingress, &packet, &to, &route)?;
         stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
         return Ok((Reason::FwdNat, action));
     }
-    select::forwarded(&packet, &mut target);
+    flow::forwarded(&packet, &mut target);
     let to = Nat { src: &packet.src, sport: packet.sport, dst: &backend.addr, dport: backend.port, hop: false };
     frame.nat(&packet, &to)?;
     stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
@@ -81,7 +81,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
 /// A packet for no service: a full-NAT backend's reply, or not ours.
 #[inline(always)]
 fn not_for_a_service<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Result<(Reason, u32), Reason> {
-    let reply = select::nat_reply(packet).ok_or(Reason::NotService)?;
+    let reply = nat::reply_mapping(packet).ok_or(Reason::NotService)?;
     nat_reply(frame, ingress, packet, reply)
 }
 

@@ -4,15 +4,19 @@
 #![no_main]
 
 mod balance;
+mod flow;
 mod forward;
 mod frame;
 mod maps;
 mod mem;
+mod nat;
 mod parse;
 mod refuse;
 mod rewrite;
+mod ring;
 mod runtime;
 mod select;
+mod service;
 mod sockhooks;
 mod stats;
 
@@ -89,7 +93,7 @@ fn on_egress(reason: Reason) -> Reason {
 fn reverse(ctx: &TcContext) -> Result<(), Reason> {
     frame::Frame::prepare(ctx)?;
     let packet = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize)?;
-    let reply = select::reply(&packet).ok_or(Reason::NotService)?;
+    let reply = flow::reply(&packet).ok_or(Reason::NotService)?;
     rewrite::restore_source(ctx, &packet, reply)
 }
 

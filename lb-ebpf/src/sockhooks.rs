@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{hash, Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
-use crate::{maps::SOCK_REPLIES, rewrite, select, stats};
+use crate::{maps::SOCK_REPLIES, ring, rewrite, service, stats};
 
 /// Return values of sock_addr programs.
 const ALLOW: i32 = 1;
@@ -104,12 +104,12 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
         Some(v4) => (v4, FAMILY_V4),
         None => (dst.addr, family),
     };
-    let Some(service) = select::service_at(&service_addr, dst.port, proto, service_family) else { return ALLOW };
+    let Some(service) = service::service_at(&service_addr, dst.port, proto, service_family) else { return ALLOW };
     // SAFETY: ctx.as_ptr() is this hook's own context, the argument the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: same size, any bytes valid.
     let cookie_bytes = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([cookie, 0]) };
-    match select::ring_pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), service_family) {
+    match ring::pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), service_family) {
         Ok((backend_id, backend)) => {
             // The backend as this socket will see it (getpeername, recvmsg): mapped on a
             // dual-stack socket.

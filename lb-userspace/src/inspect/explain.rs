@@ -1,5 +1,6 @@
 //! `lb explain PROTO CLIENT SERVICE`: which backend a connection gets, decided the way the
-//! programs decide it (lb-ebpf/src/select.rs), from the pinned maps: an established flow's
+//! programs decide it (lb-ebpf/src/flow.rs, service.rs, ring.rs; a pinned flow's liveness by
+//! the same lb_common::liveness), from the pinned maps: an established flow's
 //! pinned backend first; otherwise the service (the address's own, else the service port when
 //! the address is one of the node's), and the backend in its ring's slot for the client's hash.
 

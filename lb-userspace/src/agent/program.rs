@@ -175,12 +175,12 @@ impl<D: Dataplane> Agent<D> {
     /// Programs what came of Marathon's work: its services when they changed (the named-VIP
     /// table first, the HTTP path's routes after), its status in any case.
     pub fn follow_marathon(&mut self, source: &marathon::Source, outcome: &Outcome) {
+        // Unchanged work changes no status either: nothing to copy.
+        if matches!(outcome, Outcome::Unchanged) {
+            return;
+        }
         self.status.marathon = Some(source.status().clone());
-        let change = match outcome {
-            Outcome::Changed(change) => change,
-            Outcome::Failed => return self.write_status(),
-            Outcome::Unchanged => return,
-        };
+        let Outcome::Changed(change) = outcome else { return self.write_status() };
         // The VIP names are published before the maps serve them, so `lb vips` never lags.
         self.publish_vips(source);
         if let Err(err) = self.apply_changes(source.desired(), source.changed()) {

@@ -17,6 +17,7 @@ pub mod names;
 pub mod reasons;
 pub mod refusal;
 pub mod ring_pool;
+pub mod select;
 
 pub use hook::Hook;
 pub use maps::*;

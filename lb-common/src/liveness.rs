@@ -1,5 +1,5 @@
 //! Whether a pinned flow still holds its backend: decided once, here, for the programs
-//! (lb-ebpf select.rs), `lb explain` and `lb flows`, so the three cannot drift (explain once
+//! (lb-ebpf flow.rs), `lb explain` and `lb flows`, so the three cannot drift (explain once
 //! skipped the UDP idle test and called flows "existing" that the programs had let go).
 
 use crate::{BackendInfo, FlowInfo, BACKEND_UNUSED, PROTO_UDP};

@@ -225,19 +225,21 @@ pub struct FlowInfo {
     /// to. 0 in a connection-keyed entry (no service port is 0).
     pub service_port: u16,
     pub _pad2: u16,
-    /// Full NAT only: the node address used as the source towards the backend. IPv4 addresses
-    /// take bytes 0..4; a client-keyed IPv4 entry keeps its service address in bytes 4..8.
-    pub nat_addr: [u8; 16],
+    /// Two addresses in one field, read and written through the methods below: full NAT's
+    /// source address towards the backend (`nat_source`: all 16 bytes for IPv6, bytes 0..4 for
+    /// IPv4) and, in a client-keyed IPv4 entry, the service address its connection is to
+    /// (`v4_service`: bytes 4..8). Shared so that the entry stays 40 bytes.
+    pub addrs: [u8; 16],
 }
 
 impl FlowInfo {
     /// Marks a client-keyed IPv4 entry with the service (address, port) its connection is to.
     #[inline(always)]
     pub fn set_v4_service(&mut self, addr: &[u8; 16], port: u16) {
-        self.nat_addr[4] = addr[0];
-        self.nat_addr[5] = addr[1];
-        self.nat_addr[6] = addr[2];
-        self.nat_addr[7] = addr[3];
+        self.addrs[4] = addr[0];
+        self.addrs[5] = addr[1];
+        self.addrs[6] = addr[2];
+        self.addrs[7] = addr[3];
         self.service_port = port;
     }
 
@@ -251,7 +253,7 @@ impl FlowInfo {
     /// The service (address, port) of a client-keyed IPv4 entry, if this is one.
     #[inline(always)]
     pub fn v4_service(&self) -> Option<([u8; 4], u16)> {
-        let a = &self.nat_addr;
+        let a = &self.addrs;
         (self.service_port != 0).then_some(([a[4], a[5], a[6], a[7]], self.service_port))
     }
 
@@ -260,10 +262,25 @@ impl FlowInfo {
     #[inline(always)]
     pub fn nat_source(&self, family: u8) -> [u8; 16] {
         if family == FAMILY_V4 {
-            v4_bytes([self.nat_addr[0], self.nat_addr[1], self.nat_addr[2], self.nat_addr[3]])
+            v4_bytes([self.addrs[0], self.addrs[1], self.addrs[2], self.addrs[3]])
         } else {
-            self.nat_addr
+            self.addrs
         }
+    }
+
+    /// Sets the full-NAT source address (of either family: an IPv4 one is in bytes 0..4 of
+    /// `src`, the rest zero) of an entry whose service address is set after it.
+    #[inline(always)]
+    pub fn set_nat_source(&mut self, src: &[u8; 16]) {
+        self.addrs = *src;
+    }
+
+    /// Forgets the service address of what was to be a client-keyed IPv4 entry (now keyed by
+    /// its tuple), keeping its full-NAT source.
+    #[inline(always)]
+    pub fn clear_v4_service(&mut self, family: u8) {
+        self.service_port = 0;
+        self.addrs = self.nat_source(family);
     }
 }
 
@@ -301,7 +318,16 @@ pub struct CachedRoute {
     pub generation: u32,
     /// The interface the looked-up packet arrived on (an input of the lookup).
     pub ingress: u32,
-    /// 0: through this node's stack (`Route::Local`); else the uplink the route leaves by.
+    /// `hop.ifindex` 0: through this node's stack (`Route::Local`); else the uplink it leaves by.
+    pub hop: UplinkHop,
+}
+
+/// A route out of an uplink as a FIB lookup found it: what a frame sent that way is given.
+/// Programs pass it by reference (into `ROUTES` or `Scratch`), not by value: the 32 bytes
+/// would not fit beside the rest of a new full-NAT flow on the 512-byte BPF stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UplinkHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -349,6 +375,8 @@ pub struct Scratch {
     pub flow: FlowInfo,
     pub reply: ReplyInfo,
     pub nat_reply: NatReply,
+    /// The uplink route to a full-NAT reply's client (an uncached lookup's answer).
+    pub reply_hop: UplinkHop,
     /// A refusal (lb_common::refusal) built before it replaces the frame: room for the longest.
     pub refusal: [u8; REFUSAL_ROOM],
 }
@@ -514,7 +542,8 @@ const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 const _: () = assert!(core::mem::size_of::<CachedRoute>() == 48);
-const _: () = assert!(core::mem::size_of::<Scratch>() == 216 + REFUSAL_ROOM);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM);
+const _: () = assert!(core::mem::size_of::<UplinkHop>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);

@@ -56,17 +56,21 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     let len = frame.frame_len() as u64;
     let backend = target.backend;
     if target.flow.kind == FLOW_NAT {
-        let route = uplink_route(&packet, || {
-            // SAFETY: a helper without arguments or preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, target.backend_id, backend, now)
-        })?;
+        let route = match target.route.take() {
+            Some(route) => route,
+            None => uplink_route(&packet, || {
+                // SAFETY: a helper without arguments or preconditions.
+                let now = unsafe { bpf_ktime_get_ns() };
+                forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, target.backend_id, backend, now)
+            })?,
+        };
         flow::forwarded(&packet, &mut target);
         let flow = &*target.flow;
         if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !target.new_flow {
             nat::closing(&packet, backend, flow);
         }
-        let to = Nat { src: &flow.nat_addr, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };
+        let src = flow.nat_source(packet.family);
+        let to = Nat { src: &src, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };
         let action = route_out(frame, ingress, &packet, &to, &route)?;
         stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
         return Ok((Reason::FwdNat, action));
@@ -109,8 +113,8 @@ fn uplink_route(packet: &Parsed, route: impl FnOnce() -> Result<Route, Reason>) 
 /// Rewrites the packet for `route` and returns the action that sends it.
 #[inline(always)]
 fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route: &Route) -> Result<u32, Reason> {
-    let Route::Uplink { ifindex, smac, dmac, .. } = route else { return Err(Reason::FibFailure) };
+    let Route::Uplink(hop) = route else { return Err(Reason::FibFailure) };
     frame.nat(packet, to)?;
-    frame.set_macs(smac, dmac)?;
-    Ok(frame.send(ingress, *ifindex))
+    frame.set_macs(&hop.smac, &hop.dmac)?;
+    Ok(frame.send(ingress, hop.ifindex))
 }

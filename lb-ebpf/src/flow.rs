@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use crate::{
+    forward::Route,
     maps::{scratch, settings, BACKENDS, FLOWS, FLOWS4, REPLIES, REPLIES4, TUPLE_FLOWS4},
     mem,
     parse::Parsed,
@@ -81,6 +82,10 @@ pub struct Target {
     pub new_flow: bool,
     /// The pinned flow: how the backend is reached (`kind`) and, for full NAT, from where.
     pub flow: &'static mut FlowInfo,
+    /// The route to a full-NAT backend when a stage before forwarding already found it: a new
+    /// flow's, looked up (with the TTL checked) before its state was claimed. None for an
+    /// established flow, whose route is looked up when it is forwarded.
+    pub route: Option<Route>,
 }
 
 /// What the flow table holds for a packet's connection.
@@ -105,7 +110,8 @@ pub fn established(p: &Parsed) -> Established {
 
 /// [`established`], with the slot as the early return of each miss.
 #[inline(always)]
-fn lookup(p: &Parsed) -> Result<Target, FlowSlot> {    let s = scratch().map_err(|_| FlowSlot::Tuple)?;
+fn lookup(p: &Parsed) -> Result<Target, FlowSlot> {
+    let s = scratch().map_err(|_| FlowSlot::Tuple)?;
     if p.family != FAMILY_V4 {
         s.flow_key = flow_key(p);
         let flow = FLOWS.get_ptr_mut(&s.flow_key).ok_or(FlowSlot::Tuple)?;
@@ -144,7 +150,7 @@ fn lookup(p: &Parsed) -> Result<Target, FlowSlot> {    let s = scratch().map_err
 #[inline(always)]
 fn pinned(p: &Parsed, flow: &'static mut FlowInfo) -> Option<Target> {
     let backend = live_backend(p, flow)?;
-    Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow })
+    Some(Target { service_id: backend.service_id, backend_id: flow.backend_id, backend, new_flow: false, flow, route: None })
 }
 
 /// The backend of a flow that has not ended: its backend id still names the same backend, and a
@@ -188,8 +194,7 @@ pub fn pin_by_client(p: &Parsed, slot: FlowSlot, backend: &BackendInfo, s: &mut 
     if FLOWS4.insert(&s.flow_key4, &s.flow, flags).is_ok() {
         return true;
     }
-    s.flow.service_port = 0;
-    s.flow.nat_addr = s.flow.nat_source(p.family);
+    s.flow.clear_v4_service(p.family);
     false
 }
 

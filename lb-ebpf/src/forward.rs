@@ -5,10 +5,10 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LOOKUP_SRC},
     helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect},
 };
-use lb_common::{BackendInfo, Reason, FibParams, FAMILY_V4, ROUTE_TTL_NS};
+use lb_common::{BackendInfo, FibParams, Reason, UplinkHop, FAMILY_V4, ROUTE_TTL_NS};
 
 use crate::{
-    maps::{FIB_SCRATCH, ROUTES, UPLINKS},
+    maps::{scratch, FIB_SCRATCH, ROUTES, UPLINKS},
     mem,
 };
 
@@ -19,12 +19,14 @@ const FIB_NO_NEIGH: i64 = 7;
 const MIN_IP_PACKET: u16 = 68;
 
 /// Where a destination is.
+#[derive(Clone, Copy)]
 pub enum Route {
     /// One of this node's addresses, or reached through a non-uplink interface: the stack
     /// delivers or forwards the destination-rewritten packet itself.
     Local,
-    /// Out of an uplink, with the link-layer addresses and the source address to use.
-    Uplink { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], src: [u8; 16] },
+    /// Out of an uplink: the hop as the lookup found it, in the route cache's entry or in this
+    /// CPU's scratch (lb_common::UplinkHop says why not by value).
+    Uplink(&'static UplinkHop),
 }
 
 /// The route from `ingress` to backend `backend_id`: the cached one (lb_common::CachedRoute)
@@ -44,27 +46,20 @@ pub fn to_backend(
     // route changed in between, which costs that one packet.
     let cached = unsafe { &mut *cached };
     let fresh = cached.looked_up_ns != 0 && now.wrapping_sub(cached.looked_up_ns) < ROUTE_TTL_NS;
-    if fresh && cached.generation == backend.generation && cached.ingress == ingress {
-        return Ok(match cached.ifindex {
-            0 => Route::Local,
-            ifindex => Route::Uplink { ifindex, smac: cached.smac, dmac: cached.dmac, src: cached.src },
-        });
-    }
-    // An unresolved neighbour is an error here: not cached, looked up again by the next packet.
-    let route = lookup(ctx, ingress, backend.family, proto, &backend.addr)?;
-    cached.generation = backend.generation;
-    cached.ingress = ingress;
-    match &route {
-        Route::Local => cached.ifindex = 0,
-        Route::Uplink { ifindex, smac, dmac, src } => {
-            cached.ifindex = *ifindex;
-            cached.smac = *smac;
-            cached.dmac = *dmac;
-            cached.src = *src;
+    if !(fresh && cached.generation == backend.generation && cached.ingress == ingress) {
+        // An unresolved neighbour is an error here: not cached, looked up again by the next packet.
+        match lookup(ctx, ingress, backend.family, proto, &backend.addr)? {
+            Route::Local => cached.hop.ifindex = 0,
+            Route::Uplink(hop) => cached.hop = *hop,
         }
+        cached.generation = backend.generation;
+        cached.ingress = ingress;
+        cached.looked_up_ns = now;
     }
-    cached.looked_up_ns = now;
-    Ok(route)
+    Ok(match cached.hop.ifindex {
+        0 => Route::Local,
+        _ => Route::Uplink(&cached.hop),
+    })
 }
 
 /// Looks up the route from `ingress` to `dst` (of `family`), as the stack would forward it.
@@ -94,7 +89,12 @@ pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol
     let via_uplink = unsafe { UPLINKS.get(params.ifindex) }.is_some();
     match ret {
         FIB_SUCCESS if via_uplink => {
-            Ok(Route::Uplink { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac, src: params.src })
+            let hop = &mut scratch().map_err(|_| Reason::FibFailure)?.reply_hop;
+            hop.ifindex = params.ifindex;
+            hop.smac = params.smac;
+            hop.dmac = params.dmac;
+            hop.src = params.src;
+            Ok(Route::Uplink(hop))
         }
         FIB_NO_NEIGH if via_uplink => Err(Reason::FibNoNeigh),
         // Everything else is the stack's business: a local address (not forwarded), a next hop

@@ -28,7 +28,7 @@ pub fn claim_port(p: &Parsed, backend: &BackendInfo, s: &mut Scratch, now: u64) 
     s.nat_reply.service_port = p.dport;
     s.nat_reply.state = nat_state::after_packet(0, now, p.tcp_flags, false);
     let start = hash::flow_hash(&p.src, p.sport, p.proto);
-    s.reply_key = nat_key(p, backend, &s.flow.nat_addr, 0);
+    s.reply_key = nat_key(p, backend, &s.flow.nat_source(p.family), 0);
     for attempt in 0..4u32 {
         // Odd strides from a per-client start: different clients spread, retries do not repeat.
         let port = min + hash::ring_slot(start.wrapping_add(attempt.wrapping_mul(7919)), span);

@@ -3,7 +3,7 @@
 //! Established flows are found by `flow::established` before any of this.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{hash, Reason, Scratch, ServiceInfo, FLOW_LOCAL, FLOW_NAT};
+use lb_common::{Reason, Scratch, ServiceInfo, FLOW_LOCAL, FLOW_NAT};
 
 use crate::{
     flow::{self, FlowSlot, Target},
@@ -25,7 +25,7 @@ pub fn new_flow(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &Ser
 /// keyed by the client, remember how to rewrite its replies).
 #[inline(always)]
 fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo, slot: FlowSlot, s: &'static mut Scratch) -> Result<Target, Reason> {
-    let (backend_id, backend) = ring::pick(svc, hash::flow_hash(&p.src, p.sport, p.proto), p.family)?;
+    let (backend_id, backend) = ring::pick(svc, &p.src, p.sport, p.proto, p.family)?;
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     s.flow.backend_id = backend_id;
@@ -34,25 +34,26 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
     s.flow.kind = FLOW_LOCAL;
     s.flow.nat_port = 0;
     s.flow.service_port = 0;
-    mem::zero16(&mut s.flow.nat_addr);
-    match forward::to_backend(ctx, ingress, p.proto, backend_id, backend, now)? {
-        Route::Local => {}
-        Route::Uplink { src, .. } => {
+    mem::zero16(&mut s.flow.addrs);
+    let route = match forward::to_backend(ctx, ingress, p.proto, backend_id, backend, now)? {
+        Route::Local => None,
+        route @ Route::Uplink(hop) => {
             // Checked before anything is claimed: a forward the TTL forbids must not pin a flow
             // or take a NAT port (the fuzzer found both).
             if p.ttl <= 1 {
                 return Err(Reason::TtlExceeded);
             }
             s.flow.kind = FLOW_NAT;
-            s.flow.nat_addr = src;
+            s.flow.set_nat_source(&hop.src);
             s.flow.nat_port = nat::claim_port(p, backend, s, now)?;
+            Some(route)
         }
-    }
+    };
     if !flow::pin_by_client(p, slot, backend, s) {
         flow::pin_by_tuple(p, s)?;
         if s.flow.kind == FLOW_LOCAL {
             flow::remember_reply(p, backend, s)?;
         }
     }
-    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &mut s.flow })
+    Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &mut s.flow, route })
 }

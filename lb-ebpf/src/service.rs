@@ -2,11 +2,10 @@
 //! filters), and the service it is addressed to (its address exactly, else a service port on one
 //! of this node's addresses).
 
-use lb_common::{service_addr_bit, service_port_bit, NodeAddrKey, ServiceInfo, ServiceKey, SERVICE_ADDRS_COMPLETE};
+use lb_common::{select, service_addr_bit, service_port_bit, ServiceInfo, SERVICE_ADDRS_COMPLETE};
 
 use crate::{
     maps::{NODE_ADDRS, SERVICES, SERVICE_ADDRS, SERVICE_PORTS},
-    mem,
     parse::Parsed,
 };
 
@@ -50,19 +49,18 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<S
     lookup_service(addr, port, proto, family)
 }
 
+/// lb_common::select::service over the services map and the node-address set.
 #[inline(always)]
 fn lookup_service(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
-    let mut key = ServiceKey { addr: *addr, port, proto, family };
-    // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference is
-    // held; the value is copied out in this statement, so no reference outlives it.
-    if let Some(info) = unsafe { SERVICES.get(key) } {
-        return Some(*info);
-    }
-    mem::zero16(&mut key.addr);
-    // SAFETY: Map::get is unsafe because the element may be updated or reused while a reference is
-    // held; the value is copied out in this statement, so no reference outlives it.
-    let info = *unsafe { SERVICES.get(key) }?;
-    let node = NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 };
-    // SAFETY: only whether the key exists is read; no reference into the element is kept.
-    unsafe { NODE_ADDRS.get(node) }.map(|_| info)
+    select::service(
+        addr,
+        port,
+        proto,
+        family,
+        // SAFETY: Map::get is unsafe because the element may be updated or reused while a
+        // reference is held; the value is copied out in this closure, so no reference outlives it.
+        |key| unsafe { SERVICES.get(key) }.copied(),
+        // SAFETY: only whether the key exists is read; no reference into the element is kept.
+        |node| unsafe { NODE_ADDRS.get(node) }.is_some(),
+    )
 }

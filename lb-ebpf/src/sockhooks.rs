@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext,
 };
-use lb_common::{hash, Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use lb_common::{Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{maps::SOCK_REPLIES, ring, rewrite, service, stats};
 
@@ -109,7 +109,8 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: same size, any bytes valid.
     let cookie_bytes = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([cookie, 0]) };
-    match ring::pick(&service, hash::flow_hash(&cookie_bytes, 0, proto), service_family) {
+    // By the socket, not its address: a local client's port is not yet chosen here.
+    match ring::pick(&service, &cookie_bytes, 0, proto, service_family) {
         Ok((backend_id, backend)) => {
             // The backend as this socket will see it (getpeername, recvmsg): mapped on a
             // dual-stack socket.

@@ -249,7 +249,8 @@ mod tests {
         let v4 = lb_common::v4_bytes;
         let key = FlowKey { src: v4([10, 1, 0, 1]), dst: v4([10, 0, 0, 9]), sport: 31000, dport: port, proto: lb_common::PROTO_TCP, family: lb_common::FAMILY_V4, _pad: 0 };
         let reply = NatReply { client_addr: v4([192, 0, 2, 7]), service_addr: v4([10, 0, 0, 1]), client_port: port, service_port: 80, state };
-        let flow = FlowInfo { kind: lb_common::FLOW_NAT, nat_port: port, nat_addr: key.dst, ..FlowInfo::default() };
+        let mut flow = FlowInfo { kind: lb_common::FLOW_NAT, nat_port: port, ..FlowInfo::default() };
+        flow.set_nat_source(&key.dst);
         dp.flows.push((nat_state::client_flow(&key, &reply), flow));
         dp.nat_replies.push((key, reply));
     }

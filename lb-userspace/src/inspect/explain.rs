@@ -1,6 +1,7 @@
-//! `lb explain PROTO CLIENT SERVICE`: which backend a connection gets, decided the way the
-//! programs decide it (lb-ebpf/src/flow.rs, service.rs, ring.rs; a pinned flow's liveness by
-//! the same lb_common::liveness), from the pinned maps: an established flow's
+//! `lb explain PROTO CLIENT SERVICE`: which backend a connection gets, decided by the code the
+//! programs decide it with (lb_common::liveness for a pinned flow, lb_common::select for the
+//! service and the ring's pick; the entry looked up as lb-ebpf/src/flow.rs does), from the
+//! pinned maps: an established flow's
 //! pinned backend first; otherwise the service (the address's own, else the service port when
 //! the address is one of the node's), and the backend in its ring's slot for the client's hash.
 
@@ -11,9 +12,8 @@ use std::{
 
 use anyhow::{bail, Result};
 use lb_common::{
-    hash,
     liveness::{self, UdpClock},
-    BackendInfo, FlowKey, NodeAddrKey, ServiceKey, BACKEND_ACTIVE,
+    select, BackendInfo, FlowKey, ServiceInfo,
 };
 use serde::Serialize;
 
@@ -84,13 +84,15 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         out.backend = addr_of(backend);
     }
     let services = dp.services()?;
-    let find = |addr: [u8; 16]| services.iter().find(|(k, _)| *k == ServiceKey { addr, port: service.port(), proto, family }).map(|(_, i)| *i);
-    let node = NodeAddrKey { addr: dst, family, _pad: 0, _pad2: 0 };
-    let info = match find(dst) {
-        Some(info) => Some(info),
-        None if dp.node_addrs()?.contains(&node) => find([0; 16]),
-        None => None,
-    };
+    let node_addrs = dp.node_addrs()?;
+    let info = select::service(
+        &dst,
+        service.port(),
+        proto,
+        family,
+        |key| services.iter().find(|(k, _)| k == key).map(|(_, i)| *i),
+        |node| node_addrs.contains(node),
+    );
     let Some(info) = info else {
         out.reason.get_or_insert("not a service: passed to the stack untouched");
         return Ok(out);
@@ -102,9 +104,7 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         }
         return Ok(out);
     }
-    let slot = hash::ring_slot(hash::flow_hash(&src, client.port(), proto), info.ring_size);
-    let ring = dp.read_ring(info.ring_start, info.ring_size)?;
-    let picked = backends.get(ring[slot as usize] as usize).filter(|b| b.state == BACKEND_ACTIVE && b.family == family);
+    let (slot, picked) = ring_pick(dp, &backends, &info, &src, client.port(), proto, family)?;
     out.new_flow_backend = picked.and_then(addr_of);
     out.ring_slot = Some(slot);
     out.ring_size = Some(info.ring_size);
@@ -113,6 +113,23 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         out.backend = out.new_flow_backend;
     }
     Ok(out)
+}
+
+/// The slot of `info`'s ring a new flow from `src`:`sport` takes, and its backend if that one
+/// takes new flows.
+fn ring_pick<'b>(
+    dp: &dyn Dataplane,
+    backends: &'b [BackendInfo],
+    info: &ServiceInfo,
+    src: &[u8; 16],
+    sport: u16,
+    proto: u8,
+    family: u8,
+) -> Result<(u32, Option<&'b BackendInfo>)> {
+    let slot = select::ring_slot(src, sport, proto, info.ring_size);
+    let ring = dp.read_ring(info.ring_start, info.ring_size)?;
+    let id = ring[slot as usize];
+    Ok((slot, backends.get(id as usize).filter(|b| select::takes_new_flows(id, b, family))))
 }
 
 /// The programs' clock now and the UDP timeout pinned under `pin_dir` (None: no settings
@@ -195,7 +212,7 @@ mod tests {
         let mut dp = programmed();
         let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
         let elsewhere = (1..dp.backends.len() as u32)
-            .find(|&id| dp.backends[id as usize].state == BACKEND_ACTIVE && Some(dp.backends[id as usize].port) != fresh.backend.map(|b| b.port) && dp.backends[id as usize].port != 31008)
+            .find(|&id| dp.backends[id as usize].state == lb_common::BACKEND_ACTIVE && Some(dp.backends[id as usize].port) != fresh.backend.map(|b| b.port) && dp.backends[id as usize].port != 31008)
             .unwrap();
         let key = FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto: 6, family: 4, _pad: 0 };
         let info = lb_common::FlowInfo { backend_id: elsewhere, backend_generation: dp.backends[elsewhere as usize].generation, ..Default::default() };

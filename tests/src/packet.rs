@@ -129,66 +129,70 @@ pub fn describe(frame: &[u8]) -> Vec<(String, String)> {
     }
     let payload = headers.payload.slice();
     match &headers.net {
-        Some(NetHeaders::Ipv4(ip, _)) => {
-            put("ipv4.src", Ipv4Addr::from(ip.source).to_string());
-            put("ipv4.dst", Ipv4Addr::from(ip.destination).to_string());
-            put("ipv4.proto", ip.protocol.0.to_string());
-            put("ipv4.ttl", ip.time_to_live.to_string());
-            put("ipv4.total_len", ip.total_len.to_string());
-            put("ipv4.id", ip.identification.to_string());
-            put("ipv4.frag", format!("df={} mf={} off={}", ip.dont_fragment, ip.more_fragments, ip.fragment_offset.value()));
-            put("ipv4.options", format!("{} bytes", ip.options.len()));
-            put("ipv4.checksum", format!("{:#06x}", ip.header_checksum));
-            put("ipv4.checksum_ok", (ip.calc_header_checksum() == ip.header_checksum).to_string());
-            match &headers.transport {
-                Some(TransportHeader::Tcp(t)) => {
-                    describe_tcp(&mut put, t);
-                    let ok = t.calc_checksum_ipv4(ip, payload).map(|c| c == t.checksum);
-                    put("tcp.checksum_ok", format!("{}", ok.unwrap_or(false)));
-                }
-                Some(TransportHeader::Udp(u)) => {
-                    describe_udp(&mut put, u);
-                    let ok = u.checksum == 0 || u.calc_checksum_ipv4(ip, payload).map(|c| c == u.checksum).unwrap_or(false);
-                    put("udp.checksum_ok", ok.to_string());
-                }
-                Some(TransportHeader::Icmpv4(i)) => {
-                    put("icmp.type", format!("{:?}", i.icmp_type));
-                    put("icmp.checksum", format!("{:#06x}", i.checksum));
-                    put("icmp.checksum_ok", (i.icmp_type.calc_checksum(payload) == i.checksum).to_string());
-                }
-                _ => {}
-            }
-        }
-        Some(NetHeaders::Ipv6(ip, _)) => {
-            put("ipv6.src", Ipv6Addr::from(ip.source).to_string());
-            put("ipv6.dst", Ipv6Addr::from(ip.destination).to_string());
-            put("ipv6.next_header", ip.next_header.0.to_string());
-            put("ipv6.hop_limit", ip.hop_limit.to_string());
-            put("ipv6.payload_len", ip.payload_length.to_string());
-            match &headers.transport {
-                Some(TransportHeader::Tcp(t)) => {
-                    describe_tcp(&mut put, t);
-                    let ok = t.calc_checksum_ipv6(ip, payload).map(|c| c == t.checksum);
-                    put("tcp.checksum_ok", format!("{}", ok.unwrap_or(false)));
-                }
-                Some(TransportHeader::Udp(u)) => {
-                    describe_udp(&mut put, u);
-                    let ok = u.calc_checksum_ipv6(ip, payload).map(|c| c == u.checksum);
-                    put("udp.checksum_ok", format!("{}", ok.unwrap_or(false)));
-                }
-                Some(TransportHeader::Icmpv6(i)) => {
-                    put("icmpv6.type", format!("{:?}", i.icmp_type));
-                    put("icmpv6.checksum", format!("{:#06x}", i.checksum));
-                    let ok = i.icmp_type.calc_checksum(ip.source, ip.destination, payload).map(|c| c == i.checksum);
-                    put("icmpv6.checksum_ok", ok.unwrap_or(false).to_string());
-                }
-                _ => {}
-            }
-        }
+        Some(NetHeaders::Ipv4(ip, _)) => describe_ipv4(&mut put, ip, &headers.transport, payload),
+        Some(NetHeaders::Ipv6(ip, _)) => describe_ipv6(&mut put, ip, &headers.transport, payload),
         _ => {}
     }
     put("payload", hex(payload));
     fields
+}
+
+fn describe_ipv4(put: &mut impl FnMut(&str, String), ip: &etherparse::Ipv4Header, transport: &Option<TransportHeader>, payload: &[u8]) {
+    put("ipv4.src", Ipv4Addr::from(ip.source).to_string());
+    put("ipv4.dst", Ipv4Addr::from(ip.destination).to_string());
+    put("ipv4.proto", ip.protocol.0.to_string());
+    put("ipv4.ttl", ip.time_to_live.to_string());
+    put("ipv4.total_len", ip.total_len.to_string());
+    put("ipv4.id", ip.identification.to_string());
+    put("ipv4.frag", format!("df={} mf={} off={}", ip.dont_fragment, ip.more_fragments, ip.fragment_offset.value()));
+    put("ipv4.options", format!("{} bytes", ip.options.len()));
+    put("ipv4.checksum", format!("{:#06x}", ip.header_checksum));
+    put("ipv4.checksum_ok", (ip.calc_header_checksum() == ip.header_checksum).to_string());
+    match transport {
+        Some(TransportHeader::Tcp(t)) => {
+            describe_tcp(put, t);
+            let ok = t.calc_checksum_ipv4(ip, payload).map(|c| c == t.checksum);
+            put("tcp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+        }
+        Some(TransportHeader::Udp(u)) => {
+            describe_udp(put, u);
+            let ok = u.checksum == 0 || u.calc_checksum_ipv4(ip, payload).map(|c| c == u.checksum).unwrap_or(false);
+            put("udp.checksum_ok", ok.to_string());
+        }
+        Some(TransportHeader::Icmpv4(i)) => {
+            put("icmp.type", format!("{:?}", i.icmp_type));
+            put("icmp.checksum", format!("{:#06x}", i.checksum));
+            put("icmp.checksum_ok", (i.icmp_type.calc_checksum(payload) == i.checksum).to_string());
+        }
+        _ => {}
+    }
+}
+
+fn describe_ipv6(put: &mut impl FnMut(&str, String), ip: &etherparse::Ipv6Header, transport: &Option<TransportHeader>, payload: &[u8]) {
+    put("ipv6.src", Ipv6Addr::from(ip.source).to_string());
+    put("ipv6.dst", Ipv6Addr::from(ip.destination).to_string());
+    put("ipv6.next_header", ip.next_header.0.to_string());
+    put("ipv6.hop_limit", ip.hop_limit.to_string());
+    put("ipv6.payload_len", ip.payload_length.to_string());
+    match transport {
+        Some(TransportHeader::Tcp(t)) => {
+            describe_tcp(put, t);
+            let ok = t.calc_checksum_ipv6(ip, payload).map(|c| c == t.checksum);
+            put("tcp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+        }
+        Some(TransportHeader::Udp(u)) => {
+            describe_udp(put, u);
+            let ok = u.calc_checksum_ipv6(ip, payload).map(|c| c == u.checksum);
+            put("udp.checksum_ok", format!("{}", ok.unwrap_or(false)));
+        }
+        Some(TransportHeader::Icmpv6(i)) => {
+            put("icmpv6.type", format!("{:?}", i.icmp_type));
+            put("icmpv6.checksum", format!("{:#06x}", i.checksum));
+            let ok = i.icmp_type.calc_checksum(ip.source, ip.destination, payload).map(|c| c == i.checksum);
+            put("icmpv6.checksum_ok", ok.unwrap_or(false).to_string());
+        }
+        _ => {}
+    }
 }
 
 fn describe_tcp(put: &mut impl FnMut(&str, String), t: &etherparse::TcpHeader) {

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use lb_tests::{
-    bench::{self, busy_cpu_seconds, median, nginx, output, range, spawn, NGINX_PORT as HTTP},
+    bench::{self, busy_cpu_seconds, median, nginx, output, range, spawn, Proc, NGINX_PORT as HTTP},
     bench_report,
     agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
     netns::{LbTopology, Netns},
@@ -112,6 +112,62 @@ impl Bench<'_> {
         Ok((run.requests_per_second, run.p99_ms, run.cpu_per_request))
     }
 
+    /// One round of `mode`: every metric's sample. The balancer is loaded only for its own
+    /// modes, so the others do not pay for it.
+    fn mode(&self, mode: &'static str, services: &TempFile, round: usize) -> Result<Vec<(&'static str, f64)>> {
+        let pins = PinDir::new();
+        let agent = match mode {
+            "direct+xdp" | "xdp" | "tc" | "sockhook" => Some(self.agent(mode, services, &pins)?),
+            _ => None,
+        };
+        let t = target(mode);
+        let (rps, p99, cpu_req) = self.wrk(&t, false).with_context(|| format!("{mode}: keep-alive"))?;
+        let (cps, _, cpu_conn) = self.wrk(&t, true).with_context(|| format!("{mode}: new connections"))?;
+        let (gbps1, cpu_gb1) = self.iperf(&t, 1).with_context(|| format!("{mode}: iperf3 1 stream"))?;
+        let (gbps4, _) = self.iperf(&t, 4).with_context(|| format!("{mode}: iperf3 4 streams"))?;
+        if let Some(agent) = agent {
+            self.check_path(mode, &pins)?;
+            agent.stop()?;
+        }
+        eprintln!("round {} {mode}: {rps:.0} req/s, {cps:.0} conn/s, {gbps1:.2}/{gbps4:.2} Gbit/s", round + 1);
+        Ok(vec![
+            ("keep-alive requests/s", rps),
+            ("keep-alive p99 (ms)", p99),
+            ("CPU µs per keep-alive request", cpu_req * 1e6),
+            ("new connections/s", cps),
+            ("CPU µs per new connection", cpu_conn * 1e6),
+            ("iperf3 1 stream (Gbit/s)", gbps1),
+            ("iperf3 4 streams (Gbit/s)", gbps4),
+            ("CPU s per GB (1 stream)", cpu_gb1),
+        ])
+    }
+
+    fn agent(&self, mode: &str, services: &TempFile, pins: &PinDir) -> Result<Agent> {
+        let hook = if mode == "tc" { "tc" } else { "xdp" };
+        let args = [
+            "--iface", &self.topo.uplink,
+            "--pin-dir", &pins.arg(),
+            "--services", &services.arg(),
+            "--node-ip", "10.201.0.2",
+            "--cgroup", &self.cgroup.arg(),
+            "--ingress-hook", hook,
+        ];
+        Agent::start(&self.topo.node, &args)
+    }
+
+    /// The figures are only the mode's if its path did the forwarding.
+    fn check_path(&self, mode: &str, pins: &PinDir) -> Result<()> {
+        let verdict = match mode {
+            "xdp" | "tc" => "fwd_local",
+            "sockhook" => "fwd_socket",
+            _ => return Ok(()),
+        };
+        let stats: Value = serde_json::from_str(&lb_ok(Some(&self.topo.node), &["stats", "--json", "--pin-dir", &pins.arg()])?)?;
+        let n = stats["verdicts"][verdict].as_u64().unwrap_or(0);
+        ensure!(n > 0, "{mode}: no {verdict} verdicts, so another path carried the traffic");
+        Ok(())
+    }
+
     /// (Gbit/s, CPU seconds per GB) with iperf3 and `streams` parallel streams.
     fn iperf(&self, t: &Target, streams: u32) -> Result<(f64, f64)> {
         let mut cmd = self.client(t, "iperf3");
@@ -142,6 +198,33 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     let topo = LbTopology::new(3)?;
     topo.set_offloads(cfg.offloads)?;
     topo.client.route("10.210.0.0/16", "10.201.0.2".parse().unwrap())?;
+    let mut procs = backends(&topo, dir)?;
+    let _nft_table = NftTable::load(&topo.node, &nft_dnat(dir)?)?;
+    procs.push(haproxy(&topo, dir)?);
+    std::thread::sleep(Duration::from_millis(500));
+    let services = TempFile::new(&format!(
+        r#"{{"services":[
+          {{"name":"web","address":"10.0.0.1","port":80,"backends":[
+            {{"address":"10.210.0.2","port":{HTTP}}},{{"address":"10.210.1.2","port":{HTTP}}},{{"address":"10.210.2.2","port":{HTTP}}}]}},
+          {{"name":"perf","address":"10.0.0.1","port":{IPERF},"backends":[{{"address":"10.210.0.2","port":{IPERF}}}]}}]}}"#
+    ))?;
+    let cgroup = TestCgroup::new()?;
+    let bench = Bench { topo: &topo, cgroup: &cgroup, seconds: cfg.seconds };
+    // metric → mode → samples
+    let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for round in 0..cfg.rounds {
+        for &mode in &cfg.modes {
+            for (metric, value) in bench.mode(mode, &services, round)? {
+                samples.entry(metric).or_default().entry(mode).or_default().push(value);
+            }
+        }
+    }
+    drop(procs);
+    report(cfg, &samples)
+}
+
+/// nginx and an iperf3 server in each backend namespace.
+fn backends(topo: &LbTopology, dir: &Path) -> Result<Vec<Proc>> {
     let mut procs = Vec::new();
     for i in 0..3 {
         let ip = LbTopology::backend_ip(i).to_string();
@@ -150,11 +233,15 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
         iperf.args(["-s", "-B", &ip, "-p", &IPERF.to_string()]);
         procs.push(spawn(iperf)?);
     }
-    // nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only. Loaded for the
-    // whole run: a NAT table turns conntrack on for every packet of the namespace, as on a node
-    // running Docker or kube-proxy, so every mode pays for it. (Loaded per mode instead, the
-    // nftables mode's new connections/s fell tenfold in rounds less than two minutes apart,
-    // by the timing the previous round's TIME_WAIT conntrack entries.)
+    Ok(procs)
+}
+
+/// nftables DNAT (kube-proxy style) for 10.0.0.2, in the node namespace only. Loaded for the
+/// whole run: a NAT table turns conntrack on for every packet of the namespace, as on a node
+/// running Docker or kube-proxy, so every mode pays for it. (Loaded per mode instead, the
+/// nftables mode's new connections/s fell tenfold in rounds less than two minutes apart,
+/// by the timing the previous round's TIME_WAIT conntrack entries.)
+fn nft_dnat(dir: &Path) -> Result<std::path::PathBuf> {
     let nft = dir.join("lb-bench.nft");
     std::fs::write(
         &nft,
@@ -164,8 +251,11 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
              ip daddr 10.0.0.2 tcp dport {IPERF} dnat to 10.210.0.2 : {IPERF}\n }}\n}}\n"
         ),
     )?;
-    let _nft_table = NftTable::load(&topo.node, &nft)?;
-    // HAProxy, mode tcp roundrobin (what marathon-lb runs), on the node address.
+    Ok(nft)
+}
+
+/// HAProxy, mode tcp roundrobin (what marathon-lb runs), on the node address.
+fn haproxy(topo: &LbTopology, dir: &Path) -> Result<Proc> {
     let haproxy_conf = dir.join("haproxy.cfg");
     std::fs::write(
         &haproxy_conf,
@@ -178,82 +268,18 @@ fn run(cfg: &Config, dir: &Path) -> Result<()> {
     )?;
     let mut cmd = topo.node.command("haproxy");
     cmd.args(["-f", haproxy_conf.to_str().unwrap(), "-db"]);
-    procs.push(spawn(cmd)?);
-    std::thread::sleep(Duration::from_millis(500));
+    spawn(cmd)
+}
 
-    let services = TempFile::new(&format!(
-        r#"{{"services":[
-          {{"name":"web","address":"10.0.0.1","port":80,"backends":[
-            {{"address":"10.210.0.2","port":{HTTP}}},{{"address":"10.210.1.2","port":{HTTP}}},{{"address":"10.210.2.2","port":{HTTP}}}]}},
-          {{"name":"perf","address":"10.0.0.1","port":{IPERF},"backends":[{{"address":"10.210.0.2","port":{IPERF}}}]}}]}}"#
-    ))?;
-    let cgroup = TestCgroup::new()?;
-    let bench = Bench { topo: &topo, cgroup: &cgroup, seconds: cfg.seconds };
-    let target = |mode: &str| match mode {
+/// Where a mode's client connects.
+fn target(mode: &str) -> Target {
+    match mode {
         "direct" | "direct+xdp" => Target { http: format!("10.210.0.2:{HTTP}"), iperf: ("10.210.0.2".into(), IPERF), from_node: false },
         "nftables" => Target { http: "10.0.0.2:80".into(), iperf: ("10.0.0.2".into(), IPERF), from_node: false },
         "haproxy" => Target { http: "10.201.0.2:8081".into(), iperf: ("10.201.0.2".into(), 5202), from_node: false },
         "xdp" | "tc" => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: false },
         _ => Target { http: "10.0.0.1:80".into(), iperf: ("10.0.0.1".into(), IPERF), from_node: true },
-    };
-
-    // metric → mode → samples
-    let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
-    for round in 0..cfg.rounds {
-        for &mode in &cfg.modes {
-            // The balancer is loaded only for its own modes, so the others do not pay for it.
-            let pins = PinDir::new();
-            let agent = if matches!(mode, "direct+xdp" | "xdp" | "tc" | "sockhook") {
-                let hook = if mode == "tc" { "tc" } else { "xdp" };
-                let args = [
-                    "--iface", &topo.uplink,
-                    "--pin-dir", &pins.arg(),
-                    "--services", &services.arg(),
-                    "--node-ip", "10.201.0.2",
-                    "--cgroup", &cgroup.arg(),
-                    "--ingress-hook", hook,
-                ];
-                Some(Agent::start(&topo.node, &args)?)
-            } else {
-                None
-            };
-            let t = target(mode);
-            let (rps, p99, cpu_req) = bench.wrk(&t, false).with_context(|| format!("{mode}: keep-alive"))?;
-            let (cps, _, cpu_conn) = bench.wrk(&t, true).with_context(|| format!("{mode}: new connections"))?;
-            let (gbps1, cpu_gb1) = bench.iperf(&t, 1).with_context(|| format!("{mode}: iperf3 1 stream"))?;
-            let (gbps4, _) = bench.iperf(&t, 4).with_context(|| format!("{mode}: iperf3 4 streams"))?;
-            for (metric, value) in [
-                ("keep-alive requests/s", rps),
-                ("keep-alive p99 (ms)", p99),
-                ("CPU µs per keep-alive request", cpu_req * 1e6),
-                ("new connections/s", cps),
-                ("CPU µs per new connection", cpu_conn * 1e6),
-                ("iperf3 1 stream (Gbit/s)", gbps1),
-                ("iperf3 4 streams (Gbit/s)", gbps4),
-                ("CPU s per GB (1 stream)", cpu_gb1),
-            ] {
-                samples.entry(metric).or_default().entry(mode).or_default().push(value);
-            }
-            if let Some(agent) = agent {
-                // The figures are only the mode's if its path did the forwarding.
-                let expected = match mode {
-                    "xdp" | "tc" => Some("fwd_local"),
-                    "sockhook" => Some("fwd_socket"),
-                    _ => None,
-                };
-                if let Some(verdict) = expected {
-                    let stats: Value = serde_json::from_str(&lb_ok(Some(&topo.node), &["stats", "--json", "--pin-dir", &pins.arg()])?)?;
-                    let n = stats["verdicts"][verdict].as_u64().unwrap_or(0);
-                    ensure!(n > 0, "{mode}: no {verdict} verdicts, so another path carried the traffic");
-                }
-                agent.stop()?;
-            }
-            drop(pins);
-            eprintln!("round {} {mode}: {rps:.0} req/s, {cps:.0} conn/s, {gbps1:.2}/{gbps4:.2} Gbit/s", round + 1);
-        }
     }
-    drop(procs);
-    report(cfg, &samples)
 }
 
 fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> Result<()> {

@@ -37,7 +37,37 @@ fn main() -> Result<()> {
         servers.push(tcp_echo(&topo.backends[i], addr, &format!("backend-{i}"))?);
         servers.push(udp_echo(&topo.backends[i], addr, &format!("backend-{i}"))?);
     }
+    let marathon = marathon(&topo)?;
+    let pins = PinDir::new();
+    let cgroup = TestCgroup::new()?;
+    let url = marathon.url();
+    println!("\n== lb run --marathon {url} --iface {} --vip-cidr 10.0.0.0/24", topo.uplink);
+    let args = [
+        "--marathon", &url, "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--node-ip", "10.201.0.2",
+        "--cgroup", &cgroup.arg(), "--vip-cidr", "10.0.0.0/24",
+    ];
+    let agent = Agent::start(&topo.node, &args)?;
+    wait_for_services(&pins, |j| j.as_array().is_some_and(|a| a.len() >= 4))?;
+    balance(&topo, &pins)?;
+    scale_and_kill(&topo, &marathon, &pins)?;
+    println!("\n== lb status");
+    print!("{}", lb_ok(None, &["status", "--pin-dir", &pins.arg()])?);
+    println!("\n== lb stats (outcomes)");
+    let stats = lb_ok(Some(&topo.node), &["stats", "--pin-dir", &pins.arg()])?;
+    for line in stats.lines().take_while(|l| !l.is_empty()).filter(|l| !l.ends_with(" 0")) {
+        println!("{line}");
+    }
+    agent.stop()?;
+    drop(servers);
+    println!("\n== agent stopped (SIGTERM leaves the data path running); lb down removes it");
+    print!("   {}", lb_ok(None, &["down", "--pin-dir", &pins.arg()])?);
+    println!("\n== namespaces, cgroup and pins removed; done");
+    Ok(())
+}
 
+/// A Marathon test server in the node namespace with a TCP app on a VIP and a UDP one on a
+/// named VIP.
+fn marathon(topo: &LbTopology) -> Result<MarathonServer> {
     let marathon = MarathonServer::start(Some(&topo.node), Duration::from_secs(2))?;
     let mut web = AppSpec::new("/shop/web", 10000);
     web.labels.insert("VIP_0".into(), "10.0.0.1:80".into());
@@ -50,35 +80,30 @@ fn main() -> Result<()> {
     println!("   Marathon (test server) at {} in the node namespace:", marathon.url());
     println!("   /shop/web  tcp, service port 10000, label VIP_0=10.0.0.1:80, tasks on backend-0, backend-1");
     println!("   /infra/dns udp, service port 10053, label VIP_0=/dns:53 (a named VIP), tasks on all three");
+    Ok(marathon)
+}
 
-    let pins = PinDir::new();
-    let cgroup = TestCgroup::new()?;
-    let url = marathon.url();
-    println!("\n== lb run --marathon {url} --iface {} --vip-cidr 10.0.0.0/24", topo.uplink);
-    let args = [
-        "--marathon", &url, "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--node-ip", "10.201.0.2",
-        "--cgroup", &cgroup.arg(), "--vip-cidr", "10.0.0.0/24",
-    ];
-    let agent = Agent::start(&topo.node, &args)?;
-    wait_for_services(&pins, |j| j.as_array().is_some_and(|a| a.len() >= 4))?;
-
+/// What the agent programmed, and connections and queries spread over it.
+fn balance(topo: &LbTopology, pins: &PinDir) -> Result<()> {
     println!("\n== lb services");
     print!("{}", lb_ok(None, &["services", "--pin-dir", &pins.arg()])?);
     println!("\n== lb vips");
     print!("{}", lb_ok(None, &["vips", "--pin-dir", &pins.arg()])?);
     let vips: BTreeMap<String, String> = serde_json::from_str(&lb_ok(None, &["vips", "--json", "--pin-dir", &pins.arg()])?)?;
     let dns_vip: IpAddr = vips.get("/dns").context("named VIP /dns")?.parse()?;
-
     println!("\n== 300 TCP connections from the client to 10.0.0.1:80");
-    show(&connections(&topo, 300)?);
+    show(&connections(topo, 300)?);
     println!("\n== 60 UDP queries to the named VIP /dns ({dns_vip}:53), answered from the VIP");
-    show(&udp_queries(&topo, SocketAddr::new(dns_vip, 53), 60)?);
+    show(&udp_queries(topo, SocketAddr::new(dns_vip, 53), 60)?);
+    Ok(())
+}
 
+/// Marathon scales /shop/web up, then kills a task: new connections follow, a held one stays.
+fn scale_and_kill(topo: &LbTopology, marathon: &MarathonServer, pins: &PinDir) -> Result<()> {
     println!("\n== Marathon scales /shop/web up: a task on backend-2 (status_update_event)");
     marathon.update("/shop/web", |a| a.tasks.push(task("shop_web", 2)));
-    wait_for_services(&pins, |j| web_backends(j) == 3)?;
-    show(&connections(&topo, 300)?);
-
+    wait_for_services(pins, |j| web_backends(j) == 3)?;
+    show(&connections(topo, 300)?);
     println!("\n== Marathon kills the task on backend-0: TASK_KILLING (draining, open connections stay) …");
     // Held open across the kill: a connection to the very task that is killed.
     let mut held = topo.client.run(|| -> Result<_> {
@@ -91,30 +116,16 @@ fn main() -> Result<()> {
         bail!("100 connections never reached backend-0")
     })??;
     marathon.update("/shop/web", |a| a.tasks[0].state = "TASK_KILLING".into());
-    wait_for_services(&pins, |j| j.to_string().contains("draining"))?;
-    show(&connections(&topo, 200)?);
+    wait_for_services(pins, |j| j.to_string().contains("draining"))?;
+    show(&connections(topo, 200)?);
     lb_tests::servers::echo_round_trip(&mut held.0, b"still here")?;
     println!("   a connection opened before the kill to the killed task ({}) still works", held.1);
     println!("   … then the task is gone");
     marathon.update("/shop/web", |a| {
         a.tasks.remove(0);
     });
-    wait_for_services(&pins, |j| web_backends(j) == 2)?;
+    wait_for_services(pins, |j| web_backends(j) == 2)?;
     print!("{}", lb_ok(None, &["services", "--pin-dir", &pins.arg()])?);
-
-    println!("\n== lb status");
-    print!("{}", lb_ok(None, &["status", "--pin-dir", &pins.arg()])?);
-    println!("\n== lb stats (outcomes)");
-    let stats = lb_ok(Some(&topo.node), &["stats", "--pin-dir", &pins.arg()])?;
-    for line in stats.lines().take_while(|l| !l.is_empty()).filter(|l| !l.ends_with(" 0")) {
-        println!("{line}");
-    }
-
-    agent.stop()?;
-    drop(servers);
-    println!("\n== agent stopped (SIGTERM leaves the data path running); lb down removes it");
-    print!("   {}", lb_ok(None, &["down", "--pin-dir", &pins.arg()])?);
-    println!("\n== namespaces, cgroup and pins removed; done");
     Ok(())
 }
 

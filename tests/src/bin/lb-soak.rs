@@ -314,6 +314,39 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// What is wrong in a soak's report, in words.
+fn judge(report: &Value) -> Vec<String> {
+    let n = |path: &str| report.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let mut failures = Vec::new();
+    let mut fail = |bad: bool, what: String| {
+        if bad {
+            failures.push(what);
+        }
+    };
+    let rate = n("/events_per_s");
+    fail(rate.is_nan() || rate < 20.0, format!("{rate:.1} events/s, below 20"));
+    let (rss_first, rss_last) = (n("/rss_kib/first_minute_peak"), n("/rss_kib/last_minute_peak"));
+    // 5 % or 2 MiB of allocator noise, whichever is larger.
+    fail(rss_last.is_nan() || rss_last > rss_first + (rss_first / 20.0).max(2048.0), format!("RSS grew: {rss_first} → {rss_last} KiB"));
+    let (fds_first, fds_last) = (n("/fds/first_minute_peak"), n("/fds/last_minute_peak"));
+    fail(fds_last.is_nan() || fds_last > fds_first, format!("fds grew: {fds_first} → {fds_last}"));
+    let leaked_backends = n("/leaked_backend_ids");
+    fail(leaked_backends != 0.0, format!("{leaked_backends} backend ids in use by no service"));
+    let leaked_ring_slots = n("/leaked_ring_slots");
+    fail(leaked_ring_slots != 0.0, format!("{leaked_ring_slots} ring slots held beyond the live rings"));
+    for map in ["services", "backends_in_use"] {
+        let (start, end) = (&report["entries"]["start"][map], &report["entries"]["end"][map]);
+        fail(start != end, format!("{map}: {start} at the start, {end} at the end"));
+    }
+    let broken = n("/long_lived/broken");
+    fail(broken != 0.0, format!("{broken} long-lived connections broke: {}", report["long_lived"]["errors"]));
+    let failed = n("/new_connections/failed");
+    fail(failed != 0.0, format!("{failed} new connections failed: {}", report["new_connections"]["errors"]));
+    let p99_ms = n("/event_to_maps_p99_ms");
+    fail(p99_ms.is_nan() || p99_ms > 1000.0, format!("event → maps p99 {p99_ms} ms"));
+    failures
+}
+
 fn soak(cfg: &Config) -> Result<()> {
     let run = start(cfg)?;
     wait_initial(&run, cfg)?;
@@ -348,7 +381,7 @@ fn soak(cfg: &Config) -> Result<()> {
         "fds": {"first_minute_peak": fds_first, "last_minute_peak": fds_last},
         "entries": {"start": start_entries, "end": end_entries},
         "leaked_backend_ids": leaked_backends, "leaked_ring_slots": leaked_ring_slots,
-        "long_lived": {"connections": LONG_LIVED, "broken": broken.len()},
+        "long_lived": {"connections": LONG_LIVED, "broken": broken.len(), "errors": broken},
         "new_connections": {"ok": probes.ok, "failed": probes.failed, "errors": probes.errors, "per_backend": probes.per_backend},
         "event_to_maps_p99_ms": p99_ms,
     });
@@ -356,24 +389,7 @@ fn soak(cfg: &Config) -> Result<()> {
     if let Some(path) = &cfg.json {
         std::fs::File::create(path)?.write_all(serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
-    let mut failures = Vec::new();
-    let mut fail = |bad: bool, what: String| {
-        if bad {
-            failures.push(what);
-        }
-    };
-    fail(rate < 20.0, format!("{rate:.1} events/s, below 20"));
-    // 5 % or 2 MiB of allocator noise, whichever is larger.
-    fail(rss_last > rss_first + (rss_first / 20).max(2048), format!("RSS grew: {rss_first} → {rss_last} KiB"));
-    fail(fds_last > fds_first, format!("fds grew: {fds_first} → {fds_last}"));
-    fail(leaked_backends != 0, format!("{leaked_backends} backend ids in use by no service"));
-    fail(leaked_ring_slots != 0, format!("{leaked_ring_slots} ring slots held beyond the live rings"));
-    for map in ["services", "backends_in_use"] {
-        fail(end_entries.get(map) != start_entries.get(map), format!("{map}: {:?} at the start, {:?} at the end", start_entries.get(map), end_entries.get(map)));
-    }
-    fail(!broken.is_empty(), format!("long-lived connections broke: {broken:?}"));
-    fail(probes.failed > 0, format!("{} new connections failed: {:?}", probes.failed, probes.errors));
-    fail(p99_ms.is_nan() || p99_ms > 1000.0, format!("event → maps p99 {p99_ms} ms"));
+    let failures = judge(&report);
     if !failures.is_empty() {
         bail!("soak failed:\n  {}", failures.join("\n  "));
     }

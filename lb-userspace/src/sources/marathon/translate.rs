@@ -20,7 +20,7 @@ use std::{
 };
 
 use super::{
-    app::{App, Task},
+    app::{App, DiscoveryPort, PortDefinition, PortMapping, Task},
     resolve::Resolver,
     vip::{self, VipRange, VipTarget},
 };
@@ -461,60 +461,51 @@ fn app_ports(app: &App, mode: NetMode) -> Vec<AppPort<'_>> {
         .and_then(|c| c.docker.as_ref().and_then(|d| d.port_mappings.as_ref()).filter(|m| !m.is_empty()))
         .or_else(|| container.and_then(|c| c.port_mappings.as_ref()));
     match (mode, mappings) {
-        (NetMode::Bridge | NetMode::Container, Some(mappings)) if !mappings.is_empty() => mappings
-            .iter()
-            .enumerate()
-            .map(|(index, m)| AppPort {
-                index,
-                service_port: port16(m.service_port),
-                protocols: protocols(m.protocol.as_deref()),
-                container_port: port16(m.container_port),
-                labels: &m.labels.0,
-            })
-            .collect(),
-        (NetMode::Container, _) => {
-            // 1.4 IP-per-task: discovery ports, no service ports.
-            let ports = app.ip_address.as_ref().and_then(|i| i.discovery.as_ref()).and_then(|d| d.ports.as_ref());
-            ports
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(index, p)| AppPort {
-                    index,
-                    service_port: None,
-                    protocols: protocols(p.protocol.as_deref()),
-                    container_port: port16(p.number),
-                    labels: &p.labels.0,
-                })
-                .collect()
-        }
-        _ => match &app.port_definitions {
-            Some(defs) => defs
-                .iter()
-                .enumerate()
-                .map(|(index, d)| AppPort {
-                    index,
-                    service_port: port16(d.port),
-                    protocols: protocols(d.protocol.as_deref()),
-                    container_port: None,
-                    labels: &d.labels.0,
-                })
-                .collect(),
-            None => app
-                .ports
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(index, p)| AppPort {
-                    index,
-                    service_port: port16(*p),
-                    protocols: vec![Proto::Tcp],
-                    container_port: None,
-                    labels: &[],
-                })
-                .collect(),
-        },
+        (NetMode::Bridge | NetMode::Container, Some(mappings)) if !mappings.is_empty() => mapped_ports(mappings),
+        (NetMode::Container, _) => discovery_ports(app),
+        _ => defined_ports(app),
     }
+}
+
+/// Bridge and container networks: the port mappings.
+fn mapped_ports<'a>(mappings: &'a [PortMapping]) -> Vec<AppPort<'a>> {
+    let port = |(index, m): (usize, &'a PortMapping)| AppPort {
+        index,
+        service_port: port16(m.service_port),
+        protocols: protocols(m.protocol.as_deref()),
+        container_port: port16(m.container_port),
+        labels: &m.labels.0,
+    };
+    mappings.iter().enumerate().map(port).collect()
+}
+
+/// Marathon 1.4's IP-per-task without mappings: discovery ports, no service ports.
+fn discovery_ports<'a>(app: &'a App) -> Vec<AppPort<'a>> {
+    let ports = app.ip_address.as_ref().and_then(|i| i.discovery.as_ref()).and_then(|d| d.ports.as_ref());
+    let port = |(index, p): (usize, &'a DiscoveryPort)| AppPort {
+        index,
+        service_port: None,
+        protocols: protocols(p.protocol.as_deref()),
+        container_port: port16(p.number),
+        labels: &p.labels.0,
+    };
+    ports.into_iter().flatten().enumerate().map(port).collect()
+}
+
+/// Host networking: `portDefinitions`, else the older `ports` (TCP, no labels).
+fn defined_ports<'a>(app: &'a App) -> Vec<AppPort<'a>> {
+    let Some(defs) = &app.port_definitions else {
+        let port = |(index, p): (usize, &Option<u32>)| AppPort { index, service_port: port16(*p), protocols: vec![Proto::Tcp], container_port: None, labels: &[] };
+        return app.ports.iter().flatten().enumerate().map(port).collect();
+    };
+    let port = |(index, d): (usize, &'a PortDefinition)| AppPort {
+        index,
+        service_port: port16(d.port),
+        protocols: protocols(d.protocol.as_deref()),
+        container_port: None,
+        labels: &d.labels.0,
+    };
+    defs.iter().enumerate().map(port).collect()
 }
 
 /// The services one port asks for, with their names: its service port (`<app>:<index>`) on

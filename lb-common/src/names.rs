@@ -24,6 +24,7 @@ pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_NAMES: &str = "SERVICE_NAMES";
 pub const MAP_SERVICE_PORTS: &str = "SERVICE_PORTS";
 pub const MAP_SERVICE_ADDRS: &str = "SERVICE_ADDRS";
+pub const MAP_SERVICE_GROUPS: &str = "SERVICE_GROUPS";
 pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS";
 pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
@@ -55,6 +56,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SERVICE_NAMES,
     MAP_SERVICE_PORTS,
     MAP_SERVICE_ADDRS,
+    MAP_SERVICE_GROUPS,
     MAP_NODE_ADDRS,
     MAP_RINGS,
     MAP_BACKENDS,

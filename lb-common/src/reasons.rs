@@ -67,6 +67,10 @@ pub enum Reason {
     /// ended or was evicted) or forged; the stack would drop it too (no socket answers a reset),
     /// and dropping it here names the reason in the counters.
     ResetNoFlow = 23,
+    /// A new flow for a service not exposed where it arrived (`lb run --expose`: its groups are
+    /// not on that uplink, or for a service port not on that address): passed to the stack
+    /// untouched, as if there were no service (lb_common::exposure).
+    NotExposed = 24,
 }
 
 /// Number of outcomes.
@@ -79,7 +83,7 @@ const _: () = assert!(COUNT <= SLOTS);
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::FwdLocal,
         Reason::ReplyRewritten,
         Reason::NotService,
@@ -104,6 +108,7 @@ impl Reason {
         Reason::EgressIpOptions,
         Reason::NoBackendRejected,
         Reason::ResetNoFlow,
+        Reason::NotExposed,
     ];
 
     /// Whether the ingress programs drop a packet with this outcome: traffic for a service that
@@ -156,6 +161,7 @@ impl Reason {
             Reason::EgressIpOptions => "egress_ip_options",
             Reason::NoBackendRejected => "no_backend_rejected",
             Reason::ResetNoFlow => "reset_no_flow",
+            Reason::NotExposed => "not_exposed",
         }
     }
 }

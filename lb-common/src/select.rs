@@ -1,28 +1,69 @@
 //! The pure part of finding a packet's service and a new flow's backend, decided once, here,
-//! for the programs (lb-ebpf service.rs, ring.rs) and `lb explain`, so the two cannot drift.
+//! for the programs (lb-ebpf service.rs, ring.rs, sockhooks.rs) and `lb explain`, so they
+//! cannot drift.
 //! Map reads stay the caller's (closures), as in [`crate::liveness`].
 
-use crate::{hash, BackendInfo, NodeAddrKey, ServiceKey, BACKEND_ACTIVE};
+use crate::{
+    exposure::{self, Arrival},
+    hash, BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE,
+};
 
-/// The service at (`addr`, `port`, `proto`) in `family`: the address's own entry (a VIP), else
-/// the service port's entry (address zero) when `addr` is one of this node's addresses.
-/// `service` reads the services map, `is_node_addr` the node-address set.
+/// The maps a service lookup reads (the programs' maps, or `lb explain`'s copy of them).
+pub trait ServiceMaps {
+    fn service(&self, key: &ServiceKey) -> Option<ServiceInfo>;
+    /// The group word (lb_common::exposure) of a node address; None if it is not one.
+    fn node_addr(&self, key: &NodeAddrKey) -> Option<u32>;
+    /// The group word of the service `service_id`.
+    fn service_groups(&self, service_id: u32) -> u32;
+    /// The group word of the uplink `ifindex`.
+    fn uplink_groups(&self, ifindex: u32) -> u32;
+}
+
+/// Where a packet for a service comes from (exposure::Arrival, before its uplink's word is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A socket on this node.
+    Local,
+    /// The network, through the uplink `ifindex`.
+    Uplink(u32),
+}
+
+/// What a service lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The service, served where the packet came from.
+    Service(ServiceInfo),
+    /// The service, not exposed where the packet came from (exposure::exposed).
+    NotExposed(ServiceInfo),
+    /// No service at that address and port.
+    None,
+}
+
+/// The service at (`addr`, `port`, `proto`) in `family` for a packet arriving `from`: the
+/// address's own entry (a VIP), else the service port's entry (address zero) when `addr` is
+/// one of this node's addresses; then whether its groups are exposed there. Only what is found
+/// is read further (a VIP never reads the node-address set).
 #[inline(always)]
-pub fn service<I>(
-    addr: &[u8; 16],
-    port: u16,
-    proto: u8,
-    family: u8,
-    mut service: impl FnMut(&ServiceKey) -> Option<I>,
-    is_node_addr: impl FnOnce(&NodeAddrKey) -> bool,
-) -> Option<I> {
+pub fn service(maps: &impl ServiceMaps, addr: &[u8; 16], port: u16, proto: u8, family: u8, from: Origin) -> Lookup {
     let mut key = ServiceKey { addr: *addr, port, proto, family };
-    if let Some(info) = service(&key) {
-        return Some(info);
+    let (info, node_addr) = match maps.service(&key) {
+        Some(info) => (info, None),
+        None => {
+            zero(&mut key.addr);
+            let Some(info) = maps.service(&key) else { return Lookup::None };
+            let Some(word) = maps.node_addr(&NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 }) else { return Lookup::None };
+            (info, Some(word))
+        }
+    };
+    let arrival = match from {
+        Origin::Local => Arrival::Local,
+        Origin::Uplink(ifindex) => Arrival::Uplink { uplink: maps.uplink_groups(ifindex) },
+    };
+    if exposure::exposed(maps.service_groups(info.service_id), node_addr, arrival) {
+        Lookup::Service(info)
+    } else {
+        Lookup::NotExposed(info)
     }
-    zero(&mut key.addr);
-    let info = service(&key)?;
-    is_node_addr(&NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 }).then_some(info)
 }
 
 /// Zeroes an address field with two stores (an array literal may become a byte loop in BPF).
@@ -54,37 +95,65 @@ mod tests {
 
     const VIP: [u8; 4] = [10, 0, 0, 1];
     const NODE: [u8; 4] = [10, 201, 0, 2];
+    const INTERNAL: u32 = exposure::WRITTEN | 1;
 
-    /// A VIP service on 10.0.0.1:80 ("vip") and a service port 80 ("port").
-    fn lookup(key: &ServiceKey) -> Option<&'static str> {
-        match (key.addr, key.port, key.proto) {
-            (a, 80, PROTO_TCP) if a == v4_bytes(VIP) => Some("vip"),
-            (a, 80, PROTO_TCP) if a == [0; 16] => Some("port"),
+    /// A VIP service on 10.0.0.1:80 (id 1) and a service port 80 (id 2), both internal; the
+    /// node's address NODE is internal, uplink 7 external, uplink 8 internal.
+    struct Maps(core::cell::Cell<bool>);
+
+    impl ServiceMaps for Maps {
+        fn service(&self, key: &ServiceKey) -> Option<ServiceInfo> {
+            let info = |service_id| Some(ServiceInfo { service_id, ..ServiceInfo::default() });
+            match (key.addr, key.port, key.proto) {
+                (a, 80, PROTO_TCP) if a == v4_bytes(VIP) => info(1),
+                (a, 80, PROTO_TCP) if a == [0; 16] => info(2),
+                _ => None,
+            }
+        }
+        fn node_addr(&self, key: &NodeAddrKey) -> Option<u32> {
+            self.0.set(true);
+            (key.addr == v4_bytes(NODE)).then_some(INTERNAL)
+        }
+        fn service_groups(&self, _: u32) -> u32 {
+            INTERNAL
+        }
+        fn uplink_groups(&self, ifindex: u32) -> u32 {
+            if ifindex == 8 { INTERNAL } else { exposure::WRITTEN | 2 }
+        }
+    }
+
+    fn at(addr: [u8; 4], port: u16, from: Origin) -> Lookup {
+        service(&Maps(Default::default()), &v4_bytes(addr), port, PROTO_TCP, FAMILY_V4, from)
+    }
+
+    fn id(found: Lookup) -> Option<u32> {
+        match found {
+            Lookup::Service(info) => Some(info.service_id),
             _ => None,
         }
     }
 
-    fn on_node(key: &NodeAddrKey) -> bool {
-        key.addr == v4_bytes(NODE)
+    #[test]
+    fn a_vip_wins_and_a_service_port_counts_only_on_a_node_address() {
+        assert_eq!(id(at(VIP, 80, Origin::Uplink(8))), Some(1));
+        assert_eq!(id(at(NODE, 80, Origin::Uplink(8))), Some(2));
+        assert_eq!(at([10, 201, 0, 3], 80, Origin::Uplink(8)), Lookup::None, "not an address of this node");
+        assert_eq!(at(NODE, 81, Origin::Uplink(8)), Lookup::None);
     }
 
     #[test]
-    fn a_vip_wins_and_a_service_port_counts_only_on_a_node_address() {
-        let at = |addr: [u8; 4], port| service(&v4_bytes(addr), port, PROTO_TCP, FAMILY_V4, lookup, on_node);
-        assert_eq!(at(VIP, 80), Some("vip"));
-        assert_eq!(at(NODE, 80), Some("port"));
-        assert_eq!(at([10, 201, 0, 3], 80), None, "not an address of this node");
-        assert_eq!(at(NODE, 81), None);
+    fn a_service_outside_the_uplinks_groups_is_found_but_not_exposed_except_to_local_clients() {
+        assert!(matches!(at(VIP, 80, Origin::Uplink(7)), Lookup::NotExposed(info) if info.service_id == 1));
+        assert!(matches!(at(NODE, 80, Origin::Uplink(7)), Lookup::NotExposed(info) if info.service_id == 2));
+        assert_eq!(id(at(NODE, 80, Origin::Local)), Some(2));
+        assert_eq!(id(at(VIP, 80, Origin::Local)), Some(1));
     }
 
     #[test]
     fn the_node_address_set_is_asked_only_for_a_service_port() {
-        let asked = core::cell::Cell::new(false);
-        let found = service(&v4_bytes(VIP), 80, PROTO_TCP, FAMILY_V4, lookup, |_| {
-            asked.set(true);
-            false
-        });
-        assert_eq!((found, asked.get()), (Some("vip"), false));
+        let maps = Maps(Default::default());
+        let found = service(&maps, &v4_bytes(VIP), 80, PROTO_TCP, FAMILY_V4, Origin::Uplink(8));
+        assert_eq!((id(found), maps.0.get()), (Some(1), false));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! and leave at once; replies of full-NAT flows go back to their clients.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{Reason, NatReply, FLOW_NAT, TCP_FIN, TCP_RST};
+use lb_common::{select::Lookup, NatReply, Reason, FLOW_NAT, TCP_FIN, TCP_RST};
 
 use crate::{
     forward::{self, Route},
@@ -40,8 +40,10 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     let mut target = match flow::established(&packet) {
         flow::Established::Pinned(target) => target,
         flow::Established::New(slot) => {
-            let Some(service) = service::service(&packet) else {
-                return not_for_a_service(frame, ingress, &packet);
+            let service = match service::service(&packet, ingress) {
+                Lookup::Service(service) => service,
+                Lookup::NotExposed(_) => return Err(Reason::NotExposed),
+                Lookup::None => return not_for_a_service(frame, ingress, &packet),
             };
             // Before any state is claimed (see Reason::ResetNoFlow).
             if packet.tcp_flags & TCP_RST != 0 {

@@ -38,7 +38,11 @@ pub static SERVICE_ADDRS: Array<u64, { SERVICE_ADDR_WORDS as usize }> = Array::n
 /// Names of services by id (agent metadata for the CLI and restarts; not read by programs).
 #[btf_map]
 pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();
-/// This node's addresses, where service ports are served (value unused).
+/// The groups each service belongs to, by service id: a group word (lb_common::exposure).
+#[btf_map]
+pub static SERVICE_GROUPS: Array<u32, MAX_SERVICES> = Array::new();
+/// This node's addresses, where service ports are served → the groups exposed on each (a
+/// group word, lb_common::exposure).
 #[btf_map]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, u32, 256> = HashMap::new();
 /// Pool of Maglev rings of u32 backend ids, two ids per u64 element (layout:
@@ -81,7 +85,8 @@ pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply, MAX_FLOWS> = LruHashMap::n
 /// (lb_common::CachedRoute).
 #[btf_map]
 pub static ROUTES: Array<CachedRoute, MAX_BACKENDS> = Array::new();
-/// The uplinks (ifindex → 1): a backend routed out of one of these is on another node.
+/// The uplinks (ifindex → the groups exposed on it, a group word: lb_common::exposure): a
+/// backend routed out of one of these is on another node.
 #[btf_map]
 pub static UPLINKS: HashMap<u32, u32, 64> = HashMap::new();
 /// Per-CPU scratch for bpf_fib_lookup parameters (kept off the BPF stack).

@@ -1,11 +1,14 @@
 //! Stage 2, service lookup: whether a packet can be for a service at all (the port and address
 //! filters), and the service it is addressed to (its address exactly, else a service port on one
-//! of this node's addresses).
+//! of this node's addresses) if it is exposed where the packet came from.
 
-use lb_common::{select, service_addr_bit, service_port_bit, ServiceInfo, SERVICE_ADDRS_COMPLETE};
+use lb_common::{
+    select::{self, Lookup, Origin, ServiceMaps},
+    service_addr_bit, service_port_bit, NodeAddrKey, ServiceInfo, ServiceKey, SERVICE_ADDRS_COMPLETE,
+};
 
 use crate::{
-    maps::{NODE_ADDRS, SERVICES, SERVICE_ADDRS, SERVICE_PORTS},
+    maps::{NODE_ADDRS, SERVICES, SERVICE_ADDRS, SERVICE_GROUPS, SERVICE_PORTS, UPLINKS},
     parse::Parsed,
 };
 
@@ -32,35 +35,54 @@ fn port_used(port: u16, proto: u8) -> bool {
     SERVICE_PORTS.get(word).is_some_and(|w| *w & bit != 0)
 }
 
-/// The service a packet is addressed to: (dst, port, proto) exactly, else a service port when
-/// the destination is one of this node's addresses. The caller has checked
-/// `service_port_used`.
+/// The service a packet arriving on uplink `ingress` is addressed to: (dst, port, proto)
+/// exactly, else a service port when the destination is one of this node's addresses; and
+/// whether it is exposed there. The caller has checked `service_port_used`.
 #[inline(always)]
-pub fn service(p: &Parsed) -> Option<ServiceInfo> {
-    lookup_service(&p.dst, p.dport, p.proto, p.family)
+pub fn service(p: &Parsed, ingress: u32) -> Lookup {
+    select::service(&Maps, &p.dst, p.dport, p.proto, p.family, Origin::Uplink(ingress))
 }
 
-/// The service at (addr, port, proto) in `family`, VIP first, then a service port on a node address.
+/// The service a local socket reaches at (addr, port, proto) in `family` (local clients reach
+/// every group).
 #[inline(always)]
 pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
     if !port_used(port, proto) {
         return None;
     }
-    lookup_service(addr, port, proto, family)
+    match select::service(&Maps, addr, port, proto, family, Origin::Local) {
+        Lookup::Service(info) => Some(info),
+        Lookup::NotExposed(_) | Lookup::None => None,
+    }
 }
 
-/// lb_common::select::service over the services map and the node-address set.
-#[inline(always)]
-fn lookup_service(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
-    select::service(
-        addr,
-        port,
-        proto,
-        family,
+/// lb_common::select's view of the programs' maps.
+struct Maps;
+
+impl ServiceMaps for Maps {
+    #[inline(always)]
+    fn service(&self, key: &ServiceKey) -> Option<ServiceInfo> {
         // SAFETY: Map::get is unsafe because the element may be updated or reused while a
-        // reference is held; the value is copied out in this closure, so no reference outlives it.
-        |key| unsafe { SERVICES.get(key) }.copied(),
-        // SAFETY: only whether the key exists is read; no reference into the element is kept.
-        |node| unsafe { NODE_ADDRS.get(node) }.is_some(),
-    )
+        // reference is held; the value is copied out here, so no reference outlives it.
+        unsafe { SERVICES.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn node_addr(&self, key: &NodeAddrKey) -> Option<u32> {
+        // SAFETY: as above.
+        unsafe { NODE_ADDRS.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn service_groups(&self, service_id: u32) -> u32 {
+        // Out of range (no such service) is no group word: every group, as for an entry an
+        // earlier agent made.
+        SERVICE_GROUPS.get(service_id).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn uplink_groups(&self, ifindex: u32) -> u32 {
+        // SAFETY: as above.
+        unsafe { UPLINKS.get(ifindex) }.copied().unwrap_or(0)
+    }
 }

@@ -2,7 +2,7 @@
 //! in the exact form the maps need. Pure code.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -122,11 +122,31 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// The groups a service is in (marathon-lb's `HAPROXY_GROUP`), which decide where
+/// `lb run --expose` serves it; empty: none given (`--default-group` applies).
+pub type Groups = BTreeSet<String>;
+
+/// A group name as marathon-lb's labels carry it: letters, digits, `-`, `_`, `.`; or `*`.
+pub fn check_group(group: &str) -> Result<(), String> {
+    let valid = group == "*" || (!group.is_empty() && group.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{group:?} is not a group name (letters, digits, '-', '_', '.'; or '*' for every group)"))
+    }
+}
+
+/// A comma-separated list of groups (`internal,external`), as marathon-lb splits `HAPROXY_GROUP`.
+pub fn parse_groups(text: &str) -> Result<Groups, String> {
+    text.split(',').map(str::trim).map(|g| check_group(g).map(|()| g.to_owned())).collect()
+}
+
 /// The desired state of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Service {
     pub id: ServiceId,
     pub name: String,
+    pub groups: Groups,
     /// Sorted by (address, port), unique.
     pub backends: Vec<Backend>,
 }
@@ -165,5 +185,12 @@ mod tests {
         ] {
             assert_eq!(ServiceId::from_key(&id.key()), Some(id), "{id}");
         }
+    }
+
+    #[test]
+    fn group_lists_split_like_marathon_lb_and_refuse_what_is_no_name() {
+        assert_eq!(parse_groups("internal, external").unwrap(), ["external", "internal"].map(String::from).into());
+        assert!(parse_groups("internal,,external").unwrap_err().contains("\"\" is not a group name"));
+        assert!(parse_groups("a b").is_err());
     }
 }

@@ -15,7 +15,9 @@ use lb::{
         pinned::PinnedMaps,
     },
     control::reconcile::{self, Reconciler},
-    inspect::report, sources::services_file,
+    inspect::report,
+    node::serving::Serving,
+    sources::services_file,
 };
 use lb_common::{names, Hook};
 
@@ -102,6 +104,8 @@ pub struct Fixture {
     pub pins: PinDir,
     pub hook: Hook,
     reconciler: Reconciler,
+    /// Where services are served, as `lb run --expose` says (None: everywhere).
+    serving: Option<Serving>,
     /// The interface packets arrive on (xdp_md.ingress_ifindex / __sk_buff.ifindex); None = the
     /// test run default (loopback of the calling thread's namespace).
     ingress: Option<u32>,
@@ -121,7 +125,7 @@ impl Fixture {
         let pins = PinDir::new();
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
         load_program(&mut ebpf, hook)?;
-        Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), ingress: None })
+        Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), serving: None, ingress: None })
     }
 
     /// Runs packets through `hook`'s program from now on, on the same maps (e.g. TC egress for
@@ -132,21 +136,43 @@ impl Fixture {
         Ok(())
     }
 
-    /// Programs the services of a services-file text and this node's addresses, as `lb run` does.
+    /// Serves services where `serving` says from now on (as `lb run --expose`): its node
+    /// addresses (discovered in the calling thread's namespace) and uplinks get their groups'
+    /// words at every [`Fixture::apply`]. Call before the first one.
+    pub fn serve_as(&mut self, serving: Serving) {
+        self.reconciler = Reconciler::new(serving.exposure().clone());
+        self.serving = Some(serving);
+    }
+
+    /// Programs the services of a services-file text and this node's addresses, as `lb run` does
+    /// (`node_addrs` serve every group; with [`Fixture::serve_as`], the node's own addresses).
     pub fn apply(&mut self, services_json: &str, node_addrs: &[&str]) -> Result<()> {
         let desired = services_file::parse(services_json, "fixture")?;
         let mut maps = PinnedMaps::new(self.pins.path());
-        let addrs: Vec<std::net::IpAddr> = node_addrs.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-        reconcile::sync_node_addrs(&addrs, &mut maps)?;
+        match &self.serving {
+            Some(serving) => {
+                let words = serving.words()?;
+                reconcile::sync_node_addrs(&words.addrs, &mut maps)?;
+                reconcile::sync_uplinks(&words.uplinks, &mut maps)?;
+            }
+            None => {
+                let addrs: Vec<std::net::IpAddr> = node_addrs.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+                let every = addrs.into_iter().map(|a| (a, lb_common::exposure::EVERY_GROUP)).collect::<Vec<_>>();
+                reconcile::sync_node_addrs(&every, &mut maps)?;
+            }
+        }
         let report = self.reconciler.apply(&desired, &mut maps)?;
         anyhow::ensure!(report.failed.is_empty(), "not programmed: {:?}", report.failed);
         Ok(())
     }
 
-    /// Packets arrive on `ifindex`, which is also registered as an uplink (as `lb run --iface`).
+    /// Packets arrive on `ifindex`, which is also registered as an uplink (as `lb run --iface`;
+    /// with [`Fixture::serve_as`], its uplinks are registered by `apply`).
     pub fn arrive_on(&mut self, ifindex: u32) -> Result<()> {
         self.ingress = Some(ifindex);
-        reconcile::sync_uplinks(&[ifindex], &mut PinnedMaps::new(self.pins.path()))?;
+        if self.serving.is_none() {
+            reconcile::sync_uplinks(&[(ifindex, lb_common::exposure::EVERY_GROUP)], &mut PinnedMaps::new(self.pins.path()))?;
+        }
         Ok(())
     }
 

@@ -36,17 +36,22 @@ use crate::{
     packet::{tcp, udp, v4, v6, TcpFlags, ACK, SYN},
 };
 
+/// Every service is exposed (`--expose external=…`) but `internal` and `internal-port`.
 const SERVICES: &str = r#"{"services":[
-  {"name":"web","address":"10.0.0.1","port":80,"protocol":"tcp",
+  {"name":"web","address":"10.0.0.1","port":80,"protocol":"tcp","group":"external",
    "backends":[{"address":"10.1.0.5","port":31005},{"address":"10.1.0.6","port":31006}]},
-  {"name":"dns","address":"10.0.0.2","port":53,"protocol":"udp","backends":[{"address":"10.1.0.6","port":31053}]},
-  {"name":"app-port","port":10000,"protocol":"udp,tcp","backends":[{"address":"10.1.0.7","port":31700}]},
-  {"name":"web6","address":"fd00::80","port":80,"protocol":"tcp","backends":[{"address":"fd00:1::5","port":31005}]},
-  {"name":"draining","address":"10.0.0.3","port":80,"protocol":"tcp","backends":[{"address":"10.1.0.8","port":31008,"weight":0}]},
-  {"name":"empty","address":"10.0.0.9","port":80,"protocol":"tcp","backends":[]},
-  {"name":"empty6-udp","address":"fd00::99","port":53,"protocol":"udp","backends":[]},
-  {"name":"remote","address":"10.0.0.4","port":80,"protocol":"tcp,udp","backends":[{"address":"10.202.0.10","port":31010}]}
+  {"name":"dns","address":"10.0.0.2","port":53,"protocol":"udp","group":"external","backends":[{"address":"10.1.0.6","port":31053}]},
+  {"name":"app-port","port":10000,"protocol":"udp,tcp","group":"external","backends":[{"address":"10.1.0.7","port":31700}]},
+  {"name":"web6","address":"fd00::80","port":80,"protocol":"tcp","group":"external","backends":[{"address":"fd00:1::5","port":31005}]},
+  {"name":"draining","address":"10.0.0.3","port":80,"protocol":"tcp","group":"external","backends":[{"address":"10.1.0.8","port":31008,"weight":0}]},
+  {"name":"empty","address":"10.0.0.9","port":80,"protocol":"tcp","group":"external","backends":[]},
+  {"name":"empty6-udp","address":"fd00::99","port":53,"protocol":"udp","group":"external","backends":[]},
+  {"name":"remote","address":"10.0.0.4","port":80,"protocol":"tcp,udp","group":"external","backends":[{"address":"10.202.0.10","port":31010}]},
+  {"name":"internal","address":"10.0.0.5","port":80,"protocol":"tcp","group":"internal","backends":[{"address":"10.1.0.5","port":31005}]},
+  {"name":"internal-port","port":10001,"protocol":"tcp","backends":[{"address":"10.1.0.7","port":31701}]}
 ]}"#;
+/// Where the internal services are: a new flow to one of them is never balanced here.
+const INTERNAL: [&str; 4] = ["10.0.0.5:80", "10.201.0.2:10001", "[fd00:201::2]:10001", "127.0.0.1:10001"];
 /// The uplink's address (full NAT's source) and the remote backend's (behind the uplink).
 const UPLINK_ADDR: &str = "10.202.0.2";
 const REMOTE_BACKEND: &str = "10.202.0.10";
@@ -56,6 +61,16 @@ const NODE_ADDRS: [&str; 3] = ["10.201.0.2", "fd00:201::2", "127.0.0.1"];
 fn backends() -> Result<BTreeSet<SocketAddr>> {
     let services = lb::sources::services_file::parse(SERVICES, "fuzz services")?;
     Ok(services.values().flat_map(|s| &s.backends).map(|b| SocketAddr::new(b.addr, b.port)).collect())
+}
+
+/// `--iface up0 --node-ip …NODE_ADDRS --expose external=up0,…NODE_ADDRS`: the services of the
+/// group `internal` (and those with no group) are served nowhere from the network.
+fn serving() -> Result<lb::node::serving::Serving> {
+    let uplink = lb::node::serving::Uplink { name: "up0".into(), ifindex: lb::node::preflight::interface_index("up0")? };
+    let entry = format!("external=up0,{}", NODE_ADDRS.join(",")).parse().map_err(anyhow::Error::msg)?;
+    let exposure = lb::control::exposure::Exposure::new(vec![entry], "internal").map_err(anyhow::Error::msg)?;
+    let node_ips = NODE_ADDRS.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    Ok(lb::node::serving::Serving::new(node_ips, vec![uplink], exposure))
 }
 
 /// One frame the oracles rejected.
@@ -114,6 +129,7 @@ impl Harness {
         let worker = ns.spawn(move || {
             let loaded = (|| -> Result<Fixture> {
                 let mut fixture = Fixture::load_hook(hook)?;
+                fixture.serve_as(serving()?);
                 fixture.apply(SERVICES, &NODE_ADDRS)?;
                 fixture.arrive_on(lb::node::preflight::interface_index("up0")?)?;
                 Ok(fixture)
@@ -205,7 +221,9 @@ fn base_frame(rng: &mut Rng, case: u32, last_nat: Option<(SocketAddr, SocketAddr
     let flags = [SYN, ACK, TcpFlags { fin: true, ack: true, ..TcpFlags::default() }, TcpFlags { rst: true, ..TcpFlags::default() }];
     let flag = flags[rng.below(flags.len())];
     let payload: Vec<u8> = (0..rng.below(40)).map(|_| rng.next_u64() as u8).collect();
-    match rng.below(13) {
+    match rng.below(15) {
+        13 => tcp((src4, sport), (v4(10, 0, 0, 5), 80), flag, &payload),
+        14 => tcp((src4, sport), (v4(10, 201, 0, 2), 10001), flag, &payload),
         10 => tcp((src4, sport), (v4(10, 0, 0, 4), 80), flag, &payload),
         11 => udp((src4, sport), (v4(10, 0, 0, 4), 80), &payload),
         12 => match last_nat {
@@ -302,7 +320,14 @@ fn check(hook: Hook, input: &[u8], seen: &Seen, backends: &BTreeSet<SocketAddr>,
     };
     let action = |xdp: u32| expected_verdict(hook, xdp);
     let allowed = match reason {
-        Reason::FwdLocal | Reason::NotService | Reason::NotIpTcpUdp | Reason::Malformed | Reason::Fragment | Reason::IpOptions | Reason::TtlExceeded => action(XDP_PASS),
+        Reason::FwdLocal
+        | Reason::NotService
+        | Reason::NotExposed
+        | Reason::NotIpTcpUdp
+        | Reason::Malformed
+        | Reason::Fragment
+        | Reason::IpOptions
+        | Reason::TtlExceeded => action(XDP_PASS),
         Reason::NoBackendRejected | Reason::FwdNat | Reason::NatReply => action(XDP_TX),
         r if r.drops() => action(XDP_DROP),
         r => return Err(format!("outcome {r:?} cannot come from an ingress hook")),
@@ -317,6 +342,7 @@ fn check(hook: Hook, input: &[u8], seen: &Seen, backends: &BTreeSet<SocketAddr>,
         Reason::FwdNat => check_nat_forward(input, output, backends),
         Reason::NatReply => check_nat_reply(input, output),
         Reason::NoBackendRejected => check_refusal(input, output),
+        Reason::NotExposed if !to_internal(input) => Err(format!("not exposed: {}, which is no internal service", describe_tuple(input))),
         _ if verdict == action(XDP_PASS) && output != input => Err(format!("{reason:?}: passed, but the frame was changed")),
         _ if pinned_before => Ok(()),
         _ => match pinned_flow(input, maps) {
@@ -325,6 +351,11 @@ fn check(hook: Hook, input: &[u8], seen: &Seen, backends: &BTreeSet<SocketAddr>,
             Err(err) => Err(format!("reading the flow table: {err}")),
         },
     }
+}
+
+/// Whether a frame is TCP to one of the `INTERNAL` services.
+fn to_internal(frame: &[u8]) -> bool {
+    tuple(frame).is_some_and(|(_, dst, proto)| proto == 6 && INTERNAL.iter().any(|s| s.parse::<SocketAddr>().is_ok_and(|s| s == dst)))
 }
 
 /// The (source, destination, protocol, ports) of a parsable TCP/UDP frame.

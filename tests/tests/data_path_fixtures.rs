@@ -221,7 +221,8 @@ fn the_address_filter_turns_away_only_what_no_service_can_match_on(hook: Hook) {
     f.run_table(&[passed("service port at an address the node does not have", new_node_addr.clone(), "not_service")]);
 
     let mut maps = f.maps();
-    let addrs: Vec<std::net::IpAddr> = [NODE, NODE6, "127.0.0.1", "10.202.0.9"].iter().map(|a| a.parse().unwrap()).collect();
+    let every = lb_common::exposure::EVERY_GROUP;
+    let addrs: Vec<(std::net::IpAddr, u32)> = [NODE, NODE6, "127.0.0.1", "10.202.0.9"].iter().map(|a| (a.parse().unwrap(), every)).collect();
     lb::control::reconcile::sync_node_addrs(&addrs, &mut maps).unwrap();
     let out = tcp((client(), 40010), (v4(10, 1, 0, 7), 31700), SYN, b"");
     f.run_table(&[forwarded("the same once the node has the address", new_node_addr, out, "app-port", "10.1.0.7:31700", true)]);
@@ -688,7 +689,7 @@ fn udp_flows_time_out_and_rebalance_on(hook: Hook) {
     // `lb explain` decides as the programs do (lb_common::liveness), from the pinned settings.
     let explain = |f: &Fixture| {
         let clock = lb::inspect::explain::udp_clock(f.pins.path());
-        lb::inspect::explain::explain(&f.maps(), lb::desired::Proto::Udp, "10.201.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), clock).unwrap()
+        lb::inspect::explain::explain(&f.maps(), lb::desired::Proto::Udp, "10.201.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), clock, None).unwrap()
     };
     assert_eq!(explain(&f).flow, "existing", "{hook}");
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -5,7 +5,6 @@
 //! [`ConfigError`]: exit code 64, one line, nothing attached or pinned.
 
 use std::{
-    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -14,6 +13,8 @@ use thiserror::Error;
 
 use crate::{
     cli::RunArgs,
+    control::exposure::{Exposure, Target},
+    node::serving::{Serving, Uplink},
     dataplane::loader::{AttachPlan, LoadConfig, MapSizes, RuntimeSettings},
     sources::marathon::{self, client::Auth},
     desired::Desired,
@@ -35,6 +36,10 @@ pub enum ConfigError {
     FlowTableTooSmall { given: u32, min: u64, cpus: usize },
     #[error("--nat-ports {min}-{max} overlaps this node's ephemeral ports {eph_min}-{eph_max} (net.ipv4.ip_local_port_range): full-NAT flows would collide with the node's own connections; pick a range outside it")]
     NatPortsOverlapEphemeral { min: u16, max: u16, eph_min: u16, eph_max: u16 },
+    #[error("--expose {group}={iface}: {}", if *exists { format!("{iface} is not an uplink: add --iface {iface} (only traffic arriving on uplinks is balanced)") } else { format!("there is no interface {iface} on this node") })]
+    ExposeNotUplink { group: String, iface: String, exists: bool },
+    #[error("{0}")]
+    Expose(String),
     #[error(transparent)]
     PinnedMaps(#[from] crate::dataplane::loader::PinnedMapsError),
     #[error("--metrics-listen {0} is not a loopback address: the metrics and status page would be open to the network; add --metrics-listen-public if that is intended")]
@@ -65,14 +70,12 @@ fn http_config(args: &RunArgs) -> Result<Option<crate::http::HttpConfig>, Config
 #[derive(Debug)]
 pub struct AgentConfig {
     pub plan: AttachPlan,
-    /// Interface indexes of the uplinks, in plan order.
-    pub uplinks: Vec<u32>,
+    /// The uplinks (in plan order), node addresses and where each group is served.
+    pub serving: Serving,
     pub services_file: Option<PathBuf>,
     /// The services file's contents at start.
     pub static_services: Desired,
     pub marathon: Option<marathon::Config>,
-    /// Explicit node addresses (empty: discover them).
-    pub node_ips: Vec<IpAddr>,
     /// Where `/metrics` and the status page are served (None: `--metrics-listen off`).
     pub metrics: Option<std::net::SocketAddr>,
     /// The HTTP path, when a listener is given.
@@ -94,7 +97,9 @@ impl AgentConfig {
             return Err(ConfigError::MetricsNotLoopback(addr));
         }
         preflight::require_pin_dir(&args.pins.pin_dir)?;
-        let uplinks = args.ifaces.iter().map(|i| preflight::interface_index(i)).collect::<Result<Vec<_>, _>>()?;
+        let uplinks = args.ifaces.iter().map(|name| Ok(Uplink { name: name.clone(), ifindex: preflight::interface_index(name)? }));
+        let uplinks = uplinks.collect::<Result<Vec<_>, PreflightError>>()?;
+        let exposure = exposure(args, &uplinks)?;
         if let Some((eph_min, eph_max)) = preflight::ephemeral_ports() {
             let (min, max) = load.settings.nat_ports;
             if min <= eph_max && eph_min <= max {
@@ -120,11 +125,10 @@ impl AgentConfig {
         };
         Ok(Self {
             plan,
-            uplinks,
+            serving: Serving::new(args.node_ips.clone(), uplinks, exposure),
             services_file: args.services.clone(),
             static_services,
             marathon,
-            node_ips: args.node_ips.clone(),
             metrics,
             http,
         })
@@ -133,6 +137,21 @@ impl AgentConfig {
     pub fn pin_dir(&self) -> &Path {
         &self.plan.pin_dir
     }
+}
+
+/// `--expose` and `--default-group`: every interface an entry names must be an uplink (traffic
+/// arriving elsewhere is never balanced, so exposing a group there would serve nothing).
+fn exposure(args: &RunArgs, uplinks: &[Uplink]) -> Result<Exposure, ConfigError> {
+    for entry in &args.expose {
+        for target in &entry.targets {
+            let Target::Iface(iface) = target else { continue };
+            if !uplinks.iter().any(|u| &u.name == iface) {
+                let exists = preflight::interface_index(iface).is_ok();
+                return Err(ConfigError::ExposeNotUplink { group: entry.group.clone(), iface: iface.clone(), exists });
+            }
+        }
+    }
+    Exposure::new(args.expose.clone(), &args.default_group).map_err(ConfigError::Expose)
 }
 
 /// Free entries a CPU takes from a shared LRU table at once (`LOCAL_FREE_TARGET` in the

@@ -16,7 +16,6 @@ use tracing::{info, warn};
 pub use config::{AgentConfig, ConfigError};
 
 use crate::{
-    control::reconcile,
     dataplane::{loader, pinned::PinnedMaps},
     node::neighbours::NeighbourResolver,
     sources::{marathon::Source, services_file::FileWatch},
@@ -87,15 +86,19 @@ impl Listeners {
 
 /// The status before the first sync: who, where, on which uplinks, with which warnings.
 fn first_status(config: &AgentConfig, loaded: &loader::Loaded, listeners: &Listeners) -> AgentStatus {
-    let warnings = crate::node::preflight::forwarding_warnings();
+    let mut warnings = crate::node::preflight::forwarding_warnings();
+    match crate::node::addrs::discover() {
+        Ok(addrs) => warnings.extend(config.serving.warnings(&addrs)),
+        Err(err) => warnings.push(format!("listing this node's addresses: {err}")),
+    }
     for warning in &warnings {
         warn!("{warning}");
     }
-    let uplinks = loaded.ingress.iter().zip(&config.uplinks);
+    let uplinks = loaded.ingress.iter().zip(config.serving.uplinks());
     AgentStatus {
         pid: std::process::id(),
         pin_dir: config.pin_dir().display().to_string(),
-        uplinks: uplinks.map(|((name, hook), &ifindex)| UplinkStatus { name: name.clone(), ifindex, ingress_hook: *hook }).collect(),
+        uplinks: uplinks.map(|((name, hook), uplink)| UplinkStatus { name: name.clone(), ifindex: uplink.ifindex, ingress_hook: *hook }).collect(),
         metrics_listen: listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         warnings,
         http: listeners.http_listen.clone(),
@@ -107,10 +110,10 @@ fn first_status(config: &AgentConfig, loaded: &loader::Loaded, listeners: &Liste
 fn program(config: AgentConfig, status: AgentStatus) -> Result<program::Agent<PinnedMaps>> {
     // Netlink sockets belong to the namespace they are opened in: this one is the agent's.
     let neighbours = NeighbourResolver::new()?;
-    let mut dataplane = PinnedMaps::new(config.pin_dir());
-    reconcile::sync_uplinks(&config.uplinks, &mut dataplane)?;
+    let dataplane = PinnedMaps::new(config.pin_dir());
     let settings = &config.plan.load.settings;
-    let agent = program::Agent::new(dataplane, config.node_ips, settings.nat_ports, config.uplinks, config.static_services, status);
+    let mut agent = program::Agent::new(dataplane, config.serving, settings.nat_ports, config.static_services, status);
+    agent.sync_node()?;
     Ok(agent.with_neighbours(neighbours).with_udp_timeout(settings.udp_timeout_secs))
 }
 

@@ -17,7 +17,7 @@ use crate::{
     dataplane::Dataplane,
     desired::{Desired, ServiceId},
     inspect::metrics,
-    node::{addrs, neighbours::NeighbourResolver},
+    node::{neighbours::NeighbourResolver, serving::Serving},
     sources::{
         marathon::{self, ChangeReason, Outcome},
         services_file,
@@ -28,12 +28,11 @@ use crate::{
 pub struct Agent<D: Dataplane> {
     pub dataplane: D,
     reconciler: Reconciler,
-    /// Explicit node addresses (empty: every address of the node).
-    node_ips: Vec<IpAddr>,
+    /// The node's addresses and uplinks, and where each group is served.
+    serving: Serving,
     nat_ports: (u16, u16),
     /// `--udp-timeout`: UDP full-NAT mappings idle this long are freed.
     udp_timeout_ns: u64,
-    uplinks: Vec<u32>,
     static_services: Desired,
     pub status: AgentStatus,
     /// Asks the kernel to resolve the next hops of backends behind uplinks (full NAT can only
@@ -50,14 +49,13 @@ pub struct Agent<D: Dataplane> {
 }
 
 impl<D: Dataplane> Agent<D> {
-    pub fn new(dataplane: D, node_ips: Vec<IpAddr>, nat_ports: (u16, u16), uplinks: Vec<u32>, static_services: Desired, status: AgentStatus) -> Self {
+    pub fn new(dataplane: D, serving: Serving, nat_ports: (u16, u16), static_services: Desired, status: AgentStatus) -> Self {
         Self {
             dataplane,
-            reconciler: Reconciler::default(),
-            node_ips,
+            reconciler: Reconciler::new(serving.exposure().clone()),
+            serving,
             nat_ports,
             udp_timeout_ns: lb_common::DEFAULT_UDP_TIMEOUT_SECS * 1_000_000_000,
-            uplinks,
             static_services,
             status,
             neighbours: None,
@@ -111,12 +109,7 @@ impl<D: Dataplane> Agent<D> {
     /// [`Agent::apply`] when only Marathon's services in `changed` can differ from the last
     /// apply (None: any may).
     fn apply_changes(&mut self, marathon: Option<&Desired>, changed: Option<&BTreeSet<ServiceId>>) -> Result<()> {
-        let addrs = if self.node_ips.is_empty() {
-            addrs::discover().context("listing this node's addresses")?
-        } else {
-            addrs::with_loopback(self.node_ips.clone())
-        };
-        reconcile::sync_node_addrs(&addrs, &mut self.dataplane)?;
+        self.sync_node()?;
         let (merged, clashes) = merge::merge(&self.static_services, marathon);
         for id in clashes {
             warn!(service = %id, "defined both in the services file and by Marathon; Marathon's definition wins");
@@ -130,9 +123,10 @@ impl<D: Dataplane> Agent<D> {
         self.status.not_programmed = report.failed;
         // Only full NAT forwards in XDP/TC to a next hop the kernel must have resolved, and
         // full NAT only goes out of uplinks.
-        if let Some(resolver) = self.neighbours.as_mut().filter(|_| !self.uplinks.is_empty()) {
+        let uplinks: Vec<u32> = self.serving.uplinks().iter().map(|u| u.ifindex).collect();
+        if let Some(resolver) = self.neighbours.as_mut().filter(|_| !uplinks.is_empty()) {
             let backends: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
-            match resolver.request(&backends, &self.uplinks) {
+            match resolver.request(&backends, &uplinks) {
                 Ok(sent) if sent > 0 => debug!(sent, "asked the kernel to resolve backends' next hops"),
                 Ok(_) => {}
                 Err(err) => warn!("resolving backends' next hops: {}", crate::error_chain(&err)),
@@ -141,6 +135,16 @@ impl<D: Dataplane> Agent<D> {
         self.status.services = desired.len();
         self.status.ring_slots_in_use = self.reconciler.ring_slots_in_use();
         self.write_status();
+        Ok(())
+    }
+
+    /// Brings the node's addresses (they come and go) and its uplinks, with the groups each
+    /// exposes, into the maps. Also done at start, before the first sync: routes out of an
+    /// uplink mean full NAT from the first packet on.
+    pub fn sync_node(&mut self) -> Result<()> {
+        let words = self.serving.words().context("listing this node's addresses")?;
+        reconcile::sync_node_addrs(&words.addrs, &mut self.dataplane)?;
+        reconcile::sync_uplinks(&words.uplinks, &mut self.dataplane)?;
         Ok(())
     }
 
@@ -223,7 +227,7 @@ mod tests {
 
     fn service(addr: ServiceAddr, port: u16, name: &str, backend: &str) -> Service {
         let id = ServiceId { addr, port, proto: Proto::Tcp };
-        Service { id, name: name.into(), backends: vec![Backend { addr: backend.parse().unwrap(), port: 31000, weight: 1 }] }
+        Service { id, name: name.into(), groups: Default::default(), backends: vec![Backend { addr: backend.parse().unwrap(), port: 31000, weight: 1 }] }
     }
 
     fn desired(services: Vec<Service>) -> Desired {
@@ -233,9 +237,8 @@ mod tests {
     fn agent(static_services: Desired) -> Agent<FakeDataplane> {
         let mut agent = Agent::new(
             FakeDataplane::new(16, 64, lb_common::ring_pool::CHUNK_SLOTS),
-            vec!["10.0.0.1".parse().unwrap()],
+            Serving::new(vec!["10.0.0.1".parse().unwrap()], Vec::new(), Default::default()),
             (61000, 65535),
-            Vec::new(),
             static_services,
             AgentStatus::default(),
         );

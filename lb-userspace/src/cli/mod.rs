@@ -95,6 +95,10 @@ pub struct ExplainArgs {
     /// The service's ADDRESS:PORT as clients connect to it (a VIP, or a node address for a
     /// service port).
     pub service: std::net::SocketAddr,
+    /// The uplink the packet arrives on (where `lb run --expose` serves the service decides
+    /// whether it is balanced); default: any uplink.
+    #[arg(long, value_name = "IFACE")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

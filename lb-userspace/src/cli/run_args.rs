@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::PinArgs;
 use crate::{
+    control::exposure::ExposeEntry,
     dataplane::loader::IngressHook,
     sources::marathon::{client::Auth, vip::VipRange},
 };
@@ -61,6 +62,17 @@ pub struct RunArgs {
     /// address of every interface. 127.0.0.1 and ::1 are always included.
     #[arg(long = "node-ip", value_name = "ADDR")]
     pub node_ips: Vec<IpAddr>,
+    /// Serve the apps of GROUP (HAPROXY_GROUP, HAPROXY_{n}_GROUP) from the network only here:
+    /// service ports on these addresses or on the addresses of these uplinks, VIPs arriving on
+    /// these uplinks (or the uplink with the address); `*` is every group. Repeatable. Without
+    /// it every app is served everywhere. Local clients reach every group.
+    #[arg(long = "expose", value_name = "GROUP=ADDR|IFACE,…", value_parser = expose_entry)]
+    pub expose: Vec<ExposeEntry>,
+    /// The group of apps that name none, for --expose: `internal` by default, so an app exposed
+    /// on a public uplink is one labelled for it (as marathon-lb's external balancer serves only
+    /// apps labelled HAPROXY_GROUP=external).
+    #[arg(long, value_name = "NAME", default_value = "internal", value_parser = group_name)]
+    pub default_group: String,
     /// cgroup v2 directory whose processes (and descendants') get the socket hooks: their
     /// connections to services go straight to a backend. Default: the cgroup v2 root (mounted
     /// at /run/lb/cgroup2 if the machine has no cgroup v2 mount).
@@ -118,6 +130,8 @@ pub struct RunArgs {
 pub enum ValueError {
     #[error("{0:?} is not MIN-MAX")]
     NotARange(String),
+    #[error("{0}")]
+    Expose(String),
     #[error("{0:?} is not a port (1-65535)")]
     NotAPort(String),
     #[error("{min}-{max} is empty: MIN must not exceed MAX")]
@@ -170,6 +184,16 @@ pub fn port_range(text: &str) -> Result<(u16, u16), ValueError> {
         return Err(ValueError::EmptyRange { min, max });
     }
     Ok((min, max))
+}
+
+/// `--expose GROUP=ADDR|IFACE,…`.
+pub fn expose_entry(text: &str) -> Result<ExposeEntry, ValueError> {
+    text.parse().map_err(ValueError::Expose)
+}
+
+/// `--default-group NAME`.
+pub fn group_name(text: &str) -> Result<String, ValueError> {
+    crate::desired::check_group(text).map(|()| text.to_owned()).map_err(ValueError::Expose)
 }
 
 /// `--marathon URL`: http or https.

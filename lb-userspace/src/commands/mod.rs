@@ -62,12 +62,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             report::print_vips(&vips, args.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
-        Command::Explain(args) => {
-            let pin_dir = &args.read.pins.pin_dir;
-            let explained = explain::explain(&PinnedMaps::new(pin_dir), args.protocol, args.client, args.service, explain::udp_clock(pin_dir))?;
-            explain::print(&explained, args.read.json, &mut std::io::stdout().lock())?;
-            Ok(0)
-        }
+        Command::Explain(args) => explain(&args),
         Command::Down(args) => down::down(&args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -87,6 +82,16 @@ pub fn output_closed(err: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
             || c.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind) == pipe
     })
+}
+
+/// `lb explain`; an unknown `--via` interface is a usage error.
+fn explain(args: &crate::cli::ExplainArgs) -> Result<u8> {
+    let pin_dir = &args.read.pins.pin_dir;
+    let via = args.via.as_deref().map(preflight::interface_index).transpose().map_err(agent::ConfigError::from)?;
+    let maps = PinnedMaps::new(pin_dir);
+    let explained = explain::explain(&maps, args.protocol, args.client, args.service, explain::udp_clock(pin_dir), via)?;
+    explain::print(&explained, args.read.json, &mut std::io::stdout().lock())?;
+    Ok(0)
 }
 
 pub fn exit_code(err: &anyhow::Error) -> u8 {

@@ -21,6 +21,7 @@ use lb_common::{
 use tracing::{error, info};
 
 use crate::{
+    control::exposure::Exposure,
     dataplane::{limits::Limit, Bitmap, Dataplane, DataplaneError, MapSizes},
     desired::{ip_bytes, Backend, Desired, Service, ServiceId},
     control::ring_alloc::{Ring, RingAllocator},
@@ -47,6 +48,8 @@ pub struct Reconciler {
     mirror: Option<Mirror>,
     /// Services the last pass could not program (limits reached): retried by every pass.
     unfit: BTreeSet<ServiceId>,
+    /// Where services are served: their groups' words.
+    exposure: Exposure,
 }
 
 /// The maps as the last successful pass left them. The agent is the only writer (one agent per
@@ -138,6 +141,11 @@ impl Allocator {
 }
 
 impl Reconciler {
+    /// A reconciler that serves services where `exposure` says.
+    pub fn new(exposure: Exposure) -> Self {
+        Self { exposure, ..Self::default() }
+    }
+
     /// The allocator for maps holding `current` and `backends` (read from the kernel); what the
     /// previous pass freed stays out of the free lists.
     fn allocator_from_maps(
@@ -271,14 +279,15 @@ impl Reconciler {
     /// that does not fit is reported, remembered for the next pass, and leaves no trace.
     fn program(&mut self, service: &Service, pass: &mut Pass, was_unfit: &BTreeSet<ServiceId>, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
         let key = service.id.key();
+        let groups = self.exposure.service_word(&service.groups);
         let maps = &mut pass.maps;
         let outcome = match maps.services.get(&key) {
             Some(_) if maps.programmed.get(&key) == Some(&fingerprint(service)) => {
                 pass.report.unchanged += 1;
                 return Ok(());
             }
-            None => add(service, &key, dp, &mut maps.alloc).inspect(|_| pass.report.added += 1),
-            Some(info) => update(service, &key, info, dp, &mut maps.alloc).map(|(changed, info)| {
+            None => add(service, &key, groups, dp, &mut maps.alloc).inspect(|_| pass.report.added += 1),
+            Some(info) => update(service, &key, info, groups, dp, &mut maps.alloc).map(|(changed, info)| {
                 if changed {
                     pass.report.updated += 1
                 } else {
@@ -382,8 +391,9 @@ fn active_count(members: &[(u32, Backend)]) -> u32 {
     members.iter().filter(|(_, b)| b.weight > 0).count() as u32
 }
 
-/// Returns the service's entry as written.
-fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<ServiceInfo, DataplaneError> {
+/// Returns the service's entry as written. Its group word (`groups`) is written before the
+/// entry: a slot's word may be another service's, or none (which means every group).
+fn add(service: &Service, key: &ServiceKey, groups: u32, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<ServiceInfo, DataplaneError> {
     // Allocate everything first: a service that does not fit leaves no trace.
     let service_id = alloc.service_id()?;
     let ids = match alloc.backend_ids(service.backends.len()) {
@@ -404,6 +414,7 @@ fn add(service: &Service, key: &ServiceKey, dp: &mut dyn Dataplane, alloc: &mut 
         }
     };
     dp.set_service_name(service_id, &service.name)?;
+    dp.set_service_groups(service_id, groups)?;
     for (id, backend) in &members {
         let generation = alloc.backends[*id as usize].generation.wrapping_add(1);
         let info = backend_info(backend, service_id, generation);
@@ -423,6 +434,7 @@ fn update(
     service: &Service,
     key: &ServiceKey,
     info: &ServiceInfo,
+    groups: u32,
     dp: &mut dyn Dataplane,
     alloc: &mut Allocator,
 ) -> Result<(bool, ServiceInfo), DataplaneError> {
@@ -430,6 +442,10 @@ fn update(
     let mut changed = false;
     if dp.service_name(sid)? != service.name {
         dp.set_service_name(sid, &service.name)?;
+        changed = true;
+    }
+    if dp.service_groups(sid)? != groups {
+        dp.set_service_groups(sid, groups)?;
         changed = true;
     }
     let current: BTreeMap<(IpAddr, u16), (u32, BackendInfo)> = alloc
@@ -589,7 +605,7 @@ fn sync_service_ports<'a>(services: impl Iterator<Item = &'a ServiceKey>, dp: &m
 fn sync_service_addrs<'a>(services: impl Iterator<Item = &'a ServiceKey>, dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
     let mut wanted = vec![lb_common::SERVICE_ADDRS_COMPLETE; Bitmap::ServiceAddrs.words()];
     let vips = services.filter(|k| k.addr != [0; 16]).map(|k| (k.addr, k.family));
-    for (addr, family) in vips.chain(dp.node_addrs()?.into_iter().map(|n| (n.addr, n.family))) {
+    for (addr, family) in vips.chain(dp.node_addrs()?.into_iter().map(|(n, _)| (n.addr, n.family))) {
         let (word, bit) = lb_common::service_addr_bit(&addr, family);
         wanted[word as usize] |= bit;
     }
@@ -607,19 +623,27 @@ fn write_bitmap(bitmap: Bitmap, wanted: &[u64], dp: &mut dyn Dataplane) -> Resul
     Ok(())
 }
 
-/// Makes NODE_ADDRS equal to `addrs` (where service ports are served).
-pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
-    let wanted: BTreeSet<NodeAddrKey> = addrs
+/// Makes NODE_ADDRS equal to `addrs` (where service ports are served), each with its group word.
+pub fn sync_node_addrs(addrs: &[(IpAddr, u32)], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let wanted: BTreeMap<NodeAddrKey, u32> = addrs
         .iter()
-        .map(|ip| {
+        .map(|(ip, groups)| {
             let (addr, family) = ip_bytes(*ip);
-            NodeAddrKey { addr, family, _pad: 0, _pad2: 0 }
+            (NodeAddrKey { addr, family, _pad: 0, _pad2: 0 }, *groups)
         })
         .collect();
-    let current: BTreeSet<NodeAddrKey> = dp.node_addrs()?.into_iter().collect();
-    let added: Vec<&NodeAddrKey> = wanted.difference(&current).collect();
-    for addr in &added {
-        dp.add_node_addr(addr)?;
+    let current: BTreeMap<NodeAddrKey, u32> = dp.node_addrs()?.into_iter().collect();
+    let mut added = Vec::new();
+    for (addr, groups) in &wanted {
+        match current.get(addr) {
+            Some(have) if have == groups => {}
+            have => {
+                dp.set_node_addr(addr, *groups)?;
+                if have.is_none() {
+                    added.push(*addr);
+                }
+            }
+        }
     }
     // A new address passes the filter at once; a removed one's bit stays until the filter is
     // next rewritten whole (a stale bit only sends packets down the full path).
@@ -633,20 +657,23 @@ pub fn sync_node_addrs(addrs: &[IpAddr], dp: &mut dyn Dataplane) -> Result<(), D
             }
         }
     }
-    for addr in current.difference(&wanted) {
+    for addr in current.keys().filter(|a| !wanted.contains_key(a)) {
         dp.remove_node_addr(addr)?;
     }
     Ok(())
 }
 
-/// Makes UPLINKS equal to `ifindexes` (routes out of these mean "another node": full NAT).
-pub fn sync_uplinks(ifindexes: &[u32], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
-    let wanted: BTreeSet<u32> = ifindexes.iter().copied().collect();
-    let current: BTreeSet<u32> = dp.uplinks()?.into_iter().collect();
-    for ifindex in wanted.difference(&current) {
-        dp.add_uplink(*ifindex)?;
+/// Makes UPLINKS equal to `uplinks` (ifindex, group word): routes out of these mean "another
+/// node" (full NAT), and VIPs arriving on one are served for the groups of its word.
+pub fn sync_uplinks(uplinks: &[(u32, u32)], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
+    let wanted: BTreeMap<u32, u32> = uplinks.iter().copied().collect();
+    let current: BTreeMap<u32, u32> = dp.uplinks()?.into_iter().collect();
+    for (ifindex, groups) in &wanted {
+        if current.get(ifindex) != Some(groups) {
+            dp.set_uplink(*ifindex, *groups)?;
+        }
     }
-    for ifindex in current.difference(&wanted) {
+    for ifindex in current.keys().filter(|i| !wanted.contains_key(i)) {
         dp.remove_uplink(*ifindex)?;
     }
     Ok(())
@@ -706,14 +733,15 @@ mod tests {
     }
 
     #[test]
-    fn adds_a_service_backends_first_then_ring_then_service() {
+    fn adds_a_service_groups_and_backends_first_then_ring_then_service() {
         let mut dp = FakeDataplane::new(8, 32, RING);
         let report = Reconciler::default().apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 1)]), &mut dp).unwrap();
         assert_eq!(report.added, 1);
         let order: Vec<&str> = dp.log.iter().map(|l| l.split(' ').next().unwrap()).collect();
-        // The filter's first write marks every word complete, with the VIP's bit.
-        assert_eq!(order[..5], ["backend", "backend", "ring", "service", "ports"]);
-        assert!(order[5..].iter().all(|w| *w == "addrs") && order.len() > 5, "{order:?}");
+        // The group word before the entry (a slot's old word could be another service's); the
+        // filter's first write marks every word complete, with the VIP's bit.
+        assert_eq!(order[..6], ["groups", "backend", "backend", "ring", "service", "ports"]);
+        assert!(order[6..].iter().all(|w| *w == "addrs") && order.len() > 6, "{order:?}");
         let (word, bit) = lb_common::service_port_bit(80, lb_common::PROTO_TCP);
         assert_eq!(dp.service_ports[word as usize], bit, "port 80/tcp marked after the service is complete");
         let (word, bit) = lb_common::service_addr_bit(&lb_common::v4_bytes([10, 0, 0, 1]), lb_common::FAMILY_V4);
@@ -771,6 +799,27 @@ mod tests {
         let reused = id_of(&dp, 31004);
         assert_eq!(reused, gone);
         assert_eq!(dp.backends[reused as usize].generation, 2, "re-use bumps the generation");
+    }
+
+    #[test]
+    fn group_words_follow_the_groups_and_reach_services_an_earlier_agent_left() {
+        use lb_common::exposure::{EVERY_GROUP, OTHER_GROUPS, WRITTEN};
+        let mut dp = FakeDataplane::new(8, 32, RING);
+        let mut d = web(&[("10.1.0.1", 31001, 1)]);
+        Reconciler::default().apply(&d, &mut dp).unwrap();
+        let sid = dp.services.values().next().unwrap().service_id;
+        assert_eq!(dp.service_groups[&sid], EVERY_GROUP, "without --expose: every group");
+        // An agent started with --expose finds the service as programmed: only its word changes.
+        let exposure = Exposure::new(vec!["internal=eth1".parse().unwrap()], "internal").unwrap();
+        let mut reconciler = Reconciler::new(exposure);
+        let before = dp.log.len();
+        assert_eq!(reconciler.apply(&d, &mut dp).unwrap().updated, 1);
+        assert_eq!(dp.service_groups[&sid], WRITTEN | 1, "no group: --default-group internal");
+        assert_eq!(dp.log[before..], [format!("groups {sid} {:#x}", WRITTEN | 1)]);
+        // The app moves to a group no --expose names: served nowhere from the network.
+        d.values_mut().next().unwrap().groups = ["external".to_owned()].into();
+        assert_eq!(reconciler.apply(&d, &mut dp).unwrap().updated, 1);
+        assert_eq!(dp.service_groups[&sid], WRITTEN | OTHER_GROUPS);
     }
 
     #[test]
@@ -884,19 +933,20 @@ mod tests {
     }
 
     #[test]
-    fn uplinks_are_synced_both_ways() {
+    fn uplinks_and_their_group_words_are_synced_both_ways() {
         let mut dp = FakeDataplane::new(8, 32, RING);
-        sync_uplinks(&[2, 3], &mut dp).unwrap();
-        sync_uplinks(&[3], &mut dp).unwrap();
-        assert_eq!(dp.uplinks, vec![3]);
+        sync_uplinks(&[(2, 1), (3, 1)], &mut dp).unwrap();
+        sync_uplinks(&[(3, 5)], &mut dp).unwrap();
+        assert_eq!(dp.uplinks, [(3, 5)].into());
     }
 
     #[test]
-    fn node_addresses_are_synced_both_ways() {
+    fn node_addresses_and_their_group_words_are_synced_both_ways() {
         let mut dp = FakeDataplane::new(8, 32, RING);
-        sync_node_addrs(&["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()], &mut dp).unwrap();
+        let (a, lo): (IpAddr, IpAddr) = ("10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        sync_node_addrs(&[(a, 1), (lo, 1)], &mut dp).unwrap();
         assert_eq!(dp.node_addrs.len(), 2);
-        sync_node_addrs(&["10.0.0.5".parse().unwrap()], &mut dp).unwrap();
-        assert_eq!(dp.node_addrs.len(), 1);
+        sync_node_addrs(&[(a, 3)], &mut dp).unwrap();
+        assert_eq!(dp.node_addrs.into_values().collect::<Vec<_>>(), [3]);
     }
 }

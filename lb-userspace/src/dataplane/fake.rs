@@ -22,11 +22,13 @@ pub struct FakeDataplane {
     pub backends: Vec<BackendInfo>,
     /// The ring pool, one entry per slot.
     pub pool: Vec<u32>,
-    pub node_addrs: Vec<NodeAddrKey>,
+    pub node_addrs: BTreeMap<NodeAddrKey, u32>,
+    /// Group words by service id (absent: 0, as in the array map).
+    pub service_groups: BTreeMap<u32, u32>,
     pub flows: Vec<(FlowKey, FlowInfo)>,
     /// Full-NAT mappings, keyed by the backend's reply.
     pub nat_replies: Vec<(FlowKey, NatReply)>,
-    pub uplinks: Vec<u32>,
+    pub uplinks: BTreeMap<u32, u32>,
     pub service_ports: Vec<u64>,
     pub service_addrs: Vec<u64>,
     /// Every write, in order, for tests of write ordering.
@@ -46,10 +48,11 @@ impl FakeDataplane {
             names: BTreeMap::new(),
             backends: vec![BackendInfo::default(); max_backends as usize],
             pool: vec![0; ring_slots as usize],
-            node_addrs: Vec::new(),
+            node_addrs: BTreeMap::new(),
+            service_groups: BTreeMap::new(),
             flows: Vec::new(),
             nat_replies: Vec::new(),
-            uplinks: Vec::new(),
+            uplinks: BTreeMap::new(),
             service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
             service_addrs: vec![0; lb_common::SERVICE_ADDR_WORDS as usize],
             log: Vec::new(),
@@ -174,35 +177,41 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {
-        Ok(self.node_addrs.clone())
+    fn service_groups(&self, service_id: u32) -> Result<u32> {
+        Ok(self.service_groups.get(&service_id).copied().unwrap_or(0))
     }
 
-    fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
-        if !self.node_addrs.contains(addr) {
-            self.node_addrs.push(*addr);
-        }
+    fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<()> {
+        self.log.push(format!("groups {service_id} {groups:#x}"));
+        self.service_groups.insert(service_id, groups);
+        Ok(())
+    }
+
+    fn node_addrs(&self) -> Result<Vec<(NodeAddrKey, u32)>> {
+        Ok(self.node_addrs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn set_node_addr(&mut self, addr: &NodeAddrKey, groups: u32) -> Result<()> {
+        self.node_addrs.insert(*addr, groups);
         Ok(())
     }
 
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
-        self.node_addrs.retain(|a| a != addr);
+        self.node_addrs.remove(addr);
         Ok(())
     }
 
-    fn uplinks(&self) -> Result<Vec<u32>> {
-        Ok(self.uplinks.clone())
+    fn uplinks(&self) -> Result<Vec<(u32, u32)>> {
+        Ok(self.uplinks.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn add_uplink(&mut self, ifindex: u32) -> Result<()> {
-        if !self.uplinks.contains(&ifindex) {
-            self.uplinks.push(ifindex);
-        }
+    fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<()> {
+        self.uplinks.insert(ifindex, groups);
         Ok(())
     }
 
     fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {
-        self.uplinks.retain(|&i| i != ifindex);
+        self.uplinks.remove(&ifindex);
         Ok(())
     }
 

@@ -78,7 +78,7 @@ impl Limit {
     pub fn maps(self) -> &'static [&'static str] {
         match self {
             Limit::RingSlots => &[names::MAP_RINGS],
-            Limit::Services => &[names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_STATS],
+            Limit::Services => &[names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_GROUPS, names::MAP_SERVICE_STATS],
             Limit::Backends => &[names::MAP_BACKENDS, names::MAP_BACKEND_STATS, names::MAP_ROUTES],
             Limit::Flows => &names::FLOW_MAPS,
         }

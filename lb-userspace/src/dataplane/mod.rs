@@ -128,13 +128,19 @@ pub trait Dataplane {
     fn bitmap_words(&self, bitmap: Bitmap) -> Result<Vec<u64>, DataplaneError>;
     fn set_bitmap_word(&mut self, bitmap: Bitmap, index: u32, word: u64) -> Result<(), DataplaneError>;
 
-    fn node_addrs(&self) -> Result<Vec<NodeAddrKey>, DataplaneError>;
-    fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
+    /// The group word (lb_common::exposure) of service slot `service_id`.
+    fn service_groups(&self, service_id: u32) -> Result<u32, DataplaneError>;
+    fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<(), DataplaneError>;
+
+    /// This node's addresses where service ports are served, with the group word of each.
+    fn node_addrs(&self) -> Result<Vec<(NodeAddrKey, u32)>, DataplaneError>;
+    fn set_node_addr(&mut self, addr: &NodeAddrKey, groups: u32) -> Result<(), DataplaneError>;
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<(), DataplaneError>;
 
-    /// Interface indexes whose routes mean "another node" (full NAT).
-    fn uplinks(&self) -> Result<Vec<u32>, DataplaneError>;
-    fn add_uplink(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
+    /// Interface indexes whose routes mean "another node" (full NAT), with the group word of
+    /// each (what VIPs arriving there are served for).
+    fn uplinks(&self) -> Result<Vec<(u32, u32)>, DataplaneError>;
+    fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<(), DataplaneError>;
     fn remove_uplink(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
 
     /// Entries of the flow table (at most `limit`).

@@ -322,26 +322,36 @@ impl Dataplane for PinnedMaps {
         self.array_mut::<u64>(name)?.set(index, word, 0).map_err(map_err(name))
     }
 
-    fn node_addrs(&self) -> Result<Vec<NodeAddrKey>> {
-        Ok(self.entries::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+    fn service_groups(&self, service_id: u32) -> Result<u32> {
+        let name = names::MAP_SERVICE_GROUPS;
+        self.array::<u32>(name)?.get(&service_id, 0).map_err(map_err(name))
     }
 
-    fn add_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
+    fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<()> {
+        let name = names::MAP_SERVICE_GROUPS;
+        self.array_mut::<u32>(name)?.set(service_id, groups, 0).map_err(map_err(name))
+    }
+
+    fn node_addrs(&self) -> Result<Vec<(NodeAddrKey, u32)>> {
+        self.entries::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS, usize::MAX)
+    }
+
+    fn set_node_addr(&mut self, addr: &NodeAddrKey, groups: u32) -> Result<()> {
         let mut map = self.hash_mut::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?;
-        map.insert(addr, 1, 0).map_err(map_err(names::MAP_NODE_ADDRS))
+        map.insert(addr, groups, 0).map_err(map_err(names::MAP_NODE_ADDRS))
     }
 
     fn remove_node_addr(&mut self, addr: &NodeAddrKey) -> Result<()> {
         ignore_missing(self.hash_mut::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS)?.remove(addr), names::MAP_NODE_ADDRS)
     }
 
-    fn uplinks(&self) -> Result<Vec<u32>> {
-        Ok(self.entries::<u32, u32>(names::MAP_UPLINKS, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+    fn uplinks(&self) -> Result<Vec<(u32, u32)>> {
+        self.entries::<u32, u32>(names::MAP_UPLINKS, usize::MAX)
     }
 
-    fn add_uplink(&mut self, ifindex: u32) -> Result<()> {
+    fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<()> {
         let mut map = self.hash_mut::<u32, u32>(names::MAP_UPLINKS)?;
-        map.insert(ifindex, 1, 0).map_err(map_err(names::MAP_UPLINKS))
+        map.insert(ifindex, groups, 0).map_err(map_err(names::MAP_UPLINKS))
     }
 
     fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {

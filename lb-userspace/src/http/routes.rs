@@ -264,7 +264,7 @@ mod tests {
             .map(|(port, backends)| {
                 let id = ServiceId { addr: ServiceAddr::NodePort { v6: false }, port: *port, proto: Proto::Tcp };
                 let backends = backends.iter().map(|(a, w)| ModelBackend { addr: a.parse().unwrap(), port: 31000, weight: *w }).collect();
-                (id, Service { id, name: format!("svc{port}"), backends })
+                (id, Service { id, name: format!("svc{port}"), groups: Default::default(), backends })
             })
             .collect()
     }

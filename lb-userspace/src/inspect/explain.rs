@@ -13,13 +13,15 @@ use std::{
 use anyhow::{bail, Result};
 use lb_common::{
     liveness::{self, UdpClock},
-    select, BackendInfo, FlowKey, ServiceInfo,
+    select::{self, Lookup, Origin, ServiceMaps},
+    BackendInfo, FlowKey, NodeAddrKey, ServiceInfo, ServiceKey,
 };
 use serde::Serialize;
 
 use crate::{
     dataplane::Dataplane,
     desired::{bytes_ip, ip_bytes, Proto},
+    node::preflight,
 };
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -40,7 +42,30 @@ pub struct Explanation {
     pub ring_slot: Option<u32>,
     pub ring_size: Option<u32>,
     /// Why there is no backend, when there is none.
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
+    /// The uplinks a new connection to the service is balanced on, and those it is not
+    /// exposed on (`lb run --expose`).
+    pub exposed_on: Vec<String>,
+    pub not_exposed_on: Vec<String>,
+}
+
+impl Explanation {
+    fn new(protocol: Proto, client: SocketAddr, service: SocketAddr) -> Self {
+        Self {
+            protocol,
+            client,
+            service,
+            service_name: None,
+            flow: "none",
+            backend: None,
+            new_flow_backend: None,
+            ring_slot: None,
+            ring_size: None,
+            reason: None,
+            exposed_on: Vec::new(),
+            not_exposed_on: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
@@ -54,28 +79,24 @@ fn addr_of(b: &BackendInfo) -> Option<BackendAddr> {
 }
 
 /// `udp_clock`: the programs' clock now and the pinned UDP timeout (see [`udp_clock`]), which decide
-/// whether a UDP flow has idled out, as they do in the programs.
-pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service: SocketAddr, udp_clock: Option<UdpClock>) -> Result<Explanation> {
+/// whether a UDP flow has idled out, as they do in the programs. `via`: the uplink (ifindex)
+/// the packet arrives on; None: any uplink (the answer says where the service is exposed).
+pub fn explain(
+    dp: &dyn Dataplane,
+    protocol: Proto,
+    client: SocketAddr,
+    service: SocketAddr,
+    udp_clock: Option<UdpClock>,
+    via: Option<u32>,
+) -> Result<Explanation> {
     if client.is_ipv4() != service.is_ipv4() {
         bail!("{client} and {service} are of different address families");
     }
     let (src, family) = ip_bytes(client.ip());
-    let (dst, _) = ip_bytes(service.ip());
     let proto = protocol.number();
     let backends = dp.backends()?;
-    let mut out = Explanation {
-        protocol,
-        client,
-        service,
-        service_name: None,
-        flow: "none",
-        backend: None,
-        new_flow_backend: None,
-        ring_slot: None,
-        ring_size: None,
-        reason: None,
-    };
-    let flow_key = FlowKey { src, dst, sport: client.port(), dport: service.port(), proto, family, _pad: 0 };
+    let mut out = Explanation::new(protocol, client, service);
+    let flow_key = FlowKey { src, dst: ip_bytes(service.ip()).0, sport: client.port(), dport: service.port(), proto, family, _pad: 0 };
     let pinned = dp
         .flow(&flow_key)?
         .and_then(|flow| backends.get(flow.backend_id as usize).filter(|b| liveness::flow_alive(&flow, b, proto, || udp_clock)));
@@ -83,24 +104,13 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         out.flow = "existing";
         out.backend = addr_of(backend);
     }
-    let services = dp.services()?;
-    let node_addrs = dp.node_addrs()?;
-    let info = select::service(
-        &dst,
-        service.port(),
-        proto,
-        family,
-        |key| services.iter().find(|(k, _)| k == key).map(|(_, i)| *i),
-        |node| node_addrs.contains(node),
-    );
-    let Some(info) = info else {
-        out.reason.get_or_insert("not a service: passed to the stack untouched");
+    let Some(info) = exposed_service(dp, &mut out, via)? else {
         return Ok(out);
     };
     out.service_name = Some(dp.service_name(info.service_id)?);
     if info.active_backends == 0 || info.ring_size == 0 {
         if pinned.is_none() {
-            out.reason = Some("no active backend: a new connection is refused");
+            out.reason = Some("no active backend: a new connection is refused".into());
         }
         return Ok(out);
     }
@@ -113,6 +123,64 @@ pub fn explain(dp: &dyn Dataplane, protocol: Proto, client: SocketAddr, service:
         out.backend = out.new_flow_backend;
     }
     Ok(out)
+}
+
+/// The service `out` asks about, if it is served where the packet comes from (`via`, else any
+/// uplink); otherwise None with the reason in `out`. Fills in the uplinks it is (not) exposed on.
+fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>) -> Result<Option<ServiceInfo>> {
+    let (dst, family) = ip_bytes(out.service.ip());
+    let (port, proto) = (out.service.port(), out.protocol.number());
+    let mut maps = Maps { services: dp.services()?, node_addrs: dp.node_addrs()?, uplinks: dp.uplinks()?, service_groups: 0 };
+    let Lookup::Service(info) = select::service(&maps, &dst, port, proto, family, Origin::Local) else {
+        out.reason.get_or_insert_with(|| "not a service: passed to the stack untouched".into());
+        return Ok(None);
+    };
+    maps.service_groups = dp.service_groups(info.service_id)?;
+    for &(ifindex, _) in &maps.uplinks {
+        let name = preflight::interface_name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+        match select::service(&maps, &dst, port, proto, family, Origin::Uplink(ifindex)) {
+            Lookup::Service(_) => out.exposed_on.push(name),
+            _ => out.not_exposed_on.push(name),
+        }
+    }
+    let refused_here = match via {
+        Some(ifindex) => !matches!(select::service(&maps, &dst, port, proto, family, Origin::Uplink(ifindex)), Lookup::Service(_)),
+        None => !maps.uplinks.is_empty() && out.exposed_on.is_empty(),
+    };
+    if refused_here && out.flow != "existing" {
+        out.service_name = Some(dp.service_name(info.service_id)?);
+        let arrival = via.map_or("any uplink".to_owned(), |i| preflight::interface_name(i).unwrap_or_else(|| format!("ifindex {i}")));
+        out.reason = Some(format!("not exposed on {arrival} (--expose): passed to the stack untouched (not_exposed); local clients reach it"));
+        return Ok(None);
+    }
+    Ok(Some(info))
+}
+
+/// lb_common::select's view of the pinned maps, with the group word of the one service asked
+/// about.
+struct Maps {
+    services: Vec<(ServiceKey, ServiceInfo)>,
+    node_addrs: Vec<(NodeAddrKey, u32)>,
+    uplinks: Vec<(u32, u32)>,
+    service_groups: u32,
+}
+
+impl ServiceMaps for Maps {
+    fn service(&self, key: &ServiceKey) -> Option<ServiceInfo> {
+        self.services.iter().find(|(k, _)| k == key).map(|(_, i)| *i)
+    }
+
+    fn node_addr(&self, key: &NodeAddrKey) -> Option<u32> {
+        self.node_addrs.iter().find(|(k, _)| k == key).map(|(_, w)| *w)
+    }
+
+    fn service_groups(&self, _: u32) -> u32 {
+        self.service_groups
+    }
+
+    fn uplink_groups(&self, ifindex: u32) -> u32 {
+        self.uplinks.iter().find(|(i, _)| *i == ifindex).map_or(0, |(_, w)| *w)
+    }
 }
 
 /// The slot of `info`'s ring a new flow from `src`:`sport` takes, and its backend if that one
@@ -160,7 +228,11 @@ pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
             e.ring_slot.unwrap_or_default(),
             e.ring_size.unwrap_or_default()
         )?,
-        _ => writeln!(out, "{}", e.reason.unwrap_or("no backend"))?,
+        _ => writeln!(out, "{}", e.reason.as_deref().unwrap_or("no backend"))?,
+    }
+    if !e.not_exposed_on.is_empty() {
+        let on = if e.exposed_on.is_empty() { "no uplink".to_owned() } else { e.exposed_on.join(", ") };
+        writeln!(out, "  exposed on {on}; not on {}", e.not_exposed_on.join(", "))?;
     }
     Ok(())
 }
@@ -183,7 +255,7 @@ mod tests {
         )
         .unwrap();
         Reconciler::default().apply(&desired, &mut dp).unwrap();
-        crate::control::reconcile::sync_node_addrs(&["10.201.0.2".parse().unwrap()], &mut dp).unwrap();
+        crate::control::reconcile::sync_node_addrs(&[("10.201.0.2".parse().unwrap(), lb_common::exposure::EVERY_GROUP)], &mut dp).unwrap();
         dp
     }
 
@@ -194,14 +266,14 @@ mod tests {
     #[test]
     fn a_new_flow_gets_the_backend_of_its_ring_slot() {
         let dp = programmed();
-        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap();
         assert_eq!((e.flow, e.service_name.as_deref(), e.ring_size), ("new", Some("web"), Some(359)));
         let info = dp.services.values().find(|i| dp.names[&i.service_id] == "web").unwrap();
         let expected = dp.backends[dp.ring(info)[e.ring_slot.unwrap() as usize] as usize];
         assert_eq!(e.backend, Some(BackendAddr { address: bytes_ip(&expected.addr, 4).unwrap(), port: expected.port }));
         // Different source ports spread over the backends.
         let seen: std::collections::BTreeSet<u16> = (40000..40100)
-            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80"), None).unwrap())
+            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80"), None, None).unwrap())
             .map(|e| e.backend.unwrap().port)
             .collect();
         assert_eq!(seen.len(), 3);
@@ -210,14 +282,14 @@ mod tests {
     #[test]
     fn an_existing_flow_wins_over_the_ring() {
         let mut dp = programmed();
-        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
+        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap();
         let elsewhere = (1..dp.backends.len() as u32)
             .find(|&id| dp.backends[id as usize].state == lb_common::BACKEND_ACTIVE && Some(dp.backends[id as usize].port) != fresh.backend.map(|b| b.port) && dp.backends[id as usize].port != 31008)
             .unwrap();
         let key = FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto: 6, family: 4, _pad: 0 };
         let info = lb_common::FlowInfo { backend_id: elsewhere, backend_generation: dp.backends[elsewhere as usize].generation, ..Default::default() };
         dp.flows.push((key, info));
-        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap();
         assert_eq!(e.flow, "existing");
         assert_eq!(e.backend.unwrap().port, dp.backends[elsewhere as usize].port);
         assert_eq!(e.new_flow_backend, fresh.backend, "and says where a new one would go");
@@ -241,22 +313,22 @@ mod tests {
         let info = lb_common::FlowInfo { backend_id: id as u32, backend_generation: dp.backends[id].generation, last_seen_ns: 100 * second, ..Default::default() };
         dp.flows.push((key, info));
         let at_time = |now: u64| Some(UdpClock { now_ns: now * second, timeout_ns: 30 * second });
-        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(129)).unwrap();
+        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(129), None).unwrap();
         assert_eq!(e.flow, "existing", "idle 29 s of 30");
-        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(131)).unwrap();
+        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(131), None).unwrap();
         assert_eq!(e.flow, "new", "idle 31 s of 30: the programs re-balance it");
     }
 
     #[test]
     fn service_ports_count_only_on_node_addresses_and_empty_services_refuse() {
         let dp = programmed();
-        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000"), None).unwrap().backend.unwrap().port, 31008);
-        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000"), None).unwrap();
+        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000"), None, None).unwrap().backend.unwrap().port, 31008);
+        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000"), None, None).unwrap();
         assert_eq!((elsewhere.flow, elsewhere.backend), ("none", None));
         assert!(elsewhere.reason.unwrap().starts_with("not a service"));
-        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80"), None).unwrap();
+        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80"), None, None).unwrap();
         assert_eq!((empty.flow, empty.service_name.as_deref()), ("none", Some("empty")));
         assert!(empty.reason.unwrap().starts_with("no active backend"));
-        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None).unwrap().reason.unwrap().starts_with("not a service"));
+        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap().reason.unwrap().starts_with("not a service"));
     }
 }

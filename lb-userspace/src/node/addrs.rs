@@ -2,8 +2,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Every address configured on an interface of the current network namespace, plus loopback.
-pub fn discover() -> std::io::Result<Vec<IpAddr>> {
+/// An address of this node and the interface it is on (None: loopback's, added by
+/// [`with_loopback`], or an address given by `--node-ip` that no interface has now).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NodeAddr {
+    pub ip: IpAddr,
+    pub iface: Option<String>,
+}
+
+/// Every address configured on an interface of the current network namespace (link-local
+/// IPv6 left out), with its interface.
+pub fn discover() -> std::io::Result<Vec<NodeAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid out-pointer; on success getifaddrs makes it own a list that
     // is freed once below, after the last read of it.
@@ -17,22 +26,31 @@ pub fn discover() -> std::io::Result<Vec<IpAddr>> {
         // allocated until freeifaddrs below.
         let entry = unsafe { &*cursor };
         // SAFETY: ifa_addr is null or a sockaddr of the same list, sized for its sa_family.
-        if let Some(ip) = unsafe { sockaddr_ip(entry.ifa_addr) } {
-            addrs.push(ip);
+        if let Some(ip) = unsafe { sockaddr_ip(entry.ifa_addr) }.filter(|ip| !is_link_local_v6(ip)) {
+            // SAFETY: ifa_name is a NUL-terminated string of the same list.
+            let iface = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned();
+            addrs.push(NodeAddr { ip, iface: Some(iface) });
         }
         cursor = entry.ifa_next;
     }
     // SAFETY: head came from a successful getifaddrs, is freed exactly once, and no reference
     // into the list (`entry`) lives past the loop.
     unsafe { libc::freeifaddrs(head) };
-    Ok(with_loopback(addrs))
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
 }
 
-/// `addrs` plus 127.0.0.1 and ::1 (local clients use service ports there), sorted, unique.
+pub fn is_link_local_v6(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// `addrs` plus 127.0.0.1 and ::1 (local clients use service ports there), link-local IPv6
+/// left out, sorted, unique.
 pub fn with_loopback(mut addrs: Vec<IpAddr>) -> Vec<IpAddr> {
     addrs.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     addrs.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
-    addrs.retain(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80));
+    addrs.retain(|ip| !is_link_local_v6(ip));
     addrs.sort();
     addrs.dedup();
     addrs
@@ -68,9 +86,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn discovery_includes_loopback() {
+    fn discovery_includes_loopback_on_its_interface() {
         let addrs = discover().unwrap();
-        assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(addrs.iter().any(|a| a.ip == IpAddr::V4(Ipv4Addr::LOCALHOST) && a.iface.as_deref() == Some("lo")), "{addrs:?}");
     }
 
     #[test]

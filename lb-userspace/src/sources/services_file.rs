@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::desired::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId};
+use crate::desired::{parse_groups, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId};
 
 #[derive(Debug, Error)]
 pub enum ServicesFileError {
@@ -54,7 +54,7 @@ impl Invalid {
 }
 
 const FILE_FIELDS: &[&str] = &["services"];
-const SERVICE_FIELDS: &[&str] = &["name", "address", "port", "protocol", "backends"];
+const SERVICE_FIELDS: &[&str] = &["name", "address", "port", "protocol", "group", "backends"];
 const BACKEND_FIELDS: &[&str] = &["address", "port", "weight"];
 
 /// One service of the file, with every field checked for its JSON type.
@@ -64,6 +64,7 @@ struct ServiceSpec {
     address: Option<String>,
     port: u16,
     protocol: String,
+    groups: Groups,
     backends: Vec<BackendSpec>,
 }
 
@@ -131,9 +132,10 @@ impl ServiceSpec {
         let address = fields.string("address")?.map(str::to_string);
         let port = fields.required("port", Fields::port)?;
         let protocol = fields.string("protocol")?.unwrap_or("tcp").to_string();
+        let groups = fields.string("group")?.map(parse_groups).transpose().map_err(|problem| Invalid::new("group", problem))?.unwrap_or_default();
         let backends = fields.array("backends")?.unwrap_or_default().iter().enumerate();
         let backends = backends.map(|(i, backend)| BackendSpec::read(backend, &format!("backends[{i}].")));
-        Ok(Self { name, address, port, protocol, backends: backends.collect::<Result<_, _>>()? })
+        Ok(Self { name, address, port, protocol, groups, backends: backends.collect::<Result<_, _>>()? })
     }
 }
 
@@ -289,7 +291,7 @@ fn expand(spec: &ServiceSpec) -> Result<Vec<Service>, Invalid> {
             let family_backends: Vec<Backend> =
                 backends.iter().copied().filter(|b| b.addr.is_ipv6() == id.is_v6()).collect();
             let name = spec.name.clone().unwrap_or_else(|| id.to_string());
-            services.push(Service { id, name, backends: family_backends });
+            services.push(Service { id, name, groups: spec.groups.clone(), backends: family_backends });
         }
     }
     Ok(services)

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     http::{self, labels::HttpPort},
-    desired::{Backend, Desired, Proto, Service, ServiceAddr, ServiceId},
+    desired::{parse_groups, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId},
 };
 
 /// Last health verdict per task id, so that results missing for a moment (Marathon failover,
@@ -306,7 +306,11 @@ impl Translator {
             for app in apps {
                 let Some(part) = self.parts.get(app).and_then(|p| p.services.iter().find(|s| s.id == id)) else { continue };
                 match &mut merged {
-                    Some(service) => service.backends.extend(part.backends.iter().copied()),
+                    Some(service) => {
+                        service.backends.extend(part.backends.iter().copied());
+                        // One service: served wherever any of its apps asks.
+                        service.groups.extend(part.groups.iter().cloned());
+                    }
                     None => merged = Some(part.clone()),
                 }
             }
@@ -396,6 +400,14 @@ fn translate_app(
     demote_replaced(app, tasks, &mut liveness);
 
     for port in &ports {
+        let groups = match port_groups(app, port.index) {
+            Ok(groups) => groups,
+            Err(why) => {
+                // Off rather than served where no group would put it.
+                out.warnings.push((app.id.clone(), format!("port {}: not served: {why}", port.index)));
+                continue;
+            }
+        };
         let ids = service_ids(app, port, out);
         if ids.is_empty() {
             continue;
@@ -411,7 +423,7 @@ fn translate_app(
             }
         }
         for (id, name) in ids {
-            let service = out.desired.entry(id).or_insert_with(|| Service { id, name, backends: Vec::new() });
+            let service = out.desired.entry(id).or_insert_with(|| Service { id, name, groups: groups.clone(), backends: Vec::new() });
             for ((addr, bport), live) in &backends {
                 if addr.is_ipv6() != id.is_v6() {
                     continue;
@@ -422,6 +434,16 @@ fn translate_app(
         }
     }
     Ok(())
+}
+
+/// The groups of the app's port `index`: `HAPROXY_{index}_GROUP`, else `HAPROXY_GROUP` (app
+/// labels, comma-separated, as marathon-lb reads them); empty if neither is set.
+fn port_groups(app: &App, index: usize) -> Result<Groups, String> {
+    let label = |key: &str| app.labels.0.iter().find(|(k, _)| k == key).map(|(k, v)| (k.clone(), v));
+    let Some((key, value)) = label(&format!("HAPROXY_{index}_GROUP")).or_else(|| label("HAPROXY_GROUP")) else {
+        return Ok(Groups::new());
+    };
+    parse_groups(value).map_err(|why| format!("{key}: {why}"))
 }
 
 /// marathon-lb's rule: host by default; 1.4 `ipAddress` → container, `docker.network` USER →

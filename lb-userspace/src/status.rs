@@ -42,6 +42,19 @@ pub struct AgentStatus {
     /// The HTTP path, when it listens.
     #[serde(default)]
     pub http: Option<HttpStatus>,
+    /// `--expose` (None: every app everywhere).
+    #[serde(default)]
+    pub exposure: Option<ExposureStatus>,
+}
+
+/// Where groups are served, as `lb run` was told, and how to read the maps' group words.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExposureStatus {
+    /// The `--expose` entries, as given.
+    pub expose: Vec<String>,
+    pub default_group: String,
+    /// The groups the entries name: group `groups[i]` is bit `i` of a group word.
+    pub groups: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -190,7 +190,14 @@ mod connections {
             "--cgroup", &cgroup.arg(), "--expose", &ext, "--expose", &int,
         ];
         let _agent = Agent::start(&edge.topo.node, &args).unwrap();
-        wait_for_services(&pins, |j| j.as_array().is_some_and(|a| a.len() >= 4)).unwrap();
+        let services = wait_for_services(&pins, |j| j.as_array().is_some_and(|a| a.len() >= 4)).unwrap();
+        // lb services shows each service's groups and where it is served.
+        let int_port = services.as_array().unwrap().iter().find(|s| s["name"] == "/int:0" && s["protocol"] == "tcp").unwrap();
+        assert_eq!(int_port["groups"], serde_json::json!(["internal"]), "{int_port}");
+        let served_on: Vec<&str> = int_port["served_on"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(served_on.contains(&"10.204.0.2") && !served_on.contains(&"10.201.0.2"), "{served_on:?}");
+        let ext_vip = services.as_array().unwrap().iter().find(|s| s["address"] == "10.0.0.1").unwrap();
+        assert_eq!((&ext_vip["groups"], &ext_vip["served_on"]), (&serde_json::json!(["external"]), &serde_json::json!([public_if])));
 
         // From the public side: only the external app.
         assert!(edge.reaches(false, "10.0.0.1:80") && edge.reaches(false, "10.201.0.2:10000"));

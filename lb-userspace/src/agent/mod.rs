@@ -102,6 +102,7 @@ fn first_status(config: &AgentConfig, loaded: &loader::Loaded, listeners: &Liste
         metrics_listen: listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         warnings,
         http: listeners.http_listen.clone(),
+        exposure: config.serving.exposure().status(),
         ..AgentStatus::default()
     }
 }

@@ -31,7 +31,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Services(args) => {
-            let services = report::services(&PinnedMaps::new(&args.read.pins.pin_dir))?;
+            let status = agent_status::read(&args.read.pins.pin_dir).ok();
+            let services = report::services(&PinnedMaps::new(&args.read.pins.pin_dir), status.as_ref())?;
             let services = report::select(services, args.service.as_deref())?;
             report::print_services(&services, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
@@ -39,7 +40,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Flows(args) => {
             let maps = PinnedMaps::new(&args.read.pins.pin_dir);
             let only = match args.service.as_deref() {
-                Some(selector) => Some(report::select(report::services(&maps)?, Some(selector))?.iter().map(|s| s.id).collect::<Vec<_>>()),
+                Some(selector) => Some(report::select(report::services(&maps, None)?, Some(selector))?.iter().map(|s| s.id).collect::<Vec<_>>()),
                 None => None,
             };
             let flows = report::flows(&maps, args.limit, only.as_deref(), explain::udp_clock(&args.read.pins.pin_dir))?;

@@ -139,19 +139,30 @@ impl Exposure {
         })
     }
 
-    /// The names of the groups in `word` (`*` for every group; "other groups" for the bit of
-    /// those no entry names).
+    /// The names of the groups in `word`.
     pub fn names(&self, word: u32) -> Vec<String> {
-        let groups = lb_common::exposure::groups(word);
-        if groups == EVERY_GROUP & !WRITTEN {
-            return vec![EVERY.to_owned()];
-        }
-        let mut names: Vec<String> = self.named.iter().enumerate().filter(|(i, _)| groups & (1 << i) != 0).map(|(_, g)| g.clone()).collect();
-        if groups & OTHER_GROUPS != 0 {
-            names.push("(groups no --expose names)".to_owned());
-        }
-        names
+        group_names(&self.named, word)
     }
+
+    /// What `lb status` and `lb services` read the maps' group words with.
+    pub fn status(&self) -> Option<crate::status::ExposureStatus> {
+        let expose = self.entries.iter().map(|e| format!("{}={}", e.group, e.targets.iter().map(Target::to_string).collect::<Vec<_>>().join(",")));
+        self.restricts().then(|| crate::status::ExposureStatus { expose: expose.collect(), default_group: self.default_group.clone(), groups: self.named.clone() })
+    }
+}
+
+/// The names of the groups in `word`, where group `named[i]` is bit `i`: `*` for every group,
+/// "(groups no --expose names)" for the bit of those no entry names.
+pub fn group_names(named: &[String], word: u32) -> Vec<String> {
+    let groups = lb_common::exposure::groups(word);
+    if groups == EVERY_GROUP & !WRITTEN {
+        return vec![EVERY.to_owned()];
+    }
+    let mut names: Vec<String> = named.iter().enumerate().filter(|(i, _)| groups & (1 << i) != 0).map(|(_, g)| g.clone()).collect();
+    if groups & OTHER_GROUPS != 0 {
+        names.push("(groups no --expose names)".to_owned());
+    }
+    names
 }
 
 impl fmt::Display for Target {

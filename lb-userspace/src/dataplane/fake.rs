@@ -181,6 +181,10 @@ impl Dataplane for FakeDataplane {
         Ok(self.service_groups.get(&service_id).copied().unwrap_or(0))
     }
 
+    fn service_group_words(&self, ids: u32) -> Result<Vec<u32>> {
+        Ok((0..ids).map(|id| self.service_groups.get(&id).copied().unwrap_or(0)).collect())
+    }
+
     fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<()> {
         self.log.push(format!("groups {service_id} {groups:#x}"));
         self.service_groups.insert(service_id, groups);

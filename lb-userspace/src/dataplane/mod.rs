@@ -130,6 +130,8 @@ pub trait Dataplane {
 
     /// The group word (lb_common::exposure) of service slot `service_id`.
     fn service_groups(&self, service_id: u32) -> Result<u32, DataplaneError>;
+    /// The group words of service slots `0..ids` (one batch, as `service_names`).
+    fn service_group_words(&self, ids: u32) -> Result<Vec<u32>, DataplaneError>;
     fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<(), DataplaneError>;
 
     /// This node's addresses where service ports are served, with the group word of each.

@@ -327,6 +327,10 @@ impl Dataplane for PinnedMaps {
         self.array::<u32>(name)?.get(&service_id, 0).map_err(map_err(name))
     }
 
+    fn service_group_words(&self, ids: u32) -> Result<Vec<u32>> {
+        self.read_first::<u32>(names::MAP_SERVICE_GROUPS, false, ids)
+    }
+
     fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<()> {
         let name = names::MAP_SERVICE_GROUPS;
         self.array_mut::<u32>(name)?.set(service_id, groups, 0).map_err(map_err(name))

@@ -38,9 +38,9 @@ struct BatchAttr {
 /// syscall per 4096 elements instead of one per element (65,536 backends read one by one took
 /// most of a metrics scrape). For a per-CPU array `copies` is the number of possible CPUs and
 /// each element comes as that many consecutive values; else 1. `V`'s size must be the map's
-/// value size, a multiple of 8 (the kernel's per-CPU stride).
+/// value size, for a per-CPU map a multiple of 8 (the kernel's per-CPU stride).
 pub(super) fn read_array<V: aya::Pod + Default>(map: BorrowedFd<'_>, entries: u32, copies: usize) -> io::Result<Vec<V>> {
-    assert!(std::mem::size_of::<V>().is_multiple_of(8), "per-CPU values are 8-byte strided");
+    assert!(copies == 1 || std::mem::size_of::<V>().is_multiple_of(8), "per-CPU values are 8-byte strided");
     Ok(lookup_batch::<u32, V>(map, entries as usize, copies)?.1)
 }
 

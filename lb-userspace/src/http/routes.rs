@@ -26,8 +26,11 @@ use crate::desired::{Desired, Proto, ServiceAddr, ServiceId};
 pub struct Groups(pub Vec<String>);
 
 impl Groups {
+    /// Whether an app whose group label is `group` is served: one of the label's
+    /// comma-separated groups is given (marathon-lb splits `HAPROXY_GROUP` on commas), or `*`.
     pub fn serves(&self, group: Option<&str>) -> bool {
-        self.0.iter().any(|g| g == "*" || Some(g.as_str()) == group)
+        let labelled = |g: &str| group.is_some_and(|label| label.split(',').any(|l| l.trim() == g));
+        self.0.iter().any(|g| g == "*" || labelled(g))
     }
 }
 
@@ -284,6 +287,14 @@ mod tests {
         assert_eq!(name("web.example.com", "/index.html"), Some("/web:0".into()));
         assert_eq!(name("other.example.com", "/static/a.css"), Some("/static:0".into()), "a path without a host serves any host");
         assert_eq!(name("other.example.com", "/"), None);
+    }
+
+    #[test]
+    fn a_comma_separated_group_label_is_served_by_each_of_its_groups() {
+        let groups = Groups(vec!["internal".into()]);
+        assert!(groups.serves(Some("external, internal")));
+        assert!(!groups.serves(Some("external,internal-2")));
+        assert!(!groups.serves(None));
     }
 
     #[test]

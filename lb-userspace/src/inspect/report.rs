@@ -3,16 +3,21 @@
 use std::{collections::BTreeMap, io::Write, net::IpAddr};
 
 use anyhow::Result;
-use lb_common::{BackendInfo, Reason, BACKEND_ACTIVE, BACKEND_UNUSED};
+use lb_common::{
+    exposure::{exposed, Arrival},
+    BackendInfo, Reason, BACKEND_ACTIVE, BACKEND_UNUSED,
+};
 use serde::Serialize;
 
 use crate::{
+    control::exposure::group_names,
     dataplane::{Dataplane, IfaceStat},
+    status::AgentStatus,
     desired::{bytes_ip, Proto, ServiceAddr, ServiceId},
     node::preflight,
 };
 
-/// One element of `lb services --json` (DESIGN.md: address, port, protocol, name, backends).
+/// One element of `lb services --json` (address, port, protocol, name, groups, served_on, backends).
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceView {
     /// The VIP, or 0.0.0.0 / :: for a service port (every node address).
@@ -20,6 +25,11 @@ pub struct ServiceView {
     pub port: u16,
     pub protocol: Proto,
     pub name: String,
+    /// Its groups (`*`: every group, no `--expose`).
+    pub groups: Vec<String>,
+    /// Where a new connection from the network is balanced: the uplinks (a VIP) or node
+    /// addresses (a service port) that expose one of its groups; local clients reach it too.
+    pub served_on: Vec<String>,
     pub backends: Vec<BackendView>,
     /// Index of its counters (not part of the documented JSON).
     #[serde(skip)]
@@ -52,7 +62,41 @@ fn backend_view(id: u32, b: &BackendInfo) -> Option<BackendView> {
 }
 
 /// Every programmed service with its backends, sorted by (protocol, address, port).
-pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
+/// Where the maps serve each group word from the network, and what the groups are called.
+struct Exposure {
+    named: Vec<String>,
+    node_addrs: Vec<(lb_common::NodeAddrKey, u32)>,
+    uplinks: Vec<(String, u32)>,
+}
+
+impl Exposure {
+    /// The uplinks are named as the agent sees them (its status), which may be in another
+    /// network namespace than this command; else as this namespace names their indexes.
+    fn read(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Self> {
+        let name = |ifindex: u32| {
+            let agents = status.and_then(|s| s.uplinks.iter().find(|u| u.ifindex == ifindex)).map(|u| u.name.clone());
+            agents.or_else(|| preflight::interface_name(ifindex)).unwrap_or_else(|| format!("ifindex {ifindex}"))
+        };
+        let uplinks = dp.uplinks()?.into_iter().map(|(i, w)| (name(i), w)).collect();
+        let named = status.and_then(|s| s.exposure.as_ref()).map(|e| e.groups.clone()).unwrap_or_default();
+        Ok(Self { named, node_addrs: dp.node_addrs()?, uplinks })
+    }
+
+    /// The uplinks (VIP) or addresses (service port) a service of group word `word` is served on.
+    fn served_on(&self, id: &ServiceId, word: u32) -> Vec<String> {
+        let arrivals = || self.uplinks.iter().map(|(_, u)| Arrival::Uplink { uplink: *u });
+        if matches!(id.addr, ServiceAddr::Vip(_)) {
+            return self.uplinks.iter().filter(|(_, u)| exposed(word, None, Arrival::Uplink { uplink: *u })).map(|(name, _)| name.clone()).collect();
+        }
+        let family = if id.is_v6() { lb_common::FAMILY_V6 } else { lb_common::FAMILY_V4 };
+        let addrs = self.node_addrs.iter().filter(|(key, _)| key.family == family);
+        let served = addrs.filter(|(_, a)| arrivals().any(|arrival| exposed(word, Some(*a), arrival)));
+        served.filter_map(|(key, _)| bytes_ip(&key.addr, key.family)).map(|ip| ip.to_string()).collect()
+    }
+}
+
+/// `status`: the running agent's, for the names of groups and uplinks.
+pub fn services(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Vec<ServiceView>> {
     let backends = dp.backends()?;
     let mut by_service: BTreeMap<u32, Vec<BackendView>> = BTreeMap::new();
     for (id, b) in backends.iter().enumerate().skip(1) {
@@ -66,6 +110,8 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
     // Ids are handed out lowest first: the names up to the highest in use are one short read.
     let ids = services.iter().map(|(_, i)| i.service_id + 1).max().unwrap_or(0);
     let names = dp.service_names(ids)?;
+    let words = dp.service_group_words(ids)?;
+    let where_served = Exposure::read(dp, status)?;
     let mut out = Vec::new();
     for (key, info) in services {
         let Some(id) = ServiceId::from_key(&key) else { continue };
@@ -76,6 +122,8 @@ pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
             port: id.port,
             protocol: id.proto,
             name: names.get(info.service_id as usize).cloned().unwrap_or_default(),
+            groups: group_names(&where_served.named, words.get(info.service_id as usize).copied().unwrap_or(0)),
+            served_on: where_served.served_on(&id, words.get(info.service_id as usize).copied().unwrap_or(0)),
             backends,
             id: info.service_id,
         }));
@@ -90,15 +138,16 @@ pub fn print_services(services: &[ServiceView], json: bool, out: &mut impl Write
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8}", "SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE")?;
+    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8} {:<12} SERVED ON", "SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE", "GROUP")?;
     for s in services {
         let service = format!("{}:{}", bracket(&s.address), s.port);
-        if s.backends.is_empty() {
-            writeln!(out, "{service:<28} {:<5} {:<24} {:<28} {:>6} {:<8}", s.protocol.as_str(), s.name, "-", "-", "-")?;
-        }
-        for b in &s.backends {
-            let backend = format!("{}:{}", bracket(&b.address), b.port);
-            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {:>6} {:<8}", s.protocol.as_str(), s.name, b.weight, b.state)?;
+        let (groups, served_on) = (s.groups.join(","), if s.served_on.is_empty() { "local clients only".to_owned() } else { s.served_on.join(",") });
+        let rows: Vec<(String, String, String)> = match s.backends.is_empty() {
+            true => vec![("-".into(), "-".into(), "-".into())],
+            false => s.backends.iter().map(|b| (format!("{}:{}", bracket(&b.address), b.port), b.weight.to_string(), b.state.to_owned())).collect(),
+        };
+        for (backend, weight, state) in rows {
+            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {weight:>6} {state:<8} {groups:<12} {served_on}", s.protocol.as_str(), s.name)?;
         }
     }
     Ok(())
@@ -248,7 +297,7 @@ pub struct BackendStats {
 pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     let verdicts = dp.verdicts()?;
     let verdicts = Reason::ALL.iter().zip(verdicts).map(|(reason, n)| (reason.name(), n)).collect();
-    let views = self::services(dp)?;
+    let views = self::services(dp, None)?;
     let service_ids = views.iter().map(|v| v.id + 1).max().unwrap_or(0);
     let backend_ids = views.iter().flat_map(|v| v.backends.iter().map(|b| b.id + 1)).max().unwrap_or(0);
     let (service_stats, backend_stats) = (dp.service_stats(service_ids)?, dp.backend_stats(backend_ids)?);
@@ -427,15 +476,15 @@ mod tests {
     #[test]
     fn services_json_is_the_documented_shape() {
         let mut out = Vec::new();
-        print_services(&services(&programmed()).unwrap(), true, &mut out).unwrap();
+        print_services(&services(&programmed(), None).unwrap(), true, &mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             json,
             serde_json::json!([
-                {"address": "10.0.0.1", "port": 80, "protocol": "tcp", "name": "web", "backends": [
+                {"address": "10.0.0.1", "port": 80, "protocol": "tcp", "name": "web", "groups": ["*"], "served_on": [], "backends": [
                     {"address": "10.1.0.5", "port": 31005, "weight": 2, "state": "active"},
                     {"address": "10.1.0.6", "port": 31006, "weight": 0, "state": "draining"}]},
-                {"address": "::", "port": 10053, "protocol": "udp", "name": "dns", "backends": [
+                {"address": "::", "port": 10053, "protocol": "udp", "name": "dns", "groups": ["*"], "served_on": [], "backends": [
                     {"address": "fd00::7", "port": 53, "weight": 1, "state": "active"}]}
             ])
         );
@@ -444,7 +493,7 @@ mod tests {
     #[test]
     fn services_table_has_a_row_per_backend() {
         let mut out = Vec::new();
-        print_services(&services(&programmed()).unwrap(), false, &mut out).unwrap();
+        print_services(&services(&programmed(), None).unwrap(), false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 4, "{text}");
         assert!(text.contains("[fd00::7]:53"), "{text}");
@@ -452,7 +501,7 @@ mod tests {
 
     #[test]
     fn one_service_is_chosen_by_name_or_as_listed() {
-        let all = || services(&programmed()).unwrap();
+        let all = || services(&programmed(), None).unwrap();
         for selector in ["web", "10.0.0.1:80"] {
             let chosen = select(all(), Some(selector)).unwrap();
             assert_eq!(chosen.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["web"], "{selector}");
@@ -466,8 +515,8 @@ mod tests {
     #[test]
     fn flows_show_tcp_age_and_udp_idle_time_and_filter_by_service() {
         let mut dp = programmed();
-        let web = services(&dp).unwrap().into_iter().find(|s| s.name == "web").unwrap();
-        let dns = services(&dp).unwrap().into_iter().find(|s| s.name == "dns").unwrap();
+        let web = services(&dp, None).unwrap().into_iter().find(|s| s.name == "web").unwrap();
+        let dns = services(&dp, None).unwrap().into_iter().find(|s| s.name == "dns").unwrap();
         let backend_of = |svc: &ServiceView| svc.backends.iter().find(|b| b.state == "active").unwrap().id;
         let flow = |proto, backend: u32, seconds_ago: u64| {
             let key = lb_common::FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto, family: 4, _pad: 0 };

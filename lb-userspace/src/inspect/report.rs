@@ -405,6 +405,10 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     for u in &status.uplinks {
         writeln!(out, "uplink {} (ifindex {}): balancing in {}", u.name, u.ifindex, u.ingress_hook)?;
     }
+    match &status.exposure {
+        Some(e) => writeln!(out, "exposure: {} (apps without a group: {})", e.expose.join("  "), e.default_group)?,
+        None => writeln!(out, "exposure: every app on every address and uplink (no --expose)")?,
+    }
     match &status.marathon {
         Some(m) => print_marathon_status(m, out),
         None => Ok(writeln!(out, "marathon: not configured")?),

@@ -89,12 +89,8 @@ impl Exposure {
         &self.entries
     }
 
-    pub fn default_group(&self) -> &str {
-        &self.default_group
-    }
-
     /// The groups a service is in: its own, else `--default-group`.
-    pub fn groups_of<'a>(&'a self, groups: &'a Groups) -> impl Iterator<Item = &'a str> {
+    fn groups_of<'a>(&'a self, groups: &'a Groups) -> impl Iterator<Item = &'a str> {
         let default = groups.is_empty().then_some(self.default_group.as_str());
         groups.iter().map(String::as_str).chain(default)
     }
@@ -137,11 +133,6 @@ impl Exposure {
             Target::Addr(a) => addrs.contains(a),
             Target::Iface(name) => name == iface,
         })
-    }
-
-    /// The names of the groups in `word`.
-    pub fn names(&self, word: u32) -> Vec<String> {
-        group_names(&self.named, word)
     }
 
     /// What `lb status` and `lb services` read the maps' group words with.
@@ -227,8 +218,8 @@ mod tests {
         assert!(served(&e, &["db"], None, ("eth1", PRIVATE)));
         assert!(served(&e, &["external"], None, ("eth1", PRIVATE)));
         assert!(!served(&e, &["db"], None, ("eth0", PUBLIC)));
-        assert_eq!(e.names(e.uplink_word("eth1", &[])), vec!["*"]);
-        assert_eq!(e.names(e.service_word(&groups(&["db", "external"]))), vec!["external", "(groups no --expose names)"]);
+        assert_eq!(group_names(&e.named, e.uplink_word("eth1", &[])), vec!["*"]);
+        assert_eq!(group_names(&e.named, e.service_word(&groups(&["db", "external"]))), vec!["external", "(groups no --expose names)"]);
     }
 
     #[test]

@@ -262,3 +262,20 @@ fn an_incremental_update_equals_a_translation_from_scratch() {
     translator.update(fewer.iter(), |id| fewer.iter().find(|a| a.id == id), &BTreeSet::from(["/app-5".to_string()]), &mut dns(), &mut health, &vips());
     assert_eq!(translator.desired(), &translate(fewer.iter(), Vec::new(), &mut dns(), &mut HealthMemory::default(), &vips()).desired);
 }
+
+#[test]
+fn groups_come_per_port_then_per_app_and_a_bad_one_keeps_the_port_off() {
+    let task = json!([{"id": "t1", "host": "agent-1.example", "ports": [31001, 31002, 31003], "state": "TASK_RUNNING"}]);
+    let app = json!({"id": "/db", "version": "v2", "tasks": task,
+        "labels": {"HAPROXY_GROUP": "internal, admin", "HAPROXY_1_GROUP": "external", "HAPROXY_2_GROUP": "in ternal"},
+        "portDefinitions": [{"port": 10001}, {"port": 10002}, {"port": 10003}]});
+    let t = run(&json!({"apps": [app]}));
+    let groups = |port: u16| {
+        let service = t.desired.values().find(|s| s.id.port == port && !s.id.is_v6());
+        service.map(|s| s.groups.iter().cloned().collect::<Vec<_>>())
+    };
+    assert_eq!(groups(10001), Some(vec!["admin".to_owned(), "internal".to_owned()]), "HAPROXY_GROUP, split on commas");
+    assert_eq!(groups(10002), Some(vec!["external".to_owned()]), "HAPROXY_1_GROUP wins for port 1");
+    assert_eq!(groups(10003), None, "an invalid group: off, not served everywhere");
+    assert!(t.warnings.iter().any(|(app, w)| app == "/db" && w.contains("port 2: not served: HAPROXY_2_GROUP")), "{:?}", t.warnings);
+}

@@ -62,10 +62,10 @@ pub struct RunArgs {
     /// address of every interface. 127.0.0.1 and ::1 are always included.
     #[arg(long = "node-ip", value_name = "ADDR")]
     pub node_ips: Vec<IpAddr>,
-    /// Serve the apps of GROUP (HAPROXY_GROUP, HAPROXY_{n}_GROUP) from the network only here:
-    /// service ports on these addresses or on the addresses of these uplinks, VIPs arriving on
-    /// these uplinks (or the uplink with the address); `*` is every group. Repeatable. Without
-    /// it every app is served everywhere. Local clients reach every group.
+    /// Serve the apps of GROUP (HAPROXY_GROUP, HAPROXY_n_GROUP for port n) from the network
+    /// only here: service ports on these addresses or on the addresses of these uplinks, VIPs
+    /// arriving on these uplinks (or the uplink with the address); `*` is every group.
+    /// Repeatable. Without it every app is served everywhere. Local clients reach every group.
     #[arg(long = "expose", value_name = "GROUP=ADDR|IFACE,…", value_parser = expose_entry)]
     pub expose: Vec<ExposeEntry>,
     /// The group of apps that name none, for --expose: `internal` by default, so an app exposed
@@ -107,8 +107,8 @@ pub struct RunArgs {
     /// the node's ephemeral ports (net.ipv4.ip_local_port_range) nor any service port.
     #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = port_range)]
     pub nat_ports: (u16, u16),
-    /// Serve the HTTP path (marathon-lb's HAPROXY_{n}_VHOST/PATH labels) in plain HTTP on
-    /// ADDR:PORT. Off unless given.
+    /// Serve the HTTP path (marathon-lb's HAPROXY_n_VHOST and HAPROXY_n_PATH labels) in plain
+    /// HTTP on ADDR:PORT. Off unless given.
     #[arg(long, value_name = "ADDR:PORT", help_heading = "HTTP path")]
     pub http_listen: Option<std::net::SocketAddr>,
     /// Serve the HTTP path over TLS on ADDR:PORT (needs --ssl-certs).
@@ -119,7 +119,7 @@ pub struct RunArgs {
     /// change and on SIGHUP.
     #[arg(long, value_name = "DIR", requires = "https_listen", help_heading = "HTTP path")]
     pub ssl_certs: Option<PathBuf>,
-    /// Serve apps whose HAPROXY_GROUP (or HAPROXY_{n}_GROUP) is NAME on the HTTP path;
+    /// Serve apps whose HAPROXY_GROUP (or HAPROXY_n_GROUP) is NAME on the HTTP path;
     /// repeatable; `*` serves every group.
     #[arg(long = "group", value_name = "NAME", default_value = "external", help_heading = "HTTP path")]
     pub groups: Vec<String>,

@@ -220,6 +220,11 @@ mod connections {
         let explained = lb_ok(Some(&edge.topo.node), &["explain", "tcp", "10.201.0.1:40000", "10.201.0.2:10001", "--via", &public_if, "--pin-dir", &pins.arg()]).unwrap();
         assert!(explained.contains("not exposed on"), "{explained}");
 
+        // An address added to the private uplink serves the internal app within a tick.
+        edge.topo.node.addr(&private_if, "10.204.0.3/24").unwrap();
+        eventually("a new private address", || edge.reaches(true, "10.204.0.3:10001"));
+        assert!(!edge.reaches(true, "10.204.0.3:10000"), "and not the external one");
+
         // The app is relabelled external: it moves to the public side without a restart.
         marathon.update("/int", |a| {
             a.app_labels.insert("HAPROXY_GROUP".into(), "external".into());

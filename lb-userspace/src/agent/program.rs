@@ -71,6 +71,15 @@ impl<D: Dataplane> Agent<D> {
         self
     }
 
+    /// The periodic work between syncs: full-NAT mappings expired, and the node's addresses
+    /// (DHCP, an operator's `ip addr add`) and their group words followed.
+    pub fn housekeep(&mut self, now_ns: u64) {
+        self.expire_nat_mappings(now_ns);
+        if let Err(err) = self.sync_node() {
+            warn!("following this node's addresses: {}", crate::error_chain(err.as_ref()));
+        }
+    }
+
     /// Frees full-NAT mappings whose connections closed or idled out, so their ports can be
     /// taken again (the programs only stamp them: see `nat_state`). `now_ns` is a reading of
     /// the programs' clock (`dataplane::monotonic_ns`).

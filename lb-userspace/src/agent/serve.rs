@@ -14,8 +14,9 @@ use crate::{
     sources::{marathon, services_file::FileWatch},
 };
 
-/// How often closed and idle full-NAT mappings are freed: a closed connection's port is free
-/// again at most this long after its linger (`nat_state::CLOSED_LINGER`).
+/// How often closed and idle full-NAT mappings are freed (a closed connection's port is free
+/// again at most this long after its linger, `nat_state::CLOSED_LINGER`), and how soon an
+/// address added to or removed from the node is served or no longer.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 
 /// What woke the loop.
@@ -53,7 +54,7 @@ impl<D: Dataplane> Agent<D> {
                 }
                 Wake::Marathon(work) => Some(work),
                 Wake::Housekeeping => {
-                    self.expire_nat_mappings(dataplane::monotonic_ns());
+                    self.housekeep(dataplane::monotonic_ns());
                     None
                 }
             };

@@ -28,23 +28,14 @@ pub const fn groups(word: u32) -> u32 {
     }
 }
 
-/// Where a packet for a service comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arrival {
-    /// A socket on this node (the cgroup hooks): local clients reach every group.
-    Local,
-    /// From the network, through the uplink whose UPLINKS word is `uplink`.
-    Uplink { uplink: u32 },
-}
-
-/// Whether a new flow to a service in `service` groups, arriving as `arrival`, is balanced:
-/// a VIP (`node_addr` None) where its uplink exposes one of the service's groups; a service
-/// port on a node address (`node_addr`: that address's word) where the address and the uplink
-/// both do (so a packet for a private address arriving on the public uplink is not served
-/// either: Linux accepts any of its addresses on any interface).
+/// Whether a new flow to a service in `service` groups, arriving on the uplink whose UPLINKS
+/// word is `uplink`, is balanced: a VIP (`node_addr` None) where its uplink exposes one of the
+/// service's groups; a service port on a node address (`node_addr`: that address's word) where
+/// the address and the uplink both do (so a packet for a private address arriving on the public
+/// uplink is not served either: Linux accepts any of its addresses on any interface). Local
+/// sockets are not asked about: they reach every group (lb_common::select).
 #[inline(always)]
-pub fn exposed(service: u32, node_addr: Option<u32>, arrival: Arrival) -> bool {
-    let Arrival::Uplink { uplink } = arrival else { return true };
+pub fn exposed(service: u32, node_addr: Option<u32>, uplink: u32) -> bool {
     let mut allowed = groups(service) & groups(uplink);
     if let Some(addr) = node_addr {
         allowed &= groups(addr);
@@ -61,7 +52,7 @@ mod tests {
 
     #[test]
     fn a_service_port_needs_its_group_on_the_address_and_the_uplink() {
-        let (public, private) = (Arrival::Uplink { uplink: WRITTEN | EXTERNAL }, Arrival::Uplink { uplink: WRITTEN | INTERNAL });
+        let (public, private) = (WRITTEN | EXTERNAL, WRITTEN | INTERNAL);
         let internal = WRITTEN | INTERNAL;
         assert!(exposed(internal, Some(WRITTEN | INTERNAL), private));
         assert!(!exposed(internal, Some(WRITTEN | EXTERNAL), public), "on the public address");
@@ -71,27 +62,26 @@ mod tests {
     }
 
     #[test]
-    fn a_vip_needs_its_group_on_the_uplink_and_local_clients_reach_every_group() {
-        assert!(exposed(WRITTEN | EXTERNAL, None, Arrival::Uplink { uplink: WRITTEN | EXTERNAL }));
-        assert!(!exposed(WRITTEN | INTERNAL, None, Arrival::Uplink { uplink: WRITTEN | EXTERNAL }));
-        assert!(exposed(WRITTEN, Some(WRITTEN), Arrival::Local), "in no exposed group, but local");
+    fn a_vip_needs_its_group_on_the_uplink() {
+        assert!(exposed(WRITTEN | EXTERNAL, None, WRITTEN | EXTERNAL));
+        assert!(!exposed(WRITTEN | INTERNAL, None, WRITTEN | EXTERNAL));
     }
 
     #[test]
     fn a_service_in_no_exposed_group_is_served_only_where_every_group_is() {
         let nowhere = WRITTEN;
-        assert!(!exposed(nowhere, None, Arrival::Uplink { uplink: WRITTEN | INTERNAL }));
+        assert!(!exposed(nowhere, None, WRITTEN | INTERNAL));
         let other = WRITTEN | OTHER_GROUPS;
-        assert!(exposed(other, None, Arrival::Uplink { uplink: EVERY_GROUP }), "`*` takes the groups no entry names");
-        assert!(!exposed(other, None, Arrival::Uplink { uplink: WRITTEN | INTERNAL }));
+        assert!(exposed(other, None, EVERY_GROUP), "`*` takes the groups no entry names");
+        assert!(!exposed(other, None, WRITTEN | INTERNAL));
     }
 
     #[test]
     fn words_an_earlier_agent_left_mean_every_group() {
         // Its UPLINKS and NODE_ADDRS values were 1; services had no word (0).
-        assert!(exposed(0, Some(1), Arrival::Uplink { uplink: 1 }));
-        assert!(exposed(WRITTEN | INTERNAL, Some(1), Arrival::Uplink { uplink: 1 }));
-        assert!(!exposed(WRITTEN, Some(1), Arrival::Uplink { uplink: 1 }), "an exposure-aware word keeps its meaning");
+        assert!(exposed(0, Some(1), 1));
+        assert!(exposed(WRITTEN | INTERNAL, Some(1), 1));
+        assert!(!exposed(WRITTEN, Some(1), 1), "an exposure-aware word keeps its meaning");
         assert_eq!(groups(EVERY_GROUP), !WRITTEN);
     }
 }

@@ -375,8 +375,9 @@ pub struct Scratch {
     pub flow: FlowInfo,
     pub reply: ReplyInfo,
     pub nat_reply: NatReply,
-    /// The uplink route to a full-NAT reply's client (an uncached lookup's answer).
-    pub reply_hop: UplinkHop,
+    /// The answer of the last uncached route lookup out of an uplink (to a full-NAT reply's
+    /// client, or one the route cache then copies).
+    pub looked_up_hop: UplinkHop,
     /// A refusal (lb_common::refusal) built before it replaces the frame: room for the longest.
     pub refusal: [u8; REFUSAL_ROOM],
 }

@@ -1,11 +1,9 @@
 //! The pure part of finding a packet's service and a new flow's backend, decided once, here,
 //! for the programs (lb-ebpf service.rs, ring.rs, sockhooks.rs) and `lb explain`, so they
-//! cannot drift.
-//! Map reads stay the caller's (closures), as in [`crate::liveness`].
+//! cannot drift. Map reads stay the caller's, through [`ServiceMaps`].
 
 use crate::{
-    exposure::{self, Arrival},
-    hash, BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE,
+    exposure, hash, BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE,
 };
 
 /// The maps a service lookup reads (the programs' maps, or `lb explain`'s copy of them).
@@ -19,7 +17,7 @@ pub trait ServiceMaps {
     fn uplink_groups(&self, ifindex: u32) -> u32;
 }
 
-/// Where a packet for a service comes from (exposure::Arrival, before its uplink's word is read).
+/// Where a packet for a service comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     /// A socket on this node.
@@ -55,11 +53,9 @@ pub fn service(maps: &impl ServiceMaps, addr: &[u8; 16], port: u16, proto: u8, f
             (info, Some(word))
         }
     };
-    let arrival = match from {
-        Origin::Local => Arrival::Local,
-        Origin::Uplink(ifindex) => Arrival::Uplink { uplink: maps.uplink_groups(ifindex) },
-    };
-    if exposure::exposed(maps.service_groups(info.service_id), node_addr, arrival) {
+    // Local clients reach every group: no group word is read for them.
+    let Origin::Uplink(ifindex) = from else { return Lookup::Service(info) };
+    if exposure::exposed(maps.service_groups(info.service_id), node_addr, maps.uplink_groups(ifindex)) {
         Lookup::Service(info)
     } else {
         Lookup::NotExposed(info)
@@ -143,6 +139,7 @@ mod tests {
 
     #[test]
     fn a_service_outside_the_uplinks_groups_is_found_but_not_exposed_except_to_local_clients() {
+        // Local clients reach every group, even one no --expose entry serves.
         assert!(matches!(at(VIP, 80, Origin::Uplink(7)), Lookup::NotExposed(info) if info.service_id == 1));
         assert!(matches!(at(NODE, 80, Origin::Uplink(7)), Lookup::NotExposed(info) if info.service_id == 2));
         assert_eq!(id(at(NODE, 80, Origin::Local)), Some(2));

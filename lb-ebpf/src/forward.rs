@@ -89,7 +89,7 @@ pub fn lookup(ctx: *mut core::ffi::c_void, ingress: u32, family: u8, l4_protocol
     let via_uplink = unsafe { UPLINKS.get(params.ifindex) }.is_some();
     match ret {
         FIB_SUCCESS if via_uplink => {
-            let hop = &mut scratch().map_err(|_| Reason::FibFailure)?.reply_hop;
+            let hop = &mut scratch().map_err(|_| Reason::FibFailure)?.looked_up_hop;
             hop.ifindex = params.ifindex;
             hop.smac = params.smac;
             hop.dmac = params.dmac;

@@ -689,7 +689,7 @@ fn udp_flows_time_out_and_rebalance_on(hook: Hook) {
     // `lb explain` decides as the programs do (lb_common::liveness), from the pinned settings.
     let explain = |f: &Fixture| {
         let clock = lb::inspect::explain::udp_clock(f.pins.path());
-        lb::inspect::explain::explain(&f.maps(), lb::desired::Proto::Udp, "10.201.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), clock, None).unwrap()
+        lb::inspect::explain::explain(&f.maps(), lb::desired::Proto::Udp, "10.201.0.1:5353".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), clock, None, None).unwrap()
     };
     assert_eq!(explain(&f).flow, "existing", "{hook}");
     std::thread::sleep(std::time::Duration::from_millis(1100));

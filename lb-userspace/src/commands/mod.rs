@@ -32,7 +32,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Services(args) => {
             let status = agent_status::read(&args.read.pins.pin_dir).ok();
-            let services = report::services(&PinnedMaps::new(&args.read.pins.pin_dir), status.as_ref())?;
+            let services = report::services_served(&PinnedMaps::new(&args.read.pins.pin_dir), status.as_ref())?;
             let services = report::select(services, args.service.as_deref())?;
             report::print_services(&services, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
@@ -40,7 +40,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Flows(args) => {
             let maps = PinnedMaps::new(&args.read.pins.pin_dir);
             let only = match args.service.as_deref() {
-                Some(selector) => Some(report::select(report::services(&maps, None)?, Some(selector))?.iter().map(|s| s.id).collect::<Vec<_>>()),
+                Some(selector) => Some(report::select(report::services(&maps)?, Some(selector))?.iter().map(|s| s.id).collect::<Vec<_>>()),
                 None => None,
             };
             let flows = report::flows(&maps, args.limit, only.as_deref(), explain::udp_clock(&args.read.pins.pin_dir))?;
@@ -90,7 +90,8 @@ fn explain(args: &crate::cli::ExplainArgs) -> Result<u8> {
     let pin_dir = &args.read.pins.pin_dir;
     let via = args.via.as_deref().map(preflight::interface_index).transpose().map_err(agent::ConfigError::from)?;
     let maps = PinnedMaps::new(pin_dir);
-    let explained = explain::explain(&maps, args.protocol, args.client, args.service, explain::udp_clock(pin_dir), via)?;
+    let status = agent_status::read(pin_dir).ok();
+    let explained = explain::explain(&maps, args.protocol, args.client, args.service, explain::udp_clock(pin_dir), via, status.as_ref())?;
     explain::print(&explained, args.read.json, &mut std::io::stdout().lock())?;
     Ok(0)
 }

@@ -54,19 +54,13 @@ fn is_iface_name(name: &str) -> bool {
 }
 
 /// The `--expose` entries and `--default-group`, with a bit per group the entries name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The default (no `--expose`): every service on every address and uplink.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Exposure {
     entries: Vec<ExposeEntry>,
     /// The groups the entries name (not `*`), sorted: group `named[i]` is bit `i`.
     named: Vec<String>,
     default_group: String,
-}
-
-impl Default for Exposure {
-    /// No `--expose`: every service on every address and uplink.
-    fn default() -> Self {
-        Self { entries: Vec::new(), named: Vec::new(), default_group: String::new() }
-    }
 }
 
 impl Exposure {
@@ -168,7 +162,7 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::exposure::{exposed, Arrival};
+    use lb_common::exposure::exposed;
 
     fn exposure(entries: &[&str]) -> Exposure {
         Exposure::new(entries.iter().map(|e| e.parse().unwrap()).collect(), "internal").unwrap()
@@ -186,7 +180,7 @@ mod tests {
     fn served(e: &Exposure, service: &[&str], addr: Option<(&str, &str)>, uplink: (&str, &str)) -> bool {
         let uplink_word = e.uplink_word(uplink.0, &[uplink.1.parse().unwrap()]);
         let addr_word = addr.map(|(ip, iface)| e.addr_word(ip.parse().unwrap(), Some(iface)));
-        exposed(e.service_word(&groups(service)), addr_word, Arrival::Uplink { uplink: uplink_word })
+        exposed(e.service_word(&groups(service)), addr_word, uplink_word)
     }
 
     #[test]

@@ -632,19 +632,8 @@ pub fn sync_node_addrs(addrs: &[(IpAddr, u32)], dp: &mut dyn Dataplane) -> Resul
             (NodeAddrKey { addr, family, _pad: 0, _pad2: 0 }, *groups)
         })
         .collect();
-    let current: BTreeMap<NodeAddrKey, u32> = dp.node_addrs()?.into_iter().collect();
-    let mut added = Vec::new();
-    for (addr, groups) in &wanted {
-        match current.get(addr) {
-            Some(have) if have == groups => {}
-            have => {
-                dp.set_node_addr(addr, *groups)?;
-                if have.is_none() {
-                    added.push(*addr);
-                }
-            }
-        }
-    }
+    let current = dp.node_addrs()?;
+    let added = sync_words(&wanted, current, dp, |dp, addr, groups| dp.set_node_addr(addr, groups), |dp, addr| dp.remove_node_addr(addr))?;
     // A new address passes the filter at once; a removed one's bit stays until the filter is
     // next rewritten whole (a stale bit only sends packets down the full path).
     if !added.is_empty() {
@@ -657,9 +646,6 @@ pub fn sync_node_addrs(addrs: &[(IpAddr, u32)], dp: &mut dyn Dataplane) -> Resul
             }
         }
     }
-    for addr in current.keys().filter(|a| !wanted.contains_key(a)) {
-        dp.remove_node_addr(addr)?;
-    }
     Ok(())
 }
 
@@ -667,16 +653,40 @@ pub fn sync_node_addrs(addrs: &[(IpAddr, u32)], dp: &mut dyn Dataplane) -> Resul
 /// node" (full NAT), and VIPs arriving on one are served for the groups of its word.
 pub fn sync_uplinks(uplinks: &[(u32, u32)], dp: &mut dyn Dataplane) -> Result<(), DataplaneError> {
     let wanted: BTreeMap<u32, u32> = uplinks.iter().copied().collect();
-    let current: BTreeMap<u32, u32> = dp.uplinks()?.into_iter().collect();
-    for (ifindex, groups) in &wanted {
-        if current.get(ifindex) != Some(groups) {
-            dp.set_uplink(*ifindex, *groups)?;
+    let current = dp.uplinks()?;
+    sync_words(&wanted, current, dp, |dp, ifindex, groups| dp.set_uplink(*ifindex, groups), |dp, ifindex| dp.remove_uplink(*ifindex))?;
+    Ok(())
+}
+
+type SetWord<K> = fn(&mut dyn Dataplane, &K, u32) -> Result<(), DataplaneError>;
+type RemoveKey<K> = fn(&mut dyn Dataplane, &K) -> Result<(), DataplaneError>;
+
+/// Makes a map of keys to group words (`current` as read) equal to `wanted`: writes the words
+/// that differ, removes the keys not wanted. Returns the keys that were not there before.
+fn sync_words<K: Ord + Copy>(
+    wanted: &BTreeMap<K, u32>,
+    current: Vec<(K, u32)>,
+    dp: &mut dyn Dataplane,
+    set: SetWord<K>,
+    remove: RemoveKey<K>,
+) -> Result<Vec<K>, DataplaneError> {
+    let current: BTreeMap<K, u32> = current.into_iter().collect();
+    let mut added = Vec::new();
+    for (key, groups) in wanted {
+        match current.get(key) {
+            Some(have) if have == groups => {}
+            have => {
+                set(dp, key, *groups)?;
+                if have.is_none() {
+                    added.push(*key);
+                }
+            }
         }
     }
-    for ifindex in current.keys().filter(|i| !wanted.contains_key(i)) {
-        dp.remove_uplink(*ifindex)?;
+    for key in current.keys().filter(|k| !wanted.contains_key(k)) {
+        remove(dp, key)?;
     }
-    Ok(())
+    Ok(added)
 }
 
 #[cfg(test)]

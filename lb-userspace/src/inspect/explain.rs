@@ -21,7 +21,8 @@ use serde::Serialize;
 use crate::{
     dataplane::Dataplane,
     desired::{bytes_ip, ip_bytes, Proto},
-    node::preflight,
+    inspect::report::uplink_name,
+    status::AgentStatus,
 };
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -81,6 +82,7 @@ fn addr_of(b: &BackendInfo) -> Option<BackendAddr> {
 /// `udp_clock`: the programs' clock now and the pinned UDP timeout (see [`udp_clock`]), which decide
 /// whether a UDP flow has idled out, as they do in the programs. `via`: the uplink (ifindex)
 /// the packet arrives on; None: any uplink (the answer says where the service is exposed).
+/// `status`: the running agent's, for the names of its uplinks.
 pub fn explain(
     dp: &dyn Dataplane,
     protocol: Proto,
@@ -88,6 +90,7 @@ pub fn explain(
     service: SocketAddr,
     udp_clock: Option<UdpClock>,
     via: Option<u32>,
+    status: Option<&AgentStatus>,
 ) -> Result<Explanation> {
     if client.is_ipv4() != service.is_ipv4() {
         bail!("{client} and {service} are of different address families");
@@ -104,7 +107,7 @@ pub fn explain(
         out.flow = "existing";
         out.backend = addr_of(backend);
     }
-    let Some(info) = exposed_service(dp, &mut out, via)? else {
+    let Some(info) = exposed_service(dp, &mut out, via, status)? else {
         return Ok(out);
     };
     out.service_name = Some(dp.service_name(info.service_id)?);
@@ -127,7 +130,7 @@ pub fn explain(
 
 /// The service `out` asks about, if it is served where the packet comes from (`via`, else any
 /// uplink); otherwise None with the reason in `out`. Fills in the uplinks it is (not) exposed on.
-fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>) -> Result<Option<ServiceInfo>> {
+fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>, status: Option<&AgentStatus>) -> Result<Option<ServiceInfo>> {
     let (dst, family) = ip_bytes(out.service.ip());
     let (port, proto) = (out.service.port(), out.protocol.number());
     let mut maps = Maps { services: dp.services()?, node_addrs: dp.node_addrs()?, uplinks: dp.uplinks()?, service_groups: 0 };
@@ -137,7 +140,7 @@ fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>) 
     };
     maps.service_groups = dp.service_groups(info.service_id)?;
     for &(ifindex, _) in &maps.uplinks {
-        let name = preflight::interface_name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+        let name = uplink_name(status, ifindex);
         match select::service(&maps, &dst, port, proto, family, Origin::Uplink(ifindex)) {
             Lookup::Service(_) => out.exposed_on.push(name),
             _ => out.not_exposed_on.push(name),
@@ -149,7 +152,7 @@ fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>) 
     };
     if refused_here && out.flow != "existing" {
         out.service_name = Some(dp.service_name(info.service_id)?);
-        let arrival = via.map_or("any uplink".to_owned(), |i| preflight::interface_name(i).unwrap_or_else(|| format!("ifindex {i}")));
+        let arrival = via.map_or("any uplink".to_owned(), |i| uplink_name(status, i));
         out.reason = Some(format!("not exposed on {arrival} (--expose): passed to the stack untouched (not_exposed); local clients reach it"));
         return Ok(None);
     }
@@ -266,14 +269,14 @@ mod tests {
     #[test]
     fn a_new_flow_gets_the_backend_of_its_ring_slot() {
         let dp = programmed();
-        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None, None).unwrap();
         assert_eq!((e.flow, e.service_name.as_deref(), e.ring_size), ("new", Some("web"), Some(359)));
         let info = dp.services.values().find(|i| dp.names[&i.service_id] == "web").unwrap();
         let expected = dp.backends[dp.ring(info)[e.ring_slot.unwrap() as usize] as usize];
         assert_eq!(e.backend, Some(BackendAddr { address: bytes_ip(&expected.addr, 4).unwrap(), port: expected.port }));
         // Different source ports spread over the backends.
         let seen: std::collections::BTreeSet<u16> = (40000..40100)
-            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80"), None, None).unwrap())
+            .map(|port| explain(&dp, Proto::Tcp, SocketAddr::new("10.9.0.1".parse().unwrap(), port), at("10.0.0.1:80"), None, None, None).unwrap())
             .map(|e| e.backend.unwrap().port)
             .collect();
         assert_eq!(seen.len(), 3);
@@ -282,14 +285,14 @@ mod tests {
     #[test]
     fn an_existing_flow_wins_over_the_ring() {
         let mut dp = programmed();
-        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap();
+        let fresh = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None, None).unwrap();
         let elsewhere = (1..dp.backends.len() as u32)
             .find(|&id| dp.backends[id as usize].state == lb_common::BACKEND_ACTIVE && Some(dp.backends[id as usize].port) != fresh.backend.map(|b| b.port) && dp.backends[id as usize].port != 31008)
             .unwrap();
         let key = FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto: 6, family: 4, _pad: 0 };
         let info = lb_common::FlowInfo { backend_id: elsewhere, backend_generation: dp.backends[elsewhere as usize].generation, ..Default::default() };
         dp.flows.push((key, info));
-        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap();
+        let e = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None, None).unwrap();
         assert_eq!(e.flow, "existing");
         assert_eq!(e.backend.unwrap().port, dp.backends[elsewhere as usize].port);
         assert_eq!(e.new_flow_backend, fresh.backend, "and says where a new one would go");
@@ -313,22 +316,22 @@ mod tests {
         let info = lb_common::FlowInfo { backend_id: id as u32, backend_generation: dp.backends[id].generation, last_seen_ns: 100 * second, ..Default::default() };
         dp.flows.push((key, info));
         let at_time = |now: u64| Some(UdpClock { now_ns: now * second, timeout_ns: 30 * second });
-        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(129), None).unwrap();
+        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(129), None, None).unwrap();
         assert_eq!(e.flow, "existing", "idle 29 s of 30");
-        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(131), None).unwrap();
+        let e = explain(&dp, Proto::Udp, at("10.9.0.1:5353"), at("10.0.0.3:53"), at_time(131), None, None).unwrap();
         assert_eq!(e.flow, "new", "idle 31 s of 30: the programs re-balance it");
     }
 
     #[test]
     fn service_ports_count_only_on_node_addresses_and_empty_services_refuse() {
         let dp = programmed();
-        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000"), None, None).unwrap().backend.unwrap().port, 31008);
-        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000"), None, None).unwrap();
+        assert_eq!(explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.2:10000"), None, None, None).unwrap().backend.unwrap().port, 31008);
+        let elsewhere = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.201.0.3:10000"), None, None, None).unwrap();
         assert_eq!((elsewhere.flow, elsewhere.backend), ("none", None));
         assert!(elsewhere.reason.unwrap().starts_with("not a service"));
-        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80"), None, None).unwrap();
+        let empty = explain(&dp, Proto::Tcp, at("10.9.0.1:40000"), at("10.0.0.2:80"), None, None, None).unwrap();
         assert_eq!((empty.flow, empty.service_name.as_deref()), ("none", Some("empty")));
         assert!(empty.reason.unwrap().starts_with("no active backend"));
-        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None).unwrap().reason.unwrap().starts_with("not a service"));
+        assert!(explain(&dp, Proto::Udp, at("10.9.0.1:40000"), at("10.0.0.1:80"), None, None, None).unwrap().reason.unwrap().starts_with("not a service"));
     }
 }

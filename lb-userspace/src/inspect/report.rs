@@ -3,10 +3,7 @@
 use std::{collections::BTreeMap, io::Write, net::IpAddr};
 
 use anyhow::Result;
-use lb_common::{
-    exposure::{exposed, Arrival},
-    BackendInfo, Reason, BACKEND_ACTIVE, BACKEND_UNUSED,
-};
+use lb_common::{exposure::exposed, BackendInfo, Reason, BACKEND_ACTIVE, BACKEND_UNUSED};
 use serde::Serialize;
 
 use crate::{
@@ -61,7 +58,6 @@ fn backend_view(id: u32, b: &BackendInfo) -> Option<BackendView> {
     Some(BackendView { address: ip.to_string(), port: b.port, weight: b.weight, state, id })
 }
 
-/// Every programmed service with its backends, sorted by (protocol, address, port).
 /// Where the maps serve each group word from the network, and what the groups are called.
 struct Exposure {
     named: Vec<String>,
@@ -70,33 +66,45 @@ struct Exposure {
 }
 
 impl Exposure {
-    /// The uplinks are named as the agent sees them (its status), which may be in another
-    /// network namespace than this command; else as this namespace names their indexes.
     fn read(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Self> {
-        let name = |ifindex: u32| {
-            let agents = status.and_then(|s| s.uplinks.iter().find(|u| u.ifindex == ifindex)).map(|u| u.name.clone());
-            agents.or_else(|| preflight::interface_name(ifindex)).unwrap_or_else(|| format!("ifindex {ifindex}"))
-        };
-        let uplinks = dp.uplinks()?.into_iter().map(|(i, w)| (name(i), w)).collect();
+        let uplinks = dp.uplinks()?.into_iter().map(|(i, w)| (uplink_name(status, i), w)).collect();
         let named = status.and_then(|s| s.exposure.as_ref()).map(|e| e.groups.clone()).unwrap_or_default();
         Ok(Self { named, node_addrs: dp.node_addrs()?, uplinks })
     }
 
     /// The uplinks (VIP) or addresses (service port) a service of group word `word` is served on.
     fn served_on(&self, id: &ServiceId, word: u32) -> Vec<String> {
-        let arrivals = || self.uplinks.iter().map(|(_, u)| Arrival::Uplink { uplink: *u });
+        let exposed_via = |addr: Option<u32>| self.uplinks.iter().filter(move |(_, uplink)| exposed(word, addr, *uplink));
         if matches!(id.addr, ServiceAddr::Vip(_)) {
-            return self.uplinks.iter().filter(|(_, u)| exposed(word, None, Arrival::Uplink { uplink: *u })).map(|(name, _)| name.clone()).collect();
+            return exposed_via(None).map(|(name, _)| name.clone()).collect();
         }
         let family = if id.is_v6() { lb_common::FAMILY_V6 } else { lb_common::FAMILY_V4 };
         let addrs = self.node_addrs.iter().filter(|(key, _)| key.family == family);
-        let served = addrs.filter(|(_, a)| arrivals().any(|arrival| exposed(word, Some(*a), arrival)));
+        let served = addrs.filter(|(_, addr)| exposed_via(Some(*addr)).next().is_some());
         served.filter_map(|(key, _)| bytes_ip(&key.addr, key.family)).map(|ip| ip.to_string()).collect()
     }
 }
 
-/// `status`: the running agent's, for the names of groups and uplinks.
-pub fn services(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Vec<ServiceView>> {
+/// The name of uplink `ifindex` as the agent sees it (its status: `lb` may run in another
+/// network namespace than the agent), else as this namespace names the index.
+pub fn uplink_name(status: Option<&AgentStatus>, ifindex: u32) -> String {
+    let agents = status.and_then(|s| s.uplinks.iter().find(|u| u.ifindex == ifindex)).map(|u| u.name.clone());
+    agents.or_else(|| preflight::interface_name(ifindex)).unwrap_or_else(|| format!("ifindex {ifindex}"))
+}
+
+/// Every programmed service with its backends, sorted by (protocol, address, port); `groups`
+/// and `served_on` are left empty (see [`services_served`]).
+pub fn services(dp: &dyn Dataplane) -> Result<Vec<ServiceView>> {
+    views(dp, None)
+}
+
+/// [`services`] with each one's groups and where it is served (`lb services`); `status`: the
+/// running agent's, for the names of groups and uplinks.
+pub fn services_served(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Vec<ServiceView>> {
+    views(dp, Some(&Exposure::read(dp, status)?))
+}
+
+fn views(dp: &dyn Dataplane, exposure: Option<&Exposure>) -> Result<Vec<ServiceView>> {
     let backends = dp.backends()?;
     let mut by_service: BTreeMap<u32, Vec<BackendView>> = BTreeMap::new();
     for (id, b) in backends.iter().enumerate().skip(1) {
@@ -110,20 +118,21 @@ pub fn services(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Vec<
     // Ids are handed out lowest first: the names up to the highest in use are one short read.
     let ids = services.iter().map(|(_, i)| i.service_id + 1).max().unwrap_or(0);
     let names = dp.service_names(ids)?;
-    let words = dp.service_group_words(ids)?;
-    let where_served = Exposure::read(dp, status)?;
+    let words = if exposure.is_some() { dp.service_group_words(ids)? } else { Vec::new() };
     let mut out = Vec::new();
     for (key, info) in services {
         let Some(id) = ServiceId::from_key(&key) else { continue };
         let mut backends = by_service.remove(&info.service_id).unwrap_or_default();
         backends.sort_by_key(|b| (b.address.parse::<IpAddr>().ok(), b.port));
+        let word = words.get(info.service_id as usize).copied().unwrap_or(0);
+        let (groups, served_on) = exposure.map_or((Vec::new(), Vec::new()), |e| (group_names(&e.named, word), e.served_on(&id, word)));
         out.push((id, ServiceView {
             address: service_address(&id),
             port: id.port,
             protocol: id.proto,
             name: names.get(info.service_id as usize).cloned().unwrap_or_default(),
-            groups: group_names(&where_served.named, words.get(info.service_id as usize).copied().unwrap_or(0)),
-            served_on: where_served.served_on(&id, words.get(info.service_id as usize).copied().unwrap_or(0)),
+            groups,
+            served_on,
             backends,
             id: info.service_id,
         }));
@@ -297,7 +306,7 @@ pub struct BackendStats {
 pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     let verdicts = dp.verdicts()?;
     let verdicts = Reason::ALL.iter().zip(verdicts).map(|(reason, n)| (reason.name(), n)).collect();
-    let views = self::services(dp, None)?;
+    let views = self::services(dp)?;
     let service_ids = views.iter().map(|v| v.id + 1).max().unwrap_or(0);
     let backend_ids = views.iter().flat_map(|v| v.backends.iter().map(|b| b.id + 1)).max().unwrap_or(0);
     let (service_stats, backend_stats) = (dp.service_stats(service_ids)?, dp.backend_stats(backend_ids)?);
@@ -480,7 +489,7 @@ mod tests {
     #[test]
     fn services_json_is_the_documented_shape() {
         let mut out = Vec::new();
-        print_services(&services(&programmed(), None).unwrap(), true, &mut out).unwrap();
+        print_services(&services_served(&programmed(), None).unwrap(), true, &mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             json,
@@ -497,7 +506,7 @@ mod tests {
     #[test]
     fn services_table_has_a_row_per_backend() {
         let mut out = Vec::new();
-        print_services(&services(&programmed(), None).unwrap(), false, &mut out).unwrap();
+        print_services(&services_served(&programmed(), None).unwrap(), false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 4, "{text}");
         assert!(text.contains("[fd00::7]:53"), "{text}");
@@ -505,7 +514,7 @@ mod tests {
 
     #[test]
     fn one_service_is_chosen_by_name_or_as_listed() {
-        let all = || services(&programmed(), None).unwrap();
+        let all = || services(&programmed()).unwrap();
         for selector in ["web", "10.0.0.1:80"] {
             let chosen = select(all(), Some(selector)).unwrap();
             assert_eq!(chosen.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["web"], "{selector}");
@@ -519,8 +528,8 @@ mod tests {
     #[test]
     fn flows_show_tcp_age_and_udp_idle_time_and_filter_by_service() {
         let mut dp = programmed();
-        let web = services(&dp, None).unwrap().into_iter().find(|s| s.name == "web").unwrap();
-        let dns = services(&dp, None).unwrap().into_iter().find(|s| s.name == "dns").unwrap();
+        let web = services(&dp).unwrap().into_iter().find(|s| s.name == "web").unwrap();
+        let dns = services(&dp).unwrap().into_iter().find(|s| s.name == "dns").unwrap();
         let backend_of = |svc: &ServiceView| svc.backends.iter().find(|b| b.state == "active").unwrap().id;
         let flow = |proto, backend: u32, seconds_ago: u64| {
             let key = lb_common::FlowKey { src: lb_common::v4_bytes([10, 9, 0, 1]), dst: lb_common::v4_bytes([10, 0, 0, 1]), sport: 40000, dport: 80, proto, family: 4, _pad: 0 };

@@ -19,6 +19,7 @@ pub mod reasons;
 pub mod refusal;
 pub mod ring_pool;
 pub mod select;
+pub mod sources;
 
 pub use hook::Hook;
 pub use maps::*;

@@ -380,6 +380,9 @@ pub struct Scratch {
     pub looked_up_hop: UplinkHop,
     /// A refusal (lb_common::refusal) built before it replaces the frame: room for the longest.
     pub refusal: [u8; REFUSAL_ROOM],
+    /// A `SOURCE_RANGES` lookup key (one client of one service).
+    pub source_key: crate::sources::SourceRangeKey,
+    pub _pad: u32,
 }
 
 /// `Scratch::refusal`'s size: the longest refusal (ICMPv6), rounded up to whole words.
@@ -500,6 +503,9 @@ pub struct NodeAddrKey {
 /// CPUs: ~2.4 MiB per CPU at these limits.
 pub const DEFAULT_MAX_SERVICES: u32 = 32768;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
+/// Source ranges of all services together (`SOURCE_RANGES`, an LPM trie: memory is taken per
+/// range stored, ~100 B each, not for the whole capacity).
+pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 65536;
 /// Per flow table; ~760 B of kernel memory per flow across the six tables.
 pub const DEFAULT_MAX_FLOWS: u32 = 100_000;
 pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
@@ -543,7 +549,7 @@ const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 const _: () = assert!(core::mem::size_of::<CachedRoute>() == 48);
-const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM + 32);
 const _: () = assert!(core::mem::size_of::<UplinkHop>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
@@ -582,6 +588,7 @@ mod pod {
         super::FibParams,
         super::Scratch,
         super::ServiceName,
+        crate::sources::SourceRange,
     );
 }
 

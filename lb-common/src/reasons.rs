@@ -71,6 +71,11 @@ pub enum Reason {
     /// not on that uplink, or for a service port not on that address): passed to the stack
     /// untouched, as if there were no service (lb_common::exposure).
     NotExposed = 24,
+    /// A new flow from a client outside the service's source ranges (lb_common::sources),
+    /// refused: a TCP reset or an ICMP administratively-prohibited sent back (uplinks; dropped
+    /// when none may be sent), or connect()/sendmsg() failing with ECONNREFUSED (local sockets).
+    /// Also counted per service (`SOURCE_REFUSALS`).
+    SourceRefused = 25,
 }
 
 /// Number of outcomes.
@@ -83,7 +88,7 @@ const _: () = assert!(COUNT <= SLOTS);
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::FwdLocal,
         Reason::ReplyRewritten,
         Reason::NotService,
@@ -109,6 +114,7 @@ impl Reason {
         Reason::NoBackendRejected,
         Reason::ResetNoFlow,
         Reason::NotExposed,
+        Reason::SourceRefused,
     ];
 
     /// Whether the ingress programs drop a packet with this outcome: traffic for a service that
@@ -126,6 +132,7 @@ impl Reason {
                 | Reason::FibNoNeigh
                 | Reason::NatPortsExhausted
                 | Reason::ResetNoFlow
+                | Reason::SourceRefused
         )
     }
 
@@ -162,6 +169,7 @@ impl Reason {
             Reason::NoBackendRejected => "no_backend_rejected",
             Reason::ResetNoFlow => "reset_no_flow",
             Reason::NotExposed => "not_exposed",
+            Reason::SourceRefused => "source_refused",
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Refusals of new connections to a service that has no active backend, built as whole frames
-//! from a copy of the offending frame's headers: a TCP reset (RFC 9293 §3.10.7.1, a segment
-//! for no connection) or an ICMP/ICMPv6 port unreachable (RFC 792, RFC 4443 §3.1). The kernel
+//! Refusals of new connections to a service that has no active backend, or from a client outside
+//! its source ranges, built as whole frames from a copy of the offending frame's headers: a TCP
+//! reset (RFC 9293 §3.10.7.1, a segment for no connection) or an ICMP/ICMPv6 destination
+//! unreachable (RFC 792, RFC 4443 §3.1) — port unreachable, or communication administratively
+//! prohibited (RFC 1812 §5.2.7.1 code 13; RFC 4443 code 1), what a filtering router sends. The kernel
 //! programs send them back out of the interface the frame came in on; kube-proxy and Cilium
 //! answer the same way, so a client fails at once instead of waiting out its connect timeout.
 //!
@@ -28,9 +30,34 @@ const TTL: u8 = 64;
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_PORT_UNREACH: u8 = 3;
 const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PORT_UNREACH: u8 = 4;
+
+/// Why a datagram is refused: the code of the destination unreachable sent back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No backend: ICMP code 3, ICMPv6 code 4 (port unreachable).
+    Port,
+    /// Its source is not allowed: ICMP code 13, ICMPv6 code 1 (administratively prohibited).
+    Prohibited,
+}
+
+impl Unreachable {
+    #[inline(always)]
+    const fn code_v4(self) -> u8 {
+        match self {
+            Unreachable::Port => 3,
+            Unreachable::Prohibited => 13,
+        }
+    }
+
+    #[inline(always)]
+    const fn code_v6(self) -> u8 {
+        match self {
+            Unreachable::Port => 4,
+            Unreachable::Prohibited => 1,
+        }
+    }
+}
 
 /// Offending TCP/IPv4 frame headers in; reset out (same size: Ethernet + IPv4 + TCP).
 pub const TCP4_LEN: usize = ETH_LEN + IPV4_LEN + TCP_LEN;
@@ -84,9 +111,9 @@ pub fn tcp_reset_v6(offending: &[u8; TCP6_LEN], out: &mut [u8; TCP6_LEN]) -> Opt
     Some(())
 }
 
-/// The ICMP port unreachable for a UDP/IPv4 datagram, or None for a source that is not one host
-/// (RFC 1122 §3.2.2: no ICMP error to a broadcast, multicast or zero source).
-pub fn port_unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN]) -> Option<()> {
+/// The ICMP destination unreachable (`why`) for a UDP/IPv4 datagram, or None for a source that
+/// is not one host (RFC 1122 §3.2.2: no ICMP error to a broadcast, multicast or zero source).
+pub fn unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN], why: Unreachable) -> Option<()> {
     let ip = ETH_LEN;
     let (src, dst) = (&offending[ip + 12..ip + 16], &offending[ip + 16..ip + 20]);
     if !unicast_v4(src) {
@@ -97,16 +124,16 @@ pub fn port_unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN]
     ipv4_header(out, ICMP4_LEN - ETH_LEN, PROTO_ICMP, dst, src);
     let icmp = ip + IPV4_LEN;
     out[icmp] = ICMP_DEST_UNREACH;
-    out[icmp + 1] = ICMP_PORT_UNREACH;
+    out[icmp + 1] = why.code_v4();
     out[icmp + ICMP_LEN..].copy_from_slice(&offending[ip..]);
     let check = checksum(0, &out[icmp..]);
     put16(out, icmp + 2, check);
     Some(())
 }
 
-/// The ICMPv6 port unreachable for a UDP/IPv6 datagram, or None for a multicast or unspecified
-/// source (RFC 4443 §2.4 (e)).
-pub fn port_unreachable_v6(offending: &[u8; UDP6_LEN], out: &mut [u8; ICMP6_LEN]) -> Option<()> {
+/// The ICMPv6 destination unreachable (`why`) for a UDP/IPv6 datagram, or None for a multicast
+/// or unspecified source (RFC 4443 §2.4 (e)).
+pub fn unreachable_v6(offending: &[u8; UDP6_LEN], out: &mut [u8; ICMP6_LEN], why: Unreachable) -> Option<()> {
     let ip = ETH_LEN;
     let (src, dst) = (&offending[ip + 8..ip + 24], &offending[ip + 24..ip + 40]);
     if !unicast_v6(src) {
@@ -118,7 +145,7 @@ pub fn port_unreachable_v6(offending: &[u8; UDP6_LEN], out: &mut [u8; ICMP6_LEN]
     ipv6_header(out, icmp_len, PROTO_ICMPV6, dst, src);
     let icmp = ip + IPV6_LEN;
     out[icmp] = ICMPV6_DEST_UNREACH;
-    out[icmp + 1] = ICMPV6_PORT_UNREACH;
+    out[icmp + 1] = why.code_v6();
     out[icmp + ICMP_LEN..].copy_from_slice(&offending[ip..]);
     let pseudo = pseudo(dst, src, PROTO_ICMPV6, icmp_len);
     let check = checksum(pseudo, &out[icmp..]);
@@ -290,7 +317,7 @@ mod tests {
         assert_eq!(reset_v4(&broadcast), None);
         let mut unspecified = [0u8; UDP6_LEN];
         unspecified[14] = 0x60;
-        assert_eq!(port_unreachable_v6(&unspecified, &mut [0; ICMP6_LEN]), None);
+        assert_eq!(unreachable_v6(&unspecified, &mut [0; ICMP6_LEN], Unreachable::Port), None);
     }
 
     #[test]
@@ -300,9 +327,12 @@ mod tests {
         udp[23] = 17;
         udp[34..42].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
         let mut icmp = [0xaa; ICMP4_LEN];
-        port_unreachable_v4(&udp, &mut icmp).expect("icmp");
+        unreachable_v4(&udp, &mut icmp, Unreachable::Port).expect("icmp");
         assert_eq!((icmp[23], icmp[34], icmp[35]), (PROTO_ICMP, 3, 3));
         assert_eq!(&icmp[42..], &udp[14..]);
+        assert_eq!(csum::checksum(&icmp[34..]), 0);
+        unreachable_v4(&udp, &mut icmp, Unreachable::Prohibited).expect("icmp");
+        assert_eq!((icmp[34], icmp[35]), (3, 13), "administratively prohibited");
         assert_eq!(csum::checksum(&icmp[34..]), 0);
     }
 }

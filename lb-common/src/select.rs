@@ -3,7 +3,7 @@
 //! cannot drift. Map reads stay the caller's, through [`ServiceMaps`].
 
 use crate::{
-    exposure, hash, BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE,
+    exposure, hash, sources, BackendInfo, NodeAddrKey, ServiceInfo, ServiceKey, BACKEND_ACTIVE,
 };
 
 /// The maps a service lookup reads (the programs' maps, or `lb explain`'s copy of them).
@@ -15,6 +15,11 @@ pub trait ServiceMaps {
     fn service_groups(&self, service_id: u32) -> u32;
     /// The group word of the uplink `ifindex`.
     fn uplink_groups(&self, ifindex: u32) -> u32;
+    /// How many source ranges the service `service_id` has (`SERVICE_SOURCES`); 0: none, every
+    /// client is allowed.
+    fn source_ranges(&self, service_id: u32) -> u32;
+    /// Whether `client` (of `family`) is in one of the service's ranges (`SOURCE_RANGES`).
+    fn in_source_ranges(&self, service_id: u32, family: u8, client: &[u8; 16]) -> bool;
 }
 
 /// Where a packet for a service comes from.
@@ -33,16 +38,20 @@ pub enum Lookup {
     Service(ServiceInfo),
     /// The service, not exposed where the packet came from (exposure::exposed).
     NotExposed(ServiceInfo),
+    /// The service, exposed there, but the client is outside its source ranges.
+    SourceRefused(ServiceInfo),
     /// No service at that address and port.
     None,
 }
 
-/// The service at (`addr`, `port`, `proto`) in `family` for a packet arriving `from`: the
-/// address's own entry (a VIP), else the service port's entry (address zero) when `addr` is
-/// one of this node's addresses; then whether its groups are exposed there. Only what is found
-/// is read further (a VIP never reads the node-address set).
+/// The service at (`addr`, `port`, `proto`) in `family` for a packet from `client` arriving
+/// `from`: the address's own entry (a VIP), else the service port's entry (address zero) when
+/// `addr` is one of this node's addresses; then whether its groups are exposed there, then
+/// whether the client is in its source ranges. Only what is found is read further (a VIP never
+/// reads the node-address set). A local client's `client` is the address it bound (zero if none:
+/// see sources::local_client).
 #[inline(always)]
-pub fn service(maps: &impl ServiceMaps, addr: &[u8; 16], port: u16, proto: u8, family: u8, from: Origin) -> Lookup {
+pub fn service(maps: &impl ServiceMaps, addr: &[u8; 16], port: u16, proto: u8, family: u8, from: Origin, client: &[u8; 16]) -> Lookup {
     let mut key = ServiceKey { addr: *addr, port, proto, family };
     let (info, node_addr) = match maps.service(&key) {
         Some(info) => (info, None),
@@ -53,13 +62,20 @@ pub fn service(maps: &impl ServiceMaps, addr: &[u8; 16], port: u16, proto: u8, f
             (info, Some(word))
         }
     };
-    // Local clients reach every group: no group word is read for them.
-    let Origin::Uplink(ifindex) = from else { return Lookup::Service(info) };
-    if exposure::exposed(maps.service_groups(info.service_id), node_addr, maps.uplink_groups(ifindex)) {
-        Lookup::Service(info)
-    } else {
-        Lookup::NotExposed(info)
+    let client = match from {
+        // Local clients reach every group: no group word is read for them.
+        Origin::Local => sources::local_client(client, addr, node_addr.is_some(), family),
+        Origin::Uplink(ifindex) => {
+            if !exposure::exposed(maps.service_groups(info.service_id), node_addr, maps.uplink_groups(ifindex)) {
+                return Lookup::NotExposed(info);
+            }
+            *client
+        }
+    };
+    if maps.source_ranges(info.service_id) != 0 && !maps.in_source_ranges(info.service_id, family, &client) {
+        return Lookup::SourceRefused(info);
     }
+    Lookup::Service(info)
 }
 
 /// Zeroes an address field with two stores (an array literal may become a byte loop in BPF).
@@ -116,10 +132,23 @@ mod tests {
         fn uplink_groups(&self, ifindex: u32) -> u32 {
             if ifindex == 8 { INTERNAL } else { exposure::WRITTEN | 2 }
         }
+        /// Service 2 (the service port) allows 10.0.0.0/8 only.
+        fn source_ranges(&self, service_id: u32) -> u32 {
+            (service_id == 2) as u32
+        }
+        fn in_source_ranges(&self, _: u32, family: u8, client: &[u8; 16]) -> bool {
+            family == FAMILY_V4 && client[0] == 10
+        }
     }
 
+    const CLIENT: [u8; 4] = [10, 9, 0, 1];
+
     fn at(addr: [u8; 4], port: u16, from: Origin) -> Lookup {
-        service(&Maps(Default::default()), &v4_bytes(addr), port, PROTO_TCP, FAMILY_V4, from)
+        from_client(CLIENT, addr, port, from)
+    }
+
+    fn from_client(client: [u8; 4], addr: [u8; 4], port: u16, from: Origin) -> Lookup {
+        service(&Maps(Default::default()), &v4_bytes(addr), port, PROTO_TCP, FAMILY_V4, from, &v4_bytes(client))
     }
 
     fn id(found: Lookup) -> Option<u32> {
@@ -149,8 +178,19 @@ mod tests {
     #[test]
     fn the_node_address_set_is_asked_only_for_a_service_port() {
         let maps = Maps(Default::default());
-        let found = service(&maps, &v4_bytes(VIP), 80, PROTO_TCP, FAMILY_V4, Origin::Uplink(8));
+        let found = service(&maps, &v4_bytes(VIP), 80, PROTO_TCP, FAMILY_V4, Origin::Uplink(8), &v4_bytes(CLIENT));
         assert_eq!((id(found), maps.0.get()), (Some(1), false));
+    }
+
+    #[test]
+    fn a_client_outside_the_source_ranges_is_refused_after_exposure_is_checked() {
+        let outside = [192, 0, 2, 1];
+        assert!(matches!(from_client(outside, NODE, 80, Origin::Uplink(8)), Lookup::SourceRefused(info) if info.service_id == 2));
+        assert!(matches!(from_client(outside, NODE, 80, Origin::Uplink(7)), Lookup::NotExposed(_)), "exposure first");
+        assert_eq!(id(from_client(outside, VIP, 80, Origin::Uplink(8))), Some(1), "the VIP has no ranges");
+        // A local client is its bound address, else the node address it connects to.
+        assert!(matches!(from_client(outside, NODE, 80, Origin::Local), Lookup::SourceRefused(_)));
+        assert_eq!(id(from_client([0; 4], NODE, 80, Origin::Local)), Some(2), "unbound: checked as 10.201.0.2");
     }
 
     #[test]

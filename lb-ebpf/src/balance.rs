@@ -10,7 +10,7 @@ use crate::{
     forward::{self, Route},
     frame::Frame,
     parse::{self, Parsed},
-    refuse,
+    refuse::{self, Refused},
     rewrite::Nat,
     flow, nat, select, service, stats,
 };
@@ -43,6 +43,10 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
             let service = match service::service(&packet, ingress) {
                 Lookup::Service(service) => service,
                 Lookup::NotExposed(_) => return Err(Reason::NotExposed),
+                Lookup::SourceRefused(service) => {
+                    stats::count_source_refusal(service.service_id);
+                    return refuse::new_flow(frame, ingress, &packet, Refused::Source);
+                }
                 Lookup::None => return not_for_a_service(frame, ingress, &packet),
             };
             // Before any state is claimed (see Reason::ResetNoFlow).
@@ -50,7 +54,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
                 return Err(Reason::ResetNoFlow);
             }
             if service.active_backends == 0 {
-                return refuse::new_flow(frame, ingress, &packet);
+                return refuse::new_flow(frame, ingress, &packet, Refused::NoBackend);
             }
             select::new_flow(frame.ctx_ptr(), ingress, &packet, &service, slot)?
         }

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    reasons, ring_pool, BackendInfo, CachedRoute, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
+    reasons, ring_pool, sources::SourceRange, BackendInfo, CachedRoute, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_SERVICES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_ADDR_WORDS, SERVICE_PORT_WORDS,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOURCE_RANGES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_ADDR_WORDS, SERVICE_PORT_WORDS,
 };
 
 /// The agent's runtime settings (UDP idle timeout, NAT ports), one entry written by the agent
@@ -21,6 +21,7 @@ const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
 const RING_POOL: usize = ring_pool::elements(ring_pool::DEFAULT_RING_SLOTS) as usize;
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
+const MAX_SOURCE_RANGES: usize = DEFAULT_MAX_SOURCE_RANGES as usize;
 
 /// Packets and bytes seen per (interface, hook), per CPU; slot = lb_common::iface_slot.
 #[btf_map]
@@ -41,6 +42,13 @@ pub static SERVICE_NAMES: Array<ServiceName, MAX_SERVICES> = Array::new();
 /// The groups each service belongs to, by service id: a group word (lb_common::exposure).
 #[btf_map]
 pub static SERVICE_GROUPS: Array<u32, MAX_SERVICES> = Array::new();
+/// How many source ranges each service has, by service id (0: every client is allowed, and
+/// `SOURCE_RANGES` is not read).
+#[btf_map]
+pub static SERVICE_SOURCES: Array<u32, MAX_SERVICES> = Array::new();
+/// Every service's source ranges: (service id, family, prefix) → 1 (lb_common::sources).
+#[btf_map]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u32, MAX_SOURCE_RANGES> = LpmTrie::new();
 /// This node's addresses, where service ports are served → the groups exposed on each (a
 /// group word, lb_common::exposure).
 #[btf_map]
@@ -98,12 +106,28 @@ pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// Per-service packets, bytes and new flows, per CPU, by service id.
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<TrafficCounters, MAX_SERVICES> = PerCpuArray::new();
+/// New flows refused for their source (Reason::SourceRefused), per CPU, by service id.
+#[btf_map]
+pub static SOURCE_REFUSALS: PerCpuArray<u64, MAX_SERVICES> = PerCpuArray::new();
 /// Per-backend packets, bytes and new flows, per CPU, by backend id.
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters, MAX_BACKENDS> = PerCpuArray::new();
 /// Packets per outcome (slot = lb_common::Reason as u32), per CPU.
 #[btf_map]
 pub static VERDICTS: PerCpuArray<u64, { reasons::SLOTS as usize }> = PerCpuArray::new();
+
+/// Whether `client` is in one of service `service_id`'s source ranges: one trie walk, its key
+/// built in the scratch area (no scratch: not allowed).
+#[inline(always)]
+pub fn in_source_ranges(service_id: u32, family: u8, client: &[u8; 16]) -> bool {
+    let Ok(s) = scratch() else { return false };
+    s.source_key.set_client(service_id, family, client);
+    // SAFETY: SourceRangeKey is laid out as Key<SourceRange> (a u32, then 24 bytes of byte
+    // fields: no padding in either, size asserted in lb_common::sources), and the reference
+    // lives only for this lookup.
+    let key = unsafe { &*(&raw const s.source_key).cast::<Key<SourceRange>>() };
+    SOURCE_RANGES.get(key).is_some()
+}
 
 /// The agent's runtime settings (an array's only entry: always present).
 #[inline(always)]

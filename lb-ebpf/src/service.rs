@@ -1,6 +1,7 @@
 //! Stage 2, service lookup: whether a packet can be for a service at all (the port and address
 //! filters), and the service it is addressed to (its address exactly, else a service port on one
-//! of this node's addresses) if it is exposed where the packet came from.
+//! of this node's addresses) if it is exposed where the packet came from and the client is in
+//! its source ranges.
 
 use lb_common::{
     select::{self, Lookup, Origin, ServiceMaps},
@@ -8,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{NODE_ADDRS, SERVICES, SERVICE_ADDRS, SERVICE_GROUPS, SERVICE_PORTS, UPLINKS},
+    maps::{self, NODE_ADDRS, SERVICES, SERVICE_ADDRS, SERVICE_GROUPS, SERVICE_PORTS, SERVICE_SOURCES, UPLINKS},
     parse::Parsed,
 };
 
@@ -40,20 +41,17 @@ fn port_used(port: u16, proto: u8) -> bool {
 /// whether it is exposed there. The caller has checked `service_port_used`.
 #[inline(always)]
 pub fn service(p: &Parsed, ingress: u32) -> Lookup {
-    select::service(&Maps, &p.dst, p.dport, p.proto, p.family, Origin::Uplink(ingress))
+    select::service(&Maps, &p.dst, p.dport, p.proto, p.family, Origin::Uplink(ingress), &p.src)
 }
 
-/// The service a local socket reaches at (addr, port, proto) in `family` (local clients reach
-/// every group).
+/// The service a local socket bound to `client` (zero if unbound) reaches at (addr, port,
+/// proto) in `family` (local clients reach every group).
 #[inline(always)]
-pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<ServiceInfo> {
+pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8, client: &[u8; 16]) -> Lookup {
     if !port_used(port, proto) {
-        return None;
+        return Lookup::None;
     }
-    match select::service(&Maps, addr, port, proto, family, Origin::Local) {
-        Lookup::Service(info) => Some(info),
-        Lookup::NotExposed(_) | Lookup::None => None,
-    }
+    select::service(&Maps, addr, port, proto, family, Origin::Local, client)
 }
 
 /// lb_common::select's view of the programs' maps.
@@ -84,5 +82,15 @@ impl ServiceMaps for Maps {
     fn uplink_groups(&self, ifindex: u32) -> u32 {
         // SAFETY: as above.
         unsafe { UPLINKS.get(ifindex) }.copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn source_ranges(&self, service_id: u32) -> u32 {
+        SERVICE_SOURCES.get(service_id).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn in_source_ranges(&self, service_id: u32, family: u8, client: &[u8; 16]) -> bool {
+        maps::in_source_ranges(service_id, family, client)
     }
 }

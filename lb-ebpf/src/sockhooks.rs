@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext,
 };
-use lb_common::{Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use lb_common::{select::Lookup, Reason, ReplyInfo, SockKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 use crate::{maps::SOCK_REPLIES, ring, rewrite, service, stats};
 
@@ -15,7 +15,8 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
-/// What a denied connect()/sendmsg() to an empty service fails with, as a refused connection.
+/// What a denied connect()/sendmsg() to an empty service, or from a source outside its ranges,
+/// fails with, as a refused connection.
 const ECONNREFUSED: i32 = 111;
 
 /// An address as the hook sees it (user_ip4/user_ip6 + user_port).
@@ -39,6 +40,22 @@ fn read(ctx: &SockAddrContext, family: u8) -> SockAddr {
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
     // user_port holds the port in network order in its low 16 bits.
     SockAddr { addr, port: u16::from_be(sa.user_port as u16) }
+}
+
+/// The address the socket is bound to, zero if none (as the service's family sees it: a
+/// dual-stack socket's IPv4-mapped address unmapped).
+#[inline(always)]
+fn bound(ctx: &SockAddrContext, family: u8, service_family: u8) -> [u8; 16] {
+    // SAFETY: ctx.sock_addr is the bpf_sock_addr the kernel passed to this hook, valid for the
+    // whole run; its sk is the socket the call is made on (never null in these hooks).
+    let sk = unsafe { &*(*ctx.sock_addr).__bindgen_anon_1.sk };
+    let words = if family == FAMILY_V4 { [sk.src_ip4, 0, 0, 0] } else { [sk.src_ip6[0], sk.src_ip6[1], sk.src_ip6[2], sk.src_ip6[3]] };
+    // SAFETY: same size, any bytes valid. Built from words (see mem.rs).
+    let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
+    if family != service_family {
+        return unmapped(&addr).unwrap_or_default();
+    }
+    addr
 }
 
 #[inline(always)]
@@ -104,7 +121,15 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
         Some(v4) => (v4, FAMILY_V4),
         None => (dst.addr, family),
     };
-    let Some(service) = service::service_at(&service_addr, dst.port, proto, service_family) else { return ALLOW };
+    let client = bound(ctx, family, service_family);
+    let service = match service::service_at(&service_addr, dst.port, proto, service_family, &client) {
+        Lookup::Service(service) => service,
+        Lookup::SourceRefused(service) => {
+            stats::count_source_refusal(service.service_id);
+            return refuse(Reason::SourceRefused);
+        }
+        Lookup::NotExposed(_) | Lookup::None => return ALLOW,
+    };
     // SAFETY: ctx.as_ptr() is this hook's own context, the argument the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: same size, any bytes valid.
@@ -128,20 +153,24 @@ pub fn redirect(ctx: &SockAddrContext, family: u8, new_connection: bool) -> i32 
             }
             ALLOW
         }
-        Err(Reason::NoBackend) => {
-            // No active backend: fail the call at once, as a refused connection, instead of a
-            // connect that hangs.
-            // SAFETY: plain helper call; sets the error a denied call returns.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
-            stats::count_verdict(Reason::NoBackendRejected);
-            DENY
-        }
+        // No active backend: fail the call at once, as a refused connection, instead of a
+        // connect that hangs.
+        Err(Reason::NoBackend) => refuse(Reason::NoBackendRejected),
         Err(reason) => {
             // A torn ring: fail the call (EPERM) rather than send it anywhere else.
             stats::count_verdict(reason);
             DENY
         }
     }
+}
+
+/// Fails the call as a refused connection, counted as `verdict`.
+#[inline(always)]
+fn refuse(verdict: Reason) -> i32 {
+    // SAFETY: plain helper call; sets the error a denied call returns.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    stats::count_verdict(verdict);
+    DENY
 }
 
 /// getpeername() and recvmsg(): a backend address this socket was sent to shows as the service.

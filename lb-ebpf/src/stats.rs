@@ -2,7 +2,7 @@
 
 use lb_common::{iface_slot, Hook, Reason, TrafficCounters};
 
-use crate::maps::{BACKEND_STATS, IFACE_STATS, SERVICE_STATS, VERDICTS};
+use crate::maps::{BACKEND_STATS, IFACE_STATS, SERVICE_STATS, SOURCE_REFUSALS, VERDICTS};
 
 /// Counts one packet of `len` bytes seen by `hook` on `ifindex`.
 #[inline(always)]
@@ -68,5 +68,15 @@ pub fn count_socket_flow(service_id: u32, backend_id: u32) {
         // per-CPU array, allocated for the map's life; only programs on this CPU touch it, so a
         // nested program can at worst lose an increment.
         unsafe { (*counters).new_flows += 1 };
+    }
+}
+
+/// Counts a new flow to service `service_id` refused for its source against the service (the
+/// verdict is counted by the caller).
+#[inline(always)]
+pub fn count_source_refusal(service_id: u32) {
+    if let Some(counter) = SOURCE_REFUSALS.get_ptr_mut(service_id) {
+        // SAFETY: as in count_verdict: this CPU's slot of a per-CPU array.
+        unsafe { *counter += 1 };
     }
 }

@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use ipnet::IpNet;
 use lb_common::{v4_bytes, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
@@ -141,12 +142,40 @@ pub fn parse_groups(text: &str) -> Result<Groups, String> {
     text.split(',').map(str::trim).map(|g| check_group(g).map(|()| g.to_owned())).collect()
 }
 
+/// The clients a service admits (marathon-lb's `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`);
+/// empty: every client. Prefixes are stored truncated (`10.1.2.3/8` is `10.0.0.0/8`).
+pub type Sources = BTreeSet<IpNet>;
+
+/// Source ranges as marathon-lb's label writes them: addresses or CIDR prefixes, IPv4 or IPv6,
+/// separated by spaces (commas are accepted too). A bare address is one host.
+pub fn parse_sources<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Sources, String> {
+    let mut sources = Sources::new();
+    for word in words.into_iter().flat_map(|w| w.split([' ', ',', '\t', '\n'])).filter(|w| !w.is_empty()) {
+        let net = match word.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => match word.parse::<IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => return Err(format!("{word:?} is not an IP address or CIDR prefix (e.g. 10.0.0.0/8, 2001:db8::/32)")),
+            },
+        };
+        sources.insert(net.trunc());
+    }
+    Ok(sources)
+}
+
+/// Whether `sources` admits a client at `ip` (the kernel's rule, for `lb explain` and tests).
+pub fn admits(sources: &Sources, ip: IpAddr) -> bool {
+    sources.is_empty() || sources.iter().any(|net| net.contains(&ip))
+}
+
 /// The desired state of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Service {
     pub id: ServiceId,
     pub name: String,
     pub groups: Groups,
+    /// Clients allowed new flows; empty: every client.
+    pub sources: Sources,
     /// Sorted by (address, port), unique.
     pub backends: Vec<Backend>,
 }
@@ -192,5 +221,18 @@ mod tests {
         assert_eq!(parse_groups("internal, external").unwrap(), ["external", "internal"].map(String::from).into());
         assert!(parse_groups("internal,,external").unwrap_err().contains("\"\" is not a group name"));
         assert!(parse_groups("a b").is_err());
+    }
+
+    #[test]
+    fn source_ranges_read_like_haproxys_src_acl_and_refuse_what_is_no_prefix() {
+        let sources = parse_sources(["167.114.239.226 167.114.238.0/22", "2001:db8::/32,10.1.2.3/8"]).unwrap();
+        let text: Vec<String> = sources.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["10.0.0.0/8", "167.114.236.0/22", "167.114.239.226/32", "2001:db8::/32"]);
+        assert!(admits(&sources, "10.9.9.9".parse().unwrap()));
+        assert!(!admits(&sources, "192.0.2.1".parse().unwrap()));
+        assert!(admits(&Sources::new(), "192.0.2.1".parse().unwrap()), "no ranges: every client");
+        for bad in ["10.0.0.0/33", "10.0.0", "any", "fe80::/129"] {
+            assert!(parse_sources([bad]).unwrap_err().contains(bad), "{bad}");
+        }
     }
 }

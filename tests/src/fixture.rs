@@ -93,7 +93,7 @@ pub struct Case {
 
 /// Small maps: fixtures need a handful of services, and tests run in parallel.
 pub const FIXTURE_LIMITS: LoadConfig = LoadConfig {
-    sizes: MapSizes { ring_slots: 8 * lb_common::ring_pool::CHUNK_SLOTS, max_services: 32, max_backends: 256, max_flows: 4096 },
+    sizes: MapSizes { ring_slots: 8 * lb_common::ring_pool::CHUNK_SLOTS, max_services: 32, max_backends: 256, max_flows: 4096, max_source_ranges: 2048 },
     settings: RuntimeSettings { udp_timeout_secs: 120, nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX) },
 };
 

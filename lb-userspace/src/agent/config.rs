@@ -175,6 +175,7 @@ fn load_config(args: &RunArgs) -> LoadConfig {
             max_services: args.max_services,
             max_backends: args.max_backends,
             max_flows: args.max_flows,
+            max_source_ranges: args.max_source_ranges,
         },
         settings: RuntimeSettings { udp_timeout_secs: args.udp_timeout, nat_ports: args.nat_ports },
     }

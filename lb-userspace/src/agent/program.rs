@@ -236,7 +236,7 @@ mod tests {
 
     fn service(addr: ServiceAddr, port: u16, name: &str, backend: &str) -> Service {
         let id = ServiceId { addr, port, proto: Proto::Tcp };
-        Service { id, name: name.into(), groups: Default::default(), backends: vec![Backend { addr: backend.parse().unwrap(), port: 31000, weight: 1 }] }
+        Service { id, name: name.into(), groups: Default::default(), sources: Default::default(), backends: vec![Backend { addr: backend.parse().unwrap(), port: 31000, weight: 1 }] }
     }
 
     fn desired(services: Vec<Service>) -> Desired {

@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Flow-table entries (LRU), per address family (IPv4 and IPv6 flows have their own tables).
     #[arg(long, default_value_t = lb_common::DEFAULT_MAX_FLOWS, value_parser = count_at_least(1))]
     pub max_flows: u32,
+    /// Source ranges of all services together (HAPROXY_n_BACKEND_NETWORK_ALLOWED_ACL labels,
+    /// the services file's "source_ranges"); kernel memory is taken per range stored.
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SOURCE_RANGES, value_parser = count_at_least(1))]
+    pub max_source_ranges: u32,
     /// Seconds of silence after which a UDP flow may move to another backend.
     #[arg(long, default_value_t = lb_common::DEFAULT_UDP_TIMEOUT_SECS, value_parser = seconds)]
     pub udp_timeout: u64,

@@ -21,7 +21,7 @@ use lb_common::{
 use tracing::{error, info};
 
 use crate::{
-    control::exposure::Exposure,
+    control::{exposure::Exposure, source_ranges::SourceTable},
     dataplane::{limits::Limit, Bitmap, Dataplane, DataplaneError, MapSizes},
     desired::{ip_bytes, Backend, Desired, Service, ServiceId},
     control::ring_alloc::{Ring, RingAllocator},
@@ -81,6 +81,8 @@ struct Allocator {
     members: HashMap<u32, Vec<u32>>,
     freed_rings: BTreeSet<Ring>,
     freed_backends: BTreeSet<u32>,
+    /// Every service's source ranges, and room for more.
+    sources: SourceTable,
 }
 
 impl Allocator {
@@ -153,6 +155,7 @@ impl Reconciler {
         limits: MapSizes,
         current: &BTreeMap<ServiceKey, ServiceInfo>,
         backends: Vec<BackendInfo>,
+        sources: SourceTable,
     ) -> Result<Allocator, DataplaneError> {
         let used_services: BTreeSet<u32> = current.values().map(|i| i.service_id).collect();
         let used_rings = current.values().filter_map(ring_of).chain(self.quarantined_rings.iter().copied());
@@ -177,6 +180,7 @@ impl Reconciler {
             members,
             freed_rings: BTreeSet::new(),
             freed_backends: BTreeSet::new(),
+            sources,
         })
     }
 
@@ -207,7 +211,8 @@ impl Reconciler {
             Some(mirror) => (Pass { maps: mirror, report: Report::default() }, changed),
             None => {
                 let services: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
-                let alloc = self.allocator_from_maps(limits, &services, dp.backends()?)?;
+                let sources = SourceTable::from_maps(dp.source_ranges()?, limits.max_source_ranges);
+                let alloc = self.allocator_from_maps(limits, &services, dp.backends()?, sources)?;
                 (Pass { maps: Mirror { services, alloc, programmed: BTreeMap::new() }, report: Report::default() }, None)
             }
         };
@@ -215,6 +220,7 @@ impl Reconciler {
         let was_unfit = std::mem::take(&mut self.unfit);
         self.write_services(desired, changed, &mut pass, &was_unfit, dp)?;
         let Pass { maps: mut mirror, report } = pass;
+        mirror.alloc.sources.forget_refused_flows(&mirror.alloc.backends, dp)?;
         if report.added + report.removed > 0 || mirror.programmed.is_empty() {
             sync_service_ports(mirror.services.keys(), dp)?;
             sync_service_addrs(mirror.services.keys(), dp)?;
@@ -391,11 +397,16 @@ fn active_count(members: &[(u32, Backend)]) -> u32 {
     members.iter().filter(|(_, b)| b.weight > 0).count() as u32
 }
 
-/// Returns the service's entry as written. Its group word (`groups`) is written before the
-/// entry: a slot's word may be another service's, or none (which means every group).
+/// Returns the service's entry as written. Its group word (`groups`) and source ranges are
+/// written before the entry: a slot's word may be another service's, or none (which means every
+/// group).
 fn add(service: &Service, key: &ServiceKey, groups: u32, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<ServiceInfo, DataplaneError> {
     // Allocate everything first: a service that does not fit leaves no trace.
     let service_id = alloc.service_id()?;
+    if let Err(err) = alloc.sources.check_room(service_id, &service.sources) {
+        alloc.release_service_id(service_id);
+        return Err(err);
+    }
     let ids = match alloc.backend_ids(service.backends.len()) {
         Ok(ids) => ids,
         Err(err) => {
@@ -415,6 +426,7 @@ fn add(service: &Service, key: &ServiceKey, groups: u32, dp: &mut dyn Dataplane,
     };
     dp.set_service_name(service_id, &service.name)?;
     dp.set_service_groups(service_id, groups)?;
+    alloc.sources.write(service_id, &service.sources, dp)?;
     for (id, backend) in &members {
         let generation = alloc.backends[*id as usize].generation.wrapping_add(1);
         let info = backend_info(backend, service_id, generation);
@@ -448,6 +460,7 @@ fn update(
         dp.set_service_groups(sid, groups)?;
         changed = true;
     }
+    changed |= alloc.sources.write(sid, &service.sources, dp)?;
     let current: BTreeMap<(IpAddr, u16), (u32, BackendInfo)> = alloc
         .members_of(sid)
         .into_iter()
@@ -575,6 +588,7 @@ fn free_backend(id: u32, old: &BackendInfo, dp: &mut dyn Dataplane, alloc: &mut 
 
 fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &mut Allocator) -> Result<(), DataplaneError> {
     dp.remove_service(key)?;
+    alloc.sources.write(info.service_id, &Default::default(), dp)?;
     let owned = alloc.members_of(info.service_id);
     for (id, old) in owned {
         free_backend(id, &old, dp, alloc)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    reasons, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey,
+    reasons, sources::SourceRange, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey,
     TrafficCounters,
 };
 
@@ -25,6 +25,11 @@ pub struct FakeDataplane {
     pub node_addrs: BTreeMap<NodeAddrKey, u32>,
     /// Group words by service id (absent: 0, as in the array map).
     pub service_groups: BTreeMap<u32, u32>,
+    /// `SOURCE_RANGES` keys (prefix length, data).
+    pub source_ranges: std::collections::BTreeSet<(u32, SourceRange)>,
+    /// Range counts by service id (absent: 0).
+    pub service_sources: BTreeMap<u32, u32>,
+    pub source_refusals: BTreeMap<u32, u64>,
     pub flows: Vec<(FlowKey, FlowInfo)>,
     /// Full-NAT mappings, keyed by the backend's reply.
     pub nat_replies: Vec<(FlowKey, NatReply)>,
@@ -39,7 +44,7 @@ impl FakeDataplane {
     /// A fake with small limits.
     pub fn new(max_services: u32, max_backends: u32, ring_slots: u32) -> Self {
         Self {
-            limits: MapSizes { ring_slots, max_services, max_backends, max_flows: 1024 },
+            limits: MapSizes { ring_slots, max_services, max_backends, max_flows: 1024, max_source_ranges: 64 },
             iface_counters: BTreeMap::new(),
             verdicts: vec![0; reasons::COUNT as usize],
             service_stats: BTreeMap::new(),
@@ -50,6 +55,9 @@ impl FakeDataplane {
             pool: vec![0; ring_slots as usize],
             node_addrs: BTreeMap::new(),
             service_groups: BTreeMap::new(),
+            source_ranges: Default::default(),
+            service_sources: BTreeMap::new(),
+            source_refusals: BTreeMap::new(),
             flows: Vec::new(),
             nat_replies: Vec::new(),
             uplinks: BTreeMap::new(),
@@ -98,6 +106,7 @@ impl Dataplane for FakeDataplane {
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
         self.service_stats.remove(&service_id);
+        self.source_refusals.remove(&service_id);
         Ok(())
     }
 
@@ -191,6 +200,38 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
+    fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>> {
+        Ok(self.source_ranges.iter().copied().collect())
+    }
+
+    fn set_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<()> {
+        let (service_id, _, prefix) = range.parts(prefix_len);
+        self.log.push(format!("source {service_id} +/{prefix}"));
+        self.source_ranges.insert((prefix_len, *range));
+        Ok(())
+    }
+
+    fn remove_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<()> {
+        let (service_id, _, prefix) = range.parts(prefix_len);
+        self.log.push(format!("source {service_id} -/{prefix}"));
+        self.source_ranges.remove(&(prefix_len, *range));
+        Ok(())
+    }
+
+    fn service_source_counts(&self, ids: u32) -> Result<Vec<u32>> {
+        Ok((0..ids).map(|id| self.service_sources.get(&id).copied().unwrap_or(0)).collect())
+    }
+
+    fn set_service_sources(&mut self, service_id: u32, count: u32) -> Result<()> {
+        self.log.push(format!("sources {service_id} {count}"));
+        self.service_sources.insert(service_id, count);
+        Ok(())
+    }
+
+    fn source_refusals(&self, ids: u32) -> Result<Vec<u64>> {
+        Ok((0..ids).map(|id| self.source_refusals.get(&id).copied().unwrap_or(0)).collect())
+    }
+
     fn node_addrs(&self) -> Result<Vec<(NodeAddrKey, u32)>> {
         Ok(self.node_addrs.iter().map(|(k, v)| (*k, *v)).collect())
     }
@@ -239,5 +280,11 @@ impl Dataplane for FakeDataplane {
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
         Ok(self.flows.iter().find(|(k, _)| k == key).map(|(_, info)| *info))
+    }
+
+    fn forget_flows(&mut self, forget: &mut dyn FnMut(&FlowKey, &FlowInfo) -> bool) -> Result<usize> {
+        let before = self.flows.len();
+        self.flows.retain(|(k, f)| !forget(k, f));
+        Ok(before - self.flows.len())
     }
 }

@@ -14,6 +14,8 @@ pub struct MapSizes {
     pub max_backends: u32,
     /// Per address family.
     pub max_flows: u32,
+    /// All services' source ranges together.
+    pub max_source_ranges: u32,
 }
 
 impl Default for MapSizes {
@@ -23,6 +25,7 @@ impl Default for MapSizes {
             max_services: lb_common::DEFAULT_MAX_SERVICES,
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            max_source_ranges: lb_common::DEFAULT_MAX_SOURCE_RANGES,
         }
     }
 }
@@ -59,10 +62,11 @@ pub enum Limit {
     Services,
     Backends,
     Flows,
+    SourceRanges,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 4] = [Limit::RingSlots, Limit::Services, Limit::Backends, Limit::Flows];
+    pub const ALL: [Limit; 5] = [Limit::RingSlots, Limit::Services, Limit::Backends, Limit::Flows, Limit::SourceRanges];
 
     /// The `lb run` flag (and `lb.toml` key, without the dashes) that sets it.
     pub fn flag(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Limit {
             Limit::Services => "--max-services",
             Limit::Backends => "--max-backends",
             Limit::Flows => "--max-flows",
+            Limit::SourceRanges => "--max-source-ranges",
         }
     }
 
@@ -78,9 +83,17 @@ impl Limit {
     pub fn maps(self) -> &'static [&'static str] {
         match self {
             Limit::RingSlots => &[names::MAP_RINGS],
-            Limit::Services => &[names::MAP_SERVICES, names::MAP_SERVICE_NAMES, names::MAP_SERVICE_GROUPS, names::MAP_SERVICE_STATS],
+            Limit::Services => &[
+                names::MAP_SERVICES,
+                names::MAP_SERVICE_NAMES,
+                names::MAP_SERVICE_GROUPS,
+                names::MAP_SERVICE_SOURCES,
+                names::MAP_SOURCE_REFUSALS,
+                names::MAP_SERVICE_STATS,
+            ],
             Limit::Backends => &[names::MAP_BACKENDS, names::MAP_BACKEND_STATS, names::MAP_ROUTES],
             Limit::Flows => &names::FLOW_MAPS,
+            Limit::SourceRanges => &[names::MAP_SOURCE_RANGES],
         }
     }
 
@@ -91,6 +104,7 @@ impl Limit {
             Limit::Services => sizes.max_services,
             Limit::Backends => sizes.max_backends,
             Limit::Flows => sizes.max_flows,
+            Limit::SourceRanges => sizes.max_source_ranges,
         }
     }
 

@@ -10,7 +10,9 @@ mod sys;
 
 use std::path::PathBuf;
 
-use lb_common::{BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters};
+use lb_common::{
+    sources::SourceRange, BackendInfo, FlowInfo, FlowKey, Hook, IfaceCounters, NatReply, NodeAddrKey, ServiceInfo, ServiceKey, TrafficCounters,
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -103,7 +105,8 @@ pub trait Dataplane {
     fn service_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>, DataplaneError>;
     /// The counters of backends `0..ids`, indexed by backend id.
     fn backend_stats(&self, ids: u32) -> Result<Vec<TrafficCounters>, DataplaneError>;
-    /// Zeroes a service's counters (its id is being given to a new service).
+    /// Zeroes a service's counters, its source refusals included (its id is being given to a
+    /// new service).
     fn reset_service_stats(&mut self, service_id: u32) -> Result<(), DataplaneError>;
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<(), DataplaneError>;
 
@@ -134,6 +137,16 @@ pub trait Dataplane {
     fn service_group_words(&self, ids: u32) -> Result<Vec<u32>, DataplaneError>;
     fn set_service_groups(&mut self, service_id: u32, groups: u32) -> Result<(), DataplaneError>;
 
+    /// Every service's source ranges, as `SOURCE_RANGES` keys (prefix length, data).
+    fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>, DataplaneError>;
+    fn set_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<(), DataplaneError>;
+    fn remove_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<(), DataplaneError>;
+    /// How many source ranges service slots `0..ids` have (0: every client), as `service_names`.
+    fn service_source_counts(&self, ids: u32) -> Result<Vec<u32>, DataplaneError>;
+    fn set_service_sources(&mut self, service_id: u32, count: u32) -> Result<(), DataplaneError>;
+    /// New flows refused for their source, of service slots `0..ids`.
+    fn source_refusals(&self, ids: u32) -> Result<Vec<u64>, DataplaneError>;
+
     /// This node's addresses where service ports are served, with the group word of each.
     fn node_addrs(&self) -> Result<Vec<(NodeAddrKey, u32)>, DataplaneError>;
     fn set_node_addr(&mut self, addr: &NodeAddrKey, groups: u32) -> Result<(), DataplaneError>;
@@ -155,6 +168,9 @@ pub trait Dataplane {
     /// entries still pointing at them, so their NAT ports can be taken again. At most
     /// `MAX_EXPIRED_PER_CALL` per call. Returns how many were freed.
     fn expire_nat_mappings(&mut self, expired: &mut dyn FnMut(&FlowKey, &NatReply) -> bool) -> Result<usize, DataplaneError>;
+    /// Removes the flow entries `forget` picks (given each connection as the client sent it), so
+    /// the connection's next packet is judged as a new flow. Returns how many were removed.
+    fn forget_flows(&mut self, forget: &mut dyn FnMut(&FlowKey, &FlowInfo) -> bool) -> Result<usize, DataplaneError>;
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.

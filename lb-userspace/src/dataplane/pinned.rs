@@ -8,11 +8,11 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     sys::SyscallError,
 };
 use lb_common::{
-    names, ring_pool, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NatReply, NodeAddrKey, ReplyInfo, ServiceInfo,
+    names, ring_pool, sources::SourceRange, BackendInfo, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NatReply, NodeAddrKey, ReplyInfo, ServiceInfo,
     ServiceKey, ServiceName, SockKey, TrafficCounters, SERVICE_NAME_LEN,
 };
 
@@ -110,8 +110,8 @@ impl PinnedMaps {
     /// The kernel object of `name`, for what the typed wrappers do not offer (info, mmap).
     fn data(&self, name: &'static str) -> Result<&MapData> {
         match self.map(name)? {
-            Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => Ok(data),
-            _ => Err(DataplaneError::Layout { name, detail: "not a hash or array map".into() }),
+            Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) | Map::LpmTrie(data) => Ok(data),
+            _ => Err(DataplaneError::Layout { name, detail: "not a hash, array or LPM trie map".into() }),
         }
     }
 
@@ -131,6 +131,35 @@ impl PinnedMaps {
 
     fn array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>> {
         Array::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    fn source_trie(&self) -> Result<LpmTrie<&MapData, SourceRange, u32>> {
+        LpmTrie::try_from(self.map(names::MAP_SOURCE_RANGES)?).map_err(map_err(names::MAP_SOURCE_RANGES))
+    }
+
+    fn source_trie_mut(&mut self) -> Result<LpmTrie<&mut MapData, SourceRange, u32>> {
+        LpmTrie::try_from(self.map_mut(names::MAP_SOURCE_RANGES)?).map_err(map_err(names::MAP_SOURCE_RANGES))
+    }
+
+    /// Removes the entries of flow map `name` (keys `K`) that `forget` picks, seen as `FlowKey`
+    /// connections through `connection`.
+    fn forget_in<K: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        connection: impl Fn(&K, &FlowInfo) -> FlowKey,
+        forget: &mut dyn FnMut(&FlowKey, &FlowInfo) -> bool,
+    ) -> Result<usize> {
+        let mut picked: Vec<K> = Vec::new();
+        super::sys::for_each_batch::<K, FlowInfo>(self.data(name)?.fd().as_fd(), 1, |keys, values| {
+            picked.extend(keys.iter().zip(values).filter(|(k, v)| forget(&connection(k, v), v)).map(|(k, _)| *k));
+            true
+        })
+        .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
+        let mut map = self.hash_mut::<K, FlowInfo>(name)?;
+        for key in &picked {
+            ignore_missing(map.remove(key), name)?;
+        }
+        Ok(picked.len())
     }
 
     fn per_cpu_array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<PerCpuArray<&mut MapData, V>> {
@@ -162,6 +191,7 @@ impl PinnedMaps {
             max_services: self.max_entries(names::MAP_SERVICES)?,
             max_backends: self.max_entries(names::MAP_BACKENDS)?,
             max_flows: self.max_entries(names::MAP_FLOWS4)?,
+            max_source_ranges: self.max_entries(names::MAP_SOURCE_RANGES)?,
         })
     }
 
@@ -232,7 +262,10 @@ impl Dataplane for PinnedMaps {
     }
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
-        self.reset_traffic(names::MAP_SERVICE_STATS, service_id)
+        self.reset_traffic(names::MAP_SERVICE_STATS, service_id)?;
+        let name = names::MAP_SOURCE_REFUSALS;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus(name)?]).map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
+        self.per_cpu_array_mut::<u64>(name)?.set(service_id, zeros, 0).map_err(map_err(name))
     }
 
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
@@ -336,6 +369,32 @@ impl Dataplane for PinnedMaps {
         self.array_mut::<u32>(name)?.set(service_id, groups, 0).map_err(map_err(name))
     }
 
+    fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>> {
+        let keys = self.source_trie()?.keys().collect::<std::result::Result<Vec<_>, _>>().map_err(map_err(names::MAP_SOURCE_RANGES))?;
+        Ok(keys.into_iter().map(|key| (key.prefix_len(), key.data())).collect())
+    }
+
+    fn set_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<()> {
+        self.source_trie_mut()?.insert(&Key::new(prefix_len, *range), 1, 0).map_err(map_err(names::MAP_SOURCE_RANGES))
+    }
+
+    fn remove_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<()> {
+        ignore_missing(self.source_trie_mut()?.remove(&Key::new(prefix_len, *range)), names::MAP_SOURCE_RANGES)
+    }
+
+    fn service_source_counts(&self, ids: u32) -> Result<Vec<u32>> {
+        self.read_first::<u32>(names::MAP_SERVICE_SOURCES, false, ids)
+    }
+
+    fn set_service_sources(&mut self, service_id: u32, count: u32) -> Result<()> {
+        let name = names::MAP_SERVICE_SOURCES;
+        self.array_mut::<u32>(name)?.set(service_id, count, 0).map_err(map_err(name))
+    }
+
+    fn source_refusals(&self, ids: u32) -> Result<Vec<u64>> {
+        self.read_summed::<u64>(names::MAP_SOURCE_REFUSALS, ids, |total, v| *total = total.wrapping_add(*v))
+    }
+
     fn node_addrs(&self) -> Result<Vec<(NodeAddrKey, u32)>> {
         self.entries::<NodeAddrKey, u32>(names::MAP_NODE_ADDRS, usize::MAX)
     }
@@ -405,6 +464,11 @@ impl Dataplane for PinnedMaps {
 
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowInfo>> {
         Ok(self.flow_entry(key)?.map(|(_, info)| info))
+    }
+
+    fn forget_flows(&mut self, forget: &mut dyn FnMut(&FlowKey, &FlowInfo) -> bool) -> Result<usize> {
+        let v4 = self.forget_in::<FlowKey4>(names::MAP_FLOWS4, connection_of, forget)?;
+        Ok(v4 + self.forget_in::<FlowKey>(names::MAP_FLOWS, |key, _| *key, forget)?)
     }
 }
 

@@ -267,7 +267,7 @@ mod tests {
             .map(|(port, backends)| {
                 let id = ServiceId { addr: ServiceAddr::NodePort { v6: false }, port: *port, proto: Proto::Tcp };
                 let backends = backends.iter().map(|(a, w)| ModelBackend { addr: a.parse().unwrap(), port: 31000, weight: *w }).collect();
-                (id, Service { id, name: format!("svc{port}"), groups: Default::default(), backends })
+                (id, Service { id, name: format!("svc{port}"), groups: Default::default(), sources: Default::default(), backends })
             })
             .collect()
     }

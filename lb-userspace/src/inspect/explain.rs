@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::Dataplane,
-    desired::{bytes_ip, ip_bytes, Proto},
+    desired::{admits, bytes_ip, ip_bytes, Proto, Sources},
     inspect::report::uplink_name,
     status::AgentStatus,
 };
@@ -48,6 +48,8 @@ pub struct Explanation {
     /// exposed on (`lb run --expose`).
     pub exposed_on: Vec<String>,
     pub not_exposed_on: Vec<String>,
+    /// The service's source ranges (empty: every client).
+    pub source_ranges: Vec<String>,
 }
 
 impl Explanation {
@@ -65,6 +67,7 @@ impl Explanation {
             reason: None,
             exposed_on: Vec::new(),
             not_exposed_on: Vec::new(),
+            source_ranges: Vec::new(),
         }
     }
 }
@@ -129,34 +132,60 @@ pub fn explain(
 }
 
 /// The service `out` asks about, if it is served where the packet comes from (`via`, else any
-/// uplink); otherwise None with the reason in `out`. Fills in the uplinks it is (not) exposed on.
+/// uplink) to its client; otherwise None with the reason in `out`. Fills in the uplinks it is
+/// (not) exposed on and its source ranges.
 fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>, status: Option<&AgentStatus>) -> Result<Option<ServiceInfo>> {
     let (dst, family) = ip_bytes(out.service.ip());
+    let (src, _) = ip_bytes(out.client.ip());
     let (port, proto) = (out.service.port(), out.protocol.number());
-    let mut maps = Maps { services: dp.services()?, node_addrs: dp.node_addrs()?, uplinks: dp.uplinks()?, service_groups: 0 };
-    let Lookup::Service(info) = select::service(&maps, &dst, port, proto, family, Origin::Local) else {
+    let mut maps = Maps { services: dp.services()?, node_addrs: dp.node_addrs()?, uplinks: dp.uplinks()?, service_groups: 0, sources: Sources::new() };
+    let lookup = |maps: &Maps, from| select::service(maps, &dst, port, proto, family, from, &src);
+    let (Lookup::Service(info) | Lookup::SourceRefused(info)) = lookup(&maps, Origin::Local) else {
         out.reason.get_or_insert_with(|| "not a service: passed to the stack untouched".into());
         return Ok(None);
     };
     maps.service_groups = dp.service_groups(info.service_id)?;
+    maps.sources = service_sources(dp, info.service_id)?;
+    out.source_ranges = maps.sources.iter().map(ToString::to_string).collect();
     for &(ifindex, _) in &maps.uplinks {
         let name = uplink_name(status, ifindex);
-        match select::service(&maps, &dst, port, proto, family, Origin::Uplink(ifindex)) {
-            Lookup::Service(_) => out.exposed_on.push(name),
-            _ => out.not_exposed_on.push(name),
+        match lookup(&maps, Origin::Uplink(ifindex)) {
+            Lookup::NotExposed(_) => out.not_exposed_on.push(name),
+            _ => out.exposed_on.push(name),
         }
     }
-    let refused_here = match via {
-        Some(ifindex) => !matches!(select::service(&maps, &dst, port, proto, family, Origin::Uplink(ifindex)), Lookup::Service(_)),
-        None => !maps.uplinks.is_empty() && out.exposed_on.is_empty(),
+    let here = match via {
+        Some(ifindex) => lookup(&maps, Origin::Uplink(ifindex)),
+        None if !maps.uplinks.is_empty() && out.exposed_on.is_empty() => Lookup::NotExposed(info),
+        None => lookup(&maps, Origin::Local),
     };
-    if refused_here && out.flow != "existing" {
-        out.service_name = Some(dp.service_name(info.service_id)?);
-        let arrival = via.map_or("any uplink".to_owned(), |i| uplink_name(status, i));
-        out.reason = Some(format!("not exposed on {arrival} (--expose): passed to the stack untouched (not_exposed); local clients reach it"));
-        return Ok(None);
+    if out.flow == "existing" {
+        return Ok(Some(info));
     }
-    Ok(Some(info))
+    let arrival = via.map_or("any uplink".to_owned(), |i| uplink_name(status, i));
+    out.reason = match here {
+        Lookup::NotExposed(_) => Some(format!("not exposed on {arrival} (--expose): passed to the stack untouched (not_exposed); local clients reach it")),
+        Lookup::SourceRefused(_) => Some(format!(
+            "{} is outside the service's source ranges ({}): a new connection is refused (source_refused)",
+            out.client.ip(),
+            out.source_ranges.join(" ")
+        )),
+        _ => return Ok(Some(info)),
+    };
+    out.service_name = Some(dp.service_name(info.service_id)?);
+    Ok(None)
+}
+
+/// The source ranges of service slot `service_id` as the maps hold them.
+fn service_sources(dp: &dyn Dataplane, service_id: u32) -> Result<Sources> {
+    let mut sources = Sources::new();
+    for (prefix_len, range) in dp.source_ranges()? {
+        let (id, family, prefix) = range.parts(prefix_len);
+        if let Some(net) = bytes_ip(&range.addr, family).and_then(|ip| ipnet::IpNet::new(ip, prefix).ok()).filter(|_| id == service_id) {
+            sources.insert(net);
+        }
+    }
+    Ok(sources)
 }
 
 /// lb_common::select's view of the pinned maps, with the group word of the one service asked
@@ -166,6 +195,7 @@ struct Maps {
     node_addrs: Vec<(NodeAddrKey, u32)>,
     uplinks: Vec<(u32, u32)>,
     service_groups: u32,
+    sources: Sources,
 }
 
 impl ServiceMaps for Maps {
@@ -183,6 +213,14 @@ impl ServiceMaps for Maps {
 
     fn uplink_groups(&self, ifindex: u32) -> u32 {
         self.uplinks.iter().find(|(i, _)| *i == ifindex).map_or(0, |(_, w)| *w)
+    }
+
+    fn source_ranges(&self, _: u32) -> u32 {
+        self.sources.len() as u32
+    }
+
+    fn in_source_ranges(&self, _: u32, family: u8, client: &[u8; 16]) -> bool {
+        bytes_ip(client, family).is_some_and(|ip| admits(&self.sources, ip))
     }
 }
 
@@ -232,6 +270,9 @@ pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
             e.ring_size.unwrap_or_default()
         )?,
         _ => writeln!(out, "{}", e.reason.as_deref().unwrap_or("no backend"))?,
+    }
+    if !e.source_ranges.is_empty() {
+        writeln!(out, "  source ranges: {}", e.source_ranges.join(" "))?;
     }
     if !e.not_exposed_on.is_empty() {
         let on = if e.exposed_on.is_empty() { "no uplink".to_owned() } else { e.exposed_on.join(", ") };

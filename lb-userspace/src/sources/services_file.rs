@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::desired::{parse_groups, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId};
+use crate::desired::{parse_groups, parse_sources, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId, Sources};
 
 #[derive(Debug, Error)]
 pub enum ServicesFileError {
@@ -54,7 +54,7 @@ impl Invalid {
 }
 
 const FILE_FIELDS: &[&str] = &["services"];
-const SERVICE_FIELDS: &[&str] = &["name", "address", "port", "protocol", "group", "backends"];
+const SERVICE_FIELDS: &[&str] = &["name", "address", "port", "protocol", "group", "source_ranges", "backends"];
 const BACKEND_FIELDS: &[&str] = &["address", "port", "weight"];
 
 /// One service of the file, with every field checked for its JSON type.
@@ -65,6 +65,7 @@ struct ServiceSpec {
     port: u16,
     protocol: String,
     groups: Groups,
+    sources: Sources,
     backends: Vec<BackendSpec>,
 }
 
@@ -133,10 +134,26 @@ impl ServiceSpec {
         let port = fields.required("port", Fields::port)?;
         let protocol = fields.string("protocol")?.unwrap_or("tcp").to_string();
         let groups = fields.string("group")?.map(parse_groups).transpose().map_err(|problem| Invalid::new("group", problem))?.unwrap_or_default();
+        let sources = fields.array("source_ranges")?.map(source_ranges).transpose()?.unwrap_or_default();
         let backends = fields.array("backends")?.unwrap_or_default().iter().enumerate();
         let backends = backends.map(|(i, backend)| BackendSpec::read(backend, &format!("backends[{i}].")));
-        Ok(Self { name, address, port, protocol, groups, backends: backends.collect::<Result<_, _>>()? })
+        Ok(Self { name, address, port, protocol, groups, sources, backends: backends.collect::<Result<_, _>>()? })
     }
+}
+
+/// `"source_ranges": ["10.0.0.0/8", "2001:db8::/32"]`: the clients allowed; left out, every
+/// client (an empty list would admit nobody, which is no service: refused as a mistake).
+fn source_ranges(items: &[Value]) -> Result<Sources, Invalid> {
+    let field = "source_ranges";
+    if items.is_empty() {
+        return Err(Invalid::new(field, "empty: list the prefixes allowed, or leave the field out to admit every client"));
+    }
+    let words = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| item.as_str().ok_or_else(|| Invalid::new(format!("{field}[{i}]"), "not a string (e.g. \"10.0.0.0/8\")")))
+        .collect::<Result<Vec<&str>, _>>()?;
+    parse_sources(words).map_err(|problem| Invalid::new(field, problem))
 }
 
 impl BackendSpec {
@@ -291,7 +308,7 @@ fn expand(spec: &ServiceSpec) -> Result<Vec<Service>, Invalid> {
             let family_backends: Vec<Backend> =
                 backends.iter().copied().filter(|b| b.addr.is_ipv6() == id.is_v6()).collect();
             let name = spec.name.clone().unwrap_or_else(|| id.to_string());
-            services.push(Service { id, name, groups: spec.groups.clone(), backends: family_backends });
+            services.push(Service { id, name, groups: spec.groups.clone(), sources: spec.sources.clone(), backends: family_backends });
         }
     }
     Ok(services)
@@ -439,6 +456,19 @@ mod tests {
         assert!(e.ends_with("service 0: expected an object, got 1"), "{e}");
         // A syntax error keeps serde's position, which is right for the text.
         assert!(err(r#"{"services":[}"#).contains("line 1 column 14"));
+    }
+
+    #[test]
+    fn source_ranges_are_a_list_of_prefixes_and_an_empty_or_bad_one_is_refused() {
+        let d = parse(r#"{"services":[{"name":"db","port":5432,"source_ranges":["10.0.0.0/8","2001:db8::1"]}]}"#, "svc.json").unwrap();
+        let sources: Vec<String> = d.values().next().unwrap().sources.iter().map(ToString::to_string).collect();
+        assert_eq!(sources, ["10.0.0.0/8", "2001:db8::1/128"]);
+        let e = err(r#"{"services":[{"name":"db","port":5432,"source_ranges":[]}]}"#);
+        assert!(e.ends_with(r#"service 0 ("db"): source_ranges: empty: list the prefixes allowed, or leave the field out to admit every client"#), "{e}");
+        let e = err(r#"{"services":[{"name":"db","port":5432,"source_ranges":["10.0.0.0/40"]}]}"#);
+        assert!(e.contains(r#"source_ranges: "10.0.0.0/40" is not an IP address or CIDR prefix"#), "{e}");
+        let e = err(r#"{"services":[{"name":"db","port":5432,"source_ranges":[10]}]}"#);
+        assert!(e.contains("source_ranges[0]: not a string"), "{e}");
     }
 
     #[test]

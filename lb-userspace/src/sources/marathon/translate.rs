@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     http::{self, labels::HttpPort},
-    desired::{parse_groups, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId},
+    desired::{parse_groups, parse_sources, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId, Sources},
 };
 
 /// Last health verdict per task id, so that results missing for a moment (Marathon failover,
@@ -308,8 +308,10 @@ impl Translator {
                 match &mut merged {
                     Some(service) => {
                         service.backends.extend(part.backends.iter().copied());
-                        // One service: served wherever any of its apps asks.
+                        // One service: served wherever any of its apps asks, to the clients any
+                        // of them admits (an app without ranges does not open it to all).
                         service.groups.extend(part.groups.iter().cloned());
+                        service.sources.extend(part.sources.iter().copied());
                     }
                     None => merged = Some(part.clone()),
                 }
@@ -400,8 +402,8 @@ fn translate_app(
     demote_replaced(app, tasks, &mut liveness);
 
     for port in &ports {
-        let groups = match port_groups(app, port.index) {
-            Ok(groups) => groups,
+        let (groups, sources) = match port_groups(app, port.index).and_then(|g| Ok((g, port_sources(app, port.index)?))) {
+            Ok(found) => found,
             Err(why) => {
                 // Off rather than served where no group would put it.
                 out.warnings.push((app.id.clone(), format!("port {}: not served: {why}", port.index)));
@@ -423,7 +425,7 @@ fn translate_app(
             }
         }
         for (id, name) in ids {
-            let service = out.desired.entry(id).or_insert_with(|| Service { id, name, groups: groups.clone(), backends: Vec::new() });
+            let service = out.desired.entry(id).or_insert_with(|| Service { id, name, groups: groups.clone(), sources: sources.clone(), backends: Vec::new() });
             for ((addr, bport), live) in &backends {
                 if addr.is_ipv6() != id.is_v6() {
                     continue;
@@ -444,6 +446,15 @@ fn port_groups(app: &App, index: usize) -> Result<Groups, String> {
         return Ok(Groups::new());
     };
     parse_groups(value).map_err(|why| format!("{key}: {why}"))
+}
+
+/// The source ranges of the app's port `index`: `HAPROXY_{index}_BACKEND_NETWORK_ALLOWED_ACL`,
+/// space-separated addresses and prefixes as marathon-lb puts them in HAProxy's `src` ACL;
+/// empty (every client) if unset or blank, as marathon-lb ignores a blank one.
+fn port_sources(app: &App, index: usize) -> Result<Sources, String> {
+    let key = format!("HAPROXY_{index}_BACKEND_NETWORK_ALLOWED_ACL");
+    let Some((_, value)) = app.labels.0.iter().find(|(k, _)| *k == key) else { return Ok(Sources::new()) };
+    parse_sources([value.as_str()]).map_err(|why| format!("{key}: {why}"))
 }
 
 /// marathon-lb's rule: host by default; 1.4 `ipAddress` → container, `docker.network` USER →

@@ -279,3 +279,23 @@ fn groups_come_per_port_then_per_app_and_a_bad_one_keeps_the_port_off() {
     assert_eq!(groups(10003), None, "an invalid group: off, not served everywhere");
     assert!(t.warnings.iter().any(|(app, w)| app == "/db" && w.contains("port 2: not served: HAPROXY_2_GROUP")), "{:?}", t.warnings);
 }
+
+#[test]
+fn source_ranges_come_per_port_and_a_bad_one_keeps_the_port_off() {
+    let task = json!([{"id": "t1", "host": "agent-1.example", "ports": [31001, 31002, 31003], "state": "TASK_RUNNING"}]);
+    let app = json!({"id": "/db", "version": "v2", "tasks": task,
+        "labels": {"HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "167.114.239.226 167.114.238.0/22",
+                   "HAPROXY_1_BACKEND_NETWORK_ALLOWED_ACL": " ",
+                   "HAPROXY_2_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.0/8 everyone"},
+        "portDefinitions": [{"port": 10001}, {"port": 10002}, {"port": 10003}]});
+    let t = run(&json!({"apps": [app]}));
+    let sources = |port: u16| {
+        let service = t.desired.values().find(|s| s.id.port == port && !s.id.is_v6());
+        service.map(|s| s.sources.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    assert_eq!(sources(10001), Some(vec!["167.114.236.0/22".to_owned(), "167.114.239.226/32".to_owned()]));
+    assert_eq!(sources(10002), Some(vec![]), "blank, as marathon-lb reads it: every client");
+    assert_eq!(sources(10003), None, "an invalid range: off, never open to everyone");
+    let why = "port 2: not served: HAPROXY_2_BACKEND_NETWORK_ALLOWED_ACL: \"everyone\" is not";
+    assert!(t.warnings.iter().any(|(app, w)| app == "/db" && w.contains(why)), "{:?}", t.warnings);
+}

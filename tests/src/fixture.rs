@@ -267,7 +267,8 @@ fn load_program(ebpf: &mut Ebpf, hook: Hook) -> Result<()> {
 
 /// Every counter the data path keeps, flattened to `map{key}.field` → value (summed over CPUs),
 /// read through the agent's own map adapter.
-/// Names: `verdict.<reason>`, `service{<name>}.<field>`, `backend{<addr>:<port>}.<field>` (summed
+/// Names: `verdict.<reason>`, `service{<name>}.<field>` (`source_refused` too),
+/// `backend{<addr>:<port>}.<field>` (summed
 /// over the services the address and port serve),
 /// `iface_stats{ifindex=…,hook=…}.<field>`.
 pub fn counter_snapshot(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
@@ -278,7 +279,7 @@ pub fn counter_snapshot(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
         snapshot.insert(format!("verdict.{name}"), *n);
     }
     for s in &stats.services {
-        for (field, n) in [("packets", s.packets), ("bytes", s.bytes), ("new_flows", s.new_flows)] {
+        for (field, n) in [("packets", s.packets), ("bytes", s.bytes), ("new_flows", s.new_flows), ("source_refused", s.source_refused)] {
             snapshot.insert(format!("service{{{}}}.{field}", s.name), n);
         }
         for b in &s.backends {

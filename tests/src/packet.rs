@@ -89,14 +89,22 @@ pub fn tcp_reset(src: (IpAddr, u16), dst: (IpAddr, u16), seq: u32, ack: Option<u
 
 /// An ICMP (IPv4) or ICMPv6 port unreachable from the node back to the client, quoting `quote`.
 pub fn port_unreachable(src: IpAddr, dst: IpAddr, quote: &[u8]) -> Vec<u8> {
+    unreachable(src, dst, quote, icmpv4::DestUnreachableHeader::Port, icmpv6::DestUnreachableCode::Port)
+}
+
+/// An ICMP "communication administratively prohibited" (code 13; ICMPv6 code 1) from the node
+/// back to the client, quoting `quote`.
+pub fn prohibited(src: IpAddr, dst: IpAddr, quote: &[u8]) -> Vec<u8> {
+    unreachable(src, dst, quote, icmpv4::DestUnreachableHeader::FilterProhibited, icmpv6::DestUnreachableCode::Prohibited)
+}
+
+fn unreachable(src: IpAddr, dst: IpAddr, quote: &[u8], v4: icmpv4::DestUnreachableHeader, v6: icmpv6::DestUnreachableCode) -> Vec<u8> {
     let mut out = Vec::new();
     let ip = ip_builder(NODE_MAC, CLIENT_MAC, src, dst);
     if src.is_ipv4() {
-        let builder = ip.icmpv4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port));
-        builder.write(&mut out, quote).expect("writing ICMP");
+        ip.icmpv4(Icmpv4Type::DestinationUnreachable(v4)).write(&mut out, quote).expect("writing ICMP");
     } else {
-        let builder = ip.icmpv6(Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port));
-        builder.write(&mut out, quote).expect("writing ICMPv6");
+        ip.icmpv6(Icmpv6Type::DestinationUnreachable(v6)).write(&mut out, quote).expect("writing ICMPv6");
     }
     out
 }

@@ -206,6 +206,8 @@ fn dataplane_metrics(e: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std
     family(e, "lb_service_packets", "Packets balanced per service", MetricType::Counter, per_service(|s| s.packets))?;
     family(e, "lb_service_bytes", "Bytes balanced per service", MetricType::Counter, per_service(|s| s.bytes))?;
     family(e, "lb_service_new_flows", "New flows per service", MetricType::Counter, per_service(|s| s.new_flows))?;
+    let refused = per_service(|s| s.source_refused);
+    family(e, "lb_service_source_refused", "New flows refused per service: client outside its source ranges", MetricType::Counter, refused)?;
     let backends = || stats.services.iter().flat_map(|s| s.backends.iter().map(move |b| (s, b)));
     let backend = |s: &report::ServiceStats, b: &report::BackendStats| {
         let mut labels = service(s);

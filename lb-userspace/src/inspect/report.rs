@@ -27,6 +27,8 @@ pub struct ServiceView {
     /// Where a new connection from the network is balanced: the uplinks (a VIP) or node
     /// addresses (a service port) that expose one of its groups; local clients reach it too.
     pub served_on: Vec<String>,
+    /// The clients it admits (empty: every client).
+    pub source_ranges: Vec<String>,
     pub backends: Vec<BackendView>,
     /// Index of its counters (not part of the documented JSON).
     #[serde(skip)]
@@ -58,18 +60,28 @@ fn backend_view(id: u32, b: &BackendInfo) -> Option<BackendView> {
     Some(BackendView { address: ip.to_string(), port: b.port, weight: b.weight, state, id })
 }
 
-/// Where the maps serve each group word from the network, and what the groups are called.
+/// Where the maps serve each group word from the network, what the groups are called, and
+/// which clients each service admits.
 struct Exposure {
     named: Vec<String>,
     node_addrs: Vec<(lb_common::NodeAddrKey, u32)>,
     uplinks: Vec<(String, u32)>,
+    sources: BTreeMap<u32, Vec<String>>,
 }
 
 impl Exposure {
     fn read(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Self> {
         let uplinks = dp.uplinks()?.into_iter().map(|(i, w)| (uplink_name(status, i), w)).collect();
         let named = status.and_then(|s| s.exposure.as_ref()).map(|e| e.groups.clone()).unwrap_or_default();
-        Ok(Self { named, node_addrs: dp.node_addrs()?, uplinks })
+        let mut sources: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (prefix_len, range) in dp.source_ranges()? {
+            let (id, family, prefix) = range.parts(prefix_len);
+            if let Some(ip) = bytes_ip(&range.addr, family) {
+                sources.entry(id).or_default().push(format!("{ip}/{prefix}"));
+            }
+        }
+        sources.values_mut().for_each(|ranges| ranges.sort());
+        Ok(Self { named, node_addrs: dp.node_addrs()?, uplinks, sources })
     }
 
     /// The uplinks (VIP) or addresses (service port) a service of group word `word` is served on.
@@ -126,6 +138,7 @@ fn views(dp: &dyn Dataplane, exposure: Option<&Exposure>) -> Result<Vec<ServiceV
         backends.sort_by_key(|b| (b.address.parse::<IpAddr>().ok(), b.port));
         let word = words.get(info.service_id as usize).copied().unwrap_or(0);
         let (groups, served_on) = exposure.map_or((Vec::new(), Vec::new()), |e| (group_names(&e.named, word), e.served_on(&id, word)));
+        let source_ranges = exposure.and_then(|e| e.sources.get(&info.service_id)).cloned().unwrap_or_default();
         out.push((id, ServiceView {
             address: service_address(&id),
             port: id.port,
@@ -133,6 +146,7 @@ fn views(dp: &dyn Dataplane, exposure: Option<&Exposure>) -> Result<Vec<ServiceV
             name: names.get(info.service_id as usize).cloned().unwrap_or_default(),
             groups,
             served_on,
+            source_ranges,
             backends,
             id: info.service_id,
         }));
@@ -147,16 +161,22 @@ pub fn print_services(services: &[ServiceView], json: bool, out: &mut impl Write
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8} {:<12} SERVED ON", "SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE", "GROUP")?;
+    let header = ("SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE", "GROUP", "SERVED ON");
+    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8} {:<12} {:<24} SOURCES", header.0, header.1, header.2, header.3, header.4, header.5, header.6, header.7)?;
     for s in services {
         let service = format!("{}:{}", bracket(&s.address), s.port);
         let (groups, served_on) = (s.groups.join(","), if s.served_on.is_empty() { "local clients only".to_owned() } else { s.served_on.join(",") });
+        let sources = match s.source_ranges.len() {
+            0 => "any".to_owned(),
+            1..=3 => s.source_ranges.join(","),
+            n => format!("{n} ranges (--json lists them)"),
+        };
         let rows: Vec<(String, String, String)> = match s.backends.is_empty() {
             true => vec![("-".into(), "-".into(), "-".into())],
             false => s.backends.iter().map(|b| (format!("{}:{}", bracket(&b.address), b.port), b.weight.to_string(), b.state.to_owned())).collect(),
         };
         for (backend, weight, state) in rows {
-            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {weight:>6} {state:<8} {groups:<12} {served_on}", s.protocol.as_str(), s.name)?;
+            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {weight:>6} {state:<8} {groups:<12} {served_on:<24} {sources}", s.protocol.as_str(), s.name)?;
         }
     }
     Ok(())
@@ -289,6 +309,8 @@ pub struct ServiceStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// New flows refused: the client was outside the service's source ranges.
+    pub source_refused: u64,
     pub backends: Vec<BackendStats>,
 }
 
@@ -310,6 +332,7 @@ pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
     let service_ids = views.iter().map(|v| v.id + 1).max().unwrap_or(0);
     let backend_ids = views.iter().flat_map(|v| v.backends.iter().map(|b| b.id + 1)).max().unwrap_or(0);
     let (service_stats, backend_stats) = (dp.service_stats(service_ids)?, dp.backend_stats(backend_ids)?);
+    let refusals = dp.source_refusals(service_ids)?;
     let mut services = Vec::new();
     for view in views {
         let total = service_stats.get(view.id as usize).copied().unwrap_or_default();
@@ -334,6 +357,7 @@ pub fn stats(dp: &dyn Dataplane) -> Result<Stats> {
             packets: total.packets,
             bytes: total.bytes,
             new_flows: total.new_flows,
+            source_refused: refusals.get(view.id as usize).copied().unwrap_or_default(),
             backends,
         });
     }
@@ -352,10 +376,11 @@ pub fn print_stats(stats: &Stats, names: &std::collections::BTreeMap<u32, String
     for (name, n) in &stats.verdicts {
         writeln!(out, "{name:<24} {n:>12}")?;
     }
-    writeln!(out, "\n{:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", "SERVICE/BACKEND", "PROTO", "NAME", "PACKETS", "BYTES", "NEW FLOWS")?;
+    writeln!(out, "\n{:<28} {:<5} {:<24} {:>12} {:>14} {:>10} {:>8}", "SERVICE/BACKEND", "PROTO", "NAME", "PACKETS", "BYTES", "NEW FLOWS", "REFUSED")?;
     for s in &stats.services {
         let service = format!("{}:{}", bracket(&s.address), s.port);
-        writeln!(out, "{service:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", s.protocol.as_str(), s.name, s.packets, s.bytes, s.new_flows)?;
+        let row = (s.protocol.as_str(), &s.name, s.packets, s.bytes, s.new_flows, s.source_refused);
+        writeln!(out, "{service:<28} {:<5} {:<24} {:>12} {:>14} {:>10} {:>8}", row.0, row.1, row.2, row.3, row.4, row.5)?;
         for b in &s.backends {
             let backend = format!("  → {}:{}", bracket(&b.address), b.port);
             writeln!(out, "{backend:<28} {:<5} {:<24} {:>12} {:>14} {:>10}", "", b.state, b.packets, b.bytes, b.new_flows)?;
@@ -476,7 +501,7 @@ mod tests {
         let mut dp = FakeDataplane::new(8, 32, lb_common::ring_pool::CHUNK_SLOTS);
         let desired = services_file::parse(
             r#"{"services":[
-              {"name":"web","address":"10.0.0.1","port":80,"backends":[
+              {"name":"web","address":"10.0.0.1","port":80,"source_ranges":["10.0.0.0/8","2001:db8::/32"],"backends":[
                 {"address":"10.1.0.6","port":31006,"weight":0},{"address":"10.1.0.5","port":31005,"weight":2}]},
               {"name":"dns","port":10053,"protocol":"udp","backends":[{"address":"fd00::7","port":53}]}]}"#,
             "t.json",
@@ -494,10 +519,10 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!([
-                {"address": "10.0.0.1", "port": 80, "protocol": "tcp", "name": "web", "groups": ["*"], "served_on": [], "backends": [
+                {"address": "10.0.0.1", "port": 80, "protocol": "tcp", "name": "web", "groups": ["*"], "served_on": [], "source_ranges": ["10.0.0.0/8", "2001:db8::/32"], "backends": [
                     {"address": "10.1.0.5", "port": 31005, "weight": 2, "state": "active"},
                     {"address": "10.1.0.6", "port": 31006, "weight": 0, "state": "draining"}]},
-                {"address": "::", "port": 10053, "protocol": "udp", "name": "dns", "groups": ["*"], "served_on": [], "backends": [
+                {"address": "::", "port": 10053, "protocol": "udp", "name": "dns", "groups": ["*"], "served_on": [], "source_ranges": [], "backends": [
                     {"address": "fd00::7", "port": 53, "weight": 1, "state": "active"}]}
             ])
         );

@@ -13,6 +13,8 @@
 //!   and its checksums are valid exactly when the input's were (incremental updates neither
 //!   repair nor break them); a full-NAT reply goes back from a full-NAT service;
 //! - a refusal is a well-formed reset or ICMP error, with valid checksums, back to the source;
+//! - a client outside a service's source ranges is never forwarded to it, and only such a
+//!   client is refused for its source;
 //! - no flow is pinned by a frame that was not forwarded (one its tuple had before stays: a
 //!   mutated frame can carry another case's client address and port, seed 663931354 case 10429).
 //!
@@ -48,7 +50,10 @@ const SERVICES: &str = r#"{"services":[
   {"name":"empty6-udp","address":"fd00::99","port":53,"protocol":"udp","group":"external","backends":[]},
   {"name":"remote","address":"10.0.0.4","port":80,"protocol":"tcp,udp","group":"external","backends":[{"address":"10.202.0.10","port":31010}]},
   {"name":"internal","address":"10.0.0.5","port":80,"protocol":"tcp","group":"internal","backends":[{"address":"10.1.0.5","port":31005}]},
-  {"name":"internal-port","port":10001,"protocol":"tcp","backends":[{"address":"10.1.0.7","port":31701}]}
+  {"name":"internal-port","port":10001,"protocol":"tcp","backends":[{"address":"10.1.0.7","port":31701}]},
+  {"name":"ranged","address":"10.0.0.6","port":80,"protocol":"tcp,udp","group":"external","source_ranges":["10.100.0.0/16","10.101.0.0/17"],
+   "backends":[{"address":"10.1.0.5","port":31005}]},
+  {"name":"ranged6","address":"fd00::86","port":80,"protocol":"tcp","group":"external","source_ranges":["fd00:9::/112"],"backends":[{"address":"fd00:1::5","port":31005}]}
 ]}"#;
 /// Where the internal services are: a new flow to one of them is never balanced here.
 const INTERNAL: [&str; 4] = ["10.0.0.5:80", "10.201.0.2:10001", "[fd00:201::2]:10001", "127.0.0.1:10001"];
@@ -61,6 +66,25 @@ const NODE_ADDRS: [&str; 3] = ["10.201.0.2", "fd00:201::2", "127.0.0.1"];
 fn backends() -> Result<BTreeSet<SocketAddr>> {
     let services = lb::sources::services_file::parse(SERVICES, "fuzz services")?;
     Ok(services.values().flat_map(|s| &s.backends).map(|b| SocketAddr::new(b.addr, b.port)).collect())
+}
+
+/// The services with source ranges (all VIPs here): (VIP:port, protocol, ranges).
+fn ranged() -> Result<Vec<(SocketAddr, u8, lb::desired::Sources)>> {
+    let services = lb::sources::services_file::parse(SERVICES, "fuzz services")?;
+    let ranged = services.values().filter(|s| !s.sources.is_empty());
+    let vip = |s: &lb::desired::Service| match s.id.addr {
+        lb::desired::ServiceAddr::Vip(ip) => Some((SocketAddr::new(ip, s.id.port), s.id.proto.number(), s.sources.clone())),
+        lb::desired::ServiceAddr::NodePort { .. } => None,
+    };
+    Ok(ranged.filter_map(vip).collect())
+}
+
+/// Whether a frame's client is admitted by the ranges of the service it is for; None: no
+/// service with ranges.
+fn admitted(frame: &[u8], ranged: &[(SocketAddr, u8, lb::desired::Sources)]) -> Option<bool> {
+    let (src, dst, proto) = tuple(frame)?;
+    let (_, _, sources) = ranged.iter().find(|(vip, p, _)| *vip == dst && *p == proto)?;
+    Some(lb::desired::admits(sources, src.ip()))
 }
 
 /// `--iface up0 --node-ip …NODE_ADDRS --expose external=up0,…NODE_ADDRS`: the services of the
@@ -103,6 +127,7 @@ pub struct Harness {
     worker: Option<std::thread::JoinHandle<()>>,
     maps: lb::dataplane::pinned::PinnedMaps,
     backends: BTreeSet<SocketAddr>,
+    ranged: Vec<(SocketAddr, u8, lb::desired::Sources)>,
     /// Frames per outcome counted so far.
     outcomes: std::collections::BTreeMap<&'static str, u32>,
     /// Where the last full-NAT forward went (backend, NAT source, protocol), for a reply to it.
@@ -145,7 +170,7 @@ impl Harness {
         })?;
         let pins = maps_rx.recv().context("the fuzz worker ended")??;
         let maps = lb::dataplane::pinned::PinnedMaps::new(&pins);
-        Ok(Self { hook, frames: Some(frames), results, worker: Some(worker), maps, backends: backends()?, outcomes: Default::default(), last_nat: None, _ns: ns })
+        Ok(Self { hook, frames: Some(frames), results, worker: Some(worker), maps, backends: backends()?, ranged: ranged()?, outcomes: Default::default(), last_nat: None, _ns: ns })
     }
 
     /// Frames shorter than this the kernel refuses to test-run (EINVAL before the program runs):
@@ -170,7 +195,7 @@ impl Harness {
             *self.outcomes.entry(reason.name()).or_default() += 1;
         }
         let seen = Seen { verdict, output: &output, before: &before, after: &after, pinned_before };
-        let checked = check(self.hook, frame, &seen, &self.backends, &self.maps);
+        let checked = check(self.hook, frame, &seen, &self.backends, &self.maps).and_then(|()| check_sources(frame, &seen, &self.ranged));
         if checked.is_ok() {
             if let Some((nat_src, backend, proto)) = tuple(&output).filter(|(src, _, _)| src.ip().to_string() == UPLINK_ADDR) {
                 self.last_nat = Some((backend, nat_src, proto));
@@ -221,7 +246,13 @@ fn base_frame(rng: &mut Rng, case: u32, last_nat: Option<(SocketAddr, SocketAddr
     let flags = [SYN, ACK, TcpFlags { fin: true, ack: true, ..TcpFlags::default() }, TcpFlags { rst: true, ..TcpFlags::default() }];
     let flag = flags[rng.below(flags.len())];
     let payload: Vec<u8> = (0..rng.below(40)).map(|_| rng.next_u64() as u8).collect();
-    match rng.below(15) {
+    // Clients outside the ranged services' ranges (10.100.0.0/16, 10.101.0.0/17, fd00:9::/112).
+    let (out4, out6) = (v4(10, 101, 128 + (case % 100) as u8, 1), v6(&format!("fd00:9::1:{:x}", case % 60000)));
+    let (client4, client6) = if rng.below(2) == 0 { (src4, src6) } else { (out4, out6) };
+    match rng.below(18) {
+        15 => tcp((client4, sport), (v4(10, 0, 0, 6), 80), flag, &payload),
+        16 => udp((client4, sport), (v4(10, 0, 0, 6), 80), &payload),
+        17 => tcp((client6, sport), (v6("fd00::86"), 80), flag, &payload),
         13 => tcp((src4, sport), (v4(10, 0, 0, 5), 80), flag, &payload),
         14 => tcp((src4, sport), (v4(10, 201, 0, 2), 10001), flag, &payload),
         10 => tcp((src4, sport), (v4(10, 0, 0, 4), 80), flag, &payload),
@@ -329,11 +360,13 @@ fn check(hook: Hook, input: &[u8], seen: &Seen, backends: &BTreeSet<SocketAddr>,
         | Reason::IpOptions
         | Reason::TtlExceeded => action(XDP_PASS),
         Reason::NoBackendRejected | Reason::FwdNat | Reason::NatReply => action(XDP_TX),
+        // Answered, or dropped when it may not be (a reset, a multicast source).
+        Reason::SourceRefused if verdict != action(XDP_DROP) => action(XDP_TX),
         r if r.drops() => action(XDP_DROP),
         r => return Err(format!("outcome {r:?} cannot come from an ingress hook")),
     };
     let redirect = action(XDP_REDIRECT);
-    let transmits = matches!(reason, Reason::NoBackendRejected | Reason::FwdNat | Reason::NatReply);
+    let transmits = matches!(reason, Reason::NoBackendRejected | Reason::FwdNat | Reason::NatReply | Reason::SourceRefused);
     if verdict != allowed && !(transmits && verdict == redirect) {
         return Err(format!("{reason:?} with verdict {verdict}"));
     }
@@ -342,6 +375,7 @@ fn check(hook: Hook, input: &[u8], seen: &Seen, backends: &BTreeSet<SocketAddr>,
         Reason::FwdNat => check_nat_forward(input, output, backends),
         Reason::NatReply => check_nat_reply(input, output),
         Reason::NoBackendRejected => check_refusal(input, output),
+        Reason::SourceRefused if verdict != action(XDP_DROP) => check_refusal(input, output),
         Reason::NotExposed if !to_internal(input) => Err(format!("not exposed: {}, which is no internal service", describe_tuple(input))),
         _ if verdict == action(XDP_PASS) && output != input => Err(format!("{reason:?}: passed, but the frame was changed")),
         _ if pinned_before => Ok(()),
@@ -350,6 +384,17 @@ fn check(hook: Hook, input: &[u8], seen: &Seen, backends: &BTreeSet<SocketAddr>,
             Ok(true) => Err(format!("{reason:?}: a flow was pinned for {}, which was not forwarded", describe_tuple(input))),
             Err(err) => Err(format!("reading the flow table: {err}")),
         },
+    }
+}
+
+/// Source ranges hold: a forward is for a client the service admits, a refusal for its source
+/// one it does not.
+fn check_sources(input: &[u8], seen: &Seen, ranged: &[(SocketAddr, u8, lb::desired::Sources)]) -> Result<(), String> {
+    let moved = Reason::ALL.iter().zip(seen.before.iter().zip(seen.after)).find(|(_, (b, a))| a != b).map(|(r, _)| *r);
+    match (moved, admitted(input, ranged)) {
+        (Some(Reason::FwdLocal | Reason::FwdNat), Some(false)) => Err(format!("forwarded {}, a client outside the ranges", describe_tuple(input))),
+        (Some(Reason::SourceRefused), Some(true) | None) => Err(format!("refused {} for its source, which is no client the ranges leave out", describe_tuple(input))),
+        _ => Ok(()),
     }
 }
 

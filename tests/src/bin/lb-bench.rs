@@ -65,6 +65,10 @@ enum Scene {
     /// size of Katran's fallback LRU (1,000 entries), which a BPF_PROG_TEST_RUN comparison of
     /// its program without its userspace (per-CPU tables) measures.
     NewTcpSmallTable,
+    /// New flows to a VIP with one source range that admits every client of the run.
+    NewTcpOneRange,
+    /// The same with 1,000 ranges (/24s, one of them each client's): one trie walk, no scan.
+    NewTcpThousandRanges,
     ServicePortMiss,
     NotService,
 }
@@ -73,8 +77,30 @@ enum Scene {
 const SMALL_TABLE: u32 = 1024;
 
 impl Scene {
-    const ALL: [Scene; 6] =
-        [Scene::EstablishedTcp, Scene::EstablishedUdp, Scene::NewTcp, Scene::NewTcpSmallTable, Scene::ServicePortMiss, Scene::NotService];
+    const ALL: [Scene; 8] = [
+        Scene::EstablishedTcp,
+        Scene::EstablishedUdp,
+        Scene::NewTcp,
+        Scene::NewTcpSmallTable,
+        Scene::NewTcpOneRange,
+        Scene::NewTcpThousandRanges,
+        Scene::ServicePortMiss,
+        Scene::NotService,
+    ];
+
+    /// Whether each call is a new flow.
+    fn is_new(self) -> bool {
+        matches!(self, Scene::NewTcp | Scene::NewTcpSmallTable | Scene::NewTcpOneRange | Scene::NewTcpThousandRanges)
+    }
+
+    /// The source ranges of the VIP the new flows go to.
+    fn source_ranges(self) -> Vec<String> {
+        match self {
+            Scene::NewTcpOneRange => vec!["10.100.0.0/14".into()],
+            Scene::NewTcpThousandRanges => (0..1000).map(|i| format!("10.{}.{}.0/24", 100 + i / 256, i % 256)).collect(),
+            _ => Vec::new(),
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -82,6 +108,8 @@ impl Scene {
             Scene::EstablishedUdp => "established UDP flow",
             Scene::NewTcp => "new TCP flow (SYN, a new source each call)",
             Scene::NewTcpSmallTable => "new TCP flow, 1,024-entry flow tables",
+            Scene::NewTcpOneRange => "new TCP flow, 1 source range",
+            Scene::NewTcpThousandRanges => "new TCP flow, 1,000 source ranges",
             Scene::ServicePortMiss => "service port at a non-service address (miss)",
             Scene::NotService => "not a service (miss)",
         }
@@ -93,6 +121,8 @@ impl Scene {
             Scene::EstablishedUdp => "udp",
             Scene::NewTcp => "new",
             Scene::NewTcpSmallTable => "new-small",
+            Scene::NewTcpOneRange => "new-range",
+            Scene::NewTcpThousandRanges => "new-ranges",
             Scene::ServicePortMiss => "port-miss",
             Scene::NotService => "miss",
         }
@@ -103,27 +133,33 @@ impl Scene {
         match self {
             Scene::EstablishedTcp => tcp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 1), 80), ACK, &[0u8; 6]),
             Scene::EstablishedUdp => udp((v4(10, 9, 0, 1), 40000), (v4(10, 0, 0, 2), 53), &[0u8; 18]),
-            Scene::NewTcp | Scene::NewTcpSmallTable => tcp((v4(10, 100 + (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8), 1024 + (n & 0xff) as u16), (v4(10, 0, 0, 1), 80), SYN, b""),
             Scene::ServicePortMiss => tcp((v4(10, 9, 0, 1), 40000), (v4(10, 99, 0, 1), 10000), SYN, b""),
             Scene::NotService => udp((v4(10, 9, 0, 1), 5000), (v4(10, 9, 0, 2), 9999), &[0u8; 18]),
+            // A new source address and port each call: 10.100.0.0 up (inside every range set).
+            _ => tcp((v4(10, 100 + (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8), 1024 + (n & 0xff) as u16), (v4(10, 0, 0, 1), 80), SYN, b""),
         }
     }
 
     fn verdict(self) -> &'static str {
         match self {
-            Scene::EstablishedTcp | Scene::EstablishedUdp | Scene::NewTcp | Scene::NewTcpSmallTable => "fwd_local",
             Scene::ServicePortMiss | Scene::NotService => "not_service",
+            _ => "fwd_local",
         }
     }
 }
 
 /// The services every scenario runs against: a TCP VIP and a UDP VIP with 16 local backends
-/// each, and a TCP service port, so misses pay for a populated service table.
-fn services() -> String {
+/// each, and a TCP service port, so misses pay for a populated service table; the TCP VIP has
+/// `source_ranges` (none: every client).
+fn services(source_ranges: &[String]) -> String {
     let backends = |port: u16| (1..=16).map(|i| format!(r#"{{"address":"10.1.0.{i}","port":{port}}}"#)).collect::<Vec<_>>().join(",");
+    let ranges = match source_ranges {
+        [] => String::new(),
+        ranges => format!(r#""source_ranges":[{}],"#, ranges.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(",")),
+    };
     format!(
         r#"{{"services":[
-          {{"name":"web","address":"10.0.0.1","port":80,"backends":[{tcp}]}},
+          {{"name":"web","address":"10.0.0.1","port":80,{ranges}"backends":[{tcp}]}},
           {{"name":"dns","address":"10.0.0.2","port":53,"protocol":"udp","backends":[{udp}]}},
           {{"name":"app","port":10000,"backends":[{tcp}]}}]}}"#,
         tcp = backends(31000),
@@ -185,7 +221,7 @@ impl Bench {
     fn new(scene: Scene, hook: Hook, max_flows: u32) -> Result<Self> {
         let max_flows = if scene == Scene::NewTcpSmallTable { SMALL_TABLE } else { max_flows };
         let mut fixture = Fixture::load_with(hook, LoadConfig { sizes: MapSizes { max_services: 8, max_flows, ..MapSizes::default() }, ..LoadConfig::default() })?;
-        fixture.apply(&services(), &["10.201.0.2"])?;
+        fixture.apply(&services(&scene.source_ranges()), &["10.201.0.2"])?;
         if matches!(scene, Scene::EstablishedTcp | Scene::EstablishedUdp) {
             // The first call creates the flow; every measured call is a hit.
             fixture.run_packet(&scene.frame(0))?;
@@ -206,7 +242,7 @@ impl Bench {
         let verdict = deltas.get(&format!("verdict.{}", self.scene.verdict())).copied().unwrap_or(0);
         ensure!(verdict == calls as u64, "{name}: {verdict} of {calls} calls counted as {}: {deltas:?}", self.scene.verdict());
         let new_flows: u64 = deltas.iter().filter(|(k, _)| k.starts_with("service{") && k.ends_with(".new_flows")).map(|(_, n)| n).sum();
-        let expected = if matches!(self.scene, Scene::NewTcp | Scene::NewTcpSmallTable) { calls as u64 } else { 0 };
+        let expected = if self.scene.is_new() { calls as u64 } else { 0 };
         ensure!(new_flows == expected, "{name}: {new_flows} new flows in {calls} calls, expected {expected}: {deltas:?}");
         Ok(total / calls as f64)
     }

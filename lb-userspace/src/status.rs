@@ -89,7 +89,11 @@ pub struct MarathonStatus {
     /// Failed syncs since the start.
     #[serde(default)]
     pub failures: u64,
+    /// Apps and pods.
     pub apps: usize,
+    /// Of which pods.
+    #[serde(default)]
+    pub pods: usize,
     /// `ok`, `degraded` (some apps' definitions or tasks could not be used: the last good
     /// definitions stay programmed) or `failing` (Marathon does not answer).
     #[serde(default)]

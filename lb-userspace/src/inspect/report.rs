@@ -461,7 +461,7 @@ fn print_marathon_status(m: &crate::status::MarathonStatus, out: &mut impl Write
         None if !m.skipped_apps.is_empty() => writeln!(out, "  state:        DEGRADED (apps below keep their last good definition, if any)")?,
         None => writeln!(out, "  state:        ok")?,
     }
-    writeln!(out, "  apps {}  skipped apps {}  skipped tasks/ports {}", m.apps, m.skipped_apps.len(), m.skipped_tasks)?;
+    writeln!(out, "  apps {} (pods {})  skipped apps {}  skipped tasks/ports {}", m.apps, m.pods, m.skipped_apps.len(), m.skipped_tasks)?;
     for (app, why) in &m.skipped_apps {
         writeln!(out, "    {app}: {why}")?;
     }

@@ -121,32 +121,49 @@ impl MarathonClient {
         for attempt in 0..self.urls.len() {
             let i = (self.preferred + attempt) % self.urls.len();
             let url = format!("{}/v2/apps?embed=apps.tasks&embed=apps.deployments", self.urls[i]);
-            let result = async {
-                let response = self.get(url.clone(), "application/json", Some(self.timeout)).await?;
-                response.bytes().await.map_err(|source| ClientError::Body { url: url.clone(), source: source.without_url() })
-            }
-            .await;
-            match result {
-                Ok(apps) => {
+            match self.body(url).await {
+                Ok(Some(apps)) => {
                     self.preferred = i;
                     return Ok(apps);
                 }
+                Ok(None) => errors.push(format!("{}/v2/apps: HTTP 404", self.urls[i])),
                 Err(err) => errors.push(crate::error_chain(&err)),
             }
         }
         Err(ClientError::AllFailed(errors.join("; ")))
     }
 
-    /// `GET /v2/apps/{id}?embed=app.tasks&embed=app.deployments`: one app, for an event that
-    /// does not carry what the model needs. None when Marathon does not know the app (404).
-    pub async fn app(&mut self, id: &str) -> Result<Option<bytes::Bytes>, ClientError> {
+    /// `GET /v2/pods` and `GET /v2/pods/::status` (definitions, then every pod's instances)
+    /// from the URL that answered last. None when Marathon has no pods API (before 1.4: 404).
+    pub async fn pods(&mut self) -> Result<Option<(bytes::Bytes, bytes::Bytes)>, ClientError> {
+        let base = &self.urls[self.preferred];
+        let (pods, status) = (format!("{base}/v2/pods"), format!("{base}/v2/pods/::status"));
+        let Some(definitions) = self.body(pods).await? else { return Ok(None) };
+        let statuses = self.body(status.clone()).await?.ok_or(ClientError::Status { url: status, status: StatusCode::NOT_FOUND })?;
+        Ok(Some((definitions, statuses)))
+    }
+
+    /// `GET /v2/pods/{id}::status`: one pod with its instances (its `spec` the definition). None
+    /// when Marathon does not know the pod (404).
+    pub async fn pod(&mut self, id: &str) -> Result<Option<bytes::Bytes>, ClientError> {
         let id = id.trim_start_matches('/');
-        let url = format!("{}/v2/apps/{id}?embed=app.tasks&embed=app.deployments", self.urls[self.preferred]);
+        self.body(format!("{}/v2/pods/{id}::status", self.urls[self.preferred])).await
+    }
+
+    /// The body of a JSON GET; None on 404.
+    async fn body(&self, url: String) -> Result<Option<bytes::Bytes>, ClientError> {
         match self.get(url.clone(), "application/json", Some(self.timeout)).await {
             Ok(response) => Ok(Some(response.bytes().await.map_err(|source| ClientError::Body { url, source: source.without_url() })?)),
             Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+
+    /// `GET /v2/apps/{id}?embed=app.tasks&embed=app.deployments`: one app, for an event that
+    /// does not carry what the model needs. None when Marathon does not know the app (404).
+    pub async fn app(&mut self, id: &str) -> Result<Option<bytes::Bytes>, ClientError> {
+        let id = id.trim_start_matches('/');
+        self.body(format!("{}/v2/apps/{id}?embed=app.tasks&embed=app.deployments", self.urls[self.preferred])).await
     }
 
     /// Opens `/v2/events` on the next URL in turn. The response body is the stream; it has no

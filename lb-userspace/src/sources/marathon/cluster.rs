@@ -1,7 +1,8 @@
-//! The agent's model of the cluster: every app by id, as last read or as events changed it.
-//! A full re-list replaces it; events change single apps. An app whose definition stops
-//! parsing keeps its last good definition (its services stay programmed) and is listed as
-//! degraded until a good definition arrives; an app Marathon no longer has is dropped.
+//! The agent's model of the cluster: every app and every pod (as the app it means:
+//! marathon::pod) by id, as last read or as events changed it. A full re-list replaces each
+//! kind; events change single apps and pods. One whose definition stops parsing keeps its last
+//! good definition (its services stay programmed) and is listed as degraded until a good
+//! definition arrives; one Marathon no longer has is dropped.
 
 use std::collections::BTreeMap;
 
@@ -15,28 +16,46 @@ pub struct Cluster {
     apps: BTreeMap<String, App>,
     /// App id → why its current definition is not used.
     degraded: BTreeMap<String, String>,
+    /// Pods, each as the app it means.
+    pods: BTreeMap<String, App>,
+    /// Pod id → why its current definition is not used.
+    degraded_pods: BTreeMap<String, String>,
 }
 
 impl Cluster {
+    /// Every app, then every pod.
     pub fn apps(&self) -> impl Iterator<Item = &App> + Clone {
-        self.apps.values()
+        self.apps.values().chain(self.pods.values())
     }
 
     pub fn get(&self, id: &str) -> Option<&App> {
-        self.apps.get(id)
+        self.apps.get(id).or_else(|| self.pods.get(id))
     }
 
+    /// Whether `id` is a pod the model holds (its events re-read the pod, not an app).
+    pub fn is_pod(&self, id: &str) -> bool {
+        self.pods.contains_key(id) || self.degraded_pods.contains_key(id)
+    }
+
+    /// Apps and pods.
     pub fn len(&self) -> usize {
-        self.apps.len()
+        self.apps.len() + self.pods.len()
+    }
+
+    /// The ids of every pod held (degraded ones included).
+    pub fn pod_ids(&self) -> impl Iterator<Item = &String> {
+        self.pods.keys().chain(self.degraded_pods.keys().filter(|id| !self.pods.contains_key(*id)))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.apps.is_empty()
+        self.apps.is_empty() && self.pods.is_empty()
     }
 
-    /// Apps whose latest definition could not be used, with why.
-    pub fn degraded(&self) -> &BTreeMap<String, String> {
-        &self.degraded
+    /// Apps and pods whose latest definition could not be used, with why.
+    pub fn degraded(&self) -> BTreeMap<String, String> {
+        let mut all = self.degraded.clone();
+        all.extend(self.degraded_pods.iter().map(|(id, why)| (id.clone(), why.clone())));
+        all
     }
 
     /// A full re-list from the response body, app by app (each old app is freed as its
@@ -63,42 +82,40 @@ impl Cluster {
 
     /// One app of a re-list; one that does not parse keeps its definition from `previous`.
     fn replace_one(&mut self, previous: &mut BTreeMap<String, App>, app: Result<App, (String, String)>) {
-        match app {
-            Ok(app) => {
-                previous.remove(&app.id);
-                self.apps.insert(app.id.clone(), app);
-            }
-            Err((id, why)) => {
-                if let Some(app) = previous.remove(&id) {
-                    self.apps.insert(id.clone(), app);
-                }
-                self.degraded.insert(id, why);
-            }
+        replace_in(&mut self.apps, &mut self.degraded, previous, app);
+    }
+
+    /// A full re-list of the pods (each as its app, or its id and why it is unusable).
+    pub fn replace_pods(&mut self, pods: Vec<Result<App, (String, String)>>) {
+        let mut previous = std::mem::take(&mut self.pods);
+        self.degraded_pods.clear();
+        for pod in pods {
+            replace_in(&mut self.pods, &mut self.degraded_pods, &mut previous, pod);
         }
+    }
+
+    /// One pod as read alone; `Err` when its definition did not parse.
+    pub fn upsert_pod(&mut self, id: &str, pod: Result<App, String>) {
+        upsert_in(&mut self.pods, &mut self.degraded_pods, id, pod);
     }
 
     /// One app as read alone (`GET /v2/apps/{id}`); `Err` when its definition did not parse.
     pub fn upsert(&mut self, id: &str, app: Result<App, String>) {
-        match app {
-            Ok(app) => {
-                self.degraded.remove(id);
-                self.apps.insert(id.to_owned(), app);
-            }
-            // The last good definition, if there is one, stays as it is.
-            Err(why) => {
-                self.degraded.insert(id.to_owned(), why);
-            }
-        }
+        upsert_in(&mut self.apps, &mut self.degraded, id, app);
     }
 
+    /// Drops an app or pod Marathon no longer has.
     pub fn remove(&mut self, id: &str) {
         self.apps.remove(id);
         self.degraded.remove(id);
+        self.pods.remove(id);
+        self.degraded_pods.remove(id);
     }
 
     /// Applies a task's new state to its app. False when the event is not enough: the app is
-    /// not known, or a new task of a health-checked app appeared (its health results are only
-    /// in the app) — the caller reads the app.
+    /// not known (a pod's container: its instance is re-read), or a new task of a
+    /// health-checked app appeared (its health results are only in the app) — the caller reads
+    /// the app.
     pub fn apply_task(&mut self, update: &TaskUpdate) -> bool {
         let Some(app) = self.apps.get_mut(&update.app_id) else { return false };
         let health_checked = app.health_checks.as_ref().is_some_and(|c| !c.is_empty());
@@ -122,6 +139,36 @@ impl Cluster {
             (None, false) => tasks.push(update.task.clone()),
         }
         true
+    }
+}
+
+/// One element of a re-list into `kept`; one that does not parse keeps its definition from
+/// `previous` and is listed in `degraded`.
+fn replace_in(kept: &mut BTreeMap<String, App>, degraded: &mut BTreeMap<String, String>, previous: &mut BTreeMap<String, App>, app: Result<App, (String, String)>) {
+    match app {
+        Ok(app) => {
+            previous.remove(&app.id);
+            kept.insert(app.id.clone(), app);
+        }
+        Err((id, why)) => {
+            if let Some(app) = previous.remove(&id) {
+                kept.insert(id.clone(), app);
+            }
+            degraded.insert(id, why);
+        }
+    }
+}
+
+/// One app or pod read alone; on `Err` the last good definition, if there is one, stays.
+fn upsert_in(kept: &mut BTreeMap<String, App>, degraded: &mut BTreeMap<String, String>, id: &str, app: Result<App, String>) {
+    match app {
+        Ok(app) => {
+            degraded.remove(id);
+            kept.insert(id.to_owned(), app);
+        }
+        Err(why) => {
+            degraded.insert(id.to_owned(), why);
+        }
     }
 }
 
@@ -196,5 +243,25 @@ mod tests {
         checked.health_checks = Some(vec![serde::de::IgnoredAny]);
         model.upsert("/h", Ok(checked));
         assert!(!model.apply_task(&update("/h", "h.1", "TASK_RUNNING")), "a new health-checked task is read with its health");
+    }
+
+    #[test]
+    fn pods_are_replaced_apart_from_apps_and_a_malformed_one_keeps_its_last_good_definition() {
+        let mut model = Cluster::default();
+        model.replace_from(&body(&[("/a", Some(&[]))])).unwrap();
+        model.replace_pods(vec![Ok(app("/p", &[("p.1", "TASK_RUNNING")])), Ok(app("/q", &[]))]);
+        assert_eq!(model.apps().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["/a", "/p", "/q"]);
+        assert!(model.is_pod("/p") && !model.is_pod("/a"));
+        assert!(!model.apply_task(&update("/p", "p.1.c", "TASK_KILLED")), "a pod's container update re-reads the pod");
+        // An apps re-list leaves the pods; a pods re-list the apps.
+        model.replace_from(&body(&[("/a", Some(&[]))])).unwrap();
+        model.replace_pods(vec![Err(("/p".into(), "containers: invalid type".into()))]);
+        assert_eq!(model.apps().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["/a", "/p"], "/q is gone, /p kept");
+        assert_eq!(task_states(&model, "/p"), [("p.1".to_string(), "TASK_RUNNING".to_string())]);
+        assert!(model.degraded().contains_key("/p") && model.is_pod("/p"));
+        model.upsert_pod("/p", Ok(app("/p", &[])));
+        assert!(model.degraded().is_empty());
+        model.remove("/p");
+        assert!(!model.is_pod("/p"));
     }
 }

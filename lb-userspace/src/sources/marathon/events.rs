@@ -2,8 +2,8 @@
 //! events becomes one [`Delta`]: task updates applied from the event itself
 //! (`status_update_event` carries state, host, ports and addresses), apps to re-read alone
 //! (`GET /v2/apps/{id}`) where an event does not carry what the model needs (health, definition,
-//! deployment changes), apps to drop, or a full re-list when the model cannot be trusted —
-//! with the reason, for the log.
+//! deployment changes), pods to re-read (or all of them), apps and pods to drop, or a full
+//! re-list when the model cannot be trusted — with the reason, for the log.
 
 use std::collections::BTreeSet;
 
@@ -28,8 +28,12 @@ pub struct Delta {
     pub tasks: Vec<TaskUpdate>,
     /// Apps to re-read alone.
     pub refresh: BTreeSet<String>,
-    /// Apps that no longer exist.
+    /// Apps (or pods) that no longer exist.
     pub remove: BTreeSet<String>,
+    /// Pods to re-read alone (`GET /v2/pods/{id}::status`).
+    pub pods: BTreeSet<String>,
+    /// Every pod must be re-read (a pod was created: the event does not name it).
+    pub all_pods: bool,
     /// Why everything must be re-read, if it must.
     pub relist: Option<String>,
 }
@@ -50,6 +54,9 @@ enum Handling {
     Deployment,
     /// May change any app (a group change): re-read everything.
     AnyApp,
+    /// A pod was created or redefined (true: deleted); its id is in the event's `uri`
+    /// (`/v2/pods/<id>`; a create's is `/v2/pods`: every pod is re-read).
+    Pod(bool),
     /// Changes no service: not subscribed to.
     Ignored,
 }
@@ -67,6 +74,7 @@ const EVENTS: &[(&str, Handling)] = &[
     ("remove_health_check_event", Handling::AppNamedBy("/appId")),
     ("instance_health_changed_event", Handling::AppNamedBy("/runSpecId")),
     ("instance_changed_event", Handling::AppNamedBy("/runSpecId")),
+    ("unknown_instance_terminated_event", Handling::AppNamedBy("/runSpecId")),
     ("api_post_event", Handling::AppDefinition),
     ("app_terminated_event", Handling::AppTerminated),
     ("deployment_info", Handling::Deployment),
@@ -80,9 +88,9 @@ const EVENTS: &[(&str, Handling)] = &[
     ("framework_message_event", Handling::Ignored),
     ("subscribe_event", Handling::Ignored),
     ("unsubscribe_event", Handling::Ignored),
-    ("pod_created_event", Handling::Ignored),
-    ("pod_updated_event", Handling::Ignored),
-    ("pod_deleted_event", Handling::Ignored),
+    ("pod_created_event", Handling::Pod(false)),
+    ("pod_updated_event", Handling::Pod(false)),
+    ("pod_deleted_event", Handling::Pod(true)),
 ];
 
 fn handling_of(event: &str) -> Option<Handling> {
@@ -115,7 +123,7 @@ impl Delta {
 
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.refresh.is_empty() && self.remove.is_empty() && self.relist.is_none()
+        self.tasks.is_empty() && self.refresh.is_empty() && self.remove.is_empty() && self.pods.is_empty() && !self.all_pods && self.relist.is_none()
     }
 
     fn add(&mut self, event: &SseEvent) {
@@ -154,6 +162,20 @@ impl Delta {
                 }
             }
             Handling::AnyApp => self.untrusted(format!("event {:?} may change any app", event.event)),
+            Handling::Pod(deleted) => {
+                let id = text("/uri").and_then(|uri| uri.strip_prefix("/v2/pods").map(str::to_owned)).filter(|id| id.len() > 1);
+                match (id, deleted) {
+                    (Some(id), true) => {
+                        self.pods.remove(&id);
+                        self.remove.insert(id);
+                    }
+                    (Some(id), false) => {
+                        self.remove.remove(&id);
+                        self.pods.insert(id);
+                    }
+                    (None, _) => self.all_pods = true,
+                }
+            }
             Handling::Ignored => {}
         }
     }
@@ -304,6 +326,7 @@ mod tests {
             "status_update_event" => r#"{"appId":"/a","taskId":"a.1","taskStatus":"TASK_RUNNING"}"#.into(),
             "api_post_event" => r#"{"appDefinition":{"id":"/a"}}"#.into(),
             e if e.starts_with("deployment_") => r#"{"plan":{"steps":[{"actions":[{"app":"/a"}]}]}}"#.into(),
+            e if e.starts_with("pod_") => r#"{"uri":"/v2/pods/a"}"#.into(),
             _ => r#"{"appId":"/a","runSpecId":"/a"}"#.into(),
         }
     }
@@ -322,9 +345,22 @@ mod tests {
         }
         // Each subscribed event reaches the handling through the stream's filter too.
         assert!(subscribed.iter().all(|name| is_subscribed(name)));
-        assert!(!is_subscribed("pod_created_event") && !is_subscribed("some_future_event"));
+        assert!(is_subscribed("pod_created_event") && !is_subscribed("some_future_event"));
         let unknown = Delta::of(&[SseEvent { event: "some_future_event".into(), data: "{}".into() }]);
         assert!(unknown.relist.is_some(), "an event nobody knows may change anything");
+    }
+
+    #[test]
+    fn pod_events_re_read_or_drop_the_pod_their_uri_names_and_a_create_every_pod() {
+        let delta = Delta::of(&[event("marathon/events/pod_updated_event.json"), event("marathon/events/instance_changed_event.json")]);
+        assert_eq!(delta.pods.iter().map(String::as_str).collect::<Vec<_>>(), ["/my-pod"]);
+        assert!(!delta.all_pods && delta.relist.is_none());
+        assert!(!delta.refresh.is_empty(), "an instance event re-reads its run spec, app or pod");
+        let deleted = Delta::of(&[event("marathon/events/pod_updated_event.json"), event("marathon/events/pod_deleted_event.json")]);
+        assert!(deleted.pods.is_empty() && deleted.remove.contains("/my-pod"));
+        // Marathon's PodsResource puts the request URI in the event: a create's is /v2/pods.
+        let created = SseEvent { event: "pod_created_event".into(), data: r#"{"uri":"/v2/pods","eventType":"pod_created_event"}"#.into() };
+        assert!(Delta::of(&[created]).all_pods);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    app::parse_apps,
+    app::{parse_apps, App},
     client::{Auth, MarathonClient, SseEvent},
+    pod::{self, Pod, PodStatus},
     cluster::Cluster,
     events::Delta,
     pacing::RelistPacing,
@@ -212,9 +213,54 @@ impl Source {
         for (app, why) in &unparsed {
             warn!(app, "app definition not usable (its last good definition stays): {why}");
         }
+        self.read_pods().await?;
         self.hosts.refresh(self.cluster.apps()).await;
         self.translator.rebuild(self.cluster.apps(), &mut self.hosts, &mut self.health, &self.vips);
         Ok(fetched)
+    }
+
+    /// Replaces the cluster's pods with Marathon's (none before Marathon 1.4, which has no pods
+    /// API): definitions from `/v2/pods`, instances from `/v2/pods/::status`.
+    async fn read_pods(&mut self) -> Result<(), String> {
+        let Some((definitions, statuses)) = self.client.pods().await.map_err(|err| crate::error_chain(&err))? else {
+            self.cluster.replace_pods(Vec::new());
+            return Ok(());
+        };
+        let (definitions, mut unusable) = pod::parse_each::<Pod>(&definitions).map_err(|err| crate::error_chain(&err))?;
+        let (statuses, bad_statuses) = pod::parse_each::<PodStatus>(&statuses).map_err(|err| crate::error_chain(&err))?;
+        unusable.extend(bad_statuses.into_iter().map(|(id, why)| (id, format!("status: {why}"))));
+        let mut instances: BTreeMap<String, Vec<pod::Instance>> = statuses.into_iter().map(|s| (s.id, s.instances.unwrap_or_default())).collect();
+        for (pod, why) in &unusable {
+            warn!(pod, "pod definition not usable (its last good definition stays): {why}");
+        }
+        let mut pods: Vec<Result<App, (String, String)>> = unusable.into_iter().map(Err).collect();
+        let unusable_ids: BTreeSet<String> = pods.iter().filter_map(|p| p.as_ref().err().map(|(id, _)| id.clone())).collect();
+        for definition in definitions.into_iter().filter(|d| !unusable_ids.contains(&d.id)) {
+            let of_pod = instances.remove(&definition.id).unwrap_or_default();
+            pods.push(Ok(pod::to_app(definition, &of_pod)));
+        }
+        self.cluster.replace_pods(pods);
+        Ok(())
+    }
+
+    /// Reads one pod with its instances into the cluster (gone from Marathon: dropped).
+    async fn read_pod(&mut self, id: &str) -> Result<(), String> {
+        let Some(body) = self.client.pod(id).await.map_err(|err| crate::error_chain(&err))? else {
+            self.cluster.remove(id);
+            return Ok(());
+        };
+        let (mut statuses, unparsed) = pod::parse_each::<PodStatus>(&body).map_err(|err| crate::error_chain(&err))?;
+        let pod = match (statuses.pop(), unparsed.into_iter().next()) {
+            (Some(PodStatus { spec: Some(spec), instances, .. }), _) => Ok(pod::to_app(spec, instances.as_deref().unwrap_or_default())),
+            (Some(_), _) => Err("the status holds no spec".to_owned()),
+            (None, Some((_, why))) => Err(why),
+            (None, None) => return Err("the answer holds no pod".into()),
+        };
+        if let Err(why) = &pod {
+            warn!(pod = id, "pod definition not usable (its last good definition stays): {why}");
+        }
+        self.cluster.upsert_pod(id, pod);
+        Ok(())
     }
 
     /// Applies a burst of events (re-reading single apps where an event lacks what the cluster
@@ -236,28 +282,36 @@ impl Source {
                 delta.refresh.insert(update.app_id.clone());
             }
         }
-        for id in &delta.refresh {
-            self.read_app(id).await.map_err(|why| format!("reading {id} alone failed ({why})"))?;
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        if delta.all_pods {
+            changed.extend(self.cluster.pod_ids().cloned());
+            self.read_pods().await.map_err(|why| format!("reading the pods failed ({why})"))?;
+            changed.extend(self.cluster.pod_ids().cloned());
         }
-        let mut changed: BTreeSet<String> = delta.refresh.iter().chain(&delta.remove).cloned().collect();
+        for id in delta.refresh.iter().chain(&delta.pods) {
+            let read = if self.cluster.is_pod(id) || delta.pods.contains(id) { self.read_pod(id).await } else { self.read_app(id).await };
+            read.map_err(|why| format!("reading {id} alone failed ({why})"))?;
+        }
+        changed.extend(delta.refresh.iter().chain(&delta.remove).chain(&delta.pods).cloned());
         changed.extend(delta.tasks.iter().map(|t| t.app_id.clone()));
         let cluster = &self.cluster;
         self.hosts.refresh(changed.iter().filter_map(|id| cluster.get(id))).await;
         self.translator.update(cluster.apps(), |id| cluster.get(id), &changed, &mut self.hosts, &mut self.health, &self.vips);
         self.status.events_applied += events.len() as u64;
-        self.status.app_reads += delta.refresh.len() as u64;
+        self.status.app_reads += (delta.refresh.len() + delta.pods.len()) as u64;
         self.synced();
         let elapsed_ms = started.elapsed().as_millis() as u64;
         debug!(events = events.len(), apps_read = delta.refresh.len(), elapsed_ms, "events applied");
         Ok(Outcome::Changed(Change { why: ChangeReason::Events(events.len()), started }))
     }
 
-    /// Reads one app into the cluster (gone from Marathon: dropped).
+    /// Reads one app into the cluster (gone from Marathon: dropped). An id Marathon has no app
+    /// for may be a pod the cluster does not know yet (an instance event before the pod's).
     async fn read_app(&mut self, id: &str) -> Result<(), String> {
         let body = self.client.app(id).await.map_err(|err| crate::error_chain(&err))?;
         let Some(body) = body else {
             self.cluster.remove(id);
-            return Ok(());
+            return self.read_pod(id).await;
         };
         let (mut apps, unparsed) = parse_apps(&body).map_err(|err| crate::error_chain(&err))?;
         match (apps.pop(), unparsed.into_iter().next()) {
@@ -273,7 +327,7 @@ impl Source {
 
     /// The status after a successful sync: what was skipped, and why.
     fn synced(&mut self) {
-        let mut skipped_apps: BTreeMap<String, String> = self.cluster.degraded().clone();
+        let mut skipped_apps: BTreeMap<String, String> = self.cluster.degraded();
         skipped_apps.extend(self.translator.app_errors());
         let mut skipped: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (app, what) in self.translator.warnings() {
@@ -285,6 +339,7 @@ impl Source {
         status.last_error = None;
         status.failures_in_a_row = 0;
         status.apps = self.cluster.len();
+        status.pods = self.cluster.pod_ids().count();
         status.state = if skipped_apps.is_empty() { "ok" } else { "degraded" }.into();
         status.skipped_apps = skipped_apps;
         status.skipped_tasks = skipped.values().map(Vec::len).sum();

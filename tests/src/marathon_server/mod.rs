@@ -1,5 +1,5 @@
-//! A Marathon-compatible server for the tests and the demo: `/v2/apps` (tasks embedded),
-//! `/v2/events` (SSE with `event:`/`data:` frames, CRLF, heartbeats, the `Accept` check), `/ping`,
+//! A Marathon-compatible server for the tests and the demo: `/v2/apps` (tasks embedded), pods
+//! (`pods`: `/v2/pods`, `/v2/pods/::status`, their events), `/v2/events` (SSE with `event:`/`data:` frames, CRLF, heartbeats, the `Accept` check), `/ping`,
 //! and controls to scale, kill, flip health, label VIPs, go dark, redirect to a "leader" and
 //! require credentials. Apps have the Marathon 1.5+ shape with host networking, or the 1.4
 //! bridge shape, so the agent's model is exercised as against a real server.
@@ -27,6 +27,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::netns::Netns;
+
+mod pods;
+pub use pods::{EndpointSpec, InstanceSpec, PodSpec};
 
 /// One task of an app.
 #[derive(Clone, Debug)]
@@ -170,10 +173,13 @@ struct Behaviour {
     authorization: Option<String>,
     /// `/v2/apps` bodies and event streams are sent one byte per this interval (slowloris).
     trickle: Option<Duration>,
+    /// No pods API (Marathon before 1.4): `/v2/pods…` answers 404.
+    no_pods_api: bool,
 }
 
 struct Shared {
     apps: Mutex<Vec<AppSpec>>,
+    pods: Mutex<Vec<PodSpec>>,
     /// `/v2/apps` as served, built by the first request after a change rather than per request
     /// or per change (building 10,000 apps each time would time the test server, not the agent).
     body: Mutex<Option<axum::body::Bytes>>,
@@ -202,6 +208,7 @@ impl MarathonServer {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             apps: Mutex::new(Vec::new()),
+            pods: Mutex::new(Vec::new()),
             body: Mutex::new(None),
             behaviour: Mutex::new(Behaviour::default()),
             events,
@@ -221,6 +228,8 @@ impl MarathonServer {
                 let app = Router::new()
                     .route("/v2/apps", get(apps))
                     .route("/v2/apps/{*id}", get(one_app))
+                    .route("/v2/pods", get(pod_definitions))
+                    .route("/v2/pods/{*rest}", get(pod_status))
                     .route("/v2/events", get(events_stream))
                     .route("/ping", get(|| async { "pong" }))
                     .with_state(state);
@@ -291,6 +300,32 @@ impl MarathonServer {
         events
     }
 
+    /// Replaces every pod and sends the events Marathon would (created, updated and instance
+    /// changes, deleted).
+    pub fn set_pods(&self, pods: Vec<PodSpec>) {
+        let old = std::mem::replace(&mut *self.shared.pods.lock().unwrap(), pods.clone());
+        let mut events = Vec::new();
+        for pod in &pods {
+            events.extend(PodSpec::events(old.iter().find(|o| o.id == pod.id), Some(pod)));
+        }
+        for gone in old.iter().filter(|o| !pods.iter().any(|p| p.id == o.id)) {
+            events.extend(PodSpec::events(Some(gone), None));
+        }
+        self.send(&events);
+    }
+
+    /// Changes one pod and sends the events Marathon would for the change.
+    pub fn update_pod(&self, pod_id: &str, change: impl FnOnce(&mut PodSpec)) {
+        let events = {
+            let mut pods = self.shared.pods.lock().unwrap();
+            let pod = pods.iter_mut().find(|p| p.id == pod_id).expect("known pod");
+            let before = pod.clone();
+            change(pod);
+            PodSpec::events(Some(&before), Some(pod))
+        };
+        self.send(&events);
+    }
+
     /// Sends events to every open stream, all in one write (as a burst arrives).
     pub fn send(&self, events: &[Value]) {
         let frames: String = events
@@ -319,6 +354,11 @@ impl MarathonServer {
     /// Makes `/v2/events` answer 302 to `leader` (another server), as a standby does.
     pub fn redirect_events_to(&self, leader: Option<String>) {
         self.shared.behaviour.lock().unwrap().events_redirect = leader;
+    }
+
+    /// Answers `/v2/pods…` with 404, as a Marathon before 1.4 does.
+    pub fn without_pods_api(&self) {
+        self.shared.behaviour.lock().unwrap().no_pods_api = true;
     }
 
     /// Requires this exact `Authorization` header on every request.
@@ -424,6 +464,35 @@ async fn one_app(State(shared): State<Arc<Shared>>, headers: HeaderMap, axum::ex
     match app {
         Some(app) => axum::Json(json!({ "app": app })).into_response(),
         None => (StatusCode::NOT_FOUND, axum::Json(json!({"message": format!("App '{id}' does not exist")}))).into_response(),
+    }
+}
+
+async fn pod_definitions(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse(&shared, &headers) {
+        return refused;
+    }
+    if shared.behaviour.lock().unwrap().no_pods_api {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let pods: Vec<Value> = shared.pods.lock().unwrap().iter().map(PodSpec::definition).collect();
+    axum::Json(pods).into_response()
+}
+
+/// `/v2/pods/::status` (every pod's) and `/v2/pods/{id}::status`.
+async fn pod_status(State(shared): State<Arc<Shared>>, headers: HeaderMap, axum::extract::Path(rest): axum::extract::Path<String>) -> Response {
+    if let Some(refused) = refuse(&shared, &headers) {
+        return refused;
+    }
+    let pods = shared.pods.lock().unwrap().clone();
+    let no_api = shared.behaviour.lock().unwrap().no_pods_api;
+    let Some(id) = rest.strip_suffix("::status").filter(|_| !no_api) else { return StatusCode::NOT_FOUND.into_response() };
+    if id.is_empty() {
+        return axum::Json(pods.iter().map(PodSpec::status).collect::<Vec<_>>()).into_response();
+    }
+    let id = format!("/{}", id.trim_matches('/'));
+    match pods.iter().find(|p| p.id == id) {
+        Some(pod) => axum::Json(pod.status()).into_response(),
+        None => (StatusCode::NOT_FOUND, axum::Json(json!({"message": format!("Pod '{id}' does not exist")}))).into_response(),
     }
 }
 

@@ -84,6 +84,11 @@ impl ServiceId {
         }
     }
 
+    /// The TCP services of service port `port`, IPv4 and IPv6.
+    pub fn node_port_tcp(port: u16) -> [ServiceId; 2] {
+        [false, true].map(|v6| ServiceId { addr: ServiceAddr::NodePort { v6 }, port, proto: Proto::Tcp })
+    }
+
     pub fn key(&self) -> ServiceKey {
         let (addr, family) = match self.addr {
             ServiceAddr::Vip(ip) => ip_bytes(ip),

@@ -13,7 +13,7 @@ use std::{
 use lb_tests::{
     agent::{lb_ok, Agent, PinDir, TempDir, TestCgroup},
     certs::self_signed,
-    marathon_server::{AppSpec, MarathonServer, TaskSpec},
+    marathon_server::{AppSpec, InstanceSpec, MarathonServer, PodSpec, TaskSpec},
     netns::LbTopology,
     servers::{http_backend, Server},
 };
@@ -108,6 +108,7 @@ impl Cluster {
         }
         let marathon = MarathonServer::start(Some(&topo.node), Duration::from_millis(500)).unwrap();
         marathon.set_apps(apps());
+        marathon.set_pods(vec![pod()]);
         let certs = TempDir::new("lb-http-certs");
         for name in ["a.example", "b.example"] {
             self_signed(certs.path(), name).unwrap();
@@ -162,6 +163,24 @@ impl Cluster {
     }
 }
 
+/// A pod whose endpoint asks for the vhost pod.example.com (`HAPROXY_VHOST` on the endpoint),
+/// with instances on backends 0 and 1; its VIP is where the routes' backends come from.
+fn pod() -> PodSpec {
+    let mut pod = PodSpec::new("/pod-web", &[("http", "10.0.0.7:80")]);
+    pod.endpoints[0].labels.insert("HAPROXY_VHOST".into(), "pod.example.com".into());
+    pod.endpoints[0].labels.insert("HAPROXY_GROUP".into(), "external".into());
+    pod.instances = (0..2).map(|i| InstanceSpec::running("/pod-web", i, &LbTopology::backend_ip(i).to_string(), &[WEB_PORT])).collect();
+    pod
+}
+
+#[test]
+fn a_pod_endpoint_is_routed_by_its_vhost() {
+    let c = Cluster::new();
+    c.wait_for(|c| c.get("pod.example.com", "/").0 == 200, "the pod's vhost to be served");
+    let seen: BTreeSet<String> = (0..12).map(|_| c.backend("pod.example.com", "/")).collect();
+    assert_eq!(seen, BTreeSet::from(["backend-0".into(), "backend-1".into()]), "the pod's two instances");
+}
+
 #[test]
 fn vhosts_paths_groups_and_forwarding_headers() {
     let c = Cluster::new();
@@ -186,8 +205,9 @@ fn vhosts_paths_groups_and_forwarding_headers() {
     assert_eq!(headers["host"], "web.example.com");
     assert!(headers.get("x-secret").is_none(), "a header named by Connection is hop-by-hop: {headers}");
 
+    // The apps' six and the pod's.
     let status = lb_ok(None, &["status", "--pin-dir", &c.pins.arg()]).unwrap();
-    assert!(status.contains(&format!("HTTP path: 6 routes on http://{HTTP}, https://{HTTPS}")), "{status}");
+    assert!(status.contains(&format!("HTTP path: 7 routes on http://{HTTP}, https://{HTTPS}")), "{status}");
 
     let (status, _, head) = c.curl(&["-H", "Host: a.example", &format!("http://{HTTP}/login?next=%2F")]);
     assert_eq!(status, 301);

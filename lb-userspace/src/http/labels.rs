@@ -2,10 +2,13 @@
 //!
 //! Labels are app labels: `HAPROXY_GROUP` and `HAPROXY_{n}_*` for the app's port `n`
 //! (docs/http.md lists which marathon-lb labels are supported). A port is routed over HTTP when
-//! it has a service port and a `HAPROXY_{n}_VHOST` or `HAPROXY_{n}_PATH`; a label that cannot be
+//! it has services to take backends from (its service port; a pod endpoint's VIPs) and a
+//! `HAPROXY_{n}_VHOST` or `HAPROXY_{n}_PATH`; a label that cannot be
 //! read keeps the port off the HTTP path (with a warning) rather than serving it wider than asked.
 
 use ipnet::IpNet;
+
+use crate::desired::ServiceId;
 
 /// How requests pick among a route's backends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,8 +23,9 @@ pub enum Balance {
 pub struct HttpPort {
     /// The app port's index (`n` of the labels).
     pub index: usize,
-    /// Its service port: the backends are those of the service port's service.
-    pub service_port: u16,
+    /// The services whose backends it routes to: its service port's (both families), or for a
+    /// port without one (a pod endpoint) its VIPs'.
+    pub services: Vec<ServiceId>,
     /// `HAPROXY_{n}_GROUP`, else `HAPROXY_GROUP`.
     pub group: Option<String>,
     /// Lower-case host names, without ports; empty: any host (a `PATH` alone).
@@ -51,10 +55,10 @@ pub enum LabelError {
     Network { key: String, value: String, entry: String },
 }
 
-/// The HTTP routing of port `index` (service port `service_port`) from the app's labels
-/// (sorted by key, HAPROXY_ ones at least); None when the port asks for none or
-/// `HAPROXY_{n}_ENABLED` is false.
-pub fn port(labels: &[(String, String)], index: usize, service_port: u16) -> Result<Option<HttpPort>, LabelError> {
+/// The HTTP routing of port `index` (backends from `services`) from the app's labels (sorted by
+/// key, HAPROXY_ ones at least); None when the port asks for none or `HAPROXY_{n}_ENABLED` is
+/// false.
+pub fn port(labels: &[(String, String)], index: usize, services: Vec<ServiceId>) -> Result<Option<HttpPort>, LabelError> {
     let prefix = format!("HAPROXY_{index}_");
     let get = |name: &str| -> Option<(String, &str)> {
         let key = format!("{prefix}{name}");
@@ -92,7 +96,7 @@ pub fn port(labels: &[(String, String)], index: usize, service_port: u16) -> Res
     let group = get("GROUP").map(|(_, v)| v).or_else(|| labels.iter().find(|(k, _)| k == "HAPROXY_GROUP").map(|(_, v)| v.as_str()));
     Ok(Some(HttpPort {
         index,
-        service_port,
+        services,
         group: group.map(str::to_owned),
         hosts,
         path: path.unwrap_or_else(|| "/".to_owned()),
@@ -159,6 +163,12 @@ fn networks(key: &str, value: &str) -> Result<Vec<IpNet>, LabelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::ServiceId;
+
+    /// The services of service port `port` (as translate gives a port with one).
+    fn svc(port: u16) -> Vec<ServiceId> {
+        ServiceId::node_port_tcp(port).to_vec()
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut l: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -169,10 +179,10 @@ mod tests {
     #[test]
     fn a_vhost_label_routes_its_port_and_only_its_port() {
         let l = labels(&[("HAPROXY_GROUP", "external"), ("HAPROXY_0_VHOST", "Web.Example.com, api.example.com:8080")]);
-        let p = port(&l, 0, 10000).unwrap().unwrap();
+        let p = port(&l, 0, svc(10000)).unwrap().unwrap();
         assert_eq!(p.hosts, ["api.example.com", "web.example.com"]);
-        assert_eq!((p.path.as_str(), p.group.as_deref(), p.service_port), ("/", Some("external"), 10000));
-        assert_eq!(port(&l, 1, 10001).unwrap(), None, "port 1 has no HTTP labels");
+        assert_eq!((p.path.as_str(), p.group.as_deref(), p.services.clone()), ("/", Some("external"), svc(10000)));
+        assert_eq!(port(&l, 1, svc(10001)).unwrap(), None, "port 1 has no HTTP labels");
     }
 
     #[test]
@@ -187,7 +197,7 @@ mod tests {
             ("HAPROXY_1_USE_HSTS", "TRUE"),
             ("HAPROXY_1_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/8 192.168.1.7"),
         ]);
-        let p = port(&l, 1, 10001).unwrap().unwrap();
+        let p = port(&l, 1, svc(10001)).unwrap().unwrap();
         assert_eq!(p.group.as_deref(), Some("internal"));
         assert!(p.hosts.is_empty());
         assert_eq!(p.path, "/api");
@@ -199,7 +209,7 @@ mod tests {
     #[test]
     fn disabled_or_unreadable_ports_are_not_routed() {
         let disabled = labels(&[("HAPROXY_0_VHOST", "a.example"), ("HAPROXY_0_ENABLED", "false")]);
-        assert_eq!(port(&disabled, 0, 10000).unwrap(), None);
+        assert_eq!(port(&disabled, 0, svc(10000)).unwrap(), None);
         for bad in [
             ("HAPROXY_0_VHOST", "a b"),
             ("HAPROXY_0_PATH", "api"),
@@ -210,7 +220,7 @@ mod tests {
             let mut map = std::collections::BTreeMap::from([("HAPROXY_0_VHOST", "a.example")]);
             map.insert(bad.0, bad.1);
             let l = labels(&map.into_iter().collect::<Vec<_>>());
-            assert!(port(&l, 0, 10000).is_err(), "{bad:?}");
+            assert!(port(&l, 0, svc(10000)).is_err(), "{bad:?}");
         }
     }
 

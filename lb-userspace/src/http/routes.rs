@@ -19,7 +19,7 @@ use super::{
     labels::{host_without_port, Balance, HttpPort},
     metrics::{Metrics, StatusCounters},
 };
-use crate::desired::{Desired, Proto, ServiceAddr, ServiceId};
+use crate::desired::{Desired, ServiceId};
 
 /// Which apps this node's HTTP path serves (`--group`; `*` = all).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl RouteTable {
         let mut table = RouteTable::default();
         for (app, port) in ports.filter(|(_, p)| groups.serves(p.group.as_deref())) {
             let name = format!("{app}:{}", port.index);
-            let backends = backends(desired, port.service_port, &mut states);
+            let backends = backends(desired, &port.services, &mut states);
             let route = Arc::new(Route {
                 requests: counters.get(name.as_str()).map_or_else(|| metrics.route(&name), |c| (*c).clone()),
                 name,
@@ -200,10 +200,10 @@ fn longest_prefix<'t>(routes: &'t [Arc<Route>], path: &str) -> Option<&'t Arc<Ro
 }
 
 /// The service port's backends (IPv4 and IPv6 services), draining ones included.
-fn backends(desired: &Desired, port: u16, states: &mut HashMap<SocketAddr, Arc<BackendState>>) -> Vec<Backend> {
-    let mut out: Vec<Backend> = [false, true]
-        .into_iter()
-        .filter_map(|v6| desired.get(&ServiceId { addr: ServiceAddr::NodePort { v6 }, port, proto: Proto::Tcp }))
+fn backends(desired: &Desired, services: &[ServiceId], states: &mut HashMap<SocketAddr, Arc<BackendState>>) -> Vec<Backend> {
+    let mut out: Vec<Backend> = services
+        .iter()
+        .filter_map(|id| desired.get(id))
         .flat_map(|service| &service.backends)
         .map(|b| {
             let addr = SocketAddr::new(b.addr, b.port);
@@ -244,12 +244,12 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{Backend as ModelBackend, Service};
+    use crate::desired::{Backend as ModelBackend, Proto, Service, ServiceAddr};
 
     fn port(index: usize, service_port: u16, hosts: &[&str], path: &str) -> HttpPort {
         HttpPort {
             index,
-            service_port,
+            services: ServiceId::node_port_tcp(service_port).to_vec(),
             group: Some("external".into()),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path: path.into(),

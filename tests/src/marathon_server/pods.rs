@@ -4,6 +4,8 @@
 //! `instance_changed_event` for each instance whose condition changes). Shapes as Marathon's
 //! `PodStatusConversion` writes them (tests/fixtures/marathon/marathon/pods/).
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 const NOW: &str = "2026-01-01T00:00:00.000Z";
@@ -15,6 +17,8 @@ pub struct EndpointSpec {
     pub name: String,
     /// `VIP_0` label value.
     pub vip: String,
+    /// Further labels (`HAPROXY_VHOST`…).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One instance: where it runs and each endpoint's allocated host port, in endpoint order.
@@ -58,7 +62,7 @@ pub struct PodSpec {
 
 impl PodSpec {
     pub fn new(id: &str, endpoints: &[(&str, &str)]) -> Self {
-        let endpoints = endpoints.iter().map(|(name, vip)| EndpointSpec { name: (*name).into(), vip: (*vip).into() }).collect();
+        let endpoints = endpoints.iter().map(|(name, vip)| EndpointSpec { name: (*name).into(), vip: (*vip).into(), labels: BTreeMap::new() }).collect();
         Self { id: id.into(), endpoints, instances: Vec::new(), malformed: false }
     }
 
@@ -68,8 +72,10 @@ impl PodSpec {
             .iter()
             .enumerate()
             .map(|(i, e)| {
+                let mut labels = e.labels.clone();
+                labels.insert("VIP_0".into(), e.vip.clone());
                 json!({"name": format!("c{i}"), "resources": {"cpus": 0.1, "mem": 32},
-                    "endpoints": [{"name": e.name, "hostPort": 0, "protocol": ["tcp"], "labels": {"VIP_0": e.vip}}]})
+                    "endpoints": [{"name": e.name, "hostPort": 0, "protocol": ["tcp"], "labels": labels}]})
             })
             .collect();
         let containers = if self.malformed { json!("garbage") } else { json!(containers) };

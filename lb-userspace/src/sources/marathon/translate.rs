@@ -282,7 +282,7 @@ impl Translator {
         let mut out = AppTranslation { desired: Desired::new(), warnings: Vec::new(), named_vips: &self.named_vips };
         let mut tasks = BTreeSet::new();
         let error = translate_app(app, resolver, health, &mut out, &mut tasks).err().map(|e| e.to_string());
-        let http = if error.is_none() { http_ports(app, &mut out.warnings) } else { Vec::new() };
+        let http = if error.is_none() { http_ports(app, &self.named_vips, &mut out.warnings) } else { Vec::new() };
         AppPart {
             services: out.desired.into_values().collect(),
             http,
@@ -360,20 +360,40 @@ fn vip_names(app: &App) -> Vec<String> {
 
 /// The app's ports the HTTP path routes; a port whose labels cannot be read is left out, with
 /// the reason among the app's warnings.
-fn http_ports(app: &App, warnings: &mut Vec<(String, String)>) -> Vec<HttpPort> {
+fn http_ports(app: &App, named_vips: &BTreeMap<String, IpAddr>, warnings: &mut Vec<(String, String)>) -> Vec<HttpPort> {
     let mut out = Vec::new();
     if !app.labels.0.iter().any(|(key, _)| key.starts_with("HAPROXY_")) {
         return out;
     }
-    for port in app_ports(app, network_mode(app)) {
-        let Some(service_port) = port.service_port.filter(|_| port.protocols.contains(&Proto::Tcp)) else { continue };
-        match http::labels::port(&app.labels.0, port.index, service_port) {
+    for port in app_ports(app, network_mode(app)).iter().filter(|p| p.protocols.contains(&Proto::Tcp)) {
+        let services = http_services(port, named_vips);
+        if services.is_empty() {
+            continue;
+        }
+        match http::labels::port(&app.labels.0, port.index, services) {
             Ok(Some(http)) => out.push(http),
             Ok(None) => {}
             Err(err) => warnings.push((app.id.clone(), format!("port {}: not on the HTTP path: {err}", port.index))),
         }
     }
     out
+}
+
+/// The TCP services whose backends the HTTP path routes a port to: its service port's, else
+/// (a pod endpoint has none) its VIPs'.
+fn http_services(port: &AppPort, named_vips: &BTreeMap<String, IpAddr>) -> Vec<ServiceId> {
+    if let Some(service_port) = port.service_port {
+        return ServiceId::node_port_tcp(service_port).to_vec();
+    }
+    let vip = |(key, value): &(String, String)| {
+        let label = vip::parse_label(key, value)?.ok()?;
+        let addr = match &label.target {
+            VipTarget::Ip(ip) => *ip,
+            VipTarget::Named(name) => *named_vips.get(name)?,
+        };
+        Some(ServiceId { addr: ServiceAddr::Vip(addr), port: label.port, proto: Proto::Tcp })
+    };
+    port.labels.iter().filter_map(vip).collect()
 }
 
 /// Why a whole app is skipped.

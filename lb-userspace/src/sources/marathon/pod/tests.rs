@@ -137,3 +137,27 @@ fn a_malformed_pod_is_reported_alone_and_a_body_that_is_no_json_is_refused() {
     let (pods, _) = parse_each::<Pod>(&fixture("pod.marathon-raml.json")).unwrap();
     assert_eq!(pods[0].id, "/foo");
 }
+
+#[test]
+fn a_pod_endpoint_with_a_vhost_is_routed_over_http_to_its_vips_backends() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({"id": "/shop", "labels": {"HAPROXY_GROUP": "external"},
+        "networks": [{"mode": "host"}],
+        "containers": [{"name": "web", "endpoints": [
+            {"name": "http", "hostPort": 0, "protocol": ["tcp"], "labels": {"VIP_0": "/shop:80", "HAPROXY_VHOST": "shop.example.com"}},
+            {"name": "metrics", "hostPort": 0, "protocol": ["tcp"], "labels": {"VIP_0": "/shop-metrics:9100"}}]}]}))
+    .unwrap();
+    let instance: Instance = serde_json::from_value(serde_json::json!({"id": "shop.instance-1", "status": "STABLE", "agentHostname": "10.0.9.1",
+        "containers": [{"name": "web", "status": "TASK_RUNNING", "endpoints": [{"name": "http", "allocatedHostPort": 31080}, {"name": "metrics", "allocatedHostPort": 31091}]}]}))
+    .unwrap();
+    let app = to_app(pod, &[instance]);
+    let mut translator = Translator::default();
+    translator.rebuild([&app].into_iter(), &mut NoDns, &mut HealthMemory::default(), &"11.0.0.0/8".parse::<VipRange>().unwrap());
+    let ports: Vec<_> = translator.http_ports().collect();
+    assert_eq!(ports.len(), 1, "only the endpoint with a vhost: {ports:?}");
+    let (app_id, port) = ports[0];
+    assert_eq!((app_id, port.index, port.hosts.as_slice(), port.group.as_deref()), ("/shop", 0, &["shop.example.com".to_owned()][..], Some("external")));
+    let shop = translator.named_vips()["/shop"];
+    assert_eq!(port.services, [crate::desired::ServiceId { addr: ServiceAddr::Vip(shop), port: 80, proto: crate::desired::Proto::Tcp }]);
+    let backends: Vec<_> = translator.desired()[&port.services[0]].backends.iter().map(|b| (b.addr.to_string(), b.port)).collect();
+    assert_eq!(backends, [("10.0.9.1".to_owned(), 31080)]);
+}

@@ -2,6 +2,7 @@
 //! reads the pinned maps back for the CLI.
 
 pub mod agent;
+pub mod announce;
 pub mod cli;
 pub mod commands;
 pub mod control;

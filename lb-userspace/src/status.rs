@@ -45,6 +45,22 @@ pub struct AgentStatus {
     /// `--expose` (None: every app everywhere).
     #[serde(default)]
     pub exposure: Option<ExposureStatus>,
+    /// VIPs announced through BIRD (None: no `--bird-socket`).
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// The announcer (lb-userspace/src/announce): what BIRD was last told, and whether it listened.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BgpStatus {
+    pub socket: String,
+    pub routes: String,
+    /// `ok`, `failing` (BIRD down or refusing: retried every tick), or empty before the first try.
+    pub state: String,
+    /// The VIPs BIRD was last told to announce (empty while failing).
+    pub announced: Vec<String>,
+    pub last_error: Option<String>,
+    pub failures: u64,
 }
 
 /// Where groups are served, as `lb run` was told, and how to read the maps' group words.

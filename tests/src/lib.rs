@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_report;
+pub mod bird;
 pub mod certs;
 pub mod fixture;
 pub mod fuzz;

@@ -15,7 +15,8 @@ use crate::step;
 /// rustc-web/cargo-web/rust-web-src: a compiler whose std source matches it, to build `core` for the
 /// BPF target; llvm-22-dev: the LLVM bpf-linker links against; bpftool/iproute2/ethtool/tcpdump:
 /// inspection and the network-namespace tests; util-linux: nsenter/setpriv; chromium: the test
-/// that renders the status page headless; systemd: `systemd-analyze verify` of the unit.
+/// that renders the status page headless; systemd: `systemd-analyze verify` of the unit; bird2:
+/// the BGP speaker the announcer tests drive.
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -30,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     "curl",
     "openssl",
+    "bird2",
 ];
 
 /// Debian packages only the benchmarks need: the load generators and the peers they are

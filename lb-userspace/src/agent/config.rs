@@ -26,6 +26,8 @@ use crate::{
 pub enum ConfigError {
     #[error("give --services FILE and/or --marathon URL: without either there is nothing to balance")]
     NoSource,
+    #[error("--bird-routes {0}: its directory does not exist (bird.conf includes this file: put it where BIRD reads, e.g. /etc/bird/lb-vips.conf)")]
+    BirdRoutesDir(String),
     #[error("give either --marathon-credentials or --marathon-token, not both")]
     TwoAuths,
     #[error(transparent)]
@@ -80,6 +82,8 @@ pub struct AgentConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// The HTTP path, when a listener is given.
     pub http: Option<crate::http::HttpConfig>,
+    /// VIPs announced through BIRD, when `--bird-socket` is given.
+    pub bird: Option<crate::announce::BirdConfig>,
 }
 
 impl AgentConfig {
@@ -116,6 +120,7 @@ impl AgentConfig {
             None => Desired::new(),
         };
         let http = http_config(args)?;
+        let bird = bird_config(args)?;
         let plan = AttachPlan {
             pin_dir: args.pins.pin_dir.clone(),
             ifaces: args.ifaces.clone(),
@@ -131,6 +136,7 @@ impl AgentConfig {
             marathon,
             metrics,
             http,
+            bird,
         })
     }
 
@@ -166,6 +172,17 @@ fn require_lru_batches(max_flows: u32) -> Result<(), ConfigError> {
         return Err(ConfigError::FlowTableTooSmall { given: max_flows, min, cpus });
     }
     Ok(())
+}
+
+/// `--bird-socket` and `--bird-routes` (clap makes them come together). The socket is not
+/// checked here: a BIRD that is down is reported and retried at run time.
+fn bird_config(args: &RunArgs) -> Result<Option<crate::announce::BirdConfig>, ConfigError> {
+    let (Some(socket), Some(routes)) = (&args.bird_socket, &args.bird_routes) else { return Ok(None) };
+    let dir = routes.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(ConfigError::BirdRoutesDir(routes.display().to_string()));
+    }
+    Ok(Some(crate::announce::BirdConfig { socket: socket.clone(), routes: routes.clone(), withdraw_on_stop: args.withdraw_on_stop }))
 }
 
 fn load_config(args: &RunArgs) -> LoadConfig {

@@ -44,6 +44,7 @@ pub fn start(mut config: AgentConfig) -> Result<()> {
     let served = runtime.block_on(agent.serve(file, marathon));
     // A host-name lookup still blocked in the resolver must not hold up the exit.
     runtime.shutdown_background();
+    agent.stop_announcing();
     served?;
     drop(loaded);
     info!("stopping; programs stay attached and maps pinned (lb down removes them)");
@@ -114,6 +115,9 @@ fn program(config: AgentConfig, status: AgentStatus) -> Result<program::Agent<Pi
     let dataplane = PinnedMaps::new(config.pin_dir());
     let settings = &config.plan.load.settings;
     let mut agent = program::Agent::new(dataplane, config.serving, settings.nat_ports, config.static_services, status);
+    if let Some(bird) = config.bird {
+        agent = agent.with_announcer(crate::announce::Announcer::new(bird));
+    }
     agent.sync_node()?;
     Ok(agent.with_neighbours(neighbours).with_udp_timeout(settings.udp_timeout_secs))
 }

@@ -10,6 +10,7 @@ use lb_common::{nat_state, FlowKey, NatReply};
 use tracing::{debug, error, warn};
 
 use crate::{
+    announce::{self, Announcer},
     control::{
         merge,
         reconcile::{self, Reconciler},
@@ -46,6 +47,8 @@ pub struct Agent<D: Dataplane> {
     metrics: Option<Arc<metrics::Shared>>,
     /// The HTTP path, given every change Marathon's apps make (None: no HTTP listener).
     http: Option<crate::http::HttpPath>,
+    /// VIPs announced through BIRD (None: no `--bird-socket`).
+    announcer: Option<Announcer>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -63,6 +66,21 @@ impl<D: Dataplane> Agent<D> {
             vips_published: None,
             metrics: None,
             http: None,
+            announcer: None,
+        }
+    }
+
+    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
+        self.announcer = Some(announcer);
+        self
+    }
+
+    /// The agent stops: the announced VIPs are withdrawn (`--withdraw-on-stop`).
+    pub fn stop_announcing(&mut self) {
+        if let Some(announcer) = self.announcer.as_mut() {
+            announcer.stop();
+            self.status.bgp = Some(announcer.status().clone());
+            self.write_status();
         }
     }
 
@@ -75,6 +93,11 @@ impl<D: Dataplane> Agent<D> {
     /// (DHCP, an operator's `ip addr add`) and their group words followed.
     pub fn housekeep(&mut self, now_ns: u64) {
         self.expire_nat_mappings(now_ns);
+        if let Some(announcer) = self.announcer.as_mut().filter(|a| a.status().state == "failing") {
+            announcer.retry();
+            self.status.bgp = Some(announcer.status().clone());
+            self.write_status();
+        }
         if let Err(err) = self.sync_node() {
             warn!("following this node's addresses: {}", crate::error_chain(err.as_ref()));
         }
@@ -143,6 +166,10 @@ impl<D: Dataplane> Agent<D> {
         }
         self.status.services = desired.len();
         self.status.ring_slots_in_use = self.reconciler.ring_slots_in_use();
+        if let Some(announcer) = self.announcer.as_mut() {
+            announcer.sync(announce::announced(&desired, self.reconciler.unfit()));
+            self.status.bgp = Some(announcer.status().clone());
+        }
         self.write_status();
         Ok(())
     }

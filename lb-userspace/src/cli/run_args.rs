@@ -127,6 +127,18 @@ pub struct RunArgs {
     /// repeatable; `*` serves every group.
     #[arg(long = "group", value_name = "NAME", default_value = "external", help_heading = "HTTP path")]
     pub groups: Vec<String>,
+    /// Announce the VIPs this node serves (with an active backend) through BIRD: its control
+    /// socket, used to make it re-read the routes file after each change.
+    #[arg(long, value_name = "PATH", requires = "bird_routes", help_heading = "Several balancer nodes")]
+    pub bird_socket: Option<PathBuf>,
+    /// The file the agent writes the announced VIPs to (`protocol static lb_vips4` and
+    /// `lb_vips6`); bird.conf includes it and exports those routes to its BGP sessions.
+    #[arg(long, value_name = "FILE", requires = "bird_socket", help_heading = "Several balancer nodes")]
+    pub bird_routes: Option<PathBuf>,
+    /// Withdraw every VIP from BIRD when the agent stops (the programs keep forwarding, but a
+    /// node being drained must leave the routers' ECMP set first).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Several balancer nodes")]
+    pub withdraw_on_stop: bool,
 }
 
 /// Why a flag's value does not parse (clap shows it after the flag's name).

@@ -184,7 +184,11 @@ impl Reconciler {
         })
     }
 
-    /// Makes the maps equal to `desired`.
+    /// Services the last pass could not program (a limit reached).
+    pub fn unfit(&self) -> &BTreeSet<ServiceId> {
+        &self.unfit
+    }
+
     /// Ring slots the allocator has handed out (live rings and those waiting to be reused).
     pub fn ring_slots_in_use(&self) -> u64 {
         self.mirror.as_ref().map_or(0, |m| m.alloc.rings.used_slots())

@@ -186,6 +186,12 @@ impl Collector for Collected {
             family(e, "lb_marathon_apps", "Apps Marathon has", MetricType::Gauge, [(none(), gauge(m.apps as i64))])?;
             family(e, "lb_marathon_skipped_apps", "Apps whose latest definition could not be used", MetricType::Gauge, [(none(), gauge(m.skipped_apps.len() as i64))])?;
         }
+        if let Some(bgp) = &status.bgp {
+            let none = || Vec::<(&'static str, String)>::new();
+            family(e, "lb_bgp_announced_vips", "VIPs BIRD was last told to announce", MetricType::Gauge, [(none(), gauge(bgp.announced.len() as i64))])?;
+            let failures = [(none(), counter(bgp.failures))];
+            family(e, "lb_bgp_failures", "Attempts to tell BIRD that failed (BIRD down or refusing; retried)", MetricType::Counter, failures)?;
+        }
         Ok(())
     }
 }

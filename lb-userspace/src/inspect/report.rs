@@ -423,6 +423,13 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     if let Some(http) = status.http.as_ref().filter(|_| view.running) {
         writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
     }
+    if let Some(bgp) = &status.bgp {
+        let state = match &bgp.last_error {
+            Some(err) => format!("FAILING ({} failures): {err}", bgp.failures),
+            None => format!("announcing {} VIPs", bgp.announced.len()),
+        };
+        writeln!(out, "BGP via BIRD ({}, routes in {}): {state}", bgp.socket, bgp.routes)?;
+    }
     if !status.not_programmed.is_empty() {
         writeln!(out, "NOT PROGRAMMED: {} services (limits reached)", status.not_programmed.len())?;
         for failure in &status.not_programmed {

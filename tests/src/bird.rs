@@ -1,0 +1,81 @@
+//! A BIRD 2 daemon for one test: its configuration, control socket and pid file in a directory
+//! of its own (removed with it), run in the foreground as a child that is killed on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::agent::TempDir;
+
+pub struct Bird {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Bird {
+    /// A directory for a BIRD whose `bird.conf` includes `routes.conf` (what the agent writes:
+    /// [`Bird::routes_file`]); not started yet.
+    pub fn prepare() -> Self {
+        let dir = TempDir::new("lb-bird-");
+        let conf = format!("router id 192.0.2.1;\nprotocol device {{}}\ninclude \"{}\";\n", dir.path().join("routes.conf").display());
+        std::fs::write(dir.path().join("bird.conf"), conf).expect("writing bird.conf");
+        Self { dir, child: None }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("bird.ctl")
+    }
+
+    pub fn routes_file(&self) -> PathBuf {
+        self.dir.path().join("routes.conf")
+    }
+
+    /// Starts BIRD (the routes file must exist: bird.conf includes it) and waits for its socket.
+    pub fn start(&mut self) -> Result<()> {
+        let dir = self.dir.path();
+        let child = Command::new("bird")
+            .args(["-f", "-c"])
+            .arg(dir.join("bird.conf"))
+            .arg("-s")
+            .arg(self.socket())
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bird (cargo xtask setup installs bird2)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.socket().exists() {
+            if Instant::now() > deadline {
+                bail!("bird did not open {} within 5 s", self.socket().display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The prefixes BIRD has from the agent's static protocols (`birdc show route`).
+    pub fn routes(&self) -> Result<Vec<String>> {
+        let out = Command::new("birdc").arg("-s").arg(self.socket()).args(["show", "route"]).output().context("running birdc")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().filter(|l| l.contains("lb_vips")).filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

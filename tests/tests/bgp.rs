@@ -76,6 +76,28 @@ fn vips_with_an_active_backend_are_announced_and_withdrawn_with_the_last_and_at_
 }
 
 #[test]
+fn an_agent_that_keeps_its_routes_at_stop_leaves_them_to_lb_down() {
+    let topo = LbTopology::new(0).unwrap();
+    let (pins, file) = (PinDir::new(), TempFile::new(&services(ONE, "")).unwrap());
+    let mut bird = Bird::prepare();
+    std::fs::write(bird.routes_file(), lb::announce::routes::render(&Default::default())).unwrap();
+    bird.start().unwrap();
+    let (socket, routes) = (bird.socket().display().to_string(), bird.routes_file().display().to_string());
+    let args = [
+        "--services", &file.arg(), "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--bird-socket", &socket, "--bird-routes", &routes,
+        "--withdraw-on-stop", "false",
+    ];
+    let agent = Agent::start(&topo.node, &args).unwrap();
+    wait_routes(&bird, &["10.0.0.1/32", "fd00::80/128"]);
+    assert!(agent.stop().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bird.routes().unwrap().len(), 2, "kept at stop, as asked");
+    let down = lb_ok(Some(&topo.node), &["down", "--pin-dir", &pins.arg()]).unwrap();
+    assert!(down.contains("withdrew 2 VIPs from BIRD"), "{down}");
+    wait_routes(&bird, &[]);
+}
+
+#[test]
 fn bird_flags_come_together_and_a_missing_routes_directory_exits_64() {
     let topo = LbTopology::new(0).unwrap();
     let (pins, file) = (PinDir::new(), TempFile::new(&services(ONE, "")).unwrap());

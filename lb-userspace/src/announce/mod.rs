@@ -103,6 +103,12 @@ impl Announcer {
     }
 }
 
+/// Withdraws every VIP an agent announced through the BIRD at `socket` with `routes` (`lb
+/// down`, for an agent that kept them at its stop).
+pub fn withdraw(socket: &Path, routes: &Path) -> Result<String, String> {
+    tell(routes, socket, &BTreeSet::new())
+}
+
 /// Writes the routes file for `vips` (replaced whole: BIRD never reads half a file) and asks
 /// BIRD to reconfigure.
 fn tell(routes: &Path, socket: &Path, vips: &BTreeSet<IpAddr>) -> Result<String, String> {

@@ -28,6 +28,7 @@ pub fn down(args: &DownArgs) -> Result<u8> {
         println!("stopped the agent (pid {pid})");
     }
     let _lock = lock::PinDirLock::acquire(pin_dir)?;
+    withdraw_vips(pin_dir);
     let removed = loader::tear_down(pin_dir)?;
     // The agent's last status and VIP table describe what was just removed.
     for file in [status::path_for(pin_dir), status::vips_path_for(pin_dir)] {
@@ -35,6 +36,20 @@ pub fn down(args: &DownArgs) -> Result<u8> {
     }
     println!("removed {removed} pins under {}", pin_dir.display());
     Ok(0)
+}
+
+/// The VIPs the last agent left announced (`--withdraw-on-stop false`) are withdrawn: a node
+/// whose programs are gone must leave the routers' ECMP set. A BIRD that does not answer is
+/// reported; the pins go all the same.
+fn withdraw_vips(pin_dir: &std::path::Path) {
+    let Some(bgp) = status::read(pin_dir).ok().and_then(|s| s.bgp) else { return };
+    if bgp.announced.is_empty() {
+        return;
+    }
+    match crate::announce::withdraw(bgp.socket.as_ref(), bgp.routes.as_ref()) {
+        Ok(_) => println!("withdrew {} VIPs from BIRD ({})", bgp.announced.len(), bgp.socket),
+        Err(why) => eprintln!("lb: warning: withdrawing the VIPs from BIRD: {why}"),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

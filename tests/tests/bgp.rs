@@ -63,6 +63,14 @@ fn vips_with_an_active_backend_are_announced_and_withdrawn_with_the_last_and_at_
         assert!(Instant::now() < deadline, "{}", status(&topo, &pins)["bgp"]);
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The status page and /metrics show it.
+    let get = |path: &str| {
+        let out = topo.node.command("curl").args(["-s", "--max-time", "5", &format!("http://127.0.0.1:9097{path}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = get("/");
+    assert!(page.contains("BGP (BIRD)") && page.contains("10.0.0.1, fd00::80"), "{page}");
+    assert!(get("/metrics").contains("lb_bgp_announced_vips 2"), "{}", get("/metrics"));
     // web loses its last backend, api gains one: the routes follow.
     file.replace(&services("", ONE)).unwrap();
     wait_routes(&bird, &["10.0.0.2/32", "fd00::80/128"]);

@@ -306,6 +306,7 @@ fn page(shared: &Shared) -> anyhow::Result<String> {
         pin_dir = escape(&status.pin_dir),
     );
     marathon_section(&mut html, &status);
+    bgp_section(&mut html, &status);
     services_section(&mut html, &stats, previous.map(|(_, p)| p), seconds);
     html.push_str("</table><h2>Packets by outcome</h2><table><tr><th>outcome</th><th>packets</th><th>per second</th></tr>");
     for (name, n) in stats.verdicts.iter().filter(|(_, n)| **n > 0) {
@@ -315,6 +316,23 @@ fn page(shared: &Shared) -> anyhow::Result<String> {
     html.push_str("</table></body></html>\n");
     *last = Some((now, stats));
     Ok(html)
+}
+
+/// The announcer's state, when the agent announces through BIRD.
+fn bgp_section(html: &mut String, status: &AgentStatus) {
+    let Some(bgp) = &status.bgp else { return };
+    let state = match &bgp.last_error {
+        Some(err) => format!("<span class=bad>FAILING</span> ({} failures): {}", bgp.failures, escape(err)),
+        None => "<span class=active>ok</span>".to_string(),
+    };
+    let announced = if bgp.announced.is_empty() { "none".to_owned() } else { escape(&bgp.announced.join(", ")) };
+    let _ = write!(
+        html,
+        "<h2>BGP (BIRD)</h2><table><tr><th>state</th><td>{state}</td></tr><tr><th>control socket</th><td>{}</td></tr>\
+         <tr><th>routes file</th><td>{}</td></tr><tr><th>announced</th><td>{announced}</td></tr></table>",
+        escape(&bgp.socket),
+        escape(&bgp.routes),
+    );
 }
 
 fn marathon_section(html: &mut String, status: &AgentStatus) {

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::agent::TempDir;
+use crate::{agent::TempDir, netns::Netns};
 
 pub struct Bird {
     dir: TempDir,
@@ -20,9 +20,18 @@ impl Bird {
     /// A directory for a BIRD whose `bird.conf` includes `routes.conf` (what the agent writes:
     /// [`Bird::routes_file`]); not started yet.
     pub fn prepare() -> Self {
+        Self::with_config("192.0.2.1", |routes| format!("include \"{}\";\n", routes.display()))
+    }
+
+    /// A BIRD with router id `router_id` whose `bird.conf` goes on with `body` (given the
+    /// routes file's path). Its routes file starts out announcing nothing.
+    pub fn with_config(router_id: &str, body: impl FnOnce(&Path) -> String) -> Self {
         let dir = TempDir::new("lb-bird-");
-        let conf = format!("router id 192.0.2.1;\nprotocol device {{}}\ninclude \"{}\";\n", dir.path().join("routes.conf").display());
+        let routes = dir.path().join("routes.conf");
+        let conf = format!("router id {router_id};\nprotocol device {{}}\n{}", body(&routes));
         std::fs::write(dir.path().join("bird.conf"), conf).expect("writing bird.conf");
+        let empty = "protocol static lb_vips4 { ipv4; }\nprotocol static lb_vips6 { ipv6; }\n";
+        std::fs::write(&routes, empty).expect("writing the routes file");
         Self { dir, child: None }
     }
 
@@ -34,10 +43,19 @@ impl Bird {
         self.dir.path().join("routes.conf")
     }
 
-    /// Starts BIRD (the routes file must exist: bird.conf includes it) and waits for its socket.
+    /// Starts BIRD (in this test's namespace) and waits for its socket.
     pub fn start(&mut self) -> Result<()> {
+        self.start_in(None)
+    }
+
+    /// Starts BIRD in `ns` (else this test's namespace) and waits for its socket.
+    pub fn start_in(&mut self, ns: Option<&Netns>) -> Result<()> {
         let dir = self.dir.path();
-        let child = Command::new("bird")
+        let mut command = match ns {
+            Some(ns) => ns.command("bird"),
+            None => Command::new("bird"),
+        };
+        let child = command
             .args(["-f", "-c"])
             .arg(dir.join("bird.conf"))
             .arg("-s")

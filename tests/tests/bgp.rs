@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    agent::{lb_ok, Agent, PinDir, TempFile},
+    agent::{lb_ok, Agent, PinDir, TempFile, TestCgroup},
     bird::Bird,
-    netns::LbTopology,
+    netns::{veth, LbTopology, Netns},
 };
 
 fn services(web_backends: &str, api_backends: &str) -> String {
@@ -45,8 +45,12 @@ fn vips_with_an_active_backend_are_announced_and_withdrawn_with_the_last_and_at_
     let topo = LbTopology::new(0).unwrap();
     let (pins, file) = (PinDir::new(), TempFile::new(&services(ONE, "")).unwrap());
     let mut bird = Bird::prepare();
-    let (socket, routes) = (bird.socket().display().to_string(), bird.routes_file().display().to_string());
-    let args = ["--services", &file.arg(), "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--bird-socket", &socket, "--bird-routes", &routes];
+    std::fs::remove_file(bird.routes_file()).unwrap();
+    let (socket, routes, cgroup) = (bird.socket().display().to_string(), bird.routes_file().display().to_string(), TestCgroup::new().unwrap());
+    let cgroup_arg = cgroup.arg();
+    let args = [
+        "--services", &file.arg(), "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--cgroup", &cgroup_arg, "--bird-socket", &socket, "--bird-routes", &routes,
+    ];
     let agent = Agent::start(&topo.node, &args).unwrap();
     // No BIRD yet: reported, the services programmed all the same.
     let bgp = status(&topo, &pins)["bgp"].clone();
@@ -88,12 +92,12 @@ fn an_agent_that_keeps_its_routes_at_stop_leaves_them_to_lb_down() {
     let topo = LbTopology::new(0).unwrap();
     let (pins, file) = (PinDir::new(), TempFile::new(&services(ONE, "")).unwrap());
     let mut bird = Bird::prepare();
-    std::fs::write(bird.routes_file(), lb::announce::routes::render(&Default::default())).unwrap();
     bird.start().unwrap();
-    let (socket, routes) = (bird.socket().display().to_string(), bird.routes_file().display().to_string());
+    let (socket, routes, cgroup) = (bird.socket().display().to_string(), bird.routes_file().display().to_string(), TestCgroup::new().unwrap());
+    let cgroup_arg = cgroup.arg();
     let args = [
-        "--services", &file.arg(), "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--bird-socket", &socket, "--bird-routes", &routes,
-        "--withdraw-on-stop", "false",
+        "--services", &file.arg(), "--iface", &topo.uplink, "--pin-dir", &pins.arg(), "--cgroup", &cgroup_arg, "--bird-socket", &socket,
+        "--bird-routes", &routes, "--withdraw-on-stop", "false",
     ];
     let agent = Agent::start(&topo.node, &args).unwrap();
     wait_routes(&bird, &["10.0.0.1/32", "fd00::80/128"]);
@@ -124,4 +128,76 @@ fn bird_flags_come_together_and_a_missing_routes_directory_exits_64() {
         assert_eq!(out.status.code(), Some(64), "{extra:?}: {stderr}");
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
+}
+
+/// The next hops the router's kernel has for `vip` (BIRD's kernel protocol, ECMP merged).
+fn next_hops(router: &Netns, vip: &str) -> Vec<String> {
+    let out = router.command("ip").args(["-4", "route", "show", vip]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut hops: Vec<String> = text.split("via ").skip(1).filter_map(|rest| rest.split_whitespace().next()).map(str::to_owned).collect();
+    hops.sort();
+    hops
+}
+
+fn wait_next_hops(router: &Netns, vip: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = next_hops(router, vip);
+        if have == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the router's next hops for {vip}: {have:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A router namespace running BIRD with ECMP (`merge paths`) and a BGP session to each of three
+/// balancer-node namespaces, each running BIRD and an agent: the router learns the VIP from
+/// every node that serves it, one ECMP path each, and forgets a node's path when its agent
+/// stops or its service loses its last active backend.
+#[test]
+fn a_router_learns_the_vip_from_every_balancer_node_and_forgets_those_that_stop_serving_it() {
+    let router = Netns::new("lbrt").unwrap();
+    let timers = "hold time 6; connect delay time 1; connect retry time 2; error wait time 1, 2;";
+    let mut sessions = String::new();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let ns = Netns::new("lbbn").unwrap();
+        let (router_end, node_end) = veth(&router, &ns).unwrap();
+        router.addr(&router_end, &format!("10.230.{i}.1/24")).unwrap();
+        ns.addr(&node_end, &format!("10.230.{i}.2/24")).unwrap();
+        sessions += &format!("protocol bgp node{i} from balancers {{ neighbor 10.230.{i}.2 as 65001; }}\n");
+        nodes.push((ns, node_end));
+    }
+    let mut router_bird = Bird::with_config("10.230.9.1", |_| {
+        format!("protocol kernel {{ ipv4 {{ export all; }}; merge paths on; }}\ntemplate bgp balancers {{ local as 65000; {timers} ipv4 {{ import all; export none; }}; }}\n{sessions}")
+    });
+    router_bird.start_in(Some(&router)).unwrap();
+    let mut running = Vec::new();
+    for (i, (ns, uplink)) in nodes.iter().enumerate() {
+        let mut bird = Bird::with_config(&format!("10.230.{i}.2"), |routes| {
+            format!(
+                "include \"{}\";\nprotocol bgp upstream {{ local 10.230.{i}.2 as 65001; neighbor 10.230.{i}.1 as 65000; {timers}\n  ipv4 {{ import none; export where proto = \"lb_vips4\"; }}; }}\n",
+                routes.display()
+            )
+        });
+        bird.start_in(Some(ns)).unwrap();
+        let (pins, cgroup, file) = (PinDir::new(), TestCgroup::new().unwrap(), TempFile::new(&services(ONE, "")).unwrap());
+        let (socket, routes, cgroup_arg) = (bird.socket().display().to_string(), bird.routes_file().display().to_string(), cgroup.arg());
+        let args = [
+            "--services", &file.arg(), "--iface", uplink, "--pin-dir", &pins.arg(), "--cgroup", &cgroup_arg, "--bird-socket", &socket,
+            "--bird-routes", &routes, "--metrics-listen", "off",
+        ];
+        let agent = Agent::start(ns, &args).unwrap();
+        running.push((agent, bird, pins, cgroup, file));
+    }
+    wait_next_hops(&router, "10.0.0.1", &["10.230.0.2", "10.230.1.2", "10.230.2.2"]);
+    // Node 0's agent stops: it withdraws, the router keeps the other two paths.
+    let (agent, ..) = running.remove(0);
+    assert!(agent.stop().unwrap().success());
+    wait_next_hops(&router, "10.0.0.1", &["10.230.1.2", "10.230.2.2"]);
+    // Node 1's service loses its last backend (and api gains one there).
+    running[0].4.replace(&services("", ONE)).unwrap();
+    wait_next_hops(&router, "10.0.0.1", &["10.230.2.2"]);
+    wait_next_hops(&router, "10.0.0.2", &["10.230.1.2"]);
 }

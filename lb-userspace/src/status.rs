@@ -61,6 +61,9 @@ pub struct BgpStatus {
     pub announced: Vec<String>,
     pub last_error: Option<String>,
     pub failures: u64,
+    /// Why the data path cannot serve (every VIP withdrawn until it can again).
+    #[serde(default)]
+    pub data_path_error: Option<String>,
 }
 
 /// Where groups are served, as `lb run` was told, and how to read the maps' group words.

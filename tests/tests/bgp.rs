@@ -1,6 +1,7 @@
 //! VIPs announced through a real BIRD 2 (`--bird-socket`, `--bird-routes`): a VIP is announced
-//! while the node serves it with an active backend and withdrawn when it has none and when the
-//! agent stops; a BIRD that is not running yet is reported and retried, the data path untouched.
+//! while the node serves it with an active backend and withdrawn when it has none, when the data
+//! path fails its own check, and when the agent stops; a BIRD that is not running yet is
+//! reported and retried, the data path untouched; a router learns each node's VIPs with ECMP.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,11 @@ fn vips_with_an_active_backend_are_announced_and_withdrawn_with_the_last_and_at_
     // A draining backend takes no new flows: no announcement.
     file.replace(&services("", r#"{"address":"10.1.0.5","port":31000,"weight":0}"#)).unwrap();
     wait_routes(&bird, &["fd00::80/128"]);
+    // The data path's own check: with its only uplink gone, nothing is announced.
+    topo.node.ip(&["link", "del", &topo.uplink]).unwrap();
+    wait_routes(&bird, &[]);
+    let bgp = status(&topo, &pins)["bgp"].clone();
+    assert!(bgp["data_path_error"].as_str().is_some_and(|e| e.contains("no uplink left")), "{bgp}");
     // SIGTERM: every VIP withdrawn (the programs stay attached).
     assert!(agent.stop().unwrap().success());
     wait_routes(&bird, &[]);

@@ -93,14 +93,32 @@ impl<D: Dataplane> Agent<D> {
     /// (DHCP, an operator's `ip addr add`) and their group words followed.
     pub fn housekeep(&mut self, now_ns: u64) {
         self.expire_nat_mappings(now_ns);
-        if let Some(announcer) = self.announcer.as_mut().filter(|a| a.status().state == "failing") {
-            announcer.retry();
-            self.status.bgp = Some(announcer.status().clone());
-            self.write_status();
+        let check = self.data_path_check();
+        if let Some(announcer) = self.announcer.as_mut() {
+            let before = announcer.status().clone();
+            // A retry after a failure, or a change of the data path's state.
+            announcer.data_path(check);
+            if *announcer.status() != before {
+                self.status.bgp = Some(announcer.status().clone());
+                self.write_status();
+            }
         }
         if let Err(err) = self.sync_node() {
             warn!("following this node's addresses: {}", crate::error_chain(err.as_ref()));
         }
+    }
+
+    /// The data path's own check, before VIPs are announced: at least one uplink (`--iface`)
+    /// still exists with the index the programs were attached to (traffic for a VIP can only
+    /// arrive through one).
+    fn data_path_check(&self) -> Result<(), String> {
+        let uplinks = self.serving.uplinks();
+        let present = |u: &&crate::node::serving::Uplink| crate::node::preflight::interface_index(&u.name).ok() == Some(u.ifindex);
+        if uplinks.is_empty() || uplinks.iter().any(|u| present(&u)) {
+            return Ok(());
+        }
+        let names: Vec<&str> = uplinks.iter().map(|u| u.name.as_str()).collect();
+        Err(format!("no uplink left ({} gone)", names.join(", ")))
     }
 
     /// Frees full-NAT mappings whose connections closed or idled out, so their ports can be

@@ -34,6 +34,8 @@ pub struct Announcer {
     config: BirdConfig,
     /// The VIPs to announce, as last computed.
     wanted: BTreeSet<IpAddr>,
+    /// Why the data path cannot serve them now (its check failed): nothing is announced then.
+    data_path_down: Option<String>,
     /// What BIRD was last told successfully (None: nothing yet, or the last attempt failed).
     told: Option<BTreeSet<IpAddr>>,
     status: BgpStatus,
@@ -53,24 +55,45 @@ pub fn announced(desired: &Desired, unfit: &BTreeSet<ServiceId>) -> BTreeSet<IpA
 impl Announcer {
     pub fn new(config: BirdConfig) -> Self {
         let status = BgpStatus { socket: config.socket.display().to_string(), routes: config.routes.display().to_string(), ..BgpStatus::default() };
-        Self { config, wanted: BTreeSet::new(), told: None, status }
+        Self { config, wanted: BTreeSet::new(), data_path_down: None, told: None, status }
     }
 
     pub fn status(&self) -> &BgpStatus {
         &self.status
     }
 
-    /// Announces exactly `vips` (a change, or a retry after a failure); nothing to do when BIRD
-    /// already has them.
+    /// Announces exactly `vips` (while the data path serves); nothing to do when BIRD already
+    /// has them.
     pub fn sync(&mut self, vips: BTreeSet<IpAddr>) {
         self.wanted = vips;
-        if self.told.as_ref() == Some(&self.wanted) {
+        self.push();
+    }
+
+    /// The data path's own check: while it fails (`Err`: why), every VIP is withdrawn; once it
+    /// passes again they are announced again.
+    pub fn data_path(&mut self, check: Result<(), String>) {
+        let down = check.err();
+        if down != self.data_path_down {
+            match &down {
+                Some(why) => warn!("the data path cannot serve ({why}): withdrawing every VIP from BIRD"),
+                None => info!("the data path serves again: announcing its VIPs"),
+            }
+        }
+        self.data_path_down = down;
+        self.status.data_path_error = self.data_path_down.clone();
+        self.push();
+    }
+
+    /// Tells BIRD what should be announced now, unless it has it already.
+    fn push(&mut self) {
+        let target = if self.data_path_down.is_some() { BTreeSet::new() } else { self.wanted.clone() };
+        if self.told.as_ref() == Some(&target) {
             return;
         }
-        match tell(&self.config.routes, &self.config.socket, &self.wanted) {
+        match tell(&self.config.routes, &self.config.socket, &target) {
             Ok(answer) => {
-                info!(vips = self.wanted.len(), "BIRD: {answer}");
-                self.told = Some(self.wanted.clone());
+                info!(vips = target.len(), "BIRD: {answer}");
+                self.told = Some(target);
                 self.status.state = "ok".into();
                 self.status.last_error = None;
             }
@@ -85,14 +108,6 @@ impl Announcer {
             }
         }
         self.status.announced = self.told.iter().flatten().map(ToString::to_string).collect();
-    }
-
-    /// A retry of what is wanted, when the last attempt failed (the housekeeping tick).
-    pub fn retry(&mut self) {
-        if self.told.is_none() {
-            let wanted = std::mem::take(&mut self.wanted);
-            self.sync(wanted);
-        }
     }
 
     /// The agent stops: every VIP is withdrawn, unless `--withdraw-on-stop false`.
@@ -152,7 +167,7 @@ mod tests {
         assert!(status.last_error.as_deref().is_some_and(|e| e.contains("is BIRD running")), "{status:?}");
         assert!(status.announced.is_empty());
         assert!(std::fs::read_to_string(dir.join("lb.conf")).unwrap().contains("route 10.0.0.1/32"));
-        announcer.retry();
+        announcer.data_path(Ok(()));
         assert_eq!(announcer.status().failures, 2, "retried");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -424,9 +424,10 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
         writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
     }
     if let Some(bgp) = &status.bgp {
-        let state = match &bgp.last_error {
-            Some(err) => format!("FAILING ({} failures): {err}", bgp.failures),
-            None => format!("announcing {} VIPs", bgp.announced.len()),
+        let state = match (&bgp.last_error, &bgp.data_path_error) {
+            (Some(err), _) => format!("FAILING ({} failures): {err}", bgp.failures),
+            (None, Some(why)) => format!("every VIP withdrawn: {why}"),
+            (None, None) => format!("announcing {} VIPs", bgp.announced.len()),
         };
         writeln!(out, "BGP via BIRD ({}, routes in {}): {state}", bgp.socket, bgp.routes)?;
     }

@@ -394,6 +394,17 @@ pub fn print_stats(stats: &Stats, names: &std::collections::BTreeMap<u32, String
     Ok(())
 }
 
+/// The announcer's line of `lb status`.
+fn print_bgp(bgp: &crate::status::BgpStatus, out: &mut impl Write) -> Result<()> {
+    let state = match (&bgp.last_error, &bgp.data_path_error) {
+        (Some(err), _) => format!("FAILING ({} failures): {err}", bgp.failures),
+        (None, Some(why)) => format!("every VIP withdrawn: {why}"),
+        (None, None) => format!("announcing {} VIPs", bgp.announced.len()),
+    };
+    writeln!(out, "BGP via BIRD ({}, routes in {}): {state}", bgp.socket, bgp.routes)?;
+    Ok(())
+}
+
 /// `lb status`.
 pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl Write) -> Result<()> {
     if json {
@@ -424,12 +435,7 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
         writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
     }
     if let Some(bgp) = &status.bgp {
-        let state = match (&bgp.last_error, &bgp.data_path_error) {
-            (Some(err), _) => format!("FAILING ({} failures): {err}", bgp.failures),
-            (None, Some(why)) => format!("every VIP withdrawn: {why}"),
-            (None, None) => format!("announcing {} VIPs", bgp.announced.len()),
-        };
-        writeln!(out, "BGP via BIRD ({}, routes in {}): {state}", bgp.socket, bgp.routes)?;
+        print_bgp(bgp, out)?;
     }
     if !status.not_programmed.is_empty() {
         writeln!(out, "NOT PROGRAMMED: {} services (limits reached)", status.not_programmed.len())?;

@@ -216,29 +216,30 @@ pub fn parse_apps_each(body: &[u8], mut each: impl FnMut(Result<App, (String, St
         (None, None) => return Err(AppsResponseError::NoApps),
     };
     for app in raw {
-        let mut fields = serde_json::Deserializer::from_str(app.get());
-        match serde_path_to_error::deserialize::<_, App>(&mut fields) {
-            Ok(mut parsed) => {
-                // A parsed list has room to grow (4 tasks' room for 3); the model keeps every
-                // app of the cluster, so it keeps exactly what it holds.
-                if let Some(tasks) = parsed.tasks.as_mut() {
-                    tasks.shrink_to_fit();
-                }
-                each(Ok(parsed))
+        each(parse_one::<App>(app).map(|mut parsed| {
+            // A parsed list has room to grow (4 tasks' room for 3); the model keeps every app
+            // of the cluster, so it keeps exactly what it holds.
+            if let Some(tasks) = parsed.tasks.as_mut() {
+                tasks.shrink_to_fit();
             }
-            // "portDefinitions: invalid type: string …": the field, then what is wrong with it.
-            Err(err) => {
-                #[derive(serde::Deserialize)]
-                struct Id {
-                    id: Option<String>,
-                }
-                let id = serde_json::from_str::<Id>(app.get()).ok().and_then(|i| i.id).unwrap_or_else(|| "(no id)".into());
-                let why = format!("{}: {}", err.path(), err.inner());
-                each(Err((id, why)));
-            }
-        }
+            parsed
+        }));
     }
     Ok(())
+}
+
+/// One app or pod of a response, parsed alone; Err: its id (if it has one) and why, as
+/// "portDefinitions: invalid type: string …" (the field, then what is wrong with it).
+pub fn parse_one<T: for<'de> Deserialize<'de>>(raw: &RawValue) -> Result<T, (String, String)> {
+    let mut fields = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize::<_, T>(&mut fields).map_err(|err| {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: Option<String>,
+        }
+        let id = serde_json::from_str::<Id>(raw.get()).ok().and_then(|i| i.id).unwrap_or_else(|| "(no id)".into());
+        (id, format!("{}: {}", err.path(), err.inner()))
+    })
 }
 
 #[cfg(test)]

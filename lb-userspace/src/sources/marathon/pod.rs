@@ -18,7 +18,7 @@
 use serde::{de::IgnoredAny, Deserialize};
 use serde_json::value::RawValue;
 
-use super::app::{App, Container, Labels, Network, PortDefinition, PortMapping, Task, TaskIp};
+use super::app::{parse_one, App, Container, Labels, Network, PortDefinition, PortMapping, Task, TaskIp};
 
 /// A pod definition, as far as balancing needs it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -280,17 +280,9 @@ pub fn parse_each<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<Parsed<T>
     };
     let (mut parsed, mut errors) = (Vec::new(), Vec::new());
     for one in raw {
-        let mut fields = serde_json::Deserializer::from_str(one.get());
-        match serde_path_to_error::deserialize::<_, T>(&mut fields) {
+        match parse_one::<T>(one) {
             Ok(value) => parsed.push(value),
-            Err(err) => {
-                #[derive(Deserialize)]
-                struct Id {
-                    id: Option<String>,
-                }
-                let id = serde_json::from_str::<Id>(one.get()).ok().and_then(|i| i.id).unwrap_or_else(|| "(no id)".into());
-                errors.push((id, format!("{}: {}", err.path(), err.inner())));
-            }
+            Err(unparsed) => errors.push(unparsed),
         }
     }
     Ok((parsed, errors))

@@ -387,11 +387,7 @@ fn http_services(port: &AppPort, named_vips: &BTreeMap<String, IpAddr>) -> Vec<S
     }
     let vip = |(key, value): &(String, String)| {
         let label = vip::parse_label(key, value)?.ok()?;
-        let addr = match &label.target {
-            VipTarget::Ip(ip) => *ip,
-            VipTarget::Named(name) => *named_vips.get(name)?,
-        };
-        Some(ServiceId { addr: ServiceAddr::Vip(addr), port: label.port, proto: Proto::Tcp })
+        Some(ServiceId { addr: ServiceAddr::Vip(label.target.address(named_vips)?), port: label.port, proto: Proto::Tcp })
     };
     port.labels.iter().filter_map(vip).collect()
 }
@@ -577,13 +573,7 @@ fn service_ids(app: &App, port: &AppPort, out: &mut AppTranslation) -> Vec<(Serv
                 None => {}
                 Some(Err(why)) => out.warnings.push((app.id.clone(), format!("port {}: {why}", port.index))),
                 Some(Ok(label)) => {
-                    let addr = match &label.target {
-                        VipTarget::Ip(ip) => *ip,
-                        VipTarget::Named(name) => match out.named_vips.get(name) {
-                            Some(ip) => *ip,
-                            None => continue,
-                        },
-                    };
+                    let Some(addr) = label.target.address(out.named_vips) else { continue };
                     let id = ServiceId { addr: ServiceAddr::Vip(addr), port: label.port, proto };
                     ids.push((id, value.clone()));
                 }

@@ -11,6 +11,17 @@ pub enum VipTarget {
     Named(String),
 }
 
+impl VipTarget {
+    /// The address it stands for: its own, or a named VIP's as `named` allocated it (None: not
+    /// allocated, e.g. the range is full).
+    pub fn address(&self, named: &BTreeMap<String, IpAddr>) -> Option<IpAddr> {
+        match self {
+            VipTarget::Ip(ip) => Some(*ip),
+            VipTarget::Named(name) => named.get(name).copied(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipLabel {
     pub target: VipTarget,

@@ -215,7 +215,7 @@ impl Reconciler {
             Some(mirror) => (Pass { maps: mirror, report: Report::default() }, changed),
             None => {
                 let services: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
-                let sources = SourceTable::from_maps(dp.source_ranges()?, limits.max_source_ranges);
+                let sources = SourceTable::read(dp, limits.max_services, limits.max_source_ranges)?;
                 let alloc = self.allocator_from_maps(limits, &services, dp.backends()?, sources)?;
                 (Pass { maps: Mirror { services, alloc, programmed: BTreeMap::new() }, report: Report::default() }, None)
             }

@@ -11,7 +11,7 @@
 //! new flow and refused like any other from outside the ranges.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -28,6 +28,10 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct SourceTable {
     by_service: HashMap<u32, Sources>,
+    /// `SERVICE_SOURCES` as the maps hold it (services with a non-zero count): after an agent
+    /// stopped between writing a service's ranges and its count, they differ, and the next
+    /// write of that service must write the count even though its ranges are in place.
+    counts: HashMap<u32, u32>,
     /// Ranges stored, all services together, against `limit` (`--max-source-ranges`).
     used: usize,
     limit: u32,
@@ -41,25 +45,36 @@ fn key(service_id: u32, net: &IpNet) -> (u32, SourceRange) {
     SourceRange::new(service_id, family, &addr, net.prefix_len())
 }
 
-impl SourceTable {
-    /// The table of maps holding `entries` (`SOURCE_RANGES` keys), with room for `limit`.
-    pub fn from_maps(entries: Vec<(u32, SourceRange)>, limit: u32) -> Self {
-        let mut table = Self { limit, ..Self::default() };
-        for (prefix_len, range) in entries {
-            let (service_id, family, prefix) = range.parts(prefix_len);
-            let net = bytes_ip(&range.addr, family).and_then(|ip| IpNet::new(ip, prefix).ok());
-            if let Some(net) = net {
-                table.used += table.by_service.entry(service_id).or_default().insert(net) as usize;
-            }
+/// Every service's source ranges as `SOURCE_RANGES` holds them, by service id (the one reading
+/// of the trie: the reconciler's, `lb services`' and `lb explain`'s).
+pub fn in_maps(dp: &dyn Dataplane) -> Result<BTreeMap<u32, Sources>, DataplaneError> {
+    let mut by_service: BTreeMap<u32, Sources> = BTreeMap::new();
+    for (prefix_len, range) in dp.source_ranges()? {
+        let (service_id, family, prefix) = range.parts(prefix_len);
+        if let Some(net) = bytes_ip(&range.addr, family).and_then(|ip| IpNet::new(ip, prefix).ok()) {
+            by_service.entry(service_id).or_default().insert(net);
         }
-        table
+    }
+    Ok(by_service)
+}
+
+impl SourceTable {
+    /// The table of the maps `dp` holds (ranges of service slots `0..services`), with room for
+    /// `limit` ranges.
+    pub fn read(dp: &dyn Dataplane, services: u32, limit: u32) -> Result<Self, DataplaneError> {
+        let by_service: HashMap<u32, Sources> = in_maps(dp)?.into_iter().collect();
+        let counts = dp.service_source_counts(services)?.into_iter().enumerate();
+        let counts = counts.filter(|(_, n)| *n != 0).map(|(id, n)| (id as u32, n)).collect();
+        let used = by_service.values().map(BTreeSet::len).sum();
+        Ok(Self { by_service, counts, used, limit, narrowed: BTreeSet::new() })
     }
 
     /// Brings service `service_id`'s ranges to `wanted` (module comment for the order). Returns
     /// whether anything was written. Err(Full) before any write when the new ranges do not fit.
     pub fn write(&mut self, service_id: u32, wanted: &Sources, dp: &mut dyn Dataplane) -> Result<bool, DataplaneError> {
         let current = self.by_service.get(&service_id).cloned().unwrap_or_default();
-        if current == *wanted {
+        let count = wanted.len() as u32;
+        if current == *wanted && self.counts.get(&service_id).copied().unwrap_or(0) == count {
             return Ok(false);
         }
         self.check_room(service_id, wanted)?;
@@ -69,7 +84,12 @@ impl SourceTable {
             dp.set_source_range(prefix_len, &range)?;
             self.used += 1;
         }
-        dp.set_service_sources(service_id, wanted.len() as u32)?;
+        dp.set_service_sources(service_id, count)?;
+        if count == 0 {
+            self.counts.remove(&service_id);
+        } else {
+            self.counts.insert(service_id, count);
+        }
         let removed: Vec<&IpNet> = current.difference(wanted).collect();
         for net in &removed {
             let (prefix_len, range) = key(service_id, net);
@@ -133,12 +153,6 @@ mod tests {
     use super::*;
     use crate::{dataplane::fake::FakeDataplane, desired::parse_sources};
 
-    impl SourceTable {
-        fn clone_write_needed(&self, service_id: u32, text: &str) -> bool {
-            self.by_service.get(&service_id) != Some(&parse_sources([text]).unwrap())
-        }
-    }
-
     fn table() -> SourceTable {
         SourceTable { limit: 4, ..SourceTable::default() }
     }
@@ -166,9 +180,28 @@ mod tests {
         let err = t.write(2, &parse_sources(["192.0.2.0/24 198.51.100.0/24"]).unwrap(), &mut dp).unwrap_err();
         assert!(err.to_string().contains("--max-source-ranges"), "{err}");
         assert_eq!(dp.log.len(), before);
-        let again = SourceTable::from_maps(dp.source_ranges.iter().copied().collect(), 4);
+        let mut again = SourceTable::read(&dp, 8, 4).unwrap();
         assert_eq!((again.used, again.by_service[&1].len()), (3, 3));
-        assert!(!again.clone_write_needed(1, "10.0.0.0/8 10.1.0.0/16 10.2.0.0/16"));
+        assert!(!again.write(1, &parse_sources(["10.0.0.0/8 10.1.0.0/16 10.2.0.0/16"]).unwrap(), &mut dp).unwrap(), "nothing to write");
+    }
+
+    #[test]
+    fn ranges_whose_count_was_never_written_get_it_after_a_restart() {
+        // An agent stopped after writing service 2's ranges, before its count: the kernel does
+        // not check them. The next agent finds the ranges in place and still writes the count.
+        let (mut dp, mut t) = (FakeDataplane::new(8, 8, 64), table());
+        let wanted = parse_sources(["10.0.0.0/8"]).unwrap();
+        t.write(2, &wanted, &mut dp).unwrap();
+        dp.service_sources.clear();
+        dp.log.clear();
+        let mut again = SourceTable::read(&dp, 8, 4).unwrap();
+        assert!(again.write(2, &wanted, &mut dp).unwrap());
+        assert_eq!(dp.log, ["sources 2 1"]);
+        // And a stale count over no ranges (a slot's earlier service) is cleared.
+        dp.service_sources.insert(5, 3);
+        let mut again = SourceTable::read(&dp, 8, 4).unwrap();
+        assert!(again.write(5, &Sources::new(), &mut dp).unwrap());
+        assert_eq!(dp.service_sources.get(&5), Some(&0));
     }
 
     #[test]

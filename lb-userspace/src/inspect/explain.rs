@@ -19,6 +19,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
+    control::source_ranges,
     dataplane::Dataplane,
     desired::{admits, bytes_ip, ip_bytes, Proto, Sources},
     inspect::report::uplink_name,
@@ -145,7 +146,7 @@ fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>, 
         return Ok(None);
     };
     maps.service_groups = dp.service_groups(info.service_id)?;
-    maps.sources = service_sources(dp, info.service_id)?;
+    maps.sources = source_ranges::in_maps(dp)?.remove(&info.service_id).unwrap_or_default();
     out.source_ranges = maps.sources.iter().map(ToString::to_string).collect();
     for &(ifindex, _) in &maps.uplinks {
         let name = uplink_name(status, ifindex);
@@ -174,18 +175,6 @@ fn exposed_service(dp: &dyn Dataplane, out: &mut Explanation, via: Option<u32>, 
     };
     out.service_name = Some(dp.service_name(info.service_id)?);
     Ok(None)
-}
-
-/// The source ranges of service slot `service_id` as the maps hold them.
-fn service_sources(dp: &dyn Dataplane, service_id: u32) -> Result<Sources> {
-    let mut sources = Sources::new();
-    for (prefix_len, range) in dp.source_ranges()? {
-        let (id, family, prefix) = range.parts(prefix_len);
-        if let Some(net) = bytes_ip(&range.addr, family).and_then(|ip| ipnet::IpNet::new(ip, prefix).ok()).filter(|_| id == service_id) {
-            sources.insert(net);
-        }
-    }
-    Ok(sources)
 }
 
 /// lb_common::select's view of the pinned maps, with the group word of the one service asked

@@ -73,14 +73,12 @@ impl Exposure {
     fn read(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Result<Self> {
         let uplinks = dp.uplinks()?.into_iter().map(|(i, w)| (uplink_name(status, i), w)).collect();
         let named = status.and_then(|s| s.exposure.as_ref()).map(|e| e.groups.clone()).unwrap_or_default();
-        let mut sources: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for (prefix_len, range) in dp.source_ranges()? {
-            let (id, family, prefix) = range.parts(prefix_len);
-            if let Some(ip) = bytes_ip(&range.addr, family) {
-                sources.entry(id).or_default().push(format!("{ip}/{prefix}"));
-            }
-        }
-        sources.values_mut().for_each(|ranges| ranges.sort());
+        let text = |ranges: crate::desired::Sources| {
+            let mut text: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            text.sort();
+            text
+        };
+        let sources = crate::control::source_ranges::in_maps(dp)?.into_iter().map(|(id, ranges)| (id, text(ranges))).collect();
         Ok(Self { named, node_addrs: dp.node_addrs()?, uplinks, sources })
     }
 

@@ -218,11 +218,10 @@ impl PinnedMaps {
             .collect())
     }
 
-    fn reset_traffic(&mut self, name: &'static str, index: u32) -> Result<()> {
-        let cpus = cpus(name)?;
-        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
-            .map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
-        self.per_cpu_array_mut::<TrafficCounters>(name)?.set(index, zeros, 0).map_err(map_err(name))
+    /// Zeroes element `index` of per-CPU array `name` on every CPU.
+    fn reset_per_cpu<V: aya::Pod + Default + Clone>(&mut self, name: &'static str, index: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![V::default(); cpus(name)?]).map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
+        self.per_cpu_array_mut::<V>(name)?.set(index, zeros, 0).map_err(map_err(name))
     }
 }
 
@@ -262,14 +261,12 @@ impl Dataplane for PinnedMaps {
     }
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
-        self.reset_traffic(names::MAP_SERVICE_STATS, service_id)?;
-        let name = names::MAP_SOURCE_REFUSALS;
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus(name)?]).map_err(|e| DataplaneError::Map { name, source: MapError::from(e) })?;
-        self.per_cpu_array_mut::<u64>(name)?.set(service_id, zeros, 0).map_err(map_err(name))
+        self.reset_per_cpu::<TrafficCounters>(names::MAP_SERVICE_STATS, service_id)?;
+        self.reset_per_cpu::<u64>(names::MAP_SOURCE_REFUSALS, service_id)
     }
 
     fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
-        self.reset_traffic(names::MAP_BACKEND_STATS, backend_id)
+        self.reset_per_cpu::<TrafficCounters>(names::MAP_BACKEND_STATS, backend_id)
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>> {

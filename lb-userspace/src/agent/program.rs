@@ -89,15 +89,15 @@ impl<D: Dataplane> Agent<D> {
         self
     }
 
-    /// The periodic work between syncs: full-NAT mappings expired, and the node's addresses
-    /// (DHCP, an operator's `ip addr add`) and their group words followed.
+    /// The periodic work between syncs: full-NAT mappings expired, the announcer told the data
+    /// path's state (and retried after a failure), and the node's addresses (DHCP, an operator's
+    /// `ip addr add`) and their group words followed.
     pub fn housekeep(&mut self, now_ns: u64) {
         self.expire_nat_mappings(now_ns);
-        let check = self.data_path_check();
         if let Some(announcer) = self.announcer.as_mut() {
             let before = announcer.status().clone();
             // A retry after a failure, or a change of the data path's state.
-            announcer.data_path(check);
+            announcer.data_path(data_path_check(&self.serving));
             if *announcer.status() != before {
                 self.status.bgp = Some(announcer.status().clone());
                 self.write_status();
@@ -106,19 +106,6 @@ impl<D: Dataplane> Agent<D> {
         if let Err(err) = self.sync_node() {
             warn!("following this node's addresses: {}", crate::error_chain(err.as_ref()));
         }
-    }
-
-    /// The data path's own check, before VIPs are announced: at least one uplink (`--iface`)
-    /// still exists with the index the programs were attached to (traffic for a VIP can only
-    /// arrive through one).
-    fn data_path_check(&self) -> Result<(), String> {
-        let uplinks = self.serving.uplinks();
-        let present = |u: &&crate::node::serving::Uplink| crate::node::preflight::interface_index(&u.name).ok() == Some(u.ifindex);
-        if uplinks.is_empty() || uplinks.iter().any(|u| present(&u)) {
-            return Ok(());
-        }
-        let names: Vec<&str> = uplinks.iter().map(|u| u.name.as_str()).collect();
-        Err(format!("no uplink left ({} gone)", names.join(", ")))
     }
 
     /// Frees full-NAT mappings whose connections closed or idled out, so their ports can be
@@ -268,6 +255,19 @@ impl<D: Dataplane> Agent<D> {
             Err(err) => warn!("writing the named-VIP table: {err}"),
         }
     }
+}
+
+/// The data path's own check, before VIPs are announced: at least one uplink (`--iface`)
+/// still exists with the index the programs were attached to (traffic for a VIP can only
+/// arrive through one).
+fn data_path_check(serving: &Serving) -> Result<(), String> {
+    let uplinks = serving.uplinks();
+    let present = |u: &crate::node::serving::Uplink| crate::node::preflight::interface_index(&u.name).ok() == Some(u.ifindex);
+    if uplinks.is_empty() || uplinks.iter().any(present) {
+        return Ok(());
+    }
+    let names: Vec<&str> = uplinks.iter().map(|u| u.name.as_str()).collect();
+    Err(format!("no uplink left ({} gone)", names.join(", ")))
 }
 
 #[cfg(test)]

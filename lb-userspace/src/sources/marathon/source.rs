@@ -233,8 +233,8 @@ impl Source {
         for (pod, why) in &unusable {
             warn!(pod, "pod definition not usable (its last good definition stays): {why}");
         }
+        let unusable_ids: BTreeSet<String> = unusable.iter().map(|(id, _)| id.clone()).collect();
         let mut pods: Vec<Result<App, (String, String)>> = unusable.into_iter().map(Err).collect();
-        let unusable_ids: BTreeSet<String> = pods.iter().filter_map(|p| p.as_ref().err().map(|(id, _)| id.clone())).collect();
         for definition in definitions.into_iter().filter(|d| !unusable_ids.contains(&d.id)) {
             let of_pod = instances.remove(&definition.id).unwrap_or_default();
             pods.push(Ok(pod::to_app(definition, &of_pod)));
@@ -288,7 +288,9 @@ impl Source {
             self.read_pods().await.map_err(|why| format!("reading the pods failed ({why})"))?;
             changed.extend(self.cluster.pod_ids().cloned());
         }
-        for id in delta.refresh.iter().chain(&delta.pods) {
+        // Each id once; pods the full read above just brought are not read again alone.
+        let alone: BTreeSet<&String> = delta.refresh.iter().chain(&delta.pods).filter(|id| !(delta.all_pods && self.cluster.is_pod(id))).collect();
+        for id in alone {
             let read = if self.cluster.is_pod(id) || delta.pods.contains(id) { self.read_pod(id).await } else { self.read_app(id).await };
             read.map_err(|why| format!("reading {id} alone failed ({why})"))?;
         }

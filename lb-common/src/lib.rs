@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod dsr;
 pub mod exposure;
 pub mod hash;
 pub mod liveness;

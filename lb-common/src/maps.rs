@@ -290,6 +290,10 @@ pub const FLOW_LOCAL: u8 = 0;
 /// `FlowInfo::kind`: the backend is on another node, reached back out of the uplink with source
 /// and destination rewritten (full NAT).
 pub const FLOW_NAT: u8 = 1;
+/// `FlowInfo::kind`: the backend is on another node that decapsulates, reached back out of the
+/// uplink inside the encapsulation, the packet itself unchanged (crate::dsr); its replies go
+/// to the client directly.
+pub const FLOW_DSR: u8 = 2;
 
 /// Value of `NAT_REPLIES` (key: the backend's reply, backend → node address and NAT port).
 #[repr(C)]
@@ -383,7 +387,17 @@ pub struct Scratch {
     /// A `SOURCE_RANGES` lookup key (one client of one service).
     pub source_key: crate::sources::SourceRangeKey,
     pub _pad: u32,
+    /// A `DSR_NODES` / `DECAP_FROM` lookup key.
+    pub node_key: crate::dsr::NodeRangeKey,
+    /// The outer headers of a DSR packet (crate::dsr) before they are written in front of it:
+    /// room for the longest (IPv6).
+    pub outer: [u8; OUTER_ROOM],
+    /// The local backend a decapsulated DSR packet names (its outer destination).
+    pub decap_backend: [u8; 16],
 }
+
+/// `Scratch::outer`'s size: the IPv6 outer headers, rounded up to whole words.
+pub const OUTER_ROOM: usize = crate::dsr::OUTER6_LEN.next_multiple_of(8);
 
 /// `Scratch::refusal`'s size: the longest refusal (ICMPv6), rounded up to whole words.
 pub const REFUSAL_ROOM: usize = crate::refusal::ICMP6_LEN.next_multiple_of(8);
@@ -413,7 +427,10 @@ pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
 pub struct Settings {
     /// [`LAYOUT_VERSION`] of the agent that created the maps: what their contents mean.
     pub layout: u32,
-    pub _pad: u32,
+    /// UDP port of the DSR encapsulation (crate::dsr), and whether this node encapsulates and
+    /// decapsulates (`dsr::ENCAP`, `dsr::DECAP`); all zero: neither.
+    pub dsr_port: u16,
+    pub dsr_flags: u16,
     /// Idle time after which a UDP flow is re-balanced.
     pub udp_timeout_ns: u64,
     /// Source ports new full-NAT flows get (inclusive); 0 = not configured yet: no full NAT.
@@ -426,7 +443,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(udp_timeout_secs: u64, (min, max): (u16, u16), previous: Option<&Settings>) -> Self {
+    pub fn new(udp_timeout_secs: u64, (min, max): (u16, u16), (dsr_port, dsr_flags): (u16, u16), previous: Option<&Settings>) -> Self {
         let (mut reply_min, mut reply_max) = (min, max);
         if let Some(prev) = previous.filter(|p| p.nat_reply_port_min != 0) {
             reply_min = reply_min.min(prev.nat_reply_port_min);
@@ -434,7 +451,8 @@ impl Settings {
         }
         Self {
             layout: LAYOUT_VERSION,
-            _pad: 0,
+            dsr_port,
+            dsr_flags,
             udp_timeout_ns: udp_timeout_secs.saturating_mul(1_000_000_000),
             nat_port_min: min,
             nat_port_max: max,
@@ -549,7 +567,7 @@ const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 const _: () = assert!(core::mem::size_of::<CachedRoute>() == 48);
-const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM + 32);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM + 32 + 24 + OUTER_ROOM + 16);
 const _: () = assert!(core::mem::size_of::<UplinkHop>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
@@ -589,6 +607,7 @@ mod pod {
         super::Scratch,
         super::ServiceName,
         crate::sources::SourceRange,
+        crate::dsr::NodeRange,
     );
 }
 
@@ -606,14 +625,14 @@ mod tests {
 
     #[test]
     fn nat_reply_ports_cover_every_range_used() {
-        let first = Settings::new(120, (61000, 65535), None);
+        let first = Settings::new(120, (61000, 65535), (0, 0), None);
         assert_eq!((first.nat_reply_port_min, first.nat_reply_port_max), (61000, 65535));
         assert_eq!(first.udp_timeout_ns, 120_000_000_000);
-        let moved = Settings::new(30, (40000, 41000), Some(&first));
+        let moved = Settings::new(30, (40000, 41000), (0, 0), Some(&first));
         assert_eq!((moved.nat_port_min, moved.nat_port_max), (40000, 41000));
         assert_eq!((moved.nat_reply_port_min, moved.nat_reply_port_max), (40000, 65535));
         // An all-zero entry (maps created by this start) is no earlier range.
-        let fresh = Settings::new(30, (40000, 41000), Some(&Settings::default()));
+        let fresh = Settings::new(30, (40000, 41000), (0, 0), Some(&Settings::default()));
         assert_eq!((fresh.nat_reply_port_min, fresh.nat_reply_port_max), (40000, 41000));
     }
 

@@ -46,6 +46,8 @@ pub const MAP_VERDICTS: &str = "VERDICTS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_TUPLE_FLOWS4: &str = "TUPLE_FLOWS4";
 pub const MAP_ROUTES: &str = "ROUTES";
+pub const MAP_DSR_NODES: &str = "DSR_NODES";
+pub const MAP_DECAP_FROM: &str = "DECAP_FROM";
 
 /// The flow-like maps, each sized by `--max-flows`.
 pub const FLOW_MAPS: [&str; 6] = [MAP_FLOWS, MAP_FLOWS4, MAP_REPLIES, MAP_REPLIES4, MAP_NAT_REPLIES, MAP_SOCK_REPLIES];
@@ -75,6 +77,8 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_TUPLE_FLOWS4,
     MAP_ROUTES,
     MAP_UPLINKS,
+    MAP_DSR_NODES,
+    MAP_DECAP_FROM,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_VERDICTS,

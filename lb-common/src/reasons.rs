@@ -76,6 +76,21 @@ pub enum Reason {
     /// when none may be sent), or connect()/sendmsg() failing with ECONNREFUSED (local sockets).
     /// Also counted per service (`SOURCE_REFUSALS`).
     SourceRefused = 25,
+    /// Forwarded to a backend on another node inside the DSR encapsulation (lb_common::dsr),
+    /// back out of an uplink: its replies go to the client directly.
+    FwdDsr = 26,
+    /// A DSR packet from a balancer node (`--decap-from`): decapsulated, its destination
+    /// rewritten to the local backend it names, passed on.
+    Decapsulated = 27,
+    /// An encapsulated packet whose outer source is not in `--decap-from`: passed untouched
+    /// (not decapsulated), so nobody outside the fabric injects traffic with a forged inner source.
+    DecapRefused = 28,
+    /// An encapsulated packet from a balancer node whose encapsulation or inner packet is not
+    /// one the balancer sends: dropped, never forwarded.
+    DecapMalformed = 29,
+    /// A packet for a DSR backend that would not fit the egress once encapsulated: answered
+    /// with ICMP fragmentation needed / ICMPv6 packet too big, carrying the MTU that fits.
+    TooBig = 30,
 }
 
 /// Number of outcomes.
@@ -88,7 +103,7 @@ const _: () = assert!(COUNT <= SLOTS);
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 31] = [
         Reason::FwdLocal,
         Reason::ReplyRewritten,
         Reason::NotService,
@@ -115,6 +130,11 @@ impl Reason {
         Reason::ResetNoFlow,
         Reason::NotExposed,
         Reason::SourceRefused,
+        Reason::FwdDsr,
+        Reason::Decapsulated,
+        Reason::DecapRefused,
+        Reason::DecapMalformed,
+        Reason::TooBig,
     ];
 
     /// Whether the ingress programs drop a packet with this outcome: traffic for a service that
@@ -133,6 +153,7 @@ impl Reason {
                 | Reason::NatPortsExhausted
                 | Reason::ResetNoFlow
                 | Reason::SourceRefused
+                | Reason::DecapMalformed
         )
     }
 
@@ -170,6 +191,11 @@ impl Reason {
             Reason::ResetNoFlow => "reset_no_flow",
             Reason::NotExposed => "not_exposed",
             Reason::SourceRefused => "source_refused",
+            Reason::FwdDsr => "fwd_dsr",
+            Reason::Decapsulated => "decapsulated",
+            Reason::DecapRefused => "decap_refused",
+            Reason::DecapMalformed => "decap_malformed",
+            Reason::TooBig => "too_big",
         }
     }
 }

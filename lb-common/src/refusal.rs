@@ -2,7 +2,9 @@
 //! its source ranges, built as whole frames from a copy of the offending frame's headers: a TCP
 //! reset (RFC 9293 §3.10.7.1, a segment for no connection) or an ICMP/ICMPv6 destination
 //! unreachable (RFC 792, RFC 4443 §3.1) — port unreachable, or communication administratively
-//! prohibited (RFC 1812 §5.2.7.1 code 13; RFC 4443 code 1), what a filtering router sends. The kernel
+//! prohibited (RFC 1812 §5.2.7.1 code 13; RFC 4443 code 1), what a filtering router sends — and,
+//! for a packet that would not fit a DSR backend's path once encapsulated, fragmentation needed /
+//! packet too big with the MTU that fits (RFC 1191, RFC 4443 §3.2), what a router sends. The kernel
 //! programs send them back out of the interface the frame came in on; kube-proxy and Cilium
 //! answer the same way, so a client fails at once instead of waiting out its connect timeout.
 //!
@@ -31,6 +33,7 @@ const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 
 /// Why a datagram is refused: the code of the destination unreachable sent back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,23 +42,35 @@ pub enum Unreachable {
     Port,
     /// Its source is not allowed: ICMP code 13, ICMPv6 code 1 (administratively prohibited).
     Prohibited,
+    /// It does not fit the next hop's MTU (given beside it): ICMP fragmentation needed (code 4,
+    /// RFC 1191 §4), ICMPv6 packet too big (type 2, RFC 4443 §3.2). Answered for any protocol.
+    /// (No payload in the variant: an enum with data is passed to a BPF subprogram in two
+    /// registers, the second left undefined for the other variants, which the verifier refuses.)
+    TooBig,
 }
 
 impl Unreachable {
+    /// The ICMP header's first 8 bytes (type, code, checksum 0, rest of header).
     #[inline(always)]
-    const fn code_v4(self) -> u8 {
-        match self {
-            Unreachable::Port => 3,
-            Unreachable::Prohibited => 13,
-        }
+    const fn header_v4(self, mtu: u16) -> [u8; ICMP_LEN] {
+        let (code, mtu) = match self {
+            Unreachable::Port => (3, 0u16),
+            Unreachable::Prohibited => (13, 0),
+            Unreachable::TooBig => (4, mtu),
+        };
+        let mtu = mtu.to_be_bytes();
+        [ICMP_DEST_UNREACH, code, 0, 0, 0, 0, mtu[0], mtu[1]]
     }
 
     #[inline(always)]
-    const fn code_v6(self) -> u8 {
-        match self {
-            Unreachable::Port => 4,
-            Unreachable::Prohibited => 1,
-        }
+    const fn header_v6(self, mtu: u16) -> [u8; ICMP_LEN] {
+        let (kind, code, mtu) = match self {
+            Unreachable::Port => (ICMPV6_DEST_UNREACH, 4, 0u32),
+            Unreachable::Prohibited => (ICMPV6_DEST_UNREACH, 1, 0),
+            Unreachable::TooBig => (ICMPV6_PACKET_TOO_BIG, 0, mtu as u32),
+        };
+        let mtu = mtu.to_be_bytes();
+        [kind, code, 0, 0, mtu[0], mtu[1], mtu[2], mtu[3]]
     }
 }
 
@@ -63,9 +78,10 @@ impl Unreachable {
 pub const TCP4_LEN: usize = ETH_LEN + IPV4_LEN + TCP_LEN;
 /// Offending TCP/IPv6 frame headers in; reset out.
 pub const TCP6_LEN: usize = ETH_LEN + IPV6_LEN + TCP_LEN;
-/// Offending UDP/IPv4 frame headers in.
+/// Offending UDP/IPv4 frame headers in (for a too-big packet of either protocol: Ethernet, IPv4
+/// and the first 8 bytes of its L4 header, all an ICMP error quotes).
 pub const UDP4_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
-/// Offending UDP/IPv6 frame headers in.
+/// Offending UDP/IPv6 frame headers in (the same for a too-big packet).
 pub const UDP6_LEN: usize = ETH_LEN + IPV6_LEN + UDP_LEN;
 /// ICMP port unreachable out: Ethernet + IPv4 + ICMP + the quoted IPv4 and UDP headers.
 pub const ICMP4_LEN: usize = ETH_LEN + IPV4_LEN + ICMP_LEN + IPV4_LEN + UDP_LEN;
@@ -113,7 +129,7 @@ pub fn tcp_reset_v6(offending: &[u8; TCP6_LEN], out: &mut [u8; TCP6_LEN]) -> Opt
 
 /// The ICMP destination unreachable (`why`) for a UDP/IPv4 datagram, or None for a source that
 /// is not one host (RFC 1122 §3.2.2: no ICMP error to a broadcast, multicast or zero source).
-pub fn unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN], why: Unreachable) -> Option<()> {
+pub fn unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN], why: Unreachable, mtu: u16) -> Option<()> {
     let ip = ETH_LEN;
     let (src, dst) = (&offending[ip + 12..ip + 16], &offending[ip + 16..ip + 20]);
     if !unicast_v4(src) {
@@ -123,8 +139,7 @@ pub fn unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN], why
     ethernet_reply(offending, out, 0x0800);
     ipv4_header(out, ICMP4_LEN - ETH_LEN, PROTO_ICMP, dst, src);
     let icmp = ip + IPV4_LEN;
-    out[icmp] = ICMP_DEST_UNREACH;
-    out[icmp + 1] = why.code_v4();
+    out[icmp..icmp + ICMP_LEN].copy_from_slice(&why.header_v4(mtu));
     out[icmp + ICMP_LEN..].copy_from_slice(&offending[ip..]);
     let check = checksum(0, &out[icmp..]);
     put16(out, icmp + 2, check);
@@ -133,7 +148,7 @@ pub fn unreachable_v4(offending: &[u8; UDP4_LEN], out: &mut [u8; ICMP4_LEN], why
 
 /// The ICMPv6 destination unreachable (`why`) for a UDP/IPv6 datagram, or None for a multicast
 /// or unspecified source (RFC 4443 §2.4 (e)).
-pub fn unreachable_v6(offending: &[u8; UDP6_LEN], out: &mut [u8; ICMP6_LEN], why: Unreachable) -> Option<()> {
+pub fn unreachable_v6(offending: &[u8; UDP6_LEN], out: &mut [u8; ICMP6_LEN], why: Unreachable, mtu: u16) -> Option<()> {
     let ip = ETH_LEN;
     let (src, dst) = (&offending[ip + 8..ip + 24], &offending[ip + 24..ip + 40]);
     if !unicast_v6(src) {
@@ -144,8 +159,7 @@ pub fn unreachable_v6(offending: &[u8; UDP6_LEN], out: &mut [u8; ICMP6_LEN], why
     let icmp_len = ICMP6_LEN - ETH_LEN - IPV6_LEN;
     ipv6_header(out, icmp_len, PROTO_ICMPV6, dst, src);
     let icmp = ip + IPV6_LEN;
-    out[icmp] = ICMPV6_DEST_UNREACH;
-    out[icmp + 1] = why.code_v6();
+    out[icmp..icmp + ICMP_LEN].copy_from_slice(&why.header_v6(mtu));
     out[icmp + ICMP_LEN..].copy_from_slice(&offending[ip..]);
     let pseudo = pseudo(dst, src, PROTO_ICMPV6, icmp_len);
     let check = checksum(pseudo, &out[icmp..]);
@@ -317,7 +331,7 @@ mod tests {
         assert_eq!(reset_v4(&broadcast), None);
         let mut unspecified = [0u8; UDP6_LEN];
         unspecified[14] = 0x60;
-        assert_eq!(unreachable_v6(&unspecified, &mut [0; ICMP6_LEN], Unreachable::Port), None);
+        assert_eq!(unreachable_v6(&unspecified, &mut [0; ICMP6_LEN], Unreachable::Port, 0), None);
     }
 
     #[test]
@@ -327,12 +341,30 @@ mod tests {
         udp[23] = 17;
         udp[34..42].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
         let mut icmp = [0xaa; ICMP4_LEN];
-        unreachable_v4(&udp, &mut icmp, Unreachable::Port).expect("icmp");
+        unreachable_v4(&udp, &mut icmp, Unreachable::Port, 0).expect("icmp");
         assert_eq!((icmp[23], icmp[34], icmp[35]), (PROTO_ICMP, 3, 3));
         assert_eq!(&icmp[42..], &udp[14..]);
         assert_eq!(csum::checksum(&icmp[34..]), 0);
-        unreachable_v4(&udp, &mut icmp, Unreachable::Prohibited).expect("icmp");
+        unreachable_v4(&udp, &mut icmp, Unreachable::Prohibited, 0).expect("icmp");
         assert_eq!((icmp[34], icmp[35]), (3, 13), "administratively prohibited");
         assert_eq!(csum::checksum(&icmp[34..]), 0);
+        unreachable_v4(&udp, &mut icmp, Unreachable::TooBig, 1464).expect("icmp");
+        assert_eq!((icmp[34], icmp[35], u16::from_be_bytes([icmp[40], icmp[41]])), (3, 4, 1464), "fragmentation needed");
+        assert_eq!(csum::checksum(&icmp[34..]), 0);
+    }
+
+    #[test]
+    fn a_packet_too_big_carries_the_mtu_in_its_32_bits() {
+        let mut udp = [0u8; UDP6_LEN];
+        udp[14] = 0x60;
+        udp[14 + 6] = 17;
+        udp[14 + 8] = 0xfd;
+        udp[14 + 23] = 1;
+        let mut icmp = [0; ICMP6_LEN];
+        unreachable_v6(&udp, &mut icmp, Unreachable::TooBig, 1444).expect("icmpv6");
+        let at = 14 + 40;
+        assert_eq!((icmp[at], icmp[at + 1]), (2, 0));
+        assert_eq!(u32::from_be_bytes(icmp[at + 4..at + 8].try_into().unwrap()), 1444);
+        assert_eq!(&icmp[at + 8..], &udp[14..]);
     }
 }

@@ -51,18 +51,26 @@ impl SourceRange {
     /// The key data and prefix length of the range `addr`/`prefix` of service `service_id`
     /// (`prefix` at most 32 for IPv4, 128 for IPv6); bits past the prefix are cleared.
     pub fn new(service_id: u32, family: u8, addr: &[u8; 16], prefix: u8) -> (u32, Self) {
-        let mut masked = *addr;
-        for (i, byte) in masked.iter_mut().enumerate() {
-            let kept = (prefix as usize).saturating_sub(i * 8).min(8);
-            *byte &= !(0xffu16 >> kept) as u8;
-        }
-        (FIXED_BITS + prefix as u32, Self { service_id: service_id.to_be_bytes(), family, addr: masked, _pad: [0; 3] })
+        let addr = masked(addr, prefix);
+        (FIXED_BITS + prefix as u32, Self { service_id: service_id.to_be_bytes(), family, addr, _pad: [0; 3] })
     }
 
     /// The service, family and prefix length of a key read back from the trie.
     pub fn parts(&self, prefix_len: u32) -> (u32, u8, u8) {
         (u32::from_be_bytes(self.service_id), self.family, prefix_len.saturating_sub(FIXED_BITS) as u8)
     }
+}
+
+/// `addr` with every bit past the first `prefix` cleared: what an LPM trie key of that range
+/// holds (the trie compares only the prefix, but two keys of one range must be equal to be one
+/// entry).
+pub fn masked(addr: &[u8; 16], prefix: u8) -> [u8; 16] {
+    let mut masked = *addr;
+    for (i, byte) in masked.iter_mut().enumerate() {
+        let kept = (prefix as usize).saturating_sub(i * 8).min(8);
+        *byte &= !(0xffu16 >> kept) as u8;
+    }
+    masked
 }
 
 /// The address a local client is checked as: the one it bound to, else the one Linux would

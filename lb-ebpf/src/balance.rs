@@ -1,18 +1,22 @@
 //! Uplink ingress, for either hook (crate::frame): parse → flow or service → backend → rewrite
 //! → send.
-//! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT
-//! and leave at once; replies of full-NAT flows go back to their clients.
+//! Local backends get destination NAT and go to the stack; backends on other nodes get full NAT,
+//! or the DSR encapsulation (crate::dsr), and leave at once; replies of full-NAT flows go back to
+//! their clients, DSR packets from balancer nodes are decapsulated for the local path.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{select::Lookup, NatReply, Reason, FLOW_NAT, TCP_FIN, TCP_RST};
+use lb_common::{select::Lookup, BackendInfo, NatReply, Reason, UplinkHop, FLOW_DSR, FLOW_NAT, PROTO_UDP, TCP_FIN, TCP_RST};
 
 use crate::{
+    dsr,
+    flow::{self, Target},
     forward::{self, Route},
     frame::Frame,
     parse::{self, Parsed},
     refuse::{self, Refused},
+    maps::scratch,
     rewrite::Nat,
-    flow, nat, select, service, stats,
+    nat, select, service, stats,
 };
 
 /// Balances one frame and counts its outcome; returns the hook's action.
@@ -32,8 +36,11 @@ pub fn run<F: Frame>(frame: &F, ingress: u32) -> u32 {
 fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     frame.prepare()?;
     let (start, end) = frame.window();
-    let packet = parse::parse(start, end, frame.frame_len())?;
+    let mut packet = parse::parse(start, end, frame.frame_len())?;
     if !service::service_port_used(&packet) || !service::service_addr_possible(&packet) {
+        if packet.proto == PROTO_UDP && dsr::is_encapsulated(&packet) {
+            return decapsulated(frame, &mut packet);
+        }
         return not_for_a_service(frame, ingress, &packet);
     }
     // Established connections first: one flow lookup, no service lookup.
@@ -61,15 +68,11 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     };
     let len = frame.frame_len() as u64;
     let backend = target.backend;
+    if target.flow.kind == FLOW_DSR {
+        return forward_dsr(frame, ingress, &packet, target, len);
+    }
     if target.flow.kind == FLOW_NAT {
-        let route = match target.route.take() {
-            Some(route) => route,
-            None => uplink_route(&packet, || {
-                // SAFETY: a helper without arguments or preconditions.
-                let now = unsafe { bpf_ktime_get_ns() };
-                forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, target.backend_id, backend, now)
-            })?,
-        };
+        let hop = backend_route(frame, ingress, &packet, target.route.take(), target.backend_id, backend)?;
         flow::forwarded(&packet, &mut target);
         let flow = &*target.flow;
         if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && !target.new_flow {
@@ -77,7 +80,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
         }
         let src = flow.nat_source(packet.family);
         let to = Nat { src: &src, sport: flow.nat_port, dst: &backend.addr, dport: backend.port, hop: true };
-        let action = route_out(frame, ingress, &packet, &to, &route)?;
+        let action = route_out(frame, ingress, &packet, &to, hop)?;
         stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
         return Ok((Reason::FwdNat, action));
     }
@@ -86,6 +89,52 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     frame.nat(&packet, &to)?;
     stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
     Ok((Reason::FwdLocal, F::PASS))
+}
+
+/// A DSR flow's packet: encapsulated to its backend's node, or answered if it would not fit.
+#[inline(always)]
+fn forward_dsr<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, mut target: Target, len: u64) -> Result<(Reason, u32), Reason> {
+    let backend = target.backend;
+    let hop = backend_route(frame, ingress, packet, target.route.take(), target.backend_id, backend)?;
+    match dsr::encapsulate(frame, ingress, packet, backend, hop)? {
+        dsr::Encapsulated::Sent(action) => {
+            flow::forwarded(packet, &mut target);
+            stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
+            Ok((Reason::FwdDsr, action))
+        }
+        dsr::Encapsulated::TooBig(mtu) => refuse::too_big(frame, ingress, packet, mtu),
+    }
+}
+
+/// The hop to a remote flow's backend: `found` by a new flow's pick, else looked up.
+#[inline(always)]
+fn backend_route<F: Frame>(
+    frame: &F,
+    ingress: u32,
+    packet: &Parsed,
+    found: Option<&'static UplinkHop>,
+    backend_id: u32,
+    backend: &BackendInfo,
+) -> Result<&'static UplinkHop, Reason> {
+    match found {
+        Some(hop) => Ok(hop),
+        None => uplink_route(packet, || {
+            // SAFETY: a helper without arguments or preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, backend_id, backend, now)
+        }),
+    }
+}
+
+/// A DSR packet from a balancer node: out of its encapsulation, to the local backend it names
+/// (crate::dsr), through the stack as a local flow's packets go.
+#[inline(always)]
+fn decapsulated<F: Frame>(frame: &F, packet: &mut Parsed) -> Result<(Reason, u32), Reason> {
+    let port = dsr::decapsulate(frame, packet)?;
+    let backend = &scratch()?.decap_backend;
+    let to = Nat { src: &packet.src, sport: packet.sport, dst: backend, dport: port, hop: false };
+    frame.nat(packet, &to)?;
+    Ok((Reason::Decapsulated, F::PASS))
 }
 
 /// A packet for no service: a full-NAT backend's reply, or not ours.
@@ -98,28 +147,27 @@ fn not_for_a_service<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Resu
 /// A full-NAT backend's reply: from the service, to the client, out towards the client.
 #[inline(always)]
 fn nat_reply<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, reply: &NatReply) -> Result<(Reason, u32), Reason> {
-    let route = uplink_route(packet, || forward::lookup(frame.ctx_ptr(), ingress, packet.family, packet.proto, &reply.client_addr))?;
+    let hop = uplink_route(packet, || forward::lookup(frame.ctx_ptr(), ingress, packet.family, packet.proto, &reply.client_addr))?;
     let to = Nat { src: &reply.service_addr, sport: reply.service_port, dst: &reply.client_addr, dport: reply.client_port, hop: true };
-    Ok((Reason::NatReply, route_out(frame, ingress, packet, &to, &route)?))
+    Ok((Reason::NatReply, route_out(frame, ingress, packet, &to, hop)?))
 }
 
 /// The route `route` finds, which must leave through an uplink (the NAT paths never hand off to
 /// the stack: it would see this node's own address as a forwarded packet's source).
 #[inline(always)]
-fn uplink_route(packet: &Parsed, route: impl FnOnce() -> Result<Route, Reason>) -> Result<Route, Reason> {
+fn uplink_route(packet: &Parsed, route: impl FnOnce() -> Result<Route, Reason>) -> Result<&'static UplinkHop, Reason> {
     if packet.ttl <= 1 {
         return Err(Reason::TtlExceeded);
     }
     match route()? {
         Route::Local => Err(Reason::FibFailure),
-        route => Ok(route),
+        Route::Uplink(hop) => Ok(hop),
     }
 }
 
-/// Rewrites the packet for `route` and returns the action that sends it.
+/// Rewrites the packet for `hop` and returns the action that sends it.
 #[inline(always)]
-fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, route: &Route) -> Result<u32, Reason> {
-    let Route::Uplink(hop) = route else { return Err(Reason::FibFailure) };
+fn route_out<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, to: &Nat, hop: &UplinkHop) -> Result<u32, Reason> {
     frame.nat(packet, to)?;
     frame.set_macs(&hop.smac, &hop.dmac)?;
     Ok(frame.send(ingress, hop.ifindex))

@@ -5,11 +5,10 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     liveness::{self, UdpClock},
-    v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, Reason, ReplyInfo, Scratch, FAMILY_V4, FLOW_LOCAL, PROTO_UDP,
+    v4_bytes, BackendInfo, FlowInfo, FlowKey, FlowKey4, Reason, ReplyInfo, Scratch, UplinkHop, FAMILY_V4, FLOW_LOCAL, PROTO_UDP,
 };
 
 use crate::{
-    forward::Route,
     maps::{scratch, settings, BACKENDS, FLOWS, FLOWS4, REPLIES, REPLIES4, TUPLE_FLOWS4},
     mem,
     parse::Parsed,
@@ -82,10 +81,12 @@ pub struct Target {
     pub new_flow: bool,
     /// The pinned flow: how the backend is reached (`kind`) and, for full NAT, from where.
     pub flow: &'static mut FlowInfo,
-    /// The route to a full-NAT backend when a stage before forwarding already found it: a new
-    /// flow's, looked up (with the TTL checked) before its state was claimed. None for an
-    /// established flow, whose route is looked up when it is forwarded.
-    pub route: Option<Route>,
+    /// The hop to a remote (full-NAT or DSR) backend when a stage before forwarding already found
+    /// it: a new flow's, looked up (with the TTL checked) before its state was claimed. None for
+    /// an established flow, whose route is looked up when it is forwarded. (A reference, not a
+    /// `Route`: an `Option<Route>` is a tag beside a pointer, which LLVM spilled as 32 bits of
+    /// a pointer, and the verifier refuses that.)
+    pub route: Option<&'static UplinkHop>,
 }
 
 /// What the flow table holds for a packet's connection.
@@ -228,11 +229,45 @@ pub fn pin_by_tuple(p: &Parsed, s: &mut Scratch) -> Result<(), Reason> {
 pub fn remember_reply(p: &Parsed, backend: &BackendInfo, s: &mut Scratch) -> Result<(), Reason> {
     s.reply.service_addr = p.dst;
     s.reply.service_port = p.dport;
+    set_reply_key(p, &backend.addr, backend.port, s);
+    let remembered = if p.family == FAMILY_V4 { REPLIES4.insert(&s.reply_key4, &s.reply, 0) } else { REPLIES.insert(&s.reply_key, &s.reply, 0) };
+    remembered.map_err(|_| Reason::FlowTableFull)
+}
+
+/// The reply key (in the scratch area) of the connection `p` once its destination is the backend
+/// `addr`:`port`.
+#[inline(always)]
+fn set_reply_key(p: &Parsed, addr: &[u8; 16], port: u16, s: &mut Scratch) {
+    if p.family == FAMILY_V4 {
+        s.reply_key4 = FlowKey4 { src: v4_of(addr), dst: v4_of(&p.src), sport: port, dport: p.sport, proto: p.proto, _pad: 0, _pad2: 0 };
+    } else {
+        s.reply_key = FlowKey { src: *addr, dst: p.src, sport: port, dport: p.sport, proto: p.proto, family: p.family, _pad: 0 };
+    }
+}
+
+/// The reply entry of a decapsulated DSR packet `p` for the local backend `addr`:`port` (its
+/// service is `p`'s destination), written only when it is missing or says otherwise: one lookup
+/// per packet, so an entry evicted or lost with a restart is back with the next packet, and a
+/// connection whose first packets went elsewhere (another balancer's choice) still gets its
+/// replies restored. Connection-keyed, as the balancer, not this node, pinned the flow.
+#[inline(always)]
+pub fn remember_service(p: &Parsed, addr: &[u8; 16], port: u16, s: &mut Scratch) -> Result<(), Reason> {
+    set_reply_key(p, addr, port, s);
+    s.reply.service_addr = p.dst;
+    s.reply.service_port = p.dport;
+    let same = |have: &ReplyInfo| have.service_port == p.dport && mem::eq16(&have.service_addr, &p.dst);
     let remembered = if p.family == FAMILY_V4 {
-        s.reply_key4 = FlowKey4 { src: v4_of(&backend.addr), dst: v4_of(&p.src), sport: backend.port, dport: p.sport, proto: p.proto, _pad: 0, _pad2: 0 };
+        note_tuple_flow4();
+        // SAFETY: read during this run only; the kernel keeps the element allocated until it ends.
+        if unsafe { REPLIES4.get(&s.reply_key4) }.is_some_and(same) {
+            return Ok(());
+        }
         REPLIES4.insert(&s.reply_key4, &s.reply, 0)
     } else {
-        s.reply_key = FlowKey { src: backend.addr, dst: p.src, sport: backend.port, dport: p.sport, proto: p.proto, family: p.family, _pad: 0 };
+        // SAFETY: as above.
+        if unsafe { REPLIES.get(&s.reply_key) }.is_some_and(same) {
+            return Ok(());
+        }
         REPLIES.insert(&s.reply_key, &s.reply, 0)
     };
     remembered.map_err(|_| Reason::FlowTableFull)

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod balance;
+mod dsr;
 mod flow;
 mod forward;
 mod frame;

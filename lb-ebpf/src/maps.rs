@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    reasons, ring_pool, sources::SourceRange, BackendInfo, CachedRoute, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
+    dsr::NodeRange, reasons, ring_pool, sources::SourceRange, BackendInfo, CachedRoute, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
     NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOURCE_RANGES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_ADDR_WORDS, SERVICE_PORT_WORDS,
 };
@@ -22,6 +22,7 @@ const RING_POOL: usize = ring_pool::elements(ring_pool::DEFAULT_RING_SLOTS) as u
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOWS as usize;
 const MAX_SOURCE_RANGES: usize = DEFAULT_MAX_SOURCE_RANGES as usize;
+const MAX_NODE_RANGES: usize = lb_common::dsr::MAX_NODE_RANGES as usize;
 
 /// Packets and bytes seen per (interface, hook), per CPU; slot = lb_common::iface_slot.
 #[btf_map]
@@ -97,6 +98,12 @@ pub static ROUTES: Array<CachedRoute, MAX_BACKENDS> = Array::new();
 /// backend routed out of one of these is on another node.
 #[btf_map]
 pub static UPLINKS: HashMap<u32, u32, 64> = HashMap::new();
+/// The backend nodes this node sends DSR flows to (`--dsr-nodes`): (family, prefix) → 1.
+#[btf_map]
+pub static DSR_NODES: LpmTrie<NodeRange, u32, MAX_NODE_RANGES> = LpmTrie::new();
+/// The balancer nodes whose encapsulated packets this node takes out (`--decap-from`).
+#[btf_map]
+pub static DECAP_FROM: LpmTrie<NodeRange, u32, MAX_NODE_RANGES> = LpmTrie::new();
 /// Per-CPU scratch for bpf_fib_lookup parameters (kept off the BPF stack).
 #[btf_map]
 pub static FIB_SCRATCH: PerCpuArray<FibParams, 1> = PerCpuArray::new();
@@ -127,6 +134,18 @@ pub fn in_source_ranges(service_id: u32, family: u8, client: &[u8; 16]) -> bool 
     // lives only for this lookup.
     let key = unsafe { &*(&raw const s.source_key).cast::<Key<SourceRange>>() };
     SOURCE_RANGES.get(key).is_some()
+}
+
+/// Whether `addr` (of `family`) is in one of the node ranges of `ranges` (`DSR_NODES` or
+/// `DECAP_FROM`): one trie walk, its key built in the scratch area.
+#[inline(always)]
+pub fn in_node_ranges(ranges: &LpmTrie<NodeRange, u32, MAX_NODE_RANGES>, family: u8, addr: &[u8; 16]) -> bool {
+    let Ok(s) = scratch() else { return false };
+    s.node_key.set_addr(family, addr);
+    // SAFETY: NodeRangeKey is laid out as Key<NodeRange> (a u32, then 20 bytes of byte fields:
+    // no padding, sizes asserted in lb_common::dsr), and the reference lives only for this lookup.
+    let key = unsafe { &*(&raw const s.node_key).cast::<Key<NodeRange>>() };
+    ranges.get(key).is_some()
 }
 
 /// The agent's runtime settings (an array's only entry: always present).

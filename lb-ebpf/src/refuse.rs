@@ -44,8 +44,8 @@ pub fn new_flow<F: Frame>(frame: &F, ingress: u32, p: &Parsed, why: Refused) -> 
     let room = &mut maps::scratch()?.refusal;
     let reset_v4 = |i: &_, o: &mut _| refusal::tcp_reset_v4(i, o);
     let reset_v6 = |i: &_, o: &mut _| refusal::tcp_reset_v6(i, o);
-    let unreachable_v4 = |i: &_, o: &mut _| refusal::unreachable_v4(i, o, unreachable);
-    let unreachable_v6 = |i: &_, o: &mut _| refusal::unreachable_v6(i, o, unreachable);
+    let unreachable_v4 = |i: &_, o: &mut _| refusal::unreachable_v4(i, o, unreachable, 0);
+    let unreachable_v6 = |i: &_, o: &mut _| refusal::unreachable_v6(i, o, unreachable, 0);
     // The parser accepted only option-free IPv4 and extension-free IPv6 headers, so each view is
     // exactly Ethernet + IP + the fixed L4 header.
     macro_rules! refuse {
@@ -62,4 +62,24 @@ pub fn new_flow<F: Frame>(frame: &F, ingress: u32, p: &Parsed, why: Refused) -> 
         (false, false) => refuse!(unreachable_v6, refusal::UDP6_LEN, refusal::ICMP6_LEN),
     }
     Ok((answered, frame.send(ingress, ingress)))
+}
+
+/// Answers a packet that would not fit its egress once encapsulated with ICMP fragmentation
+/// needed / packet too big announcing `mtu`, whatever its protocol (the quote is the IP header
+/// and the first 8 bytes after it); dropped (Reason::TooBig) when it may not be answered.
+#[inline(never)]
+pub fn too_big<F: Frame>(frame: &F, ingress: u32, p: &Parsed, mtu: u16) -> Result<(Reason, u32), Reason> {
+    let (start, end) = frame.window();
+    let room = &mut maps::scratch()?.refusal;
+    let why = Unreachable::TooBig;
+    if p.family == FAMILY_V4 {
+        let out = room.first_chunk_mut::<{ refusal::ICMP4_LEN }>().ok_or(Reason::TooBig)?;
+        refusal::unreachable_v4(parse::view::<{ refusal::UDP4_LEN }>(start, end, 0)?, out, why, mtu).ok_or(Reason::TooBig)?;
+        frame.replace(out)?;
+    } else {
+        let out = room.first_chunk_mut::<{ refusal::ICMP6_LEN }>().ok_or(Reason::TooBig)?;
+        refusal::unreachable_v6(parse::view::<{ refusal::UDP6_LEN }>(start, end, 0)?, out, why, mtu).ok_or(Reason::TooBig)?;
+        frame.replace(out)?;
+    }
+    Ok((Reason::TooBig, frame.send(ingress, ingress)))
 }

@@ -3,12 +3,15 @@
 //! Established flows are found by `flow::established` before any of this.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{Reason, Scratch, ServiceInfo, FLOW_LOCAL, FLOW_NAT};
+use lb_common::{
+    dsr::{self, Reach},
+    BackendInfo, Reason, Scratch, ServiceInfo, FLOW_DSR, FLOW_LOCAL, FLOW_NAT,
+};
 
 use crate::{
     flow::{self, FlowSlot, Target},
     forward::{self, Route},
-    maps::scratch,
+    maps::{self, scratch, settings, DSR_NODES},
     mem, nat,
     parse::Parsed,
     ring,
@@ -37,16 +40,20 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
     mem::zero16(&mut s.flow.addrs);
     let route = match forward::to_backend(ctx, ingress, p.proto, backend_id, backend, now)? {
         Route::Local => None,
-        route @ Route::Uplink(hop) => {
+        Route::Uplink(hop) => {
             // Checked before anything is claimed: a forward the TTL forbids must not pin a flow
             // or take a NAT port (the fuzzer found both).
             if p.ttl <= 1 {
                 return Err(Reason::TtlExceeded);
             }
-            s.flow.kind = FLOW_NAT;
-            s.flow.set_nat_source(&hop.src);
-            s.flow.nat_port = nat::claim_port(p, backend, s, now)?;
-            Some(route)
+            if remote_reach(backend) == Reach::Dsr {
+                s.flow.kind = FLOW_DSR;
+            } else {
+                s.flow.kind = FLOW_NAT;
+                s.flow.set_nat_source(&hop.src);
+                s.flow.nat_port = nat::claim_port(p, backend, s, now)?;
+            }
+            Some(hop)
         }
     };
     if !flow::pin_by_client(p, slot, backend, s) {
@@ -56,4 +63,11 @@ fn pick(ctx: *mut core::ffi::c_void, ingress: u32, p: &Parsed, svc: &ServiceInfo
         }
     }
     Ok(Target { service_id: svc.service_id, backend_id, backend, new_flow: true, flow: &mut s.flow, route })
+}
+
+/// How a backend the route lookup found on another node is reached (lb_common::dsr::reach).
+#[inline(always)]
+fn remote_reach(backend: &BackendInfo) -> Reach {
+    let flags = settings().map_or(0, |s| s.dsr_flags);
+    dsr::reach(true, flags, || maps::in_node_ranges(&DSR_NODES, backend.family, &backend.addr))
 }

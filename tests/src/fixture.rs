@@ -11,8 +11,9 @@ use aya::{
 use anyhow::{Context as _, Result};
 use lb::{
     dataplane::{
+        dsr::{self, NodeRanges},
         loader::{self, LoadConfig, MapSizes, RuntimeSettings},
-        pinned::PinnedMaps,
+        pinned::{pin_name, PinnedMaps},
     },
     control::reconcile::{self, Reconciler},
     inspect::report,
@@ -94,7 +95,7 @@ pub struct Case {
 /// Small maps: fixtures need a handful of services, and tests run in parallel.
 pub const FIXTURE_LIMITS: LoadConfig = LoadConfig {
     sizes: MapSizes { ring_slots: 8 * lb_common::ring_pool::CHUNK_SLOTS, max_services: 32, max_backends: 256, max_flows: 4096, max_source_ranges: 2048 },
-    settings: RuntimeSettings { udp_timeout_secs: 120, nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX) },
+    settings: RuntimeSettings { udp_timeout_secs: 120, nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX), dsr: (lb_common::dsr::DEFAULT_PORT, 0) },
 };
 
 /// A loaded uplink program with its maps pinned in a private pin directory, programmed
@@ -126,6 +127,21 @@ impl Fixture {
         let mut ebpf = loader::load_object(pins.path(), &limits).context("loading the BPF object")?;
         load_program(&mut ebpf, hook)?;
         Ok(Self { ebpf, pins, hook, reconciler: Reconciler::default(), serving: None, ingress: None })
+    }
+
+    /// `hook`'s program on a node that does `dsr_flags` (lb_common::dsr::ENCAP, DECAP) on the
+    /// default DSR port, with these node ranges (`--dsr-nodes`, `--decap-from`).
+    pub fn load_dsr(hook: Hook, dsr_flags: u16, nodes: &[&str], decap_from: &[&str]) -> Result<Self> {
+        let mut limits = FIXTURE_LIMITS;
+        limits.settings.dsr = (lb_common::dsr::DEFAULT_PORT, dsr_flags);
+        let f = Self::load_with(hook, limits)?;
+        let parse = |ranges: &[&str]| ranges.iter().map(|r| r.parse()).collect::<Result<Vec<ipnet::IpNet>, _>>();
+        for (which, ranges) in [(NodeRanges::DsrNodes, parse(nodes)?), (NodeRanges::DecapFrom, parse(decap_from)?)] {
+            let data = aya::maps::MapData::from_pin(f.pins.path().join(pin_name(which.map())))?;
+            let mut trie = aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+            dsr::replace(&mut trie, &ranges)?;
+        }
+        Ok(f)
     }
 
     /// Runs packets through `hook`'s program from now on, on the same maps (e.g. TC egress for

@@ -75,6 +75,69 @@ pub fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16), flags: TcpFlags, payload: &[u
     out
 }
 
+/// A client's SYN announcing `mss` (its only option).
+pub fn syn_with_mss(src: (IpAddr, u16), dst: (IpAddr, u16), mss: u16) -> Vec<u8> {
+    let builder = ip_builder(CLIENT_MAC, NODE_MAC, src.0, dst.0)
+        .tcp(src.1, dst.1, 1000, 64240)
+        .syn()
+        .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(mss)])
+        .expect("an MSS option fits");
+    let mut out = Vec::with_capacity(builder.size(0));
+    builder.write(&mut out, &[]).expect("writing a SYN");
+    out
+}
+
+/// `frame` (Ethernet + an IP packet) inside the DSR encapsulation (lb_common::dsr, written out
+/// here from the GUE draft, not with the programs' builder): Ethernet `src_mac` → `dst_mac`,
+/// outer IP `src` → `dst` (TTL 64, IPv4 DF, the IPv6 flow label `hash`'s low 20 bits), UDP from
+/// `sport` to `dport` with a zero checksum, GUE variant 0 with one word of private data: the
+/// backend's port and `flags`.
+pub struct Gue {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub hash: u32,
+    pub backend_port: u16,
+    pub flags: u8,
+}
+
+impl Gue {
+    pub fn around(&self, frame: &[u8]) -> Vec<u8> {
+        let inner = &frame[14..];
+        let proto = if self.src.is_ipv4() { 4 } else { 41 };
+        let port = self.backend_port.to_be_bytes();
+        let mut payload = vec![0x01, proto, 0, 0, port[0], port[1], self.flags, 0];
+        payload.extend_from_slice(inner);
+        let builder = ip_builder(self.src_mac, self.dst_mac, self.src, self.dst).udp(self.sport, self.dport);
+        let mut out = Vec::with_capacity(builder.size(payload.len()));
+        builder.write(&mut out, &payload).expect("writing the encapsulation");
+        let udp = if self.src.is_ipv4() { 14 + 20 } else { 14 + 40 };
+        out[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+        if !self.src.is_ipv4() {
+            let first = 0x6000_0000u32 | (self.hash & 0x000f_ffff);
+            out[14..18].copy_from_slice(&first.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// An ICMP fragmentation needed (IPv4) or ICMPv6 packet too big announcing `mtu`, from the node
+/// back to the client, quoting `quote`.
+pub fn too_big(src: IpAddr, dst: IpAddr, mtu: u16, quote: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let ip = ip_builder(NODE_MAC, CLIENT_MAC, src, dst);
+    if src.is_ipv4() {
+        let kind = Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu });
+        ip.icmpv4(kind).write(&mut out, quote).expect("writing ICMP");
+    } else {
+        ip.icmpv6(Icmpv6Type::PacketTooBig { mtu: mtu as u32 }).write(&mut out, quote).expect("writing ICMPv6");
+    }
+    out
+}
+
 /// A TCP reset from the node back to the client (Ethernet addresses swapped), window 0, as a
 /// refused connection gets it: `ack` = Some(n) for RST|ACK, None for a bare RST.
 pub fn tcp_reset(src: (IpAddr, u16), dst: (IpAddr, u16), seq: u32, ack: Option<u32>) -> Vec<u8> {

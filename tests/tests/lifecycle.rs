@@ -270,6 +270,7 @@ fn a_restart_replaces_the_program_of_every_link_and_unloads_the_old_ones() {
         cgroup: cgroup.path().to_owned(),
         load: LoadConfig { sizes: MapSizes { max_services: 8, ..MapSizes::default() }, ..LoadConfig::default() },
         ingress_hook: IngressHook::Tc,
+        dsr: Default::default(),
     };
     let first = plan.clone();
     topo.node.run(move || drop(loader::bring_up(&first).unwrap())).unwrap();

@@ -15,7 +15,10 @@ use crate::{
     cli::RunArgs,
     control::exposure::{Exposure, Target},
     node::serving::{Serving, Uplink},
-    dataplane::loader::{AttachPlan, LoadConfig, MapSizes, RuntimeSettings},
+    dataplane::{
+        dsr::DsrConfig,
+        loader::{AttachPlan, LoadConfig, MapSizes, RuntimeSettings},
+    },
     sources::marathon::{self, client::Auth},
     desired::Desired,
     node::preflight::{self, PreflightError},
@@ -127,6 +130,7 @@ impl AgentConfig {
             cgroup,
             load,
             ingress_hook: args.ingress_hook,
+            dsr: dsr_config(args),
         };
         Ok(Self {
             plan,
@@ -194,8 +198,15 @@ fn load_config(args: &RunArgs) -> LoadConfig {
             max_flows: args.max_flows,
             max_source_ranges: args.max_source_ranges,
         },
-        settings: RuntimeSettings { udp_timeout_secs: args.udp_timeout, nat_ports: args.nat_ports },
+        settings: RuntimeSettings { udp_timeout_secs: args.udp_timeout, nat_ports: args.nat_ports, dsr: (args.dsr_port, dsr_config(args).flags()) },
     }
+}
+
+/// `--dsr`, `--dsr-nodes`, `--decap-from`, `--dsr-port` (clap makes `--dsr` and `--dsr-nodes`
+/// come together).
+fn dsr_config(args: &RunArgs) -> DsrConfig {
+    let nodes = if args.dsr { args.dsr_nodes.clone() } else { Vec::new() };
+    DsrConfig { port: args.dsr_port, nodes, decap_from: args.decap_from.clone() }
 }
 
 fn marathon_config(args: &RunArgs) -> Result<Option<marathon::Config>, ConfigError> {

@@ -139,6 +139,24 @@ pub struct RunArgs {
     /// node being drained must leave the routers' ECMP set first).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Several balancer nodes")]
     pub withdraw_on_stop: bool,
+    /// Direct server return: send new flows for backends on other nodes inside a GUE
+    /// encapsulation to the backend's address instead of full NAT, when it is in --dsr-nodes; the
+    /// agent there takes them out (--decap-from this node) and the replies go straight to the
+    /// client. Other remote backends keep full NAT.
+    #[arg(long, requires = "dsr_nodes", help_heading = "Several balancer nodes")]
+    pub dsr: bool,
+    /// Backend addresses (CIDR: the nodes, and container networks they route) whose agents
+    /// decapsulate; repeat for several.
+    #[arg(long = "dsr-nodes", value_name = "CIDR", requires = "dsr", value_parser = cidr, help_heading = "Several balancer nodes")]
+    pub dsr_nodes: Vec<ipnet::IpNet>,
+    /// Take encapsulated DSR packets whose outer source is in CIDR (the balancer nodes) out of
+    /// their encapsulation and deliver them to the local backend they name; repeat for several.
+    /// From elsewhere they are passed untouched and counted (decap_refused).
+    #[arg(long = "decap-from", value_name = "CIDR", value_parser = cidr, help_heading = "Several balancer nodes")]
+    pub decap_from: Vec<ipnet::IpNet>,
+    /// UDP port of the DSR encapsulation, the same on every node.
+    #[arg(long, value_name = "PORT", default_value_t = lb_common::dsr::DEFAULT_PORT, value_parser = port, help_heading = "Several balancer nodes")]
+    pub dsr_port: u16,
 }
 
 /// Why a flag's value does not parse (clap shows it after the flag's name).
@@ -166,6 +184,10 @@ pub enum ValueError {
     NotAProtocol(String),
     #[error("{0:?} is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6) or off")]
     NotAListenAddress(String),
+    #[error("{0:?} is not a CIDR range (ADDRESS/PREFIX, e.g. 10.1.0.0/16 or fd00::/64)")]
+    NotACidr(String),
+    #[error("{0:?} has bits set past its prefix: did you mean {1}?")]
+    HostBits(String, ipnet::IpNet),
 }
 
 /// `--metrics-listen`: ADDR:PORT, or `off`.
@@ -191,15 +213,33 @@ pub fn protocol(text: &str) -> Result<crate::desired::Proto, ValueError> {
 /// `--nat-ports MIN-MAX`.
 pub fn port_range(text: &str) -> Result<(u16, u16), ValueError> {
     let (min, max) = text.split_once('-').ok_or_else(|| ValueError::NotARange(text.to_owned()))?;
-    let port = |p: &str| match p.trim().parse::<u16>() {
-        Ok(0) | Err(_) => Err(ValueError::NotAPort(p.trim().to_owned())),
-        Ok(port) => Ok(port),
-    };
     let (min, max) = (port(min)?, port(max)?);
     if min > max {
         return Err(ValueError::EmptyRange { min, max });
     }
     Ok((min, max))
+}
+
+/// A port, 1-65535.
+pub fn port(text: &str) -> Result<u16, ValueError> {
+    match text.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(ValueError::NotAPort(text.trim().to_owned())),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// A CIDR range (`--dsr-nodes`, `--decap-from`); an address alone is its host range. Host bits
+/// past the prefix are refused: `10.1.2.3/16` is more likely a typo than a range.
+pub fn cidr(text: &str) -> Result<ipnet::IpNet, ValueError> {
+    let text = text.trim();
+    let net = match text.parse::<ipnet::IpNet>() {
+        Ok(net) => net,
+        Err(_) => text.parse::<IpAddr>().map(ipnet::IpNet::from).map_err(|_| ValueError::NotACidr(text.to_owned()))?,
+    };
+    if net.trunc() != net {
+        return Err(ValueError::HostBits(text.to_owned(), net.trunc()));
+    }
+    Ok(net)
 }
 
 /// `--expose GROUP=ADDR|IFACE,…`.
@@ -266,6 +306,17 @@ mod tests {
         assert_eq!(port_range("0-10"), Err(ValueError::NotAPort("0".into())));
         assert_eq!(port_range("10-70000"), Err(ValueError::NotAPort("70000".into())));
         assert_eq!(port_range("20-10"), Err(ValueError::EmptyRange { min: 20, max: 10 }));
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(cidr("10.1.0.0/16"), Ok("10.1.0.0/16".parse().unwrap()));
+        assert_eq!(cidr("fd00::/64"), Ok("fd00::/64".parse().unwrap()));
+        assert_eq!(cidr("10.1.0.7"), Ok("10.1.0.7/32".parse().unwrap()), "an address is its host range");
+        assert_eq!(cidr("10.1.2.3/16"), Err(ValueError::HostBits("10.1.2.3/16".into(), "10.1.0.0/16".parse().unwrap())));
+        for bad in ["10.1.0.0/33", "nodes", "10.1/16", ""] {
+            assert_eq!(cidr(bad), Err(ValueError::NotACidr(bad.into())), "{bad}");
+        }
     }
 
     #[test]

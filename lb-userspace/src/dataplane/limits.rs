@@ -37,6 +37,9 @@ pub struct RuntimeSettings {
     pub udp_timeout_secs: u64,
     /// Source ports of full NAT (inclusive).
     pub nat_ports: (u16, u16),
+    /// The DSR encapsulation's UDP port and what this node does (`Settings::dsr_flags`; see
+    /// crate::dataplane::dsr::DsrConfig).
+    pub dsr: (u16, u16),
 }
 
 impl Default for RuntimeSettings {
@@ -44,6 +47,7 @@ impl Default for RuntimeSettings {
         Self {
             udp_timeout_secs: lb_common::DEFAULT_UDP_TIMEOUT_SECS,
             nat_ports: (lb_common::DEFAULT_NAT_PORT_MIN, lb_common::DEFAULT_NAT_PORT_MAX),
+            dsr: (lb_common::dsr::DEFAULT_PORT, 0),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::{
 use std::os::fd::{AsFd as _, BorrowedFd};
 
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, LpmTrie, MapData},
     programs::{
         links::{CgroupAttachMode, FdLink, LinkError},
         CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 pub use super::limits::{LoadConfig, MapSizes, RuntimeSettings};
 use super::{
+    dsr::{self, DsrConfig, NodeRanges},
     limits::map_entries,
     link::{LinkTarget, PinnedLinkFd, ProgramById},
     pinned::pin_name,
@@ -83,6 +84,8 @@ pub struct AttachPlan {
     pub cgroup: PathBuf,
     pub load: LoadConfig,
     pub ingress_hook: IngressHook,
+    /// The node ranges of direct server return (the settings carry the rest).
+    pub dsr: DsrConfig,
 }
 
 /// Which program balances on an uplink's ingress.
@@ -134,6 +137,7 @@ fn bring_up_tracked(plan: &AttachPlan, changes: &mut Changes) -> Result<Loaded, 
         }
     }
     let mut ebpf = load_object(&plan.pin_dir, &plan.load)?;
+    write_node_ranges(&mut ebpf, &plan.dsr)?;
 
     let mut ingress = Vec::new();
     for iface in &plan.ifaces {
@@ -404,12 +408,23 @@ fn write_settings(ebpf: &mut Ebpf, runtime: &RuntimeSettings) -> Result<(), Load
     let map = names::MAP_SETTINGS;
     let mut settings = array_map::<Settings>(ebpf, map)?;
     let previous = settings.get(&0, 0).ok();
-    let new = Settings::new(runtime.udp_timeout_secs, runtime.nat_ports, previous.as_ref());
+    let new = Settings::new(runtime.udp_timeout_secs, runtime.nat_ports, runtime.dsr, previous.as_ref());
     settings.set(0, new, 0).map_err(|source| LoaderError::Settings { map, source })?;
     if previous.is_some_and(|p| p != Settings::default() && p.layout < lb_common::CLIENT_KEYED_LAYOUT) {
         // Maps of layout 1 (whose programs may still run until replaced) key every IPv4 flow by
         // its whole tuple, with reply entries: the new programs must look those up too.
         note_tuple_flows4(ebpf)?;
+    }
+    Ok(())
+}
+
+/// Makes `DSR_NODES` and `DECAP_FROM` hold this start's ranges.
+fn write_node_ranges(ebpf: &mut Ebpf, config: &DsrConfig) -> Result<(), LoaderError> {
+    for (which, ranges) in [(NodeRanges::DsrNodes, &config.nodes), (NodeRanges::DecapFrom, &config.decap_from)] {
+        let map = which.map();
+        let data = ebpf.map_mut(map).ok_or(LoaderError::Settings { map, source: aya::maps::MapError::InvalidName { name: map.into() } })?;
+        let mut trie = LpmTrie::try_from(data).map_err(|source| LoaderError::Settings { map, source })?;
+        dsr::replace(&mut trie, ranges).map_err(|source| LoaderError::Settings { map, source })?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The only code that touches BPF maps. Everything above it (CLI, reconciler, sync) talks to the
 //! [`Dataplane`] trait, so it is tested against [`fake::FakeDataplane`] without root.
 
+pub mod dsr;
 pub mod fake;
 pub mod limits;
 pub mod link;

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_report;
 pub mod bird;
 pub mod certs;
+pub mod cluster;
 pub mod fixture;
 pub mod fuzz;
 pub mod marathon_cluster;

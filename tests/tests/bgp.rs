@@ -136,19 +136,10 @@ fn bird_flags_come_together_and_a_missing_routes_directory_exits_64() {
     }
 }
 
-/// The next hops the router's kernel has for `vip` (BIRD's kernel protocol, ECMP merged).
-fn next_hops(router: &Netns, vip: &str) -> Vec<String> {
-    let out = router.command("ip").args(["-4", "route", "show", vip]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut hops: Vec<String> = text.split("via ").skip(1).filter_map(|rest| rest.split_whitespace().next()).map(str::to_owned).collect();
-    hops.sort();
-    hops
-}
-
 fn wait_next_hops(router: &Netns, vip: &str, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let have = next_hops(router, vip);
+        let have = lb_tests::cluster::next_hops(router, vip);
         if have == want {
             return;
         }

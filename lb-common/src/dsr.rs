@@ -88,6 +88,15 @@ pub enum Reach {
 }
 
 impl Reach {
+    /// How an established flow's entry (`FlowInfo::kind`) reaches its backend.
+    pub const fn of_flow(kind: u8) -> Reach {
+        match kind {
+            crate::FLOW_NAT => Reach::FullNat,
+            crate::FLOW_DSR => Reach::Dsr,
+            _ => Reach::Local,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Reach::Local => "local",

@@ -48,6 +48,19 @@ pub struct AgentStatus {
     /// VIPs announced through BIRD (None: no `--bird-socket`).
     #[serde(default)]
     pub bgp: Option<BgpStatus>,
+    /// Direct server return (None: neither `--dsr` nor `--decap-from`).
+    #[serde(default)]
+    pub dsr: Option<DsrStatus>,
+}
+
+/// What `--dsr`, `--dsr-nodes`, `--decap-from` and `--dsr-port` configured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DsrStatus {
+    pub port: u16,
+    /// Backend addresses new flows are encapsulated to (empty: no `--dsr`).
+    pub nodes: Vec<String>,
+    /// Balancer nodes whose packets are decapsulated (empty: none).
+    pub decap_from: Vec<String>,
 }
 
 /// The announcer (lb-userspace/src/announce): what BIRD was last told, and whether it listened.

@@ -9,8 +9,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::lb_ok,
-    cluster::{Cluster, Forwarding, Node, HOLD_SECS},
+    agent::{lb_ok, PinDir, TempFile},
+    cluster::{self, Cluster, Forwarding, Node, HOLD_SECS},
+    netns::LbTopology,
     servers::{connect_and_greet, echo_round_trip},
 };
 
@@ -126,7 +127,57 @@ fn replies_bypass_the_balancer_nodes_with_dsr_and_not_with_full_nat() {
             assert!(received > 2 * requests, "{forwarding:?}: the balancer nodes received only {received} B for {requests} B each way");
         }
         eprintln!("{forwarding:?}: balancer nodes received {received} B for {requests} B sent and echoed");
+        assert_reached_as(&cluster, forwarding);
     }
+}
+
+/// `lb services` says how each node reaches each backend, and `lb explain` a connection's.
+fn assert_reached_as(cluster: &Cluster, forwarding: Forwarding) {
+    let reaches = |node: &Node| -> Vec<(String, String)> {
+        let services: serde_json::Value = serde_json::from_str(&lb_ok(Some(&node.ns), &["services", "--json", "--pin-dir", &node.pins.arg()]).unwrap()).unwrap();
+        let backends = services[0]["backends"].as_array().unwrap().clone();
+        backends.iter().map(|b| (b["address"].as_str().unwrap().to_owned(), b["reach"].as_str().unwrap().to_owned())).collect()
+    };
+    let remote = if forwarding == Forwarding::Dsr { "dsr" } else { "full-nat" };
+    let balancer = &cluster.balancers[0].node;
+    assert!(reaches(balancer).iter().all(|(_, reach)| reach == remote), "{forwarding:?}: {:?}", reaches(balancer));
+    // A backend node runs no --dsr: its own task is local, the others' full NAT.
+    let backend = &cluster.backends[0];
+    for (addr, reach) in reaches(backend) {
+        assert_eq!(reach, if addr == backend.addr { "local" } else { "full-nat" }, "{addr} from {}", backend.addr);
+    }
+    let status = lb_ok(Some(&balancer.ns), &["status", "--pin-dir", &balancer.pins.arg()]).unwrap();
+    let dsr_line = "DSR (GUE on UDP 6080): encapsulating to 10.241.0.0/16; decapsulating from nowhere";
+    assert_eq!(status.contains(dsr_line), forwarding == Forwarding::Dsr, "{status}");
+    let explained = lb_ok(Some(&balancer.ns), &["explain", "tcp", "10.240.0.2:40000", "10.0.0.1:80", "--pin-dir", &balancer.pins.arg()]).unwrap();
+    assert!(explained.contains(&format!("reached by {remote}:")), "{explained}");
+}
+
+/// Bad DSR flags are refused before anything is touched, with exit code 64.
+#[test]
+fn bad_dsr_flags_exit_64() {
+    let topo = LbTopology::new(0).unwrap();
+    let (pins, file) = (PinDir::new(), TempFile::new(&cluster::services(&[0], &[])).unwrap());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--check", "--services", file.path().to_str().unwrap(), "--iface", &topo.uplink, "--pin-dir", pins.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        lb_tests::agent::lb(Some(&topo.node), &args).unwrap()
+    };
+    for (extra, says) in [
+        (&["--decap-from", "10.241.0.0/33"][..], "is not a CIDR range"),
+        (&["--decap-from", "balancers"][..], "is not a CIDR range"),
+        (&["--dsr", "--dsr-nodes", "10.241.1.7/16"][..], "did you mean 10.241.0.0/16"),
+        (&["--dsr"][..], "--dsr-nodes"),
+        (&["--dsr-nodes", "10.241.0.0/16"][..], "--dsr"),
+        (&["--dsr-port", "0", "--decap-from", "10.241.0.0/16"][..], "is not a port"),
+    ] {
+        let out = run(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+    let pinned = std::fs::read_dir(pins.path()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(pinned, 0, "nothing was pinned");
 }
 
 /// Without `--dsr` the balancer nodes full-NAT, and connections still work (the figure of what a

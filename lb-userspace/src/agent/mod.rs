@@ -104,6 +104,7 @@ fn first_status(config: &AgentConfig, loaded: &loader::Loaded, listeners: &Liste
         warnings,
         http: listeners.http_listen.clone(),
         exposure: config.serving.exposure().status(),
+        dsr: config.plan.dsr.status(),
         ..AgentStatus::default()
     }
 }

@@ -32,8 +32,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Services(args) => {
             let status = agent_status::read(&args.read.pins.pin_dir).ok();
-            let services = report::services_served(&PinnedMaps::new(&args.read.pins.pin_dir), status.as_ref())?;
-            let services = report::select(services, args.service.as_deref())?;
+            let maps = PinnedMaps::new(&args.read.pins.pin_dir);
+            let services = report::select(report::services_served(&maps, status.as_ref())?, args.service.as_deref())?;
+            let services = report::with_reach(services, &mut crate::inspect::reach::Reacher::new(&maps)?);
             report::print_services(&services, args.read.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
@@ -92,6 +93,7 @@ fn explain(args: &crate::cli::ExplainArgs) -> Result<u8> {
     let maps = PinnedMaps::new(pin_dir);
     let status = agent_status::read(pin_dir).ok();
     let explained = explain::explain(&maps, args.protocol, args.client, args.service, explain::udp_clock(pin_dir), via, status.as_ref())?;
+    let explained = explain::with_reach(explained, &mut crate::inspect::reach::Reacher::new(&maps)?);
     explain::print(&explained, args.read.json, &mut std::io::stdout().lock())?;
     Ok(0)
 }

@@ -29,6 +29,12 @@ impl Default for DsrConfig {
 }
 
 impl DsrConfig {
+    /// What `lb status` shows of it (None: this node does neither).
+    pub fn status(&self) -> Option<crate::status::DsrStatus> {
+        let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect();
+        (self.flags() != 0).then(|| crate::status::DsrStatus { port: self.port, nodes: text(&self.nodes), decap_from: text(&self.decap_from) })
+    }
+
     /// `Settings::dsr_flags`: what this node does.
     pub fn flags(&self) -> u16 {
         let encap = if self.nodes.is_empty() { 0 } else { dsr::ENCAP };

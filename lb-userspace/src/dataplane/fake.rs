@@ -36,6 +36,8 @@ pub struct FakeDataplane {
     pub uplinks: BTreeMap<u32, u32>,
     pub service_ports: Vec<u64>,
     pub service_addrs: Vec<u64>,
+    /// The settings' DSR flags and `DSR_NODES`.
+    pub dsr: super::dsr::DsrView,
     /// Every write, in order, for tests of write ordering.
     pub log: Vec<String>,
 }
@@ -63,6 +65,7 @@ impl FakeDataplane {
             uplinks: BTreeMap::new(),
             service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
             service_addrs: vec![0; lb_common::SERVICE_ADDR_WORDS as usize],
+            dsr: Default::default(),
             log: Vec::new(),
         }
     }
@@ -248,6 +251,10 @@ impl Dataplane for FakeDataplane {
 
     fn uplinks(&self) -> Result<Vec<(u32, u32)>> {
         Ok(self.uplinks.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn dsr_view(&self) -> Result<super::dsr::DsrView> {
+        Ok(self.dsr.clone())
     }
 
     fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<()> {

@@ -159,6 +159,9 @@ pub trait Dataplane {
     fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<(), DataplaneError>;
     fn remove_uplink(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
 
+    /// What the node does with remote backends: the settings' DSR flags and `DSR_NODES`.
+    fn dsr_view(&self) -> Result<dsr::DsrView, DataplaneError>;
+
     /// Entries of the flow table (at most `limit`).
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>, DataplaneError>;
     /// (map name, entries, capacity) of each flow-like table.

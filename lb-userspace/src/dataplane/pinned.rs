@@ -409,6 +409,15 @@ impl Dataplane for PinnedMaps {
         self.entries::<u32, u32>(names::MAP_UPLINKS, usize::MAX)
     }
 
+    fn dsr_view(&self) -> Result<super::dsr::DsrView> {
+        let name = names::MAP_SETTINGS;
+        let settings = self.array::<lb_common::Settings>(name)?.get(&0, 0).map_err(map_err(name))?;
+        let name = names::MAP_DSR_NODES;
+        let trie: LpmTrie<&MapData, lb_common::dsr::NodeRange, u32> = LpmTrie::try_from(self.map(name)?).map_err(map_err(name))?;
+        let keys = trie.keys().collect::<std::result::Result<Vec<_>, _>>().map_err(map_err(name))?;
+        Ok(super::dsr::DsrView { flags: settings.dsr_flags, nodes: keys.iter().filter_map(super::dsr::net_of).collect() })
+    }
+
     fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<()> {
         let mut map = self.hash_mut::<u32, u32>(names::MAP_UPLINKS)?;
         map.insert(ifindex, groups, 0).map_err(map_err(names::MAP_UPLINKS))

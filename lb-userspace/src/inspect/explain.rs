@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{bail, Result};
 use lb_common::{
+    dsr::Reach,
     liveness::{self, UdpClock},
     select::{self, Lookup, Origin, ServiceMaps},
     BackendInfo, FlowKey, NodeAddrKey, ServiceInfo, ServiceKey,
@@ -22,7 +23,10 @@ use crate::{
     control::source_ranges,
     dataplane::Dataplane,
     desired::{admits, bytes_ip, ip_bytes, Proto, Sources},
-    inspect::report::uplink_name,
+    inspect::{
+        reach::{self, Reacher},
+        report::uplink_name,
+    },
     status::AgentStatus,
 };
 
@@ -38,6 +42,10 @@ pub struct Explanation {
     pub flow: &'static str,
     /// Where the connection goes (the pinned backend of an existing flow).
     pub backend: Option<BackendAddr>,
+    /// How this node reaches `backend` (lb_common::dsr::Reach: `local`, `full-nat`, `dsr`, or
+    /// `unknown` without a route): an existing flow's entry says; for a new one the caller asks
+    /// the routes ([`with_reach`]).
+    pub reach: Option<&'static str>,
     /// Where a new connection with this tuple would go: Maglev's pick.
     pub new_flow_backend: Option<BackendAddr>,
     /// The slot of the service's ring Maglev's pick is in, and the ring's size.
@@ -62,6 +70,7 @@ impl Explanation {
             service_name: None,
             flow: "none",
             backend: None,
+            reach: None,
             new_flow_backend: None,
             ring_slot: None,
             ring_size: None,
@@ -106,10 +115,11 @@ pub fn explain(
     let flow_key = FlowKey { src, dst: ip_bytes(service.ip()).0, sport: client.port(), dport: service.port(), proto, family, _pad: 0 };
     let pinned = dp
         .flow(&flow_key)?
-        .and_then(|flow| backends.get(flow.backend_id as usize).filter(|b| liveness::flow_alive(&flow, b, proto, || udp_clock)));
-    if let Some(backend) = pinned {
+        .and_then(|flow| backends.get(flow.backend_id as usize).filter(|b| liveness::flow_alive(&flow, b, proto, || udp_clock)).map(|b| (b, flow.kind)));
+    if let Some((backend, kind)) = pinned {
         out.flow = "existing";
         out.backend = addr_of(backend);
+        out.reach = Some(Reach::of_flow(kind).name());
     }
     let Some(info) = exposed_service(dp, &mut out, via, status)? else {
         return Ok(out);
@@ -130,6 +140,15 @@ pub fn explain(
         out.backend = out.new_flow_backend;
     }
     Ok(out)
+}
+
+/// `e` with how a new flow's backend is reached, as `reacher` finds it (an existing flow's is
+/// in its entry already).
+pub fn with_reach(mut e: Explanation, reacher: &mut Reacher) -> Explanation {
+    if let (None, Some(b)) = (e.reach, &e.backend) {
+        e.reach = Some(reach::name(reacher.reach(b.address)));
+    }
+    e
 }
 
 /// The service `out` asks about, if it is served where the packet comes from (`via`, else any
@@ -260,6 +279,9 @@ pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
         )?,
         _ => writeln!(out, "{}", e.reason.as_deref().unwrap_or("no backend"))?,
     }
+    if let Some(reach) = e.reach {
+        writeln!(out, "  reached by {reach}: {}", reach_text(reach))?;
+    }
     if !e.source_ranges.is_empty() {
         writeln!(out, "  source ranges: {}", e.source_ranges.join(" "))?;
     }
@@ -268,6 +290,16 @@ pub fn print(e: &Explanation, json: bool, out: &mut impl Write) -> Result<()> {
         writeln!(out, "  exposed on {on}; not on {}", e.not_exposed_on.join(", "))?;
     }
     Ok(())
+}
+
+/// What each way of reaching a backend means for the connection.
+fn reach_text(reach: &str) -> &'static str {
+    match reach {
+        "local" => "destination rewritten, delivered through this node's stack",
+        "full-nat" => "source and destination rewritten, out of the uplink; replies come back through this node",
+        "dsr" => "encapsulated to the backend's node, which delivers it; replies go from there to the client",
+        _ => "this node has no route to the backend",
+    }
 }
 
 #[cfg(test)]

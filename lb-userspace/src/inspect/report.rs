@@ -42,6 +42,10 @@ pub struct BackendView {
     pub weight: u32,
     /// `active` or `draining`.
     pub state: &'static str,
+    /// How this node reaches it: `local` (through its stack), `full-nat`, `dsr`, or `unknown`
+    /// (no route here); empty where not asked (see [`services_served`]).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reach: &'static str,
     #[serde(skip)]
     pub id: u32,
 }
@@ -57,7 +61,7 @@ fn service_address(id: &ServiceId) -> String {
 fn backend_view(id: u32, b: &BackendInfo) -> Option<BackendView> {
     let ip = bytes_ip(&b.addr, b.family)?;
     let state = if b.state == BACKEND_ACTIVE { "active" } else { "draining" };
-    Some(BackendView { address: ip.to_string(), port: b.port, weight: b.weight, state, id })
+    Some(BackendView { address: ip.to_string(), port: b.port, weight: b.weight, state, reach: "", id })
 }
 
 /// Where the maps serve each group word from the network, what the groups are called, and
@@ -114,6 +118,15 @@ pub fn services_served(dp: &dyn Dataplane, status: Option<&AgentStatus>) -> Resu
     views(dp, Some(&Exposure::read(dp, status)?))
 }
 
+/// `views` with how each backend is reached, as `reacher` finds it (`lb services`).
+pub fn with_reach(mut views: Vec<ServiceView>, reacher: &mut crate::inspect::reach::Reacher) -> Vec<ServiceView> {
+    for backend in views.iter_mut().flat_map(|v| v.backends.iter_mut()) {
+        let addr = backend.address.parse().ok();
+        backend.reach = crate::inspect::reach::name(addr.and_then(|a| reacher.reach(a)));
+    }
+    views
+}
+
 fn views(dp: &dyn Dataplane, exposure: Option<&Exposure>) -> Result<Vec<ServiceView>> {
     let backends = dp.backends()?;
     let mut by_service: BTreeMap<u32, Vec<BackendView>> = BTreeMap::new();
@@ -159,8 +172,9 @@ pub fn print_services(services: &[ServiceView], json: bool, out: &mut impl Write
         writeln!(out)?;
         return Ok(());
     }
-    let header = ("SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE", "GROUP", "SERVED ON");
-    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8} {:<12} {:<24} SOURCES", header.0, header.1, header.2, header.3, header.4, header.5, header.6, header.7)?;
+    let header = ("SERVICE", "PROTO", "NAME", "BACKEND", "WEIGHT", "STATE", "REACH", "GROUP", "SERVED ON");
+    let h = header;
+    writeln!(out, "{:<28} {:<5} {:<24} {:<28} {:>6} {:<8} {:<8} {:<12} {:<24} SOURCES", h.0, h.1, h.2, h.3, h.4, h.5, h.6, h.7, h.8)?;
     for s in services {
         let service = format!("{}:{}", bracket(&s.address), s.port);
         let (groups, served_on) = (s.groups.join(","), if s.served_on.is_empty() { "local clients only".to_owned() } else { s.served_on.join(",") });
@@ -169,12 +183,13 @@ pub fn print_services(services: &[ServiceView], json: bool, out: &mut impl Write
             1..=3 => s.source_ranges.join(","),
             n => format!("{n} ranges (--json lists them)"),
         };
-        let rows: Vec<(String, String, String)> = match s.backends.is_empty() {
-            true => vec![("-".into(), "-".into(), "-".into())],
-            false => s.backends.iter().map(|b| (format!("{}:{}", bracket(&b.address), b.port), b.weight.to_string(), b.state.to_owned())).collect(),
+        let row = |b: &BackendView| (format!("{}:{}", bracket(&b.address), b.port), b.weight.to_string(), b.state, b.reach);
+        let rows: Vec<(String, String, &str, &str)> = match s.backends.is_empty() {
+            true => vec![("-".into(), "-".into(), "-", "-")],
+            false => s.backends.iter().map(row).collect(),
         };
-        for (backend, weight, state) in rows {
-            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {weight:>6} {state:<8} {groups:<12} {served_on:<24} {sources}", s.protocol.as_str(), s.name)?;
+        for (backend, weight, state, reach) in rows {
+            writeln!(out, "{service:<28} {:<5} {:<24} {backend:<28} {weight:>6} {state:<8} {reach:<8} {groups:<12} {served_on:<24} {sources}", s.protocol.as_str(), s.name)?;
         }
     }
     Ok(())
@@ -403,6 +418,13 @@ fn print_bgp(bgp: &crate::status::BgpStatus, out: &mut impl Write) -> Result<()>
     Ok(())
 }
 
+/// The direct-server-return line of `lb status`.
+fn print_dsr(dsr: &crate::status::DsrStatus, out: &mut impl Write) -> Result<()> {
+    let list = |l: &[String]| if l.is_empty() { "nowhere".to_owned() } else { l.join(", ") };
+    writeln!(out, "DSR (GUE on UDP {}): encapsulating to {}; decapsulating from {}", dsr.port, list(&dsr.nodes), list(&dsr.decap_from))?;
+    Ok(())
+}
+
 /// `lb status`.
 pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl Write) -> Result<()> {
     if json {
@@ -434,6 +456,9 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     }
     if let Some(bgp) = &status.bgp {
         print_bgp(bgp, out)?;
+    }
+    if let Some(dsr) = &status.dsr {
+        print_dsr(dsr, out)?;
     }
     if !status.not_programmed.is_empty() {
         writeln!(out, "NOT PROGRAMMED: {} services (limits reached)", status.not_programmed.len())?;

@@ -117,6 +117,11 @@ impl NeighbourResolver {
         Ok(true)
     }
 
+    /// The interface the kernel's route to `addr` leaves by (a local address: loopback).
+    pub fn route_interface(&mut self, addr: IpAddr) -> Result<u32, NeighbourError> {
+        self.next_hop(addr).map(|hop| hop.ifindex)
+    }
+
     fn next_hop(&mut self, backend: IpAddr) -> Result<NextHop, NeighbourError> {
         let answer = self.transact("RTM_GETROUTE", route_query(backend), 0)?;
         match answer {

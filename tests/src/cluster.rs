@@ -83,6 +83,13 @@ pub struct Balancer {
     bird: Option<Bird>,
 }
 
+impl Balancer {
+    /// Whether its agent runs (it was not killed).
+    pub fn is_running(&self) -> bool {
+        self.node.agent.is_some()
+    }
+}
+
 pub struct Cluster {
     pub router: Netns,
     pub client: Netns,

@@ -16,6 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   build             install prerequisites, build the eBPF object and `lb` (release)
   test              install prerequisites, build, run every test (privileged ones included)
   demo              install prerequisites, build, show the data path working in network namespaces
+  demo multi-node   the same for three balancer nodes behind a BGP/ECMP router, one of which dies
   run -- ARGS...    install prerequisites, build, run `lb run ARGS...` on this node
   bench [-- ARGS]   install prerequisites, build (release), measure; writes docs/benchmarks.{md,json}
   fuzz [--seed N] [--cases N] [--hook xdp|tc|both]
@@ -58,9 +59,14 @@ fn real_main() -> Result<()> {
             test()
         }
         "demo" => {
+            let bin = match rest.first().map(String::as_str) {
+                None => "lb-demo",
+                Some("multi-node") => "lb-demo-multi-node",
+                Some(other) => bail!("cargo xtask demo: unknown demo {other:?} (none, or multi-node)"),
+            };
             prereqs::ensure_all()?;
             build_release()?;
-            cargo(&["run", "--release", "--quiet", "-p", "lb-tests", "--bin", "lb-demo"], &release_env())
+            cargo(&["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bin], &release_env())
         }
         "bench" => bench(&rest),
         "fuzz" => {

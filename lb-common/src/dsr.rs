@@ -127,6 +127,23 @@ pub const ENCAP: u16 = 1;
 /// (`--decap-from`).
 pub const DECAP: u16 = 2;
 
+/// Whether a decapsulated packet is one for the previous ring's second chance: a TCP segment
+/// that opens nothing (not a SYN: a new connection is the named backend's), of a connection this
+/// node holds no reply entry for (`known`), not forwarded by a second chance already.
+#[inline(always)]
+pub const fn wants_second_chance(hop_flags: u8, proto: u8, tcp_flags: u8, known: bool) -> bool {
+    hop_flags & HOP_SECOND_CHANCE == 0 && proto == crate::PROTO_TCP && tcp_flags & crate::TCP_SYN == 0 && !known
+}
+
+/// Whether the backend `backend_id` (`backend`) the previous ring of service `service_id` gives
+/// a flow of `family` is a second chance for it: a real entry of that service, not removed since
+/// (draining is fine: it keeps its connections), other than the backend the packet named.
+#[inline(always)]
+pub fn second_chance_to(backend_id: u32, backend: &crate::BackendInfo, service_id: u32, family: u8, named: &[u8; 16], named_port: u16) -> bool {
+    let other = backend.port != named_port || backend.addr != *named;
+    backend_id != 0 && backend.state != crate::BACKEND_UNUSED && backend.service_id == service_id && backend.family == family && other
+}
+
 /// What the outer headers of one encapsulated packet say.
 pub struct Outer<'a> {
     /// The route to the backend: the link-layer addresses, and this node's address on it (the
@@ -353,6 +370,23 @@ mod tests {
         assert_eq!(reach(true, DECAP, never), Reach::FullNat);
         assert_eq!(reach(true, ENCAP, || false), Reach::FullNat);
         assert_eq!(reach(true, ENCAP | DECAP, || true), Reach::Dsr);
+    }
+
+    #[test]
+    fn a_second_chance_is_for_mid_flow_tcp_of_unknown_connections_once() {
+        use crate::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+        assert!(wants_second_chance(0, PROTO_TCP, TCP_ACK, false));
+        assert!(!wants_second_chance(0, PROTO_TCP, TCP_ACK, true), "this node holds it");
+        assert!(!wants_second_chance(0, PROTO_TCP, TCP_SYN, false), "a new connection");
+        assert!(!wants_second_chance(0, PROTO_UDP, 0, false));
+        assert!(!wants_second_chance(HOP_SECOND_CHANCE, PROTO_TCP, TCP_ACK, false), "once");
+        let b = crate::BackendInfo { addr: v4_bytes([10, 0, 0, 5]), port: 31000, family: FAMILY_V4, state: crate::BACKEND_DRAINING, service_id: 3, ..Default::default() };
+        assert!(second_chance_to(7, &b, 3, FAMILY_V4, &v4_bytes([10, 0, 0, 6]), 31000));
+        assert!(!second_chance_to(7, &b, 3, FAMILY_V4, &v4_bytes([10, 0, 0, 5]), 31000), "the one named");
+        assert!(!second_chance_to(7, &b, 4, FAMILY_V4, &v4_bytes([10, 0, 0, 6]), 31000), "another service's");
+        assert!(!second_chance_to(0, &b, 3, FAMILY_V4, &v4_bytes([10, 0, 0, 6]), 31000), "the ring's filler");
+        let gone = crate::BackendInfo { state: crate::BACKEND_UNUSED, ..b };
+        assert!(!second_chance_to(7, &gone, 3, FAMILY_V4, &v4_bytes([10, 0, 0, 6]), 31000), "removed");
     }
 
     #[test]

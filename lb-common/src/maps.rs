@@ -394,10 +394,28 @@ pub struct Scratch {
     pub outer: [u8; OUTER_ROOM],
     /// The local backend a decapsulated DSR packet names (its outer destination).
     pub decap_backend: [u8; 16],
+    /// The backend id a DSR packet's second chance goes to.
+    pub second_chance: u32,
+    /// The local backend's port a decapsulated DSR packet names.
+    pub decap_port: u16,
+    pub _pad3: u16,
 }
 
 /// `Scratch::outer`'s size: the IPv6 outer headers, rounded up to whole words.
 pub const OUTER_ROOM: usize = crate::dsr::OUTER6_LEN.next_multiple_of(8);
+
+/// Value of `PREVIOUS_RINGS` (by service id): the ring a service had before its last change,
+/// kept in the pool for a while, so a node that receives a mid-flow packet for a connection it
+/// does not hold can send it once to the backend the previous ring chose (the second chance,
+/// lb-ebpf/src/dsr.rs). `ring_size` 0: none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreviousRing {
+    pub ring_start: u32,
+    pub ring_size: u32,
+    /// Until when (bpf_ktime_get_ns) it is used; the agent frees it after that.
+    pub until_ns: u64,
+}
 
 /// `Scratch::refusal`'s size: the longest refusal (ICMPv6), rounded up to whole words.
 pub const REFUSAL_ROOM: usize = crate::refusal::ICMP6_LEN.next_multiple_of(8);
@@ -567,7 +585,7 @@ const _: () = assert!(core::mem::size_of::<FlowInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<NatReply>() == 40);
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 const _: () = assert!(core::mem::size_of::<CachedRoute>() == 48);
-const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM + 32 + 24 + OUTER_ROOM + 16);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 248 + REFUSAL_ROOM + 32 + 24 + OUTER_ROOM + 24);
 const _: () = assert!(core::mem::size_of::<UplinkHop>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<ReplyInfo>() == 24);
@@ -575,6 +593,7 @@ const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<NodeAddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<PreviousRing>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -606,6 +625,7 @@ mod pod {
         super::FibParams,
         super::Scratch,
         super::ServiceName,
+        super::PreviousRing,
         crate::sources::SourceRange,
         crate::dsr::NodeRange,
     );

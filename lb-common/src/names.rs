@@ -48,6 +48,7 @@ pub const MAP_TUPLE_FLOWS4: &str = "TUPLE_FLOWS4";
 pub const MAP_ROUTES: &str = "ROUTES";
 pub const MAP_DSR_NODES: &str = "DSR_NODES";
 pub const MAP_DECAP_FROM: &str = "DECAP_FROM";
+pub const MAP_PREVIOUS_RINGS: &str = "PREVIOUS_RINGS";
 
 /// The flow-like maps, each sized by `--max-flows`.
 pub const FLOW_MAPS: [&str; 6] = [MAP_FLOWS, MAP_FLOWS4, MAP_REPLIES, MAP_REPLIES4, MAP_NAT_REPLIES, MAP_SOCK_REPLIES];
@@ -67,6 +68,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SOURCE_REFUSALS,
     MAP_NODE_ADDRS,
     MAP_RINGS,
+    MAP_PREVIOUS_RINGS,
     MAP_BACKENDS,
     MAP_FLOWS,
     MAP_FLOWS4,

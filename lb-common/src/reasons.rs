@@ -91,6 +91,11 @@ pub enum Reason {
     /// A packet for a DSR backend that would not fit the egress once encapsulated: answered
     /// with ICMP fragmentation needed / ICMPv6 packet too big, carrying the MTU that fits.
     TooBig = 30,
+    /// A decapsulated DSR packet of a connection this node holds no state for (not a SYN, no
+    /// reply entry), whose service's previous ring (kept `--second-chance-secs` after a change)
+    /// chose another backend: encapsulated once more, to that backend's node, which holds the
+    /// connection (lb_common::dsr::HOP_SECOND_CHANCE: never forwarded again).
+    SecondChance = 31,
 }
 
 /// Number of outcomes.
@@ -103,7 +108,7 @@ const _: () = assert!(COUNT <= SLOTS);
 
 impl Reason {
     /// Every reason, in slot order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::FwdLocal,
         Reason::ReplyRewritten,
         Reason::NotService,
@@ -135,6 +140,7 @@ impl Reason {
         Reason::DecapRefused,
         Reason::DecapMalformed,
         Reason::TooBig,
+        Reason::SecondChance,
     ];
 
     /// Whether the ingress programs drop a packet with this outcome: traffic for a service that
@@ -196,6 +202,7 @@ impl Reason {
             Reason::DecapRefused => "decap_refused",
             Reason::DecapMalformed => "decap_malformed",
             Reason::TooBig => "too_big",
+            Reason::SecondChance => "second_chance",
         }
     }
 }

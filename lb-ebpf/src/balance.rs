@@ -5,7 +5,7 @@
 //! their clients, DSR packets from balancer nodes are decapsulated for the local path.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{select::Lookup, BackendInfo, NatReply, Reason, UplinkHop, FLOW_DSR, FLOW_NAT, PROTO_UDP, TCP_FIN, TCP_RST};
+use lb_common::{dsr::HOP_SECOND_CHANCE, select::Lookup, BackendInfo, NatReply, Reason, UplinkHop, FLOW_DSR, FLOW_NAT, PROTO_UDP, TCP_FIN, TCP_RST};
 
 use crate::{
     dsr,
@@ -14,7 +14,7 @@ use crate::{
     frame::Frame,
     parse::{self, Parsed},
     refuse::{self, Refused},
-    maps::scratch,
+    maps::{scratch, BACKENDS},
     rewrite::Nat,
     nat, select, service, stats,
 };
@@ -39,7 +39,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
     let mut packet = parse::parse(start, end, frame.frame_len())?;
     if !service::service_port_used(&packet) || !service::service_addr_possible(&packet) {
         if packet.proto == PROTO_UDP && dsr::is_encapsulated(&packet) {
-            return decapsulated(frame, &mut packet);
+            return decapsulated(frame, ingress, &mut packet);
         }
         return not_for_a_service(frame, ingress, &packet);
     }
@@ -96,7 +96,7 @@ fn balance<F: Frame>(frame: &F, ingress: u32) -> Result<(Reason, u32), Reason> {
 fn forward_dsr<F: Frame>(frame: &F, ingress: u32, packet: &Parsed, mut target: Target, len: u64) -> Result<(Reason, u32), Reason> {
     let backend = target.backend;
     let hop = backend_route(frame, ingress, packet, target.route.take(), target.backend_id, backend)?;
-    match dsr::encapsulate(frame, ingress, packet, backend, hop)? {
+    match dsr::encapsulate(frame, packet, backend, hop, 0)? {
         dsr::Encapsulated::Sent(action) => {
             flow::forwarded(packet, &mut target);
             stats::count_traffic(target.service_id, target.backend_id, len, target.new_flow);
@@ -129,10 +129,38 @@ fn backend_route<F: Frame>(
 /// A DSR packet from a balancer node: out of its encapsulation, to the local backend it names
 /// (crate::dsr), through the stack as a local flow's packets go.
 #[inline(always)]
-fn decapsulated<F: Frame>(frame: &F, packet: &mut Parsed) -> Result<(Reason, u32), Reason> {
+fn decapsulated<F: Frame>(frame: &F, ingress: u32, packet: &mut Parsed) -> Result<(Reason, u32), Reason> {
     let port = dsr::decapsulate(frame, packet)?;
+    if port == 0 {
+        return second_chance(frame, ingress, packet);
+    }
     let backend = &scratch()?.decap_backend;
     let to = Nat { src: &packet.src, sport: packet.sport, dst: backend, dport: port, hop: false };
+    frame.nat(packet, &to)?;
+    Ok((Reason::Decapsulated, F::PASS))
+}
+
+/// A decapsulated packet the previous ring sends elsewhere (`Scratch::second_chance`):
+/// encapsulated once more to that backend's node, marked so it goes no further; a backend at
+/// one of this node's addresses gets it through the local path. A route lookup that finds no
+/// uplink for another node's backend (forwarding disabled here) leaves it with the backend the
+/// packet named, as without a second chance.
+#[inline(always)]
+fn second_chance<F: Frame>(frame: &F, ingress: u32, packet: &Parsed) -> Result<(Reason, u32), Reason> {
+    let s = scratch()?;
+    let id = s.second_chance;
+    let backend = BACKENDS.get(id).ok_or(Reason::BadBackend)?;
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Route::Uplink(hop) = forward::to_backend(frame.ctx_ptr(), ingress, packet.proto, id, backend, now)? {
+        return match dsr::encapsulate(frame, packet, backend, hop, HOP_SECOND_CHANCE)? {
+            dsr::Encapsulated::Sent(action) => Ok((Reason::SecondChance, action)),
+            dsr::Encapsulated::TooBig(mtu) => refuse::too_big(frame, ingress, packet, mtu),
+        };
+    }
+    let (addr, port) = if service::is_node_addr(&backend.addr, backend.family) { (backend.addr, backend.port) } else { (s.decap_backend, s.decap_port) };
+    flow::remember_service(packet, &addr, port, s)?;
+    let to = Nat { src: &packet.src, sport: packet.sport, dst: &addr, dport: port, hop: false };
     frame.nat(packet, &to)?;
     Ok((Reason::Decapsulated, F::PASS))
 }

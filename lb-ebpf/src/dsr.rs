@@ -2,16 +2,18 @@
 //! backend's node inside the encapsulation (`encapsulate`), and that node's agent takes them out
 //! (`decapsulate`) and hands them to its local path, from where the replies go to the client.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     dsr::{self, Outer},
-    hash, BackendInfo, Reason, UplinkHop, FAMILY_V4, PROTO_TCP, TCP_SYN,
+    hash, ring_pool, select, BackendInfo, Reason, ServiceKey, UplinkHop, FAMILY_V4, PROTO_TCP, TCP_SYN,
 };
 
 use crate::{
     flow,
     frame::Frame,
-    maps::{self, scratch, settings, DECAP_FROM},
+    maps::{self, scratch, settings, BACKENDS, DECAP_FROM, PREVIOUS_RINGS, SERVICES},
     parse::{self, Parsed},
+    ring,
 };
 
 const ETH_LEN: usize = 14;
@@ -32,7 +34,7 @@ pub enum Encapsulated {
 /// Sends a DSR flow's packet out of `hop` to its backend's node: the client's SYN has its MSS
 /// clamped so that full segments fit once encapsulated.
 #[inline(never)]
-pub fn encapsulate<F: Frame>(frame: &F, ingress: u32, p: &Parsed, backend: &BackendInfo, hop: &UplinkHop) -> Result<Encapsulated, Reason> {
+pub fn encapsulate<F: Frame>(frame: &F, p: &Parsed, backend: &BackendInfo, hop: &UplinkHop, hop_flags: u8) -> Result<Encapsulated, Reason> {
     let settings = settings().ok_or(Reason::RewriteFailed)?;
     let overhead = dsr::overhead(p.family);
     let (fits, mtu) = frame.check_mtu(hop.ifindex, overhead as i32)?;
@@ -51,7 +53,7 @@ pub fn encapsulate<F: Frame>(frame: &F, ingress: u32, p: &Parsed, backend: &Back
         hash: hash::flow_hash(&p.src, p.sport, p.proto),
         port: settings.dsr_port,
         backend_port: backend.port,
-        hop_flags: 0,
+        hop_flags,
     };
     if p.family == FAMILY_V4 {
         let out = s.outer.first_chunk_mut::<{ dsr::OUTER4_LEN }>().ok_or(Reason::RewriteFailed)?;
@@ -62,7 +64,7 @@ pub fn encapsulate<F: Frame>(frame: &F, ingress: u32, p: &Parsed, backend: &Back
         dsr::outer_v6(&outer, out);
         frame.encap(out, p.family)?;
     }
-    Ok(Encapsulated::Sent(frame.send(ingress, hop.ifindex)))
+    Ok(Encapsulated::Sent(frame.send(frame.ingress(), hop.ifindex)))
 }
 
 /// Lowers the MSS option of a SYN to `limit` if it announces more.
@@ -105,7 +107,10 @@ pub fn is_encapsulated(p: &Parsed) -> bool {
 /// Takes an encapsulated packet from a balancer node out of its encapsulation: `p` becomes the
 /// inner packet, and the local backend it names (the outer destination, and the port in the GUE
 /// header) is returned, its address in the scratch area (`Scratch::decap_backend`); the reply
-/// entry restoring the service address (the inner destination) is written. From anywhere else
+/// entry restoring the service address (the inner destination) is written. A mid-flow packet of
+/// a connection this node does not hold, whose service's previous ring chose another backend,
+/// returns port 0 instead, that backend's id in `Scratch::second_chance` (and the named port in
+/// `Scratch::decap_port`). From anywhere else
 /// the packet is not touched (Reason::DecapRefused); one that is not what a balancer sends is
 /// dropped. The caller rewrites the destination: called from here, the rewrite's frame on top
 /// of this one's and the balancer's would pass the 512-byte BPF stack.
@@ -116,7 +121,7 @@ pub fn decapsulate<F: Frame>(frame: &F, p: &mut Parsed) -> Result<u16, Reason> {
     }
     let (start, end) = frame.window();
     let gue = parse::view::<{ dsr::GUE_LEN }>(start, end, p.l4 + 8).map_err(|_| Reason::DecapMalformed)?;
-    let (backend_port, _hop) = dsr::read_gue(gue, p.family).ok_or(Reason::DecapMalformed)?;
+    let (backend_port, hop_flags) = dsr::read_gue(gue, p.family).ok_or(Reason::DecapMalformed)?;
     let s = scratch()?;
     s.decap_backend = p.dst;
     let family = p.family;
@@ -128,6 +133,33 @@ pub fn decapsulate<F: Frame>(frame: &F, p: &mut Parsed) -> Result<u16, Reason> {
         return Err(Reason::DecapMalformed);
     }
     let backend = s.decap_backend;
+    s.decap_port = backend_port;
+    let known = flow::reply_known(p, &backend, backend_port, s);
+    if dsr::wants_second_chance(hop_flags, p.proto, p.tcp_flags, known) {
+        if let Some(id) = previous_choice(p, &backend, backend_port) {
+            s.second_chance = id;
+            return Ok(0);
+        }
+    }
     flow::remember_service(p, &backend, backend_port, s)?;
     Ok(backend_port)
+}
+
+/// The backend the previous ring of `p`'s service (a VIP) gives `p`'s client, while that ring
+/// is kept, if it is a second chance for a packet naming `named`:`named_port`.
+#[inline(always)]
+fn previous_choice(p: &Parsed, named: &[u8; 16], named_port: u16) -> Option<u32> {
+    let key = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    // SAFETY: the id is copied out; no reference outlives the lookup.
+    let service_id = unsafe { SERVICES.get(&key) }?.service_id;
+    let previous = PREVIOUS_RINGS.get(service_id)?;
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if previous.ring_size == 0 || now >= previous.until_ns {
+        return None;
+    }
+    let entry = select::ring_slot(&p.src, p.sport, p.proto, previous.ring_size);
+    let id = ring::ring_entry(ring_pool::slot(previous.ring_start, entry)).ok()?;
+    let backend = BACKENDS.get(id)?;
+    dsr::second_chance_to(id, backend, service_id, p.family, named, named_port).then_some(id)
 }

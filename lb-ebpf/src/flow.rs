@@ -245,29 +245,37 @@ fn set_reply_key(p: &Parsed, addr: &[u8; 16], port: u16, s: &mut Scratch) {
     }
 }
 
-/// The reply entry of a decapsulated DSR packet `p` for the local backend `addr`:`port` (its
-/// service is `p`'s destination), written only when it is missing or says otherwise: one lookup
-/// per packet, so an entry evicted or lost with a restart is back with the next packet, and a
-/// connection whose first packets went elsewhere (another balancer's choice) still gets its
-/// replies restored. Connection-keyed, as the balancer, not this node, pinned the flow.
+/// Whether this node holds a decapsulated DSR packet `p`'s connection to the local backend
+/// `addr`:`port`: a reply entry restoring `p`'s destination (its service). Leaves the entry's
+/// key in the scratch area for [`remember_service`].
 #[inline(always)]
-pub fn remember_service(p: &Parsed, addr: &[u8; 16], port: u16, s: &mut Scratch) -> Result<(), Reason> {
+pub fn reply_known(p: &Parsed, addr: &[u8; 16], port: u16, s: &mut Scratch) -> bool {
     set_reply_key(p, addr, port, s);
-    s.reply.service_addr = p.dst;
-    s.reply.service_port = p.dport;
     let same = |have: &ReplyInfo| have.service_port == p.dport && mem::eq16(&have.service_addr, &p.dst);
-    let remembered = if p.family == FAMILY_V4 {
-        note_tuple_flow4();
+    if p.family == FAMILY_V4 {
         // SAFETY: read during this run only; the kernel keeps the element allocated until it ends.
-        if unsafe { REPLIES4.get(&s.reply_key4) }.is_some_and(same) {
-            return Ok(());
-        }
-        REPLIES4.insert(&s.reply_key4, &s.reply, 0)
+        unsafe { REPLIES4.get(&s.reply_key4) }.is_some_and(same)
     } else {
         // SAFETY: as above.
-        if unsafe { REPLIES.get(&s.reply_key) }.is_some_and(same) {
-            return Ok(());
-        }
+        unsafe { REPLIES.get(&s.reply_key) }.is_some_and(same)
+    }
+}
+
+/// Writes the reply entry of a decapsulated DSR packet `p` for the local backend `addr`:`port`
+/// (its service is `p`'s destination), unless [`reply_known`]: one lookup per packet, so an
+/// entry evicted or lost with a restart is back with the next packet. Connection-keyed, as the
+/// balancer, not this node, pinned the flow.
+#[inline(always)]
+pub fn remember_service(p: &Parsed, addr: &[u8; 16], port: u16, s: &mut Scratch) -> Result<(), Reason> {
+    if reply_known(p, addr, port, s) {
+        return Ok(());
+    }
+    s.reply.service_addr = p.dst;
+    s.reply.service_port = p.dport;
+    let remembered = if p.family == FAMILY_V4 {
+        note_tuple_flow4();
+        REPLIES4.insert(&s.reply_key4, &s.reply, 0)
+    } else {
         REPLIES.insert(&s.reply_key, &s.reply, 0)
     };
     remembered.map_err(|_| Reason::FlowTableFull)

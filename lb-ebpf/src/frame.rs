@@ -55,6 +55,8 @@ pub trait Frame {
     fn replace<const N: usize>(&self, bytes: &[u8; N]) -> Result<(), Reason>;
     /// The action that transmits the frame out of `egress`.
     fn send(&self, ingress: u32, egress: u32) -> u32;
+    /// The interface the frame arrived on.
+    fn ingress(&self) -> u32;
     /// Whether the frame fits out of `egress` once `grow` bytes longer, and its MTU.
     fn check_mtu(&self, egress: u32, grow: i32) -> Result<(bool, u32), Reason> {
         check_mtu(self.ctx_ptr(), egress, grow)
@@ -138,6 +140,12 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn send(&self, ingress: u32, egress: u32) -> u32 {
         forward::send(ingress, egress)
+    }
+
+    #[inline(always)]
+    fn ingress(&self) -> u32 {
+        // SAFETY: ctx is the xdp_md the kernel passed to this program, valid for the whole run.
+        unsafe { (*self.ctx).ingress_ifindex }
     }
 
     #[inline(always)]
@@ -255,6 +263,13 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
+    fn ingress(&self) -> u32 {
+        // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program, valid for the
+        // whole run.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
     fn prepare_options(&self, p: &Parsed) -> Result<(), Reason> {
         // The longest TCP header: 60 bytes.
         let want = (p.l4 + 60) as u32;
@@ -277,7 +292,14 @@ impl Frame for TcContext {
         let l3 = if family == FAMILY_V4 { BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 } else { BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 };
         // Room after the Ethernet header; the flags tell GSO it is now a UDP tunnel packet.
         let flags = (l3 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP) as u64;
-        self.adjust_room((N - ETH_LEN) as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| Reason::RewriteFailed)?;
+        let grow = (N - ETH_LEN) as i32;
+        // An skb that is still marked encapsulated (a veth hands the peer namespace the skb a
+        // balancer encapsulated, mark and all, and the decapsulation does not clear it) refuses
+        // the encapsulation flags (-EALREADY): its second chance is grown without them, which is
+        // only GSO's business, and such an skb is one segment.
+        self.adjust_room(grow, BPF_ADJ_ROOM_MAC, flags)
+            .or_else(|_| self.adjust_room(grow, BPF_ADJ_ROOM_MAC, 0))
+            .map_err(|_| Reason::RewriteFailed)?;
         self.store(0, outer, 0).map_err(|_| Reason::RewriteFailed)
     }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     dsr::NodeRange, reasons, ring_pool, sources::SourceRange, BackendInfo, CachedRoute, FibParams, FlowInfo, FlowKey, FlowKey4, IfaceCounters, NodeAddrKey,
-    NatReply, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    NatReply, PreviousRing, ReplyInfo, ServiceInfo, ServiceKey, ServiceName, Scratch, Settings, SockKey, TrafficCounters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOURCE_RANGES, HOOKS_PER_IFACE, MAX_COUNTED_IFINDEX, SERVICE_ADDR_WORDS, SERVICE_PORT_WORDS,
 };
 
@@ -60,6 +60,10 @@ pub static NODE_ADDRS: HashMap<NodeAddrKey, u32, 256> = HashMap::new();
 /// instead of one syscall per slot.
 #[btf_map]
 pub static RINGS: Array<u64, RING_POOL, { BPF_F_MMAPABLE as usize }> = Array::new();
+/// The ring each service had before its last change, while it is kept (by service id; see
+/// lb_common::PreviousRing): the second chance of a DSR packet (crate::dsr).
+#[btf_map]
+pub static PREVIOUS_RINGS: Array<PreviousRing, MAX_SERVICES> = Array::new();
 /// Backends by id (id 0 unused). Memory-mappable: the agent and `lb` read all of it with one
 /// copy (a metrics scrape reads every backend; one syscall per element cost ~1 µs each).
 #[btf_map]

@@ -22,7 +22,7 @@ pub fn pick(svc: &ServiceInfo, src: &[u8; 16], sport: u16, proto: u8, family: u8
 
 /// Backend id in `slot` of the ring pool (layout: lb_common::ring_pool).
 #[inline(always)]
-fn ring_entry(slot: u32) -> Result<u32, Reason> {
+pub fn ring_entry(slot: u32) -> Result<u32, Reason> {
     let element = *RINGS.get(ring_pool::element_of(slot)).ok_or(Reason::BadBackend)?;
     Ok(ring_pool::slot_value(element, slot))
 }

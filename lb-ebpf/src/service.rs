@@ -54,6 +54,13 @@ pub fn service_at(addr: &[u8; 16], port: u16, proto: u8, family: u8, client: &[u
     select::service(&Maps, addr, port, proto, family, Origin::Local, client)
 }
 
+/// Whether `addr` is one of this node's addresses (`NODE_ADDRS`).
+#[inline(always)]
+pub fn is_node_addr(addr: &[u8; 16], family: u8) -> bool {
+    // SAFETY: only whether the key exists is read.
+    unsafe { NODE_ADDRS.get(&NodeAddrKey { addr: *addr, family, _pad: 0, _pad2: 0 }) }.is_some()
+}
+
 /// lb_common::select's view of the programs' maps.
 struct Maps;
 

@@ -114,6 +114,12 @@ impl Cluster {
     /// Builds the cluster and starts every agent and BIRD; returns once the router has a path
     /// through every balancer node.
     pub fn start(balancers: usize, backends: usize, forwarding: Forwarding) -> Result<Self> {
+        Self::start_serving(balancers, backends, backends, forwarding)
+    }
+
+    /// [`Cluster::start`] with the VIP on the first `serving` backend nodes only (the others
+    /// wait to be added).
+    pub fn start_serving(balancers: usize, backends: usize, serving: usize, forwarding: Forwarding) -> Result<Self> {
         let router = router()?;
         let client = Netns::new("lbcl")?;
         let (router_end, client_end) = veth(&router, &client)?;
@@ -124,11 +130,13 @@ impl Cluster {
         let mut tasks = Vec::new();
         for i in 0..backends {
             let node = Node::new(&router, "lbbk", 20 + i)?;
+            // A second chance is forwarded to another node: the route lookups need forwarding.
+            node.ns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]).output()?;
             tasks.push(tcp_echo(&node.ns, SocketAddr::new(node.addr.parse()?, TASK_PORT), &format!("task-{i}"))?);
             backend_nodes.push(node);
         }
-        let all: Vec<usize> = (0..backends).collect();
-        let services = TempFile::new(&services(&all, &[]))?;
+        let first: Vec<usize> = (0..serving).collect();
+        let services = TempFile::new(&services(&first, &[]))?;
         let mut sessions = String::new();
         let mut balancer_nodes = Vec::new();
         for i in 0..balancers {
@@ -225,6 +233,27 @@ impl Cluster {
         for node in self.balancers.iter().map(|b| &b.node).chain(&self.backends) {
             if let Some(agent) = &node.agent {
                 agent.sighup();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running agent programs the VIP with exactly `backends` backends, of which
+    /// `draining` drain.
+    pub fn wait_programmed(&self, backends: usize, draining: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let nodes: Vec<&Node> = self.balancers.iter().map(|b| &b.node).chain(&self.backends).filter(|n| n.agent.is_some()).collect();
+        for node in nodes {
+            loop {
+                let out = crate::agent::lb(Some(&node.ns), &["services", "--json", "--pin-dir", &node.pins.arg()])?;
+                let services: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let list = services[0]["backends"].as_array().cloned().unwrap_or_default();
+                let drained = list.iter().filter(|b| b["state"] == "draining").count();
+                if list.len() == backends && drained == draining {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "{} programs {} backends ({drained} draining), expected {backends} ({draining})", node.addr, list.len());
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
         Ok(())

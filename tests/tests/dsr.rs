@@ -207,3 +207,58 @@ fn the_backend_node_decapsulates_on(hook: Hook) {
         assert!(out == restored, "{hook}: the reply was not restored: {:?}", lb_tests::fixture::packet_diff(&restored, &out));
     }
 }
+
+/// The backend a new flow from `client` to the VIP gets from the programmed ring (lb explain's
+/// pick, the programs' decision).
+fn ring_choice(f: &Fixture, client: (std::net::IpAddr, u16)) -> std::net::IpAddr {
+    let vip = std::net::SocketAddr::new(v4(10, 0, 0, 1), 80);
+    let explained = lb::inspect::explain::explain(&f.maps(), lb::desired::Proto::Tcp, client.into(), vip, None, None, None).unwrap();
+    explained.new_flow_backend.expect("a backend").address
+}
+
+const BEFORE: &str = r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[
+  {"address":"10.202.0.10","port":31000},{"address":"10.202.0.11","port":31000}]}]}"#;
+const AFTER: &str = r#"{"services":[{"name":"web","address":"10.0.0.1","port":80,"backends":[
+  {"address":"10.202.0.10","port":31000},{"address":"10.202.0.11","port":31000},{"address":"10.202.0.12","port":31000}]}]}"#;
+
+#[test]
+fn a_mid_flow_packet_this_node_does_not_hold_gets_one_second_chance() {
+    for hook in INGRESS_HOOKS {
+        uplink_namespace().run(move || a_second_chance_on(hook)).unwrap();
+    }
+}
+
+/// A backend node whose service gained a backend (10.202.0.12): a balancer whose ring now names
+/// .12 for a connection that began before the change sends its next segment there; this node
+/// holds no state for it, so it goes once to the backend the previous ring chose, marked.
+fn a_second_chance_on(hook: Hook) {
+    let mut f = Fixture::load_dsr(hook, dsr::DECAP, &[], &BALANCERS).unwrap();
+    f.apply(BEFORE, &["10.202.0.12"]).unwrap();
+    f.arrive_on(uplink()).unwrap();
+    let client = (v4(10, 202, 0, 1), 40000);
+    let previous = ring_choice(&f, client);
+    f.apply(AFTER, &["10.202.0.12"]).unwrap();
+    let (balancer, named) = (v4(10, 202, 0, 2), v4(10, 202, 0, 12));
+    let vip = (v4(10, 0, 0, 1), 80);
+    let ack = tcp(client, vip, ACK, b"more");
+    let arriving = encapsulated(&ack, balancer, named, 31000, client, 6);
+    let (client_addr, _) = lb::desired::ip_bytes(client.0);
+    let hash = hash::flow_hash(&client_addr, client.1, 6);
+    let previous_mac = if previous == v4(10, 202, 0, 10) { BACKEND_MAC } else { OTHER_MAC };
+    let onward = Gue { src_mac: UP_MAC, dst_mac: previous_mac, src: balancer, dst: previous, sport: 0xc000 | (hash & 0x3fff) as u16, dport: 6080, hash, backend_port: 31000, flags: dsr::HOP_SECOND_CHANCE };
+    let forwarded_once = onward.around(&ack);
+    let mut marked = arriving.clone();
+    marked[14 + 20 + 8 + 6] = dsr::HOP_SECOND_CHANCE;
+    let delivered = reframed(&tcp(client, (named, 31000), ACK, b"more"), UP_MAC, BACKEND_MAC, 64);
+    let new_client = (client.0, 40001);
+    let syn = encapsulated(&syn_with_mss(new_client, vip, 1424), balancer, named, 31000, new_client, 6);
+    let syn_delivered = reframed(&syn_with_mss(new_client, (named, 31000), 1424), UP_MAC, BACKEND_MAC, 64);
+    let held = encapsulated(&tcp(new_client, vip, ACK, b"x"), balancer, named, 31000, new_client, 6);
+    let held_delivered = reframed(&tcp(new_client, (named, 31000), ACK, b"x"), UP_MAC, BACKEND_MAC, 64);
+    f.run_table(&[
+        Case { name: "not held here: to the previous ring's backend, marked", counters: verdict(arriving.len(), "second_chance"), input: arriving, verdict: XDP_TX, output: forwarded_once },
+        Case { name: "already had its second chance: delivered here", counters: verdict(marked.len(), "decapsulated"), input: marked, verdict: XDP_PASS, output: delivered },
+        Case { name: "a SYN opens the connection here", counters: verdict(syn.len(), "decapsulated"), input: syn, verdict: XDP_PASS, output: syn_delivered },
+        Case { name: "a connection held here stays here", counters: verdict(held.len(), "decapsulated"), input: held, verdict: XDP_PASS, output: held_delivered },
+    ]);
+}

@@ -87,6 +87,8 @@ pub struct AgentConfig {
     pub http: Option<crate::http::HttpConfig>,
     /// VIPs announced through BIRD, when `--bird-socket` is given.
     pub bird: Option<crate::announce::BirdConfig>,
+    /// `--second-chance-secs`.
+    pub second_chance_secs: u64,
 }
 
 impl AgentConfig {
@@ -141,6 +143,7 @@ impl AgentConfig {
             metrics,
             http,
             bird,
+            second_chance_secs: args.second_chance_secs,
         })
     }
 

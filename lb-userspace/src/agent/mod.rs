@@ -115,7 +115,8 @@ fn program(config: AgentConfig, status: AgentStatus) -> Result<program::Agent<Pi
     let neighbours = NeighbourResolver::new()?;
     let dataplane = PinnedMaps::new(config.pin_dir());
     let settings = &config.plan.load.settings;
-    let mut agent = program::Agent::new(dataplane, config.serving, settings.nat_ports, config.static_services, status);
+    let mut agent = program::Agent::new(dataplane, config.serving, settings.nat_ports, config.static_services, status)
+        .with_second_chance(config.second_chance_secs);
     if let Some(bird) = config.bird {
         agent = agent.with_announcer(crate::announce::Announcer::new(bird));
     }

@@ -84,16 +84,27 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
+    /// Keeps replaced rings as previous rings for `secs` (`--second-chance-secs`).
+    pub fn with_second_chance(mut self, secs: u64) -> Self {
+        self.reconciler = std::mem::take(&mut self.reconciler).with_second_chance(secs);
+        self
+    }
+
     pub fn with_udp_timeout(mut self, secs: u64) -> Self {
         self.udp_timeout_ns = secs.saturating_mul(1_000_000_000);
         self
     }
 
-    /// The periodic work between syncs: full-NAT mappings expired, the announcer told the data
+    /// The periodic work between syncs: full-NAT mappings and previous rings expired, the announcer told the data
     /// path's state (and retried after a failure), and the node's addresses (DHCP, an operator's
     /// `ip addr add`) and their group words followed.
     pub fn housekeep(&mut self, now_ns: u64) {
         self.expire_nat_mappings(now_ns);
+        match self.reconciler.expire_previous_rings(now_ns, &mut self.dataplane) {
+            Ok(0) => {}
+            Ok(freed) => debug!(freed, "previous rings expired"),
+            Err(err) => warn!("expiring previous rings: {err}"),
+        }
         if let Some(announcer) = self.announcer.as_mut() {
             let before = announcer.status().clone();
             // A retry after a failure, or a change of the data path's state.

@@ -154,6 +154,11 @@ pub struct RunArgs {
     /// From elsewhere they are passed untouched and counted (decap_refused).
     #[arg(long = "decap-from", value_name = "CIDR", value_parser = cidr, help_heading = "Several balancer nodes")]
     pub decap_from: Vec<ipnet::IpNet>,
+    /// Seconds a service's ring is kept after a change as its previous ring: a DSR packet for a
+    /// connection its backend node does not hold goes once to the backend the previous ring
+    /// chose, so a balancer node lost while backends change breaks no connection. 0: off.
+    #[arg(long, value_name = "SECS", default_value_t = crate::control::previous_rings::DEFAULT_SECS, help_heading = "Several balancer nodes")]
+    pub second_chance_secs: u64,
     /// UDP port of the DSR encapsulation, the same on every node.
     #[arg(long, value_name = "PORT", default_value_t = lb_common::dsr::DEFAULT_PORT, value_parser = port, help_heading = "Several balancer nodes")]
     pub dsr_port: u16,

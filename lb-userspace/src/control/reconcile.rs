@@ -21,7 +21,7 @@ use lb_common::{
 use tracing::{error, info};
 
 use crate::{
-    control::{exposure::Exposure, source_ranges::SourceTable},
+    control::{exposure::Exposure, previous_rings::{self, PreviousRings}, source_ranges::SourceTable},
     dataplane::{limits::Limit, Bitmap, Dataplane, DataplaneError, MapSizes},
     desired::{ip_bytes, Backend, Desired, Service, ServiceId},
     control::ring_alloc::{Ring, RingAllocator},
@@ -50,6 +50,18 @@ pub struct Reconciler {
     unfit: BTreeSet<ServiceId>,
     /// Where services are served: their groups' words.
     exposure: Exposure,
+    /// How long a replaced ring stays the service's previous ring (`--second-chance-secs`).
+    second_chance: KeepSecs,
+}
+
+/// Seconds a previous ring is kept (control::previous_rings), its default when not configured.
+#[derive(Debug, Clone, Copy)]
+struct KeepSecs(u64);
+
+impl Default for KeepSecs {
+    fn default() -> Self {
+        Self(previous_rings::DEFAULT_SECS)
+    }
 }
 
 /// The maps as the last successful pass left them. The agent is the only writer (one agent per
@@ -83,6 +95,8 @@ struct Allocator {
     freed_backends: BTreeSet<u32>,
     /// Every service's source ranges, and room for more.
     sources: SourceTable,
+    /// Every service's previous ring, while it is kept.
+    previous: PreviousRings,
 }
 
 impl Allocator {
@@ -99,10 +113,16 @@ impl Allocator {
     }
 
     /// A free ring of `size` slots; None for size 0 (a service with no active backend has no
-    /// ring).
-    fn ring(&mut self, size: u32) -> Result<Option<Ring>, DataplaneError> {
+    /// ring). A pool with no room left gives up the previous rings first.
+    fn ring(&mut self, size: u32, dp: &mut dyn Dataplane) -> Result<Option<Ring>, DataplaneError> {
         if size == 0 {
             return Ok(None);
+        }
+        if let Some(ring) = self.rings.allocate(size) {
+            return Ok(Some(ring));
+        }
+        for ring in self.previous.release_all(dp)? {
+            self.rings.free(ring);
         }
         let ring = self.rings.allocate(size).ok_or(DataplaneError::Full {
             what: "ring slots",
@@ -148,6 +168,20 @@ impl Reconciler {
         Self { exposure, ..Self::default() }
     }
 
+    /// Keeps each service's replaced ring as its previous ring for `secs` (0: none).
+    pub fn with_second_chance(mut self, secs: u64) -> Self {
+        self.second_chance = KeepSecs(secs);
+        self
+    }
+
+    /// Frees the previous rings whose time is up at `now_ns` (the programs' clock); returns how
+    /// many. Nothing without a mirror: the next pass adopts only the rings still kept.
+    pub fn expire_previous_rings(&mut self, now_ns: u64, dp: &mut dyn Dataplane) -> Result<usize, DataplaneError> {
+        let Some(mirror) = self.mirror.as_mut() else { return Ok(0) };
+        let alloc = &mut mirror.alloc;
+        alloc.previous.expire(now_ns, dp, &mut alloc.freed_rings)
+    }
+
     /// The allocator for maps holding `current` and `backends` (read from the kernel); what the
     /// previous pass freed stays out of the free lists.
     fn allocator_from_maps(
@@ -156,9 +190,11 @@ impl Reconciler {
         current: &BTreeMap<ServiceKey, ServiceInfo>,
         backends: Vec<BackendInfo>,
         sources: SourceTable,
+        dp: &mut dyn Dataplane,
     ) -> Result<Allocator, DataplaneError> {
         let used_services: BTreeSet<u32> = current.values().map(|i| i.service_id).collect();
-        let used_rings = current.values().filter_map(ring_of).chain(self.quarantined_rings.iter().copied());
+        let previous = PreviousRings::adopt(self.second_chance.0, &used_services, limits.max_services, dp)?;
+        let used_rings = current.values().filter_map(ring_of).chain(self.quarantined_rings.iter().copied()).chain(previous.rings());
         let rings = RingAllocator::new(limits.ring_slots, used_rings)
             .map_err(|err| DataplaneError::Layout { name: lb_common::names::MAP_SERVICES, detail: err.to_string() })?;
         let mut members: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -181,6 +217,7 @@ impl Reconciler {
             freed_rings: BTreeSet::new(),
             freed_backends: BTreeSet::new(),
             sources,
+            previous,
         })
     }
 
@@ -216,7 +253,8 @@ impl Reconciler {
             None => {
                 let services: BTreeMap<ServiceKey, ServiceInfo> = dp.services()?.into_iter().collect();
                 let sources = SourceTable::read(dp, limits.max_services, limits.max_source_ranges)?;
-                let alloc = self.allocator_from_maps(limits, &services, dp.backends()?, sources)?;
+                let backends = dp.backends()?;
+                let alloc = self.allocator_from_maps(limits, &services, backends, sources, dp)?;
                 (Pass { maps: Mirror { services, alloc, programmed: BTreeMap::new() }, report: Report::default() }, None)
             }
         };
@@ -420,7 +458,7 @@ fn add(service: &Service, key: &ServiceKey, groups: u32, dp: &mut dyn Dataplane,
     };
     let members: Vec<(u32, Backend)> = ids.iter().copied().zip(service.backends.iter().copied()).collect();
     let ring = build_ring(&members);
-    let slot = match alloc.ring(ring.len() as u32) {
+    let slot = match alloc.ring(ring.len() as u32, dp) {
         Ok(slot) => slot,
         Err(err) => {
             alloc.release_service_id(service_id);
@@ -544,10 +582,11 @@ fn swap_ring(
     if ring == live && active == info.active_backends {
         return Ok((false, *info));
     }
-    let slot = alloc.ring(ring.len() as u32)?;
+    let slot = alloc.ring(ring.len() as u32, dp)?;
     let swapped = place_ring(info.service_id, slot, &ring, active, dp)?;
     dp.set_service(key, &swapped)?;
-    alloc.free_ring(info);
+    // Named as the previous ring only now, once no packet can read it as the live one.
+    alloc.previous.hold(info.service_id, ring_of(info), dp, &mut alloc.freed_rings)?;
     Ok((true, swapped))
 }
 
@@ -600,6 +639,7 @@ fn remove(key: &ServiceKey, info: &ServiceInfo, dp: &mut dyn Dataplane, alloc: &
     dp.set_service_name(info.service_id, "")?;
     dp.reset_service_stats(info.service_id)?;
     alloc.members.remove(&info.service_id);
+    alloc.previous.release(info.service_id, dp, &mut alloc.freed_rings)?;
     alloc.free_ring(info);
     alloc.release_service_id(info.service_id);
     Ok(())
@@ -802,9 +842,20 @@ mod tests {
         r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.2", 31002, 0)]), &mut dp).unwrap();
         assert_eq!(dp.log[0].split(' ').next().unwrap(), "ring");
         assert!(dp.log[1].starts_with("service"));
-        assert_eq!(dp.log[2], format!("backend {drained} state {BACKEND_DRAINING}"));
+        // The replaced ring is named as the previous one (the second chance) once it is no
+        // longer live, and still holds the drained backend.
+        assert!(dp.log[2].starts_with("previous_ring"), "{:?}", dp.log);
+        assert_eq!(dp.log[3], format!("backend {drained} state {BACKEND_DRAINING}"));
         assert!(!live_ring(&dp).contains(&drained));
-        assert_eq!(dp.services.values().next().unwrap().active_backends, 1);
+        let info = *dp.services.values().next().unwrap();
+        assert_eq!(info.active_backends, 1);
+        let previous = dp.previous_rings[&info.service_id];
+        assert!(dp.pool[previous.ring_start as usize..][..previous.ring_size as usize].contains(&drained));
+        // Another change frees it (the new previous ring replaces it); removal clears the entry.
+        r.apply(&web(&[("10.1.0.1", 31001, 1), ("10.1.0.3", 31003, 1)]), &mut dp).unwrap();
+        assert_eq!(dp.previous_rings[&info.service_id].ring_start, info.ring_start, "the ring live before the change");
+        r.apply(&Desired::default(), &mut dp).unwrap();
+        assert!(dp.previous_rings.is_empty(), "{:?}", dp.previous_rings);
     }
 
     #[test]

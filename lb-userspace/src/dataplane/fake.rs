@@ -38,6 +38,8 @@ pub struct FakeDataplane {
     pub service_addrs: Vec<u64>,
     /// The settings' DSR flags and `DSR_NODES`.
     pub dsr: super::dsr::DsrView,
+    /// `PREVIOUS_RINGS` by service id (absent: none).
+    pub previous_rings: BTreeMap<u32, lb_common::PreviousRing>,
     /// Every write, in order, for tests of write ordering.
     pub log: Vec<String>,
 }
@@ -66,6 +68,7 @@ impl FakeDataplane {
             service_ports: vec![0; lb_common::SERVICE_PORT_WORDS as usize],
             service_addrs: vec![0; lb_common::SERVICE_ADDR_WORDS as usize],
             dsr: Default::default(),
+            previous_rings: BTreeMap::new(),
             log: Vec::new(),
         }
     }
@@ -255,6 +258,19 @@ impl Dataplane for FakeDataplane {
 
     fn dsr_view(&self) -> Result<super::dsr::DsrView> {
         Ok(self.dsr.clone())
+    }
+
+    fn previous_rings(&self, ids: u32) -> Result<Vec<lb_common::PreviousRing>> {
+        Ok((0..ids).map(|id| self.previous_rings.get(&id).copied().unwrap_or_default()).collect())
+    }
+
+    fn set_previous_ring(&mut self, service_id: u32, ring: &lb_common::PreviousRing) -> Result<()> {
+        self.log.push(format!("previous_ring {service_id} {}+{}", ring.ring_start, ring.ring_size));
+        match ring.ring_size {
+            0 => self.previous_rings.remove(&service_id),
+            _ => self.previous_rings.insert(service_id, *ring),
+        };
+        Ok(())
     }
 
     fn set_uplink(&mut self, ifindex: u32, groups: u32) -> Result<()> {

@@ -94,6 +94,7 @@ impl Limit {
                 names::MAP_SERVICE_SOURCES,
                 names::MAP_SOURCE_REFUSALS,
                 names::MAP_SERVICE_STATS,
+                names::MAP_PREVIOUS_RINGS,
             ],
             Limit::Backends => &[names::MAP_BACKENDS, names::MAP_BACKEND_STATS, names::MAP_ROUTES],
             Limit::Flows => &names::FLOW_MAPS,

@@ -161,6 +161,9 @@ pub trait Dataplane {
 
     /// What the node does with remote backends: the settings' DSR flags and `DSR_NODES`.
     fn dsr_view(&self) -> Result<dsr::DsrView, DataplaneError>;
+    /// `PREVIOUS_RINGS` of service slots `0..ids`, as `service_names`.
+    fn previous_rings(&self, ids: u32) -> Result<Vec<lb_common::PreviousRing>, DataplaneError>;
+    fn set_previous_ring(&mut self, service_id: u32, ring: &lb_common::PreviousRing) -> Result<(), DataplaneError>;
 
     /// Entries of the flow table (at most `limit`).
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowInfo)>, DataplaneError>;

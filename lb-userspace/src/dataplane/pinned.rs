@@ -379,6 +379,15 @@ impl Dataplane for PinnedMaps {
         ignore_missing(self.source_trie_mut()?.remove(&Key::new(prefix_len, *range)), names::MAP_SOURCE_RANGES)
     }
 
+    fn previous_rings(&self, ids: u32) -> Result<Vec<lb_common::PreviousRing>> {
+        self.read_first::<lb_common::PreviousRing>(names::MAP_PREVIOUS_RINGS, false, ids)
+    }
+
+    fn set_previous_ring(&mut self, service_id: u32, ring: &lb_common::PreviousRing) -> Result<()> {
+        let name = names::MAP_PREVIOUS_RINGS;
+        self.array_mut::<lb_common::PreviousRing>(name)?.set(service_id, *ring, 0).map_err(map_err(name))
+    }
+
     fn service_source_counts(&self, ids: u32) -> Result<Vec<u32>> {
         self.read_first::<u32>(names::MAP_SERVICE_SOURCES, false, ids)
     }

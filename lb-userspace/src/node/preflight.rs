@@ -212,7 +212,7 @@ pub fn forwarding_warnings() -> Vec<String> {
         .filter(|(_, path)| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0"))
         .map(|(name, _)| {
             format!(
-                "{name}=0: backends on other nodes that are not behind an --iface uplink get no traffic (the stack drops what the program counted as fwd_local); sysctl -w {name}=1"
+                "{name}=0: backends on other nodes get no full NAT, DSR or second chance (the programs' route lookups see them as local and the stack drops what they counted as fwd_local); sysctl -w {name}=1"
             )
         })
         .collect()

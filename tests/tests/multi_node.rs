@@ -164,6 +164,16 @@ fn assert_reached_as(cluster: &Cluster, forwarding: Forwarding) {
     for (addr, reach) in reaches(backend) {
         assert_eq!(reach, if addr == backend.addr { "local" } else { "full-nat" }, "{addr} from {}", backend.addr);
     }
+    // The connections' flows, wherever ECMP put them, say how their backend is reached.
+    let flows: Vec<serde_json::Value> = cluster
+        .balancers
+        .iter()
+        .flat_map(|b| {
+            let json: serde_json::Value = serde_json::from_str(&lb_ok(Some(&b.node.ns), &["flows", "--json", "--pin-dir", &b.node.pins.arg()]).unwrap()).unwrap();
+            json.as_array().unwrap().clone()
+        })
+        .collect();
+    assert!(!flows.is_empty() && flows.iter().all(|f| f["reach"] == remote), "{forwarding:?}: {flows:?}");
     let status = lb_ok(Some(&balancer.ns), &["status", "--pin-dir", &balancer.pins.arg()]).unwrap();
     let dsr_line = "DSR (GUE on UDP 6080): encapsulating to 10.241.0.0/16; decapsulating from nowhere";
     assert_eq!(status.contains(dsr_line), forwarding == Forwarding::Dsr, "{status}");

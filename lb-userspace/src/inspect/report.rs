@@ -229,6 +229,8 @@ pub struct FlowView {
     /// The pinned backend, or null when its backend is gone (the next packet re-balances).
     pub backend: Option<String>,
     pub backend_port: Option<u16>,
+    /// How this node reaches the backend: `local`, `full-nat` or `dsr` (lb_common::dsr::Reach).
+    pub reach: &'static str,
     /// Full NAT: the source port this node uses towards the backend (null for local backends).
     pub nat_port: Option<u16>,
     /// TCP: seconds since the flow's first packet (when it was pinned).
@@ -266,6 +268,7 @@ pub fn flows(dp: &dyn Dataplane, limit: usize, only: Option<&[u32]>, udp_clock: 
             protocol: Proto::from_number(key.proto).map(|p| p.as_str().to_string()).unwrap_or_else(|| key.proto.to_string()),
             backend: backend.map(|(ip, _)| ip.to_string()),
             backend_port: backend.map(|(_, port)| port),
+            reach: lb_common::dsr::Reach::of_flow(info.kind).name(),
             nat_port: (info.kind == lb_common::FLOW_NAT).then_some(info.nat_port),
             age_secs: (!udp).then_some(since),
             idle_secs: udp.then_some(since),
@@ -280,7 +283,7 @@ pub fn print_flows(flows: &[FlowView], json: bool, out: &mut impl Write) -> Resu
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<5} {:<44} {:<44} {:<44} {:>12}", "PROTO", "CLIENT", "SERVICE", "BACKEND", "AGE/IDLE")?;
+    writeln!(out, "{:<5} {:<44} {:<44} {:<44} {:<8} {:>12}", "PROTO", "CLIENT", "SERVICE", "BACKEND", "REACH", "AGE/IDLE")?;
     for f in flows {
         let backend = match (&f.backend, f.backend_port) {
             (Some(a), Some(p)) => format!("{}:{p}", bracket(a)),
@@ -293,11 +296,12 @@ pub fn print_flows(flows: &[FlowView], json: bool, out: &mut impl Write) -> Resu
         };
         writeln!(
             out,
-            "{:<5} {:<44} {:<44} {:<44} {:>12}",
+            "{:<5} {:<44} {:<44} {:<44} {:<8} {:>12}",
             f.protocol,
             format!("{}:{}", bracket(&f.client), f.client_port),
             format!("{}:{}", bracket(&f.service), f.service_port),
             backend,
+            f.reach,
             time
         )?;
     }

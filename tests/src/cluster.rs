@@ -215,18 +215,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Balancer node `i`'s link goes down (a cable pulled, a port down): the router sees it at
-    /// once and takes the node out of the ECMP set without waiting for BGP.
-    pub fn unplug_balancer(&mut self, i: usize) -> Result<()> {
-        let balancer = &mut self.balancers[i];
-        balancer.node.ns.ip(&["link", "set", &balancer.node.uplink, "down"])?;
-        if let Some(agent) = balancer.node.agent.take() {
-            agent.kill()?;
-        }
-        balancer.bird = None;
-        Ok(())
-    }
-
     /// Rewrites the services file every agent reads ([`services`]) and has each reload it.
     pub fn set_services(&self, text: &str) -> Result<()> {
         self.services.replace(text)?;

@@ -98,7 +98,8 @@ impl AgentConfig {
         if args.services.is_none() && args.marathon.is_empty() {
             return Err(ConfigError::NoSource);
         }
-        let load = load_config(args);
+        let dsr = dsr_config(args);
+        let load = load_config(args, &dsr);
         require_lru_batches(load.sizes.max_flows)?;
         let marathon = marathon_config(args)?;
         let metrics = args.metrics_listen.0;
@@ -132,7 +133,7 @@ impl AgentConfig {
             cgroup,
             load,
             ingress_hook: args.ingress_hook,
-            dsr: dsr_config(args),
+            dsr,
         };
         Ok(Self {
             plan,
@@ -192,7 +193,7 @@ fn bird_config(args: &RunArgs) -> Result<Option<crate::announce::BirdConfig>, Co
     Ok(Some(crate::announce::BirdConfig { socket: socket.clone(), routes: routes.clone(), withdraw_on_stop: args.withdraw_on_stop }))
 }
 
-fn load_config(args: &RunArgs) -> LoadConfig {
+fn load_config(args: &RunArgs, dsr: &DsrConfig) -> LoadConfig {
     LoadConfig {
         sizes: MapSizes {
             ring_slots: args.ring_slots,
@@ -201,7 +202,7 @@ fn load_config(args: &RunArgs) -> LoadConfig {
             max_flows: args.max_flows,
             max_source_ranges: args.max_source_ranges,
         },
-        settings: RuntimeSettings { udp_timeout_secs: args.udp_timeout, nat_ports: args.nat_ports, dsr: (args.dsr_port, dsr_config(args).flags()) },
+        settings: RuntimeSettings { udp_timeout_secs: args.udp_timeout, nat_ports: args.nat_ports, dsr: (dsr.port, dsr.flags()) },
     }
 }
 

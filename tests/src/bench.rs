@@ -57,7 +57,8 @@ pub fn ms(text: &str) -> f64 {
     }
 }
 
-/// nginx with one worker on `ip`:NGINX_PORT in `ns`, answering every request with `name`.
+/// nginx with one worker on `ip`:NGINX_PORT in `ns`, answering every request with `name`, but
+/// serving the files of `dir`/files under /files/.
 pub fn nginx(ns: &Netns, ip: &str, name: &str, dir: &Path) -> Result<Proc> {
     let conf = dir.join(format!("nginx-{name}.conf"));
     std::fs::write(
@@ -66,7 +67,8 @@ pub fn nginx(ns: &Netns, ip: &str, name: &str, dir: &Path) -> Result<Proc> {
             "worker_processes 1; daemon off; pid {dir}/nginx-{name}.pid; error_log stderr;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n\
-               server {{ listen {ip}:{NGINX_PORT} reuseport; location / {{ return 200 \"{name}\\n\"; }} }} }}\n",
+               server {{ listen {ip}:{NGINX_PORT} reuseport; location / {{ return 200 \"{name}\\n\"; }}\n\
+                 location /files/ {{ alias {dir}/files/; }} }} }}\n",
             dir = dir.display()
         ),
     )?;
@@ -117,4 +119,22 @@ pub fn wrk(cmd: Command, errors_allowed: bool) -> Result<Wrk> {
     ensure!(!errors || errors_allowed, "wrk saw errors:\n{text}");
     let p99_ms = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| ms(v.trim())).unwrap_or(f64::NAN);
     Ok(Wrk { requests_per_second: rps, requests, p99_ms, cpu_per_request: cpu / requests.max(1.0) })
+}
+
+/// Gives thread `pid` at most `share` of one CPU from now on, as if it had a machine that much
+/// slower to itself: SCHED_DEADLINE with that runtime every 10 ms (`chrt -d`). For threads that
+/// end with the benchmark's namespaces: on Linux 6.18 a thread switched back to SCHED_OTHER
+/// keeps its deadline bandwidth reserved (after ten switches on 2 CPUs no thread could get any,
+/// until the scheduler domains were rebuilt), while one that exits returns it. Not CFS bandwidth
+/// control: since 6.18 a throttled task stops only on its way back to user space, which a
+/// kernel thread never takes (a NAPI thread in a cgroup with a 0.2 quota used 0.4 CPU, the
+/// cgroup counting 21 throttled periods of 22 and 0 ns throttled).
+pub fn cap_cpu(pid: u32, share: f64) -> Result<()> {
+    const PERIOD_NS: f64 = 10e6;
+    let runtime = ((share * PERIOD_NS) as u64).to_string();
+    let period = (PERIOD_NS as u64).to_string();
+    let mut chrt = Command::new("chrt");
+    chrt.args(["-d", "--sched-runtime", &runtime, "--sched-deadline", &period, "--sched-period", &period, "-p", "0", &pid.to_string()]);
+    output(chrt).with_context(|| format!("capping thread {pid} at {share} of a CPU"))?;
+    Ok(())
 }

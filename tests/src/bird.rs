@@ -84,6 +84,11 @@ impl Bird {
         Ok(text.lines().filter(|l| l.contains("lb_vips")).filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -70,6 +70,13 @@ impl Node {
         Ok(())
     }
 
+    /// The count of the agent's verdict `reason` (`lb stats --json`).
+    pub fn verdict(&self, reason: &str) -> Result<u64> {
+        let out = crate::agent::lb_ok(Some(&self.ns), &["stats", "--json", "--pin-dir", &self.pins.arg()])?;
+        let stats: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(stats["verdicts"][reason].as_u64().unwrap_or(0))
+    }
+
     /// The agent's `lb status --json`.
     pub fn status(&self) -> Result<serde_json::Value> {
         let out = crate::agent::lb(Some(&self.ns), &["status", "--json", "--pin-dir", &self.pins.arg()])?;
@@ -88,6 +95,11 @@ impl Balancer {
     pub fn is_running(&self) -> bool {
         self.node.agent.is_some()
     }
+
+    /// The process ids of its agent and its BIRD (while they run).
+    pub fn processes(&self) -> Vec<u32> {
+        self.node.agent.iter().map(Agent::pid).chain(self.bird.as_ref().and_then(Bird::pid)).collect()
+    }
 }
 
 pub struct Cluster {
@@ -103,9 +115,14 @@ pub struct Cluster {
 /// The services file: the VIP on the tasks of the backend nodes `backends` (by index), with
 /// weight 1, or 0 (draining: no new flows) for those in `draining`.
 pub fn services(backends: &[usize], draining: &[usize]) -> String {
+    services_on(TASK_PORT, backends, draining)
+}
+
+/// [`services`] with the tasks on `port` (a server the caller runs on the backend nodes).
+pub fn services_on(port: u16, backends: &[usize], draining: &[usize]) -> String {
     let list: Vec<String> = backends
         .iter()
-        .map(|&i| format!(r#"{{"address":"{}","port":{TASK_PORT},"weight":{}}}"#, backend_addr(i), u8::from(!draining.contains(&i))))
+        .map(|&i| format!(r#"{{"address":"{}","port":{port},"weight":{}}}"#, backend_addr(i), u8::from(!draining.contains(&i))))
         .collect();
     format!(r#"{{"services":[{{"name":"web","address":"{VIP}","port":{VIP_PORT},"backends":[{}]}}]}}"#, list.join(","))
 }
@@ -114,12 +131,12 @@ impl Cluster {
     /// Builds the cluster and starts every agent and BIRD; returns once the router has a path
     /// through every balancer node.
     pub fn start(balancers: usize, backends: usize, forwarding: Forwarding) -> Result<Self> {
-        Self::start_serving(balancers, backends, backends, forwarding)
+        Self::start_serving(balancers, backends, backends, forwarding, &[])
     }
 
     /// [`Cluster::start`] with the VIP on the first `serving` backend nodes only (the others
-    /// wait to be added).
-    pub fn start_serving(balancers: usize, backends: usize, serving: usize, forwarding: Forwarding) -> Result<Self> {
+    /// wait to be added), and `balancer_args` added to the balancer nodes' agents.
+    pub fn start_serving(balancers: usize, backends: usize, serving: usize, forwarding: Forwarding, balancer_args: &[&str]) -> Result<Self> {
         let router = router()?;
         let client = Netns::new("lbcl")?;
         let (router_end, client_end) = veth(&router, &client)?;
@@ -158,14 +175,14 @@ impl Cluster {
         }
         let mut cluster = Self { router, client, _router_bird: router_bird, balancers: balancer_nodes, backends: backend_nodes, services, _tasks: tasks };
         for i in 0..balancers {
-            cluster.start_balancer(i, forwarding)?;
+            cluster.start_balancer(i, forwarding, balancer_args)?;
         }
         let all: Vec<String> = cluster.balancers.iter().map(|b| b.node.addr.clone()).collect();
         cluster.wait_next_hops(&all, Duration::from_secs(30))?;
         Ok(cluster)
     }
 
-    fn start_balancer(&mut self, i: usize, forwarding: Forwarding) -> Result<()> {
+    fn start_balancer(&mut self, i: usize, forwarding: Forwarding, args: &[&str]) -> Result<()> {
         let balancer = &mut self.balancers[i];
         let addr = balancer.node.addr.clone();
         let router_addr = format!("10.241.{}.1", 10 + i);
@@ -182,6 +199,7 @@ impl Cluster {
         if forwarding == Forwarding::Dsr {
             extra.extend(["--dsr", "--dsr-nodes", FABRIC]);
         }
+        extra.extend_from_slice(args);
         balancer.node.start_agent(&self.services, &extra)?;
         balancer.bird = Some(bird);
         Ok(())
@@ -267,12 +285,21 @@ impl Cluster {
         }
     }
 
-    /// Bytes `node`'s uplink received since it was made.
-    pub fn rx_bytes(node: &Node) -> Result<u64> {
+    /// Bytes `node`'s uplink received and sent since it was made.
+    pub fn link_bytes(node: &Node) -> Result<LinkBytes> {
         let out = node.ns.command("ip").args(["-j", "-s", "link", "show", "dev", &node.uplink]).output()?;
         let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        links[0]["stats64"]["rx"]["bytes"].as_u64().ok_or_else(|| anyhow::anyhow!("no rx bytes for {}", node.uplink))
+        let stats = &links[0]["stats64"];
+        let count = |way: &str| stats[way]["bytes"].as_u64().ok_or_else(|| anyhow::anyhow!("no {way} bytes for {}", node.uplink));
+        Ok(LinkBytes { received: count("rx")?, sent: count("tx")? })
     }
+}
+
+/// A link's byte counters.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkBytes {
+    pub received: u64,
+    pub sent: u64,
 }
 
 fn timers() -> String {

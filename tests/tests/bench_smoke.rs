@@ -42,3 +42,11 @@ fn http_benchmark_smoke() {
         assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
     }
 }
+
+#[test]
+fn multi_node_benchmark_smoke() {
+    let stdout = smoke(env!("CARGO_BIN_EXE_lb-bench-multi-node"));
+    for metric in ["balancer node CPU µs per keep-alive request", "keep-alive requests/s, balancer node capped", "download: MB the balancer node received", "| dsr | full-nat |"] {
+        assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
+    }
+}

@@ -72,15 +72,14 @@ fn echo_all(conns: Vec<Connection>, since: Instant, patience: Duration) -> Outco
 
 /// The verdict `reason`'s count on `node`.
 fn verdict(node: &Node, reason: &str) -> u64 {
-    let stats: serde_json::Value = serde_json::from_str(&lb_ok(Some(&node.ns), &["stats", "--json", "--pin-dir", &node.pins.arg()]).unwrap()).unwrap();
-    stats["verdicts"][reason].as_u64().unwrap_or(0)
+    node.verdict(reason).unwrap()
 }
 
 /// Opens the connections, checks the first balancer node carries some of them, kills it (with
 /// `change`, a backend added on a fourth node and the first drained just before), and echoes on
 /// every connection again.
 fn lose_a_balancer(forwarding: Forwarding, change: bool) -> (Cluster, Outcome) {
-    let mut cluster = Cluster::start_serving(3, 4, 3, forwarding).unwrap();
+    let mut cluster = Cluster::start_serving(3, 4, 3, forwarding, &[]).unwrap();
     let conns = open(&cluster, CONNECTIONS);
     let forwarded = if forwarding == Forwarding::Dsr { "fwd_dsr" } else { "fwd_nat" };
     let carried: Vec<u64> = cluster.balancers.iter().map(|b| verdict(&b.node, forwarded)).collect();
@@ -131,11 +130,11 @@ fn no_connection_breaks_when_a_balancer_node_dies_while_backends_change_with_dsr
 fn replies_bypass_the_balancer_nodes_with_dsr_and_not_with_full_nat() {
     for (forwarding, bypass) in [(Forwarding::Dsr, true), (Forwarding::FullNat, false)] {
         let cluster = Cluster::start(2, 2, forwarding).unwrap();
-        let before: u64 = cluster.balancers.iter().map(|b| Cluster::rx_bytes(&b.node).unwrap()).sum();
+        let before: u64 = cluster.balancers.iter().map(|b| Cluster::link_bytes(&b.node).unwrap().received).sum();
         let mut conns = open(&cluster, 4);
         let payload = vec![b'x'; 1 << 20];
         let echoed: usize = conns.iter_mut().map(|c| echo_round_trip(&mut c.stream, &payload).map(|()| payload.len()).unwrap()).sum();
-        let received = cluster.balancers.iter().map(|b| Cluster::rx_bytes(&b.node).unwrap()).sum::<u64>() - before;
+        let received = cluster.balancers.iter().map(|b| Cluster::link_bytes(&b.node).unwrap().received).sum::<u64>() - before;
         // The balancer nodes see the requests (4 MiB) either way; the replies (4 MiB more) only
         // through full NAT.
         let requests = echoed as u64;

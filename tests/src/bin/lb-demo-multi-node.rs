@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use lb_tests::{
     agent::lb_ok,
-    cluster::{Cluster, Forwarding, Node},
+    cluster::{Cluster, Forwarding},
     servers::{connect_and_greet, echo_round_trip},
 };
 
@@ -38,7 +38,7 @@ fn main() -> Result<()> {
         println!("   {task:<8} {n:>4} {}", "#".repeat(n / 5));
     }
     show_carried(&cluster, "packets each balancer node balanced (fwd_dsr)")?;
-    let received: u64 = cluster.balancers.iter().map(|b| Cluster::rx_bytes(&b.node)).sum::<Result<u64>>()?;
+    let received: u64 = cluster.balancers.iter().map(|b| Cluster::link_bytes(&b.node).map(|l| l.received)).sum::<Result<u64>>()?;
     println!("   bytes the balancer nodes received so far: {received} (requests only: replies bypass them)");
     println!("\n== balancer node {} dies (its link stops carrying anything; agent and BIRD killed)", cluster.balancers[0].node.addr);
     let lost = Instant::now();
@@ -74,16 +74,11 @@ fn open(cluster: &Cluster) -> Result<Vec<(TcpStream, String)>> {
     })?
 }
 
-fn verdict(node: &Node, reason: &str) -> Result<u64> {
-    let stats: serde_json::Value = serde_json::from_str(&lb_ok(Some(&node.ns), &["stats", "--json", "--pin-dir", &node.pins.arg()])?)?;
-    Ok(stats["verdicts"][reason].as_u64().unwrap_or(0))
-}
-
 fn show_carried(cluster: &Cluster, what: &str) -> Result<()> {
     println!("   {what}:");
     for b in &cluster.balancers {
         let dead = if b.is_running() { "" } else { " (dead)" };
-        println!("     {:<14} {:>6}{dead}", b.node.addr, verdict(&b.node, "fwd_dsr")?);
+        println!("     {:<14} {:>6}{dead}", b.node.addr, b.node.verdict("fwd_dsr")?);
     }
     Ok(())
 }

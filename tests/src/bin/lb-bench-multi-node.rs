@@ -300,11 +300,11 @@ fn report(cfg: &Config, samples: &BTreeMap<&str, BTreeMap<&str, Vec<f64>>>) -> R
          through the balancer node. Both clusters built at once, measured interleaved, {rounds} rounds of {secs} s, medians;\n\
          [min–max over the rounds]; ratios of DSR's medians to full NAT's. The balancer node's CPU is its uplink's\n\
          threaded NAPI poll (everything it does with a packet) plus its agent and BIRD; the machine's is /proc/stat's\n\
-         busy time, backends and client included. \"Capped\": the balancer node's NAPI thread may use {cap} of a CPU
-(CFS bandwidth), so the balancer node is what limits the requests/s. The download is {mib} MiB. Every run is checked on the balancer\n\
-         node's counters (`fwd_dsr` or `fwd_nat`, at least a packet per request, none the other way, under 1% refused
-for want of a full-NAT port, with `--nat-ports 1024-32767`). Regenerate with\n\
-         `cargo xtask bench`.\n\n\
+         busy time, backends and client included. \"Capped\": in a cluster of its own per round, the balancer node's\n\
+         NAPI thread may use {cap} of a CPU (SCHED_DEADLINE), so the balancer node is what limits the requests/s.\n\
+         The download is {mib} MiB. Every run is checked on the balancer node's counters (`fwd_dsr` or `fwd_nat`, at\n\
+         least a packet per request, none the other way, under 1% refused for want of a full-NAT port, with\n\
+         `--nat-ports 1024-32767`). Regenerate with `cargo xtask bench`.\n\n\
          | metric | dsr | full-nat |\n|---|---|---|\n",
         rounds = cfg.rounds,
         secs = cfg.seconds,

@@ -70,11 +70,16 @@ impl Node {
         Ok(())
     }
 
-    /// The count of the agent's verdict `reason` (`lb stats --json`).
-    pub fn verdict(&self, reason: &str) -> Result<u64> {
+    /// The agent's verdict counts by reason (`lb stats --json`'s `verdicts`), read once.
+    pub fn verdicts(&self) -> Result<serde_json::Value> {
         let out = crate::agent::lb_ok(Some(&self.ns), &["stats", "--json", "--pin-dir", &self.pins.arg()])?;
-        let stats: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(stats["verdicts"][reason].as_u64().unwrap_or(0))
+        let mut stats: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(stats["verdicts"].take())
+    }
+
+    /// The count of the agent's verdict `reason`.
+    pub fn verdict(&self, reason: &str) -> Result<u64> {
+        Ok(self.verdicts()?[reason].as_u64().unwrap_or(0))
     }
 
     /// The agent's `lb status --json`.

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod control;
 pub mod dataplane;
 pub mod desired;
+pub mod dns;
 pub mod http;
 pub mod inspect;
 pub mod node;

@@ -51,6 +51,19 @@ pub struct AgentStatus {
     /// Direct server return (None: neither `--dsr` nor `--decap-from`).
     #[serde(default)]
     pub dsr: Option<DsrStatus>,
+    /// DNS (None: no `--dns-listen`).
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// ADDR:PORT served over UDP and TCP.
+    pub listen: Vec<String>,
+    pub domain: String,
+    pub vip_domain: String,
+    /// Records served (addresses and SRV targets), as of the last change.
+    pub records: usize,
 }
 
 /// What `--dsr`, `--dsr-nodes`, `--decap-from` and `--dsr-port` configured.

@@ -348,3 +348,16 @@ impl Drop for Agent {
         }
     }
 }
+
+/// A child process killed (and reaped) when dropped, unless it already exited: a test that
+/// fails an assertion leaves no agent behind.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

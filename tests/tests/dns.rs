@@ -6,13 +6,13 @@
 use std::{
     io::{BufRead, BufReader},
     net::UdpSocket,
-    process::{Child, Stdio},
+    process::Stdio,
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    agent::{lb_bin, lb_ok, wait_for_services, PinDir, TempFile, TestCgroup},
+    agent::{lb_bin, lb_ok, Running, wait_for_services, PinDir, TempFile, TestCgroup},
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::Netns,
 };
@@ -27,18 +27,6 @@ fn app(id: &str, port: u16, tasks: Vec<TaskSpec>) -> AppSpec {
     app.health_checked = false;
     app.tasks = tasks;
     app
-}
-
-/// The agent process; killed if the test ends before it stopped it (a failed assertion).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// `lb run` in `ns` with `resolv` as its /etc/resolv.conf; returns the agent and its stdout lines.

@@ -16,7 +16,7 @@ use crate::step;
 /// BPF target; llvm-22-dev: the LLVM bpf-linker links against; bpftool/iproute2/ethtool/tcpdump:
 /// inspection and the network-namespace tests; util-linux: nsenter/setpriv; chromium: the test
 /// that renders the status page headless; systemd: `systemd-analyze verify` of the unit; bird2:
-/// the BGP speaker the announcer tests drive.
+/// the BGP speaker the announcer tests drive; bind9-dnsutils and python3: `dig` and getaddrinfo, the DNS tests' clients.
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -32,6 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "bird2",
+    "bind9-dnsutils",
+    "python3",
 ];
 
 /// Debian packages only the benchmarks need: the load generators and the peers they are

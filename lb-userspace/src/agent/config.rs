@@ -55,10 +55,24 @@ pub enum ConfigError {
     Certificates(#[from] crate::http::tls::CertError),
     #[error("HTTP path: cannot listen on {addr}: {why}; pick another address or port")]
     HttpBind { addr: std::net::SocketAddr, why: String },
+    #[error("--dns-listen {addr}: {why}; pick another address or port (53 is often taken by a local resolver)")]
+    DnsBind { addr: std::net::SocketAddr, why: String },
+    #[error("--dns-domain and --vip-domain are both {0}: give the named VIPs a domain of their own")]
+    DnsDomainsClash(String),
 }
 
 /// The HTTP path's flags, with the certificates read (a directory that does not read whole is
 /// refused before anything starts).
+fn dns_config(args: &RunArgs) -> Result<Option<crate::dns::DnsConfig>, ConfigError> {
+    if args.dns_listen.is_empty() {
+        return Ok(None);
+    }
+    if args.dns_domain == args.vip_domain {
+        return Err(ConfigError::DnsDomainsClash(args.dns_domain.clone()));
+    }
+    Ok(Some(crate::dns::DnsConfig { listen: args.dns_listen.clone(), domain: args.dns_domain.clone(), vip_domain: args.vip_domain.clone(), ttl: args.dns_ttl }))
+}
+
 fn http_config(args: &RunArgs) -> Result<Option<crate::http::HttpConfig>, ConfigError> {
     if args.http_listen.is_none() && args.https_listen.is_none() {
         return Ok(None);
@@ -89,6 +103,8 @@ pub struct AgentConfig {
     pub bird: Option<crate::announce::BirdConfig>,
     /// `--second-chance-secs`.
     pub second_chance_secs: u64,
+    /// DNS, when `--dns-listen` is given.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl AgentConfig {
@@ -126,6 +142,7 @@ impl AgentConfig {
             None => Desired::new(),
         };
         let http = http_config(args)?;
+        let dns = dns_config(args)?;
         let bird = bird_config(args)?;
         let plan = AttachPlan {
             pin_dir: args.pins.pin_dir.clone(),
@@ -145,6 +162,7 @@ impl AgentConfig {
             http,
             bird,
             second_chance_secs: args.second_chance_secs,
+            dns,
         })
     }
 

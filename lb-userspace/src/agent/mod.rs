@@ -57,6 +57,7 @@ struct Listeners {
     metrics: Option<std::net::TcpListener>,
     http: Option<crate::http::Bound>,
     http_listen: Option<HttpStatus>,
+    dns: Option<crate::dns::Bound>,
 }
 
 impl Listeners {
@@ -65,7 +66,9 @@ impl Listeners {
         let http_listen = config.http.as_ref().map(|http| HttpStatus { listen: http.listen(), routes: 0 });
         let http = config.http.take().map(|http| http.bind()).transpose();
         let http = http.map_err(|(addr, e)| ConfigError::HttpBind { addr, why: e.to_string() })?;
-        Ok(Self { metrics, http, http_listen })
+        let dns = config.dns.as_ref().map(|dns| dns.bind()).transpose();
+        let dns = dns.map_err(|(addr, e)| ConfigError::DnsBind { addr, why: e.to_string() })?;
+        Ok(Self { metrics, http, http_listen, dns })
     }
 
     /// Starts the HTTP path and the metrics listener, and hands the agent what they read.
@@ -73,6 +76,11 @@ impl Listeners {
         let http_metrics = self.http.as_ref().map(|_| Arc::new(crate::http::metrics::Metrics::default()));
         if let (Some(bound), Some(metrics)) = (self.http, &http_metrics) {
             agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
+        }
+        if let Some(bound) = self.dns {
+            let dns = bound.start()?;
+            info!(listen = ?dns.listen(), "DNS on UDP and TCP");
+            agent = agent.with_dns(dns);
         }
         if let Some(listener) = self.metrics {
             let shared = crate::inspect::metrics::Shared::new(agent.status.pin_dir.clone().into(), agent.status.clone());
@@ -105,6 +113,12 @@ fn first_status(config: &AgentConfig, loaded: &loader::Loaded, listeners: &Liste
         http: listeners.http_listen.clone(),
         exposure: config.serving.exposure().status(),
         dsr: config.plan.dsr.status(),
+        dns: listeners.dns.as_ref().zip(config.dns.as_ref()).map(|(bound, dns)| crate::status::DnsStatus {
+            listen: bound.listen().iter().map(|a| a.to_string()).collect(),
+            domain: dns.domain.clone(),
+            vip_domain: dns.vip_domain.clone(),
+            records: 0,
+        }),
         ..AgentStatus::default()
     }
 }

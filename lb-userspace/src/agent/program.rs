@@ -47,6 +47,8 @@ pub struct Agent<D: Dataplane> {
     metrics: Option<Arc<metrics::Shared>>,
     /// The HTTP path, given every change Marathon's apps make (None: no HTTP listener).
     http: Option<crate::http::HttpPath>,
+    /// The DNS server, given every change of Marathon's apps (None: no `--dns-listen`).
+    dns: Option<crate::dns::Dns>,
     /// VIPs announced through BIRD (None: no `--bird-socket`).
     announcer: Option<Announcer>,
 }
@@ -66,6 +68,7 @@ impl<D: Dataplane> Agent<D> {
             vips_published: None,
             metrics: None,
             http: None,
+            dns: None,
             announcer: None,
         }
     }
@@ -130,6 +133,11 @@ impl<D: Dataplane> Agent<D> {
             Ok(freed) => debug!(freed, "full-NAT mappings expired"),
             Err(err) => warn!("expiring full-NAT mappings: {err}"),
         }
+    }
+
+    pub fn with_dns(mut self, dns: crate::dns::Dns) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     pub fn with_http(mut self, http: crate::http::HttpPath) -> Self {
@@ -242,6 +250,7 @@ impl<D: Dataplane> Agent<D> {
         if let Err(err) = self.apply_changes(source.desired(), source.changed()) {
             error!("applying Marathon's services: {err:#}");
         }
+        self.follow_dns(source);
         // After the maps: the HTTP path's backends are the ones the L4 path already serves.
         if let (Some(http), Some(desired)) = (&self.http, source.desired()) {
             let routes = http.update(source.http_ports(), desired);
@@ -252,6 +261,17 @@ impl<D: Dataplane> Agent<D> {
         }
         if let (Some(shared), ChangeReason::Events(_)) = (&self.metrics, &change.why) {
             shared.event_to_maps.observe(change.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// DNS names change in the pass that reprogrammed the services they name.
+    fn follow_dns(&mut self, source: &marathon::Source) {
+        let (Some(dns), Some(translator)) = (&self.dns, source.translator()) else { return };
+        dns.follow(translator, source.named_vips());
+        let records = dns.record_count();
+        if let Some(status) = self.status.dns.as_mut().filter(|s| s.records != records) {
+            status.records = records;
+            self.write_status();
         }
     }
 

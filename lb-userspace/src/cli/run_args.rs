@@ -162,11 +162,38 @@ pub struct RunArgs {
     /// UDP port of the DSR encapsulation, the same on every node.
     #[arg(long, value_name = "PORT", default_value_t = lb_common::dsr::DEFAULT_PORT, value_parser = port, help_heading = "Several balancer nodes")]
     pub dsr_port: u16,
+    /// Serve DNS (UDP and TCP) on ADDR:PORT: Mesos-DNS's names for Marathon's apps and names
+    /// for named VIPs, from the agent's own view of Marathon; repeat for several. Off unless
+    /// given. Names outside the zones are refused.
+    #[arg(long = "dns-listen", value_name = "ADDR:PORT", requires = "marathon", help_heading = "DNS")]
+    pub dns_listen: Vec<std::net::SocketAddr>,
+    /// The Mesos-DNS domain: apps are `<app>.marathon.<domain>`.
+    #[arg(long, value_name = "DOMAIN", default_value = "mesos", value_parser = domain, help_heading = "DNS")]
+    pub dns_domain: String,
+    /// The domain of named VIPs: `<name>.marathon.<domain>`, as DC/OS names them.
+    #[arg(long, value_name = "DOMAIN", default_value = "l4lb.thisdcos.directory", value_parser = domain, help_heading = "DNS")]
+    pub vip_domain: String,
+    /// TTL (seconds) of every DNS answer: how long a client may cache one after it changed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::dns::DEFAULT_TTL, value_parser = clap::value_parser!(u32).range(0..=86400), help_heading = "DNS")]
+    pub dns_ttl: u32,
+}
+
+/// A DNS domain: labels of letters, digits and `-`, at most 63 characters each, 253 in all;
+/// lowercased, trailing dot dropped.
+pub fn domain(text: &str) -> Result<String, ValueError> {
+    let name = text.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(ValueError::NotADomain(text.to_owned()));
+    }
+    Ok(name)
 }
 
 /// Why a flag's value does not parse (clap shows it after the flag's name).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ValueError {
+    #[error("{0:?} is not a DNS domain (labels of letters, digits and '-', e.g. mesos)")]
+    NotADomain(String),
     #[error("{0:?} is not MIN-MAX")]
     NotARange(String),
     #[error("{0}")]

@@ -423,6 +423,12 @@ fn print_bgp(bgp: &crate::status::BgpStatus, out: &mut impl Write) -> Result<()>
 }
 
 /// The direct-server-return line of `lb status`.
+/// The DNS line: where, how many records, and whether they are Marathon's last good answers.
+fn print_dns(dns: &crate::status::DnsStatus, marathon: Option<&crate::status::MarathonStatus>, out: &mut impl Write) -> std::io::Result<()> {
+    let stale = if marathon.is_some_and(|m| m.failures_in_a_row > 0) { " (Marathon unreachable: serving the last good answers)" } else { "" };
+    writeln!(out, "DNS: {} records for {} and {} on {}{stale}", dns.records, dns.domain, dns.vip_domain, dns.listen.join(", "))
+}
+
 fn print_dsr(dsr: &crate::status::DsrStatus, out: &mut impl Write) -> Result<()> {
     let list = |l: &[String]| if l.is_empty() { "nowhere".to_owned() } else { l.join(", ") };
     writeln!(out, "DSR (GUE on UDP {}): encapsulating to {}; decapsulating from {}", dsr.port, list(&dsr.nodes), list(&dsr.decap_from))?;
@@ -457,6 +463,9 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     }
     if let Some(http) = status.http.as_ref().filter(|_| view.running) {
         writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
+    }
+    if let Some(dns) = status.dns.as_ref().filter(|_| view.running) {
+        print_dns(dns, status.marathon.as_ref(), out)?;
     }
     if let Some(bgp) = &status.bgp {
         print_bgp(bgp, out)?;

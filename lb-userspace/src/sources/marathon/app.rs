@@ -52,6 +52,7 @@ pub struct Discovery {
 pub struct DiscoveryPort {
     pub number: Option<u32>,
     pub protocol: Option<String>,
+    pub name: Option<String>,
     pub labels: Labels,
 }
 
@@ -78,6 +79,7 @@ pub struct PortMapping {
     pub host_port: Option<u32>,
     pub service_port: Option<u32>,
     pub protocol: Option<String>,
+    pub name: Option<String>,
     pub labels: Labels,
 }
 
@@ -92,6 +94,7 @@ pub struct Network {
 pub struct PortDefinition {
     pub port: Option<u32>,
     pub protocol: Option<String>,
+    pub name: Option<String>,
     pub labels: Labels,
 }
 
@@ -100,6 +103,8 @@ pub struct PortDefinition {
 pub struct Task {
     pub id: String,
     pub host: Option<String>,
+    /// The Mesos agent's id: its tail is part of a task's DNS name.
+    pub slave_id: Option<String>,
     pub ports: Option<Vec<Option<u32>>>,
     pub ip_addresses: Option<Vec<TaskIp>>,
     pub state: Option<String>,

@@ -219,6 +219,7 @@ struct StatusUpdate {
     ports: Option<Vec<Option<u32>>>,
     ip_addresses: Option<Vec<TaskIp>>,
     version: Option<String>,
+    slave_id: Option<String>,
 }
 
 impl StatusUpdate {
@@ -226,6 +227,7 @@ impl StatusUpdate {
         Task {
             id: self.task_id,
             host: self.host,
+            slave_id: self.slave_id,
             ports: self.ports,
             ip_addresses: self.ip_addresses,
             state: self.task_status,

@@ -192,7 +192,7 @@ fn endpoint_haproxy_labels(index: usize, labels: &Labels) -> impl Iterator<Item 
 }
 
 fn port_definition(endpoint: &Endpoint) -> PortDefinition {
-    PortDefinition { port: None, protocol: endpoint.protocol.clone(), labels: endpoint.labels.clone() }
+    PortDefinition { port: None, protocol: endpoint.protocol.clone(), name: Some(endpoint.name.clone()), labels: endpoint.labels.clone() }
 }
 
 fn port_mapping(endpoint: &Endpoint) -> PortMapping {
@@ -203,6 +203,7 @@ fn port_mapping(endpoint: &Endpoint) -> PortMapping {
         host_port: endpoint.host_port,
         service_port: None,
         protocol: endpoint.protocol.clone(),
+        name: Some(endpoint.name.clone()),
         labels: endpoint.labels.clone(),
     }
 }
@@ -222,6 +223,7 @@ fn instance_task(instance: &Instance, endpoints: &[(&PodContainer, &Endpoint)]) 
     Task {
         id: instance.id.clone(),
         host: instance.agent_hostname.clone(),
+        slave_id: None,
         ports: Some(ports),
         ip_addresses: Some(ip_addresses),
         state: Some(instance_state(instance, statuses).into()),

@@ -164,6 +164,11 @@ impl Source {
         self.translator.changed()
     }
 
+    /// Every app's translation, once Marathon has answered (DNS reads its records there).
+    pub fn translator(&self) -> Option<&Translator> {
+        self.answered.then_some(&self.translator)
+    }
+
     /// The app ports the HTTP path routes.
     pub fn http_ports(&self) -> impl Iterator<Item = (&str, &HttpPort)> + '_ {
         self.translator.http_ports()

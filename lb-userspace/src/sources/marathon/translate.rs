@@ -25,6 +25,7 @@ use super::{
     vip::{self, VipRange, VipTarget},
 };
 use crate::{
+    dns::zone::{AppDns, DnsPort, DnsTask},
     http::{self, labels::HttpPort},
     desired::{parse_groups, parse_sources, Backend, Desired, Groups, Proto, Service, ServiceAddr, ServiceId, Sources},
 };
@@ -55,6 +56,7 @@ impl TaskKey {
 /// cluster-wide allocation (cloning it per app made a 10,000-app sync quadratic).
 struct AppTranslation<'a> {
     desired: Desired,
+    dns: AppDns,
     /// Tasks, ports or labels that were skipped: (app id, what and why).
     warnings: Vec<(String, String)>,
     named_vips: &'a BTreeMap<String, IpAddr>,
@@ -73,6 +75,7 @@ struct AppPort<'a> {
     service_port: Option<u16>,
     protocols: Vec<Proto>,
     container_port: Option<u16>,
+    name: Option<&'a str>,
     labels: &'a [(String, String)],
 }
 
@@ -95,6 +98,8 @@ struct AppPart {
     tasks: Vec<TaskKey>,
     /// Sorted, without repeats.
     vip_names: Vec<String>,
+    /// What DNS serves of the app: its active tasks as the services above have them.
+    dns: AppDns,
 }
 
 /// The translation of every app, kept so that a change to a few apps re-translates only those
@@ -122,6 +127,8 @@ pub struct Translator {
     changed: Option<BTreeSet<ServiceId>>,
     /// Apps with ports the HTTP path routes: the route table is built from these alone.
     http_apps: BTreeSet<Arc<str>>,
+    /// The apps the last update re-translated; None after a rebuild (any may have changed).
+    changed_apps: Option<BTreeSet<String>>,
 }
 
 impl Translator {
@@ -155,6 +162,7 @@ impl Translator {
         let ids: Vec<ServiceId> = self.contributors.keys().copied().collect();
         self.merge(ids);
         self.changed = None;
+        self.changed_apps = None;
     }
 
     /// Re-translates the apps `changed` names (those `apps` no longer has are dropped).
@@ -207,10 +215,26 @@ impl Translator {
         }
         self.merge(touched.iter().copied());
         self.changed = Some(touched);
+        self.changed_apps = Some(changed.clone());
+    }
+
+    /// The apps whose DNS records the last update may have changed; None after a rebuild.
+    pub fn changed_apps(&self) -> Option<&BTreeSet<String>> {
+        self.changed_apps.as_ref()
     }
 
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// What DNS serves of the app `id` (None: no such app).
+    pub fn dns(&self, id: &str) -> Option<&AppDns> {
+        self.parts.get(id).map(|p| &p.dns)
+    }
+
+    /// Every app's DNS records.
+    pub fn all_dns(&self) -> impl Iterator<Item = &AppDns> {
+        self.parts.values().map(|p| &p.dns)
     }
 
     /// The services whose desired state the last update may have changed; None after a
@@ -279,7 +303,7 @@ impl Translator {
     }
 
     fn translate_one(&self, app: &App, resolver: &mut dyn Resolver, health: &mut HealthMemory) -> AppPart {
-        let mut out = AppTranslation { desired: Desired::new(), warnings: Vec::new(), named_vips: &self.named_vips };
+        let mut out = AppTranslation { desired: Desired::new(), dns: AppDns::default(), warnings: Vec::new(), named_vips: &self.named_vips };
         let mut tasks = BTreeSet::new();
         let error = translate_app(app, resolver, health, &mut out, &mut tasks).err().map(|e| e.to_string());
         let http = if error.is_none() { http_ports(app, &self.named_vips, &mut out.warnings) } else { Vec::new() };
@@ -290,6 +314,7 @@ impl Translator {
             error,
             tasks: tasks.into_iter().collect(),
             vip_names: vip_names(app),
+            dns: out.dns,
         }
     }
 
@@ -416,6 +441,7 @@ fn translate_app(
     let mut liveness: Vec<Liveness> = tasks.iter().map(|t| task_liveness(t, has_checks, health)).collect();
     seen_tasks.extend(tasks.iter().map(|t| TaskKey::of(&t.id)));
     demote_replaced(app, tasks, &mut liveness);
+    out.dns = app_dns(app, tasks, &liveness, &ports, mode, resolver);
 
     for port in &ports {
         let (groups, sources) = match port_groups(app, port.index).and_then(|g| Ok((g, port_sources(app, port.index)?))) {
@@ -452,6 +478,37 @@ fn translate_app(
         }
     }
     Ok(())
+}
+
+/// The app's active tasks as DNS names them: where each is reached (the backend address the
+/// services use), its agent, and its ports by protocol and name.
+fn app_dns(app: &App, tasks: &[Task], liveness: &[Liveness], ports: &[AppPort], mode: NetMode, resolver: &mut dyn Resolver) -> AppDns {
+    let mut dns = AppDns { app_id: app.id.clone(), ..AppDns::default() };
+    for (task, _) in tasks.iter().zip(liveness).filter(|(_, l)| **l == Liveness::Active) {
+        let mut record = DnsTask::new(&task.id, task.slave_id.as_deref());
+        let host = task.host.as_deref().filter(|h| !h.is_empty());
+        record.host = host.and_then(|h| h.parse().ok().or_else(|| resolver.resolve(h)));
+        record.host_ports = task.ports.iter().flatten().filter_map(|p| port16(*p)).collect();
+        for port in ports {
+            let Ok((addr, number)) = task_backend(task, port, mode, resolver) else { continue };
+            record.addr.get_or_insert(addr);
+            let name = port.name.map(crate::dns::names::label).unwrap_or_default();
+            record.ports.push(DnsPort { port: number, protocols: port.protocols.clone(), name });
+        }
+        if record.addr.is_none() && mode != NetMode::Container {
+            record.addr = record.host;
+        }
+        dns.tasks.push(record);
+    }
+    for port in ports {
+        for (key, value) in port.labels {
+            let Some(Ok(label)) = vip::parse_label(key, value) else { continue };
+            if let VipTarget::Named(name) = label.target {
+                dns.vips.extend(port.protocols.iter().map(|&proto| (name.clone(), proto, label.port)));
+            }
+        }
+    }
+    dns
 }
 
 /// The groups of the app's port `index`: `HAPROXY_{index}_GROUP`, else `HAPROXY_GROUP` (app
@@ -523,6 +580,7 @@ fn mapped_ports<'a>(mappings: &'a [PortMapping]) -> Vec<AppPort<'a>> {
         service_port: port16(m.service_port),
         protocols: protocols(m.protocol.as_deref()),
         container_port: port16(m.container_port),
+        name: m.name.as_deref(),
         labels: &m.labels.0,
     };
     mappings.iter().enumerate().map(port).collect()
@@ -536,6 +594,7 @@ fn discovery_ports<'a>(app: &'a App) -> Vec<AppPort<'a>> {
         service_port: None,
         protocols: protocols(p.protocol.as_deref()),
         container_port: port16(p.number),
+        name: p.name.as_deref(),
         labels: &p.labels.0,
     };
     ports.into_iter().flatten().enumerate().map(port).collect()
@@ -544,7 +603,7 @@ fn discovery_ports<'a>(app: &'a App) -> Vec<AppPort<'a>> {
 /// Host networking: `portDefinitions`, else the older `ports` (TCP, no labels).
 fn defined_ports<'a>(app: &'a App) -> Vec<AppPort<'a>> {
     let Some(defs) = &app.port_definitions else {
-        let port = |(index, p): (usize, &Option<u32>)| AppPort { index, service_port: port16(*p), protocols: vec![Proto::Tcp], container_port: None, labels: &[] };
+        let port = |(index, p): (usize, &Option<u32>)| AppPort { index, service_port: port16(*p), protocols: vec![Proto::Tcp], container_port: None, name: None, labels: &[] };
         return app.ports.iter().flatten().enumerate().map(port).collect();
     };
     let port = |(index, d): (usize, &'a PortDefinition)| AppPort {
@@ -552,6 +611,7 @@ fn defined_ports<'a>(app: &'a App) -> Vec<AppPort<'a>> {
         service_port: port16(d.port),
         protocols: protocols(d.protocol.as_deref()),
         container_port: None,
+        name: d.name.as_deref(),
         labels: &d.labels.0,
     };
     defs.iter().enumerate().map(port).collect()

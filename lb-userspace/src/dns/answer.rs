@@ -1,0 +1,219 @@
+//! One query in, one reply out, from the [`Zone`]. The wire format is hickory-proto's; what is
+//! decided here is what an authoritative Mesos-DNS server answers: NXDOMAIN with the SOA for
+//! names the zone does not hold, NOERROR/no data with the SOA for a name without the type
+//! asked, the targets' addresses beside SRV answers, EDNS(0) echoed, and UDP answers cut to
+//! what the client said it can take (TC set when answers were left out).
+
+use std::net::IpAddr;
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{
+        rdata::{A, AAAA, NS, SOA, SRV},
+        DNSClass, Name, RData, Record, RecordType,
+    },
+};
+
+use super::zone::{Found, Lookup, Zone, ZoneId};
+
+/// The UDP payload this server offers in EDNS(0): the size DNS Flag Day 2020 settled on, which
+/// no path fragments.
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// A client without EDNS(0) takes 512 bytes over UDP (RFC 1035 §4.2.1).
+const CLASSIC_UDP: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What became of a query.
+#[derive(Debug)]
+pub enum Handled {
+    /// Send this.
+    Reply(Reply),
+    /// The name is outside the zones: the REFUSED reply (the caller may forward instead).
+    Outside(Reply),
+    /// Not a query one answers (a response, or too broken to have an id): counted, dropped.
+    Dropped,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    pub rcode: ResponseCode,
+    /// None when the query could not be read.
+    pub qtype: Option<RecordType>,
+    pub truncated: bool,
+}
+
+/// Answers `query`; `spread` rotates the records (one value per query: rudimentary spreading
+/// over an app's tasks, as Mesos-DNS's shuffle).
+pub fn answer(zone: &Zone, query: &[u8], transport: Transport, spread: usize) -> Handled {
+    let request = match Message::from_vec(query) {
+        Ok(request) => request,
+        Err(_) => return malformed(query),
+    };
+    if request.metadata.message_type != MessageType::Query {
+        return Handled::Dropped;
+    }
+    let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    let client_edns = request.edns.as_ref();
+    if client_edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        reply.set_edns(edns);
+    }
+    let limit = match transport {
+        Transport::Tcp => u16::MAX as usize,
+        Transport::Udp => client_edns.map_or(CLASSIC_UDP, |e| (e.max_payload() as usize).clamp(CLASSIC_UDP, EDNS_PAYLOAD as usize)),
+    };
+    let [question] = request.queries.as_slice() else {
+        reply.add_queries(request.queries.iter().cloned());
+        return finish(reply, ResponseCode::FormErr, None, limit);
+    };
+    let qtype = question.query_type();
+    reply.add_query(question.clone());
+    if request.metadata.op_code != OpCode::Query {
+        return finish(reply, ResponseCode::NotImp, Some(qtype), limit);
+    }
+    if client_edns.is_some_and(|e| e.version() != 0) {
+        // BADVERS is 16: its high bits go in the OPT record.
+        if let Some(edns) = reply.edns.as_mut() {
+            edns.set_rcode_high(1);
+        }
+        return finish(reply, ResponseCode::NoError, Some(qtype), limit);
+    }
+    let name = question.name().to_lowercase().to_ascii();
+    let name = name.trim_end_matches('.');
+    let lookup = if question.query_class() == DNSClass::IN { zone.lookup(name) } else { Lookup::Outside };
+    match lookup {
+        Lookup::Outside => {
+            let refused = finish(reply, ResponseCode::Refused, Some(qtype), limit);
+            let Handled::Reply(refused) = refused else { unreachable!("finish always replies") };
+            Handled::Outside(refused)
+        }
+        Lookup::NoName(zone_id) => {
+            reply.metadata.authoritative = true;
+            reply.add_authority(soa(zone, zone_id));
+            finish(reply, ResponseCode::NXDomain, Some(qtype), limit)
+        }
+        Lookup::Name(zone_id, found) => {
+            reply.metadata.authoritative = true;
+            fill(&mut reply, zone, zone_id, question, &found, spread);
+            if reply.answers.is_empty() {
+                reply.add_authority(soa(zone, zone_id));
+            }
+            finish(reply, ResponseCode::NoError, Some(qtype), limit)
+        }
+    }
+}
+
+/// The records of `found` the question asks for, rotated by `spread`, with SRV targets'
+/// addresses as additional records.
+fn fill(reply: &mut Message, zone: &Zone, zone_id: ZoneId, question: &Query, found: &Found, spread: usize) {
+    let qtype = question.query_type();
+    let ttl = zone.names().ttl;
+    let owner = question.name().clone();
+    let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
+    let mut answers: Vec<Record> = Vec::new();
+    for addr in &found.addrs {
+        match addr {
+            IpAddr::V4(ip) if wants(RecordType::A) => answers.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip)))),
+            IpAddr::V6(ip) if wants(RecordType::AAAA) => answers.push(Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(*ip)))),
+            _ => {}
+        }
+    }
+    let mut targets: Vec<&str> = Vec::new();
+    if wants(RecordType::SRV) {
+        for (port, target) in &found.srv {
+            let Ok(name) = Name::from_ascii(format!("{target}.")) else { continue };
+            answers.push(Record::from_rdata(owner.clone(), ttl, RData::SRV(SRV::new(0, 1, *port, name))));
+            if !targets.contains(&target.as_str()) {
+                targets.push(target);
+            }
+        }
+    }
+    if found.apex {
+        if wants(RecordType::SOA) {
+            answers.push(soa(zone, zone_id));
+        }
+        if wants(RecordType::NS) {
+            answers.push(Record::from_rdata(owner.clone(), ttl, RData::NS(NS(ns_name(zone)))));
+        }
+    }
+    if !answers.is_empty() {
+        let at = spread % answers.len();
+        answers.rotate_left(at);
+    }
+    reply.add_answers(answers);
+    for target in targets {
+        let Lookup::Name(_, target_found) = zone.lookup(target) else { continue };
+        let Ok(name) = Name::from_ascii(format!("{target}.")) else { continue };
+        for addr in target_found.addrs {
+            let rdata = match addr {
+                IpAddr::V4(ip) => RData::A(A(ip)),
+                IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+            };
+            reply.add_additional(Record::from_rdata(name.clone(), ttl, rdata));
+        }
+    }
+}
+
+fn ns_name(zone: &Zone) -> Name {
+    Name::from_ascii(format!("ns1.{}.", zone.names().domain)).unwrap_or_else(|_| Name::root())
+}
+
+/// The zone's SOA, as Mesos-DNS's defaults have it (refresh 60, retry 600, expire 86400; the
+/// minimum, which bounds negative caching, is the answers' TTL).
+fn soa(zone: &Zone, zone_id: ZoneId) -> Record {
+    let names = zone.names();
+    let apex = match zone_id {
+        ZoneId::Mesos => &names.domain,
+        ZoneId::Vips => &names.vip_domain,
+    };
+    let apex = Name::from_ascii(format!("{apex}.")).unwrap_or_else(|_| Name::root());
+    let rname = Name::from_ascii(format!("root.ns1.{}.", names.domain)).unwrap_or_else(|_| Name::root());
+    let soa = SOA::new(ns_name(zone), rname, zone.serial(), 60, 600, 86400, names.ttl);
+    Record::from_rdata(apex, names.ttl, RData::SOA(soa))
+}
+
+/// Encodes `reply` within `limit` bytes: additional records go first, then answers from the
+/// end, TC set once an answer is left out.
+fn finish(mut reply: Message, rcode: ResponseCode, qtype: Option<RecordType>, limit: usize) -> Handled {
+    reply.metadata.response_code = rcode;
+    let mut truncated = false;
+    loop {
+        let Ok(bytes) = reply.to_vec() else { return Handled::Dropped };
+        if bytes.len() <= limit {
+            return Handled::Reply(Reply { bytes, rcode, qtype, truncated });
+        }
+        if !reply.additionals.is_empty() {
+            reply.additionals.clear();
+        } else if reply.answers.pop().is_some() || reply.authorities.pop().is_some() {
+            truncated = true;
+            reply.metadata.truncation = true;
+        } else {
+            return Handled::Dropped;
+        }
+    }
+}
+
+/// A query that does not decode: FORMERR with its id when there is a query header to answer
+/// (RFC 1035 §4.1.1), nothing otherwise.
+fn malformed(query: &[u8]) -> Handled {
+    let Some(header) = query.get(..4) else { return Handled::Dropped };
+    let is_response = header[2] & 0x80 != 0;
+    if is_response {
+        return Handled::Dropped;
+    }
+    let id = u16::from_be_bytes([header[0], header[1]]);
+    let mut reply = Message::error_msg(id, OpCode::Query, ResponseCode::FormErr);
+    reply.metadata.message_type = MessageType::Response;
+    match reply.to_vec() {
+        Ok(bytes) => Handled::Reply(Reply { bytes, rcode: ResponseCode::FormErr, qtype: None, truncated: false }),
+        Err(_) => Handled::Dropped,
+    }
+}

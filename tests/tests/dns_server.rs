@@ -1,0 +1,197 @@
+//! The agent's DNS server (`--dns-listen`) asked by real clients: `dig` (bind9-dnsutils) for
+//! every record type and response code, and getaddrinfo through a resolv.conf pointing at the
+//! agent (in a private mount namespace). Answers follow Marathon's events: an unhealthy task
+//! leaves the answers and comes back, a killed one is gone once its event is applied.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{lb_bin, lb_ok, Running, wait_for_services, PinDir, TempFile, TestCgroup},
+    marathon_server::{AppSpec, MarathonServer, TaskSpec},
+    netns::Netns,
+};
+use serde_json::Value;
+
+const DNS: &str = "127.0.0.1";
+/// The test namespace's own port 53: glibc's resolver takes no port in resolv.conf.
+const DNS_PORT: &str = "53";
+
+fn task(id: &str, host: &str, port: u16) -> TaskSpec {
+    TaskSpec { id: id.into(), host: host.into(), port, state: "TASK_RUNNING".into(), alive: Some(true) }
+}
+
+fn app(id: &str, service_port: u16, tasks: Vec<TaskSpec>) -> AppSpec {
+    let mut app = AppSpec::new(id, service_port);
+    app.tasks = tasks;
+    app
+}
+
+/// `dig` in `ns` against the agent: (status, answer lines "name ttl class type data").
+fn dig(ns: &Netns, args: &[&str]) -> (String, Vec<String>, String) {
+    let out = ns
+        .command("dig")
+        .args(["@".to_owned() + DNS, "-p".into(), DNS_PORT.into(), "+time=2".into(), "+tries=1".into()])
+        .args(args)
+        .output()
+        .expect("running dig");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or("none").to_owned();
+    let answers = section(&text, "ANSWER");
+    (status, answers, text)
+}
+
+/// The records of one section of dig's output, whitespace normalised.
+fn section(text: &str, name: &str) -> Vec<String> {
+    let header = format!(";; {name} SECTION:");
+    let Some(start) = text.find(&header) else { return Vec::new() };
+    text[start + header.len()..].lines().skip(1).take_while(|l| !l.trim().is_empty()).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+}
+
+/// The data column of answers of `rtype`, sorted.
+fn data(answers: &[String], rtype: &str) -> Vec<String> {
+    let mut out: Vec<String> = answers
+        .iter()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            (fields.get(3) == Some(&rtype)).then(|| fields[4..].join(" "))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Asks until `want` holds (the agent applies events in milliseconds; 10 s only bounds a hang).
+fn until(ns: &Netns, args: &[&str], want: impl Fn(&str, &[String]) -> bool) -> (String, Vec<String>, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = dig(ns, args);
+        if want(&got.0, &got.1) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_agent(ns: &Netns, marathon: &MarathonServer, pins: &PinDir, cgroup: &TestCgroup) -> Running {
+    let url = marathon.url();
+    let child = ns
+        .command(lb_bin().to_str().unwrap())
+        .args(["run", "--marathon", &url, "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg(), "--resync", "3600"])
+        .args(["--dns-listen", &format!("{DNS}:{DNS_PORT}"), "--vip-cidr", "11.0.0.0/8"])
+        .env("LB_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting lb run");
+    let mut child = child;
+    let mut ready = String::new();
+    let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready);
+    assert!(read.is_ok() && ready.trim() == "ready", "agent not ready: {ready:?}");
+    Running(child)
+}
+
+#[test]
+fn dig_gets_mesos_dns_names_that_follow_marathon() {
+    let ns = Netns::new("lbdns").unwrap();
+    let marathon = MarathonServer::start(Some(&ns), Duration::from_millis(500)).unwrap();
+    let mut shop = app("/shop/web", 10000, vec![task("web.1", "10.0.0.1", 31001), task("web.2", "10.0.0.2", 31002)]);
+    shop.labels.insert("VIP_0".into(), "/shop:5555".into());
+    let many = app("/many", 10001, (0..100).map(|i| task(&format!("many.{i}"), &format!("10.1.{}.{}", i / 200, i % 200 + 1), 31000)).collect());
+    marathon.set_apps(vec![shop, many]);
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+    let _agent = start_agent(&ns, &marathon, &pins, &cgroup);
+    wait_for_services(&pins, |j| j.as_array().unwrap().len() >= 3).unwrap();
+
+    // A: the tasks; the group app's label is Mesos-DNS's (`/shop/web` → `web-shop`).
+    let (status, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |s, a| s == "NOERROR" && a.len() == 2);
+    assert_eq!((status.as_str(), data(&answers, "A")), ("NOERROR", vec!["10.0.0.1".into(), "10.0.0.2".into()]), "{text}");
+    assert!(text.contains("flags: qr aa"), "authoritative: {text}");
+    assert!(answers.iter().all(|l| l.split(' ').nth(1) == Some("5")), "TTL 5: {answers:?}");
+    let (_, answers, text) = dig(&ns, &["web-shop.marathon.slave.mesos", "A"]);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1", "10.0.0.2"], "{text}");
+
+    // SRV: one per task and port, targets that resolve, their addresses alongside.
+    let (status, answers, text) = dig(&ns, &["_web-shop._tcp.marathon.mesos", "SRV"]);
+    let srv = data(&answers, "SRV");
+    assert_eq!((status.as_str(), srv.len()), ("NOERROR", 2), "{text}");
+    let ports: Vec<&str> = srv.iter().map(|s| s.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(ports, ["31001", "31002"], "{text}");
+    let additional = section(&text, "ADDITIONAL");
+    for target in srv.iter().map(|s| s.split(' ').nth(3).unwrap()) {
+        assert!(target.starts_with("web-shop-") && target.ends_with("-1.marathon.mesos."), "{target}");
+        let (_, answers, text) = dig(&ns, &[target, "A"]);
+        assert_eq!(data(&answers, "A").len(), 1, "{target}: {text}");
+        assert!(additional.iter().any(|l| l.starts_with(target)), "{target} in additional: {text}");
+    }
+
+    // The named VIP: an address from --vip-cidr, and SRV for its port.
+    let (_, answers, text) = dig(&ns, &["shop.marathon.l4lb.thisdcos.directory", "A"]);
+    let vip = data(&answers, "A");
+    assert!(vip.len() == 1 && vip[0].starts_with("11."), "{text}");
+    let (_, answers, text) = dig(&ns, &["_shop._tcp.marathon.l4lb.thisdcos.directory", "SRV"]);
+    assert_eq!(data(&answers, "SRV"), ["0 1 5555 shop.marathon.l4lb.thisdcos.directory."], "{text}");
+
+    // NXDOMAIN and NODATA with the SOA; SOA and NS at the apex; REFUSED outside the zones.
+    let (status, answers, text) = dig(&ns, &["nope.marathon.mesos", "A"]);
+    assert!(status == "NXDOMAIN" && answers.is_empty() && section(&text, "AUTHORITY")[0].contains(" SOA "), "{text}");
+    let (status, answers, text) = dig(&ns, &["web-shop.marathon.mesos", "AAAA"]);
+    assert!(status == "NOERROR" && answers.is_empty() && section(&text, "AUTHORITY")[0].contains(" SOA "), "{text}");
+    let (status, answers, text) = dig(&ns, &["mesos", "SOA"]);
+    assert!(status == "NOERROR" && data(&answers, "SOA")[0].starts_with("ns1.mesos. root.ns1.mesos."), "{text}");
+    let (_, answers, text) = dig(&ns, &["mesos", "NS"]);
+    assert_eq!(data(&answers, "NS"), ["ns1.mesos."], "{text}");
+    let (status, _, text) = dig(&ns, &["example.com", "A"]);
+    assert_eq!(status, "REFUSED", "{text}");
+
+    // 100 tasks do not fit in UDP: truncated there, complete over TCP.
+    let (_, answers, text) = dig(&ns, &["many.marathon.mesos", "A", "+ignore", "+bufsize=1232"]);
+    assert!(text.contains(" tc ") || text.contains(" tc;"), "TC set: {text}");
+    assert!(answers.len() < 100, "{}", answers.len());
+    let (_, answers, text) = dig(&ns, &["many.marathon.mesos", "A", "+tcp"]);
+    assert_eq!(data(&answers, "A").len(), 100, "{text}");
+
+    // An unhealthy task leaves the answers and comes back; a killed one is gone.
+    marathon.update("/shop/web", |a| a.tasks[0].alive = Some(false));
+    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| data(a, "A") == ["10.0.0.2"]);
+    assert_eq!(data(&answers, "A"), ["10.0.0.2"], "unhealthy task left: {text}");
+    marathon.update("/shop/web", |a| a.tasks[0].alive = Some(true));
+    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 2);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1", "10.0.0.2"], "healthy again: {text}");
+    marathon.update("/shop/web", |a| {
+        a.tasks.remove(1);
+    });
+    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 1);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1"], "killed task gone: {text}");
+
+    // The status says where DNS is served and how many records.
+    let status: Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &pins.arg()]).unwrap()).unwrap();
+    assert_eq!(status["dns"]["listen"][0], format!("{DNS}:{DNS_PORT}"), "{status}");
+    assert!(status["dns"]["records"].as_u64().unwrap() > 100, "{status}");
+}
+
+/// getaddrinfo without AI_ADDRCONFIG (`getent ahosts` sets it, and a namespace with only
+/// loopback addresses then gets no IPv4 answer at all).
+const GETADDRINFO: &str = "mount --bind \"$0\" /etc/resolv.conf && exec python3 -c 'import socket; print(sorted({a[4][0] for a in socket.getaddrinfo(\"web.marathon.mesos\", 80, socket.AF_INET)}))'";
+
+#[test]
+fn getaddrinfo_resolves_app_names_through_the_agent() {
+    let ns = Netns::new("lbdnsg").unwrap();
+    let marathon = MarathonServer::start(Some(&ns), Duration::from_millis(500)).unwrap();
+    marathon.set_apps(vec![app("/web", 10000, vec![task("web.1", "10.0.0.9", 31001)])]);
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+    let _agent = start_agent(&ns, &marathon, &pins, &cgroup);
+    wait_for_services(&pins, |j| !j.as_array().unwrap().is_empty()).unwrap();
+    until(&ns, &["web.marathon.mesos", "A"], |s, _| s == "NOERROR");
+    let resolv = TempFile::new(&format!("nameserver {DNS}\noptions timeout:2 attempts:1\n")).unwrap();
+    let out = ns
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", GETADDRINFO])
+        .arg(resolv.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "['10.0.0.9']", "getaddrinfo: {text} {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -217,3 +217,6 @@ fn malformed(query: &[u8]) -> Handled {
         Err(_) => Handled::Dropped,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -166,6 +166,15 @@ fn dig_gets_mesos_dns_names_that_follow_marathon() {
     let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 1);
     assert_eq!(data(&answers, "A"), ["10.0.0.1"], "killed task gone: {text}");
 
+    // Counted by type and code; the truncation too.
+    let metrics = ns.command("curl").args(["-sf", "http://127.0.0.1:9097/metrics"]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let value = |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    assert!(value("lb_dns_queries_total{type=\"A\",rcode=\"NOERROR\"}") >= 5, "{metrics}");
+    assert!(value("lb_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"}") >= 1, "{metrics}");
+    assert!(value("lb_dns_queries_total{type=\"A\",rcode=\"REFUSED\"}") >= 1, "{metrics}");
+    assert!(value("lb_dns_truncated_total") >= 1, "{metrics}");
+
     // The status says where DNS is served and how many records.
     let status: Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &pins.arg()]).unwrap()).unwrap();
     assert_eq!(status["dns"]["listen"][0], format!("{DNS}:{DNS_PORT}"), "{status}");

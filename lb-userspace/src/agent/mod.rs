@@ -77,9 +77,11 @@ impl Listeners {
         if let (Some(bound), Some(metrics)) = (self.http, &http_metrics) {
             agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
         }
+        let mut dns_counters = None;
         if let Some(bound) = self.dns {
             let dns = bound.start()?;
             info!(listen = ?dns.listen(), "DNS on UDP and TCP");
+            dns_counters = Some(dns.counters().clone());
             agent = agent.with_dns(dns);
         }
         if let Some(listener) = self.metrics {
@@ -87,7 +89,7 @@ impl Listeners {
             agent = agent.with_metrics(shared.clone());
             let listener = tokio::net::TcpListener::from_std(listener)?;
             info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
-            runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics));
+            runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics, dns_counters));
         }
         Ok(agent)
     }

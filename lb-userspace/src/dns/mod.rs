@@ -5,6 +5,7 @@
 //! of queries does not hold up the agent's loop).
 
 mod answer;
+pub mod metrics;
 pub mod names;
 mod server;
 pub mod zone;

@@ -59,10 +59,13 @@ impl Shared {
 }
 
 /// Serves `/metrics` and `/` on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http: Option<Arc<crate::http::metrics::Metrics>>) {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http: Option<Arc<crate::http::metrics::Metrics>>, dns: Option<Arc<crate::dns::Counters>>) {
     let mut registry = Registry::default();
     if let Some(http) = http {
         http.register(&mut registry);
+    }
+    if let Some(dns) = dns {
+        registry.register_collector(Box::new(crate::dns::metrics::DnsMetrics(dns)));
     }
     registry.register(
         "lb_marathon_event_to_maps_seconds",

@@ -77,11 +77,16 @@ fn until(ns: &Netns, args: &[&str], want: impl Fn(&str, &[String]) -> bool) -> (
 }
 
 fn start_agent(ns: &Netns, marathon: &MarathonServer, pins: &PinDir, cgroup: &TestCgroup) -> Running {
+    start_agent_with(ns, marathon, pins, cgroup, &[])
+}
+
+fn start_agent_with(ns: &Netns, marathon: &MarathonServer, pins: &PinDir, cgroup: &TestCgroup, extra: &[&str]) -> Running {
     let url = marathon.url();
     let child = ns
         .command(lb_bin().to_str().unwrap())
         .args(["run", "--marathon", &url, "--pin-dir", &pins.arg(), "--cgroup", &cgroup.arg(), "--resync", "3600"])
         .args(["--dns-listen", &format!("{DNS}:{DNS_PORT}"), "--vip-cidr", "11.0.0.0/8"])
+        .args(extra)
         .env("LB_LOG", "info")
         .stdout(Stdio::piped())
         .spawn()
@@ -203,4 +208,51 @@ fn getaddrinfo_resolves_app_names_through_the_agent() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.trim(), "['10.0.0.9']", "getaddrinfo: {text} {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An upstream that answers every query with its own id and question, QR and RA set, and
+/// counts what it was asked.
+fn upstream(ns: &Netns) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let socket = ns.run(|| std::net::UdpSocket::bind("127.0.0.2:53").unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf) {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            buf[2] |= 0x80;
+            buf[3] |= 0x80;
+            let _ = socket.send_to(&buf[..len], peer);
+        }
+    });
+    (addr, asked)
+}
+
+#[test]
+fn other_names_are_forwarded_only_for_allowed_clients() {
+    let ns = Netns::new("lbdnsf").unwrap();
+    let marathon = MarathonServer::start(Some(&ns), Duration::from_millis(500)).unwrap();
+    marathon.set_apps(vec![app("/web", 10000, vec![task("web.1", "10.0.0.9", 31001)])]);
+    let (upstream_addr, asked) = upstream(&ns);
+    let upstream_arg = upstream_addr.to_string();
+    // Default --dns-allow: loopback and this namespace's networks; dig asks from 127.0.0.1.
+    {
+        let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+        let _agent = start_agent_with(&ns, &marathon, &pins, &cgroup, &["--dns-upstream", &upstream_arg]);
+        let (status, _, text) = dig(&ns, &["example.com", "A"]);
+        assert_eq!(status, "NOERROR", "forwarded: {text}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let (status, _, text) = dig(&ns, &["example.com", "A", "+tcp"]);
+        assert_eq!(status, "SERVFAIL", "the upstream does not serve TCP: {text}");
+        // The zones are still answered by the agent itself.
+        let (status, answers, text) = until(&ns, &["web.marathon.mesos", "A"], |s, _| s == "NOERROR");
+        assert_eq!((status.as_str(), data(&answers, "A")), ("NOERROR", vec!["10.0.0.9".to_owned()]), "{text}");
+    }
+    // A client outside --dns-allow is refused and nothing reaches the upstream.
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+    let _agent = start_agent_with(&ns, &marathon, &pins, &cgroup, &["--dns-upstream", &upstream_arg, "--dns-allow", "192.0.2.0/24"]);
+    let (status, _, text) = dig(&ns, &["example.com", "A"]);
+    assert_eq!(status, "REFUSED", "{text}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

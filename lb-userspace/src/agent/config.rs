@@ -70,7 +70,18 @@ fn dns_config(args: &RunArgs) -> Result<Option<crate::dns::DnsConfig>, ConfigErr
     if args.dns_domain == args.vip_domain {
         return Err(ConfigError::DnsDomainsClash(args.dns_domain.clone()));
     }
-    Ok(Some(crate::dns::DnsConfig { listen: args.dns_listen.clone(), domain: args.dns_domain.clone(), vip_domain: args.vip_domain.clone(), ttl: args.dns_ttl }))
+    let mut allow = args.dns_allow.clone();
+    if allow.is_empty() && !args.dns_upstream.is_empty() {
+        allow = crate::node::addrs::networks().map_err(|e| ConfigError::Expose(format!("--dns-upstream: listing this node's networks for --dns-allow: {e}")))?;
+        allow.extend(["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse::<ipnet::IpNet>().ok()));
+    }
+    Ok(Some(crate::dns::DnsConfig {
+        listen: args.dns_listen.clone(),
+        domain: args.dns_domain.clone(),
+        vip_domain: args.vip_domain.clone(),
+        ttl: args.dns_ttl,
+        forward: crate::dns::Forward { upstreams: args.dns_upstream.clone(), allow },
+    }))
 }
 
 fn http_config(args: &RunArgs) -> Result<Option<crate::http::HttpConfig>, ConfigError> {

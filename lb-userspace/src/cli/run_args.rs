@@ -176,6 +176,22 @@ pub struct RunArgs {
     /// TTL (seconds) of every DNS answer: how long a client may cache one after it changed.
     #[arg(long, value_name = "SECS", default_value_t = crate::dns::DEFAULT_TTL, value_parser = clap::value_parser!(u32).range(0..=86400), help_heading = "DNS")]
     pub dns_ttl: u32,
+    /// Forward queries for names outside the zones to these servers (ADDR or ADDR:PORT, tried
+    /// in order), for clients in --dns-allow only. Without it such names are refused.
+    #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", requires = "dns_listen", value_parser = upstream, help_heading = "DNS")]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// Clients whose queries for other names are forwarded (CIDR, repeatable). Default:
+    /// loopback and the networks of this node's addresses — never an open resolver.
+    #[arg(long = "dns-allow", value_name = "CIDR", requires = "dns_upstream", value_parser = cidr, help_heading = "DNS")]
+    pub dns_allow: Vec<ipnet::IpNet>,
+}
+
+/// A name server: ADDR:PORT, or ADDR (port 53).
+pub fn upstream(text: &str) -> Result<std::net::SocketAddr, ValueError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)).map_err(|_| ValueError::NotAListenAddress(text.to_owned()))
 }
 
 /// A DNS domain: labels of letters, digits and `-`, at most 63 characters each, 253 in all;

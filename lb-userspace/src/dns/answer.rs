@@ -201,6 +201,16 @@ fn finish(mut reply: Message, rcode: ResponseCode, qtype: Option<RecordType>, li
     }
 }
 
+/// SERVFAIL for `query` (its id and question): no upstream answered it.
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    reply.metadata.response_code = ResponseCode::ServFail;
+    reply.add_queries(request.queries);
+    reply.to_vec().ok()
+}
+
 /// A query that does not decode: FORMERR with its id when there is a query header to answer
 /// (RFC 1035 §4.1.1), nothing otherwise.
 fn malformed(query: &[u8]) -> Handled {

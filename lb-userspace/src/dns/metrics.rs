@@ -26,6 +26,8 @@ impl Collector for DnsMetrics {
             ("lb_dns_malformed", "Queries that did not decode (answered FORMERR when they had a header, else dropped)", &c.malformed),
             ("lb_dns_dropped", "Messages not answered: responses, and queries too short to have a header", &c.dropped),
             ("lb_dns_tcp_refused", "TCP connections closed on accept: too many open at once", &c.tcp_refused),
+            ("lb_dns_forwarded", "Queries for names outside the zones answered by an upstream (--dns-upstream)", &c.forwarded),
+            ("lb_dns_forward_failures", "Forwarded queries no upstream answered in time, or over the in-flight bound (SERVFAIL)", &c.forward_failures),
             ("lb_dns_tcp_timeouts", "TCP connections cut for sending no complete query in time", &c.tcp_timeouts),
         ];
         for (name, help, value) in single {

@@ -32,12 +32,28 @@ pub struct DnsConfig {
     pub domain: String,
     pub vip_domain: String,
     pub ttl: u32,
+    pub forward: Forward,
+}
+
+/// Where names outside the zones go, and for whom (no upstreams: refused for everyone).
+#[derive(Clone, Debug, Default)]
+pub struct Forward {
+    pub upstreams: Vec<SocketAddr>,
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl Forward {
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        let client = client.to_canonical();
+        !self.upstreams.is_empty() && self.allow.iter().any(|net| net.contains(&client))
+    }
 }
 
 /// The listeners, bound before the kernel is touched.
 pub struct Bound {
     sockets: server::Sockets,
     names: ZoneNames,
+    forward: Forward,
 }
 
 /// The running server: the zone it answers from and its counters.
@@ -59,7 +75,7 @@ impl DnsConfig {
         ns_addrs.sort();
         ns_addrs.dedup();
         let names = ZoneNames { domain: self.domain.clone(), vip_domain: self.vip_domain.clone(), ttl: self.ttl, ns_addrs };
-        Ok(Bound { sockets, names })
+        Ok(Bound { sockets, names, forward: self.forward.clone() })
     }
 }
 
@@ -74,7 +90,7 @@ impl Bound {
         let zone = Arc::new(RwLock::new(Zone::new(self.names)));
         let counters = Arc::new(Counters::default());
         let listen = self.sockets.local_addrs();
-        self.sockets.serve(zone.clone(), counters.clone())?;
+        self.sockets.serve(zone.clone(), counters.clone(), Arc::new(self.forward))?;
         Ok(Dns { zone, counters, listen })
     }
 }

@@ -18,12 +18,17 @@ use tracing::warn;
 use super::{
     answer::{self, Handled, Reply, Transport},
     zone::Zone,
+    Forward,
 };
 
 /// How long a TCP client may take to send a query (and between queries).
 const TCP_IDLE: Duration = Duration::from_secs(5);
 /// TCP connections served at once; more are closed on accept (counted).
 const TCP_MAX: usize = 64;
+/// How long an upstream may take to answer a forwarded query (then the next is asked).
+const UPSTREAM_WAIT: Duration = Duration::from_secs(2);
+/// UDP queries being forwarded at once; more are answered SERVFAIL (counted).
+const FORWARD_MAX: usize = 64;
 
 /// Query types and response codes counted one by one; the rest as "other".
 pub const QTYPES: [&str; 7] = ["A", "AAAA", "SRV", "SOA", "NS", "ANY", "other"];
@@ -40,6 +45,9 @@ pub struct Counters {
     pub dropped: AtomicU64,
     pub tcp_refused: AtomicU64,
     pub tcp_timeouts: AtomicU64,
+    /// Queries for other names passed to an upstream, and those no upstream answered.
+    pub forwarded: AtomicU64,
+    pub forward_failures: AtomicU64,
 }
 
 impl Counters {
@@ -107,46 +115,118 @@ impl Sockets {
 
     /// Two UDP workers per address (this project's nodes answer a cluster's lookups, and two
     /// let one answer while the other is in a syscall); a TCP acceptor per address.
-    pub fn serve(self, zone: Arc<RwLock<Zone>>, counters: Arc<Counters>) -> std::io::Result<()> {
+    pub fn serve(self, zone: Arc<RwLock<Zone>>, counters: Arc<Counters>, forward: Arc<Forward>) -> std::io::Result<()> {
+        let shared = Arc::new(Shared { zone, counters, forward, forwarding: AtomicUsize::new(0), tcp_open: AtomicUsize::new(0) });
         for udp in self.udp {
+            let udp = Arc::new(udp);
             for worker in 0..2 {
-                let socket = udp.try_clone()?;
-                let (zone, counters) = (zone.clone(), counters.clone());
-                std::thread::Builder::new().name(format!("dns-udp-{worker}")).spawn(move || serve_udp(&socket, &zone, &counters))?;
+                let (socket, shared) = (udp.clone(), shared.clone());
+                std::thread::Builder::new().name(format!("dns-udp-{worker}")).spawn(move || serve_udp(&socket, &shared))?;
             }
         }
-        let open = Arc::new(AtomicUsize::new(0));
         for tcp in self.tcp {
-            let (zone, counters, open) = (zone.clone(), counters.clone(), open.clone());
-            std::thread::Builder::new().name("dns-tcp".into()).spawn(move || accept_tcp(&tcp, &zone, &counters, &open))?;
+            let shared = shared.clone();
+            std::thread::Builder::new().name("dns-tcp".into()).spawn(move || accept_tcp(&tcp, &shared))?;
         }
         Ok(())
     }
 }
 
+/// What every socket's threads share.
+struct Shared {
+    zone: Arc<RwLock<Zone>>,
+    counters: Arc<Counters>,
+    forward: Arc<Forward>,
+    /// UDP queries being forwarded now.
+    forwarding: AtomicUsize,
+    tcp_open: AtomicUsize,
+}
+
+/// What to do with a query.
+enum Response {
+    Send(Vec<u8>),
+    /// A name outside the zones from a client that may be forwarded for.
+    Forward,
+    Nothing,
+}
+
 /// Rotates each answer's records one step per query, across every socket.
 static SPREAD: AtomicUsize = AtomicUsize::new(0);
 
-fn respond(zone: &RwLock<Zone>, query: &[u8], transport: Transport, counters: &Counters) -> Option<Vec<u8>> {
+fn respond(shared: &Shared, query: &[u8], transport: Transport, client: std::net::IpAddr) -> Response {
     let spread = SPREAD.fetch_add(1, Ordering::Relaxed);
     let handled = {
-        let zone = zone.read().unwrap_or_else(|e| e.into_inner());
+        let zone = shared.zone.read().unwrap_or_else(|e| e.into_inner());
         answer::answer(&zone, query, transport, spread)
     };
+    let counters = &shared.counters;
     let reply = match handled {
         Handled::Reply(reply) => reply,
-        // Forwarding is not offered: outside the zones, every query is refused.
+        Handled::Outside(_) if shared.forward.admits(client) => return Response::Forward,
         Handled::Outside(refused) => refused,
         Handled::Dropped => {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Response::Nothing;
         }
     };
     counters.count(&reply);
-    Some(reply.bytes)
+    Response::Send(reply.bytes)
 }
 
-fn serve_udp(socket: &UdpSocket, zone: &RwLock<Zone>, counters: &Counters) {
+/// Asks the upstreams in order; the first answer with the query's id, else SERVFAIL (counted).
+fn forward(shared: &Shared, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let counters = &shared.counters;
+    for upstream in &shared.forward.upstreams {
+        let answer = match transport {
+            Transport::Udp => ask_udp(*upstream, query),
+            Transport::Tcp => ask_tcp(*upstream, query),
+        };
+        if let Ok(bytes) = answer {
+            counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            return Some(bytes);
+        }
+    }
+    counters.forward_failures.fetch_add(1, Ordering::Relaxed);
+    answer::servfail(query)
+}
+
+fn ask_udp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let local: SocketAddr = if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(upstream)?;
+    socket.set_read_timeout(Some(UPSTREAM_WAIT))?;
+    socket.send(query)?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let len = socket.recv(&mut buf)?;
+        // Only the answer to this query (its id), not a stray datagram.
+        if len >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+    }
+}
+
+fn ask_tcp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&upstream, UPSTREAM_WAIT)?;
+    stream.set_read_timeout(Some(UPSTREAM_WAIT))?;
+    stream.write_all(&framed(query))?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply)?;
+    Ok(reply)
+}
+
+/// A message with its TCP length prefix (RFC 1035 §4.2.2).
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 2);
+    out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+fn serve_udp(socket: &Arc<UdpSocket>, shared: &Arc<Shared>) {
     let mut buf = [0u8; 4096];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf) {
@@ -157,60 +237,89 @@ fn serve_udp(socket: &UdpSocket, zone: &RwLock<Zone>, counters: &Counters) {
                 continue;
             }
         };
-        if let Some(reply) = respond(zone, &buf[..len], Transport::Udp, counters) {
-            let _ = socket.send_to(&reply, peer);
+        match respond(shared, &buf[..len], Transport::Udp, peer.ip()) {
+            Response::Send(reply) => {
+                let _ = socket.send_to(&reply, peer);
+            }
+            Response::Forward => forward_udp(socket, shared, buf[..len].to_vec(), peer),
+            Response::Nothing => {}
         }
     }
 }
 
-fn accept_tcp(listener: &TcpListener, zone: &Arc<RwLock<Zone>>, counters: &Arc<Counters>, open: &Arc<AtomicUsize>) {
+/// Forwards on a thread of its own (an upstream's wait must not hold up the zone's answers),
+/// at most `FORWARD_MAX` at once.
+fn forward_udp(socket: &Arc<UdpSocket>, shared: &Arc<Shared>, query: Vec<u8>, peer: SocketAddr) {
+    let busy = shared.forwarding.fetch_add(1, Ordering::AcqRel) >= FORWARD_MAX;
+    let (socket, worker) = (socket.clone(), shared.clone());
+    let spawned = !busy
+        && std::thread::Builder::new()
+            .name("dns-forward".into())
+            .spawn(move || {
+                if let Some(reply) = forward(&worker, &query, Transport::Udp) {
+                    let _ = socket.send_to(&reply, peer);
+                }
+                worker.forwarding.fetch_sub(1, Ordering::AcqRel);
+            })
+            .is_ok();
+    if !spawned {
+        shared.forwarding.fetch_sub(1, Ordering::AcqRel);
+        shared.counters.forward_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn accept_tcp(listener: &TcpListener, shared: &Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept() else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= TCP_MAX {
-            open.fetch_sub(1, Ordering::AcqRel);
-            counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+        if shared.tcp_open.fetch_add(1, Ordering::AcqRel) >= TCP_MAX {
+            shared.tcp_open.fetch_sub(1, Ordering::AcqRel);
+            shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let (zone, conn_counters, conn_open) = (zone.clone(), counters.clone(), open.clone());
+        let conn = shared.clone();
         let spawned = std::thread::Builder::new().name("dns-tcp-conn".into()).spawn(move || {
-            serve_tcp(stream, &zone, &conn_counters);
-            conn_open.fetch_sub(1, Ordering::AcqRel);
+            serve_tcp(stream, &conn);
+            conn.tcp_open.fetch_sub(1, Ordering::AcqRel);
         });
         if spawned.is_err() {
-            open.fetch_sub(1, Ordering::AcqRel);
-            counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            shared.tcp_open.fetch_sub(1, Ordering::AcqRel);
+            shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// Length-prefixed queries (RFC 1035 §4.2.2) until the client closes or idles.
-fn serve_tcp(mut stream: TcpStream, zone: &RwLock<Zone>, counters: &Counters) {
+fn serve_tcp(mut stream: TcpStream, shared: &Shared) {
+    let Ok(peer) = stream.peer_addr() else { return };
     if stream.set_read_timeout(Some(TCP_IDLE)).and(stream.set_write_timeout(Some(TCP_IDLE))).is_err() {
         return;
     }
+    let timed_out = |err: &std::io::Error| matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
     loop {
         let mut len = [0u8; 2];
-        if let Err(err) = stream.read_exact(&mut len) {
-            if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                counters.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
+        let mut query = Vec::new();
+        let read = stream.read_exact(&mut len).and_then(|()| {
+            query.resize(u16::from_be_bytes(len) as usize, 0);
+            stream.read_exact(&mut query)
+        });
+        if let Err(err) = read {
+            if timed_out(&err) {
+                shared.counters.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
-        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
-        if let Err(err) = stream.read_exact(&mut query) {
-            if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                counters.tcp_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
-        let Some(reply) = respond(zone, &query, Transport::Tcp, counters) else { return };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).is_err() {
+        let reply = match respond(shared, &query, Transport::Tcp, peer.ip()) {
+            Response::Send(reply) => reply,
+            Response::Forward => match forward(shared, &query, Transport::Tcp) {
+                Some(reply) => reply,
+                None => return,
+            },
+            Response::Nothing => return,
+        };
+        if stream.write_all(&framed(&reply)).is_err() {
             return;
         }
     }

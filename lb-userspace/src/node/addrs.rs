@@ -13,13 +13,39 @@ pub struct NodeAddr {
 /// Every address configured on an interface of the current network namespace (link-local
 /// IPv6 left out), with its interface.
 pub fn discover() -> std::io::Result<Vec<NodeAddr>> {
+    let mut addrs = Vec::new();
+    each_address(|ip, _, iface| addrs.push(NodeAddr { ip, iface: Some(iface.to_owned()) }))?;
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// The networks this node's addresses are on (address and netmask, host bits cleared).
+pub fn networks() -> std::io::Result<Vec<ipnet::IpNet>> {
+    let mut nets = Vec::new();
+    each_address(|ip, mask, _| {
+        let prefix = mask.map_or(if ip.is_ipv4() { 32 } else { 128 }, |m| match m {
+            IpAddr::V4(m) => u32::from(m).leading_ones() as u8,
+            IpAddr::V6(m) => u128::from(m).leading_ones() as u8,
+        });
+        if let Ok(net) = ipnet::IpNet::new(ip, prefix) {
+            nets.push(net.trunc());
+        }
+    })?;
+    nets.sort();
+    nets.dedup();
+    Ok(nets)
+}
+
+/// Calls `f(address, netmask, interface)` for every address getifaddrs lists (link-local IPv6
+/// left out).
+fn each_address(mut f: impl FnMut(IpAddr, Option<IpAddr>, &str)) -> std::io::Result<()> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid out-pointer; on success getifaddrs makes it own a list that
     // is freed once below, after the last read of it.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut addrs = Vec::new();
     let mut cursor = head;
     while !cursor.is_null() {
         // SAFETY: cursor is non-null and points into the list getifaddrs returned, which stays
@@ -27,18 +53,18 @@ pub fn discover() -> std::io::Result<Vec<NodeAddr>> {
         let entry = unsafe { &*cursor };
         // SAFETY: ifa_addr is null or a sockaddr of the same list, sized for its sa_family.
         if let Some(ip) = unsafe { sockaddr_ip(entry.ifa_addr) }.filter(|ip| !is_link_local_v6(ip)) {
+            // SAFETY: as ifa_addr: ifa_netmask is null or a sockaddr of the same list.
+            let mask = unsafe { sockaddr_ip(entry.ifa_netmask) };
             // SAFETY: ifa_name is a NUL-terminated string of the same list.
-            let iface = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned();
-            addrs.push(NodeAddr { ip, iface: Some(iface) });
+            let iface = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy();
+            f(ip, mask, &iface);
         }
         cursor = entry.ifa_next;
     }
     // SAFETY: head came from a successful getifaddrs, is freed exactly once, and no reference
     // into the list (`entry`) lives past the loop.
     unsafe { libc::freeifaddrs(head) };
-    addrs.sort();
-    addrs.dedup();
-    Ok(addrs)
+    Ok(())
 }
 
 pub fn is_link_local_v6(ip: &IpAddr) -> bool {
@@ -89,6 +115,12 @@ mod tests {
     fn discovery_includes_loopback_on_its_interface() {
         let addrs = discover().unwrap();
         assert!(addrs.iter().any(|a| a.ip == IpAddr::V4(Ipv4Addr::LOCALHOST) && a.iface.as_deref() == Some("lo")), "{addrs:?}");
+    }
+
+    #[test]
+    fn networks_include_loopback() {
+        let nets = networks().unwrap();
+        assert!(nets.contains(&"127.0.0.0/8".parse().unwrap()), "{nets:?}");
     }
 
     #[test]

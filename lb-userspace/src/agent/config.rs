@@ -59,10 +59,11 @@ pub enum ConfigError {
     DnsBind { addr: std::net::SocketAddr, why: String },
     #[error("--dns-domain and --vip-domain are both {0}: give the named VIPs a domain of their own")]
     DnsDomainsClash(String),
+    #[error("--dns-upstream: listing this node's networks for --dns-allow: {0}")]
+    DnsAllow(String),
 }
 
-/// The HTTP path's flags, with the certificates read (a directory that does not read whole is
-/// refused before anything starts).
+/// DNS's flags; `--dns-allow` defaults to loopback and this node's networks.
 fn dns_config(args: &RunArgs) -> Result<Option<crate::dns::DnsConfig>, ConfigError> {
     if args.dns_listen.is_empty() {
         return Ok(None);
@@ -72,7 +73,7 @@ fn dns_config(args: &RunArgs) -> Result<Option<crate::dns::DnsConfig>, ConfigErr
     }
     let mut allow = args.dns_allow.clone();
     if allow.is_empty() && !args.dns_upstream.is_empty() {
-        allow = crate::node::addrs::networks().map_err(|e| ConfigError::Expose(format!("--dns-upstream: listing this node's networks for --dns-allow: {e}")))?;
+        allow = crate::node::addrs::networks().map_err(|e| ConfigError::DnsAllow(e.to_string()))?;
         allow.extend(["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse::<ipnet::IpNet>().ok()));
     }
     Ok(Some(crate::dns::DnsConfig {
@@ -84,6 +85,8 @@ fn dns_config(args: &RunArgs) -> Result<Option<crate::dns::DnsConfig>, ConfigErr
     }))
 }
 
+/// The HTTP path's flags, with the certificates read (a directory that does not read whole is
+/// refused before anything starts).
 fn http_config(args: &RunArgs) -> Result<Option<crate::http::HttpConfig>, ConfigError> {
     if args.http_listen.is_none() && args.https_listen.is_none() {
         return Ok(None);

@@ -266,8 +266,8 @@ impl<D: Dataplane> Agent<D> {
 
     /// DNS names change in the pass that reprogrammed the services they name.
     fn follow_dns(&mut self, source: &marathon::Source) {
-        let (Some(dns), Some(translator)) = (&self.dns, source.translator()) else { return };
-        dns.follow(translator, source.named_vips());
+        let (Some(dns), Some(translator)) = (&mut self.dns, source.translator()) else { return };
+        dns.follow(translator, source.named_vips(), source.vips_epoch());
         let records = dns.record_count();
         if let Some(status) = self.status.dns.as_mut().filter(|s| s.records != records) {
             status.records = records;

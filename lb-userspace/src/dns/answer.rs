@@ -181,24 +181,42 @@ fn soa(zone: &Zone, zone_id: ZoneId) -> Record {
 }
 
 /// Encodes `reply` within `limit` bytes: additional records go first, then answers from the
-/// end, TC set once an answer is left out.
+/// end, TC set once an answer is left out. How many answers fit is found by bisection (an
+/// encoding per try: 7 for a 100-task app, not the 70 of leaving them out one by one).
 fn finish(mut reply: Message, rcode: ResponseCode, qtype: Option<RecordType>, limit: usize) -> Handled {
     reply.metadata.response_code = rcode;
-    let mut truncated = false;
-    loop {
-        let Ok(bytes) = reply.to_vec() else { return Handled::Dropped };
-        if bytes.len() <= limit {
-            return Handled::Reply(Reply { bytes, rcode, qtype, truncated });
-        }
-        if !reply.additionals.is_empty() {
-            reply.additionals.clear();
-        } else if reply.answers.pop().is_some() || reply.authorities.pop().is_some() {
-            truncated = true;
-            reply.metadata.truncation = true;
-        } else {
-            return Handled::Dropped;
+    let done = |bytes: Vec<u8>, truncated: bool| Handled::Reply(Reply { bytes, rcode, qtype, truncated });
+    let Ok(bytes) = reply.to_vec() else { return Handled::Dropped };
+    if bytes.len() <= limit {
+        return done(bytes, false);
+    }
+    reply.additionals.clear();
+    let Ok(bytes) = reply.to_vec() else { return Handled::Dropped };
+    if bytes.len() <= limit {
+        return done(bytes, false);
+    }
+    reply.metadata.truncation = true;
+    let answers = std::mem::take(&mut reply.answers);
+    let Ok(mut fitting) = reply.to_vec() else { return Handled::Dropped };
+    if fitting.len() > limit {
+        reply.authorities.clear();
+        fitting = match reply.to_vec() {
+            Ok(bytes) if bytes.len() <= limit => bytes,
+            _ => return Handled::Dropped,
+        };
+    }
+    // The most answers that fit: `fitting` encodes `kept` of them; all of them do not fit.
+    let (mut kept, mut too_many) = (0, answers.len());
+    while too_many - kept > 1 {
+        let mid = kept + (too_many - kept) / 2;
+        reply.answers = answers[..mid].to_vec();
+        match reply.to_vec() {
+            Ok(bytes) if bytes.len() <= limit => (kept, fitting) = (mid, bytes),
+            Ok(_) => too_many = mid,
+            Err(_) => return Handled::Dropped,
         }
     }
+    done(fitting, true)
 }
 
 /// SERVFAIL for `query` (its id and question): no upstream answered it.

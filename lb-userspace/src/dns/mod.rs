@@ -11,12 +11,13 @@ mod server;
 pub mod zone;
 
 use std::{
-    net::SocketAddr,
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, RwLock},
 };
 
 pub use server::Counters;
-use zone::{VipDns, Zone, ZoneNames};
+use zone::{Zone, ZoneNames};
 
 use crate::sources::marathon::translate::Translator;
 
@@ -43,7 +44,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+    pub fn admits(&self, client: IpAddr) -> bool {
         let client = client.to_canonical();
         !self.upstreams.is_empty() && self.allow.iter().any(|net| net.contains(&client))
     }
@@ -61,6 +62,8 @@ pub struct Dns {
     zone: Arc<RwLock<Zone>>,
     counters: Arc<Counters>,
     listen: Vec<SocketAddr>,
+    /// The translator's VIP epoch last taken in.
+    vips_epoch: Option<u64>,
 }
 
 impl DnsConfig {
@@ -91,38 +94,32 @@ impl Bound {
         let counters = Arc::new(Counters::default());
         let listen = self.sockets.local_addrs();
         self.sockets.serve(zone.clone(), counters.clone(), Arc::new(self.forward))?;
-        Ok(Dns { zone, counters, listen })
+        Ok(Dns { zone, counters, listen, vips_epoch: None })
     }
 }
 
 impl Dns {
     /// Takes in what the last translation changed: the apps it re-translated (every app after
-    /// a full read), and the named VIPs.
-    pub fn follow(&self, translator: &Translator, named_vips: &std::collections::BTreeMap<String, std::net::IpAddr>) {
+    /// a full read, built off the lock so queries are not held up), and the named VIPs'
+    /// addresses when their allocation changed (`vips_epoch`).
+    pub fn follow(&mut self, translator: &Translator, named_vips: &BTreeMap<String, IpAddr>, vips_epoch: u64) {
+        let vips_changed = self.vips_epoch != Some(vips_epoch);
+        self.vips_epoch = Some(vips_epoch);
+        let Some(ids) = translator.changed_apps() else {
+            let mut fresh = Zone::new(self.zone.read().unwrap_or_else(|e| e.into_inner()).names().clone());
+            for app in translator.all_dns() {
+                fresh.set_app(&app.app_id, Some(app.clone()));
+            }
+            fresh.set_vip_addrs(named_vips);
+            return self.zone.write().unwrap_or_else(|e| e.into_inner()).replace_with(fresh);
+        };
         let mut zone = self.zone.write().unwrap_or_else(|e| e.into_inner());
-        match translator.changed_apps() {
-            Some(ids) => {
-                for id in ids {
-                    zone.set_app(id, translator.dns(id).cloned());
-                }
-            }
-            None => {
-                zone.clear_apps();
-                for app in translator.all_dns() {
-                    zone.set_app(&app.app_id.clone(), Some(app.clone()));
-                }
-            }
+        for id in ids {
+            zone.set_app(id, translator.dns(id).cloned());
         }
-        let mut vips: std::collections::BTreeMap<String, VipDns> =
-            named_vips.iter().map(|(name, ip)| (name.clone(), VipDns { addr: Some(*ip), ports: Vec::new() })).collect();
-        for app in translator.all_dns() {
-            for (name, proto, port) in &app.vips {
-                if let Some(vip) = vips.get_mut(name) {
-                    vip.ports.push((*proto, *port));
-                }
-            }
+        if vips_changed {
+            zone.set_vip_addrs(named_vips);
         }
-        zone.set_vips(vips);
     }
 
     pub fn counters(&self) -> &Arc<Counters> {

@@ -84,10 +84,6 @@ impl Counters {
             RCODES.iter().enumerate().map(move |(r, rcode)| (*qtype, *rcode, self.answers[q][r].load(Ordering::Relaxed)))
         })
     }
-
-    pub fn total(&self) -> u64 {
-        self.answers().map(|(_, _, n)| n).sum()
-    }
 }
 
 pub struct Sockets {

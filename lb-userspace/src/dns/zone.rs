@@ -6,7 +6,7 @@
 //! entries of the apps it changed, nothing else.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     sync::Arc,
 };
@@ -71,14 +71,6 @@ pub struct ZoneNames {
     pub ns_addrs: Vec<IpAddr>,
 }
 
-/// A named VIP: its address and the ports served on it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VipDns {
-    pub addr: Option<IpAddr>,
-    /// (protocol, port), sorted, without repeats.
-    pub ports: Vec<(Proto, u16)>,
-}
-
 /// Every app's records, by the label its name starts with.
 #[derive(Debug)]
 pub struct Zone {
@@ -87,8 +79,13 @@ pub struct Zone {
     apps: HashMap<Box<str>, Vec<Arc<AppDns>>>,
     /// App id → its label, to remove an app that changed.
     labels: HashMap<Box<str>, Box<str>>,
-    /// Named-VIP label → the VIP.
-    vips: HashMap<Box<str>, VipDns>,
+    /// Named-VIP label → its address (the allocation; changes rarely).
+    vip_addrs: HashMap<Box<str>, IpAddr>,
+    /// Named-VIP label → (protocol, port) → how many of the apps' labels ask for it (apps may
+    /// share a VIP): kept by [`Zone::set_app`], so a change costs the apps it touched.
+    vip_ports: HashMap<Box<str>, BTreeMap<(Proto, u16), usize>>,
+    /// Records the apps hold (addresses and SRV targets), kept by [`Zone::set_app`].
+    app_records: usize,
     /// SOA serial: bumped by every change, so secondaries and `lb dns` see one.
     serial: u32,
 }
@@ -121,9 +118,27 @@ pub enum Lookup {
     Name(ZoneId, Found),
 }
 
+impl AppDns {
+    /// The records this app's names hold: per task its address and agent under two names
+    /// each, an SRV per protocol of each port (twice for a named port), and one per host port
+    /// under each `.slave` protocol.
+    fn records(&self) -> usize {
+        let port = |p: &DnsPort| p.protocols.len() * if p.name.is_empty() { 1 } else { 2 };
+        self.tasks.iter().map(|t| 4 + t.ports.iter().map(port).sum::<usize>() + 2 * t.host_ports.len()).sum()
+    }
+}
+
 impl Zone {
     pub fn new(names: ZoneNames) -> Self {
-        Self { names, apps: HashMap::new(), labels: HashMap::new(), vips: HashMap::new(), serial: 1 }
+        Self {
+            names,
+            apps: HashMap::new(),
+            labels: HashMap::new(),
+            vip_addrs: HashMap::new(),
+            vip_ports: HashMap::new(),
+            app_records: 0,
+            serial: 1,
+        }
     }
 
     pub fn names(&self) -> &ZoneNames {
@@ -136,17 +151,15 @@ impl Zone {
 
     /// Replaces one app's records (None: the app is gone).
     pub fn set_app(&mut self, app_id: &str, app: Option<AppDns>) {
-        if let Some(label) = self.labels.remove(app_id) {
-            if let Some(list) = self.apps.get_mut(&label) {
-                list.retain(|a| a.app_id != app_id);
-                if list.is_empty() {
-                    self.apps.remove(&label);
-                }
-            }
+        if let Some(old) = self.remove_app(app_id) {
+            self.app_records -= old.records();
+            self.count_vip_ports(&old, false);
         }
         if let Some(app) = app {
             let label: Box<str> = names::app_label(app_id).into();
             if !label.is_empty() {
+                self.app_records += app.records();
+                self.count_vip_ports(&app, true);
                 self.labels.insert(app_id.into(), label.clone());
                 self.apps.entry(label).or_default().push(Arc::new(app));
             }
@@ -154,42 +167,67 @@ impl Zone {
         self.serial = self.serial.wrapping_add(1);
     }
 
-    /// Replaces every named VIP: name → address, and the ports the apps serve on each.
-    pub fn set_vips(&mut self, vips: impl IntoIterator<Item = (String, VipDns)>) {
-        self.vips.clear();
-        for (name, vip) in vips {
-            let label = names::vip_label(&name);
+    fn remove_app(&mut self, app_id: &str) -> Option<Arc<AppDns>> {
+        let label = self.labels.remove(app_id)?;
+        let list = self.apps.get_mut(&label)?;
+        let old = list.iter().position(|a| a.app_id == app_id).map(|at| list.swap_remove(at));
+        if list.is_empty() {
+            self.apps.remove(&label);
+        }
+        old
+    }
+
+    /// Adds (or takes away) the VIP ports `app`'s labels ask for.
+    fn count_vip_ports(&mut self, app: &AppDns, add: bool) {
+        for (name, proto, port) in &app.vips {
+            let label = names::vip_label(name);
             if label.is_empty() {
                 continue;
             }
-            let entry = self.vips.entry(label.into()).or_default();
-            entry.addr = entry.addr.or(vip.addr);
-            entry.ports.extend(vip.ports);
-            entry.ports.sort();
-            entry.ports.dedup();
+            let ports = self.vip_ports.entry(label.as_str().into()).or_default();
+            let count = ports.entry((*proto, *port)).or_default();
+            if add {
+                *count += 1;
+                continue;
+            }
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                ports.remove(&(*proto, *port));
+            }
+            if ports.is_empty() {
+                self.vip_ports.remove(label.as_str());
+            }
+        }
+    }
+
+    /// Replaces the named VIPs' addresses (name as labelled → address).
+    pub fn set_vip_addrs<'a>(&mut self, vips: impl IntoIterator<Item = (&'a String, &'a IpAddr)>) {
+        self.vip_addrs.clear();
+        for (name, addr) in vips {
+            let label = names::vip_label(name);
+            if !label.is_empty() {
+                self.vip_addrs.entry(label.into()).or_insert(*addr);
+            }
         }
         self.serial = self.serial.wrapping_add(1);
     }
 
-    pub fn clear_apps(&mut self) {
-        self.apps.clear();
-        self.labels.clear();
+    /// Takes `fresh`'s records, keeping the serial increasing (a full re-read is built off the
+    /// lock, then swapped in).
+    pub fn replace_with(&mut self, mut fresh: Zone) {
+        fresh.serial = self.serial.wrapping_add(1);
+        *self = fresh;
     }
 
-    /// Records served: one per address, SRV target and VIP (the apex's SOA and NS aside).
+    /// Records served: one per address and SRV target (the apex's SOA and NS aside).
     pub fn record_count(&self) -> usize {
-        let app = |a: &AppDns| a.tasks.iter().map(|t| 4 + t.ports.iter().map(|p| p.protocols.len() * if p.name.is_empty() { 1 } else { 2 }).sum::<usize>() + 2 * t.host_ports.len()).sum::<usize>();
-        let apps: usize = self.apps.values().flatten().map(|a| app(a)).sum();
-        apps + self.vips.values().map(|v| 1 + v.ports.len()).sum::<usize>()
+        let vips: usize = self.vip_addrs.keys().map(|label| 1 + self.vip_ports.get(label).map_or(0, BTreeMap::len)).sum();
+        self.app_records + vips
     }
 
-    /// App labels and VIP labels, for `lb dns` and the HTTP API's enumeration.
+    /// Every app with its label (for `lb dns` and the HTTP API's enumeration).
     pub fn apps(&self) -> impl Iterator<Item = (&str, &AppDns)> {
         self.apps.iter().flat_map(|(label, list)| list.iter().map(move |a| (&**label, &**a)))
-    }
-
-    pub fn vips(&self) -> impl Iterator<Item = (&str, &VipDns)> {
-        self.vips.iter().map(|(label, v)| (&**label, v))
     }
 
     /// Looks a lowercase name (no trailing dot) up.
@@ -284,8 +322,8 @@ impl Zone {
         if front.is_empty() || front == "_tcp" || front == "_udp" {
             return found(Found::default());
         }
-        if let Some(vip) = self.vips.get(front) {
-            return found(Found { addrs: vip.addr.into_iter().collect(), ..Found::default() });
+        if let Some(addr) = self.vip_addrs.get(front) {
+            return found(Found { addrs: vec![*addr], ..Found::default() });
         }
         let srv = front.rsplit_once('.').and_then(|(label, proto)| {
             let proto = match proto {
@@ -293,10 +331,10 @@ impl Zone {
                 "_udp" => Proto::Udp,
                 _ => return None,
             };
-            let label = label.strip_prefix('_')?;
-            let vip = self.vips.get(label)?;
+            let label = label.strip_prefix('_').filter(|l| self.vip_addrs.contains_key(*l))?;
             let target = format!("{label}.marathon.{}", self.names.vip_domain);
-            let srv: Vec<(u16, String)> = vip.ports.iter().filter(|(p, _)| *p == proto).map(|(_, port)| (*port, target.clone())).collect();
+            let ports = self.vip_ports.get(label)?.keys().filter(|(p, _)| *p == proto);
+            let srv: Vec<(u16, String)> = ports.map(|(_, port)| (*port, target.clone())).collect();
             (!srv.is_empty()).then_some(srv)
         });
         match srv {

@@ -423,10 +423,21 @@ fn print_bgp(bgp: &crate::status::BgpStatus, out: &mut impl Write) -> Result<()>
 }
 
 /// The direct-server-return line of `lb status`.
-/// The DNS line: where, how many records, and whether they are Marathon's last good answers.
-fn print_dns(dns: &crate::status::DnsStatus, marathon: Option<&crate::status::MarathonStatus>, out: &mut impl Write) -> std::io::Result<()> {
-    let stale = if marathon.is_some_and(|m| m.failures_in_a_row > 0) { " (Marathon unreachable: serving the last good answers)" } else { "" };
-    writeln!(out, "DNS: {} records for {} and {} on {}{stale}", dns.records, dns.domain, dns.vip_domain, dns.listen.join(", "))
+/// What a running agent serves besides the data path: metrics, the HTTP path, DNS (with
+/// whether its answers are Marathon's last good ones).
+fn print_listeners(status: &crate::status::AgentStatus, out: &mut impl Write) -> std::io::Result<()> {
+    if let Some(at) = status.metrics_listen.as_deref() {
+        writeln!(out, "metrics: http://{at}/metrics  status page: http://{at}/")?;
+    }
+    if let Some(http) = &status.http {
+        writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
+    }
+    if let Some(dns) = &status.dns {
+        let stale = status.marathon.as_ref().is_some_and(|m| m.failures_in_a_row > 0);
+        let stale = if stale { " (Marathon unreachable: serving the last good answers)" } else { "" };
+        writeln!(out, "DNS: {} records for {} and {} on {}{stale}", dns.records, dns.domain, dns.vip_domain, dns.listen.join(", "))?;
+    }
+    Ok(())
 }
 
 fn print_dsr(dsr: &crate::status::DsrStatus, out: &mut impl Write) -> Result<()> {
@@ -458,14 +469,8 @@ pub fn print_status(view: &crate::status::StatusView, json: bool, out: &mut impl
     for warning in &status.warnings {
         writeln!(out, "WARNING: {warning}")?;
     }
-    if let Some(at) = status.metrics_listen.as_deref().filter(|_| view.running) {
-        writeln!(out, "metrics: http://{at}/metrics  status page: http://{at}/")?;
-    }
-    if let Some(http) = status.http.as_ref().filter(|_| view.running) {
-        writeln!(out, "HTTP path: {} routes on {}", http.routes, http.listen.join(", "))?;
-    }
-    if let Some(dns) = status.dns.as_ref().filter(|_| view.running) {
-        print_dns(dns, status.marathon.as_ref(), out)?;
+    if view.running {
+        print_listeners(status, out)?;
     }
     if let Some(bgp) = &status.bgp {
         print_bgp(bgp, out)?;

@@ -17,7 +17,7 @@ fn zone() -> Zone {
         vips: vec![("/shop".into(), Proto::Tcp, 5555)],
     };
     zone.set_app("/shop/web", Some(app));
-    zone.set_vips([("/shop".to_owned(), VipDns { addr: Some("11.0.0.7".parse().unwrap()), ports: vec![(Proto::Tcp, 5555)] })]);
+    zone.set_vip_addrs([(&"/shop".to_owned(), &"11.0.0.7".parse().unwrap())]);
     zone
 }
 
@@ -68,7 +68,9 @@ fn named_vips_have_addresses_and_srv() {
         other => panic!("{other:?}"),
     }
     assert_eq!(zone.lookup("nope.marathon.l4lb.thisdcos.directory"), Lookup::NoName(ZoneId::Vips));
-    // An app that is gone takes its names along.
+    // An app that is gone takes its names, its VIP ports and its records along.
     zone.set_app("/shop/web", None);
     assert_eq!(zone.lookup("web-shop.marathon.mesos"), Lookup::NoName(ZoneId::Mesos));
+    assert_eq!(zone.lookup("_shop._tcp.marathon.l4lb.thisdcos.directory"), Lookup::NoName(ZoneId::Vips));
+    assert_eq!(zone.record_count(), 1, "the VIP's address alone");
 }

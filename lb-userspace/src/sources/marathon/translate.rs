@@ -368,19 +368,20 @@ fn add_contributor(apps: &mut Vec<Arc<str>>, app: &Arc<str>) {
 
 /// The named VIPs an app's labels ask for, sorted, without repeats.
 fn vip_names(app: &App) -> Vec<String> {
-    let mut names = Vec::new();
-    for port in app_ports(app, network_mode(app)) {
-        for (key, value) in port.labels {
-            if let Some(Ok(label)) = vip::parse_label(key, value) {
-                if let VipTarget::Named(name) = label.target {
-                    names.push(name);
-                }
-            }
-        }
-    }
+    let mut names: Vec<String> = named_vip_labels(&app_ports(app, network_mode(app))).map(|(_, name, _)| name).collect();
     names.sort();
     names.dedup();
     names
+}
+
+/// Each readable named-VIP label on `ports`: (its port, the VIP name, the VIP port).
+fn named_vip_labels<'a>(ports: &'a [AppPort<'a>]) -> impl Iterator<Item = (&'a AppPort<'a>, String, u16)> + 'a {
+    ports.iter().flat_map(|port| {
+        port.labels.iter().filter_map(move |(key, value)| match vip::parse_label(key, value)?.ok()? {
+            vip::VipLabel { target: VipTarget::Named(name), port: vip_port, .. } => Some((port, name, vip_port)),
+            _ => None,
+        })
+    })
 }
 
 /// The app's ports the HTTP path routes; a port whose labels cannot be read is left out, with
@@ -500,13 +501,8 @@ fn app_dns(app: &App, tasks: &[Task], liveness: &[Liveness], ports: &[AppPort], 
         }
         dns.tasks.push(record);
     }
-    for port in ports {
-        for (key, value) in port.labels {
-            let Some(Ok(label)) = vip::parse_label(key, value) else { continue };
-            if let VipTarget::Named(name) = label.target {
-                dns.vips.extend(port.protocols.iter().map(|&proto| (name.clone(), proto, label.port)));
-            }
-        }
+    for (port, name, vip_port) in named_vip_labels(ports) {
+        dns.vips.extend(port.protocols.iter().map(|&proto| (name.clone(), proto, vip_port)));
     }
     dns
 }

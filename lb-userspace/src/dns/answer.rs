@@ -4,8 +4,6 @@
 //! asked, the targets' addresses beside SRV answers, EDNS(0) echoed, and UDP answers cut to
 //! what the client said it can take (TC set when answers were left out).
 
-use std::net::IpAddr;
-
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
@@ -14,7 +12,7 @@ use hickory_proto::{
     },
 };
 
-use super::zone::{Found, Lookup, Zone, ZoneId};
+use super::zone::{Data, Found, Lookup, Zone, ZoneId, SOA_TIMERS, SRV_PRIORITY, SRV_WEIGHT};
 
 /// The UDP payload this server offers in EDNS(0): the size DNS Flag Day 2020 settled on, which
 /// no path fragments.
@@ -97,14 +95,14 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport, spread: usize) ->
         }
         Lookup::NoName(zone_id) => {
             reply.metadata.authoritative = true;
-            reply.add_authority(soa(zone, zone_id));
+            reply.add_authorities(soa(zone, zone_id));
             finish(reply, ResponseCode::NXDomain, Some(qtype), limit)
         }
         Lookup::Name(zone_id, found) => {
             reply.metadata.authoritative = true;
-            fill(&mut reply, zone, zone_id, question, &found, spread);
+            fill(&mut reply, zone, question, found, spread);
             if reply.answers.is_empty() {
-                reply.add_authority(soa(zone, zone_id));
+                reply.add_authorities(soa(zone, zone_id));
             }
             finish(reply, ResponseCode::NoError, Some(qtype), limit)
         }
@@ -113,36 +111,23 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport, spread: usize) ->
 
 /// The records of `found` the question asks for, rotated by `spread`, with SRV targets'
 /// addresses as additional records.
-fn fill(reply: &mut Message, zone: &Zone, zone_id: ZoneId, question: &Query, found: &Found, spread: usize) {
+fn fill(reply: &mut Message, zone: &Zone, question: &Query, found: Found, spread: usize) {
     let qtype = question.query_type();
     let ttl = zone.names().ttl;
-    let owner = question.name().clone();
-    let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
+    let owner = question.name();
     let mut answers: Vec<Record> = Vec::new();
-    for addr in &found.addrs {
-        match addr {
-            IpAddr::V4(ip) if wants(RecordType::A) => answers.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip)))),
-            IpAddr::V6(ip) if wants(RecordType::AAAA) => answers.push(Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(*ip)))),
-            _ => {}
+    let mut targets: Vec<String> = Vec::new();
+    for data in found.into_data(zone.names(), zone.serial()) {
+        let rtype = record_type(&data);
+        if qtype != rtype && qtype != RecordType::ANY {
+            continue;
         }
-    }
-    let mut targets: Vec<&str> = Vec::new();
-    if wants(RecordType::SRV) {
-        for (port, target) in &found.srv {
-            let Ok(name) = Name::from_ascii(format!("{target}.")) else { continue };
-            answers.push(Record::from_rdata(owner.clone(), ttl, RData::SRV(SRV::new(0, 1, *port, name))));
-            if !targets.contains(&target.as_str()) {
-                targets.push(target);
+        if let Data::Srv { target, .. } = &data {
+            if !targets.contains(target) {
+                targets.push(target.clone());
             }
         }
-    }
-    if found.apex {
-        if wants(RecordType::SOA) {
-            answers.push(soa(zone, zone_id));
-        }
-        if wants(RecordType::NS) {
-            answers.push(Record::from_rdata(owner.clone(), ttl, RData::NS(NS(ns_name(zone)))));
-        }
+        answers.extend(record(owner, ttl, data));
     }
     if !answers.is_empty() {
         let at = spread % answers.len();
@@ -150,34 +135,43 @@ fn fill(reply: &mut Message, zone: &Zone, zone_id: ZoneId, question: &Query, fou
     }
     reply.add_answers(answers);
     for target in targets {
-        let Lookup::Name(_, target_found) = zone.lookup(target) else { continue };
+        let Lookup::Name(_, target_found) = zone.lookup(&target) else { continue };
         let Ok(name) = Name::from_ascii(format!("{target}.")) else { continue };
-        for addr in target_found.addrs {
-            let rdata = match addr {
-                IpAddr::V4(ip) => RData::A(A(ip)),
-                IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
-            };
-            reply.add_additional(Record::from_rdata(name.clone(), ttl, rdata));
-        }
+        reply.add_additionals(target_found.addrs.into_iter().filter_map(|ip| record(&name, ttl, Data::addr(ip))));
     }
 }
 
-fn ns_name(zone: &Zone) -> Name {
-    Name::from_ascii(format!("ns1.{}.", zone.names().domain)).unwrap_or_else(|_| Name::root())
+fn record_type(data: &Data) -> RecordType {
+    match data {
+        Data::A(_) => RecordType::A,
+        Data::Aaaa(_) => RecordType::AAAA,
+        Data::Srv { .. } => RecordType::SRV,
+        Data::Soa { .. } => RecordType::SOA,
+        Data::Ns(_) => RecordType::NS,
+    }
 }
 
-/// The zone's SOA, as Mesos-DNS's defaults have it (refresh 60, retry 600, expire 86400; the
-/// minimum, which bounds negative caching, is the answers' TTL).
-fn soa(zone: &Zone, zone_id: ZoneId) -> Record {
-    let names = zone.names();
-    let apex = match zone_id {
-        ZoneId::Mesos => &names.domain,
-        ZoneId::Vips => &names.vip_domain,
+/// `data` on the wire (None for a name hickory refuses: the model makes only valid ones).
+fn record(owner: &Name, ttl: u32, data: Data) -> Option<Record> {
+    let name = |n: &str| Name::from_ascii(format!("{n}.")).ok();
+    let rdata = match data {
+        Data::A(ip) => RData::A(A(ip)),
+        Data::Aaaa(ip) => RData::AAAA(AAAA(ip)),
+        Data::Srv { port, target } => RData::SRV(SRV::new(SRV_PRIORITY, SRV_WEIGHT, port, name(&target)?)),
+        Data::Soa { mname, rname, serial, minimum } => {
+            let [refresh, retry, expire] = SOA_TIMERS;
+            RData::SOA(SOA::new(name(&mname)?, name(&rname)?, serial, refresh, retry, expire, minimum))
+        }
+        Data::Ns(ns) => RData::NS(NS(name(&ns)?)),
     };
-    let apex = Name::from_ascii(format!("{apex}.")).unwrap_or_else(|_| Name::root());
-    let rname = Name::from_ascii(format!("root.ns1.{}.", names.domain)).unwrap_or_else(|_| Name::root());
-    let soa = SOA::new(ns_name(zone), rname, zone.serial(), 60, 600, 86400, names.ttl);
-    Record::from_rdata(apex, names.ttl, RData::SOA(soa))
+    Some(Record::from_rdata(owner.clone(), ttl, rdata))
+}
+
+/// The zone's SOA, for the authority section of a negative answer.
+fn soa(zone: &Zone, zone_id: ZoneId) -> Option<Record> {
+    let names = zone.names();
+    let apex = Name::from_ascii(format!("{}.", names.apex(zone_id))).ok()?;
+    record(&apex, names.ttl, names.soa(zone.serial()))
 }
 
 /// Encodes `reply` within `limit` bytes: additional records go first, then answers from the

@@ -26,10 +26,15 @@ pub fn domain_frag(text: &str) -> String {
 }
 
 /// The Mesos task name Marathon gives an app's tasks: the id's path reversed, dot-joined
-/// (`/group/app` → `app.group`), which Mesos-DNS then turns into one label (`app-group`).
-pub fn app_label(app_id: &str) -> String {
+/// (`/group/app` → `app.group`).
+pub fn task_name(app_id: &str) -> String {
     let reversed: Vec<&str> = app_id.split('/').filter(|p| !p.is_empty()).rev().collect();
-    label(&reversed.join("."))
+    reversed.join(".")
+}
+
+/// An app's label: its task name made one label, as Mesos-DNS does (`app.group` → `app-group`).
+pub fn app_label(app_id: &str) -> String {
+    label(&task_name(app_id))
 }
 
 /// The per-task part Mesos-DNS puts in a task's canonical name: the first 5 characters of the

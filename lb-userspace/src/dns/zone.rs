@@ -29,6 +29,8 @@ pub struct AppDns {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsTask {
+    /// The Mesos task id (Mesos-DNS's enumeration lists it).
+    pub id: Box<str>,
     /// Mesos-DNS's per-task label suffix: `<hash of the task id>-<agent id tail>`.
     pub tag: String,
     /// Where a client reaches the task: the balancer's backend address (the agent's address for
@@ -54,9 +56,15 @@ pub struct DnsPort {
 impl DnsTask {
     pub fn new(task_id: &str, slave_id: Option<&str>) -> Self {
         let tail = names::slave_tail(slave_id.unwrap_or_default());
-        Self { tag: format!("{}-{tail}", names::task_hash(task_id)), addr: None, host: None, ports: Vec::new(), host_ports: Vec::new() }
+        Self { id: task_id.into(), tag: format!("{}-{tail}", names::task_hash(task_id)), addr: None, host: None, ports: Vec::new(), host_ports: Vec::new() }
     }
 }
+
+/// Every SRV record's priority and weight, Mesos-DNS's (`SRVRecordDefaultWeight` 1).
+pub const SRV_PRIORITY: u16 = 0;
+pub const SRV_WEIGHT: u16 = 1;
+/// The SOA's refresh, retry and expire: Mesos-DNS's defaults.
+pub const SOA_TIMERS: [i32; 3] = [60, 600, 86400];
 
 /// Where a zone's names are, and what its SOA says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +77,26 @@ pub struct ZoneNames {
     pub ttl: u32,
     /// The addresses the name server's own name (`ns1.<domain>`) resolves to.
     pub ns_addrs: Vec<IpAddr>,
+}
+
+impl ZoneNames {
+    /// A zone's apex.
+    pub fn apex(&self, zone: ZoneId) -> &str {
+        match zone {
+            ZoneId::Mesos => &self.domain,
+            ZoneId::Vips => &self.vip_domain,
+        }
+    }
+
+    /// The name server's name, in both zones' NS and SOA (Mesos-DNS's `SOAMname`).
+    pub fn ns_name(&self) -> String {
+        format!("ns1.{}", self.domain)
+    }
+
+    /// The SOA's mailbox (Mesos-DNS's `SOARname`).
+    pub fn soa_rname(&self) -> String {
+        format!("root.ns1.{}", self.domain)
+    }
 }
 
 /// Every app's records, by the label its name starts with.
@@ -91,7 +119,8 @@ pub struct Zone {
 }
 
 /// Which of the two zones a name is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ZoneId {
     Mesos,
     Vips,
@@ -351,6 +380,9 @@ fn under<'a>(name: &'a str, zone: &str) -> Option<&'a str> {
     }
     name.strip_suffix(zone)?.strip_suffix('.')
 }
+
+mod listing;
+pub use listing::{Data, Enumeration, Listed, Named, Record, Snapshot};
 
 #[cfg(test)]
 mod tests;

@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{lb_bin, lb_ok, Running, wait_for_services, PinDir, TempFile, TestCgroup},
-    marathon_server::{AppSpec, MarathonServer, TaskSpec},
+    agent::{lb, lb_bin, lb_ok, Running, wait_for_services, PinDir, TempFile, TestCgroup},
+    marathon_server::{AppSpec, MarathonServer, Networking, TaskSpec},
     netns::Netns,
 };
 use serde_json::Value;
@@ -184,6 +184,88 @@ fn dig_gets_mesos_dns_names_that_follow_marathon() {
     let status: Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &pins.arg()]).unwrap()).unwrap();
     assert_eq!(status["dns"]["listen"][0], format!("{DNS}:{DNS_PORT}"), "{status}");
     assert!(status["dns"]["records"].as_u64().unwrap() > 100, "{status}");
+}
+
+/// Bridge and container-network apps with a named port: answers carry the address a client
+/// reaches (the host in bridge mode, never the bridge-internal one; the container's on a
+/// container network); Mesos-DNS's HTTP API and `lb dns` list the same records.
+#[test]
+fn networking_modes_named_ports_http_api_and_lb_dns() {
+    let ns = Netns::new("lbdnsn").unwrap();
+    let marathon = MarathonServer::start(Some(&ns), Duration::from_millis(500)).unwrap();
+    let mut web = app("/shop/web", 10000, vec![task("web.1", "10.0.0.1", 31001), task("web.2", "10.0.0.2", 31002)]);
+    (web.networking, web.port_name) = (Networking::Bridge { container_port: 80 }, "http".into());
+    let mut db = app("/db", 10001, vec![task("db.1", "10.0.0.3", 0), task("db.2", "10.0.0.3", 0)]);
+    let task_ips = [("db.1".to_owned(), "9.0.0.5".to_owned()), ("db.2".to_owned(), "9.0.0.6".to_owned())].into();
+    (db.networking, db.port_name) = (Networking::Container { container_port: 5432, task_ips }, "pg".into());
+    db.labels.insert("VIP_0".into(), "/db:5432".into());
+    marathon.set_apps(vec![web, db]);
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+    let _agent = start_agent(&ns, &marathon, &pins, &cgroup);
+    wait_for_services(&pins, |j| j.as_array().unwrap().len() >= 3).unwrap();
+
+    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 2);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1", "10.0.0.2"], "bridge: the hosts: {text}");
+    for name in ["_web-shop._tcp.marathon.mesos", "_http._web-shop._tcp.marathon.mesos"] {
+        let (_, answers, text) = dig(&ns, &[name, "SRV"]);
+        let ports: Vec<String> = data(&answers, "SRV").iter().map(|s| s.split(' ').nth(2).unwrap().to_owned()).collect();
+        assert_eq!(ports, ["31001", "31002"], "{name}: host ports: {text}");
+    }
+    let (_, answers, text) = dig(&ns, &["db.marathon.mesos", "A"]);
+    assert_eq!(data(&answers, "A"), ["9.0.0.5", "9.0.0.6"], "container network: the containers: {text}");
+    let (_, answers, text) = dig(&ns, &["db.marathon.slave.mesos", "A"]);
+    assert_eq!(data(&answers, "A"), ["10.0.0.3"], "their agent: {text}");
+    let (_, answers, text) = dig(&ns, &["_pg._db._tcp.marathon.mesos", "SRV"]);
+    let srv = data(&answers, "SRV");
+    assert!(srv.len() == 2 && srv.iter().all(|s| s.starts_with("0 1 5432 db-")), "container port: {text}");
+    let (_, answers, text) = dig(&ns, &["db.marathon.l4lb.thisdcos.directory", "A"]);
+    assert!(data(&answers, "A").first().is_some_and(|a| a.starts_with("11.")), "{text}");
+
+    http_api_lists_the_records(&ns);
+    lb_dns_lists_the_records(&ns, &pins);
+}
+
+/// Mesos-DNS's HTTP API on the metrics listener, for the apps above.
+fn http_api_lists_the_records(ns: &Netns) {
+    let get = |path: &str| -> Value {
+        let out = ns.command("curl").args(["-sf", &format!("http://127.0.0.1:9097{path}")]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    assert!(get("/v1/version")["Version"].is_string());
+    let config = get("/v1/config");
+    assert_eq!((config["Domain"].as_str(), config["Port"].as_u64(), config["HttpPort"].as_u64()), (Some("mesos"), Some(53), Some(9097)), "{config}");
+    let hosts = get("/v1/hosts/web-shop.marathon.mesos");
+    let mut ips: Vec<&str> = hosts.as_array().unwrap().iter().map(|h| h["ip"].as_str().unwrap()).collect();
+    ips.sort();
+    assert_eq!(ips, ["10.0.0.1", "10.0.0.2"], "{hosts}");
+    let services = get("/v1/services/_db._tcp.marathon.mesos.");
+    assert!(services.as_array().unwrap().iter().all(|s| s["port"] == "5432" && s["ip"].as_str().unwrap().starts_with("9.0.0.")), "{services}");
+    let enumeration = get("/v1/enumerate");
+    let tasks = enumeration["frameworks"][0]["tasks"].as_array().unwrap();
+    let mut ids: Vec<&str> = tasks.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["db.1", "db.2", "web.1", "web.2"], "{enumeration}");
+    assert!(!enumeration.to_string().contains("172.17."), "no bridge-internal address: {enumeration}");
+
+}
+
+/// `lb dns`: every record, one name's, a zone file; bad names and zones say so.
+fn lb_dns_lists_the_records(ns: &Netns, pins: &PinDir) {
+    let pin_arg = pins.arg();
+    let all = lb_ok(Some(ns), &["dns", "--pin-dir", &pin_arg]).unwrap();
+    assert!(all.lines().any(|l| l.starts_with("web-shop.marathon.mesos.") && l.ends_with(" 10.0.0.1")), "{all}");
+    assert!(!all.contains("172.17."), "{all}");
+    let one = lb_ok(Some(ns), &["dns", "db.marathon.mesos", "--json", "--pin-dir", &pin_arg]).unwrap();
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["records"].as_array().unwrap().len(), 2, "{one}");
+    let zone_file = lb_ok(Some(ns), &["dns", "--zone-file", "mesos", "--pin-dir", &pin_arg]).unwrap();
+    let first = zone_file.lines().find(|l| !l.starts_with(';')).unwrap();
+    assert!(first.starts_with("mesos. 5 IN SOA ns1.mesos. root.ns1.mesos. "), "{zone_file}");
+    assert!(!zone_file.contains("l4lb.thisdcos.directory"), "one zone: {zone_file}");
+    let code = |args: &[&str]| lb(Some(ns), args).unwrap().status.code();
+    assert_eq!(code(&["dns", "nope.marathon.mesos", "--pin-dir", &pin_arg]), Some(1));
+    assert_eq!(code(&["dns", "--zone-file", "example.com", "--pin-dir", &pin_arg]), Some(64));
+    assert_eq!(code(&["dns", "--pin-dir", &PinDir::new().arg()]), Some(3), "no agent there");
 }
 
 /// getaddrinfo without AI_ADDRCONFIG (`getent ahosts` sets it, and a namespace with only

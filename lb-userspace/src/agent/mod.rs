@@ -77,11 +77,12 @@ impl Listeners {
         if let (Some(bound), Some(metrics)) = (self.http, &http_metrics) {
             agent = agent.with_http(crate::http::HttpPath::start(bound, metrics.clone())?);
         }
-        let mut dns_counters = None;
+        let metrics_addr = self.metrics.as_ref().and_then(|l| l.local_addr().ok());
+        let mut dns_api = None;
         if let Some(bound) = self.dns {
             let dns = bound.start()?;
             info!(listen = ?dns.listen(), "DNS on UDP and TCP");
-            dns_counters = Some(dns.counters().clone());
+            dns_api = Some(dns.api(metrics_addr));
             agent = agent.with_dns(dns);
         }
         if let Some(listener) = self.metrics {
@@ -89,7 +90,7 @@ impl Listeners {
             agent = agent.with_metrics(shared.clone());
             let listener = tokio::net::TcpListener::from_std(listener)?;
             info!(address = %listener.local_addr()?, "metrics on /metrics, status page on /");
-            runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics, dns_counters));
+            runtime.spawn(crate::inspect::metrics::serve(listener, shared, http_metrics, dns_api));
         }
         Ok(agent)
     }

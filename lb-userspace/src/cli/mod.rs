@@ -19,7 +19,7 @@ pub mod exit {
     pub const USAGE: u8 = 64;
     /// Not privileged enough.
     pub const NO_PERMISSION: u8 = 77;
-    /// `lb status`: no agent is running for this pin directory.
+    /// `lb status`, `lb dns`: no agent is running for this pin directory.
     pub const NOT_RUNNING: u8 = 3;
 }
 
@@ -46,6 +46,10 @@ pub enum Command {
     Status(ReadArgs),
     /// Named VIPs and the addresses they were given.
     Vips(ReadArgs),
+    /// What the running agent's DNS serves (`lb run --dns-listen`): every record, or one
+    /// name's, read from its metrics listener. Exit code 1 for a name without records, 3
+    /// without a running agent.
+    Dns(DnsArgs),
     /// Which backend a connection gets: the flow table's if it is established, else the one the
     /// service's Maglev ring gives its first packet (same hash and ring as the programs).
     Explain(ExplainArgs),
@@ -99,6 +103,18 @@ pub struct ExplainArgs {
     /// whether it is balanced); default: any uplink.
     #[arg(long, value_name = "IFACE")]
     pub via: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DnsArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Only this name's records (`web.marathon.mesos`, `_web._tcp.marathon.mesos`).
+    pub name: Option<String>,
+    /// Print this zone (the --dns-domain or the --vip-domain) as a zone file (RFC 1035 master
+    /// file), for a secondary server to load.
+    #[arg(long, value_name = "ZONE", conflicts_with_all = ["name", "json"])]
+    pub zone_file: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

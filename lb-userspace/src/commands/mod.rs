@@ -1,6 +1,7 @@
 //! What each `lb` command does, given its parsed arguments (`cli`): the agent, the read-only
 //! views, `lb down`. Returns the exit code (`cli::exit`).
 
+mod dns;
 mod down;
 mod status;
 
@@ -64,6 +65,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             report::print_vips(&vips, args.json, &mut std::io::stdout().lock())?;
             Ok(0)
         }
+        Command::Dns(args) => dns::show(&args),
         Command::Explain(args) => explain(&args),
         Command::Down(args) => down::down(&args),
         Command::Completions { shell } => {

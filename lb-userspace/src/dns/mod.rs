@@ -5,6 +5,7 @@
 //! of queries does not hold up the agent's loop).
 
 mod answer;
+mod api;
 pub mod metrics;
 pub mod names;
 mod server;
@@ -16,6 +17,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+pub use api::{Api, RecordsReply};
 pub use server::Counters;
 use zone::{Zone, ZoneNames};
 
@@ -54,7 +56,7 @@ impl Forward {
 pub struct Bound {
     sockets: server::Sockets,
     names: ZoneNames,
-    forward: Forward,
+    config: DnsConfig,
 }
 
 /// The running server: the zone it answers from and its counters.
@@ -62,6 +64,7 @@ pub struct Dns {
     zone: Arc<RwLock<Zone>>,
     counters: Arc<Counters>,
     listen: Vec<SocketAddr>,
+    config: DnsConfig,
     /// The translator's VIP epoch last taken in.
     vips_epoch: Option<u64>,
 }
@@ -78,7 +81,7 @@ impl DnsConfig {
         ns_addrs.sort();
         ns_addrs.dedup();
         let names = ZoneNames { domain: self.domain.clone(), vip_domain: self.vip_domain.clone(), ttl: self.ttl, ns_addrs };
-        Ok(Bound { sockets, names, forward: self.forward.clone() })
+        Ok(Bound { sockets, names, config: self.clone() })
     }
 }
 
@@ -93,8 +96,8 @@ impl Bound {
         let zone = Arc::new(RwLock::new(Zone::new(self.names)));
         let counters = Arc::new(Counters::default());
         let listen = self.sockets.local_addrs();
-        self.sockets.serve(zone.clone(), counters.clone(), Arc::new(self.forward))?;
-        Ok(Dns { zone, counters, listen, vips_epoch: None })
+        self.sockets.serve(zone.clone(), counters.clone(), Arc::new(self.config.forward.clone()))?;
+        Ok(Dns { zone, counters, listen, config: self.config, vips_epoch: None })
     }
 }
 
@@ -122,8 +125,9 @@ impl Dns {
         }
     }
 
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
+    /// The HTTP API and counters the metrics listener (at `http`) serves.
+    pub fn api(&self, http: Option<SocketAddr>) -> Arc<Api> {
+        Arc::new(Api::new(self.zone.clone(), self.counters.clone(), &self.config, &self.listen, http))
     }
 
     pub fn listen(&self) -> &[SocketAddr] {

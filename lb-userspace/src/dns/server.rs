@@ -26,7 +26,7 @@ const TCP_IDLE: Duration = Duration::from_secs(5);
 /// TCP connections served at once; more are closed on accept (counted).
 const TCP_MAX: usize = 64;
 /// How long an upstream may take to answer a forwarded query (then the next is asked).
-const UPSTREAM_WAIT: Duration = Duration::from_secs(2);
+pub const UPSTREAM_WAIT: Duration = Duration::from_secs(2);
 /// UDP queries being forwarded at once; more are answered SERVFAIL (counted).
 const FORWARD_MAX: usize = 64;
 

@@ -59,13 +59,14 @@ impl Shared {
 }
 
 /// Serves `/metrics` and `/` on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http: Option<Arc<crate::http::metrics::Metrics>>, dns: Option<Arc<crate::dns::Counters>>) {
+/// With DNS on, Mesos-DNS's HTTP API (`/v1/…`) and `/dns/records` too.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http: Option<Arc<crate::http::metrics::Metrics>>, dns: Option<Arc<crate::dns::Api>>) {
     let mut registry = Registry::default();
     if let Some(http) = http {
         http.register(&mut registry);
     }
-    if let Some(dns) = dns {
-        registry.register_collector(Box::new(crate::dns::metrics::DnsMetrics(dns)));
+    if let Some(dns) = &dns {
+        registry.register_collector(Box::new(crate::dns::metrics::DnsMetrics(dns.counters().clone())));
     }
     registry.register(
         "lb_marathon_event_to_maps_seconds",
@@ -83,11 +84,16 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http:
                 continue;
             }
         };
-        let (registry, shared) = (registry.clone(), shared.clone());
+        let (registry, shared, dns) = (registry.clone(), shared.clone(), dns.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(request.uri().path(), &registry, &shared);
-                async move { Ok::<_, Infallible>(response) }
+                let (registry, shared, dns) = (registry.clone(), shared.clone(), dns.clone());
+                async move {
+                    let uri = request.uri().clone();
+                    // The DNS listing of a large zone takes milliseconds: off the runtime's threads.
+                    let response = tokio::task::spawn_blocking(move || respond(uri.path(), uri.query(), &registry, &shared, dns.as_deref()));
+                    Ok::<_, Infallible>(response.await.unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "the request failed\n".into())))
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -98,7 +104,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, http:
     }
 }
 
-fn respond(path: &str, registry: &Registry, shared: &Shared) -> Response<Full<Bytes>> {
+fn respond(path: &str, query: Option<&str>, registry: &Registry, shared: &Shared, dns: Option<&crate::dns::Api>) -> Response<Full<Bytes>> {
+    if let Some((status, body)) = dns.and_then(|dns| dns.respond(path, query)) {
+        return plain(status, "application/json", body);
+    }
     let (status, content_type, body) = match path {
         "/metrics" => {
             let mut text = String::new();
@@ -111,8 +120,15 @@ fn respond(path: &str, registry: &Registry, shared: &Shared) -> Response<Full<By
             Ok(html) => (StatusCode::OK, "text/html; charset=utf-8", html),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("reading the maps: {err:#}\n")),
         },
+        _ if path.starts_with("/v1/") || path.starts_with("/dns/") => {
+            (StatusCode::NOT_FOUND, "text/plain", "not found: DNS is off here (lb run --dns-listen serves Mesos-DNS's API)\n".into())
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: /metrics and / are served\n".into()),
     };
+    plain(status, content_type, body)
+}
+
+fn plain(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {

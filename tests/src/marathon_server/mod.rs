@@ -55,6 +55,23 @@ pub struct AppSpec {
     pub tasks: Vec<TaskSpec>,
     /// Served with `"portDefinitions": "garbage"`, a definition no Marathon would send.
     pub malformed: bool,
+    pub networking: Networking,
+    /// The port's name (`portDefinitions[0].name` or the port mapping's).
+    pub port_name: String,
+}
+
+/// How the app's tasks are networked (Marathon 1.5's `networks`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Networking {
+    /// `portDefinitions`; tasks at their host's address and host port.
+    #[default]
+    Host,
+    /// `container/bridge`: a port mapping from `container_port` to the task's host port; tasks
+    /// report a bridge-internal address (172.17.0.x) that no client outside the host reaches.
+    Bridge { container_port: u16 },
+    /// A container network: tasks reachable at their own address (task id → address) on
+    /// `container_port`; no host ports.
+    Container { container_port: u16, task_ips: BTreeMap<String, String> },
 }
 
 impl AppSpec {
@@ -68,6 +85,50 @@ impl AppSpec {
             health_checked: true,
             tasks: Vec::new(),
             malformed: false,
+            networking: Networking::Host,
+            port_name: "default".into(),
+        }
+    }
+
+    /// The addresses Mesos reports for `task`: its container's (bridge or container network),
+    /// else its host's.
+    fn ip_addresses(&self, task: &TaskSpec) -> Value {
+        let at = self.tasks.iter().position(|t| t.id == task.id).unwrap_or(0);
+        let ip = match &self.networking {
+            Networking::Host => task.host.clone(),
+            Networking::Bridge { .. } => format!("172.17.0.{}", at + 2),
+            Networking::Container { task_ips, .. } => task_ips.get(&task.id).cloned().unwrap_or_default(),
+        };
+        json!([{"ipAddress": ip, "protocol": "IPv4"}])
+    }
+
+    /// The task's host ports: none on a container network.
+    fn host_ports(&self, task: &TaskSpec) -> Value {
+        match self.networking {
+            Networking::Container { .. } => json!([]),
+            _ => json!([task.port]),
+        }
+    }
+
+    /// `networks`, `container` and `portDefinitions` of the definition.
+    fn networking_json(&self) -> Value {
+        let mapping = |container_port: u16, host_port: Option<u16>| {
+            let mut m = json!({"containerPort": container_port, "servicePort": self.service_port, "protocol": self.protocol,
+                "name": self.port_name, "labels": self.labels});
+            if let Some(host_port) = host_port {
+                m["hostPort"] = host_port.into();
+            }
+            m
+        };
+        match &self.networking {
+            Networking::Host => {
+                let defs = json!([{"port": self.service_port, "protocol": self.protocol, "name": self.port_name, "labels": self.labels}]);
+                json!({"networks": [{"mode": "host"}], "portDefinitions": if self.malformed { json!("garbage") } else { defs }})
+            }
+            Networking::Bridge { container_port } => json!({"networks": [{"mode": "container/bridge"}], "container":
+                {"type": "DOCKER", "docker": {"image": "nginx"}, "portMappings": [mapping(*container_port, Some(0))]}}),
+            Networking::Container { container_port, .. } => json!({"networks": [{"mode": "container", "name": "dcos"}],
+                "container": {"type": "MESOS", "portMappings": [mapping(*container_port, None)]}}),
         }
     }
 
@@ -81,7 +142,7 @@ impl AppSpec {
         json!({
             "eventType": "status_update_event", "timestamp": "2026-01-01T00:00:00.000Z", "slaveId": "agent-1",
             "taskId": task.id, "taskStatus": state, "message": "", "appId": self.id, "host": task.host,
-            "ipAddresses": [{"ipAddress": task.host, "protocol": "IPv4"}], "ports": [task.port],
+            "ipAddresses": self.ip_addresses(task), "ports": self.host_ports(task),
             "version": "2026-01-01T00:00:00.000Z",
         })
     }
@@ -92,9 +153,8 @@ impl AppSpec {
             return vec![json!({"eventType": "app_terminated_event", "timestamp": "2026-01-01T00:00:00.000Z", "appId": self.id})];
         };
         let mut events = Vec::new();
-        if (&self.service_port, &self.protocol, &self.labels, &self.app_labels, self.health_checked, self.malformed)
-            != (&new.service_port, &new.protocol, &new.labels, &new.app_labels, new.health_checked, new.malformed)
-        {
+        let definition = |a: &AppSpec| (a.service_port, a.protocol.clone(), a.labels.clone(), a.app_labels.clone(), a.health_checked, a.malformed, a.networking.clone(), a.port_name.clone());
+        if definition(self) != definition(new) {
             events.push(api_post(new));
         }
         for task in &self.tasks {
@@ -124,9 +184,9 @@ impl AppSpec {
             .iter()
             .map(|t| {
                 let mut task = json!({
-                    "id": t.id, "appId": self.id, "host": t.host, "ports": [t.port], "state": t.state,
+                    "id": t.id, "appId": self.id, "host": t.host, "ports": self.host_ports(t), "state": t.state,
                     "slaveId": "agent-1", "version": "2026-01-01T00:00:00.000Z",
-                    "ipAddresses": [{"ipAddress": t.host, "protocol": "IPv4"}],
+                    "ipAddresses": self.ip_addresses(t),
                 });
                 if let Some(alive) = t.alive {
                     task["healthCheckResults"] = json!([{"alive": alive, "consecutiveFailures": if alive { 0 } else { 3 },
@@ -136,18 +196,15 @@ impl AppSpec {
             })
             .collect();
         let health_checks = if self.health_checked { json!([{"protocol": "MESOS_TCP", "portIndex": 0}]) } else { json!([]) };
-        let port_definitions = if self.malformed {
-            json!("garbage")
-        } else {
-            json!([{"port": self.service_port, "protocol": self.protocol, "name": "default", "labels": self.labels}])
-        };
-        json!({
+        let mut app = json!({
             "id": self.id, "instances": self.tasks.len(), "version": "2026-01-01T00:00:00.000Z",
-            "networks": [{"mode": "host"}],
             "labels": self.app_labels,
-            "portDefinitions": port_definitions,
             "healthChecks": health_checks, "deployments": [], "tasks": tasks,
-        })
+        });
+        if let (Some(app), Value::Object(networking)) = (app.as_object_mut(), self.networking_json()) {
+            app.extend(networking);
+        }
+        app
     }
 }
 

@@ -128,9 +128,11 @@ pub struct Snapshot {
     serial: u32,
     /// By label, then app id: listings come out in a stable order.
     apps: Vec<(Box<str>, Arc<AppDns>)>,
-    /// Named VIPs by label: address and (protocol, port)s.
-    vips: Vec<(Box<str>, IpAddr, Vec<(Proto, u16)>)>,
+    vips: Vec<VipEntry>,
 }
+
+/// A named VIP: label, address and (protocol, port)s.
+type VipEntry = (Box<str>, IpAddr, Vec<(Proto, u16)>);
 
 impl Zone {
     pub fn snapshot(&self) -> Snapshot {

@@ -325,12 +325,7 @@ impl Agent {
 
     /// The agent's resident set now and at its peak (VmRSS, VmHWM), in KiB.
     pub fn rss_kib(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| -> Result<u64> {
-            let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in /proc status"))?;
-            Ok(line.split_whitespace().nth(1).context("malformed /proc status")?.parse()?)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        rss_kib(self.pid())
     }
 
     /// Stops the agent (SIGTERM) and returns its exit status.
@@ -352,6 +347,22 @@ impl Drop for Agent {
 /// A child process killed (and reaped) when dropped, unless it already exited: a test that
 /// fails an assertion leaves no agent behind.
 pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// The agent's resident set now and at its peak (VmRSS, VmHWM), in KiB.
+    pub fn rss_kib(&self) -> Result<(u64, u64)> {
+        rss_kib(self.0.id())
+    }
+}
+
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in /proc status"))?;
+        Ok(line.split_whitespace().nth(1).context("malformed /proc status")?.parse()?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
 
 impl Drop for Running {
     fn drop(&mut self) {

@@ -139,37 +139,9 @@ fn dig_gets_mesos_dns_names_that_follow_marathon() {
     let (_, answers, text) = dig(&ns, &["_shop._tcp.marathon.l4lb.thisdcos.directory", "SRV"]);
     assert_eq!(data(&answers, "SRV"), ["0 1 5555 shop.marathon.l4lb.thisdcos.directory."], "{text}");
 
-    // NXDOMAIN and NODATA with the SOA; SOA and NS at the apex; REFUSED outside the zones.
-    let (status, answers, text) = dig(&ns, &["nope.marathon.mesos", "A"]);
-    assert!(status == "NXDOMAIN" && answers.is_empty() && section(&text, "AUTHORITY")[0].contains(" SOA "), "{text}");
-    let (status, answers, text) = dig(&ns, &["web-shop.marathon.mesos", "AAAA"]);
-    assert!(status == "NOERROR" && answers.is_empty() && section(&text, "AUTHORITY")[0].contains(" SOA "), "{text}");
-    let (status, answers, text) = dig(&ns, &["mesos", "SOA"]);
-    assert!(status == "NOERROR" && data(&answers, "SOA")[0].starts_with("ns1.mesos. root.ns1.mesos."), "{text}");
-    let (_, answers, text) = dig(&ns, &["mesos", "NS"]);
-    assert_eq!(data(&answers, "NS"), ["ns1.mesos."], "{text}");
-    let (status, _, text) = dig(&ns, &["example.com", "A"]);
-    assert_eq!(status, "REFUSED", "{text}");
+    codes_apex_and_truncation(&ns);
 
-    // 100 tasks do not fit in UDP: truncated there, complete over TCP.
-    let (_, answers, text) = dig(&ns, &["many.marathon.mesos", "A", "+ignore", "+bufsize=1232"]);
-    assert!(text.contains(" tc ") || text.contains(" tc;"), "TC set: {text}");
-    assert!(answers.len() < 100, "{}", answers.len());
-    let (_, answers, text) = dig(&ns, &["many.marathon.mesos", "A", "+tcp"]);
-    assert_eq!(data(&answers, "A").len(), 100, "{text}");
-
-    // An unhealthy task leaves the answers and comes back; a killed one is gone.
-    marathon.update("/shop/web", |a| a.tasks[0].alive = Some(false));
-    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| data(a, "A") == ["10.0.0.2"]);
-    assert_eq!(data(&answers, "A"), ["10.0.0.2"], "unhealthy task left: {text}");
-    marathon.update("/shop/web", |a| a.tasks[0].alive = Some(true));
-    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 2);
-    assert_eq!(data(&answers, "A"), ["10.0.0.1", "10.0.0.2"], "healthy again: {text}");
-    marathon.update("/shop/web", |a| {
-        a.tasks.remove(1);
-    });
-    let (_, answers, text) = until(&ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 1);
-    assert_eq!(data(&answers, "A"), ["10.0.0.1"], "killed task gone: {text}");
+    answers_follow_health_and_kills(&ns, &marathon);
 
     // Counted by type and code; the truncation too.
     let metrics = ns.command("curl").args(["-sf", "http://127.0.0.1:9097/metrics"]).output().unwrap();
@@ -184,6 +156,46 @@ fn dig_gets_mesos_dns_names_that_follow_marathon() {
     let status: Value = serde_json::from_str(&lb_ok(None, &["status", "--json", "--pin-dir", &pins.arg()]).unwrap()).unwrap();
     assert_eq!(status["dns"]["listen"][0], format!("{DNS}:{DNS_PORT}"), "{status}");
     assert!(status["dns"]["records"].as_u64().unwrap() > 100, "{status}");
+}
+
+/// An unhealthy task leaves the answers and comes back; a killed one is gone.
+fn answers_follow_health_and_kills(ns: &Netns, marathon: &MarathonServer) {
+    marathon.update("/shop/web", |a| a.tasks[0].alive = Some(false));
+    let (_, answers, text) = until(ns, &["web-shop.marathon.mesos", "A"], |_, a| data(a, "A") == ["10.0.0.2"]);
+    assert_eq!(data(&answers, "A"), ["10.0.0.2"], "unhealthy task left: {text}");
+    marathon.update("/shop/web", |a| a.tasks[0].alive = Some(true));
+    let (_, answers, text) = until(ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 2);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1", "10.0.0.2"], "healthy again: {text}");
+    marathon.update("/shop/web", |a| {
+        a.tasks.remove(1);
+    });
+    let (_, answers, text) = until(ns, &["web-shop.marathon.mesos", "A"], |_, a| a.len() == 1);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1"], "killed task gone: {text}");
+
+}
+
+/// NXDOMAIN and NODATA with the SOA, SOA and NS at the apex, REFUSED outside the zones; 100
+/// tasks truncated over UDP and complete over TCP.
+fn codes_apex_and_truncation(ns: &Netns) {
+    // NXDOMAIN and NODATA with the SOA; SOA and NS at the apex; REFUSED outside the zones.
+    let (status, answers, text) = dig(ns, &["nope.marathon.mesos", "A"]);
+    assert!(status == "NXDOMAIN" && answers.is_empty() && section(&text, "AUTHORITY")[0].contains(" SOA "), "{text}");
+    let (status, answers, text) = dig(ns, &["web-shop.marathon.mesos", "AAAA"]);
+    assert!(status == "NOERROR" && answers.is_empty() && section(&text, "AUTHORITY")[0].contains(" SOA "), "{text}");
+    let (status, answers, text) = dig(ns, &["mesos", "SOA"]);
+    assert!(status == "NOERROR" && data(&answers, "SOA")[0].starts_with("ns1.mesos. root.ns1.mesos."), "{text}");
+    let (_, answers, text) = dig(ns, &["mesos", "NS"]);
+    assert_eq!(data(&answers, "NS"), ["ns1.mesos."], "{text}");
+    let (status, _, text) = dig(ns, &["example.com", "A"]);
+    assert_eq!(status, "REFUSED", "{text}");
+
+    // 100 tasks do not fit in UDP: truncated there, complete over TCP.
+    let (_, answers, text) = dig(ns, &["many.marathon.mesos", "A", "+ignore", "+bufsize=1232"]);
+    assert!(text.contains(" tc ") || text.contains(" tc;"), "TC set: {text}");
+    assert!(answers.len() < 100, "{}", answers.len());
+    let (_, answers, text) = dig(ns, &["many.marathon.mesos", "A", "+tcp"]);
+    assert_eq!(data(&answers, "A").len(), 100, "{text}");
+
 }
 
 /// Bridge and container-network apps with a named port: answers carry the address a client
@@ -337,4 +349,118 @@ fn other_names_are_forwarded_only_for_allowed_clients() {
     let (status, _, text) = dig(&ns, &["example.com", "A"]);
     assert_eq!(status, "REFUSED", "{text}");
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A query for `name`: header (RD set, one question), the name's labels, `qtype`, class IN.
+fn query_bytes(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0]);
+    q.extend(qtype.to_be_bytes());
+    q.extend(1u16.to_be_bytes());
+    q
+}
+
+/// A metric of the agent's, 0 when absent.
+fn metric(ns: &Netns, series: &str) -> u64 {
+    let out = ns.command("curl").args(["-sf", "http://127.0.0.1:9097/metrics"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// TCP clients that trickle a query byte by byte, or send nothing, are cut once a whole query
+/// has not arrived in 5 s; TCP answers again once they are gone.
+#[test]
+fn slow_tcp_clients_are_cut() {
+    use std::io::{Read, Write};
+    let ns = Netns::new("lbdnss").unwrap();
+    let marathon = MarathonServer::start(Some(&ns), Duration::from_millis(500)).unwrap();
+    marathon.set_apps(vec![app("/web", 10000, vec![task("web.1", "10.0.0.9", 31001)])]);
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+    let _agent = start_agent(&ns, &marathon, &pins, &cgroup);
+    until(&ns, &["web.marathon.mesos", "A"], |s, _| s == "NOERROR");
+    // Every one of the 64 connection slots: 63 trickling a query, one silent.
+    let mut clients: Vec<std::net::TcpStream> = (0..64).map(|_| ns.run(|| std::net::TcpStream::connect("127.0.0.1:53").unwrap()).unwrap()).collect();
+    let query = query_bytes(7, "web.marathon.mesos", 1);
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend(&query);
+    let started = Instant::now();
+    let mut cut = vec![false; clients.len()];
+    let mut sent = 0;
+    while cut.iter().any(|c| !c) && started.elapsed() < Duration::from_secs(20) {
+        for (i, client) in clients.iter_mut().enumerate().skip(1) {
+            // A byte a second, never the last one: no query is ever complete.
+            if !cut[i] && sent < framed.len() - 1 && client.write_all(&framed[sent..sent + 1]).is_err() {
+                cut[i] = true;
+            }
+        }
+        sent += 1;
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            if matches!(client.read(&mut [0u8; 64]), Ok(0)) || cut[i] {
+                cut[i] = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(cut.iter().all(|c| *c), "connections still open after {:?}: {cut:?}", started.elapsed());
+    assert!(metric(&ns, "lb_dns_tcp_timeouts_total") >= 64);
+    let (status, answers, text) = until(&ns, &["web.marathon.mesos", "A", "+tcp"], |s, _| s == "NOERROR");
+    assert_eq!((status.as_str(), data(&answers, "A")), ("NOERROR", vec!["10.0.0.9".to_owned()]), "{text}");
+}
+
+/// Two threads sending queries (known names, unknown names, garbage) as fast as they can for a
+/// few seconds, never reading the replies: the agent's memory stays where it was, and a
+/// Marathon event in the middle reaches both the maps and the answers.
+#[test]
+fn a_query_flood_grows_no_memory_and_holds_no_update() {
+    let ns = Netns::new("lbdnsq").unwrap();
+    let marathon = MarathonServer::start(Some(&ns), Duration::from_millis(500)).unwrap();
+    marathon.set_apps(vec![app("/web", 10000, vec![task("web.1", "10.0.0.1", 31001), task("web.2", "10.0.0.2", 31002)])]);
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new().unwrap());
+    let agent = start_agent(&ns, &marathon, &pins, &cgroup);
+    until(&ns, &["web.marathon.mesos", "A"], |_, a| a.len() == 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = |seconds: u64| {
+        let threads: Vec<_> = (0..2u16)
+            .map(|t| {
+                let stop = stop.clone();
+                ns.spawn(move || {
+                    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    let mut queries = vec![query_bytes(t, "web.marathon.mesos", 1), query_bytes(t, "_web._tcp.marathon.mesos", 33)];
+                    queries.extend((0..64).map(|i| query_bytes(i, &format!("nope-{i}.marathon.mesos"), 1)));
+                    queries.push(vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 0, 9, 0xff]);
+                    let started = Instant::now();
+                    let mut sent = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(seconds) {
+                        let _ = socket.send_to(&queries[sent as usize % queries.len()], "127.0.0.1:53");
+                        sent += 1;
+                    }
+                    sent
+                })
+                .unwrap()
+            })
+            .collect();
+        threads
+    };
+    // A first flood brings the agent's allocations to their working size; the second is measured.
+    let warm: u64 = flood(2).into_iter().map(|t| t.join().unwrap()).sum();
+    let (before, _) = agent.rss_kib().unwrap();
+    let answered_before = metric(&ns, "lb_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"}");
+    let flooding = flood(6);
+    marathon.update("/web", |a| {
+        a.tasks.remove(1);
+    });
+    wait_for_services(&pins, |j| j[0]["backends"].as_array().is_some_and(|b| b.len() == 1)).expect("the event reached the maps during the flood");
+    let (_, answers, text) = until(&ns, &["web.marathon.mesos", "A"], |_, a| a.len() == 1);
+    assert_eq!(data(&answers, "A"), ["10.0.0.1"], "the answers followed during the flood: {text}");
+    let sent: u64 = flooding.into_iter().map(|t| t.join().unwrap()).sum();
+    let (after, _) = agent.rss_kib().unwrap();
+    let answered = metric(&ns, "lb_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"}") - answered_before;
+    assert!(answered > 1000, "the flood reached the agent: {answered} NXDOMAIN answers of {sent} sent (warm-up {warm})");
+    assert!(after <= before + 8 * 1024, "RSS {before} KiB before the flood, {after} KiB after");
 }

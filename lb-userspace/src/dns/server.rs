@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, RwLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hickory_proto::{op::ResponseCode, rr::RecordType};
@@ -287,19 +287,41 @@ fn accept_tcp(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-/// Length-prefixed queries (RFC 1035 §4.2.2) until the client closes or idles.
+/// Fills `buf` from `stream` before `deadline` (TimedOut after it).
+fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Length-prefixed queries (RFC 1035 §4.2.2) until the client closes or takes longer than
+/// `TCP_IDLE` to send a whole query (a deadline per query, not per read: a client trickling a
+/// byte a second does not keep one of the 64 connections).
 fn serve_tcp(mut stream: TcpStream, shared: &Shared) {
     let Ok(peer) = stream.peer_addr() else { return };
-    if stream.set_read_timeout(Some(TCP_IDLE)).and(stream.set_write_timeout(Some(TCP_IDLE))).is_err() {
+    if stream.set_write_timeout(Some(TCP_IDLE)).is_err() {
         return;
     }
     let timed_out = |err: &std::io::Error| matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
     loop {
+        let deadline = Instant::now() + TCP_IDLE;
         let mut len = [0u8; 2];
         let mut query = Vec::new();
-        let read = stream.read_exact(&mut len).and_then(|()| {
+        let read = read_by(&mut stream, &mut len, deadline).and_then(|()| {
             query.resize(u16::from_be_bytes(len) as usize, 0);
-            stream.read_exact(&mut query)
+            read_by(&mut stream, &mut query, deadline)
         });
         if let Err(err) = read {
             if timed_out(&err) {

@@ -50,3 +50,11 @@ fn multi_node_benchmark_smoke() {
         assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
     }
 }
+
+#[test]
+fn dns_benchmark_smoke() {
+    let stdout = smoke(env!("CARGO_BIN_EXE_lb-bench-dns"));
+    for metric in ["| lb agent |", "| Knot DNS 3.2 |", "CPU per query", "Freshness", "with DNS off"] {
+        assert!(stdout.contains(metric), "missing {metric:?}:\n{stdout}");
+    }
+}

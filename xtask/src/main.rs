@@ -136,13 +136,14 @@ fn bench(rest: &[String]) -> Result<()> {
     // End to end twice: wire-like (offloads off, every mode) and with veth's TSO/GSO on,
     // where XDP on a veth and TC ingress differ most.
     let offloads_on: &[&str] = &["--offloads", "on", "--modes", "direct,nftables,haproxy,xdp,tc"];
-    let runs: [(&str, &[&str]); 6] = [
+    let runs: [(&str, &[&str]); 7] = [
         ("lb-bench", &[]),
         ("lb-bench-control", &[]),
         ("lb-bench-e2e", &[]),
         ("lb-bench-e2e", offloads_on),
         ("lb-bench-http", &[]),
         ("lb-bench-multi-node", &[]),
+        ("lb-bench-dns", &[]),
     ];
     for (bench, extra) in runs {
         let mut args = vec!["run", "--release", "--quiet", "-p", "lb-tests", "--bin", bench, "--"];

@@ -38,7 +38,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 
 /// Debian packages only the benchmarks need: the load generators and the peers they are
 /// compared with (nginx as the backends, nftables DNAT, HAProxy).
-const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk", "iperf3", "haproxy", "nftables"];
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk", "iperf3", "haproxy", "nftables", "knot", "dnsperf"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Stable location, on every user's PATH, reused by later runs.

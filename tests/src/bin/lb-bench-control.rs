@@ -23,7 +23,7 @@ use lb::{
 };
 use lb_common::{BackendInfo, ServiceInfo, ServiceKey};
 use lb_tests::{
-    agent::{Agent, PinDir, TestCgroup},
+    agent::{cpu_seconds, Agent, PinDir, TestCgroup},
     bench_report,
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::Netns,
@@ -91,17 +91,6 @@ fn start_agent(ns: &Netns, cgroup: &TestCgroup, pins: &PinDir, marathon: &str, a
         }
     }
     Agent::start(ns, &args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// The agent's CPU time (user + system), in seconds.
-fn cpu_seconds(agent: &Agent) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()))?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("no comm")?.1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
 }
 
 /// Kernel memory the pinned maps lock (the sum of their fdinfo `memlock`), in bytes.
@@ -214,7 +203,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     let scrape_ms = scrape_ms(&ns)?;
 
     let probe = RingProbe::new(&pins)?;
-    let (lists_before, cpu_before) = (marathon.list_requests(), cpu_seconds(&agent)?);
+    let (lists_before, cpu_before) = (marathon.list_requests(), cpu_seconds(agent.pid())?);
     let mut samples = Vec::new();
     for round in 0..cfg.events {
         let port = 40000 + (round % 20000) as u16;
@@ -228,7 +217,7 @@ fn measure(cfg: &Config, apps: usize) -> Result<Row> {
     }
     let events = cfg.events as f64;
     let lists_per_event = (marathon.list_requests() - lists_before) as f64 / events;
-    let cpu_per_1000 = (cpu_seconds(&agent)? - cpu_before) / events * 1000.0;
+    let cpu_per_1000 = (cpu_seconds(agent.pid())? - cpu_before) / events * 1000.0;
     drop(agent);
     samples.sort_by(|a, b| a.total_cmp(b));
     Ok(Row {

@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use lb_tests::{
-    agent::{lb_bin, Agent, PinDir, TestCgroup},
+    agent::{cpu_seconds, lb_bin, Agent, PinDir, TestCgroup},
     bench_report,
     marathon_server::{AppSpec, MarathonServer, TaskSpec},
     netns::Netns,
@@ -167,15 +167,6 @@ fn pin(pid: u32, cpu: usize) -> Result<()> {
         ensure!(ok, "pinning thread {tid} of {pid}: {}", std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// CPU time (user + system) of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("no comm")?.1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
 
 fn main() -> Result<()> {
